@@ -1,0 +1,168 @@
+//! `DaemonSupervisor`: the root of the daemon's actor tree. Restarts each
+//! child one-for-one with backoff (ractor's default would stop the supervisor
+//! when any child exits) and publishes the current refs in [`Services`] slots.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::helper_link::{HelperLauncher, HelperLink};
+use super::vm_registry::VmRegistry;
+use super::{Backoff, Services};
+
+/// Which child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Child {
+    Registry,
+    HelperLink,
+}
+
+/// Messages to the supervisor.
+pub enum SupervisorMsg {
+    /// Internal: restart a child after its backoff.
+    Respawn(Child),
+}
+
+/// How to build the helper link.
+#[derive(Clone)]
+pub struct HelperLinkSpec {
+    pub socket: PathBuf,
+    pub launcher: Option<Arc<dyn HelperLauncher>>,
+    pub absent_hint: String,
+}
+
+/// The supervisor actor.
+pub struct DaemonSupervisor {
+    pub services: Arc<Services>,
+    pub helper: HelperLinkSpec,
+}
+
+/// Supervisor state.
+pub struct SupervisorState {
+    children: HashMap<ActorId, Child>,
+    backoff: HashMap<Child, Backoff>,
+}
+
+impl DaemonSupervisor {
+    async fn spawn_child(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        child: Child,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = match child {
+            Child::Registry => {
+                let (r, _) = Actor::spawn_linked(
+                    None,
+                    VmRegistry {
+                        services: self.services.clone(),
+                    },
+                    (),
+                    myself.get_cell(),
+                )
+                .await?;
+                let id = r.get_id();
+                self.services.registry.set(Some(r));
+                id
+            }
+            Child::HelperLink => {
+                let (r, _) = Actor::spawn_linked(
+                    None,
+                    HelperLink {
+                        socket: self.helper.socket.clone(),
+                        launcher: self.helper.launcher.clone(),
+                        absent_hint: self.helper.absent_hint.clone(),
+                    },
+                    (),
+                    myself.get_cell(),
+                )
+                .await?;
+                let id = r.get_id();
+                self.services.helper.set(Some(r));
+                id
+            }
+        };
+        state.children.insert(id, child);
+        Ok(())
+    }
+}
+
+impl Actor for DaemonSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        _: (),
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            children: HashMap::new(),
+            backoff: HashMap::new(),
+        };
+        self.spawn_child(&myself, &mut state, Child::HelperLink)
+            .await?;
+        self.spawn_child(&myself, &mut state, Child::Registry)
+            .await?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Respawn(child) => {
+                if let Err(e) = self.spawn_child(&myself, state, child).await {
+                    let d = state.backoff.entry(child).or_default().next_delay();
+                    tracing::error!(?child, "restart failed: {e}; next attempt in {d:?}");
+                    myself.send_after(d, move || SupervisorMsg::Respawn(child));
+                } else {
+                    tracing::info!(?child, "restarted");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(child) = state.children.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        match child {
+            Child::Registry => self.services.registry.set(None),
+            Child::HelperLink => self.services.helper.set(None),
+        }
+        let d = state.backoff.entry(child).or_default().next_delay();
+        tracing::error!(?child, "child exited ({why}); restarting in {d:?}");
+        myself.send_after(d, move || SupervisorMsg::Respawn(child));
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        _state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        self.services.registry.set(None);
+        self.services.helper.set(None);
+        Ok(())
+    }
+}

@@ -1,0 +1,418 @@
+//! `VmRegistry`: owns one [`VmActor`] per VM record and routes work to them by
+//! name. It supervises them one-for-one: a failed VmActor is restarted (after
+//! a backoff) from its record in the store, and the others never notice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::vm_actor::{Job, VmActor, VmMsg};
+use super::{Backoff, Services};
+use crate::protocol::RpcError;
+use crate::store::VmRecord;
+
+/// Messages to the [`VmRegistry`].
+pub enum RegistryMsg {
+    /// Every VM record, in name order.
+    List(RpcReplyPort<Result<Vec<VmRecord>, RpcError>>),
+    /// The actor of the VM named `name` (`not_found` when there is none, `busy`
+    /// while it is being restarted).
+    Lookup {
+        name: String,
+        reply: RpcReplyPort<Result<ActorRef<VmMsg>, RpcError>>,
+    },
+    /// Queues `job` on the VM named `name`; rejects it when there is none.
+    Run { name: String, job: Box<dyn Job> },
+    /// Starts an actor for a record just written to the store.
+    Adopt {
+        id: String,
+        reply: RpcReplyPort<Result<ActorRef<VmMsg>, RpcError>>,
+    },
+    /// Internal: restart the actor of VM `id` after its backoff.
+    Respawn(String),
+}
+
+struct Entry {
+    name: String,
+    actor: Option<ActorRef<VmMsg>>,
+    backoff: Backoff,
+}
+
+/// The registry actor.
+pub struct VmRegistry {
+    pub services: Arc<Services>,
+}
+
+/// Registry state: entries by VM id, plus indexes.
+pub struct RegistryState {
+    entries: HashMap<String, Entry>,
+    by_name: HashMap<String, String>,
+    by_actor: HashMap<ActorId, String>,
+}
+
+impl VmRegistry {
+    async fn spawn_vm(
+        &self,
+        myself: &ActorRef<RegistryMsg>,
+        state: &mut RegistryState,
+        id: &str,
+    ) -> Result<ActorRef<VmMsg>, RpcError> {
+        let actor = VmActor {
+            id: id.to_string(),
+            services: self.services.clone(),
+        };
+        let (r, _) = Actor::spawn_linked(None, actor, (), myself.get_cell())
+            .await
+            .map_err(|e| RpcError::failed(format!("starting the actor of VM {id}: {e}")))?;
+        state.by_actor.insert(r.get_id(), id.to_string());
+        if let Some(e) = state.entries.get_mut(id) {
+            e.actor = Some(r.clone());
+        }
+        Ok(r)
+    }
+
+    fn lookup(&self, state: &RegistryState, name: &str) -> Result<ActorRef<VmMsg>, RpcError> {
+        let id = state.by_name.get(name).ok_or_else(|| {
+            RpcError::not_found(format!("no VM named {name:?}; see `banger vm list`"))
+        })?;
+        state
+            .entries
+            .get(id)
+            .and_then(|e| e.actor.clone())
+            .ok_or_else(|| {
+                RpcError::new(
+                    crate::protocol::ErrorCode::Busy,
+                    format!("VM {name} is recovering from an internal error; retry in a moment"),
+                )
+            })
+    }
+}
+
+impl Actor for VmRegistry {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RegistryMsg>,
+        _: (),
+    ) -> Result<RegistryState, ActorProcessingErr> {
+        let mut state = RegistryState {
+            entries: HashMap::new(),
+            by_name: HashMap::new(),
+            by_actor: HashMap::new(),
+        };
+        for vm in self.services.store.list_vms()? {
+            state.by_name.insert(vm.name.clone(), vm.id.clone());
+            state.entries.insert(
+                vm.id.clone(),
+                Entry {
+                    name: vm.name.clone(),
+                    actor: None,
+                    backoff: Backoff::new(),
+                },
+            );
+            if let Err(e) = self.spawn_vm(&myself, &mut state, &vm.id).await {
+                tracing::error!(vm = %vm.name, "{e}");
+            }
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RegistryMsg>,
+        msg: RegistryMsg,
+        state: &mut RegistryState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegistryMsg::List(reply) => {
+                let res = self
+                    .services
+                    .store
+                    .list_vms()
+                    .map(|mut v| {
+                        v.sort_by(|a, b| a.name.cmp(&b.name));
+                        v
+                    })
+                    .map_err(|e| RpcError::failed(e.to_string()));
+                let _ = reply.send(res);
+            }
+            RegistryMsg::Lookup { name, reply } => {
+                let _ = reply.send(self.lookup(state, &name));
+            }
+            RegistryMsg::Run { name, job } => match self.lookup(state, &name) {
+                Ok(actor) => {
+                    if let Err(ractor::MessagingErr::SendErr(VmMsg::Run(job))) =
+                        actor.cast(VmMsg::Run(job))
+                    {
+                        job.reject(RpcError::new(
+                            crate::protocol::ErrorCode::Busy,
+                            format!("VM {name} is restarting its actor; retry"),
+                        ));
+                    }
+                }
+                Err(e) => job.reject(e),
+            },
+            RegistryMsg::Adopt { id, reply } => {
+                let res = match self.services.store.get_vm(&id) {
+                    Ok(Some(vm)) => {
+                        state.by_name.insert(vm.name.clone(), id.clone());
+                        state.entries.insert(
+                            id.clone(),
+                            Entry {
+                                name: vm.name.clone(),
+                                actor: None,
+                                backoff: Backoff::new(),
+                            },
+                        );
+                        self.spawn_vm(&myself, state, &id).await
+                    }
+                    Ok(None) => Err(RpcError::not_found(format!(
+                        "VM record {id} is not in the store"
+                    ))),
+                    Err(e) => Err(RpcError::failed(e.to_string())),
+                };
+                let _ = reply.send(res);
+            }
+            RegistryMsg::Respawn(id) => {
+                let exists = matches!(self.services.store.get_vm(&id), Ok(Some(_)));
+                if !exists {
+                    if let Some(e) = state.entries.remove(&id) {
+                        state.by_name.remove(&e.name);
+                    }
+                } else if state.entries.get(&id).is_some_and(|e| e.actor.is_none()) {
+                    match self.spawn_vm(&myself, state, &id).await {
+                        Ok(_) => tracing::info!(vm_id = %id, "restarted VM actor"),
+                        Err(e) => {
+                            tracing::error!(vm_id = %id, "{e}");
+                            if let Some(entry) = state.entries.get_mut(&id) {
+                                let d = entry.backoff.next_delay();
+                                myself.send_after(d, move || RegistryMsg::Respawn(id));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RegistryMsg>,
+        evt: SupervisionEvent,
+        state: &mut RegistryState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure, reason) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string()), None),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, None, reason),
+            _ => return Ok(()),
+        };
+        let Some(id) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let Some(entry) = state.entries.get_mut(&id) else {
+            return Ok(());
+        };
+        entry.actor = None;
+        if failure.is_none() && reason.as_deref() == Some("deleted") {
+            let name = entry.name.clone();
+            state.entries.remove(&id);
+            state.by_name.remove(&name);
+            tracing::debug!(vm = %name, "VM actor retired");
+            return Ok(());
+        }
+        let delay = entry.backoff.next_delay();
+        tracing::error!(
+            vm = %entry.name,
+            failure = failure.as_deref().unwrap_or("stopped unexpectedly"),
+            restart_in_ms = delay.as_millis() as u64,
+            "VM actor failed; restarting"
+        );
+        myself.send_after(delay, move || RegistryMsg::Respawn(id));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::vm_actor::{await_job, job, VmMsg};
+    use crate::protocol::cli::VmState;
+    use crate::store::{model, Store};
+    use std::time::{Duration, Instant};
+
+    fn record(name: &str) -> VmRecord {
+        VmRecord {
+            id: model::new_vm_id(),
+            name: name.into(),
+            state: VmState::Stopped,
+            image: "img".into(),
+            kernel: String::new(),
+            vcpu: 1,
+            memory_mib: 256,
+            disk_bytes: 1 << 30,
+            nat: false,
+            ip: None,
+            mac: None,
+            tap: None,
+            created_at_unix: 0,
+            last_error: None,
+        }
+    }
+
+    async fn setup(names: &[&str]) -> (tempfile::TempDir, Arc<Services>, ActorRef<RegistryMsg>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        for n in names {
+            store.put_vm(&record(n)).unwrap();
+        }
+        let layout = crate::paths::Layout::resolve(&crate::paths::Env {
+            home: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        });
+        let config = crate::config::Config::load(
+            &dir.path().join("none.toml"),
+            crate::config::HostFacts {
+                cpus: 2,
+                memory_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let services = Services::new(store, layout, config);
+        let (reg, _) = Actor::spawn(
+            None,
+            VmRegistry {
+                services: services.clone(),
+            },
+            (),
+        )
+        .await
+        .unwrap();
+        (dir, services, reg)
+    }
+
+    async fn lookup(reg: &ActorRef<RegistryMsg>, name: &str) -> Result<ActorRef<VmMsg>, RpcError> {
+        ractor::call!(reg, |reply| RegistryMsg::Lookup {
+            name: name.into(),
+            reply
+        })
+        .unwrap()
+    }
+
+    /// Waits (with a deadline) until `name` has a live actor other than `old`.
+    async fn wait_restarted(
+        reg: &ActorRef<RegistryMsg>,
+        name: &str,
+        old: &ActorRef<VmMsg>,
+    ) -> ActorRef<VmMsg> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(a) = lookup(reg, name).await {
+                if a.get_id() != old.get_id() {
+                    return a;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "actor of {name} was not restarted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn panicking_vm_actor_is_restarted_and_siblings_keep_serving() {
+        let (_d, _s, reg) = setup(&["alpha", "beta"]).await;
+        let alpha = lookup(&reg, "alpha").await.unwrap();
+        let beta = lookup(&reg, "beta").await.unwrap();
+        alpha.cast(VmMsg::Panic).unwrap();
+        // Beta answers while alpha is down and after.
+        let rec = ractor::call!(beta, VmMsg::Get).unwrap();
+        assert_eq!(rec.name, "beta");
+        let alpha2 = wait_restarted(&reg, "alpha", &alpha).await;
+        let rec = ractor::call!(alpha2, VmMsg::Get).unwrap();
+        assert_eq!(rec.name, "alpha", "restarted actor re-read its record");
+        assert_eq!(
+            lookup(&reg, "beta").await.unwrap().get_id(),
+            beta.get_id(),
+            "sibling was not restarted"
+        );
+        let rec = ractor::call!(beta, VmMsg::Get).unwrap();
+        assert_eq!(rec.name, "beta");
+        // Registry itself is alive and still routes.
+        let list = ractor::call!(reg, RegistryMsg::List).unwrap().unwrap();
+        assert_eq!(list.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn jobs_on_one_vm_run_one_at_a_time_in_arrival_order() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Mutex;
+        let (_d, _s, reg) = setup(&["solo"]).await;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let busy = Arc::new(AtomicBool::new(false));
+        let mut rxs = Vec::new();
+        for i in 0..100u32 {
+            let (log, busy) = (log.clone(), busy.clone());
+            let (j, rx) = job("test-append", move |ctx| async move {
+                assert!(!busy.swap(true, Ordering::SeqCst), "two jobs overlapped");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                log.lock().unwrap().push(i);
+                busy.store(false, Ordering::SeqCst);
+                (Some(ctx.record), Ok(i))
+            });
+            reg.cast(RegistryMsg::Run {
+                name: "solo".into(),
+                job: j,
+            })
+            .unwrap();
+            rxs.push(rx);
+        }
+        for (i, rx) in rxs.into_iter().enumerate() {
+            assert_eq!(await_job(rx).await.unwrap(), i as u32);
+        }
+        assert_eq!(*log.lock().unwrap(), (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn jobs_on_different_vms_overlap() {
+        let (_d, _s, reg) = setup(&["one", "two"]).await;
+        let mut rxs = Vec::new();
+        for name in ["one", "two"] {
+            let (j, rx) = job("test-span", |ctx| async move {
+                let start = Instant::now();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                (Some(ctx.record), Ok((start, Instant::now())))
+            });
+            reg.cast(RegistryMsg::Run {
+                name: name.into(),
+                job: j,
+            })
+            .unwrap();
+            rxs.push(rx);
+        }
+        let a = await_job(rxs.remove(0)).await.unwrap();
+        let b = await_job(rxs.remove(0)).await.unwrap();
+        assert!(
+            a.0 < b.1 && b.0 < a.1,
+            "spans {a:?} and {b:?} do not overlap"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_vm_is_not_found() {
+        let (_d, _s, reg) = setup(&[]).await;
+        let (j, rx) = job("noop", |ctx| async move { (Some(ctx.record), Ok(())) });
+        reg.cast(RegistryMsg::Run {
+            name: "ghost".into(),
+            job: j,
+        })
+        .unwrap();
+        let e = await_job(rx).await.unwrap_err();
+        assert_eq!(e.code, crate::protocol::ErrorCode::NotFound);
+    }
+}

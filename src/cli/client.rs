@@ -1,0 +1,97 @@
+//! The CLI's connection to `bangerd`, starting the daemon when needed.
+
+use std::time::Duration;
+
+use super::render::CliError;
+use crate::host::process::{spawn_service, Started};
+use crate::paths::{sibling_binary, Layout};
+use crate::protocol::cli::{Event, Reply, Request};
+use crate::protocol::conn::{Client, ClientError};
+
+/// A client of the daemon.
+pub type DaemonClient = Client<Request, Event, Reply>;
+
+/// Turns a client-side failure into the line the user sees.
+pub fn client_error(e: ClientError, layout: &Layout) -> CliError {
+    match e {
+        ClientError::NotRunning { path } => CliError::new(
+            "daemon not running",
+            format!(
+                "nothing is listening on {}; start it with: banger daemon start",
+                path.display()
+            ),
+        ),
+        ClientError::PermissionDenied { path, hint } => CliError::new(
+            "unauthorized",
+            format!("cannot open {}: {hint}", path.display()),
+        ),
+        ClientError::Refused(e) | ClientError::Rpc(e) => e.into(),
+        ClientError::Frame(f) => CliError::new(
+            "connection failed",
+            format!(
+                "{f}; the daemon may have crashed, see {}",
+                layout.daemon_log().display()
+            ),
+        ),
+        other => CliError::new("connection failed", other.to_string()),
+    }
+}
+
+/// Connects to the daemon; with `autostart`, starts it first if nothing
+/// listens.
+pub async fn connect(layout: &Layout, autostart: bool) -> Result<DaemonClient, CliError> {
+    let socket = layout.daemon_socket();
+    match DaemonClient::connect(&socket).await {
+        Ok(c) => return Ok(c),
+        Err(ClientError::NotRunning { .. }) if autostart && !layout.system => {}
+        Err(ClientError::NotRunning { .. }) if autostart => {
+            return Err(CliError::new(
+                "daemon not running",
+                "the bangerd service is not running; start it with: sudo systemctl start bangerd",
+            ))
+        }
+        Err(e) => return Err(client_error(e, layout)),
+    }
+    start_daemon(layout).await?;
+    DaemonClient::connect(&socket)
+        .await
+        .map_err(|e| client_error(e, layout))
+}
+
+/// Starts `bangerd` in the background and waits until it is ready.
+pub async fn start_daemon(layout: &Layout) -> Result<(), CliError> {
+    let program = sibling_binary("bangerd");
+    let log = layout.daemon_log();
+    let res = tokio::task::spawn_blocking(move || {
+        spawn_service(&program, &[], &log, Duration::from_secs(60))
+    })
+    .await
+    .map_err(|e| CliError::new("daemon failed to start", e.to_string()))?;
+    match res {
+        Ok(Started::Ready(_)) | Ok(Started::AlreadyRunning) => Ok(()),
+        Err(msg) => Err(CliError::new("daemon failed to start", msg)),
+    }
+}
+
+/// Sends one request and returns its reply, rendering events with `on_event`.
+pub async fn request(
+    client: &mut DaemonClient,
+    layout: &Layout,
+    req: Request,
+    on_event: impl FnMut(Event),
+) -> Result<Reply, CliError> {
+    client
+        .call(req, on_event)
+        .await
+        .map_err(|e| client_error(e, layout))
+}
+
+/// A reply of an unexpected kind (a version skew bug).
+pub fn unexpected(reply: Reply) -> CliError {
+    CliError::new(
+        "protocol error",
+        format!(
+            "unexpected reply from the daemon: {reply:?}; run matching banger and bangerd binaries"
+        ),
+    )
+}

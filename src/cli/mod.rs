@@ -1,0 +1,454 @@
+//! The `banger` command line: parsing (clap derive), one function per
+//! command, rendering. No business logic: every command is one request to
+//! `bangerd` (started on demand) and a rendering of its events and reply.
+
+pub mod client;
+pub mod render;
+pub mod style;
+
+use std::io::Write;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, HostFacts};
+use crate::paths::Layout;
+use crate::protocol::cli::{HelperState, Reply, Request, VmView};
+use render::{CliError, Table};
+use style::Style;
+
+static VERSION_TAIL: LazyLock<String> = LazyLock::new(|| {
+    crate::version::version_line("banger")
+        .trim_start_matches("banger ")
+        .to_string()
+});
+
+const ROOT_LONG: &str = "\
+banger gives you a throwaway Linux microVM in one command.
+
+The 80% command:
+  banger vm run --rm ./myrepo -- make test
+creates a VM, copies the repo's tracked files in, runs the command, streams
+its output, exits with its exit code and deletes the VM.
+
+Start here:
+  banger vm list              what exists (alias: banger ps)
+  banger daemon status        is the daemon up, is the root helper connected
+  banger config show          the VM defaults and where each comes from
+
+The daemon (bangerd) starts on demand; the root helper (bangerd-root) does
+the privileged work (bridge, taps) for it.";
+
+/// banger: throwaway Linux microVMs in one command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "banger",
+    version = VERSION_TAIL.as_str(),
+    about = "Throwaway Linux microVMs in one command",
+    long_about = ROOT_LONG,
+    propagate_version = false,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, run and manage VMs
+    #[command(long_about = VM_LONG, subcommand)]
+    Vm(VmCommand),
+    /// List VMs (alias of `banger vm list`)
+    Ps(ListArgs),
+    /// Start, stop and inspect the banger daemon
+    #[command(long_about = DAEMON_LONG, subcommand)]
+    Daemon(DaemonCommand),
+    /// Show the resolved configuration
+    #[command(long_about = CONFIG_LONG, subcommand)]
+    Config(ConfigCommand),
+    /// Print version, commit and build time
+    Version,
+    /// Print a shell completion script
+    #[command(long_about = COMPLETION_LONG)]
+    Completion {
+        /// Shell to generate for
+        shell: Shell,
+    },
+}
+
+const VM_LONG: &str = "\
+Create, run and manage VMs.
+
+The 80% command:
+  banger vm run --rm -- uname -a
+boots a VM on the default image, runs the command and deletes the VM.
+
+Look around:
+  banger vm list               every VM and its state (--json for scripts)
+  banger vm show <name>        one VM in detail
+
+Next: `banger vm run -d` keeps a VM for later, `banger vm ssh <name>` enters it.";
+
+const DAEMON_LONG: &str = "\
+Start, stop and inspect bangerd, the daemon that owns VM state.
+
+You rarely need this: every command starts the daemon when it is not running.
+
+  banger daemon status     pid, uptime, socket, protocol, root helper
+  banger daemon stop       stop the daemon (and the helper it started);
+                           running VMs keep running
+  banger daemon start      start it now instead of on first use
+  banger daemon socket     print the socket path";
+
+const CONFIG_LONG: &str = "\
+Show the resolved configuration.
+
+  banger config show
+
+prints each VM default with its source: `config` (your config.toml), `auto`
+(derived from this host: cpus/4 up to 4 vCPUs, RAM/8 up to 8 GiB) or
+`builtin` (the floor). Edit ~/.config/banger/config.toml to override, e.g.:
+
+  [vm_defaults]
+  vcpu = 2
+  memory_mib = 2048
+  disk_size = \"16G\"";
+
+const COMPLETION_LONG: &str = "\
+Print a completion script for your shell.
+
+  banger completion bash > ~/.local/share/bash-completion/completions/banger
+  banger completion zsh  > \"${fpath[1]}/_banger\"
+  banger completion fish > ~/.config/fish/completions/banger.fish";
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// List VMs
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Show one VM
+    #[command(
+        long_about = "Show one VM: state, image, resources, address.\n\n  banger vm show my-vm\n  banger vm show my-vm --json"
+    )]
+    Show {
+        /// VM name
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON (an array of VMs)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start the daemon if it is not running
+    Start,
+    /// Stop the daemon (running VMs keep running)
+    Stop,
+    /// Show daemon status
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the daemon socket path
+    Socket,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Show VM defaults and network settings with their sources
+    Show {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Everything a command needs from outside: paths and styling.
+pub struct Ctx {
+    pub layout: Layout,
+    pub style: Style,
+}
+
+fn out(s: &str) -> Result<(), CliError> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`banger vm list | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::new("output failed", e.to_string())),
+    }
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
+    match cli.command {
+        Command::Version => {
+            out(&(crate::version::version_block("banger") + "\n"))?;
+            Ok(0)
+        }
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            let mut buf = Vec::new();
+            let sh = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(sh, &mut cmd, "banger", &mut buf);
+            out(&String::from_utf8_lossy(&buf))?;
+            Ok(0)
+        }
+        Command::Config(ConfigCommand::Show { json }) => config_show(ctx, json),
+        Command::Daemon(c) => daemon(ctx, c).await,
+        Command::Ps(a) | Command::Vm(VmCommand::List(a)) => vm_list(ctx, a.json).await,
+        Command::Vm(VmCommand::Show { name, json }) => vm_show(ctx, &name, json).await,
+    }
+}
+
+fn config_show(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
+    let cfg = Config::load(&ctx.layout.config_file(), HostFacts::probe())
+        .map_err(|e| CliError::new("bad config", e.to_string()))?;
+    if json {
+        let v = serde_json::json!({
+            "path": cfg.path,
+            "exists": cfg.file_exists,
+            "vm_defaults": cfg.vm_defaults,
+            "network": cfg.network,
+        });
+        out(&render::json(&v))?;
+        return Ok(0);
+    }
+    let mut t = Table::new(["KEY", "VALUE", "SOURCE"]);
+    for (k, v, s) in crate::config::describe(&cfg) {
+        t.row([k, v, s]);
+    }
+    let note = if cfg.file_exists {
+        format!("config file: {}\n", cfg.path.display())
+    } else {
+        format!(
+            "config file: {} (absent; defaults apply)\n",
+            cfg.path.display()
+        )
+    };
+    out(&(t.render() + &note))?;
+    Ok(0)
+}
+
+async fn daemon(ctx: &Ctx, cmd: DaemonCommand) -> Result<u8, CliError> {
+    let layout = &ctx.layout;
+    match cmd {
+        DaemonCommand::Socket => {
+            out(&format!("{}\n", layout.daemon_socket().display()))?;
+            Ok(0)
+        }
+        DaemonCommand::Start => {
+            let c = client::connect(layout, true).await?;
+            out(&format!(
+                "bangerd running (pid {}) on {}\n",
+                c.server.pid,
+                layout.daemon_socket().display()
+            ))?;
+            Ok(0)
+        }
+        DaemonCommand::Stop => {
+            let mut c = match client::connect(layout, false).await {
+                Ok(c) => c,
+                Err(e) if e.label == "daemon not running" => {
+                    out("bangerd is not running\n")?;
+                    return Ok(0);
+                }
+                Err(e) => return Err(e),
+            };
+            let server_pid = c.server.pid;
+            // The daemon may close the connection as it exits: the pid from the
+            // handshake is enough to wait on.
+            let pid = match client::request(&mut c, layout, Request::Shutdown, |_| {}).await {
+                Ok(Reply::ShuttingDown { pid }) => pid,
+                Ok(other) => return Err(client::unexpected(other)),
+                Err(e) if e.label == "connection failed" => server_pid,
+                Err(e) => return Err(e),
+            };
+            drop(c);
+            if !crate::host::process::wait_exit(pid, Duration::from_secs(30)).await {
+                return Err(CliError::new(
+                    "timeout",
+                    format!(
+                        "bangerd (pid {pid}) did not exit within 30s; see {}",
+                        layout.daemon_log().display()
+                    ),
+                ));
+            }
+            out(&format!("stopped bangerd (pid {pid})\n"))?;
+            Ok(0)
+        }
+        DaemonCommand::Status { json } => {
+            let mut c = client::connect(layout, true).await?;
+            let st = match client::request(&mut c, layout, Request::Status, |_| {}).await? {
+                Reply::Status(s) => s,
+                other => return Err(client::unexpected(other)),
+            };
+            if json {
+                out(&render::json(&st))?;
+                return Ok(0);
+            }
+            let color = ctx.style.stdout;
+            let mut t = Table::bare();
+            t.row(["pid".to_string(), st.pid.to_string()]);
+            t.row([
+                "version".to_string(),
+                format!(
+                    "{} (commit {})",
+                    st.version,
+                    &st.commit[..st.commit.len().min(8)]
+                ),
+            ]);
+            t.row(["uptime".to_string(), render::human_duration(st.uptime_ms)]);
+            t.row(["socket".to_string(), st.socket.clone()]);
+            t.row(["protocol".to_string(), st.protocol_version.to_string()]);
+            t.row(["store".to_string(), st.store.clone()]);
+            t.row([
+                "mode".to_string(),
+                if st.system_mode { "system" } else { "user" }.to_string(),
+            ]);
+            t.row(["vms".to_string(), st.vm_count.to_string()]);
+            let helper = match &st.helper {
+                HelperState::Connected {
+                    pid,
+                    version,
+                    socket,
+                } => format!(
+                    "{} (pid {pid}, {version}) on {socket}",
+                    style::green(color, "connected")
+                ),
+                HelperState::NotConnected { reason } => {
+                    format!("{}: {reason}", style::yellow(color, "not connected"))
+                }
+            };
+            t.row(["helper".to_string(), helper]);
+            out(&t.render())?;
+            Ok(0)
+        }
+    }
+}
+
+fn vm_table(vms: &[VmView]) -> String {
+    let mut t = Table::new([
+        "NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "DISK", "IP", "NAT", "CREATED",
+    ]);
+    for v in vms {
+        t.row([
+            v.name.clone(),
+            v.state.to_string(),
+            v.image.clone(),
+            v.vcpu.to_string(),
+            format!("{}M", v.memory_mib),
+            crate::size::format_size(v.disk_bytes),
+            v.ip.clone().unwrap_or_else(|| "-".into()),
+            if v.nat { "yes" } else { "no" }.to_string(),
+            render::age(v.created_at_unix),
+        ]);
+    }
+    t.render()
+}
+
+async fn vm_list(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
+    let mut c = client::connect(&ctx.layout, true).await?;
+    let vms = match client::request(&mut c, &ctx.layout, Request::VmList, |_| {}).await? {
+        Reply::Vms(v) => v,
+        other => return Err(client::unexpected(other)),
+    };
+    if json {
+        out(&render::json(&vms))?;
+    } else {
+        out(&vm_table(&vms))?;
+    }
+    Ok(0)
+}
+
+async fn vm_show(ctx: &Ctx, name: &str, json: bool) -> Result<u8, CliError> {
+    crate::names::validate_vm_name(name)
+        .map_err(|e| CliError::new("invalid name", e.to_string()))?;
+    let mut c = client::connect(&ctx.layout, true).await?;
+    let vm = match client::request(
+        &mut c,
+        &ctx.layout,
+        Request::VmShow { name: name.into() },
+        |_| {},
+    )
+    .await?
+    {
+        Reply::Vm(v) => v,
+        other => return Err(client::unexpected(other)),
+    };
+    if json {
+        out(&render::json(&vm))?;
+        return Ok(0);
+    }
+    let mut t = Table::bare();
+    t.row(["name".to_string(), vm.name.clone()]);
+    t.row(["id".to_string(), vm.id.clone()]);
+    t.row(["state".to_string(), vm.state.to_string()]);
+    t.row(["image".to_string(), vm.image.clone()]);
+    t.row(["vcpu".to_string(), vm.vcpu.to_string()]);
+    t.row(["memory".to_string(), format!("{} MiB", vm.memory_mib)]);
+    t.row(["disk".to_string(), crate::size::format_size(vm.disk_bytes)]);
+    t.row([
+        "ip".to_string(),
+        vm.ip.clone().unwrap_or_else(|| "-".into()),
+    ]);
+    t.row([
+        "nat".to_string(),
+        if vm.nat { "yes" } else { "no" }.to_string(),
+    ]);
+    t.row(["created".to_string(), render::age(vm.created_at_unix)]);
+    if let Some(e) = &vm.last_error {
+        t.row(["last error".to_string(), e.clone()]);
+    }
+    out(&t.render())?;
+    Ok(0)
+}
+
+/// Entry point of the `banger` binary: parse, run, print errors.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let style = Style::detect();
+    let ctx = Ctx {
+        layout: Layout::from_process(),
+        style,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("banger: cannot start: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli, &ctx)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{}", e.render(style.stderr));
+            std::process::ExitCode::from(e.exit_code)
+        }
+    }
+}

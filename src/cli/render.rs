@@ -1,0 +1,165 @@
+//! Output: one table format everywhere, JSON for machines, and errors.
+
+use std::fmt::Write;
+
+use super::style;
+
+/// A tabwriter-style table: columns left-aligned, separated by two spaces.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(header: impl IntoIterator<Item = S>) -> Table {
+        Table {
+            rows: vec![header.into_iter().map(Into::into).collect()],
+        }
+    }
+
+    /// A table with no header (key/value listings).
+    pub fn bare() -> Table {
+        Table::default()
+    }
+
+    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut width = vec![0usize; cols];
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate() {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for r in &self.rows {
+            let mut line = String::new();
+            for (i, c) in r.iter().enumerate() {
+                if i + 1 == r.len() {
+                    line.push_str(c);
+                } else {
+                    let _ = write!(line, "{c:<w$}  ", w = width[i]);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Pretty JSON for `--json`.
+pub fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+}
+
+/// A user-facing error: `banger: <label>: <message> (op <op_id>)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    pub label: String,
+    pub message: String,
+    pub op_id: Option<String>,
+    pub exit_code: u8,
+}
+
+impl CliError {
+    pub fn new(label: impl Into<String>, message: impl Into<String>) -> CliError {
+        CliError {
+            label: label.into(),
+            message: message.into(),
+            op_id: None,
+            exit_code: 1,
+        }
+    }
+
+    /// Renders the error line (colour on `color`).
+    pub fn render(&self, color: bool) -> String {
+        let mut s = format!(
+            "{} {}: {}",
+            style::red(color, "banger:"),
+            self.label,
+            self.message
+        );
+        if let Some(op) = self.op_id.as_deref().filter(|o| !o.is_empty()) {
+            s.push(' ');
+            s.push_str(&style::dim(color, &format!("(op {op})")));
+        }
+        s
+    }
+}
+
+impl From<crate::protocol::RpcError> for CliError {
+    fn from(e: crate::protocol::RpcError) -> Self {
+        CliError {
+            label: e.code.label().to_string(),
+            message: e.message,
+            op_id: (!e.op_id.is_empty()).then_some(e.op_id),
+            exit_code: 1,
+        }
+    }
+}
+
+/// Human duration: `850ms`, `3.2s`, `4m05s`, `2h03m`.
+pub fn human_duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+/// Age of a unix timestamp: `5s ago`, `3m ago`, `2h ago`, `4d ago`.
+pub fn age(unix: u64) -> String {
+    let now = crate::store::model::now_unix();
+    let d = now.saturating_sub(unix);
+    match d {
+        0..=59 => format!("{d}s ago"),
+        60..=3599 => format!("{}m ago", d / 60),
+        3600..=86_399 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(["NAME", "STATE"]);
+        t.row(["a", "running"]);
+        t.row(["longer-name", "stopped"]);
+        assert_eq!(
+            t.render(),
+            "NAME         STATE\na            running\nlonger-name  stopped\n"
+        );
+    }
+
+    #[test]
+    fn error_line_format() {
+        let e = CliError {
+            label: "not found".into(),
+            message: "no VM named \"x\"".into(),
+            op_id: Some("abcd1234".into()),
+            exit_code: 1,
+        };
+        assert_eq!(
+            e.render(false),
+            "banger: not found: no VM named \"x\" (op abcd1234)"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(850), "850ms");
+        assert_eq!(human_duration(3200), "3.2s");
+        assert_eq!(human_duration(245_000), "4m05s");
+    }
+}

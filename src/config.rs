@@ -1,0 +1,423 @@
+//! `config.toml` and the resolved VM defaults.
+//!
+//! `[vm_defaults]` resolves in three layers, each value remembering which layer
+//! it came from: the config file, then values derived from the host (cpus/4
+//! capped at 4; RAM/8 capped at 8 GiB), then a built-in floor.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::size::{format_size, parse_size};
+
+/// Problems reading `config.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    vm_defaults: RawVmDefaults,
+    #[serde(default)]
+    network: RawNetwork,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVmDefaults {
+    vcpu: Option<u32>,
+    memory_mib: Option<u32>,
+    disk_size: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    bridge: Option<String>,
+    bridge_address: Option<String>,
+}
+
+/// Which layer a resolved value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provenance {
+    Config,
+    Auto,
+    Builtin,
+}
+
+impl std::fmt::Display for Provenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provenance::Config => "config",
+            Provenance::Auto => "auto",
+            Provenance::Builtin => "builtin",
+        })
+    }
+}
+
+/// A value and the layer it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: Provenance,
+}
+
+/// Facts about the host that defaults derive from.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFacts {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+impl HostFacts {
+    /// Reads the running host.
+    pub fn probe() -> HostFacts {
+        let memory_bytes = match sysinfo::System::new() {
+            Ok(mut sys) => {
+                sys.refresh_memory();
+                sys.total_memory()
+            }
+            Err(_) => 0,
+        };
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        HostFacts { cpus, memory_bytes }
+    }
+}
+
+/// Built-in floor for vCPUs.
+pub const FLOOR_VCPU: u32 = 2;
+/// Built-in floor for memory.
+pub const FLOOR_MEMORY_MIB: u32 = 1024;
+/// Built-in work-disk size.
+pub const BUILTIN_DISK_BYTES: u64 = 8 << 30;
+const AUTO_VCPU_CAP: u32 = 4;
+const AUTO_MEMORY_CAP_MIB: u32 = 8 * 1024;
+
+/// Resolved `[vm_defaults]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDefaults {
+    pub vcpu: Sourced<u32>,
+    pub memory_mib: Sourced<u32>,
+    pub disk_bytes: Sourced<u64>,
+}
+
+/// Resolved `[network]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// Bridge device name (default `banger0`).
+    pub bridge: String,
+    /// Host address on the bridge; VMs get addresses from its subnet.
+    pub bridge_ip: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bridge: "banger0".into(),
+            bridge_ip: Ipv4Addr::new(172, 16, 0, 1),
+            prefix_len: 24,
+        }
+    }
+}
+
+/// The whole resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from (it may not exist).
+    pub path: PathBuf,
+    pub file_exists: bool,
+    pub vm_defaults: VmDefaults,
+    pub network: NetworkConfig,
+}
+
+impl Config {
+    /// Reads `path` (absent is fine) and resolves it against `host`.
+    pub fn load(path: &Path, host: HostFacts) -> Result<Config, ConfigError> {
+        let (raw, exists) = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string().trim().to_string(),
+                })?;
+                (raw, true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (RawConfig::default(), false),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        if raw.vm_defaults.vcpu == Some(0) {
+            return Err(invalid("vm_defaults.vcpu", "must be at least 1".into()));
+        }
+        if matches!(raw.vm_defaults.memory_mib, Some(m) if m < 128) {
+            return Err(invalid(
+                "vm_defaults.memory_mib",
+                "must be at least 128".into(),
+            ));
+        }
+        let disk = match &raw.vm_defaults.disk_size {
+            Some(s) => {
+                Some(parse_size(s).map_err(|e| invalid("vm_defaults.disk_size", e.to_string()))?)
+            }
+            None => None,
+        };
+        let mut network = NetworkConfig::default();
+        if let Some(b) = raw.network.bridge {
+            validate_ifname(&b).map_err(|m| invalid("network.bridge", m))?;
+            if !b.starts_with("banger") {
+                return Err(invalid(
+                    "network.bridge",
+                    format!("{b:?} must start with \"banger\" (so banger can tell its own interfaces apart), e.g. banger1"),
+                ));
+            }
+            network.bridge = b;
+        }
+        if let Some(a) = raw.network.bridge_address {
+            let (ip, len) = parse_cidr(&a).map_err(|m| invalid("network.bridge_address", m))?;
+            network.bridge_ip = ip;
+            network.prefix_len = len;
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            file_exists: exists,
+            vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
+            network,
+        })
+    }
+}
+
+fn resolve_defaults(raw: &RawVmDefaults, disk: Option<u64>, host: HostFacts) -> VmDefaults {
+    let layered = |cfg: Option<u32>, auto: u32, floor: u32| match cfg {
+        Some(v) => Sourced {
+            value: v,
+            source: Provenance::Config,
+        },
+        None if auto >= floor => Sourced {
+            value: auto,
+            source: Provenance::Auto,
+        },
+        None => Sourced {
+            value: floor,
+            source: Provenance::Builtin,
+        },
+    };
+    let auto_vcpu = (host.cpus / 4).min(AUTO_VCPU_CAP);
+    let auto_mem = ((host.memory_bytes / 8) >> 20).min(AUTO_MEMORY_CAP_MIB as u64) as u32;
+    VmDefaults {
+        vcpu: layered(raw.vcpu, auto_vcpu, FLOOR_VCPU),
+        memory_mib: layered(raw.memory_mib, auto_mem, FLOOR_MEMORY_MIB),
+        disk_bytes: match disk {
+            Some(v) => Sourced {
+                value: v,
+                source: Provenance::Config,
+            },
+            None => Sourced {
+                value: BUILTIN_DISK_BYTES,
+                source: Provenance::Builtin,
+            },
+        },
+    }
+}
+
+/// Rows for `banger config show`: key, value, provenance.
+pub fn describe(cfg: &Config) -> Vec<(String, String, String)> {
+    let d = &cfg.vm_defaults;
+    vec![
+        (
+            "vm_defaults.vcpu".into(),
+            d.vcpu.value.to_string(),
+            d.vcpu.source.to_string(),
+        ),
+        (
+            "vm_defaults.memory_mib".into(),
+            d.memory_mib.value.to_string(),
+            d.memory_mib.source.to_string(),
+        ),
+        (
+            "vm_defaults.disk_size".into(),
+            format_size(d.disk_bytes.value),
+            d.disk_bytes.source.to_string(),
+        ),
+        (
+            "network.bridge".into(),
+            cfg.network.bridge.clone(),
+            String::new(),
+        ),
+        (
+            "network.bridge_address".into(),
+            format!("{}/{}", cfg.network.bridge_ip, cfg.network.prefix_len),
+            String::new(),
+        ),
+    ]
+}
+
+/// Checks a Linux interface name we are willing to create.
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a usable interface name: 1-15 chars, a-z first, then a-z, 0-9 or '-'"
+        ))
+    }
+}
+
+/// Parses `a.b.c.d/len` for a private IPv4 subnet with room for guests.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad = || format!("{s:?} is not an address like 172.16.0.1/24");
+    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if !(8..=29).contains(&len) {
+        return Err(format!("prefix /{len} in {s:?}: use /8 to /29"));
+    }
+    if !ip.is_private() {
+        return Err(format!(
+            "{ip} is not a private (RFC 1918) address; pick one from 10/8, 172.16/12 or 192.168/16"
+        ));
+    }
+    Ok((ip, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(cpus: u32, gib: u64) -> HostFacts {
+        HostFacts {
+            cpus,
+            memory_bytes: gib << 30,
+        }
+    }
+
+    fn load(text: &str, h: HostFacts) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(&p, h)
+    }
+
+    #[test]
+    fn missing_file_uses_auto_and_builtin() {
+        let c = Config::load(Path::new("/nonexistent/config.toml"), host(16, 64)).unwrap();
+        assert!(!c.file_exists);
+        assert_eq!(
+            c.vm_defaults.vcpu,
+            Sourced {
+                value: 4,
+                source: Provenance::Auto
+            }
+        );
+        assert_eq!(
+            c.vm_defaults.memory_mib,
+            Sourced {
+                value: 8192,
+                source: Provenance::Auto
+            }
+        );
+        assert_eq!(c.vm_defaults.disk_bytes.source, Provenance::Builtin);
+    }
+
+    #[test]
+    fn small_host_falls_to_floor() {
+        let c = Config::load(Path::new("/nonexistent"), host(2, 4)).unwrap();
+        assert_eq!(
+            c.vm_defaults.vcpu,
+            Sourced {
+                value: 2,
+                source: Provenance::Builtin
+            }
+        );
+        assert_eq!(
+            c.vm_defaults.memory_mib,
+            Sourced {
+                value: 1024,
+                source: Provenance::Builtin
+            }
+        );
+        let c = Config::load(Path::new("/nonexistent"), host(12, 24)).unwrap();
+        assert_eq!(
+            c.vm_defaults.vcpu,
+            Sourced {
+                value: 3,
+                source: Provenance::Auto
+            }
+        );
+        assert_eq!(c.vm_defaults.memory_mib.value, 3072);
+    }
+
+    #[test]
+    fn config_wins() {
+        let c = load(
+            "[vm_defaults]\nvcpu = 1\nmemory_mib = 512\ndisk_size = \"2G\"\n[network]\nbridge = \"banger-t0\"\nbridge_address = \"10.9.0.1/24\"\n",
+            host(16, 64),
+        )
+        .unwrap();
+        assert_eq!(
+            c.vm_defaults.vcpu,
+            Sourced {
+                value: 1,
+                source: Provenance::Config
+            }
+        );
+        assert_eq!(c.vm_defaults.memory_mib.value, 512);
+        assert_eq!(c.vm_defaults.disk_bytes.value, 2 << 30);
+        assert_eq!(c.network.bridge, "banger-t0");
+        assert_eq!(c.network.bridge_ip, Ipv4Addr::new(10, 9, 0, 1));
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let e = load("[vm_defaults]\nvpcu = 2\n", host(2, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vpcu"), "{e}");
+        let e = load("[vm_defaults]\ndisk_size = \"lots\"\n", host(2, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disk_size") && e.contains("8G"), "{e}");
+        let e = load("[network]\nbridge_address = \"8.8.8.8/24\"\n", host(2, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("private"), "{e}");
+        let e = load("[vm_defaults]\nvcpu = 0\n", host(2, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vcpu"), "{e}");
+    }
+}

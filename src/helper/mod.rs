@@ -1,0 +1,218 @@
+//! `bangerd-root`: performs typed privileged operations for exactly one owner
+//! uid. Its own small actor tree:
+//!
+//! ```text
+//! HelperSupervisor
+//! └── NetActor      bridges and taps, one operation at a time
+//! ```
+//!
+//! It never runs a shell and never takes a command line from a request.
+
+pub mod net_actor;
+pub mod supervisor;
+
+use std::os::fd::RawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::Actor;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, Notify};
+
+use crate::actors::Slot;
+use crate::host::net::NetOps;
+use crate::host::process::{report_ready, LockFile};
+use crate::protocol::conn::{Handler, Peer};
+use crate::protocol::helper::{NoEvent, PrivReply, PrivRequest};
+use crate::protocol::{Call, RpcError};
+use net_actor::NetMsg;
+
+/// How the helper was started.
+pub struct HelperOptions {
+    /// The only uid whose daemon we serve.
+    pub owner_uid: u32,
+    /// Directory for our socket and lock (the owner's banger runtime dir).
+    pub runtime_dir: PathBuf,
+    pub ready_fd: Option<RawFd>,
+    pub net: Arc<dyn NetOps>,
+}
+
+/// Why the helper could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HelperError(pub String);
+
+/// Runs the helper until a `Shutdown` request or SIGTERM/SIGINT.
+pub async fn run(opts: HelperOptions) -> Result<(), HelperError> {
+    let ready_fd = opts.ready_fd;
+    match start(opts).await {
+        Ok(Some(r)) => {
+            report_ready(ready_fd, "ready");
+            r.serve().await;
+            Ok(())
+        }
+        Ok(None) => {
+            report_ready(ready_fd, "already-running");
+            Ok(())
+        }
+        Err(e) => {
+            report_ready(ready_fd, &format!("error: {e}"));
+            Err(e)
+        }
+    }
+}
+
+struct Running {
+    listener: UnixListener,
+    socket: PathBuf,
+    owner_uid: u32,
+    net: Arc<Slot<NetMsg>>,
+    supervisor: ractor::ActorRef<supervisor::HelperSupervisorMsg>,
+    shutdown: Arc<Notify>,
+    _lock: LockFile,
+}
+
+async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(HelperError(
+            "bangerd-root must run as root (it creates bridges and taps); start it with sudo"
+                .into(),
+        ));
+    }
+    let dir = &opts.runtime_dir;
+    let err = |what: String, e: std::io::Error| HelperError(format!("{what}: {e}"));
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("creating {}", dir.display()), e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(format!("chmod {}", dir.display()), e))?;
+        nix::unistd::chown(dir, Some(nix::unistd::Uid::from_raw(opts.owner_uid)), None)
+            .map_err(|e| HelperError(format!("chown {}: {e}", dir.display())))?;
+    }
+    let Some(lock) = LockFile::try_acquire(&dir.join("bangerd-root.lock"))
+        .map_err(|e| err("taking the helper lock".into(), e))?
+    else {
+        return Ok(None);
+    };
+    let socket = dir.join("bangerd-root.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| err(format!("binding {}", socket.display()), e))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(format!("chmod {}", socket.display()), e))?;
+    nix::unistd::chown(
+        &socket,
+        Some(nix::unistd::Uid::from_raw(opts.owner_uid)),
+        None,
+    )
+    .map_err(|e| HelperError(format!("chown {}: {e}", socket.display())))?;
+    let net = Arc::new(Slot::default());
+    let (supervisor, _) = Actor::spawn(
+        None,
+        supervisor::HelperSupervisor {
+            net_ops: opts.net.clone(),
+            owner_uid: opts.owner_uid,
+            net_slot: net.clone(),
+        },
+        (),
+    )
+    .await
+    .map_err(|e| HelperError(format!("starting the helper actors: {e}")))?;
+    tracing::info!(socket = %socket.display(), owner_uid = opts.owner_uid, "bangerd-root ready");
+    Ok(Some(Running {
+        listener,
+        socket,
+        owner_uid: opts.owner_uid,
+        net,
+        supervisor,
+        shutdown: Arc::new(Notify::new()),
+        _lock: lock,
+    }))
+}
+
+#[derive(Clone)]
+struct PrivHandler {
+    owner_uid: u32,
+    net: Arc<Slot<NetMsg>>,
+    shutdown: Arc<Notify>,
+}
+
+impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
+    async fn handle(
+        &self,
+        _peer: Peer,
+        call: Call<PrivRequest>,
+        _events: mpsc::Sender<NoEvent>,
+    ) -> Result<PrivReply, RpcError> {
+        let method = call.request.method();
+        let res = match call.request {
+            PrivRequest::Ping => Ok(PrivReply::Pong {
+                pid: std::process::id(),
+                version: crate::version::VERSION.into(),
+                owner_uid: self.owner_uid,
+            }),
+            PrivRequest::Shutdown => {
+                self.shutdown.notify_one();
+                Ok(PrivReply::Done)
+            }
+            req @ (PrivRequest::EnsureBridge { .. }
+            | PrivRequest::CreateTap { .. }
+            | PrivRequest::DeleteTap { .. }
+            | PrivRequest::ListTaps) => {
+                let net = self
+                    .net
+                    .get()
+                    .ok_or_else(|| RpcError::failed("the network actor is restarting; retry"))?;
+                ractor::call_t!(net, |reply| NetMsg::Exec(req, reply), 60_000)
+                    .map_err(|e| RpcError::failed(format!("network actor: {e}")))?
+            }
+        };
+        match &res {
+            Ok(_) => tracing::info!(op_id = %call.op_id, method, "done"),
+            Err(e) => {
+                tracing::warn!(op_id = %call.op_id, method, "refused or failed: {}", e.message)
+            }
+        }
+        res
+    }
+}
+
+impl Running {
+    async fn serve(self) {
+        let owner = self.owner_uid;
+        let handler = PrivHandler {
+            owner_uid: owner,
+            net: self.net.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut sigint =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let h = handler.clone();
+                        tokio::spawn(crate::protocol::conn::serve_connection(
+                            stream,
+                            move |uid| uid == owner,
+                            h,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = self.shutdown.notified() => break,
+                _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
+                _ = async { match sigint.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
+            }
+        }
+        tracing::info!("bangerd-root stopping");
+        let _ = std::fs::remove_file(&self.socket);
+        self.supervisor.stop(Some("shutdown".into()));
+    }
+}

@@ -1,0 +1,54 @@
+//! Host side effects, behind small traits so error paths are testable.
+//! Only `bangerd-root` calls the privileged parts.
+
+pub mod net;
+pub mod process;
+
+use std::path::PathBuf;
+
+/// Finds a system tool at a fixed set of absolute locations (never `$PATH`:
+/// the helper runs as root and must not be steered by its environment).
+pub fn system_tool(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A failed host operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(
+        "{tool} is not installed (looked in /usr/sbin, /sbin, /usr/bin, /bin); install {package}"
+    )]
+    MissingTool { tool: String, package: String },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs a tool with arguments (no shell), returning stdout or a
+/// [`HostError::Command`] carrying stderr.
+pub fn run_tool(tool: &str, package: &str, args: &[&str]) -> Result<String, HostError> {
+    let path = system_tool(tool).ok_or_else(|| HostError::MissingTool {
+        tool: tool.into(),
+        package: package.into(),
+    })?;
+    let out = std::process::Command::new(&path)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C")
+        .output()?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(HostError::Command {
+            command: format!("{tool} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! Bridges and taps. The [`NetOps`] trait is the seam (real: `ip`); the
+//! functions below hold the policy: which names are banger's, idempotency.
+
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+
+use super::{run_tool, HostError};
+
+/// Prefix of every tap banger creates.
+pub const TAP_PREFIX: &str = "bgt";
+/// Prefix of every bridge banger manages.
+pub const BRIDGE_PREFIX: &str = "banger";
+
+/// One network interface as `ip -d -j link` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkInfo {
+    pub name: String,
+    /// `bridge`, `tun`, ... (`None` for plain devices).
+    pub kind: Option<String>,
+    /// For `tun` devices: `tap` or `tun`.
+    pub tun_type: Option<String>,
+    pub master: Option<String>,
+    pub up: bool,
+    pub owner_uid: Option<u32>,
+}
+
+/// Low-level link operations.
+pub trait NetOps: Send + Sync + 'static {
+    fn list_links(&self) -> Result<Vec<LinkInfo>, HostError>;
+    fn addresses(&self, name: &str) -> Result<Vec<(Ipv4Addr, u8)>, HostError>;
+    fn add_bridge(&self, name: &str) -> Result<(), HostError>;
+    fn add_address(&self, name: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<(), HostError>;
+    fn set_up(&self, name: &str) -> Result<(), HostError>;
+    fn add_tap(&self, name: &str, owner_uid: u32) -> Result<(), HostError>;
+    fn set_master(&self, name: &str, bridge: &str) -> Result<(), HostError>;
+    fn delete_link(&self, name: &str) -> Result<(), HostError>;
+}
+
+/// [`NetOps`] through iproute2's `ip`, each call an argv (never a shell).
+pub struct IpCommand;
+
+#[derive(Deserialize)]
+struct IpLink {
+    ifname: String,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    master: Option<String>,
+    #[serde(default)]
+    linkinfo: Option<IpLinkInfo>,
+}
+
+#[derive(Deserialize)]
+struct IpLinkInfo {
+    #[serde(default)]
+    info_kind: Option<String>,
+    #[serde(default)]
+    info_data: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct IpAddrs {
+    #[serde(default)]
+    addr_info: Vec<IpAddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct IpAddrInfo {
+    family: String,
+    local: String,
+    prefixlen: u8,
+}
+
+fn ip(args: &[&str]) -> Result<String, HostError> {
+    run_tool("ip", "iproute2", args)
+}
+
+/// Parses `ip -d -j link show` output.
+pub fn parse_links(json: &str) -> Result<Vec<LinkInfo>, HostError> {
+    let links: Vec<IpLink> = serde_json::from_str(json)
+        .map_err(|e| HostError::Other(format!("unexpected `ip -j link` output: {e}")))?;
+    Ok(links
+        .into_iter()
+        .map(|l| {
+            let data = l.linkinfo.as_ref().and_then(|i| i.info_data.as_ref());
+            LinkInfo {
+                up: l.flags.iter().any(|f| f == "UP"),
+                kind: l.linkinfo.as_ref().and_then(|i| i.info_kind.clone()),
+                tun_type: data
+                    .and_then(|d| d.get("type"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+                owner_uid: data
+                    .and_then(|d| d.get("user"))
+                    .and_then(|v| {
+                        v.as_u64()
+                            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    })
+                    .map(|v| v as u32),
+                master: l.master,
+                name: l.ifname,
+            }
+        })
+        .collect())
+}
+
+impl NetOps for IpCommand {
+    fn list_links(&self) -> Result<Vec<LinkInfo>, HostError> {
+        parse_links(&ip(&["-d", "-j", "link", "show"])?)
+    }
+    fn addresses(&self, name: &str) -> Result<Vec<(Ipv4Addr, u8)>, HostError> {
+        let out = ip(&["-j", "addr", "show", "dev", name])?;
+        let v: Vec<IpAddrs> = serde_json::from_str(&out)
+            .map_err(|e| HostError::Other(format!("unexpected `ip -j addr` output: {e}")))?;
+        Ok(v.into_iter()
+            .flat_map(|a| a.addr_info)
+            .filter(|a| a.family == "inet")
+            .filter_map(|a| a.local.parse().ok().map(|ip| (ip, a.prefixlen)))
+            .collect())
+    }
+    fn add_bridge(&self, name: &str) -> Result<(), HostError> {
+        ip(&["link", "add", "name", name, "type", "bridge"]).map(drop)
+    }
+    fn add_address(&self, name: &str, ipaddr: Ipv4Addr, prefix_len: u8) -> Result<(), HostError> {
+        let cidr = format!("{ipaddr}/{prefix_len}");
+        ip(&["addr", "replace", &cidr, "dev", name]).map(drop)
+    }
+    fn set_up(&self, name: &str) -> Result<(), HostError> {
+        ip(&["link", "set", "dev", name, "up"]).map(drop)
+    }
+    fn add_tap(&self, name: &str, owner_uid: u32) -> Result<(), HostError> {
+        let uid = owner_uid.to_string();
+        ip(&["tuntap", "add", "dev", name, "mode", "tap", "user", &uid]).map(drop)
+    }
+    fn set_master(&self, name: &str, bridge: &str) -> Result<(), HostError> {
+        ip(&["link", "set", "dev", name, "master", bridge]).map(drop)
+    }
+    fn delete_link(&self, name: &str) -> Result<(), HostError> {
+        ip(&["link", "del", "dev", name]).map(drop)
+    }
+}
+
+/// Why a network request was refused before touching the host.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NetPolicyError {
+    #[error("{0:?} is not a banger tap (banger taps are named {TAP_PREFIX}<id>, at most 15 characters); refusing to touch it")]
+    NotBangerTap(String),
+    #[error("{0:?} is not a banger bridge (names start with {BRIDGE_PREFIX}, at most 15 characters); refusing to touch it")]
+    NotBangerBridge(String),
+    #[error("{0} exists but is not a {1}; remove or rename it")]
+    WrongKind(String, &'static str),
+    #[error("{0}/{1} is not a usable private subnet address")]
+    BadAddress(Ipv4Addr, u8),
+}
+
+fn valid_ifname(name: &str, prefix: &str) -> bool {
+    name.len() <= 15
+        && name.len() > prefix.len()
+        && name.starts_with(prefix)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Whether `name` is a tap name banger may manage.
+pub fn is_banger_tap(name: &str) -> bool {
+    valid_ifname(name, TAP_PREFIX)
+}
+
+/// Whether `name` is a bridge name banger may manage.
+pub fn is_banger_bridge(name: &str) -> bool {
+    valid_ifname(name, BRIDGE_PREFIX)
+}
+
+/// Errors of the policy functions.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Policy(#[from] NetPolicyError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+fn find(ops: &dyn NetOps, name: &str) -> Result<Option<LinkInfo>, HostError> {
+    Ok(ops.list_links()?.into_iter().find(|l| l.name == name))
+}
+
+/// Creates the bridge if missing, ensures its address and brings it up.
+pub fn ensure_bridge(
+    ops: &dyn NetOps,
+    name: &str,
+    address: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), NetError> {
+    if !is_banger_bridge(name) {
+        return Err(NetPolicyError::NotBangerBridge(name.into()).into());
+    }
+    if !address.is_private() || !(8..=29).contains(&prefix_len) {
+        return Err(NetPolicyError::BadAddress(address, prefix_len).into());
+    }
+    match find(ops, name)? {
+        Some(l) if l.kind.as_deref() != Some("bridge") => {
+            return Err(NetPolicyError::WrongKind(name.into(), "bridge").into())
+        }
+        Some(_) => {}
+        None => ops.add_bridge(name)?,
+    }
+    if !ops.addresses(name)?.contains(&(address, prefix_len)) {
+        ops.add_address(name, address, prefix_len)?;
+    }
+    ops.set_up(name)?;
+    Ok(())
+}
+
+/// Creates a tap owned by `owner_uid` on `bridge`; idempotent.
+pub fn create_tap(
+    ops: &dyn NetOps,
+    name: &str,
+    bridge: &str,
+    owner_uid: u32,
+) -> Result<(), NetError> {
+    if !is_banger_tap(name) {
+        return Err(NetPolicyError::NotBangerTap(name.into()).into());
+    }
+    if !is_banger_bridge(bridge) {
+        return Err(NetPolicyError::NotBangerBridge(bridge.into()).into());
+    }
+    match find(ops, name)? {
+        Some(l) if l.kind.as_deref() != Some("tun") || l.tun_type.as_deref() != Some("tap") => {
+            return Err(NetPolicyError::WrongKind(name.into(), "tap").into())
+        }
+        Some(l) if l.owner_uid.is_some() && l.owner_uid != Some(owner_uid) => {
+            // A stale tap of another owner: replace it.
+            ops.delete_link(name)?;
+            ops.add_tap(name, owner_uid)?;
+        }
+        Some(_) => {}
+        None => ops.add_tap(name, owner_uid)?,
+    }
+    ops.set_master(name, bridge)?;
+    ops.set_up(name)?;
+    Ok(())
+}
+
+/// Deletes a banger tap; absent is success.
+pub fn delete_tap(ops: &dyn NetOps, name: &str) -> Result<(), NetError> {
+    if !is_banger_tap(name) {
+        return Err(NetPolicyError::NotBangerTap(name.into()).into());
+    }
+    match find(ops, name)? {
+        None => Ok(()),
+        Some(l) if l.kind.as_deref() != Some("tun") => {
+            Err(NetPolicyError::WrongKind(name.into(), "tap").into())
+        }
+        Some(_) => Ok(ops.delete_link(name)?),
+    }
+}
+
+/// Every banger tap on the host.
+pub fn list_taps(ops: &dyn NetOps) -> Result<Vec<LinkInfo>, NetError> {
+    Ok(ops
+        .list_links()?
+        .into_iter()
+        .filter(|l| is_banger_tap(&l.name) && l.kind.as_deref() == Some("tun"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_banger_tap("bgt0a1b2c3d"));
+        assert!(!is_banger_tap("bgt"));
+        assert!(!is_banger_tap("eth0"));
+        assert!(!is_banger_tap("bgt-very-long-name-x"));
+        assert!(!is_banger_tap("bgt;rm"));
+        assert!(is_banger_bridge("banger0"));
+        assert!(!is_banger_bridge("docker0"));
+    }
+
+    #[test]
+    fn parses_ip_json() {
+        let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP"]},
+          {"ifindex":5,"ifname":"bgt1","flags":["BROADCAST","UP"],"master":"banger0",
+           "linkinfo":{"info_kind":"tun","info_data":{"type":"tap","pi":false,"user":1000}}},
+          {"ifindex":4,"ifname":"banger0","flags":["UP"],"linkinfo":{"info_kind":"bridge","info_data":{}}}]"#;
+        let links = parse_links(json).unwrap();
+        assert_eq!(links.len(), 3);
+        assert_eq!(links[1].tun_type.as_deref(), Some("tap"));
+        assert_eq!(links[1].owner_uid, Some(1000));
+        assert_eq!(links[1].master.as_deref(), Some("banger0"));
+        assert_eq!(links[2].kind.as_deref(), Some("bridge"));
+    }
+
+    /// A NetOps whose every mutation fails, for error paths a real host will
+    /// not produce on demand.
+    struct Failing(Vec<LinkInfo>);
+    impl NetOps for Failing {
+        fn list_links(&self) -> Result<Vec<LinkInfo>, HostError> {
+            Ok(self.0.clone())
+        }
+        fn addresses(&self, _: &str) -> Result<Vec<(Ipv4Addr, u8)>, HostError> {
+            Ok(vec![])
+        }
+        fn add_bridge(&self, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no bridges".into()))
+        }
+        fn add_address(&self, _: &str, _: Ipv4Addr, _: u8) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+        fn set_up(&self, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+        fn add_tap(&self, _: &str, _: u32) -> Result<(), HostError> {
+            Err(HostError::Other("no taps".into()))
+        }
+        fn set_master(&self, _: &str, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+        fn delete_link(&self, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+    }
+
+    #[test]
+    fn policy_refuses_foreign_interfaces_before_touching_anything() {
+        let ops = Failing(vec![LinkInfo {
+            name: "eth0".into(),
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            delete_tap(&ops, "eth0"),
+            Err(NetError::Policy(NetPolicyError::NotBangerTap(_)))
+        ));
+        assert!(matches!(
+            ensure_bridge(&ops, "eth0", Ipv4Addr::new(172, 16, 0, 1), 24),
+            Err(NetError::Policy(NetPolicyError::NotBangerBridge(_)))
+        ));
+        assert!(matches!(
+            ensure_bridge(&ops, "banger0", Ipv4Addr::new(8, 8, 8, 8), 24),
+            Err(NetError::Policy(NetPolicyError::BadAddress(..)))
+        ));
+    }
+
+    #[test]
+    fn a_non_tap_with_a_tap_name_is_left_alone() {
+        let ops = Failing(vec![LinkInfo {
+            name: "bgt1".into(),
+            kind: Some("veth".into()),
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            delete_tap(&ops, "bgt1"),
+            Err(NetError::Policy(NetPolicyError::WrongKind(..)))
+        ));
+    }
+
+    #[test]
+    fn host_failures_surface() {
+        let ops = Failing(vec![]);
+        let e = create_tap(&ops, "bgt1", "banger0", 0).unwrap_err();
+        assert!(e.to_string().contains("no taps"), "{e}");
+        // Deleting an absent tap is success without touching anything.
+        delete_tap(&ops, "bgt1").unwrap();
+    }
+}

@@ -1,0 +1,266 @@
+//! Processes: starting a detached service with a readiness pipe, waiting for
+//! a pid to exit (pidfd, no polling loop), checking liveness.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The fd number a spawned service finds its readiness pipe on.
+pub const READY_FD: RawFd = 3;
+
+/// Outcome of starting a detached service.
+#[derive(Debug)]
+pub enum Started {
+    /// It reported ready; its pid.
+    Ready(u32),
+    /// Another instance already runs (it found the lock held).
+    AlreadyRunning,
+}
+
+/// Starts `program args... --ready-fd 3` in its own session (so it outlives
+/// us and our terminal), stdout/stderr appended to `log`, and waits up to
+/// `timeout` for it to write `ready` (or `error: ...`, or `already-running`)
+/// on the pipe.
+pub fn spawn_service(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    timeout: Duration,
+) -> Result<Started, String> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let wr_raw = wr.as_raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .arg("--ready-fd")
+        .arg(READY_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+        .stderr(logf);
+    // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(wr_raw, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", program.display()))?;
+    drop(wr);
+    let pid = child.id();
+    let msg = read_with_timeout(rd, timeout);
+    // Reap the child if it already exited (it is our child until we exit).
+    let exited = child.try_wait().ok().flatten();
+    match msg {
+        Ok(m) if m.trim() == "ready" => Ok(Started::Ready(pid)),
+        Ok(m) if m.trim() == "already-running" => Ok(Started::AlreadyRunning),
+        Ok(m) if m.trim_start().starts_with("error:") => {
+            Err(m.trim().trim_start_matches("error:").trim().to_string())
+        }
+        Ok(m) => Err(match exited {
+            Some(st) => format!(
+                "{} exited ({st}) before it was ready{}; see {}",
+                program.display(),
+                if m.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", m.trim())
+                },
+                log.display()
+            ),
+            None => format!(
+                "{} closed its readiness pipe without saying ready; see {}",
+                program.display(),
+                log.display()
+            ),
+        }),
+        Err(e) => Err(format!("{e}; see {}", log.display())),
+    }
+}
+
+fn read_with_timeout(fd: OwnedFd, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let mut f = File::from(fd);
+    let mut buf = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no readiness report within {timeout:?}"));
+        }
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("poll: {e}"));
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut chunk = [0u8; 512];
+        match f.read(&mut chunk) {
+            Ok(0) => return Ok(String::from_utf8_lossy(&buf).into_owned()),
+            Ok(k) => {
+                buf.extend_from_slice(&chunk[..k]);
+                if buf.ends_with(b"\n") {
+                    return Ok(String::from_utf8_lossy(&buf).into_owned());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading readiness pipe: {e}")),
+        }
+    }
+}
+
+/// Writes a readiness report (`ready`, `already-running`, `error: ...`) to the
+/// pipe inherited as `fd` and closes it.
+pub fn report_ready(fd: Option<RawFd>, message: &str) {
+    let Some(fd) = fd else { return };
+    // SAFETY: the fd was handed to us by our parent for exactly this purpose
+    // and is used once, here.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    let _ = writeln!(f, "{message}");
+}
+
+/// Whether `pid` is a live (non-zombie) process.
+pub fn pid_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // state is the first field after the ")" closing comm.
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Opens a pidfd for `pid`.
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned fd is owned by us.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Blocks until `pid` exits or `timeout` passes; true if it exited. Uses a
+/// pidfd, which becomes readable when the process terminates. A zombie
+/// counts as exited.
+pub fn wait_exit_blocking(pid: u32, timeout: Duration) -> bool {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(_) => return !pid_alive(pid),
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !pid_alive(pid) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n > 0 {
+            return true;
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return !pid_alive(pid);
+        }
+    }
+}
+
+/// Async form of [`wait_exit_blocking`].
+pub async fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    tokio::task::spawn_blocking(move || wait_exit_blocking(pid, timeout))
+        .await
+        .unwrap_or(false)
+}
+
+/// An exclusive, non-blocking lock on a file; held while the value lives.
+pub struct LockFile {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl LockFile {
+    /// Takes the lock, or `Ok(None)` if another process holds it.
+    pub fn try_acquire(path: &Path) -> std::io::Result<Option<LockFile>> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(LockFile { _lock: l })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(std::io::Error::from(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_and_exit_wait() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(pid_alive(pid));
+        assert!(!wait_exit_blocking(pid, Duration::from_millis(50)));
+        child.kill().unwrap();
+        // Unreaped, the child is a zombie: counted as exited.
+        assert!(wait_exit_blocking(pid, Duration::from_secs(5)));
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let a = LockFile::try_acquire(&p).unwrap();
+        assert!(a.is_some());
+        // flock locks are per open file description: a second open conflicts.
+        assert!(LockFile::try_acquire(&p).unwrap().is_none());
+        drop(a);
+        assert!(LockFile::try_acquire(&p).unwrap().is_some());
+    }
+}

@@ -1,0 +1,459 @@
+//! Both ends of a connection: the server loop (handshake, peer check,
+//! concurrent call dispatch, event streaming) and the clients (a simple one
+//! for one call at a time, and a multiplexing one for many in flight).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+
+use super::frame::{self, read_frame, read_raw, write_frame, write_raw, FrameError};
+use super::{
+    answer_hello, decode_call, Call, CallDecodeError, Envelope, ErrorCode, Hello, HelloReply,
+    Methods, Response, RpcError,
+};
+
+/// How long a new connection may take to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may sit idle (no frame) before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Calls one connection may have in flight.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// The verified peer of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+/// Serves requests of type `R`, streaming events `E`, answering `P`.
+pub trait Handler<R, E, P>: Clone + Send + Sync + 'static {
+    fn handle(
+        &self,
+        peer: Peer,
+        call: Call<R>,
+        events: mpsc::Sender<E>,
+    ) -> impl Future<Output = Result<P, RpcError>> + Send;
+}
+
+fn envelope<E: Serialize, P: Serialize>(op_id: &str, body: Response<E, P>) -> Option<Vec<u8>> {
+    match frame::encode(&Envelope {
+        op_id: op_id.to_string(),
+        body,
+    }) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::error!(op_id, "cannot encode a response: {e}");
+            None
+        }
+    }
+}
+
+/// Runs one server connection to completion. `allowed` decides from the peer's
+/// uid (`SO_PEERCRED`) whether it may talk to us; anyone else is answered
+/// `unauthorized` and disconnected. A malformed frame ends this connection
+/// only, after a `bad_request` answer.
+pub async fn serve_connection<R, E, P, H>(
+    mut stream: UnixStream,
+    allowed: impl Fn(u32) -> bool,
+    handler: H,
+) where
+    R: Methods + Send + std::fmt::Debug + 'static,
+    E: Serialize + Send + 'static,
+    P: Serialize + Send + 'static,
+    H: Handler<R, E, P>,
+{
+    let peer = match stream.peer_cred() {
+        Ok(c) => Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
+        Err(e) => {
+            tracing::warn!("cannot read peer credentials: {e}");
+            return;
+        }
+    };
+    let hello: Hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(FrameError::Closed)) | Ok(Err(FrameError::Truncated)) | Err(_) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(uid = peer.uid, "bad hello: {e}");
+            let reply = HelloReply::Error(RpcError::bad_request(format!(
+                "expected a hello frame: {e}"
+            )));
+            let _ = write_frame(&mut stream, &reply).await;
+            return;
+        }
+    };
+    if !allowed(peer.uid) {
+        tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused a connection from another uid");
+        let reply = HelloReply::Error(RpcError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "uid {} may not use this socket: it serves only its owner (uid {}); run banger as that user or start your own daemon",
+                peer.uid,
+                nix::unistd::geteuid()
+            ),
+        ));
+        let _ = write_frame(&mut stream, &reply).await;
+        return;
+    }
+    let reply = answer_hello(&hello);
+    let welcomed = matches!(reply, HelloReply::Welcome { .. });
+    if write_frame(&mut stream, &reply).await.is_err() || !welcomed {
+        return;
+    }
+
+    let (mut rd, mut wr) = stream.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
+    let writer = tokio::spawn(async move {
+        while let Some(buf) = out_rx.recv().await {
+            if write_raw(&mut wr, &buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let payload = match tokio::time::timeout(IDLE_TIMEOUT, read_raw(&mut rd)).await {
+            Err(_) | Ok(Err(FrameError::Closed)) | Ok(Err(FrameError::Truncated)) => break,
+            Ok(Err(e)) => {
+                let err = RpcError::bad_request(format!("bad frame: {e}"));
+                if let Some(b) = envelope::<E, P>("", Response::Final(Err(err))) {
+                    let _ = out_tx.send(b).await;
+                }
+                break;
+            }
+            Ok(Ok(p)) => p,
+        };
+        let call: Call<R> = match decode_call::<R>(&payload) {
+            Ok(c) => c,
+            Err(CallDecodeError::UnknownMethod { op_id, tag }) => {
+                let err = RpcError::new(
+                    ErrorCode::UnknownMethod,
+                    format!(
+                        "method #{tag} is not known to this server (version {}); use matching banger binaries",
+                        crate::version::VERSION
+                    ),
+                )
+                .with_op(&op_id);
+                if let Some(b) = envelope::<E, P>(&op_id, Response::Final(Err(err))) {
+                    if out_tx.send(b).await.is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
+            Err(CallDecodeError::Malformed { op_id, message }) => {
+                let op_id = op_id.unwrap_or_default();
+                let err =
+                    RpcError::bad_request(format!("malformed request: {message}")).with_op(&op_id);
+                if let Some(b) = envelope::<E, P>(&op_id, Response::Final(Err(err))) {
+                    let _ = out_tx.send(b).await;
+                }
+                break;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let handler = handler.clone();
+        let out = out_tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let op_id = call.op_id.clone();
+            let (tx, mut rx) = mpsc::channel::<E>(256);
+            let fut = handler.handle(peer, call, tx);
+            tokio::pin!(fut);
+            let result = loop {
+                tokio::select! {
+                    Some(ev) = rx.recv() => {
+                        if let Some(b) = envelope::<E, P>(&op_id, Response::Event(ev)) {
+                            let _ = out.send(b).await;
+                        }
+                    }
+                    res = &mut fut => break res,
+                }
+            };
+            while let Ok(ev) = rx.try_recv() {
+                if let Some(b) = envelope::<E, P>(&op_id, Response::Event(ev)) {
+                    let _ = out.send(b).await;
+                }
+            }
+            let result = result.map_err(|e| e.with_op(&op_id));
+            if let Some(b) = envelope::<E, P>(&op_id, Response::Final(result)) {
+                let _ = out.send(b).await;
+            }
+        });
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// Failures on the client side of a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket (absent or refused).
+    #[error("nothing is listening on {path}")]
+    NotRunning { path: PathBuf },
+    /// The socket exists but we may not use it.
+    #[error("permission denied on {path}: {hint}")]
+    PermissionDenied { path: PathBuf, hint: String },
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .0.message)]
+    Refused(RpcError),
+    #[error("{}", .0.message)]
+    Rpc(RpcError),
+    #[error("connection to the server failed: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the server did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Who answered our hello.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version: String,
+    pub pid: u32,
+}
+
+async fn connect_and_greet(path: &Path) -> Result<(UnixStream, ServerInfo), ClientError> {
+    let mut stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning {
+                        path: path.to_path_buf(),
+                    }
+                }
+                std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+                    path: path.to_path_buf(),
+                    hint: owner_hint(path),
+                },
+                _ => ClientError::Connect {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            })
+        }
+    };
+    let fut = async {
+        write_frame(&mut stream, &Hello::current()).await?;
+        read_frame::<_, HelloReply>(&mut stream).await
+    };
+    let reply = tokio::time::timeout(HELLO_TIMEOUT, fut)
+        .await
+        .map_err(|_| ClientError::Timeout(HELLO_TIMEOUT))??;
+    match reply {
+        HelloReply::Welcome {
+            server_version,
+            server_pid,
+            ..
+        } => Ok((
+            stream,
+            ServerInfo {
+                version: server_version,
+                pid: server_pid,
+            },
+        )),
+        HelloReply::Error(e) => Err(ClientError::Refused(e)),
+    }
+}
+
+/// A connected, handshaken client making one call at a time.
+pub struct Client<R, E, P> {
+    stream: UnixStream,
+    pub server: ServerInfo,
+    _types: std::marker::PhantomData<fn(R) -> (E, P)>,
+}
+
+impl<R, E, P> Client<R, E, P>
+where
+    R: Serialize,
+    E: DeserializeOwned,
+    P: DeserializeOwned,
+{
+    /// Connects to `path` and performs the handshake.
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let (stream, server) = connect_and_greet(path).await?;
+        Ok(Client {
+            stream,
+            server,
+            _types: std::marker::PhantomData,
+        })
+    }
+
+    /// Sends one request under `op_id`, feeding events to `on_event`, and
+    /// returns the final reply. Server errors come back as [`ClientError::Rpc`].
+    pub async fn call_with_op(
+        &mut self,
+        op_id: String,
+        request: R,
+        mut on_event: impl FnMut(E),
+    ) -> Result<P, ClientError> {
+        write_frame(
+            &mut self.stream,
+            &Call {
+                op_id: op_id.clone(),
+                request,
+            },
+        )
+        .await?;
+        loop {
+            let env = match read_frame::<_, Envelope<E, P>>(&mut self.stream).await {
+                Ok(env) => env,
+                Err(FrameError::Closed) => return Err(FrameError::Truncated.into()),
+                Err(e) => return Err(e.into()),
+            };
+            if env.op_id != op_id && !env.op_id.is_empty() {
+                continue;
+            }
+            match env.body {
+                Response::Event(e) => on_event(e),
+                Response::Final(Ok(p)) => return Ok(p),
+                Response::Final(Err(e)) => return Err(ClientError::Rpc(e)),
+            }
+        }
+    }
+
+    /// [`Client::call_with_op`] with a fresh op id.
+    pub async fn call(&mut self, request: R, on_event: impl FnMut(E)) -> Result<P, ClientError> {
+        self.call_with_op(super::new_op_id(), request, on_event)
+            .await
+    }
+}
+
+type Pending<P> = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Result<P, RpcError>>>>>>;
+
+/// A client with many calls in flight on one connection (used by the daemon's
+/// link to the helper). Events are not supported: the helper sends none.
+pub struct MuxClient<R, P> {
+    writer: Mutex<tokio::net::unix::OwnedWriteHalf>,
+    pending: Pending<P>,
+    pub server: ServerInfo,
+    _types: std::marker::PhantomData<fn(R)>,
+}
+
+impl<R, P> MuxClient<R, P>
+where
+    R: Serialize,
+    P: DeserializeOwned + Send + 'static,
+{
+    /// Connects and starts the reader task. `on_close` runs once when the
+    /// connection ends, with the reason.
+    pub async fn connect(
+        path: &Path,
+        on_close: impl FnOnce(String) + Send + 'static,
+    ) -> Result<Arc<Self>, ClientError> {
+        let (stream, server) = connect_and_greet(path).await?;
+        let (mut rd, wr) = stream.into_split();
+        let pending: Pending<P> = Arc::new(Mutex::new(Some(HashMap::new())));
+        let p2 = pending.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match read_frame::<_, Envelope<super::helper::NoEvent, P>>(&mut rd).await {
+                    Ok(env) => {
+                        // The helper streams no events: every frame is a Final.
+                        let Response::Final(res) = env.body;
+                        let tx = p2.lock().await.as_mut().and_then(|m| m.remove(&env.op_id));
+                        if let Some(tx) = tx {
+                            let _ = tx.send(res);
+                        }
+                    }
+                    Err(FrameError::Closed) => {
+                        break "the helper closed the connection".to_string()
+                    }
+                    Err(e) => break format!("connection to the helper failed: {e}"),
+                }
+            };
+            if let Some(map) = p2.lock().await.take() {
+                for (op_id, tx) in map {
+                    let _ = tx.send(Err(RpcError::failed(format!(
+                        "lost the connection to bangerd-root during the operation: {reason}"
+                    ))
+                    .with_op(&op_id)));
+                }
+            }
+            on_close(reason);
+        });
+        Ok(Arc::new(MuxClient {
+            writer: Mutex::new(wr),
+            pending,
+            server,
+            _types: std::marker::PhantomData,
+        }))
+    }
+
+    /// Sends a call and waits for its final answer.
+    pub async fn call(&self, op_id: String, request: R) -> Result<P, RpcError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut guard = self.pending.lock().await;
+            let Some(map) = guard.as_mut() else {
+                return Err(
+                    RpcError::failed("the connection to bangerd-root is closed").with_op(&op_id)
+                );
+            };
+            map.insert(op_id.clone(), tx);
+        }
+        let sent = {
+            let mut w = self.writer.lock().await;
+            write_frame(
+                &mut *w,
+                &Call {
+                    op_id: op_id.clone(),
+                    request,
+                },
+            )
+            .await
+        };
+        if let Err(e) = sent {
+            if let Some(m) = self.pending.lock().await.as_mut() {
+                m.remove(&op_id);
+            }
+            return Err(RpcError::failed(format!("sending to bangerd-root: {e}")).with_op(&op_id));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(RpcError::failed("the connection to bangerd-root closed").with_op(&op_id))
+        })
+    }
+
+    /// Whether the reader still runs.
+    pub async fn is_open(&self) -> bool {
+        self.pending.lock().await.is_some()
+    }
+}
+
+/// Explains who owns a socket we could not open.
+fn owner_hint(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    // The socket or, when its directory is closed to us, the nearest ancestor
+    // we can see.
+    let owner = path
+        .ancestors()
+        .find_map(|p| p.metadata().ok())
+        .map(|m| m.uid());
+    match owner {
+        Some(uid) if uid != me => format!(
+            "it belongs to uid {uid} and serves only that user (you are uid {me}); run banger as uid {uid}, or use your own daemon (unset XDG_RUNTIME_DIR overrides pointing at theirs)"
+        ),
+        _ => "check the permissions of the socket and its directory".to_string(),
+    }
+}

@@ -1,0 +1,388 @@
+//! The state store: one redb file with tables for VMs, images, kernels and
+//! meta (the schema version). Values are JSON records.
+//!
+//! [`Store::open`] creates and migrates; [`Store::open_read_only`] never
+//! migrates and refuses every write. redb's lock is exclusive, so only one
+//! process (the daemon) holds the file read-write; others ask the daemon.
+
+pub mod migrations;
+pub mod model;
+
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use model::VmRecord;
+
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
+pub(crate) const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+pub(crate) const KERNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("kernels");
+
+const SCHEMA_KEY: &str = "schema_version";
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state file {0} does not exist (it is created when the daemon first starts)")]
+    Missing(PathBuf),
+    #[error(
+        "state file {0} is in use by another process (a running bangerd); ask the daemon instead"
+    )]
+    Locked(PathBuf),
+    #[error("state file is schema v{found}, newer than this banger understands (v{known}); upgrade banger")]
+    TooNew { found: u64, known: u64 },
+    #[error("the store was opened read-only; writes are refused")]
+    ReadOnly,
+    #[error("record {key:?} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("state store: {0}")]
+    Db(String),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl StoreError {
+    fn from_open(path: &Path, e: redb::DatabaseError) -> StoreError {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_path_buf()),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::NotFound =>
+            {
+                StoreError::Missing(path.to_path_buf())
+            }
+            other => StoreError::Db(format!("opening {}: {other}", path.display())),
+        }
+    }
+}
+
+enum Db {
+    Rw(redb::Database),
+    Ro(redb::ReadOnlyDatabase),
+}
+
+/// A handle to the state file.
+pub struct Store {
+    db: Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates to the latest schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Db(format!("creating {}: {e}", dir.display())))?;
+        }
+        let db = redb::Database::create(path).map_err(|e| StoreError::from_open(path, e))?;
+        let store = Store {
+            db: Db::Rw(db),
+            path: path.to_path_buf(),
+        };
+        store.migrate_to(migrations::latest_version())?;
+        Ok(store)
+    }
+
+    /// Opens an existing file for reading only. Never migrates.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let db = redb::ReadOnlyDatabase::open(path).map_err(|e| StoreError::from_open(path, e))?;
+        Ok(Store {
+            db: Db::Ro(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn rw(&self) -> Result<&redb::Database, StoreError> {
+        match &self.db {
+            Db::Rw(db) => Ok(db),
+            Db::Ro(_) => Err(StoreError::ReadOnly),
+        }
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        Ok(match &self.db {
+            Db::Rw(db) => db.begin_read()?,
+            Db::Ro(db) => db.begin_read()?,
+        })
+    }
+
+    /// The schema version recorded in the file (0 for a file never migrated).
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(SCHEMA_KEY)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Applies every migration above the file's version up to `target`.
+    /// Running it again is a no-op.
+    pub fn migrate_to(&self, target: u64) -> Result<u64, StoreError> {
+        let db = self.rw()?;
+        let current = self.schema_version()?;
+        let known = migrations::latest_version();
+        if current > known {
+            return Err(StoreError::TooNew {
+                found: current,
+                known,
+            });
+        }
+        for m in migrations::MIGRATIONS
+            .iter()
+            .filter(|m| m.version > current && m.version <= target)
+        {
+            let txn = db.begin_write()?;
+            (m.apply)(&txn)?;
+            txn.open_table(META)?.insert(SCHEMA_KEY, m.version)?;
+            txn.commit()?;
+            tracing::info!(
+                version = m.version,
+                name = m.name,
+                "applied store migration"
+            );
+        }
+        self.schema_version()
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))?;
+        let txn = self.rw()?.begin_write()?;
+        txn.open_table(table)?.insert(key, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.begin_read()?;
+        let t = match txn.open_table(table) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match t.get(key)? {
+            None => Ok(None),
+            Some(v) => {
+                serde_json::from_slice(v.value())
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        key: key.to_string(),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    fn list<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let txn = self.begin_read()?;
+        let t = match txn.open_table(table) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    key: k.value().to_string(),
+                    message: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
+        let txn = self.rw()?.begin_write()?;
+        let existed = txn.open_table(table)?.remove(key)?.is_some();
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    /// Inserts or replaces a VM record (durable when this returns).
+    pub fn put_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
+        self.put(VMS, &vm.id, vm)
+    }
+
+    /// Inserts a VM record unless its name is taken; atomic.
+    pub fn insert_vm_unique(&self, vm: &VmRecord) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec(vm).map_err(|e| StoreError::Db(e.to_string()))?;
+        let txn = self.rw()?.begin_write()?;
+        {
+            let mut t = txn.open_table(VMS)?;
+            for row in t.iter()? {
+                let (_, v) = row?;
+                if let Ok(other) = serde_json::from_slice::<VmRecord>(v.value()) {
+                    if other.name == vm.name {
+                        return Ok(false);
+                    }
+                }
+            }
+            t.insert(vm.id.as_str(), bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
+    pub fn get_vm(&self, id: &str) -> Result<Option<VmRecord>, StoreError> {
+        self.get(VMS, id)
+    }
+
+    pub fn list_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.list(VMS)
+    }
+
+    pub fn find_vm_by_name(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        Ok(self.list_vms()?.into_iter().find(|v| v.name == name))
+    }
+
+    pub fn delete_vm(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete(VMS, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::cli::VmState;
+
+    pub(crate) fn vm(name: &str) -> VmRecord {
+        VmRecord {
+            id: model::new_vm_id(),
+            name: name.into(),
+            state: VmState::Stopped,
+            image: "debian-bookworm".into(),
+            kernel: String::new(),
+            vcpu: 2,
+            memory_mib: 1024,
+            disk_bytes: 8 << 30,
+            nat: false,
+            ip: None,
+            mac: None,
+            tap: None,
+            created_at_unix: model::now_unix(),
+            last_error: None,
+        }
+    }
+
+    fn sha(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn open_migrates_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.redb");
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), migrations::latest_version());
+        assert_eq!(s.migrate_to(migrations::latest_version()).unwrap(), 1);
+        s.put_vm(&vm("a")).unwrap();
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), migrations::latest_version());
+        assert_eq!(s.list_vms().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn read_only_never_migrates_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.redb");
+        // An old-schema file: a redb file at version 0 (never migrated).
+        drop(redb::Database::create(&p).unwrap());
+        let before = sha(&p);
+        let ro = Store::open_read_only(&p).unwrap();
+        assert_eq!(ro.schema_version().unwrap(), 0);
+        assert!(ro.list_vms().unwrap().is_empty());
+        assert!(matches!(ro.put_vm(&vm("x")), Err(StoreError::ReadOnly)));
+        assert!(matches!(ro.migrate_to(1), Err(StoreError::ReadOnly)));
+        drop(ro);
+        assert_eq!(before, sha(&p), "read-only open changed the file");
+        // A normal open then migrates it.
+        let rw = Store::open(&p).unwrap();
+        assert_eq!(rw.schema_version().unwrap(), 1);
+    }
+
+    #[test]
+    fn read_only_of_missing_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Store::open_read_only(&dir.path().join("nope.redb"))
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreError::Missing(_)), "{e}");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.redb");
+        {
+            let db = redb::Database::create(&p).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, 99)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = Store::open(&p).err().unwrap();
+        assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
+    }
+
+    #[test]
+    fn second_writer_is_told_the_file_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.redb");
+        let _a = Store::open(&p).unwrap();
+        let e = Store::open(&p).err().unwrap();
+        assert!(matches!(e, StoreError::Locked(_)), "{e}");
+    }
+
+    #[test]
+    fn unique_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        assert!(s.insert_vm_unique(&vm("a")).unwrap());
+        assert!(!s.insert_vm_unique(&vm("a")).unwrap());
+        assert!(s.insert_vm_unique(&vm("b")).unwrap());
+        assert_eq!(s.list_vms().unwrap().len(), 2);
+        let a = s.find_vm_by_name("a").unwrap().unwrap();
+        assert!(s.delete_vm(&a.id).unwrap());
+        assert!(s.find_vm_by_name("a").unwrap().is_none());
+    }
+}
