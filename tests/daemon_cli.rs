@@ -184,3 +184,61 @@ fn another_uid_is_refused_and_the_owner_keeps_being_served() {
         .daemon_log()
         .contains("refused a connection from another uid"));
 }
+
+#[test]
+fn a_non_root_daemon_explains_how_to_grant_the_helper() {
+    if !is_root() {
+        panic!("this test needs root (setpriv to another uid)");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("banger-nobody-")
+        .tempdir()
+        .unwrap();
+    nix::unistd::chown(
+        dir.path(),
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let r = dir.path().display().to_string();
+    let nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("banger"))
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", format!("{r}/home"))
+            .env("XDG_CONFIG_HOME", format!("{r}/config"))
+            .env("XDG_STATE_HOME", format!("{r}/state"))
+            .env("XDG_CACHE_HOME", format!("{r}/cache"))
+            .env("XDG_RUNTIME_DIR", format!("{r}/run"))
+            .env("BANGER_SYSTEM", "0")
+            .output()
+            .unwrap()
+    };
+    let out = nobody(&["daemon", "start"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("bangerd-root is not connected"), "{err}");
+    assert!(
+        err.contains("sudo ") && err.contains("--owner-uid 65534"),
+        "{err}"
+    );
+    let out = nobody(&["daemon", "status"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("helper    not connected: bangerd-root is not running"),
+        "{status}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&nobody(&["vm", "list", "--json"]).stdout).trim(),
+        "[]"
+    );
+    let out = nobody(&["daemon", "stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -260,12 +260,23 @@ async fn daemon(ctx: &Ctx, cmd: DaemonCommand) -> Result<u8, CliError> {
             Ok(0)
         }
         DaemonCommand::Start => {
-            let c = client::connect(layout, true).await?;
+            let mut c = client::connect(layout, true).await?;
             out(&format!(
                 "bangerd running (pid {}) on {}\n",
                 c.server.pid,
                 layout.daemon_socket().display()
             ))?;
+            // Say at once when the root helper is missing, and how to fix it.
+            if let Reply::Status(st) =
+                client::request(&mut c, layout, Request::Status, |_| {}).await?
+            {
+                if let HelperState::NotConnected { reason } = st.helper {
+                    eprintln!(
+                        "{} bangerd-root is not connected: {reason}",
+                        style::yellow(ctx.style.stderr, "warning:")
+                    );
+                }
+            }
             Ok(0)
         }
         DaemonCommand::Stop => {
