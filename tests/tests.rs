@@ -4,7 +4,9 @@
 
 mod support;
 
+mod boot;
 mod daemon_cli;
 mod garbage;
 mod helper_net;
+mod images;
 mod store_crash;

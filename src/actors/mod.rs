@@ -4,6 +4,8 @@
 //! ```text
 //! DaemonSupervisor
 //! ├── VmRegistry ── VmActor(vm id)   one per VM record; its operations queue
+//! ├── ImageManager ── JobActor(name)  one build per image name at a time
+//! ├── KernelManager ── JobActor(name) one pull per kernel name at a time
 //! └── HelperLink                     the link to bangerd-root
 //! ```
 //!
@@ -12,6 +14,7 @@
 //! in spawned tasks that report back with a message.
 
 pub mod helper_link;
+pub mod job_manager;
 pub mod supervisor;
 pub mod vm_actor;
 pub mod vm_registry;
@@ -100,6 +103,10 @@ pub struct Services {
     pub config: crate::config::Config,
     pub helper: Slot<helper_link::HelperLinkMsg>,
     pub registry: Slot<vm_registry::RegistryMsg>,
+    /// The ImageManager (a [`job_manager::JobManager`]).
+    pub images: Slot<job_manager::ManagerMsg>,
+    /// The KernelManager (a [`job_manager::JobManager`]).
+    pub kernels: Slot<job_manager::ManagerMsg>,
 }
 
 impl Services {
@@ -114,6 +121,8 @@ impl Services {
             config,
             helper: Slot::default(),
             registry: Slot::default(),
+            images: Slot::default(),
+            kernels: Slot::default(),
         })
     }
 }

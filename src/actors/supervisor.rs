@@ -17,6 +17,8 @@ use super::{Backoff, Services};
 pub enum Child {
     Registry,
     HelperLink,
+    ImageManager,
+    KernelManager,
 }
 
 /// Messages to the supervisor.
@@ -67,6 +69,27 @@ impl DaemonSupervisor {
                 self.services.registry.set(Some(r));
                 id
             }
+            Child::ImageManager | Child::KernelManager => {
+                let kind = if child == Child::ImageManager {
+                    "image"
+                } else {
+                    "kernel"
+                };
+                let (r, _) = Actor::spawn_linked(
+                    None,
+                    super::job_manager::JobManager { kind },
+                    (),
+                    myself.get_cell(),
+                )
+                .await?;
+                let id = r.get_id();
+                if child == Child::ImageManager {
+                    self.services.images.set(Some(r));
+                } else {
+                    self.services.kernels.set(Some(r));
+                }
+                id
+            }
             Child::HelperLink => {
                 let (r, _) = Actor::spawn_linked(
                     None,
@@ -104,6 +127,10 @@ impl Actor for DaemonSupervisor {
             backoff: HashMap::new(),
         };
         self.spawn_child(&myself, &mut state, Child::HelperLink)
+            .await?;
+        self.spawn_child(&myself, &mut state, Child::KernelManager)
+            .await?;
+        self.spawn_child(&myself, &mut state, Child::ImageManager)
             .await?;
         self.spawn_child(&myself, &mut state, Child::Registry)
             .await?;
@@ -149,6 +176,8 @@ impl Actor for DaemonSupervisor {
         match child {
             Child::Registry => self.services.registry.set(None),
             Child::HelperLink => self.services.helper.set(None),
+            Child::ImageManager => self.services.images.set(None),
+            Child::KernelManager => self.services.kernels.set(None),
         }
         let d = state.backoff.entry(child).or_default().next_delay();
         tracing::error!(?child, "child exited ({why}); restarting in {d:?}");
@@ -163,6 +192,8 @@ impl Actor for DaemonSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         self.services.registry.set(None);
         self.services.helper.set(None);
+        self.services.images.set(None);
+        self.services.kernels.set(None);
         Ok(())
     }
 }

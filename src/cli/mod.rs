@@ -2,7 +2,9 @@
 //! command, rendering. No business logic: every command is one request to
 //! `bangerd` (started on demand) and a rendering of its events and reply.
 
+pub mod artifacts;
 pub mod client;
+pub mod progress;
 pub mod render;
 pub mod style;
 
@@ -62,6 +64,12 @@ pub enum Command {
     Vm(VmCommand),
     /// List VMs (alias of `banger vm list`)
     Ps(ListArgs),
+    /// Images VMs boot from: build, import, export
+    #[command(long_about = artifacts::IMAGE_LONG, subcommand)]
+    Image(artifacts::ImageCommand),
+    /// Kernels VMs boot: pull, import
+    #[command(long_about = artifacts::KERNEL_LONG, subcommand)]
+    Kernel(artifacts::KernelCommand),
     /// Start, stop and inspect the banger daemon
     #[command(long_about = DAEMON_LONG, subcommand)]
     Daemon(DaemonCommand),
@@ -187,7 +195,7 @@ pub struct Ctx {
     pub style: Style,
 }
 
-fn out(s: &str) -> Result<(), CliError> {
+pub(crate) fn out(s: &str) -> Result<(), CliError> {
     let mut o = std::io::stdout().lock();
     match o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
         Ok(()) => Ok(()),
@@ -218,6 +226,8 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         }
         Command::Config(ConfigCommand::Show { json }) => config_show(ctx, json),
         Command::Daemon(c) => daemon(ctx, c).await,
+        Command::Image(c) => artifacts::image(ctx, c).await,
+        Command::Kernel(c) => artifacts::kernel(ctx, c).await,
         Command::Ps(a) | Command::Vm(VmCommand::List(a)) => vm_list(ctx, a.json).await,
         Command::Vm(VmCommand::Show { name, json }) => vm_show(ctx, &name, json).await,
     }

@@ -100,7 +100,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
         &self,
         peer: Peer,
         call: Call<Request>,
-        _events: mpsc::Sender<Event>,
+        events: mpsc::Sender<Event>,
     ) -> Result<Reply, RpcError> {
         let method = call.request.method();
         tracing::debug!(op_id = %call.op_id, uid = peer.uid, method, "request");
@@ -115,6 +115,30 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             }
             Request::VmList => self.vm_list().await,
             Request::VmShow { name } => self.vm_show(&name).await,
+            Request::KernelPull {
+                source,
+                name,
+                version,
+            } => super::kernels::pull(self.services.clone(), source, name, version, events).await,
+            Request::KernelImport { name, from } => {
+                super::kernels::import(self.services.clone(), name, from).await
+            }
+            Request::KernelList => super::kernels::list(&self.services),
+            Request::KernelShow { name } => super::kernels::show(&self.services, &name),
+            Request::KernelDelete { name } => super::kernels::delete(&self.services, &name),
+            Request::ImageBuild { name, rebuild } => {
+                super::images::build(self.services.clone(), name, rebuild, events).await
+            }
+            Request::ImageImport { file, name } => {
+                super::images::import(self.services.clone(), file, name).await
+            }
+            Request::ImageExport { name, file } => {
+                super::images::export(self.services.clone(), name, file).await
+            }
+            Request::ImageList => super::images::list(&self.services),
+            Request::ImageShow { name } => super::images::show(&self.services, &name),
+            Request::ImageDelete { name } => super::images::delete(&self.services, &name),
+            Request::ImagePromote { name } => super::images::promote(&self.services, &name),
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);

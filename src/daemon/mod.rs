@@ -4,6 +4,8 @@
 //! [`handler::DaemonHandler`].
 
 pub mod handler;
+pub mod images;
+pub mod kernels;
 
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -145,6 +147,16 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
         launcher,
         absent_hint: helper_hint(&layout, owner_uid),
     };
+    // Work interrupted by a crash leaves only `.tmp-*` entries; nothing
+    // unrecorded is ever visible.
+    for dir in [
+        layout.state_dir.join("images"),
+        layout.state_dir.join("kernels"),
+    ] {
+        for p in crate::fsutil::sweep_temp(&dir) {
+            tracing::info!(path = %p.display(), "removed leftovers of interrupted work");
+        }
+    }
     let socket = layout.daemon_socket();
     let services = Services::new(store, layout, config);
     let (supervisor, _) = Actor::spawn(

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::actors::Slot;
 use crate::host::net::NetOps;
 use crate::host::process::{report_ready, LockFile};
+use crate::image::build::{build_rootfs, BuildEnv, BuildError};
 use crate::protocol::conn::{Handler, Peer};
 use crate::protocol::helper::{NoEvent, PrivReply, PrivRequest};
 use crate::protocol::{Call, RpcError};
@@ -65,6 +66,7 @@ pub async fn run(opts: HelperOptions) -> Result<(), HelperError> {
 }
 
 struct Running {
+    build: BuildEnv,
     listener: UnixListener,
     socket: PathBuf,
     owner_uid: u32,
@@ -95,6 +97,23 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
     else {
         return Ok(None);
     };
+    // Our private work area (one per helper instance, keyed by its runtime
+    // dir); leftovers of a killed helper are removed now that we hold the lock.
+    let mut build = BuildEnv::default_for(opts.owner_uid);
+    build.work_root = build
+        .work_root
+        .join(&crate::digest::sha256_hex(dir.display().to_string().as_bytes())[..12]);
+    if let Ok(rd) = std::fs::read_dir(&build.work_root) {
+        for e in rd.flatten() {
+            let mounts = crate::image::build::mounts_under(&e.path());
+            if mounts.is_empty() {
+                tracing::info!(path = %e.path().display(), "removing an interrupted build");
+                let _ = crate::fsutil::remove_all(&e.path());
+            } else {
+                tracing::error!(path = %e.path().display(), ?mounts, "interrupted build still has mounts; leaving it");
+            }
+        }
+    }
     let socket = dir.join("bangerd-root.sock");
     let _ = std::fs::remove_file(&socket);
     let listener =
@@ -121,6 +140,7 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
     .map_err(|e| HelperError(format!("starting the helper actors: {e}")))?;
     tracing::info!(socket = %socket.display(), owner_uid = opts.owner_uid, "bangerd-root ready");
     Ok(Some(Running {
+        build,
         listener,
         socket,
         owner_uid: opts.owner_uid,
@@ -133,6 +153,7 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
 
 #[derive(Clone)]
 struct PrivHandler {
+    build: BuildEnv,
     owner_uid: u32,
     net: Arc<Slot<NetMsg>>,
     shutdown: Arc<Notify>,
@@ -155,6 +176,27 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             PrivRequest::Shutdown => {
                 self.shutdown.notify_one();
                 Ok(PrivReply::Done)
+            }
+            PrivRequest::BuildRootfs(spec) => {
+                /// Flags the build as cancelled when the request is dropped
+                /// (the daemon went away).
+                struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+                impl Drop for CancelOnDrop {
+                    fn drop(&mut self) {
+                        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let _guard = CancelOnDrop(cancel.clone());
+                let env = self.build.clone();
+                tracing::info!(op_id = %call.op_id, build = %spec.build_id, recipe = %spec.recipe, "build requested");
+                match tokio::task::spawn_blocking(move || build_rootfs(&env, &spec, &cancel)).await
+                {
+                    Ok(Ok(b)) => Ok(PrivReply::Built(b)),
+                    Ok(Err(BuildError::Refused(m))) => Err(RpcError::bad_request(m)),
+                    Ok(Err(BuildError::Failed(m))) => Err(RpcError::failed(m)),
+                    Err(e) => Err(RpcError::failed(format!("build task failed: {e}"))),
+                }
             }
             req @ (PrivRequest::EnsureBridge { .. }
             | PrivRequest::CreateTap { .. }
@@ -182,6 +224,7 @@ impl Running {
     async fn serve(self) {
         let owner = self.owner_uid;
         let handler = PrivHandler {
+            build: self.build.clone(),
             owner_uid: owner,
             net: self.net.clone(),
             shutdown: self.shutdown.clone(),
@@ -213,6 +256,8 @@ impl Running {
         }
         tracing::info!("bangerd-root stopping");
         let _ = std::fs::remove_file(&self.socket);
+        // Our work area is empty unless a build is still being torn down.
+        let _ = std::fs::remove_dir(&self.build.work_root);
         self.supervisor.stop(Some("shutdown".into()));
     }
 }

@@ -1,6 +1,7 @@
 //! Host side effects, behind small traits so error paths are testable.
 //! Only `bangerd-root` calls the privileged parts.
 
+pub mod cpu;
 pub mod net;
 pub mod process;
 

@@ -20,10 +20,42 @@ pub enum Request {
     VmList,
     /// One VM by name. Answers [`Reply::Vm`] or `not_found`.
     VmShow { name: String },
+    /// Fetches a kernel from a source (`debian-cloud`) under `name`; concurrent
+    /// pulls of one name share one job. Streams stages; answers [`Reply::Kernel`].
+    KernelPull {
+        source: String,
+        name: String,
+        version: Option<String>,
+    },
+    /// Imports a kernel from a local directory (runs in the daemon, which must
+    /// be able to read it). Answers [`Reply::Kernel`].
+    KernelImport { name: String, from: String },
+    /// Every kernel. Answers [`Reply::Kernels`].
+    KernelList,
+    /// One kernel. Answers [`Reply::Kernel`].
+    KernelShow { name: String },
+    /// Deletes a kernel no image or VM references. Answers [`Reply::Done`].
+    KernelDelete { name: String },
+    /// Builds an image from its recipe (`debian-bookworm`), pulling its kernel
+    /// first if needed. Concurrent builds of one name share one job.
+    /// `rebuild` ignores the built-artifact cache. Answers [`Reply::Image`].
+    ImageBuild { name: String, rebuild: bool },
+    /// Imports an image bundle (`.tar.zst`), verifying every sha256.
+    ImageImport { file: String, name: Option<String> },
+    /// Writes an image bundle to `file`. Answers [`Reply::Exported`].
+    ImageExport { name: String, file: String },
+    /// Every image. Answers [`Reply::Images`].
+    ImageList,
+    /// One image. Answers [`Reply::Image`].
+    ImageShow { name: String },
+    /// Deletes an image no VM uses. Answers [`Reply::Done`].
+    ImageDelete { name: String },
+    /// Makes an image the default for new VMs. Answers [`Reply::Image`].
+    ImagePromote { name: String },
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 5;
+    const COUNT: u32 = 17;
 }
 
 impl Request {
@@ -42,6 +74,18 @@ impl Request {
             Request::Shutdown => "shutdown",
             Request::VmList => "vm.list",
             Request::VmShow { .. } => "vm.show",
+            Request::KernelPull { .. } => "kernel.pull",
+            Request::KernelImport { .. } => "kernel.import",
+            Request::KernelList => "kernel.list",
+            Request::KernelShow { .. } => "kernel.show",
+            Request::KernelDelete { .. } => "kernel.delete",
+            Request::ImageBuild { .. } => "image.build",
+            Request::ImageImport { .. } => "image.import",
+            Request::ImageExport { .. } => "image.export",
+            Request::ImageList => "image.list",
+            Request::ImageShow { .. } => "image.show",
+            Request::ImageDelete { .. } => "image.delete",
+            Request::ImagePromote { .. } => "image.promote",
         }
     }
 }
@@ -54,6 +98,43 @@ pub enum Reply {
     ShuttingDown { pid: u32 },
     Vms(Vec<VmView>),
     Vm(VmView),
+    Done,
+    Kernel(KernelView),
+    Kernels(Vec<KernelView>),
+    Image(ImageView),
+    Images(Vec<ImageView>),
+    Exported { file: String, bytes: u64 },
+}
+
+/// A kernel as the CLI sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelView {
+    pub name: String,
+    pub kernel_version: String,
+    pub arch: String,
+    pub source: String,
+    pub dir: String,
+    pub has_initrd: bool,
+    pub has_modules: bool,
+    pub vmlinux_sha256: String,
+    pub created_at_unix: u64,
+}
+
+/// An image as the CLI sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageView {
+    pub name: String,
+    pub distro: String,
+    pub arch: String,
+    pub kernel_ref: String,
+    pub dir: String,
+    pub rootfs_bytes: u64,
+    pub work_seed_bytes: u64,
+    pub rootfs_sha256: String,
+    pub work_seed_sha256: String,
+    pub source: String,
+    pub default: bool,
+    pub created_at_unix: u64,
 }
 
 /// Progress and output streamed before the final reply.

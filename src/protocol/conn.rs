@@ -124,7 +124,11 @@ pub async fn serve_connection<R, E, P, H>(
         let _ = wr.shutdown().await;
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Calls in flight; when the peer goes away they are cancelled (their
+    // futures dropped), so work nobody waits for stops.
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
+        while in_flight.try_join_next().is_some() {}
         let payload = match tokio::time::timeout(IDLE_TIMEOUT, read_raw(&mut rd)).await {
             Err(_) | Ok(Err(FrameError::Closed)) | Ok(Err(FrameError::Truncated)) => break,
             Ok(Err(e)) => {
@@ -169,7 +173,7 @@ pub async fn serve_connection<R, E, P, H>(
         };
         let handler = handler.clone();
         let out = out_tx.clone();
-        tokio::spawn(async move {
+        in_flight.spawn(async move {
             let _permit = permit;
             let op_id = call.op_id.clone();
             let (tx, mut rx) = mpsc::channel::<E>(256);
@@ -196,6 +200,8 @@ pub async fn serve_connection<R, E, P, H>(
             }
         });
     }
+    in_flight.abort_all();
+    while in_flight.join_next().await.is_some() {}
     drop(out_tx);
     let _ = writer.await;
 }

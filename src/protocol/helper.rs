@@ -30,16 +30,45 @@ pub enum PrivRequest {
     ListTaps,
     /// Stops the helper. Running VMs are not touched.
     Shutdown,
+    /// Builds a root filesystem from a recipe banger knows (`recipe` names it;
+    /// packages, files and hooks are fixed in code) with mmdebstrap, and hands
+    /// `rootfs.ext4` and `work-seed.ext4` over into `out_dir`, which must be a
+    /// directory owned by the owner uid. `kernel_modules` (owner-owned or
+    /// world-readable files only) are installed under
+    /// `/lib/modules/<kernel_version>`. Answers [`PrivReply::Built`]. If the
+    /// connection drops, the build is killed and its work removed.
+    BuildRootfs(RootfsSpec),
 }
 
 impl Methods for PrivRequest {
-    const COUNT: u32 = 6;
+    const COUNT: u32 = 7;
+}
+
+/// What to build in [`PrivRequest::BuildRootfs`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RootfsSpec {
+    /// `[a-z0-9-]{1,40}`; names the helper's work directory.
+    pub build_id: String,
+    /// A recipe name from `image::recipe` (e.g. `debian-bookworm`).
+    pub recipe: String,
+    pub kernel_modules: Option<std::path::PathBuf>,
+    pub kernel_version: Option<String>,
+    pub out_dir: std::path::PathBuf,
+    /// Reuse downloaded packages from the helper's package cache.
+    pub package_cache: bool,
 }
 
 impl PrivRequest {
     #[doc(hidden)]
     pub fn last_variant_for_tests() -> PrivRequest {
-        PrivRequest::Shutdown
+        PrivRequest::BuildRootfs(RootfsSpec {
+            build_id: String::new(),
+            recipe: String::new(),
+            kernel_modules: None,
+            kernel_version: None,
+            out_dir: Default::default(),
+            package_cache: false,
+        })
     }
 
     /// Method name for logs.
@@ -51,6 +80,7 @@ impl PrivRequest {
             PrivRequest::DeleteTap { .. } => "delete_tap",
             PrivRequest::ListTaps => "list_taps",
             PrivRequest::Shutdown => "shutdown",
+            PrivRequest::BuildRootfs(_) => "build_rootfs",
         }
     }
 }
@@ -65,6 +95,16 @@ pub enum PrivReply {
     },
     Done,
     Taps(Vec<TapInfo>),
+    Built(BuiltRootfs),
+}
+
+/// The result of [`PrivRequest::BuildRootfs`]: files now in `out_dir`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BuiltRootfs {
+    pub rootfs: std::path::PathBuf,
+    pub work_seed: std::path::PathBuf,
+    pub bootstrap_ms: u64,
+    pub assemble_ms: u64,
 }
 
 /// A tap device as the helper reports it.

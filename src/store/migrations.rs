@@ -4,7 +4,7 @@
 
 use redb::WriteTransaction;
 
-use super::{StoreError, IMAGES, KERNELS, META, VMS};
+use super::{StoreError, IMAGES, KERNELS, META, SETTINGS, VMS};
 
 /// One schema step.
 pub struct Migration {
@@ -14,11 +14,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append only.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "baseline: vms, images, kernels, meta",
-    apply: baseline,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "baseline: vms, images, kernels, meta",
+        apply: baseline,
+    },
+    Migration {
+        version: 2,
+        name: "settings (default image)",
+        apply: settings,
+    },
+];
 
 /// The schema version this build writes.
 pub fn latest_version() -> u64 {
@@ -30,5 +37,10 @@ fn baseline(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(VMS)?;
     txn.open_table(IMAGES)?;
     txn.open_table(KERNELS)?;
+    Ok(())
+}
+
+fn settings(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(SETTINGS)?;
     Ok(())
 }

@@ -13,12 +13,16 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use model::VmRecord;
+pub use model::{ImageRecord, KernelRecord, VmRecord};
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
 pub(crate) const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 pub(crate) const KERNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("kernels");
+pub(crate) const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+
+/// Setting key: the image new VMs use when none is named.
+pub const DEFAULT_IMAGE_KEY: &str = "default_image";
 
 const SCHEMA_KEY: &str = "schema_version";
 
@@ -275,6 +279,51 @@ impl Store {
     pub fn delete_vm(&self, id: &str) -> Result<bool, StoreError> {
         self.delete(VMS, id)
     }
+
+    pub fn put_image(&self, img: &ImageRecord) -> Result<(), StoreError> {
+        self.put(IMAGES, &img.name, img)
+    }
+    pub fn get_image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        self.get(IMAGES, name)
+    }
+    pub fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        self.list(IMAGES)
+    }
+    pub fn delete_image(&self, name: &str) -> Result<bool, StoreError> {
+        self.delete(IMAGES, name)
+    }
+
+    pub fn put_kernel(&self, k: &KernelRecord) -> Result<(), StoreError> {
+        self.put(KERNELS, &k.name, k)
+    }
+    pub fn get_kernel(&self, name: &str) -> Result<Option<KernelRecord>, StoreError> {
+        self.get(KERNELS, name)
+    }
+    pub fn list_kernels(&self) -> Result<Vec<KernelRecord>, StoreError> {
+        self.list(KERNELS)
+    }
+    pub fn delete_kernel(&self, name: &str) -> Result<bool, StoreError> {
+        self.delete(KERNELS, name)
+    }
+
+    /// A setting, if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.begin_read()?;
+        let t = match txn.open_table(SETTINGS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_string()))
+    }
+
+    /// Sets a setting (durable when this returns).
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let txn = self.rw()?.begin_write()?;
+        txn.open_table(SETTINGS)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -311,7 +360,10 @@ mod tests {
         let p = dir.path().join("state.redb");
         let s = Store::open(&p).unwrap();
         assert_eq!(s.schema_version().unwrap(), migrations::latest_version());
-        assert_eq!(s.migrate_to(migrations::latest_version()).unwrap(), 1);
+        assert_eq!(
+            s.migrate_to(migrations::latest_version()).unwrap(),
+            migrations::latest_version()
+        );
         s.put_vm(&vm("a")).unwrap();
         drop(s);
         let s = Store::open(&p).unwrap();
@@ -335,7 +387,43 @@ mod tests {
         assert_eq!(before, sha(&p), "read-only open changed the file");
         // A normal open then migrates it.
         let rw = Store::open(&p).unwrap();
-        assert_eq!(rw.schema_version().unwrap(), 1);
+        assert_eq!(rw.schema_version().unwrap(), migrations::latest_version());
+    }
+
+    #[test]
+    fn a_v1_file_migrates_to_v2_and_read_only_leaves_it_at_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.redb");
+        {
+            let s = Store::open(&p).unwrap();
+            // Roll the file back to a real v1 shape: drop the v2 table.
+            let db = s.rw().unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(SETTINGS).unwrap();
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, 1).unwrap();
+            txn.commit().unwrap();
+            s.put_vm(&vm("keep")).unwrap();
+        }
+        let before = sha(&p);
+        let ro = Store::open_read_only(&p).unwrap();
+        assert_eq!(ro.schema_version().unwrap(), 1);
+        assert_eq!(ro.setting(DEFAULT_IMAGE_KEY).unwrap(), None);
+        assert!(matches!(
+            ro.set_setting("k", "v"),
+            Err(StoreError::ReadOnly)
+        ));
+        drop(ro);
+        assert_eq!(before, sha(&p));
+        let rw = Store::open(&p).unwrap();
+        assert_eq!(rw.schema_version().unwrap(), 2);
+        rw.set_setting(DEFAULT_IMAGE_KEY, "x").unwrap();
+        assert_eq!(rw.setting(DEFAULT_IMAGE_KEY).unwrap().as_deref(), Some("x"));
+        assert!(
+            rw.find_vm_by_name("keep").unwrap().is_some(),
+            "data survived the migration"
+        );
+        // Idempotent.
+        assert_eq!(rw.migrate_to(2).unwrap(), 2);
     }
 
     #[test]

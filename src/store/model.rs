@@ -64,3 +64,71 @@ pub fn now_unix() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// One kernel bundle, as persisted (the files live in `dir`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelRecord {
+    pub name: String,
+    pub kernel_version: String,
+    pub arch: String,
+    pub source: String,
+    pub dir: String,
+    pub vmlinux_sha256: String,
+    #[serde(default)]
+    pub has_initrd: bool,
+    #[serde(default)]
+    pub has_modules: bool,
+    pub created_at_unix: u64,
+}
+
+impl KernelRecord {
+    pub fn view(&self) -> crate::protocol::cli::KernelView {
+        crate::protocol::cli::KernelView {
+            name: self.name.clone(),
+            kernel_version: self.kernel_version.clone(),
+            arch: self.arch.clone(),
+            source: self.source.clone(),
+            dir: self.dir.clone(),
+            has_initrd: self.has_initrd,
+            has_modules: self.has_modules,
+            vmlinux_sha256: self.vmlinux_sha256.clone(),
+            created_at_unix: self.created_at_unix,
+        }
+    }
+}
+
+/// One image, as persisted (the files live in `dir`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub name: String,
+    pub distro: String,
+    pub arch: String,
+    pub kernel_ref: String,
+    pub dir: String,
+    pub rootfs_bytes: u64,
+    pub work_seed_bytes: u64,
+    pub rootfs_sha256: String,
+    pub work_seed_sha256: String,
+    /// `built:<cache key>` or `imported:<file>`.
+    pub source: String,
+    pub created_at_unix: u64,
+}
+
+impl ImageRecord {
+    pub fn view(&self, default: bool) -> crate::protocol::cli::ImageView {
+        crate::protocol::cli::ImageView {
+            name: self.name.clone(),
+            distro: self.distro.clone(),
+            arch: self.arch.clone(),
+            kernel_ref: self.kernel_ref.clone(),
+            dir: self.dir.clone(),
+            rootfs_bytes: self.rootfs_bytes,
+            work_seed_bytes: self.work_seed_bytes,
+            rootfs_sha256: self.rootfs_sha256.clone(),
+            work_seed_sha256: self.work_seed_sha256.clone(),
+            source: self.source.clone(),
+            default,
+            created_at_unix: self.created_at_unix,
+        }
+    }
+}

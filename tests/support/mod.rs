@@ -100,10 +100,31 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// A fresh XDG tree plus a namespace; `banger` runs inside both.
+/// The cache shared by every test (downloads, built images), kept across
+/// runs: `$BANGER_TEST_CACHE`, default `/var/cache/banger-ci/test-cache`.
+pub fn shared_cache() -> PathBuf {
+    let p = std::env::var_os("BANGER_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/banger-ci/test-cache"));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Serialises the heavy tests (image builds, VM boots): the machines have
+/// two cores.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh XDG tree (with the shared cache) plus, unless built with
+/// [`TestEnv::host_network`], a network namespace; `banger` runs inside.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub netns: Netns,
+    /// Run the stack in the test's namespace (false: the host's, for image
+    /// builds that download packages).
+    pub isolated: bool,
 }
 
 impl TestEnv {
@@ -115,7 +136,17 @@ impl TestEnv {
         TestEnv {
             dir,
             netns: Netns::new(),
+            isolated: true,
         }
+    }
+
+    /// A tree whose stack runs in the host's network namespace: only for
+    /// building images (mmdebstrap reaches the Debian archive); nothing here
+    /// creates interfaces.
+    pub fn host_network() -> TestEnv {
+        let mut e = TestEnv::new();
+        e.isolated = false;
+        e
     }
 
     pub fn root(&self) -> &Path {
@@ -140,7 +171,10 @@ impl TestEnv {
             ("HOME".into(), format!("{r}/home")),
             ("XDG_CONFIG_HOME".into(), format!("{r}/config")),
             ("XDG_STATE_HOME".into(), format!("{r}/state")),
-            ("XDG_CACHE_HOME".into(), format!("{r}/cache")),
+            (
+                "XDG_CACHE_HOME".into(),
+                shared_cache().display().to_string(),
+            ),
             ("XDG_RUNTIME_DIR".into(), format!("{r}/run")),
             ("BANGER_SYSTEM".into(), "0".into()),
             ("NO_COLOR".into(), "1".into()),
@@ -149,12 +183,15 @@ impl TestEnv {
 
     /// `banger <args>` inside the namespace.
     pub fn banger_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns.name])
-            .arg(bin("banger"))
-            .args(args)
-            .envs(self.envs())
-            .stdin(Stdio::null());
+        let mut c = if self.isolated {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &self.netns.name])
+                .arg(bin("banger"));
+            c
+        } else {
+            Command::new(bin("banger"))
+        };
+        c.args(args).envs(self.envs()).stdin(Stdio::null());
         c
     }
 
@@ -189,12 +226,20 @@ impl TestEnv {
         self.banger_ok(&["daemon", "status"])
     }
 
-    /// Pid of a named process running in our namespace, if any.
+    /// Pid of the named banger process serving this tree, if any.
     pub fn pid_of(&self, comm: &str) -> Option<u32> {
-        self.netns.pids().into_iter().find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .map(|c| c.trim() == comm)
-                .unwrap_or(false)
+        let root = self.root().display().to_string();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            if c.trim() != comm || !banger::host::process::pid_alive(pid) {
+                return None;
+            }
+            // Ours if its environment or arguments name our tree.
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let hay = String::from_utf8_lossy(&[environ, cmdline].concat()).into_owned();
+            hay.contains(&root).then_some(pid)
         })
     }
 }
@@ -222,4 +267,75 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Kernel and image files for boot tests, built (or found in the shared
+/// cache) once per test process.
+pub struct Artifacts {
+    pub vmlinux: PathBuf,
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+    pub work_seed: PathBuf,
+}
+
+/// Pulls the kernel and builds the default image through banger, in the
+/// host's network namespace (apt and mmdebstrap reach the Debian archive).
+/// The state lives in the shared cache so later runs find it up to date.
+pub fn artifacts() -> &'static Artifacts {
+    static A: std::sync::OnceLock<Artifacts> = std::sync::OnceLock::new();
+    A.get_or_init(|| {
+        let root = shared_cache().join("artifact-env");
+        std::fs::create_dir_all(&root).unwrap();
+        // One process at a time prepares the shared tree.
+        let lock = std::fs::File::create(shared_cache().join("artifact-env.lock")).unwrap();
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        let r = root.display().to_string();
+        let run = |args: &[&str]| {
+            let out = Command::new(bin("banger"))
+                .args(args)
+                .env("HOME", format!("{r}/home"))
+                .env("XDG_CONFIG_HOME", format!("{r}/config"))
+                .env("XDG_STATE_HOME", format!("{r}/state"))
+                .env("XDG_CACHE_HOME", shared_cache())
+                .env("XDG_RUNTIME_DIR", format!("{r}/run"))
+                .env("BANGER_SYSTEM", "0")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "banger {args:?}: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["kernel", "pull", "debian-cloud"]);
+        run(&["image", "build", "debian-bookworm"]);
+        run(&["daemon", "stop"]);
+        let k = root.join("state/banger/kernels/debian-cloud");
+        let i = root.join("state/banger/images/debian-bookworm");
+        Artifacts {
+            vmlinux: k.join("vmlinux"),
+            initrd: k.join("initrd.img"),
+            rootfs: i.join("rootfs.ext4"),
+            work_seed: i.join("work-seed.ext4"),
+        }
+    })
+}
+
+/// A tool the tests drive, found on PATH or in cargo's bin dir.
+pub fn tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(h) = std::env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(h).join("bin"));
+    }
+    dirs.push(PathBuf::from("/root/.cargo/bin"));
+    dirs.push(shared_cache().join("../bin"));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
 }

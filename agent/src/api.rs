@@ -1,0 +1,29 @@
+//! What the agent answers, shared with the host.
+
+use serde::{Deserialize, Serialize};
+
+/// The vsock port the agent listens on.
+pub const AGENT_PORT: u32 = 1024;
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Healthz {
+    /// `/proc/sys/kernel/random/boot_id`: changes on every boot.
+    pub boot_id: String,
+    pub uptime_s: f64,
+    pub hostname: String,
+    pub agent_version: String,
+    /// Problems the boot-time setup hit (empty when all went well).
+    pub setup_errors: Vec<String>,
+}
+
+/// One listening socket in `GET /ports`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Port {
+    /// `tcp`, `tcp6`, `udp` or `udp6`.
+    pub proto: String,
+    pub address: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+}

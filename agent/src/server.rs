@@ -1,0 +1,136 @@
+//! HTTP/1.1 on vsock: one thread per connection, GET only, `Connection: close`.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::api::{Healthz, AGENT_PORT};
+
+/// Facts the handlers report.
+pub struct AgentState {
+    pub setup_errors: Vec<String>,
+}
+
+fn vsock_listener(port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket/bind/listen calls on a fd we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+        addr.svm_family = libc::AF_VSOCK as u16;
+        addr.svm_port = port;
+        addr.svm_cid = libc::VMADDR_CID_ANY;
+        if libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as u32,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::listen(fd, 64) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+fn accept(fd: RawFd) -> io::Result<std::fs::File> {
+    loop {
+        // SAFETY: accept4 on our listening fd; null address is allowed.
+        let c = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if c >= 0 {
+            // SAFETY: c is a fresh fd we own.
+            return Ok(unsafe { std::fs::File::from_raw_fd(c) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn respond(mut conn: &std::fs::File, status: &str, body: &str) -> io::Result<()> {
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    conn.flush()
+}
+
+/// Health facts, read now.
+pub fn healthz(state: &AgentState) -> Healthz {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    Healthz {
+        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        uptime_s: read("/proc/uptime")
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0),
+        hostname: read("/proc/sys/kernel/hostname"),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        setup_errors: state.setup_errors.clone(),
+    }
+}
+
+fn handle(conn: std::fs::File, state: &AgentState) -> io::Result<()> {
+    let mut reader = BufReader::new(&conn);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain headers.
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match (method, path) {
+        ("GET", "/healthz") => {
+            let body = serde_json::to_string(&healthz(state)).unwrap_or_default();
+            respond(&conn, "200 OK", &body)
+        }
+        ("GET", "/ports") => {
+            let body = serde_json::to_string(&crate::ports::listening(Path::new("/proc")))
+                .unwrap_or_default();
+            respond(&conn, "200 OK", &body)
+        }
+        ("GET", _) => respond(&conn, "404 Not Found", "{\"error\":\"no such endpoint\"}"),
+        _ => respond(&conn, "405 Method Not Allowed", "{\"error\":\"GET only\"}"),
+    }
+}
+
+/// Serves forever on [`AGENT_PORT`].
+pub fn serve(state: AgentState) -> io::Result<()> {
+    let listener = vsock_listener(AGENT_PORT)?;
+    let state = Arc::new(state);
+    use std::os::fd::AsRawFd;
+    loop {
+        let conn = accept(listener.as_raw_fd())?;
+        let st = state.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = handle(conn, &st) {
+                eprintln!("banger-agent: connection: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,301 @@
+//! `banger kernel ...` and `banger image ...`.
+
+use std::path::Path;
+
+use clap::Subcommand;
+
+use super::progress::ProgressView;
+use super::render::{self, CliError, Table};
+use super::{client, out, Ctx};
+use crate::protocol::cli::{ImageView, KernelView, Reply, Request};
+use crate::size::format_size;
+
+pub const KERNEL_LONG: &str = "\
+Kernels that VMs boot: an ELF vmlinux, an initramfs and modules.
+
+The 80% command:
+  banger kernel pull debian-cloud
+fetches Debian's cloud kernel through this host's apt (signature-checked),
+extracts the vmlinux and builds an initramfs. You rarely need it by hand:
+`banger image build` and `banger vm run` pull the kernel they need.
+
+Also:
+  banger kernel list                          what is here
+  banger kernel import mykernel --from ./dir  vmlinux|vmlinuz [+ initrd] [+ lib/modules/<ver>]
+  banger kernel delete mykernel               refused while an image or VM uses it";
+
+pub const IMAGE_LONG: &str = "\
+Images that VMs boot from: a root filesystem and the initial /root.
+
+The 80% command:
+  banger image build debian-bookworm
+builds the default image with mmdebstrap (through bangerd-root), pulling its
+kernel first. Builds are cached by their inputs: a second build takes seconds.
+
+Also:
+  banger image list                                 what is here (* = default)
+  banger image export debian-bookworm -o img.tar.zst
+  banger image import img.tar.zst --name copy       every sha256 is verified
+  banger image promote copy                         make it the default
+  banger image delete copy                          refused while a VM uses it";
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Fetch a kernel (source: debian-cloud)
+    Pull {
+        /// Where from: debian-cloud (Debian's cloud kernel via this host's apt)
+        source: String,
+        /// Name to store it under (default: the source name)
+        #[arg(long)]
+        name: Option<String>,
+        /// Pin a kernel ABI version, e.g. 6.1.0-56 (default: newest apt offers)
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Import a kernel from a directory
+    Import {
+        /// Name to store it under
+        name: String,
+        /// Directory with vmlinux or vmlinuz, optional initrd, optional lib/modules/<ver>
+        #[arg(long)]
+        from: String,
+    },
+    /// List kernels
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one kernel
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a kernel no image or VM uses
+    #[command(visible_alias = "rm")]
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an image from its recipe (debian-bookworm)
+    Build {
+        /// Recipe name
+        name: String,
+        /// Ignore the build cache (downloaded packages are still reused)
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Import an image bundle (.tar.zst)
+    Import {
+        /// Bundle file
+        bundle: String,
+        /// Name to store it under (default: the name in its manifest)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Export an image as a bundle (.tar.zst)
+    Export {
+        name: String,
+        /// Output file
+        #[arg(short = 'o', long = "output")]
+        output: String,
+    },
+    /// List images
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one image
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an image no VM uses
+    #[command(visible_alias = "rm")]
+    Delete { name: String },
+    /// Make an image the default for new VMs
+    Promote { name: String },
+}
+
+fn abs(p: &str) -> Result<String, CliError> {
+    let path = Path::new(p);
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| CliError::new("invalid path", e.to_string()))?
+            .join(path)
+    };
+    Ok(full.display().to_string())
+}
+
+async fn call(ctx: &Ctx, req: Request) -> Result<Reply, CliError> {
+    let mut c = client::connect(&ctx.layout, true).await?;
+    let view = ProgressView::new();
+    let r = client::request(&mut c, &ctx.layout, req, |e| view.event(e)).await;
+    view.finish();
+    r
+}
+
+fn kernel_table(ks: &[KernelView]) -> String {
+    let mut t = Table::new(["NAME", "VERSION", "INITRD", "MODULES", "SOURCE", "CREATED"]);
+    for k in ks {
+        t.row([
+            k.name.clone(),
+            k.kernel_version.clone(),
+            if k.has_initrd { "yes" } else { "no" }.into(),
+            if k.has_modules { "yes" } else { "no" }.into(),
+            k.source.clone(),
+            render::age(k.created_at_unix),
+        ]);
+    }
+    t.render()
+}
+
+fn kernel_detail(k: &KernelView) -> String {
+    let mut t = Table::bare();
+    t.row(["name".to_string(), k.name.clone()]);
+    t.row(["version".to_string(), k.kernel_version.clone()]);
+    t.row(["arch".to_string(), k.arch.clone()]);
+    t.row(["source".to_string(), k.source.clone()]);
+    t.row(["dir".to_string(), k.dir.clone()]);
+    t.row(["vmlinux sha256".to_string(), k.vmlinux_sha256.clone()]);
+    t.row([
+        "initrd".to_string(),
+        if k.has_initrd { "yes" } else { "no" }.into(),
+    ]);
+    t.row([
+        "modules".to_string(),
+        if k.has_modules { "yes" } else { "no" }.into(),
+    ]);
+    t.render()
+}
+
+fn image_table(is: &[ImageView]) -> String {
+    let mut t = Table::new(["NAME", "DISTRO", "KERNEL", "ROOTFS", "SOURCE", "CREATED"]);
+    for i in is {
+        t.row([
+            if i.default {
+                format!("{} *", i.name)
+            } else {
+                i.name.clone()
+            },
+            i.distro.clone(),
+            i.kernel_ref.clone(),
+            format_size(i.rootfs_bytes),
+            i.source.split(':').next().unwrap_or("").to_string(),
+            render::age(i.created_at_unix),
+        ]);
+    }
+    t.render()
+}
+
+fn image_detail(i: &ImageView) -> String {
+    let mut t = Table::bare();
+    t.row(["name".to_string(), i.name.clone()]);
+    t.row([
+        "default".to_string(),
+        if i.default { "yes" } else { "no" }.into(),
+    ]);
+    t.row(["distro".to_string(), i.distro.clone()]);
+    t.row(["arch".to_string(), i.arch.clone()]);
+    t.row(["kernel".to_string(), i.kernel_ref.clone()]);
+    t.row(["dir".to_string(), i.dir.clone()]);
+    t.row([
+        "rootfs".to_string(),
+        format!(
+            "{} (sha256 {})",
+            format_size(i.rootfs_bytes),
+            i.rootfs_sha256
+        ),
+    ]);
+    t.row([
+        "work seed".to_string(),
+        format!(
+            "{} (sha256 {})",
+            format_size(i.work_seed_bytes),
+            i.work_seed_sha256
+        ),
+    ]);
+    t.row(["source".to_string(), i.source.clone()]);
+    t.render()
+}
+
+pub async fn kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<u8, CliError> {
+    let (req, json) = match cmd {
+        KernelCommand::Pull {
+            source,
+            name,
+            version,
+        } => {
+            let name = name.unwrap_or_else(|| source.clone());
+            (
+                Request::KernelPull {
+                    source,
+                    name,
+                    version,
+                },
+                false,
+            )
+        }
+        KernelCommand::Import { name, from } => (
+            Request::KernelImport {
+                name,
+                from: abs(&from)?,
+            },
+            false,
+        ),
+        KernelCommand::List { json } => (Request::KernelList, json),
+        KernelCommand::Show { name, json } => (Request::KernelShow { name }, json),
+        KernelCommand::Delete { name } => (Request::KernelDelete { name }, false),
+    };
+    match call(ctx, req).await? {
+        Reply::Kernels(ks) if json => out(&render::json(&ks))?,
+        Reply::Kernels(ks) => out(&kernel_table(&ks))?,
+        Reply::Kernel(k) if json => out(&render::json(&k))?,
+        Reply::Kernel(k) => out(&kernel_detail(&k))?,
+        Reply::Done => out("deleted\n")?,
+        other => return Err(client::unexpected(other)),
+    }
+    Ok(0)
+}
+
+pub async fn image(ctx: &Ctx, cmd: ImageCommand) -> Result<u8, CliError> {
+    let (req, json) = match cmd {
+        ImageCommand::Build { name, rebuild } => (Request::ImageBuild { name, rebuild }, false),
+        ImageCommand::Import { bundle, name } => (
+            Request::ImageImport {
+                file: abs(&bundle)?,
+                name,
+            },
+            false,
+        ),
+        ImageCommand::Export { name, output } => (
+            Request::ImageExport {
+                name,
+                file: abs(&output)?,
+            },
+            false,
+        ),
+        ImageCommand::List { json } => (Request::ImageList, json),
+        ImageCommand::Show { name, json } => (Request::ImageShow { name }, json),
+        ImageCommand::Delete { name } => (Request::ImageDelete { name }, false),
+        ImageCommand::Promote { name } => (Request::ImagePromote { name }, false),
+    };
+    match call(ctx, req).await? {
+        Reply::Images(is) if json => out(&render::json(&is))?,
+        Reply::Images(is) => out(&image_table(&is))?,
+        Reply::Image(i) if json => out(&render::json(&i))?,
+        Reply::Image(i) => out(&image_detail(&i))?,
+        Reply::Exported { file, bytes } => {
+            out(&format!("wrote {file} ({})\n", format_size(bytes)))?
+        }
+        Reply::Done => out("deleted\n")?,
+        other => return Err(client::unexpected(other)),
+    }
+    Ok(0)
+}

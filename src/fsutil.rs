@@ -1,0 +1,213 @@
+//! File helpers: synced writes, copies (sparse-aware), trees, atomic publish.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// Writes `data` to `path` and fsyncs it.
+pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// fsyncs a directory (so renames inside it are durable).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Copies a file, preserving holes (runs of zero blocks are skipped), and
+/// fsyncs the copy.
+pub fn copy_synced(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let mut input = File::open(src)?;
+    let len = input.metadata()?.len();
+    let mut out = File::create(dst)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            out.write_all(&buf[..n])?;
+        }
+        pos += n as u64;
+    }
+    out.set_len(len)?;
+    let mode = std::fs::metadata(src)?.permissions();
+    std::fs::set_permissions(dst, mode)?;
+    out.sync_all()
+}
+
+/// Hard-links `src` to `dst`, or copies it when linking is not possible
+/// (another filesystem).
+pub fn link_or_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(src, dst) {
+        Ok(()) => Ok(()),
+        Err(_) => copy_synced(src, dst),
+    }
+}
+
+/// Copies a directory tree (files, dirs, symlinks).
+pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let to = dst.join(e.file_name());
+        if ft.is_dir() {
+            copy_tree(&e.path(), &to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &to)?;
+        } else if ft.is_file() {
+            std::fs::copy(e.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a path whether it is a file or a directory; absent is fine.
+pub fn remove_all(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+    }
+}
+
+/// Publishes a staged directory: fsyncs what is inside, renames it to `dst`
+/// (which must not exist) and fsyncs the parent.
+pub fn publish_dir(staged: &Path, dst: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(staged)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            File::open(e.path())?.sync_all()?;
+        }
+    }
+    sync_dir(staged)?;
+    if dst.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} already exists", dst.display()),
+        ));
+    }
+    std::fs::rename(staged, dst)?;
+    if let Some(parent) = dst.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Publishes `staged` at `dst`, replacing what is there: the old directory is
+/// renamed aside first and removed after the new one is in place.
+pub fn replace_dir(staged: &Path, dst: &Path) -> std::io::Result<()> {
+    if !dst.exists() {
+        return publish_dir(staged, dst);
+    }
+    let parent = dst.parent().unwrap_or(Path::new("."));
+    let name = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let old = TempDir::new_in(parent, &format!("old-{name}"))?;
+    std::fs::remove_dir(old.path())?;
+    std::fs::rename(dst, old.path())?;
+    if let Err(e) = publish_dir(staged, dst) {
+        let _ = std::fs::rename(old.path(), dst);
+        return Err(e);
+    }
+    drop(old);
+    Ok(())
+}
+
+/// A directory removed on drop unless [`TempDir::keep`] was called.
+pub struct TempDir {
+    path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    /// Creates `<parent>/.tmp-<label>-<random>`.
+    pub fn new_in(parent: &Path, label: &str) -> std::io::Result<TempDir> {
+        use rand::RngExt;
+        std::fs::create_dir_all(parent)?;
+        let path = parent.join(format!(".tmp-{label}-{:08x}", rand::rng().random::<u32>()));
+        std::fs::create_dir(&path)?;
+        Ok(TempDir { path, keep: false })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Stops the directory from being removed on drop.
+    pub fn keep(mut self) -> std::path::PathBuf {
+        self.keep = true;
+        self.path.clone()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = remove_all(&self.path);
+        }
+    }
+}
+
+/// Removes leftover `.tmp-*` entries in `dir` (from interrupted work).
+pub fn sweep_temp(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut removed = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") && remove_all(&e.path()).is_ok()
+            {
+                removed.push(e.path());
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_content() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("a");
+        {
+            let mut f = File::create(&src).unwrap();
+            f.write_all(b"head").unwrap();
+            f.seek(SeekFrom::Start(64 << 20)).unwrap();
+            f.write_all(b"tail").unwrap();
+        }
+        let dst = d.path().join("b");
+        copy_synced(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        assert!(
+            std::fs::metadata(&dst).unwrap().blocks() * 512 < 8 << 20,
+            "copy is sparse"
+        );
+    }
+
+    #[test]
+    fn temp_dirs_vanish_unless_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let t = TempDir::new_in(d.path(), "x").unwrap();
+        let p = t.path().to_path_buf();
+        drop(t);
+        assert!(!p.exists());
+        let t = TempDir::new_in(d.path(), "y").unwrap();
+        std::fs::write(t.path().join("f"), b"1").unwrap();
+        publish_dir(t.path(), &d.path().join("final")).unwrap();
+        assert!(d.path().join("final/f").exists());
+        let _ = t.keep();
+        std::fs::create_dir(d.path().join(".tmp-stale")).unwrap();
+        assert_eq!(sweep_temp(d.path()).len(), 1);
+    }
+}

@@ -1,0 +1,284 @@
+//! Image recipes: the one place that lists what goes into a banger-built
+//! image. A recipe is data (packages, files, hooks); the helper runs it.
+
+use crate::digest::{sha256_hex, KeyHasher};
+
+/// The statically linked guest agent, built by `build.rs`.
+pub static AGENT: &[u8] = include_bytes!(env!("BANGER_AGENT_BIN"));
+
+/// Bumped when anything below changes in a way the package lists do not show.
+pub const RECIPE_REVISION: u32 = 1;
+
+/// Packages every banger image needs to work at all.
+pub const ESSENTIAL: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "openssh-server",
+    "iproute2",
+    "ca-certificates",
+    "curl",
+    "kmod",
+    "udev",
+    "sudo",
+];
+
+/// Packages a developer expects to find (our opinion).
+pub const OPINION: &[&str] = &[
+    "git",
+    "jq",
+    "ripgrep",
+    "fd-find",
+    "build-essential",
+    "tmux",
+    "htop",
+    "shellcheck",
+    "python3",
+    "less",
+    "vim-tiny",
+];
+
+/// A buildable image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recipe {
+    pub name: &'static str,
+    pub distro: &'static str,
+    pub suite: &'static str,
+    /// The kernel this image pairs with (its modules go into the image).
+    pub kernel_ref: &'static str,
+    /// Where that kernel comes from (`kernel pull <source>`).
+    pub kernel_source: &'static str,
+}
+
+/// Every recipe.
+pub const RECIPES: &[Recipe] = &[Recipe {
+    name: "debian-bookworm",
+    distro: "debian",
+    suite: "bookworm",
+    kernel_ref: "debian-cloud",
+    kernel_source: "debian-cloud",
+}];
+
+/// The default image name.
+pub const DEFAULT_IMAGE: &str = "debian-bookworm";
+
+/// Finds a recipe by name.
+pub fn find(name: &str) -> Option<&'static Recipe> {
+    RECIPES.iter().find(|r| r.name == name)
+}
+
+/// Names of every recipe, for error messages.
+pub fn names() -> String {
+    RECIPES
+        .iter()
+        .map(|r| r.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Recipe {
+    /// All packages, essential first.
+    pub fn packages(&self) -> Vec<&'static str> {
+        ESSENTIAL.iter().chain(OPINION.iter()).copied().collect()
+    }
+}
+
+/// A file, directory or symlink placed into the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayEntry {
+    Dir {
+        path: &'static str,
+        mode: u32,
+    },
+    File {
+        path: &'static str,
+        mode: u32,
+        data: Vec<u8>,
+    },
+}
+
+const AGENT_UNIT: &str = "\
+[Unit]
+Description=banger guest agent (identity, network, health over vsock)
+DefaultDependencies=no
+# /root is the work disk (mounted nofail): wait for it, the key goes there.
+After=local-fs.target root.mount systemd-modules-load.service
+Wants=root.mount
+Before=sysinit.target ssh.service network.target
+
+[Service]
+Type=simple
+ExecStart=/usr/local/bin/banger-agent
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=sysinit.target
+";
+
+const KEYGEN_UNIT: &str = "\
+[Unit]
+Description=Generate this VM's own SSH host keys
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target ssh.service
+";
+
+const SSHD_CONF: &str = "\
+# banger: root by key only, fast logins
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+GSSAPIAuthentication no
+";
+
+const FSTAB: &str = "\
+# banger: root is the per-VM copy of the image, /root the VM's work disk
+/dev/vda  /      ext4  rw,relatime,errors=remount-ro  0 1
+/dev/vdb  /root  ext4  rw,relatime,nofail,x-systemd.device-timeout=20s  0 2
+";
+
+const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n";
+
+/// Files banger adds to every image it builds.
+pub fn overlay() -> Vec<OverlayEntry> {
+    use OverlayEntry::*;
+    vec![
+        Dir {
+            path: "usr/local/bin",
+            mode: 0o755,
+        },
+        File {
+            path: "usr/local/bin/banger-agent",
+            mode: 0o755,
+            data: AGENT.to_vec(),
+        },
+        Dir {
+            path: "etc/systemd/system",
+            mode: 0o755,
+        },
+        File {
+            path: "etc/systemd/system/banger-agent.service",
+            mode: 0o644,
+            data: AGENT_UNIT.into(),
+        },
+        File {
+            path: "etc/systemd/system/banger-ssh-keygen.service",
+            mode: 0o644,
+            data: KEYGEN_UNIT.into(),
+        },
+        Dir {
+            path: "etc/ssh/sshd_config.d",
+            mode: 0o755,
+        },
+        File {
+            path: "etc/ssh/sshd_config.d/banger.conf",
+            mode: 0o644,
+            data: SSHD_CONF.into(),
+        },
+        File {
+            path: "etc/fstab",
+            mode: 0o644,
+            data: FSTAB.into(),
+        },
+        File {
+            path: "etc/hosts",
+            mode: 0o644,
+            data: HOSTS.into(),
+        },
+        File {
+            path: "etc/hostname",
+            mode: 0o644,
+            data: b"banger\n".to_vec(),
+        },
+        Dir {
+            path: "root/.ssh",
+            mode: 0o700,
+        },
+    ]
+}
+
+/// Units enabled and masked inside the image.
+pub const ENABLE_UNITS: &[&str] = &["banger-agent.service", "banger-ssh-keygen.service"];
+pub const MASK_UNITS: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "man-db.timer",
+    "getty@tty1.service",
+    "systemd-networkd-wait-online.service",
+];
+
+/// The cache key of an image built from `recipe` with a kernel whose modules
+/// digest is `modules_sha256`: any change to packages, files, hooks or the
+/// kernel gives a new key.
+pub fn cache_key(recipe: &Recipe, kernel_version: &str, modules_sha256: &str) -> String {
+    let mut h = KeyHasher::default();
+    h.add("revision", &RECIPE_REVISION.to_le_bytes())
+        .add("name", recipe.name.as_bytes())
+        .add("suite", recipe.suite.as_bytes())
+        .add("packages", recipe.packages().join(",").as_bytes())
+        .add("enable", ENABLE_UNITS.join(",").as_bytes())
+        .add("mask", MASK_UNITS.join(",").as_bytes())
+        .add("kernel_version", kernel_version.as_bytes())
+        .add("modules", modules_sha256.as_bytes());
+    for e in overlay() {
+        match e {
+            OverlayEntry::Dir { path, mode } => h.add(path, &mode.to_le_bytes()),
+            OverlayEntry::File { path, mode, data } => h
+                .add(path, &mode.to_le_bytes())
+                .add("sha256", sha256_hex(&data).as_bytes()),
+        };
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_is_embedded_and_static() {
+        assert!(AGENT.starts_with(b"\x7fELF"));
+        // A static executable has no PT_INTERP program header.
+        let phoff = u64::from_le_bytes(AGENT[0x20..0x28].try_into().unwrap()) as usize;
+        let phentsize = u16::from_le_bytes(AGENT[0x36..0x38].try_into().unwrap()) as usize;
+        let phnum = u16::from_le_bytes(AGENT[0x38..0x3a].try_into().unwrap()) as usize;
+        for i in 0..phnum {
+            let p_type =
+                u32::from_le_bytes(AGENT[phoff + i * phentsize..][..4].try_into().unwrap());
+            assert_ne!(
+                p_type, 3,
+                "banger-agent has an interpreter (is dynamically linked)"
+            );
+        }
+    }
+
+    #[test]
+    fn cache_key_tracks_inputs() {
+        let r = find("debian-bookworm").unwrap();
+        let a = cache_key(r, "6.1.0-1", "aaa");
+        assert_eq!(a, cache_key(r, "6.1.0-1", "aaa"));
+        assert_ne!(a, cache_key(r, "6.1.0-2", "aaa"));
+        assert_ne!(a, cache_key(r, "6.1.0-1", "bbb"));
+    }
+
+    #[test]
+    fn package_lists_are_valid_names() {
+        for p in find("debian-bookworm").unwrap().packages() {
+            assert!(
+                p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c)),
+                "{p}"
+            );
+        }
+    }
+}
