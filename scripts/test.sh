@@ -31,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # `banger kernel pull` uses apt-get download: the package lists must exist.
-if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
   echo "== apt-get update (no package lists yet)"
   apt-get update -qq
 fi

@@ -96,13 +96,17 @@ pub fn decompress(payload: &[u8]) -> Result<(Compression, Vec<u8>), BzImageError
         }
         Compression::Xz => {
             let mut v = Vec::new();
-            let mut input = std::io::BufReader::new(payload);
+            // The kernel appends the uncompressed size after the stream.
+            let stream = &payload[..payload.len().saturating_sub(4)];
+            let mut input = std::io::BufReader::new(stream);
             lzma_rs::xz_decompress(&mut input, &mut v).map_err(|e| err(format!("{e:?}")))?;
             v
         }
         Compression::Zstd => {
             let mut v = Vec::new();
+            // One frame only: the kernel appends the size after it.
             zstd::stream::read::Decoder::new(payload)
+                .map(|d| d.single_frame())
                 .and_then(|mut d| d.read_to_end(&mut v))
                 .map_err(|e| err(e.to_string()))?;
             v

@@ -61,7 +61,7 @@ impl Methods for Request {
 impl Request {
     #[doc(hidden)]
     pub fn last_variant_for_tests() -> Request {
-        Request::VmShow {
+        Request::ImagePromote {
             name: String::new(),
         }
     }

@@ -181,6 +181,20 @@ mod tests {
     }
 
     #[test]
+    fn helper_method_count_matches_the_enum() {
+        use crate::protocol::helper::PrivRequest;
+        let last = PrivRequest::last_variant_for_tests();
+        let bytes = encode(&Call {
+            op_id: "x".into(),
+            request: last,
+        });
+        let (tag, _): (u32, usize) =
+            bincode::serde::decode_from_slice(&bytes[2..], frame::bincode_config()).unwrap();
+        assert_eq!(tag, PrivRequest::COUNT - 1);
+        assert!(decode_call::<PrivRequest>(&bytes).is_ok());
+    }
+
+    #[test]
     fn unknown_method_is_told_apart() {
         let mut bytes = encode(&"op1".to_string());
         bytes.push(200); // varint tag 200, beyond any method
