@@ -44,21 +44,20 @@ fn main() {
         let store = Store::open(&root.join("state/banger/state.redb")).unwrap();
         for i in 0..200u32 {
             store
-                .put_vm(&VmRecord {
-                    id: format!("{i:016x}"),
-                    name: format!("bench-vm-{i}"),
-                    state: VmState::Stopped,
-                    image: "debian-bookworm".into(),
-                    kernel: "debian-cloud".into(),
-                    vcpu: 2,
-                    memory_mib: 1024,
-                    disk_bytes: 8 << 30,
-                    nat: i % 2 == 0,
-                    ip: Some(format!("172.16.0.{}", 2 + i % 250)),
-                    mac: None,
-                    tap: None,
-                    created_at_unix: 1_700_000_000 + i as u64,
-                    last_error: None,
+                .put_vm(&{
+                    let mut v = VmRecord::new(
+                        &format!("bench-vm-{i}"),
+                        "debian-bookworm",
+                        "debian-cloud",
+                        2,
+                        1024,
+                        8 << 30,
+                        i % 2 == 0,
+                        Default::default(),
+                    );
+                    v.state = VmState::Stopped;
+                    v.ip = Some(format!("172.16.0.{}", 2 + i % 250));
+                    v
                 })
                 .unwrap();
         }

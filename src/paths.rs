@@ -123,6 +123,65 @@ impl Layout {
     pub fn helper_log(&self) -> PathBuf {
         self.state_dir.join("bangerd-root.log")
     }
+    /// Files of one VM.
+    pub fn vm(&self, id: &str) -> VmPaths {
+        VmPaths {
+            state: self.state_dir.join("vms").join(id),
+            run: self.runtime_dir.join("vms").join(id),
+        }
+    }
+    /// banger's own SSH key, known_hosts and ssh_config.
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.state_dir.join("ssh")
+    }
+}
+
+/// Where one VM's disks, logs and sockets live: disks and logs in the state
+/// directory, sockets in the runtime directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    pub state: PathBuf,
+    pub run: PathBuf,
+}
+
+impl VmPaths {
+    /// The image rootfs, linked (or copied) for this VM: the qcow2 backing file.
+    pub fn base_disk(&self) -> PathBuf {
+        self.state.join("base.ext4")
+    }
+    /// QEMU's copy-on-write root disk over [`VmPaths::base_disk`].
+    pub fn root_qcow2(&self) -> PathBuf {
+        self.state.join("root.qcow2")
+    }
+    /// A raw root disk (Firecracker: reflink or sparse copy of the image).
+    pub fn root_raw(&self) -> PathBuf {
+        self.state.join("root.ext4")
+    }
+    pub fn work_disk(&self) -> PathBuf {
+        self.state.join("work.ext4")
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.state.join("serial.log")
+    }
+    pub fn vmm_log(&self) -> PathBuf {
+        self.state.join("vmm.log")
+    }
+    pub fn vsock_log(&self) -> PathBuf {
+        self.state.join("vhost-device-vsock.log")
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run.join("qmp.sock")
+    }
+    pub fn api_socket(&self) -> PathBuf {
+        self.run.join("fc.sock")
+    }
+    pub fn vhost_socket(&self) -> PathBuf {
+        self.run.join("vhost.sock")
+    }
+    /// The hybrid vsock socket (`CONNECT <port>`) for both VMMs.
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.run.join("vsock.sock")
+    }
 }
 
 /// Creates `dir` (and parents) and makes it mode 0700 when we own it.

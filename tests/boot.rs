@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use banger::vmm::qemu::{self, Accel, Nic, QemuSpec};
+use banger::protocol::helper::QemuMachine;
+use banger::vmm::qemu;
 use banger_agent::cmdline::GuestParams;
 
 use crate::support::*;
@@ -70,26 +71,22 @@ fn boot(ns: &Netns, dir: &Path, name: &str, ip: Ipv4Addr, tap: &str, key: &str) 
         dns: vec![],
         ssh_key: Some(key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")),
     };
-    let spec = QemuSpec {
-        accel: Accel::Tcg,
+    let spec = QemuMachine {
+        kvm: false,
         vcpu: 1,
         memory_mib: 768,
         kernel: a.vmlinux.clone(),
         initrd: Some(a.initrd.clone()),
-        cmdline: qemu::kernel_cmdline(Accel::Tcg, &params),
-        disks: vec![root, work],
-        nic: Some(Nic {
-            tap: tap.into(),
-            mac: format!("02:42:ac:10:00:{:02x}", ip.octets()[3]),
-        }),
+        cmdline: qemu::kernel_cmdline(false, &params),
+        disks: vec![(root, "raw".into()), (work, "raw".into())],
+        tap: Some(tap.into()),
+        mac: Some(format!("02:42:ac:10:00:{:02x}", ip.octets()[3])),
         vhost_vsock: Some(vhost),
-        qmp_socket: None,
         serial_log: dir.join("serial.log"),
-        pid_file: None,
     };
     let qemu = Command::new("ip")
         .args(["netns", "exec", &ns.name, "qemu-system-x86_64"])
-        .args(qemu::argv(&spec))
+        .args(qemu::argv(&spec, None))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap())

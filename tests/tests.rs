@@ -6,7 +6,9 @@ mod support;
 
 mod boot;
 mod daemon_cli;
+mod firecracker;
 mod garbage;
 mod helper_net;
 mod images;
 mod store_crash;
+mod vms;

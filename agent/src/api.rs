@@ -27,3 +27,19 @@ pub struct Port {
     pub pid: Option<u32>,
     pub process: Option<String>,
 }
+
+/// `GET /hostkeys`: the guest's SSH host public keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostKey {
+    /// `ssh-ed25519`, `ecdsa-sha2-nistp256`, ...
+    pub algorithm: String,
+    /// Base64 key blob.
+    pub key: String,
+}
+
+/// Answer of `POST /sync` and `POST /poweroff`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ack {
+    pub ok: bool,
+    pub detail: String,
+}

@@ -20,7 +20,18 @@ fn main() {
     }
     step("identity files", setup::write_identity(root, &params));
     step("resolv.conf", setup::write_resolv(root, &params));
-    step("authorized key", setup::write_authorized_key(root, &params));
+    // /root is the work disk, mounted by systemd a little later: write the
+    // key once it is there, without holding up the rest.
+    let key_params = params.clone();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !setup::is_mountpoint("/root") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if let Err(e) = setup::write_authorized_key(Path::new("/"), &key_params) {
+            eprintln!("banger-agent: authorized key: {e}");
+        }
+    });
     step(
         "loopback",
         netlink::ifindex("lo")

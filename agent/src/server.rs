@@ -114,9 +114,75 @@ fn handle(conn: std::fs::File, state: &AgentState) -> io::Result<()> {
                 .unwrap_or_default();
             respond(&conn, "200 OK", &body)
         }
-        ("GET", _) => respond(&conn, "404 Not Found", "{\"error\":\"no such endpoint\"}"),
-        _ => respond(&conn, "405 Method Not Allowed", "{\"error\":\"GET only\"}"),
+        ("GET", "/hostkeys") => {
+            let keys = host_keys(Path::new("/etc/ssh"));
+            if keys.is_empty() {
+                respond(&conn, "404 Not Found", "{\"error\":\"no host keys yet\"}")
+            } else {
+                respond(
+                    &conn,
+                    "200 OK",
+                    &serde_json::to_string(&keys).unwrap_or_default(),
+                )
+            }
+        }
+        ("POST", "/sync") => {
+            // SAFETY: sync(2) has no arguments and cannot fail.
+            unsafe { libc::sync() };
+            respond(&conn, "200 OK", &ack("synced"))
+        }
+        ("POST", "/poweroff") => {
+            // SAFETY: as above; data reaches the disks before we answer.
+            unsafe { libc::sync() };
+            let r = std::process::Command::new("systemctl")
+                .args(["--no-block", "poweroff"])
+                .status();
+            match r {
+                Ok(s) if s.success() => respond(&conn, "200 OK", &ack("synced; powering off")),
+                _ => {
+                    // No systemd to ask: power off directly (disks are synced).
+                    respond(&conn, "200 OK", &ack("synced; powering off now"))?;
+                    // SAFETY: reboot(2) with the power-off command.
+                    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+                    Ok(())
+                }
+            }
+        }
+        _ => respond(&conn, "404 Not Found", "{\"error\":\"no such endpoint\"}"),
     }
+}
+
+fn ack(detail: &str) -> String {
+    serde_json::to_string(&crate::api::Ack {
+        ok: true,
+        detail: detail.into(),
+    })
+    .unwrap_or_default()
+}
+
+/// Public host keys in `dir` (`ssh_host_*_key.pub`).
+pub fn host_keys(dir: &Path) -> Vec<crate::api::HostKey> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("ssh_host_") && name.ends_with("_key.pub")) {
+            continue;
+        }
+        if let Ok(text) = std::fs::read_to_string(e.path()) {
+            let mut f = text.split_whitespace();
+            if let (Some(a), Some(k)) = (f.next(), f.next()) {
+                out.push(crate::api::HostKey {
+                    algorithm: a.into(),
+                    key: k.into(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.algorithm.cmp(&b.algorithm));
+    out
 }
 
 /// Serves forever on [`AGENT_PORT`].

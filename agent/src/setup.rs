@@ -89,6 +89,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
     })
 }
 
+/// Whether `path` is a mount point (from `/proc/self/mountinfo`).
+pub fn is_mountpoint(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(path))
+}
+
 /// Sets the kernel hostname.
 #[cfg(target_os = "linux")]
 pub fn set_kernel_hostname(name: &str) -> Result<(), String> {

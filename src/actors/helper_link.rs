@@ -26,7 +26,7 @@ pub enum HelperLinkMsg {
     /// Performs one privileged operation.
     Call {
         op_id: String,
-        request: PrivRequest,
+        request: Box<PrivRequest>,
         reply: RpcReplyPort<Result<PrivReply, RpcError>>,
     },
     /// Connected (with pid and version) or why not. Tries to connect first.
@@ -168,7 +168,7 @@ impl Actor for HelperLink {
             } => match self.connect(&myself, state).await {
                 Ok(conn) => {
                     tokio::spawn(async move {
-                        let _ = reply.send(conn.call(op_id, request).await);
+                        let _ = reply.send(conn.call(op_id, *request).await);
                     });
                 }
                 Err(reason) => {
@@ -238,7 +238,7 @@ pub async fn call_helper(
     let op = op_id.to_string();
     match ractor::call!(link, |reply| HelperLinkMsg::Call {
         op_id: op,
-        request,
+        request: Box::new(request),
         reply
     }) {
         Ok(r) => r,

@@ -14,10 +14,19 @@ use super::vm_actor::BoxFuture;
 use crate::protocol::cli::{Event, Reply};
 use crate::protocol::RpcError;
 
+/// Where progress goes: the waiters of a job, one request's event stream, or
+/// nowhere.
+#[derive(Clone)]
+enum Sink {
+    Job(ActorRef<JobMsg>),
+    Events(mpsc::Sender<Event>),
+    None,
+}
+
 /// Sends progress of a job to everyone attached to it.
 #[derive(Clone)]
 pub struct Progress {
-    actor: Option<ActorRef<JobMsg>>,
+    sink: Sink,
     started: Instant,
 }
 
@@ -25,28 +34,44 @@ impl Progress {
     /// A sink that drops everything (for work run outside a job).
     pub fn none() -> Progress {
         Progress {
-            actor: None,
+            sink: Sink::None,
             started: Instant::now(),
+        }
+    }
+
+    /// Progress straight into one request's event stream.
+    pub fn to(events: mpsc::Sender<Event>) -> Progress {
+        Progress {
+            sink: Sink::Events(events),
+            started: Instant::now(),
+        }
+    }
+
+    fn emit(&self, ev: Event) {
+        match &self.sink {
+            Sink::Job(a) => {
+                let _ = a.cast(JobMsg::Event(ev));
+            }
+            Sink::Events(tx) => {
+                let _ = tx.try_send(ev);
+            }
+            Sink::None => {}
         }
     }
 
     /// Reports that `stage` began (`done = false`) or finished.
     pub fn stage(&self, stage: &str, detail: impl Into<String>, done: bool) {
-        if let Some(a) = &self.actor {
-            let _ = a.cast(JobMsg::Event(Event::Stage {
-                stage: stage.to_string(),
-                detail: detail.into(),
-                elapsed_ms: self.started.elapsed().as_millis() as u64,
-                done,
-            }));
-        }
+        self.emit(Event::Stage {
+            stage: stage.to_string(),
+            detail: detail.into(),
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            done,
+        });
     }
 
     /// A log line.
     pub fn log(&self, line: impl Into<String>) {
-        if let Some(a) = &self.actor {
-            let _ = a.cast(JobMsg::Event(Event::Log(line.into())));
-        }
+        self.emit(Event::Log(line.into()));
     }
 }
 
@@ -95,7 +120,7 @@ impl Actor for JobActor {
         (work, first): (Work, Waiter),
     ) -> Result<JobState, ActorProcessingErr> {
         let progress = Progress {
-            actor: Some(myself.clone()),
+            sink: Sink::Job(myself.clone()),
             started: Instant::now(),
         };
         let me = myself.clone();

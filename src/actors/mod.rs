@@ -6,7 +6,11 @@
 //! ├── VmRegistry ── VmActor(vm id)   one per VM record; its operations queue
 //! ├── ImageManager ── JobActor(name)  one build per image name at a time
 //! ├── KernelManager ── JobActor(name) one pull per kernel name at a time
+//! ├── TapPool                        warm taps on the bridge
 //! └── HelperLink                     the link to bangerd-root
+//!
+//! A VmActor supervises its VmmMonitor (watches the VMM pid) and, for QEMU,
+//! its VsockBridge (the vhost-device-vsock process).
 //! ```
 //!
 //! Supervision is one-for-one: a failed child is restarted after a backoff and
@@ -16,8 +20,11 @@
 pub mod helper_link;
 pub mod job_manager;
 pub mod supervisor;
+pub mod tap_pool;
 pub mod vm_actor;
 pub mod vm_registry;
+pub mod vmm_monitor;
+pub mod vsock_bridge;
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +114,7 @@ pub struct Services {
     pub images: Slot<job_manager::ManagerMsg>,
     /// The KernelManager (a [`job_manager::JobManager`]).
     pub kernels: Slot<job_manager::ManagerMsg>,
+    pub taps: Slot<tap_pool::TapPoolMsg>,
 }
 
 impl Services {
@@ -123,6 +131,7 @@ impl Services {
             registry: Slot::default(),
             images: Slot::default(),
             kernels: Slot::default(),
+            taps: Slot::default(),
         })
     }
 }

@@ -19,6 +19,7 @@ pub enum Child {
     HelperLink,
     ImageManager,
     KernelManager,
+    TapPool,
 }
 
 /// Messages to the supervisor.
@@ -67,6 +68,20 @@ impl DaemonSupervisor {
                 .await?;
                 let id = r.get_id();
                 self.services.registry.set(Some(r));
+                id
+            }
+            Child::TapPool => {
+                let (r, _) = Actor::spawn_linked(
+                    None,
+                    super::tap_pool::TapPool {
+                        services: self.services.clone(),
+                    },
+                    (),
+                    myself.get_cell(),
+                )
+                .await?;
+                let id = r.get_id();
+                self.services.taps.set(Some(r));
                 id
             }
             Child::ImageManager | Child::KernelManager => {
@@ -132,6 +147,8 @@ impl Actor for DaemonSupervisor {
             .await?;
         self.spawn_child(&myself, &mut state, Child::ImageManager)
             .await?;
+        self.spawn_child(&myself, &mut state, Child::TapPool)
+            .await?;
         self.spawn_child(&myself, &mut state, Child::Registry)
             .await?;
         Ok(state)
@@ -178,6 +195,7 @@ impl Actor for DaemonSupervisor {
             Child::HelperLink => self.services.helper.set(None),
             Child::ImageManager => self.services.images.set(None),
             Child::KernelManager => self.services.kernels.set(None),
+            Child::TapPool => self.services.taps.set(None),
         }
         let d = state.backoff.entry(child).or_default().next_delay();
         tracing::error!(?child, "child exited ({why}); restarting in {d:?}");
@@ -194,6 +212,7 @@ impl Actor for DaemonSupervisor {
         self.services.helper.set(None);
         self.services.images.set(None);
         self.services.kernels.set(None);
+        self.services.taps.set(None);
         Ok(())
     }
 }

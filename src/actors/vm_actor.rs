@@ -11,6 +11,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
+use super::vmm_monitor::{MonitorMsg, VmmMonitor};
+use super::vsock_bridge::{VsockBridge, VsockMsg};
 use super::Services;
 use crate::protocol::RpcError;
 use crate::store::VmRecord;
@@ -18,10 +20,12 @@ use crate::store::VmRecord;
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// What a job gets: the VM's current record and the daemon's services.
+/// What a job gets: the VM's current record, the daemon's services and its
+/// VmActor (to start or stop the VM's child actors).
 pub struct JobCtx {
     pub record: VmRecord,
     pub services: Arc<Services>,
+    pub me: ActorRef<VmMsg>,
 }
 
 /// One queued operation on a VM.
@@ -95,7 +99,16 @@ pub enum VmMsg {
     /// Queues an operation; it runs after every earlier one has finished.
     Run(Box<dyn Job>),
     /// Internal: the running job finished with this record.
-    JobDone(Option<VmRecord>),
+    JobDone(Option<Box<VmRecord>>),
+    /// From a job: watch VMM `pid` (a VmmMonitor child).
+    AttachVmm(u32),
+    /// From the VmmMonitor: the VMM exited.
+    VmmExited(u32),
+    /// From a job: start (or adopt) the VM's vhost-device-vsock (a
+    /// VsockBridge child); answers its pid.
+    StartVsock(Option<u32>, RpcReplyPort<Result<u32, String>>),
+    /// From a job: stop the VsockBridge.
+    StopVsock(RpcReplyPort<()>),
     /// Test hook: the handler panics, as a bug would.
     #[cfg(test)]
     Panic,
@@ -107,12 +120,14 @@ pub struct VmActor {
     pub services: Arc<Services>,
 }
 
-/// Mutable state: the cached record and the queue.
+/// Mutable state: the cached record, the queue and the child actors.
 pub struct VmActorState {
     record: VmRecord,
     running: Option<&'static str>,
     queue: VecDeque<Box<dyn Job>>,
     deleted: bool,
+    monitor: Option<ActorRef<MonitorMsg>>,
+    vsock: Option<ActorRef<VsockMsg>>,
 }
 
 impl VmActor {
@@ -135,6 +150,7 @@ impl VmActor {
         let ctx = JobCtx {
             record: state.record.clone(),
             services: self.services.clone(),
+            me: myself.clone(),
         };
         let me = myself.clone();
         let vm = state.record.name.clone();
@@ -147,8 +163,18 @@ impl VmActor {
                     None
                 }
             };
-            let _ = me.cast(VmMsg::JobDone(record));
+            let _ = me.cast(VmMsg::JobDone(record.map(Box::new)));
         });
+    }
+
+    /// Queues the release of a VM whose VMM is gone.
+    fn queue_reap(&self, myself: &ActorRef<VmMsg>, state: &mut VmActorState) {
+        let (j, _rx) = job("reap", |ctx: JobCtx| async move {
+            let rec = crate::vm::lifecycle::reap(&ctx).await;
+            (Some(rec), Ok(()))
+        });
+        state.queue.push_back(j);
+        self.start_next(myself, state);
     }
 }
 
@@ -173,7 +199,49 @@ impl Actor for VmActor {
             running: None,
             queue: VecDeque::new(),
             deleted: false,
+            monitor: None,
+            vsock: None,
         })
+    }
+
+    /// Reconciles with what actually runs: a live VMM is watched again (and
+    /// its vsock bridge adopted); a dead one's resources are released.
+    async fn post_start(
+        &self,
+        myself: ActorRef<VmMsg>,
+        state: &mut VmActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        use crate::protocol::cli::{VmState, VmmKind};
+        let rec = &state.record;
+        if !matches!(
+            rec.state,
+            VmState::Running | VmState::Starting | VmState::Stopping
+        ) {
+            return Ok(());
+        }
+        let paths = self.services.layout.vm(&rec.id);
+        let alive = rec.vmm_pid.filter(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            crate::host::process::pid_alive(*p)
+                && (cmd.contains(&paths.qmp_socket().display().to_string())
+                    || cmd.contains(&paths.api_socket().display().to_string()))
+        });
+        match alive {
+            Some(pid) => {
+                tracing::info!(vm = %rec.name, pid, "re-attached to a running VM");
+                let _ = myself.cast(VmMsg::AttachVmm(pid));
+                if rec.vmm == VmmKind::Qemu {
+                    let (tx, _rx) = ractor::concurrency::oneshot();
+                    let _ = myself.cast(VmMsg::StartVsock(rec.vsock_pid, tx.into()));
+                }
+            }
+            None => {
+                tracing::info!(vm = %rec.name, "its VMM is gone; releasing its resources");
+                self.queue_reap(&myself, state);
+            }
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -193,7 +261,7 @@ impl Actor for VmActor {
             VmMsg::JobDone(record) => {
                 state.running = None;
                 match record {
-                    Some(r) => state.record = r,
+                    Some(r) => state.record = *r,
                     None => match self.services.store.get_vm(&self.id) {
                         Ok(Some(r)) => state.record = r,
                         Ok(None) => state.deleted = true,
@@ -214,8 +282,101 @@ impl Actor for VmActor {
                 }
                 self.start_next(&myself, state);
             }
+            VmMsg::AttachVmm(pid) => {
+                if let Some(m) = state.monitor.take() {
+                    m.stop(None);
+                }
+                let mon = VmmMonitor {
+                    pid,
+                    vm: myself.clone(),
+                };
+                match Actor::spawn_linked(None, mon, (), myself.get_cell()).await {
+                    Ok((m, _)) => state.monitor = Some(m),
+                    Err(e) => tracing::error!(vm = %state.record.name, "cannot watch the VMM: {e}"),
+                }
+            }
+            VmMsg::VmmExited(pid) => {
+                state.monitor = None;
+                let rec = self.services.store.get_vm(&self.id).ok().flatten();
+                if let Some(r) = rec {
+                    state.record = r;
+                }
+                let ours = state.record.vmm_pid == Some(pid);
+                if ours && state.running.is_none() {
+                    tracing::info!(vm = %state.record.name, pid, "the VMM exited on its own; releasing");
+                    self.queue_reap(&myself, state);
+                }
+            }
+            VmMsg::StartVsock(adopt, reply) => {
+                if let Some(v) = &state.vsock {
+                    if let Ok(Some(pid)) = ractor::call_t!(v, VsockMsg::Pid, 5000) {
+                        let _ = reply.send(Ok(pid));
+                        return Ok(());
+                    }
+                }
+                let Some(binary) = crate::actors::vsock_bridge::find_binary() else {
+                    let _ = reply.send(Err("vhost-device-vsock is not installed (cargo install vhost-device-vsock); QEMU guests need it for the agent socket".into()));
+                    return Ok(());
+                };
+                let bridge = VsockBridge {
+                    paths: self.services.layout.vm(&self.id),
+                    binary,
+                };
+                match Actor::spawn_linked(None, bridge, adopt, myself.get_cell()).await {
+                    Ok((v, _)) => {
+                        let pid = ractor::call_t!(v, VsockMsg::Pid, 5000).ok().flatten();
+                        state.vsock = Some(v);
+                        let _ = reply.send(
+                            pid.ok_or_else(|| "vhost-device-vsock did not start".to_string()),
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("starting vhost-device-vsock: {e}")));
+                    }
+                }
+            }
+            VmMsg::StopVsock(reply) => {
+                if let Some(v) = state.vsock.take() {
+                    let _ = ractor::call_t!(v, VsockMsg::Stop, 10_000);
+                }
+                let _ = reply.send(());
+            }
             #[cfg(test)]
             VmMsg::Panic => panic!("test-induced panic in VmActor {}", self.id),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<VmMsg>,
+        evt: ractor::SupervisionEvent,
+        state: &mut VmActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Children end on their own (a monitor after reporting, the vsock
+        // bridge when stopped); a failed one is dropped and restarted by the
+        // next start. The VmActor itself carries on.
+        let cell = match &evt {
+            ractor::SupervisionEvent::ActorFailed(c, e) => {
+                tracing::error!(vm = %state.record.name, "a child actor failed: {e}");
+                c
+            }
+            ractor::SupervisionEvent::ActorTerminated(c, _, _) => c,
+            _ => return Ok(()),
+        };
+        if state
+            .vsock
+            .as_ref()
+            .is_some_and(|v| v.get_id() == cell.get_id())
+        {
+            state.vsock = None;
+        }
+        if state
+            .monitor
+            .as_ref()
+            .is_some_and(|m| m.get_id() == cell.get_id())
+        {
+            state.monitor = None;
         }
         Ok(())
     }

@@ -242,26 +242,13 @@ mod tests {
     use super::*;
     use crate::actors::vm_actor::{await_job, job, VmMsg};
     use crate::protocol::cli::VmState;
-    use crate::store::{model, Store};
+    use crate::store::Store;
     use std::time::{Duration, Instant};
 
     fn record(name: &str) -> VmRecord {
-        VmRecord {
-            id: model::new_vm_id(),
-            name: name.into(),
-            state: VmState::Stopped,
-            image: "img".into(),
-            kernel: String::new(),
-            vcpu: 1,
-            memory_mib: 256,
-            disk_bytes: 1 << 30,
-            nat: false,
-            ip: None,
-            mac: None,
-            tap: None,
-            created_at_unix: 0,
-            last_error: None,
-        }
+        let mut v = VmRecord::new(name, "img", "", 1, 256, 1 << 30, false, Default::default());
+        v.state = VmState::Stopped;
+        v
     }
 
     async fn setup(names: &[&str]) -> (tempfile::TempDir, Arc<Services>, ActorRef<RegistryMsg>) {

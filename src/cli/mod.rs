@@ -7,6 +7,7 @@ pub mod client;
 pub mod progress;
 pub mod render;
 pub mod style;
+pub mod vm;
 
 use std::io::Write;
 use std::sync::LazyLock;
@@ -16,7 +17,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, HostFacts};
 use crate::paths::Layout;
-use crate::protocol::cli::{HelperState, Reply, Request, VmView};
+use crate::protocol::cli::{HelperState, Reply, Request};
 use render::{CliError, Table};
 use style::Style;
 
@@ -60,8 +61,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create, run and manage VMs
-    #[command(long_about = VM_LONG, subcommand)]
-    Vm(VmCommand),
+    #[command(long_about = vm::VM_LONG, subcommand)]
+    Vm(vm::VmCommand),
     /// List VMs (alias of `banger vm list`)
     Ps(ListArgs),
     /// Images VMs boot from: build, import, export
@@ -85,19 +86,6 @@ pub enum Command {
         shell: Shell,
     },
 }
-
-const VM_LONG: &str = "\
-Create, run and manage VMs.
-
-The 80% command:
-  banger vm run --rm -- uname -a
-boots a VM on the default image, runs the command and deletes the VM.
-
-Look around:
-  banger vm list               every VM and its state (--json for scripts)
-  banger vm show <name>        one VM in detail
-
-Next: `banger vm run -d` keeps a VM for later, `banger vm ssh <name>` enters it.";
 
 const DAEMON_LONG: &str = "\
 Start, stop and inspect bangerd, the daemon that owns VM state.
@@ -131,25 +119,7 @@ Print a completion script for your shell.
   banger completion zsh  > \"${fpath[1]}/_banger\"
   banger completion fish > ~/.config/fish/completions/banger.fish";
 
-#[derive(Debug, Subcommand)]
-pub enum VmCommand {
-    /// List VMs
-    #[command(visible_alias = "ls")]
-    List(ListArgs),
-    /// Show one VM
-    #[command(
-        long_about = "Show one VM: state, image, resources, address.\n\n  banger vm show my-vm\n  banger vm show my-vm --json"
-    )]
-    Show {
-        /// VM name
-        name: String,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ListArgs {
     /// Print JSON (an array of VMs)
     #[arg(long)]
@@ -228,8 +198,8 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         Command::Daemon(c) => daemon(ctx, c).await,
         Command::Image(c) => artifacts::image(ctx, c).await,
         Command::Kernel(c) => artifacts::kernel(ctx, c).await,
-        Command::Ps(a) | Command::Vm(VmCommand::List(a)) => vm_list(ctx, a.json).await,
-        Command::Vm(VmCommand::Show { name, json }) => vm_show(ctx, &name, json).await,
+        Command::Ps(a) => vm::list(ctx, a.json).await,
+        Command::Vm(c) => vm::run(ctx, c).await,
     }
 }
 
@@ -368,83 +338,6 @@ async fn daemon(ctx: &Ctx, cmd: DaemonCommand) -> Result<u8, CliError> {
             Ok(0)
         }
     }
-}
-
-fn vm_table(vms: &[VmView]) -> String {
-    let mut t = Table::new([
-        "NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "DISK", "IP", "NAT", "CREATED",
-    ]);
-    for v in vms {
-        t.row([
-            v.name.clone(),
-            v.state.to_string(),
-            v.image.clone(),
-            v.vcpu.to_string(),
-            format!("{}M", v.memory_mib),
-            crate::size::format_size(v.disk_bytes),
-            v.ip.clone().unwrap_or_else(|| "-".into()),
-            if v.nat { "yes" } else { "no" }.to_string(),
-            render::age(v.created_at_unix),
-        ]);
-    }
-    t.render()
-}
-
-async fn vm_list(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
-    let mut c = client::connect(&ctx.layout, true).await?;
-    let vms = match client::request(&mut c, &ctx.layout, Request::VmList, |_| {}).await? {
-        Reply::Vms(v) => v,
-        other => return Err(client::unexpected(other)),
-    };
-    if json {
-        out(&render::json(&vms))?;
-    } else {
-        out(&vm_table(&vms))?;
-    }
-    Ok(0)
-}
-
-async fn vm_show(ctx: &Ctx, name: &str, json: bool) -> Result<u8, CliError> {
-    crate::names::validate_vm_name(name)
-        .map_err(|e| CliError::new("invalid name", e.to_string()))?;
-    let mut c = client::connect(&ctx.layout, true).await?;
-    let vm = match client::request(
-        &mut c,
-        &ctx.layout,
-        Request::VmShow { name: name.into() },
-        |_| {},
-    )
-    .await?
-    {
-        Reply::Vm(v) => v,
-        other => return Err(client::unexpected(other)),
-    };
-    if json {
-        out(&render::json(&vm))?;
-        return Ok(0);
-    }
-    let mut t = Table::bare();
-    t.row(["name".to_string(), vm.name.clone()]);
-    t.row(["id".to_string(), vm.id.clone()]);
-    t.row(["state".to_string(), vm.state.to_string()]);
-    t.row(["image".to_string(), vm.image.clone()]);
-    t.row(["vcpu".to_string(), vm.vcpu.to_string()]);
-    t.row(["memory".to_string(), format!("{} MiB", vm.memory_mib)]);
-    t.row(["disk".to_string(), crate::size::format_size(vm.disk_bytes)]);
-    t.row([
-        "ip".to_string(),
-        vm.ip.clone().unwrap_or_else(|| "-".into()),
-    ]);
-    t.row([
-        "nat".to_string(),
-        if vm.nat { "yes" } else { "no" }.to_string(),
-    ]);
-    t.row(["created".to_string(), render::age(vm.created_at_unix)]);
-    if let Some(e) = &vm.last_error {
-        t.row(["last error".to_string(), e.clone()]);
-    }
-    out(&t.render())?;
-    Ok(0)
 }
 
 /// Entry point of the `banger` binary: parse, run, print errors.

@@ -29,9 +29,26 @@ impl ProgressView {
         ProgressView { bar }
     }
 
+    /// Plain lines only (for command output, which must not be garbled).
+    pub fn plain() -> ProgressView {
+        ProgressView { bar: None }
+    }
+
     /// Renders one event; stdout/stderr chunks are passed through.
     pub fn event(&self, ev: Event) {
         match ev {
+            Event::Stage {
+                stage,
+                elapsed_ms,
+                done: true,
+                ..
+            } if stage == "ready" => {
+                let line = format!("ready in {}", human_duration(elapsed_ms));
+                match &self.bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
             Event::Stage {
                 stage,
                 detail,

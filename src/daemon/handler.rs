@@ -139,6 +139,34 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             Request::ImageShow { name } => super::images::show(&self.services, &name),
             Request::ImageDelete { name } => super::images::delete(&self.services, &name),
             Request::ImagePromote { name } => super::images::promote(&self.services, &name),
+            Request::VmCreate(spec) => {
+                super::vms::create(self.services.clone(), spec, events).await
+            }
+            Request::VmStart { name } => {
+                super::vms::start(self.services.clone(), &name, events).await
+            }
+            Request::VmStop { name } => {
+                super::vms::stop(self.services.clone(), &name, events).await
+            }
+            Request::VmRestart { name } => {
+                super::vms::restart(self.services.clone(), &name, events).await
+            }
+            Request::VmKill { name, signal } => {
+                super::vms::kill(self.services.clone(), &name, signal).await
+            }
+            Request::VmDelete { name } => super::vms::delete(self.services.clone(), &name).await,
+            Request::VmPrune => super::vms::prune(self.services.clone()).await,
+            Request::VmSet {
+                name,
+                vcpu,
+                memory_mib,
+                nat,
+            } => super::vms::set(self.services.clone(), &name, vcpu, memory_mib, nat).await,
+            Request::VmLogs { name } => super::vms::logs(self.services.clone(), &name).await,
+            Request::VmExec { name, argv, cwd } => {
+                super::vms::exec(self.services.clone(), &name, argv, cwd, events).await
+            }
+            Request::VmSsh { name } => super::vms::ssh(self.services.clone(), &name).await,
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);

@@ -6,6 +6,8 @@
 pub mod handler;
 pub mod images;
 pub mod kernels;
+pub mod reconcile;
+pub mod vms;
 
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -170,6 +172,9 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
     .await
     .map_err(|e| DaemonError::Setup(format!("starting the actor system: {e}")))?;
 
+    // Remove what no VM owns any more before anyone can ask for a new VM.
+    reconcile::orphans(&services).await;
+
     // We hold the lock, so a socket file left here is stale.
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
@@ -225,6 +230,10 @@ impl Running {
         }
         tracing::info!("bangerd stopping");
         let _ = std::fs::remove_file(&self.socket);
+        // Warm taps are ours alone: give them back before the helper goes.
+        if let Some(pool) = self.services.taps.get() {
+            let _ = ractor::call_t!(pool, crate::actors::tap_pool::TapPoolMsg::Drain, 10_000);
+        }
         if self.stop_helper {
             self.stop_helper().await;
         }

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-pub use banger_agent::api::{Healthz, Port, AGENT_PORT};
+pub use banger_agent::api::{Ack, Healthz, HostKey, Port, AGENT_PORT};
 
 /// Agent call failures.
 #[derive(Debug, thiserror::Error)]
@@ -42,20 +42,18 @@ pub async fn connect(uds: &Path, port: u32) -> Result<BufReader<UnixStream>, Age
     Ok(r)
 }
 
-/// `GET path` and the decoded JSON body.
-pub async fn get<T: DeserializeOwned>(
+async fn request<T: DeserializeOwned>(
     uds: &Path,
+    method: &str,
     path: &str,
     timeout: Duration,
 ) -> Result<T, AgentError> {
     let fut = async {
         let mut r = connect(uds, AGENT_PORT).await?;
-        r.get_mut()
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: banger-agent\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: banger-agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        r.get_mut().write_all(head.as_bytes()).await?;
         let mut buf = Vec::new();
         r.read_to_end(&mut buf).await?;
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -82,6 +80,20 @@ pub async fn get<T: DeserializeOwned>(
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| AgentError::Timeout(timeout))?
+}
+
+/// `GET path` and the decoded JSON body.
+pub async fn get<T: DeserializeOwned>(
+    uds: &Path,
+    path: &str,
+    timeout: Duration,
+) -> Result<T, AgentError> {
+    request(uds, "GET", path, timeout).await
+}
+
+/// `POST path` (no body) and the agent's acknowledgement.
+pub async fn post(uds: &Path, path: &str, timeout: Duration) -> Result<Ack, AgentError> {
+    request(uds, "POST", path, timeout).await
 }
 
 /// `GET /healthz`.

@@ -10,6 +10,7 @@
 
 pub mod net_actor;
 pub mod supervisor;
+pub mod vmm_ops;
 
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -67,6 +68,7 @@ pub async fn run(opts: HelperOptions) -> Result<(), HelperError> {
 
 struct Running {
     build: BuildEnv,
+    runtime_dir: PathBuf,
     listener: UnixListener,
     socket: PathBuf,
     owner_uid: u32,
@@ -141,6 +143,7 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
     tracing::info!(socket = %socket.display(), owner_uid = opts.owner_uid, "bangerd-root ready");
     Ok(Some(Running {
         build,
+        runtime_dir: dir.clone(),
         listener,
         socket,
         owner_uid: opts.owner_uid,
@@ -154,6 +157,8 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
 #[derive(Clone)]
 struct PrivHandler {
     build: BuildEnv,
+    runtime_dir: PathBuf,
+    owner_gid: u32,
     owner_uid: u32,
     net: Arc<Slot<NetMsg>>,
     shutdown: Arc<Notify>,
@@ -198,10 +203,32 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
                     Err(e) => Err(RpcError::failed(format!("build task failed: {e}"))),
                 }
             }
+            PrivRequest::LaunchVmm(spec) => {
+                let (owner, gid, rt) = (self.owner_uid, self.owner_gid, self.runtime_dir.clone());
+                tracing::info!(op_id = %call.op_id, vm_id = %spec.vm_id, kind = spec.kind.as_str(), "launching VMM");
+                tokio::task::spawn_blocking(move || vmm_ops::launch(&spec, owner, gid, &rt))
+                    .await
+                    .map_err(|e| RpcError::failed(e.to_string()))?
+                    .map(|pid| PrivReply::Launched { pid })
+            }
+            PrivRequest::SignalVmm { pid, signal } => {
+                tracing::info!(op_id = %call.op_id, pid, %signal, "signalling VMM");
+                vmm_ops::signal(pid, &signal, self.owner_uid, &self.runtime_dir)
+                    .map(|_| PrivReply::Done)
+            }
+            PrivRequest::ListVmms => {
+                let (owner, rt) = (self.owner_uid, self.runtime_dir.clone());
+                tokio::task::spawn_blocking(move || vmm_ops::list(owner, &rt))
+                    .await
+                    .map_err(|e| RpcError::failed(e.to_string()))
+                    .map(PrivReply::Vmms)
+            }
             req @ (PrivRequest::EnsureBridge { .. }
             | PrivRequest::CreateTap { .. }
             | PrivRequest::DeleteTap { .. }
-            | PrivRequest::ListTaps) => {
+            | PrivRequest::ListTaps
+            | PrivRequest::EnableNat { .. }
+            | PrivRequest::DisableNat { .. }) => {
                 let net = self
                     .net
                     .get()
@@ -223,8 +250,15 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
 impl Running {
     async fn serve(self) {
         let owner = self.owner_uid;
+        let owner_gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+            .ok()
+            .flatten()
+            .map(|u| u.gid.as_raw())
+            .unwrap_or(owner);
         let handler = PrivHandler {
             build: self.build.clone(),
+            runtime_dir: self.runtime_dir.clone(),
+            owner_gid,
             owner_uid: owner,
             net: self.net.clone(),
             shutdown: self.shutdown.clone(),

@@ -28,6 +28,11 @@ fn to_rpc(e: NetError) -> RpcError {
     }
 }
 
+fn nat_request_ok(vm_id: &str, ip: std::net::Ipv4Addr, bridge: &str) -> bool {
+    let id_ok = vm_id.len() == 16 && vm_id.chars().all(|c| c.is_ascii_hexdigit());
+    id_ok && net::is_banger_bridge(bridge) && ip.is_private()
+}
+
 /// Runs one request against `ops` (blocking).
 pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<PrivReply, RpcError> {
     match req {
@@ -57,6 +62,19 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
                 )
             })
             .map_err(to_rpc),
+        PrivRequest::EnableNat { vm_id, ip, bridge } | PrivRequest::DisableNat { vm_id, ip, bridge }
+            if !nat_request_ok(&vm_id, ip, &bridge) =>
+        {
+            Err(RpcError::bad_request(format!(
+                "refusing NAT for vm {vm_id:?} ip {ip} on {bridge:?}: needs a banger VM id, a private address and a banger bridge"
+            )))
+        }
+        PrivRequest::EnableNat { vm_id, ip, bridge } => crate::host::nat::enable(&vm_id, ip, &bridge)
+            .map(|_| PrivReply::Done)
+            .map_err(|e| RpcError::failed(e.to_string())),
+        PrivRequest::DisableNat { vm_id, ip, bridge } => crate::host::nat::disable(&vm_id, ip, &bridge)
+            .map(|_| PrivReply::Done)
+            .map_err(|e| RpcError::failed(e.to_string())),
         other => Err(RpcError::bad_request(format!(
             "{} is not a network operation",
             other.method()

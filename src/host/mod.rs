@@ -2,6 +2,7 @@
 //! Only `bangerd-root` calls the privileged parts.
 
 pub mod cpu;
+pub mod nat;
 pub mod net;
 pub mod process;
 

@@ -207,6 +207,25 @@ pub fn wait_exit_blocking(pid: u32, timeout: Duration) -> bool {
     }
 }
 
+/// Waits, without a thread, until `pid` exits (its pidfd becomes readable).
+/// Returns at once if it is already gone or a zombie.
+pub async fn wait_exit_forever(pid: u32) {
+    let Ok(fd) = pidfd_open(pid) else { return };
+    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which closes it on
+    // drop; nothing else holds it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    let Ok(afd) = registered else {
+        return;
+    };
+    if !pid_alive(pid) {
+        return;
+    }
+    // Readable once the process has terminated (zombie or reaped).
+    let _ = afd.readable().await;
+}
+
 /// Async form of [`wait_exit_blocking`].
 pub async fn wait_exit(pid: u32, timeout: Duration) -> bool {
     tokio::task::spawn_blocking(move || wait_exit_blocking(pid, timeout))

@@ -52,16 +52,113 @@ pub enum Request {
     ImageDelete { name: String },
     /// Makes an image the default for new VMs. Answers [`Reply::Image`].
     ImagePromote { name: String },
+    /// Creates a VM and boots it (building or pulling its image and kernel on
+    /// first use). Streams stages (reserve, network, disks, vmm, agent, ssh,
+    /// ready); answers [`Reply::Vm`]. Bad specs are refused before anything
+    /// is created.
+    VmCreate(VmCreateSpec),
+    /// Boots a stopped VM. Answers [`Reply::Vm`].
+    VmStart { name: String },
+    /// Stops a running VM: sync in the guest, graceful power-off, kill after
+    /// a bounded wait. Answers [`Reply::Vm`].
+    VmStop { name: String },
+    /// Stops then starts a VM. Answers [`Reply::Vm`].
+    VmRestart { name: String },
+    /// Sends a signal (TERM KILL INT HUP QUIT USR1 USR2 ABRT) to the VMM.
+    /// Answers [`Reply::Vm`] once the signal is delivered.
+    VmKill { name: String, signal: String },
+    /// Stops a VM if needed and removes it with its disks. Answers [`Reply::Done`].
+    VmDelete { name: String },
+    /// Deletes every VM that is not running. Answers [`Reply::Pruned`].
+    VmPrune,
+    /// Changes vcpu, memory or NAT of a stopped VM. Answers [`Reply::Vm`].
+    VmSet {
+        name: String,
+        vcpu: Option<u32>,
+        memory_mib: Option<u32>,
+        nat: Option<bool>,
+    },
+    /// The serial console and VMM log of a VM. Answers [`Reply::Logs`].
+    VmLogs { name: String },
+    /// Runs a command over SSH in a running VM, streaming stdout and stderr
+    /// as events; `argv` elements are shell-quoted, `cwd` (if any) is entered
+    /// first. Answers [`Reply::Exit`].
+    VmExec {
+        name: String,
+        argv: Vec<String>,
+        cwd: Option<String>,
+    },
+    /// How to reach a running VM with the system `ssh`. Answers [`Reply::Ssh`].
+    VmSsh { name: String },
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 17;
+    const COUNT: u32 = 28;
+}
+
+/// Which VMM drives a VM.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmKind {
+    #[default]
+    Qemu,
+    Firecracker,
+}
+
+impl VmmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmmKind::Qemu => "qemu",
+            VmmKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+/// `vmm = auto|qemu|firecracker`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmChoice {
+    #[default]
+    Auto,
+    Qemu,
+    Firecracker,
+}
+
+impl std::str::FromStr for VmmChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(VmmChoice::Auto),
+            "qemu" => Ok(VmmChoice::Qemu),
+            "firecracker" => Ok(VmmChoice::Firecracker),
+            other => Err(format!(
+                "unknown vmm {other:?}: use auto, qemu or firecracker"
+            )),
+        }
+    }
+}
+
+/// What `vm create` / `vm run` ask for. Sizes are resolved by the CLI
+/// (config, host, floor) so the `spec:` line matches the VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmCreateSpec {
+    /// Generated when absent.
+    pub name: Option<String>,
+    /// The default image when absent.
+    pub image: Option<String>,
+    /// The image's kernel when absent.
+    pub kernel: Option<String>,
+    pub vcpu: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    pub nat: bool,
+    pub vmm: VmmChoice,
 }
 
 impl Request {
     #[doc(hidden)]
     pub fn last_variant_for_tests() -> Request {
-        Request::ImagePromote {
+        Request::VmSsh {
             name: String::new(),
         }
     }
@@ -86,6 +183,17 @@ impl Request {
             Request::ImageShow { .. } => "image.show",
             Request::ImageDelete { .. } => "image.delete",
             Request::ImagePromote { .. } => "image.promote",
+            Request::VmCreate(_) => "vm.create",
+            Request::VmStart { .. } => "vm.start",
+            Request::VmStop { .. } => "vm.stop",
+            Request::VmRestart { .. } => "vm.restart",
+            Request::VmKill { .. } => "vm.kill",
+            Request::VmDelete { .. } => "vm.delete",
+            Request::VmPrune => "vm.prune",
+            Request::VmSet { .. } => "vm.set",
+            Request::VmLogs { .. } => "vm.logs",
+            Request::VmExec { .. } => "vm.exec",
+            Request::VmSsh { .. } => "vm.ssh",
         }
     }
 }
@@ -104,6 +212,23 @@ pub enum Reply {
     Image(ImageView),
     Images(Vec<ImageView>),
     Exported { file: String, bytes: u64 },
+    Pruned(Vec<String>),
+    Logs { serial: String, vmm: String },
+    Exit { code: i32 },
+    Ssh(SshTarget),
+}
+
+/// How to reach a VM with the system `ssh`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshTarget {
+    pub name: String,
+    pub ip: String,
+    pub user: String,
+    pub identity: String,
+    pub known_hosts: String,
+    /// Alias pinned in `known_hosts` (`<name>.vm`).
+    pub host_alias: String,
+    pub ssh_config: String,
 }
 
 /// A kernel as the CLI sees it.
@@ -226,4 +351,9 @@ pub struct VmView {
     pub nat: bool,
     pub created_at_unix: u64,
     pub last_error: Option<String>,
+    pub kernel: String,
+    pub vmm: VmmKind,
+    pub pid: Option<u32>,
+    pub started_at_unix: Option<u64>,
+    pub boot_id: Option<String>,
 }

@@ -38,10 +38,73 @@ pub enum PrivRequest {
     /// `/lib/modules/<kernel_version>`. Answers [`PrivReply::Built`]. If the
     /// connection drops, the build is killed and its work removed.
     BuildRootfs(RootfsSpec),
+    /// NAT for one guest /32 out of `bridge` (MASQUERADE plus FORWARD rules,
+    /// tagged with the VM id). Idempotent.
+    EnableNat {
+        vm_id: String,
+        ip: Ipv4Addr,
+        bridge: String,
+    },
+    /// Removes the rules of [`PrivRequest::EnableNat`]. Idempotent.
+    DisableNat {
+        vm_id: String,
+        ip: Ipv4Addr,
+        bridge: String,
+    },
+    /// Starts a VMM from a root-owned, non-writable binary, as the owner uid,
+    /// in its own session (it outlives the helper and the daemon). The helper
+    /// builds the command line from these typed fields. Answers
+    /// [`PrivReply::Launched`].
+    LaunchVmm(LaunchSpec),
+    /// Sends an allowlisted signal (TERM KILL INT HUP QUIT USR1 USR2 ABRT) to
+    /// a pid proven to be a banger VMM of the owner (its control socket lies
+    /// under the owner's banger runtime directory). Answers [`PrivReply::Done`].
+    SignalVmm { pid: u32, signal: String },
+    /// The owner's banger VMM processes. Answers [`PrivReply::Vmms`].
+    ListVmms,
 }
 
 impl Methods for PrivRequest {
-    const COUNT: u32 = 7;
+    const COUNT: u32 = 12;
+}
+
+/// A VMM to start (see [`PrivRequest::LaunchVmm`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// 16 hex digits.
+    pub vm_id: String,
+    pub kind: crate::protocol::cli::VmmKind,
+    /// QEMU: the machine; ignored for Firecracker (configured over its API).
+    pub qemu: Option<QemuMachine>,
+    /// The control socket: QMP (QEMU) or API (Firecracker). Must lie in
+    /// `<runtime dir>/vms/<vm_id>/`.
+    pub control_socket: std::path::PathBuf,
+    /// stdout/stderr of the VMM (opened as the owner).
+    pub log: std::path::PathBuf,
+}
+
+/// QEMU microvm parameters for [`LaunchSpec`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QemuMachine {
+    pub kvm: bool,
+    pub vcpu: u32,
+    pub memory_mib: u32,
+    pub kernel: std::path::PathBuf,
+    pub initrd: Option<std::path::PathBuf>,
+    pub cmdline: String,
+    /// In order (`/dev/vda` first), with their formats (`raw`, `qcow2`).
+    pub disks: Vec<(std::path::PathBuf, String)>,
+    pub tap: Option<String>,
+    pub mac: Option<String>,
+    pub vhost_vsock: Option<std::path::PathBuf>,
+    pub serial_log: std::path::PathBuf,
+}
+
+/// A banger VMM process found by [`PrivRequest::ListVmms`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmmProcess {
+    pub pid: u32,
+    pub vm_id: String,
 }
 
 /// What to build in [`PrivRequest::BuildRootfs`].
@@ -61,14 +124,7 @@ pub struct RootfsSpec {
 impl PrivRequest {
     #[doc(hidden)]
     pub fn last_variant_for_tests() -> PrivRequest {
-        PrivRequest::BuildRootfs(RootfsSpec {
-            build_id: String::new(),
-            recipe: String::new(),
-            kernel_modules: None,
-            kernel_version: None,
-            out_dir: Default::default(),
-            package_cache: false,
-        })
+        PrivRequest::ListVmms
     }
 
     /// Method name for logs.
@@ -81,6 +137,11 @@ impl PrivRequest {
             PrivRequest::ListTaps => "list_taps",
             PrivRequest::Shutdown => "shutdown",
             PrivRequest::BuildRootfs(_) => "build_rootfs",
+            PrivRequest::EnableNat { .. } => "enable_nat",
+            PrivRequest::DisableNat { .. } => "disable_nat",
+            PrivRequest::LaunchVmm(_) => "launch_vmm",
+            PrivRequest::SignalVmm { .. } => "signal_vmm",
+            PrivRequest::ListVmms => "list_vmms",
         }
     }
 }
@@ -96,6 +157,10 @@ pub enum PrivReply {
     Done,
     Taps(Vec<TapInfo>),
     Built(BuiltRootfs),
+    Launched {
+        pid: u32,
+    },
+    Vmms(Vec<VmmProcess>),
 }
 
 /// The result of [`PrivRequest::BuildRootfs`]: files now in `out_dir`.

@@ -244,6 +244,54 @@ impl Store {
         self.put(VMS, &vm.id, vm)
     }
 
+    /// Inserts a new VM record in one transaction: refuses a taken name and
+    /// assigns the lowest free address of the subnet (`gateway` excluded) and
+    /// a MAC derived from it. `None` when the name is taken.
+    pub fn reserve_vm(
+        &self,
+        vm: &VmRecord,
+        gateway: std::net::Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<Option<VmRecord>, StoreError> {
+        let txn = self.rw()?.begin_write()?;
+        let rec = {
+            let mut t = txn.open_table(VMS)?;
+            let mut used = std::collections::HashSet::new();
+            for row in t.iter()? {
+                let (_, v) = row?;
+                if let Ok(other) = serde_json::from_slice::<VmRecord>(v.value()) {
+                    if other.name == vm.name {
+                        return Ok(None);
+                    }
+                    if let Some(ip) = other
+                        .ip
+                        .as_deref()
+                        .and_then(|s| s.parse::<std::net::Ipv4Addr>().ok())
+                    {
+                        used.insert(ip);
+                    }
+                }
+            }
+            let ip = free_ip(gateway, prefix_len, &used).ok_or_else(|| {
+                StoreError::Db(format!(
+                    "no free address left in {gateway}/{prefix_len}; delete VMs or use a larger subnet"
+                ))
+            })?;
+            let o = ip.octets();
+            let mut rec = vm.clone();
+            rec.ip = Some(ip.to_string());
+            rec.mac = Some(format!(
+                "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
+                o[0], o[1], o[2], o[3]
+            ));
+            let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Db(e.to_string()))?;
+            t.insert(rec.id.as_str(), bytes.as_slice())?;
+            rec
+        };
+        txn.commit()?;
+        Ok(Some(rec))
+    }
+
     /// Inserts a VM record unless its name is taken; atomic.
     pub fn insert_vm_unique(&self, vm: &VmRecord) -> Result<bool, StoreError> {
         let bytes = serde_json::to_vec(vm).map_err(|e| StoreError::Db(e.to_string()))?;
@@ -326,28 +374,68 @@ impl Store {
     }
 }
 
+/// The lowest host address of the subnet that is neither the gateway nor used.
+pub fn free_ip(
+    gateway: std::net::Ipv4Addr,
+    prefix_len: u8,
+    used: &std::collections::HashSet<std::net::Ipv4Addr>,
+) -> Option<std::net::Ipv4Addr> {
+    let mask: u32 = if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix_len as u32)
+    };
+    let net = u32::from(gateway) & mask;
+    let broadcast = net | !mask;
+    (net + 1..broadcast)
+        .map(std::net::Ipv4Addr::from)
+        .find(|ip| *ip != gateway && !used.contains(ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::cli::VmState;
 
     pub(crate) fn vm(name: &str) -> VmRecord {
-        VmRecord {
-            id: model::new_vm_id(),
-            name: name.into(),
-            state: VmState::Stopped,
-            image: "debian-bookworm".into(),
-            kernel: String::new(),
-            vcpu: 2,
-            memory_mib: 1024,
-            disk_bytes: 8 << 30,
-            nat: false,
-            ip: None,
-            mac: None,
-            tap: None,
-            created_at_unix: model::now_unix(),
-            last_error: None,
-        }
+        let mut v = VmRecord::new(
+            name,
+            "debian-bookworm",
+            "",
+            2,
+            1024,
+            8 << 30,
+            false,
+            Default::default(),
+        );
+        v.state = VmState::Stopped;
+        v
+    }
+
+    #[test]
+    fn reserve_assigns_unique_addresses_and_refuses_taken_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let gw = std::net::Ipv4Addr::new(172, 16, 0, 1);
+        let a = s.reserve_vm(&vm("a"), gw, 24).unwrap().unwrap();
+        let b = s.reserve_vm(&vm("b"), gw, 24).unwrap().unwrap();
+        assert_eq!(a.ip.as_deref(), Some("172.16.0.2"));
+        assert_eq!(b.ip.as_deref(), Some("172.16.0.3"));
+        assert_eq!(a.mac.as_deref(), Some("02:42:ac:10:00:02"));
+        assert!(s.reserve_vm(&vm("a"), gw, 24).unwrap().is_none());
+        s.delete_vm(&a.id).unwrap();
+        let c = s.reserve_vm(&vm("c"), gw, 24).unwrap().unwrap();
+        assert_eq!(
+            c.ip.as_deref(),
+            Some("172.16.0.2"),
+            "released addresses are reused"
+        );
+        // A /30 has two hosts: the gateway and one VM.
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("s.redb")).unwrap();
+        let gw = std::net::Ipv4Addr::new(10, 0, 0, 1);
+        assert!(s.reserve_vm(&vm("x"), gw, 30).unwrap().is_some());
+        assert!(s.reserve_vm(&vm("y"), gw, 30).is_err());
     }
 
     fn sha(path: &Path) -> Vec<u8> {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::cli::{VmState, VmView};
+use crate::protocol::cli::{VmState, VmView, VmmKind};
 
 /// One VM, as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,9 +30,61 @@ pub struct VmRecord {
     pub created_at_unix: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub vmm: VmmKind,
+    /// The VMM process while running.
+    #[serde(default)]
+    pub vmm_pid: Option<u32>,
+    /// The vhost-device-vsock process (QEMU) while running.
+    #[serde(default)]
+    pub vsock_pid: Option<u32>,
+    #[serde(default)]
+    pub started_at_unix: Option<u64>,
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// The guest's SSH host key (`ssh-ed25519 AAAA...`), learned over vsock
+    /// and pinned in banger's known_hosts.
+    #[serde(default)]
+    pub host_key: Option<String>,
 }
 
 impl VmRecord {
+    /// A new record in state `created`, before addresses are assigned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        image: &str,
+        kernel: &str,
+        vcpu: u32,
+        memory_mib: u32,
+        disk_bytes: u64,
+        nat: bool,
+        vmm: VmmKind,
+    ) -> VmRecord {
+        VmRecord {
+            id: new_vm_id(),
+            name: name.into(),
+            state: VmState::Created,
+            image: image.into(),
+            kernel: kernel.into(),
+            vcpu,
+            memory_mib,
+            disk_bytes,
+            nat,
+            ip: None,
+            mac: None,
+            tap: None,
+            created_at_unix: now_unix(),
+            last_error: None,
+            vmm,
+            vmm_pid: None,
+            vsock_pid: None,
+            started_at_unix: None,
+            boot_id: None,
+            host_key: None,
+        }
+    }
+
     /// The wire view.
     pub fn view(&self) -> VmView {
         VmView {
@@ -47,6 +99,11 @@ impl VmRecord {
             nat: self.nat,
             created_at_unix: self.created_at_unix,
             last_error: self.last_error.clone(),
+            kernel: self.kernel.clone(),
+            vmm: self.vmm,
+            pid: self.vmm_pid,
+            started_at_unix: self.started_at_unix,
+            boot_id: self.boot_id.clone(),
         }
     }
 }

@@ -1,4 +1,110 @@
-//! VMM drivers. `qemu.rs`: QEMU microvm (KVM where hardware virtualisation
-//! works, TCG otherwise).
+//! VMM drivers behind one [`Vmm`] trait: QEMU microvm (KVM where hardware
+//! virtualisation works, TCG otherwise) and Firecracker. Everything above the
+//! driver is the same for both.
 
+pub mod firecracker;
 pub mod qemu;
+pub mod qmp;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use crate::paths::VmPaths;
+use crate::protocol::cli::{VmmChoice, VmmKind};
+use crate::protocol::helper::LaunchSpec;
+
+/// A boxed future borrowing its driver.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// What driver operations return.
+pub type BootFut<'a> = BoxFut<'a, Result<(), VmmError>>;
+
+/// Driver failures.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{0}")]
+    Api(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the VMM did not become ready within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Disk image formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Everything needed to boot one VM, whatever the VMM.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    pub vm_id: String,
+    pub paths: VmPaths,
+    pub vcpu: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// `/dev/vda` first.
+    pub disks: Vec<(PathBuf, DiskFormat)>,
+    pub tap: Option<String>,
+    pub mac: Option<String>,
+    pub kvm: bool,
+}
+
+/// A VMM driver.
+pub trait Vmm: Send + Sync {
+    fn kind(&self) -> VmmKind;
+    /// What bangerd-root must start for this VM.
+    fn launch_spec(&self, boot: &BootSpec) -> LaunchSpec;
+    /// Takes the started process to a booting guest: QEMU waits for its QMP
+    /// socket; Firecracker is configured over its API and started.
+    fn boot<'a>(&'a self, boot: &'a BootSpec) -> BoxFut<'a, Result<(), VmmError>>;
+    /// Asks the guest to power off (ACPI power button / Ctrl-Alt-Del).
+    fn powerdown<'a>(&'a self, paths: &'a VmPaths) -> BoxFut<'a, Result<(), VmmError>>;
+}
+
+/// The driver for `kind`.
+pub fn driver(kind: VmmKind) -> Box<dyn Vmm> {
+    match kind {
+        VmmKind::Qemu => Box::new(qemu::Qemu),
+        VmmKind::Firecracker => Box::new(firecracker::Firecracker),
+    }
+}
+
+/// Resolves `auto`: Firecracker only when it is installed and KVM is
+/// hardware-backed; QEMU otherwise. An explicit choice that cannot work here
+/// is an error saying why.
+pub fn choose(choice: VmmChoice) -> Result<VmmKind, String> {
+    let fc_ok = || firecracker::binary().is_some() && crate::host::cpu::hardware_kvm();
+    match choice {
+        VmmChoice::Qemu => Ok(VmmKind::Qemu),
+        VmmChoice::Auto => Ok(if fc_ok() {
+            VmmKind::Firecracker
+        } else {
+            VmmKind::Qemu
+        }),
+        VmmChoice::Firecracker => {
+            if firecracker::binary().is_none() {
+                return Err("firecracker is not installed (a root-owned binary in /usr/local/bin or /usr/bin); use --vmm qemu".into());
+            }
+            if let Some(why) = crate::host::cpu::kvm_unavailable_reason() {
+                return Err(format!(
+                    "firecracker cannot boot guests here: {why}; use --vmm qemu"
+                ));
+            }
+            Ok(VmmKind::Firecracker)
+        }
+    }
+}

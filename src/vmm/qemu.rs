@@ -1,55 +1,18 @@
-//! QEMU microvm: the command line for a banger VM.
+//! QEMU microvm: the command line (built by bangerd-root from a typed
+//! [`QemuMachine`]) and the driver (QMP for readiness and power-off).
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::time::Duration;
 
-/// Acceleration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    /// KVM when hardware virtualisation works, TCG otherwise.
-    pub fn detect() -> Accel {
-        if crate::host::cpu::hardware_kvm() {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        }
-    }
-}
-
-/// A network interface on a tap.
-#[derive(Debug, Clone)]
-pub struct Nic {
-    pub tap: String,
-    pub mac: String,
-}
-
-/// Everything a QEMU microvm launch needs.
-#[derive(Debug, Clone)]
-pub struct QemuSpec {
-    pub accel: Accel,
-    pub vcpu: u32,
-    pub memory_mib: u32,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line (see [`kernel_cmdline`]).
-    pub cmdline: String,
-    /// Disks in order: the first is `/dev/vda`.
-    pub disks: Vec<PathBuf>,
-    pub nic: Option<Nic>,
-    /// vhost-user socket of the VM's vhost-device-vsock.
-    pub vhost_vsock: Option<PathBuf>,
-    pub qmp_socket: Option<PathBuf>,
-    pub serial_log: PathBuf,
-    pub pid_file: Option<PathBuf>,
-}
+use super::{BootFut, BootSpec, Vmm, VmmError};
+use crate::paths::VmPaths;
+use crate::protocol::cli::VmmKind;
+use crate::protocol::helper::{LaunchSpec, QemuMachine};
 
 /// The kernel command line: console, root, stable interface names, the
-/// banger guest parameters, and under TCG the TSC rate.
-pub fn kernel_cmdline(accel: Accel, params: &banger_agent::cmdline::GuestParams) -> String {
+/// banger guest parameters, and under TCG the TSC rate (guest calibration can
+/// hang under emulation).
+pub fn kernel_cmdline(kvm: bool, params: &banger_agent::cmdline::GuestParams) -> String {
     let mut t = vec![
         "console=ttyS0".to_string(),
         "root=/dev/vda".into(),
@@ -58,7 +21,7 @@ pub fn kernel_cmdline(accel: Accel, params: &banger_agent::cmdline::GuestParams)
         "panic=-1".into(),
         "quiet".into(),
     ];
-    if accel == Accel::Tcg {
+    if !kvm {
         t.push(format!("tsc_early_khz={}", crate::host::cpu::tsc_khz()));
         t.push("tsc=reliable".into());
     }
@@ -66,24 +29,19 @@ pub fn kernel_cmdline(accel: Accel, params: &banger_agent::cmdline::GuestParams)
     t.join(" ")
 }
 
-/// The argv (without the program) for `qemu-system-x86_64`.
-pub fn argv(spec: &QemuSpec) -> Vec<String> {
-    let mem = spec.memory_mib;
+/// The argv (without the program) of `qemu-system-x86_64` for `m`, with its
+/// QMP socket at `qmp`.
+pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
+    let mem = m.memory_mib;
     let mut a: Vec<String> = vec![
         "-M".into(),
         "microvm,memory-backend=mem".into(),
         "-accel".into(),
-        match spec.accel {
-            Accel::Kvm => "kvm".into(),
-            Accel::Tcg => "tcg".into(),
-        },
+        if m.kvm { "kvm" } else { "tcg" }.into(),
         "-cpu".into(),
-        match spec.accel {
-            Accel::Kvm => "host".into(),
-            Accel::Tcg => "max".into(),
-        },
+        if m.kvm { "host" } else { "max" }.into(),
         "-smp".into(),
-        spec.vcpu.to_string(),
+        m.vcpu.to_string(),
         "-m".into(),
         format!("{mem}M"),
         "-object".into(),
@@ -94,84 +52,142 @@ pub fn argv(spec: &QemuSpec) -> Vec<String> {
         "-no-user-config".into(),
         "-no-reboot".into(),
         "-kernel".into(),
-        spec.kernel.display().to_string(),
+        m.kernel.display().to_string(),
         "-append".into(),
-        spec.cmdline.clone(),
+        m.cmdline.clone(),
         "-serial".into(),
-        format!("file:{}", spec.serial_log.display()),
+        format!("file:{}", m.serial_log.display()),
     ];
-    if let Some(i) = &spec.initrd {
+    if let Some(i) = &m.initrd {
         a.extend(["-initrd".into(), i.display().to_string()]);
     }
-    for (n, d) in spec.disks.iter().enumerate() {
+    for (n, (d, fmt)) in m.disks.iter().enumerate() {
         a.extend([
             "-drive".into(),
             format!(
-                "id=disk{n},file={},format=raw,if=none,cache=none,aio=threads",
+                "id=disk{n},file={},format={fmt},if=none,cache=writeback,aio=threads",
                 d.display()
             ),
             "-device".into(),
             format!("virtio-blk-device,drive=disk{n}"),
         ]);
     }
-    if let Some(n) = &spec.nic {
+    if let (Some(tap), Some(mac)) = (&m.tap, &m.mac) {
         a.extend([
             "-netdev".into(),
-            format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap),
+            format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
             "-device".into(),
-            format!("virtio-net-device,netdev=net0,mac={}", n.mac),
+            format!("virtio-net-device,netdev=net0,mac={mac}"),
         ]);
     }
-    if let Some(v) = &spec.vhost_vsock {
+    if let Some(v) = &m.vhost_vsock {
         a.extend([
             "-chardev".into(),
+            // No `reconnect=`: QEMU 7.2's vhost-user-vsock fails to initialise
+            // with it ("Failed to set msg fds").
             format!("socket,id=vsock0,path={}", v.display()),
             "-device".into(),
             "vhost-user-vsock-device,chardev=vsock0".into(),
         ]);
     }
-    if let Some(q) = &spec.qmp_socket {
+    if let Some(q) = qmp {
         a.extend([
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", q.display()),
         ]);
     }
-    if let Some(p) = &spec.pid_file {
-        a.extend(["-pidfile".into(), p.display().to_string()]);
-    }
     a
+}
+
+/// The QEMU driver.
+pub struct Qemu;
+
+impl Vmm for Qemu {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    fn launch_spec(&self, b: &BootSpec) -> LaunchSpec {
+        LaunchSpec {
+            vm_id: b.vm_id.clone(),
+            kind: VmmKind::Qemu,
+            qemu: Some(QemuMachine {
+                kvm: b.kvm,
+                vcpu: b.vcpu,
+                memory_mib: b.memory_mib,
+                kernel: b.kernel.clone(),
+                initrd: b.initrd.clone(),
+                cmdline: b.cmdline.clone(),
+                disks: b
+                    .disks
+                    .iter()
+                    .map(|(p, f)| (p.clone(), f.as_str().to_string()))
+                    .collect(),
+                tap: b.tap.clone(),
+                mac: b.mac.clone(),
+                vhost_vsock: Some(b.paths.vhost_socket()),
+                serial_log: b.paths.serial_log(),
+            }),
+            control_socket: b.paths.qmp_socket(),
+            log: b.paths.vmm_log(),
+        }
+    }
+
+    fn boot<'a>(&'a self, b: &'a BootSpec) -> BootFut<'a> {
+        Box::pin(async move {
+            let mut q =
+                super::qmp::connect_within(&b.paths.qmp_socket(), Duration::from_secs(30)).await?;
+            let st = q.execute("query-status", None).await?;
+            match st.get("status").and_then(|s| s.as_str()) {
+                Some("running") => Ok(()),
+                other => Err(VmmError::Api(format!(
+                    "QEMU is not running the guest (status {other:?})"
+                ))),
+            }
+        })
+    }
+
+    fn powerdown<'a>(&'a self, paths: &'a VmPaths) -> BootFut<'a> {
+        Box::pin(async move {
+            let mut q = super::qmp::Qmp::connect(&paths.qmp_socket()).await?;
+            q.execute("system_powerdown", None).await.map(drop)
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn argv_has_disks_in_order_and_the_vsock() {
-        let spec = QemuSpec {
-            accel: Accel::Tcg,
+    fn machine() -> QemuMachine {
+        QemuMachine {
+            kvm: false,
             vcpu: 2,
             memory_mib: 1024,
             kernel: "/k/vmlinux".into(),
             initrd: Some("/k/initrd.img".into()),
             cmdline: "console=ttyS0".into(),
-            disks: vec!["/v/root.ext4".into(), "/v/work.ext4".into()],
-            nic: Some(Nic {
-                tap: "bgt1".into(),
-                mac: "02:00:00:00:00:01".into(),
-            }),
+            disks: vec![
+                ("/v/root.qcow2".into(), "qcow2".into()),
+                ("/v/work.ext4".into(), "raw".into()),
+            ],
+            tap: Some("bgt1".into()),
+            mac: Some("02:00:00:00:00:01".into()),
             vhost_vsock: Some("/v/vhost.sock".into()),
-            qmp_socket: Some("/v/qmp.sock".into()),
             serial_log: "/v/serial.log".into(),
-            pid_file: None,
-        };
-        let a = argv(&spec).join(" ");
-        let root = a.find("file=/v/root.ext4").unwrap();
-        let work = a.find("file=/v/work.ext4").unwrap();
+        }
+    }
+
+    #[test]
+    fn argv_has_disks_in_order_and_the_vsock() {
+        let a = argv(&machine(), Some(Path::new("/v/qmp.sock"))).join(" ");
+        let root = a.find("file=/v/root.qcow2,format=qcow2").unwrap();
+        let work = a.find("file=/v/work.ext4,format=raw").unwrap();
         assert!(root < work);
         assert!(a.contains("-accel tcg -cpu max"));
         assert!(a.contains("vhost-user-vsock-device,chardev=vsock0"));
         assert!(a.contains("memory-backend-memfd,id=mem,size=1024M,share=on"));
+        assert!(a.contains("-qmp unix:/v/qmp.sock,server=on,wait=off"));
     }
 
     #[test]
@@ -180,11 +196,11 @@ mod tests {
             name: Some("x".into()),
             ..Default::default()
         };
-        let c = kernel_cmdline(Accel::Tcg, &p);
+        let c = kernel_cmdline(false, &p);
         assert!(
             c.contains("tsc_early_khz=") && c.contains("banger.name=x"),
             "{c}"
         );
-        assert!(!kernel_cmdline(Accel::Kvm, &p).contains("tsc_early_khz"));
+        assert!(!kernel_cmdline(true, &p).contains("tsc_early_khz"));
     }
 }

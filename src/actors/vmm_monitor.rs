@@ -1,0 +1,49 @@
+//! `VmmMonitor`: watches one VMM process (by pidfd: it is bangerd-root's
+//! child, not ours) and tells its VmActor when it exits.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::vm_actor::VmMsg;
+
+/// The monitor. Stops itself after reporting.
+pub struct VmmMonitor {
+    pub pid: u32,
+    pub vm: ActorRef<VmMsg>,
+}
+
+/// Its only message.
+pub enum MonitorMsg {
+    /// Internal: the process exited.
+    Exited,
+}
+
+impl Actor for VmmMonitor {
+    type Msg = MonitorMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MonitorMsg>,
+        _: (),
+    ) -> Result<(), ActorProcessingErr> {
+        let pid = self.pid;
+        tokio::spawn(async move {
+            crate::host::process::wait_exit_forever(pid).await;
+            let _ = myself.cast(MonitorMsg::Exited);
+        });
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MonitorMsg>,
+        _: MonitorMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        tracing::info!(pid = self.pid, "VMM exited");
+        let _ = self.vm.cast(VmMsg::VmmExited(self.pid));
+        myself.stop(Some("reported".into()));
+        Ok(())
+    }
+}

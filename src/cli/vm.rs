@@ -1,0 +1,565 @@
+//! `banger vm ...`: create, run, lifecycle, ssh, logs.
+
+use std::io::IsTerminal;
+
+use clap::{Args, Subcommand};
+
+use super::progress::ProgressView;
+use super::render::{self, CliError, Table};
+use super::{client, out, style, Ctx, ListArgs};
+use crate::config::{Config, HostFacts};
+use crate::protocol::cli::{Reply, Request, SshTarget, VmCreateSpec, VmState, VmView, VmmChoice};
+use crate::size::{format_size, parse_size};
+
+pub const VM_LONG: &str = "\
+Create, run and manage VMs.
+
+The 80% command:
+  banger vm run --rm -- make test
+boots a VM on the default image, runs the command, streams its output,
+exits with its exit code and deletes the VM.
+
+Long-lived VMs:
+  banger vm create --name dev        create and boot (prints `spec:` and stages)
+  banger vm ssh dev                  a shell inside (or: banger vm ssh dev -- uname -a)
+  banger vm stop dev / start dev     data on the work disk (/root) survives
+  banger vm delete dev               remove it and its disks
+
+Look around: banger vm list, banger vm show <name>, banger vm logs <name>.";
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM, boot it, optionally run a command, optionally delete it
+    #[command(long_about = RUN_LONG)]
+    Run(RunArgs),
+    /// Create and boot a VM
+    #[command(
+        long_about = "Create and boot a VM on the default image (or --image).\n\nPrints `spec:` first, then each boot stage, then `ready in <time>`.\n\n  banger vm create --name dev\n  banger vm create --name big --vcpu 4 --memory 8G --disk-size 32G --nat"
+    )]
+    Create(CreateArgs),
+    /// Start a stopped VM
+    Start { name: String },
+    /// Stop a running VM gracefully
+    Stop { name: String },
+    /// Stop then start a VM
+    Restart { name: String },
+    /// Force-kill a VM (use when 'vm stop' hangs)
+    Kill {
+        name: String,
+        /// TERM KILL INT HUP QUIT USR1 USR2 ABRT
+        #[arg(long, short = 's', default_value = "KILL")]
+        signal: String,
+    },
+    /// Stop a VM and remove its disks (irreversible)
+    #[command(visible_alias = "rm")]
+    Delete { name: String },
+    /// Delete every VM that is not running
+    Prune {
+        /// Do not ask
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// List VMs
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Show one VM
+    #[command(
+        long_about = "Show one VM: state, image, resources, address, VMM.\n\n  banger vm show dev\n  banger vm show dev --json"
+    )]
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a VM's serial console (or, with --vmm, its VMM log)
+    Logs {
+        name: String,
+        /// The VMM's own log instead of the console
+        #[arg(long)]
+        vmm: bool,
+    },
+    /// Change vcpu, memory or NAT of a stopped VM
+    #[command(
+        long_about = "Change a stopped VM's resources; they apply at the next start.\n\n  banger vm stop dev && banger vm set dev --vcpu 4 --memory 4G && banger vm start dev"
+    )]
+    Set {
+        name: String,
+        #[arg(long)]
+        vcpu: Option<u32>,
+        /// e.g. 2048 (MiB) or 4G
+        #[arg(long)]
+        memory: Option<String>,
+        /// Give the VM outbound network access
+        #[arg(long, conflicts_with = "no_nat")]
+        nat: bool,
+        /// Remove outbound network access
+        #[arg(long)]
+        no_nat: bool,
+    },
+    /// Open a shell in a running VM (system ssh), or run a command
+    #[command(
+        long_about = "SSH into a running VM with banger's key and pinned host key.\n\n  banger vm ssh dev\n  banger vm ssh dev -- uname -a\n\n`ssh -F ~/.local/state/banger/ssh/ssh_config dev.vm` works too."
+    )]
+    Ssh {
+        name: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+const RUN_LONG: &str = "\
+Create a VM, boot it and run a command in it, streaming its output; exit
+with the command's exit code.
+
+  banger vm run --rm -- uname -a          delete the VM afterwards, whatever happened
+  banger vm run --rm -- sh -c 'exit 42'   exits 42
+  banger vm run -d --name dev             leave it running (then: banger vm ssh dev)
+  banger vm run                           an interactive shell in a new VM
+
+Arguments after -- are passed as they are (each one quoted for the guest's shell).";
+
+/// Sizes and placement of a new VM.
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// VM name (generated when absent): lowercase letters, digits, '-'
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image (default: the default image, see `banger image list`)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Kernel (default: the image's kernel)
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// vCPUs (default: from config or the host, see `banger config show`)
+    #[arg(long)]
+    pub vcpu: Option<u32>,
+    /// Memory, e.g. 2048 (MiB) or 4G (default: config or host)
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Work disk (/root) size, e.g. 8G
+    #[arg(long = "disk-size")]
+    pub disk_size: Option<String>,
+    /// Outbound network access (NAT) for the guest
+    #[arg(long)]
+    pub nat: bool,
+    /// auto, qemu or firecracker
+    #[arg(long)]
+    pub vmm: Option<VmmChoice>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Delete the VM when the command (or shell) ends
+    #[arg(long)]
+    pub rm: bool,
+    /// Leave the VM running and print how to reach it
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Command to run (after --)
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+fn memory_mib(s: &str) -> Result<u32, CliError> {
+    let b = parse_size(s).map_err(|e| CliError::new("invalid value", format!("--memory: {e}")))?;
+    Ok((b >> 20) as u32)
+}
+
+/// Resolves flags against config and host into a spec (and checks the name
+/// before anything is sent).
+pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
+    let cfg = Config::load(&ctx.layout.config_file(), HostFacts::probe())
+        .map_err(|e| CliError::new("bad config", e.to_string()))?;
+    let name = match &a.name {
+        Some(n) => {
+            crate::names::validate_vm_name(n)
+                .map_err(|e| CliError::new("invalid name", e.to_string()))?;
+            n.clone()
+        }
+        None => crate::names::generate_vm_name(),
+    };
+    Ok(VmCreateSpec {
+        name: Some(name),
+        image: a.image.clone(),
+        kernel: a.kernel.clone(),
+        vcpu: a.vcpu.unwrap_or(cfg.vm_defaults.vcpu.value),
+        memory_mib: match &a.memory {
+            Some(m) => memory_mib(m)?,
+            None => cfg.vm_defaults.memory_mib.value,
+        },
+        disk_bytes: match &a.disk_size {
+            Some(d) => parse_size(d)
+                .map_err(|e| CliError::new("invalid value", format!("--disk-size: {e}")))?,
+            None => cfg.vm_defaults.disk_bytes.value,
+        },
+        nat: a.nat,
+        vmm: a.vmm.unwrap_or(cfg.vmm),
+    })
+}
+
+fn spec_line(s: &VmCreateSpec) {
+    eprintln!(
+        "spec: {} vcpu | {} MiB | {} disk{}",
+        s.vcpu,
+        s.memory_mib,
+        format_size(s.disk_bytes),
+        if s.nat { " | nat" } else { "" }
+    );
+}
+
+async fn call(ctx: &Ctx, req: Request) -> Result<Reply, CliError> {
+    let mut c = client::connect(&ctx.layout, true).await?;
+    let view = ProgressView::new();
+    let r = client::request(&mut c, &ctx.layout, req, |e| view.event(e)).await;
+    view.finish();
+    r
+}
+
+async fn create(ctx: &Ctx, s: VmCreateSpec) -> Result<VmView, CliError> {
+    spec_line(&s);
+    match call(ctx, Request::VmCreate(s)).await? {
+        Reply::Vm(v) => Ok(v),
+        other => Err(client::unexpected(other)),
+    }
+}
+
+/// Runs a command in a VM, passing its output through; returns its exit code.
+async fn exec(ctx: &Ctx, name: &str, argv: Vec<String>) -> Result<i32, CliError> {
+    let mut c = client::connect(&ctx.layout, true).await?;
+    let view = ProgressView::plain();
+    let req = Request::VmExec {
+        name: name.into(),
+        argv,
+        cwd: None,
+    };
+    match client::request(&mut c, &ctx.layout, req, |e| view.event(e)).await? {
+        Reply::Exit { code } => Ok(code),
+        other => Err(client::unexpected(other)),
+    }
+}
+
+async fn delete(ctx: &Ctx, name: &str) -> Result<(), CliError> {
+    match call(ctx, Request::VmDelete { name: name.into() }).await? {
+        Reply::Done => Ok(()),
+        other => Err(client::unexpected(other)),
+    }
+}
+
+/// The system `ssh` into a VM; returns its exit code.
+async fn system_ssh(ctx: &Ctx, name: &str, command: &[String]) -> Result<i32, CliError> {
+    let target = match call(ctx, Request::VmSsh { name: name.into() }).await? {
+        Reply::Ssh(t) => t,
+        other => return Err(client::unexpected(other)),
+    };
+    let code = run_ssh(&target, command)?;
+    // Say so when the VM outlives the session.
+    if let Ok(Reply::Vm(v)) = call(ctx, Request::VmShow { name: name.into() }).await {
+        if v.state == VmState::Running {
+            eprintln!(
+                "{} VM {name} is still running; stop it with: banger vm stop {name}",
+                style::dim(ctx.style.stderr, "note:")
+            );
+        }
+    }
+    Ok(code)
+}
+
+fn run_ssh(t: &SshTarget, command: &[String]) -> Result<i32, CliError> {
+    let ssh = crate::host::system_tool("ssh")
+        .ok_or_else(|| CliError::new("ssh missing", "install openssh-client"))?;
+    let mut cmd = std::process::Command::new(ssh);
+    cmd.args(["-F", &t.ssh_config]);
+    if command.is_empty() {
+        cmd.arg("-t");
+    }
+    cmd.arg(&t.host_alias);
+    if !command.is_empty() {
+        cmd.arg("--")
+            .arg(crate::vm::ssh::command_line(command, None));
+    }
+    let st = cmd
+        .status()
+        .map_err(|e| CliError::new("ssh failed", e.to_string()))?;
+    Ok(st.code().unwrap_or(255))
+}
+
+/// `vm run`.
+async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
+    if a.detach && a.rm {
+        return Err(CliError::new(
+            "invalid flags",
+            "-d (leave running) and --rm (delete afterwards) contradict each other; pick one",
+        ));
+    }
+    if a.detach && !a.command.is_empty() {
+        return Err(CliError::new("invalid flags", "-d does not take a command; use `banger vm run -d` then `banger vm ssh <name> -- <cmd>`"));
+    }
+    let s = spec(ctx, &a.create)?;
+    let name = s.name.clone().unwrap_or_default();
+    let created = create(ctx, s).await;
+    let result: Result<u8, CliError> = match created {
+        Err(e) => Err(e),
+        Ok(v) if a.detach => {
+            out(&format!(
+                "VM {} is running at {}\n  shell:  banger vm ssh {}\n  stop:   banger vm stop {}\n  delete: banger vm delete {}\n",
+                v.name,
+                v.ip.clone().unwrap_or_default(),
+                v.name,
+                v.name,
+                v.name
+            ))?;
+            Ok(0)
+        }
+        Ok(_) if !a.command.is_empty() => {
+            let run = exec(ctx, &name, a.command.clone());
+            tokio::select! {
+                r = run => r.map(|c| c.clamp(0, 255) as u8),
+                _ = tokio::signal::ctrl_c() => Err(CliError { exit_code: 130, ..CliError::new("interrupted", "the command was interrupted") }),
+            }
+        }
+        Ok(_) => {
+            let code = if a.rm {
+                let t = match call(ctx, Request::VmSsh { name: name.clone() }).await? {
+                    Reply::Ssh(t) => t,
+                    other => return Err(client::unexpected(other)),
+                };
+                run_ssh(&t, &[])
+            } else {
+                system_ssh(ctx, &name, &[]).await
+            };
+            code.map(|c| c.clamp(0, 255) as u8)
+        }
+    };
+    if a.rm {
+        // Whatever happened: the VM goes (if it was created at all).
+        match delete(ctx, &name).await {
+            Ok(()) => {}
+            Err(e) if e.label == "not found" => {}
+            Err(e) => eprintln!("{}", e.render(ctx.style.stderr)),
+        }
+    }
+    result
+}
+
+fn vm_table(vms: &[VmView]) -> String {
+    let mut t = Table::new([
+        "NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "DISK", "IP", "NAT", "VMM", "CREATED",
+    ]);
+    for v in vms {
+        t.row([
+            v.name.clone(),
+            v.state.to_string(),
+            v.image.clone(),
+            v.vcpu.to_string(),
+            format!("{}M", v.memory_mib),
+            format_size(v.disk_bytes),
+            v.ip.clone().unwrap_or_else(|| "-".into()),
+            if v.nat { "yes" } else { "no" }.to_string(),
+            v.vmm.as_str().to_string(),
+            render::age(v.created_at_unix),
+        ]);
+    }
+    t.render()
+}
+
+fn vm_detail(vm: &VmView) -> String {
+    let mut t = Table::bare();
+    t.row(["name".to_string(), vm.name.clone()]);
+    t.row(["id".to_string(), vm.id.clone()]);
+    t.row(["state".to_string(), vm.state.to_string()]);
+    t.row(["image".to_string(), vm.image.clone()]);
+    t.row(["kernel".to_string(), vm.kernel.clone()]);
+    t.row(["vmm".to_string(), vm.vmm.as_str().to_string()]);
+    t.row(["vcpu".to_string(), vm.vcpu.to_string()]);
+    t.row(["memory".to_string(), format!("{} MiB", vm.memory_mib)]);
+    t.row(["disk".to_string(), format_size(vm.disk_bytes)]);
+    t.row([
+        "ip".to_string(),
+        vm.ip.clone().unwrap_or_else(|| "-".into()),
+    ]);
+    t.row([
+        "nat".to_string(),
+        if vm.nat { "yes" } else { "no" }.to_string(),
+    ]);
+    t.row([
+        "pid".to_string(),
+        vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+    ]);
+    t.row([
+        "boot id".to_string(),
+        vm.boot_id.clone().unwrap_or_else(|| "-".into()),
+    ]);
+    t.row(["created".to_string(), render::age(vm.created_at_unix)]);
+    if let Some(s) = vm.started_at_unix {
+        t.row(["started".to_string(), render::age(s)]);
+    }
+    if let Some(e) = &vm.last_error {
+        t.row(["last error".to_string(), e.clone()]);
+    }
+    t.render()
+}
+
+pub async fn list(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
+    let vms = match call(ctx, Request::VmList).await? {
+        Reply::Vms(v) => v,
+        other => return Err(client::unexpected(other)),
+    };
+    out(&if json {
+        render::json(&vms)
+    } else {
+        vm_table(&vms)
+    })?;
+    Ok(0)
+}
+
+fn check_name(name: &str) -> Result<(), CliError> {
+    crate::names::validate_vm_name(name).map_err(|e| CliError::new("invalid name", e.to_string()))
+}
+
+async fn simple(ctx: &Ctx, name: &str, req: Request) -> Result<u8, CliError> {
+    check_name(name)?;
+    match call(ctx, req).await? {
+        Reply::Vm(v) => out(&format!("{} {}\n", v.name, v.state))?,
+        Reply::Done => out(&format!("deleted {name}\n"))?,
+        other => return Err(client::unexpected(other)),
+    }
+    Ok(0)
+}
+
+pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
+    match cmd {
+        VmCommand::Run(a) => run_cmd(ctx, a).await,
+        VmCommand::Create(a) => {
+            let s = spec(ctx, &a)?;
+            let v = create(ctx, s).await?;
+            out(&format!(
+                "{} running at {}\n",
+                v.name,
+                v.ip.unwrap_or_default()
+            ))?;
+            Ok(0)
+        }
+        VmCommand::Start { name } => {
+            simple(ctx, &name, Request::VmStart { name: name.clone() }).await
+        }
+        VmCommand::Stop { name } => {
+            simple(ctx, &name, Request::VmStop { name: name.clone() }).await
+        }
+        VmCommand::Restart { name } => {
+            simple(ctx, &name, Request::VmRestart { name: name.clone() }).await
+        }
+        VmCommand::Kill { name, signal } => {
+            simple(
+                ctx,
+                &name,
+                Request::VmKill {
+                    name: name.clone(),
+                    signal,
+                },
+            )
+            .await
+        }
+        VmCommand::Delete { name } => {
+            simple(ctx, &name, Request::VmDelete { name: name.clone() }).await
+        }
+        VmCommand::Prune { force } => {
+            if !force {
+                let vms = match call(ctx, Request::VmList).await? {
+                    Reply::Vms(v) => v,
+                    other => return Err(client::unexpected(other)),
+                };
+                let doomed: Vec<VmView> = vms
+                    .into_iter()
+                    .filter(|v| {
+                        matches!(
+                            v.state,
+                            VmState::Created | VmState::Stopped | VmState::Error
+                        )
+                    })
+                    .collect();
+                if doomed.is_empty() {
+                    out("nothing to prune: every VM is running\n")?;
+                    return Ok(0);
+                }
+                out(&vm_table(&doomed))?;
+                if !std::io::stdin().is_terminal() {
+                    return Err(CliError::new(
+                        "confirmation needed",
+                        "these VMs would be deleted; run again with -f to confirm",
+                    ));
+                }
+                eprint!(
+                    "Delete these {} VM(s) and their disks? [y/N] ",
+                    doomed.len()
+                );
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                if !matches!(line.trim(), "y" | "Y" | "yes") {
+                    out("nothing deleted\n")?;
+                    return Ok(0);
+                }
+            }
+            match call(ctx, Request::VmPrune).await? {
+                Reply::Pruned(names) if names.is_empty() => out("nothing to prune\n")?,
+                Reply::Pruned(names) => out(&format!("deleted {}\n", names.join(" ")))?,
+                other => return Err(client::unexpected(other)),
+            }
+            Ok(0)
+        }
+        VmCommand::List(a) => list(ctx, a.json).await,
+        VmCommand::Show { name, json } => {
+            check_name(&name)?;
+            match call(ctx, Request::VmShow { name }).await? {
+                Reply::Vm(v) => out(&if json {
+                    render::json(&v)
+                } else {
+                    vm_detail(&v)
+                })?,
+                other => return Err(client::unexpected(other)),
+            }
+            Ok(0)
+        }
+        VmCommand::Logs { name, vmm } => {
+            check_name(&name)?;
+            match call(ctx, Request::VmLogs { name }).await? {
+                Reply::Logs { serial, vmm: vlog } => out(if vmm { &vlog } else { &serial })?,
+                other => return Err(client::unexpected(other)),
+            }
+            Ok(0)
+        }
+        VmCommand::Set {
+            name,
+            vcpu,
+            memory,
+            nat,
+            no_nat,
+        } => {
+            let memory_mib = memory.as_deref().map(memory_mib).transpose()?;
+            let nat = if nat {
+                Some(true)
+            } else if no_nat {
+                Some(false)
+            } else {
+                None
+            };
+            simple(
+                ctx,
+                &name,
+                Request::VmSet {
+                    name: name.clone(),
+                    vcpu,
+                    memory_mib,
+                    nat,
+                },
+            )
+            .await
+        }
+        VmCommand::Ssh { name, command } => {
+            check_name(&name)?;
+            let code = system_ssh(ctx, &name, &command).await?;
+            Ok(code.clamp(0, 255) as u8)
+        }
+    }
+}

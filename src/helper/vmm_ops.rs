@@ -1,0 +1,336 @@
+//! Launching and signalling VMM processes for the owner.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::protocol::cli::VmmKind;
+use crate::protocol::helper::{LaunchSpec, VmmProcess};
+use crate::protocol::RpcError;
+
+/// Signals the helper will send.
+pub const SIGNALS: &[&str] = &["TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT"];
+
+/// Parses an allowlisted signal name (`KILL`, `sigkill`, `SIGTERM`).
+pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, RpcError> {
+    use nix::sys::signal::Signal::*;
+    let up = name.trim().to_ascii_uppercase();
+    let bare = up.strip_prefix("SIG").unwrap_or(&up);
+    Ok(match bare {
+        "TERM" => SIGTERM,
+        "KILL" => SIGKILL,
+        "INT" => SIGINT,
+        "HUP" => SIGHUP,
+        "QUIT" => SIGQUIT,
+        "USR1" => SIGUSR1,
+        "USR2" => SIGUSR2,
+        "ABRT" => SIGABRT,
+        _ => {
+            return Err(RpcError::bad_request(format!(
+                "signal {name:?} is not allowed; use one of {}",
+                SIGNALS.join(" ")
+            )))
+        }
+    })
+}
+
+fn is_vm_id(s: &str) -> bool {
+    s.len() == 16
+        && s.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+}
+
+fn clean_abs(p: &Path) -> bool {
+    p.is_absolute()
+        && p.components().all(|c| !matches!(c, Component::ParentDir))
+        && !p.as_os_str().as_bytes().contains(&b'\n')
+}
+
+/// The VM id whose control socket appears in `args` under `runtime_dir/vms`.
+pub fn vm_of_cmdline(args: &[String], runtime_dir: &Path) -> Option<String> {
+    let vms = runtime_dir.join("vms");
+    let candidates = args.iter().flat_map(|a| {
+        // `-qmp unix:<path>,server=on,...`, `--api-sock <path>`, `--api-sock=<path>`.
+        let a = a.strip_prefix("--api-sock=").unwrap_or(a);
+        let a = a.strip_prefix("unix:").unwrap_or(a);
+        a.split(',').next().map(str::to_string)
+    });
+    for c in candidates {
+        let p = Path::new(&c);
+        if let Ok(rest) = p.strip_prefix(&vms) {
+            let mut comps = rest.components();
+            if let (Some(Component::Normal(id)), Some(Component::Normal(file)), None) =
+                (comps.next(), comps.next(), comps.next())
+            {
+                let id = id.to_string_lossy();
+                let file = file.to_string_lossy();
+                if is_vm_id(&id) && (file == "qmp.sock" || file == "fc.sock") {
+                    return Some(id.into_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn proc_args(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+fn proc_uid(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+/// Proves `pid` is one of the owner's banger VMMs: owned by `owner` and its
+/// control socket under `runtime_dir/vms/` (or in bangerd-root's cgroup).
+pub fn banger_vmm(pid: u32, owner: u32, runtime_dir: &Path) -> Option<String> {
+    if pid <= 1 || pid == std::process::id() || !crate::host::process::pid_alive(pid) {
+        return None;
+    }
+    if proc_uid(pid)? != owner {
+        return None;
+    }
+    vm_of_cmdline(&proc_args(pid)?, runtime_dir)
+}
+
+/// Every banger VMM of the owner.
+pub fn list(owner: u32, runtime_dir: &Path) -> Vec<VmmProcess> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(|pid| {
+            banger_vmm(pid, owner, runtime_dir).map(|vm_id| VmmProcess { pid, vm_id })
+        })
+        .collect()
+}
+
+/// Sends an allowlisted signal to a proven banger VMM.
+pub fn signal(pid: u32, name: &str, owner: u32, runtime_dir: &Path) -> Result<(), RpcError> {
+    let sig = parse_signal(name)?;
+    if banger_vmm(pid, owner, runtime_dir).is_none() {
+        return Err(RpcError::bad_request(format!(
+            "pid {pid} is not a banger VMM of uid {owner}; refusing to signal it"
+        )));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+        .map_err(|e| RpcError::failed(format!("kill {pid} {sig}: {e}")))
+}
+
+fn refuse(m: impl Into<String>) -> RpcError {
+    RpcError::bad_request(m)
+}
+
+/// Checks a launch request and returns (binary, argv).
+pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<String>), RpcError> {
+    if !is_vm_id(&spec.vm_id) {
+        return Err(refuse(format!("bad vm id {:?}", spec.vm_id)));
+    }
+    let dir = runtime_dir.join("vms").join(&spec.vm_id);
+    let want = match spec.kind {
+        VmmKind::Qemu => dir.join("qmp.sock"),
+        VmmKind::Firecracker => dir.join("fc.sock"),
+    };
+    if spec.control_socket != want {
+        return Err(refuse(format!("control socket must be {}", want.display())));
+    }
+    if !clean_abs(&spec.log) {
+        return Err(refuse("log path must be absolute"));
+    }
+    match spec.kind {
+        VmmKind::Qemu => {
+            let m = spec
+                .qemu
+                .as_ref()
+                .ok_or_else(|| refuse("a QEMU launch needs its machine"))?;
+            if !(1..=64).contains(&m.vcpu) || !(128..=1 << 20).contains(&m.memory_mib) {
+                return Err(refuse("vcpu or memory out of range"));
+            }
+            let paths = [
+                Some(&m.kernel),
+                m.initrd.as_ref(),
+                Some(&m.serial_log),
+                m.vhost_vsock.as_ref(),
+            ];
+            if !paths.into_iter().flatten().all(|p| clean_abs(p))
+                || !m.disks.iter().all(|(p, _)| clean_abs(p))
+            {
+                return Err(refuse("every path must be absolute, without '..'"));
+            }
+            if !m.disks.iter().all(|(_, f)| f == "raw" || f == "qcow2") {
+                return Err(refuse("disk formats are raw or qcow2"));
+            }
+            if let Some(t) = &m.tap {
+                if !crate::host::net::is_banger_tap(t) {
+                    return Err(refuse(format!("{t:?} is not a banger tap")));
+                }
+            }
+            if let Some(mac) = &m.mac {
+                let ok = mac.len() == 17
+                    && mac
+                        .split(':')
+                        .all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()));
+                if !ok {
+                    return Err(refuse(format!("bad MAC {mac:?}")));
+                }
+            }
+            if m.cmdline.contains('\n') || m.cmdline.len() > 2048 {
+                return Err(refuse("bad kernel command line"));
+            }
+            let bin = crate::host::system_tool("qemu-system-x86_64").ok_or_else(|| {
+                RpcError::failed("qemu-system-x86_64 is not installed; install qemu-system-x86")
+            })?;
+            let bin = crate::vmm::firecracker::check_root_owned(&bin).map_err(RpcError::failed)?;
+            Ok((bin, crate::vmm::qemu::argv(m, Some(&spec.control_socket))))
+        }
+        VmmKind::Firecracker => {
+            let bin = crate::vmm::firecracker::binary().ok_or_else(|| {
+                RpcError::failed("no usable firecracker (a root-owned, non-writable binary in /usr/local/bin or /usr/bin)")
+            })?;
+            Ok((
+                bin,
+                vec![
+                    "--api-sock".into(),
+                    spec.control_socket.display().to_string(),
+                    "--id".into(),
+                    spec.vm_id.clone(),
+                ],
+            ))
+        }
+    }
+}
+
+/// Starts the VMM as `owner` in its own session, its output appended to the
+/// log (opened after dropping privileges). Returns the pid; a thread reaps it.
+pub fn launch(
+    spec: &LaunchSpec,
+    owner: u32,
+    owner_gid: u32,
+    runtime_dir: &Path,
+) -> Result<u32, RpcError> {
+    let (bin, argv) = plan(spec, runtime_dir)?;
+    let log = CString::new(spec.log.as_os_str().as_bytes()).map_err(|_| refuse("bad log path"))?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(&argv)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .uid(owner)
+        .gid(owner_gid)
+        .current_dir("/");
+    // SAFETY: setsid, open, dup2 and close are async-signal-safe; the CString
+    // was built before fork. This runs after the uid/gid switch.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(
+                log.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW,
+                0o644,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RpcError::failed(format!("starting {}: {e}", bin.display())))?;
+    let pid = child.id();
+    let id = spec.vm_id.clone();
+    std::thread::spawn(move || {
+        if let Ok(st) = child.wait() {
+            tracing::info!(pid, vm_id = %id, "VMM exited: {st}");
+        }
+    });
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_allowlisted() {
+        for ok in [
+            "KILL", "sigterm", "SIGINT", "hup", "QUIT", "USR1", "usr2", "ABRT",
+        ] {
+            assert!(parse_signal(ok).is_ok(), "{ok}");
+        }
+        for bad in ["STOP", "CONT", "9", "SIGRTMIN", "", "KILL;"] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn control_sockets_identify_the_vm() {
+        let rt = Path::new("/run/user/1000/banger");
+        let q = vec![
+            "qemu".into(),
+            "-qmp".into(),
+            "unix:/run/user/1000/banger/vms/0123456789abcdef/qmp.sock,server=on,wait=off".into(),
+        ];
+        assert_eq!(vm_of_cmdline(&q, rt).as_deref(), Some("0123456789abcdef"));
+        let f = vec![
+            "firecracker".into(),
+            "--api-sock".into(),
+            "/run/user/1000/banger/vms/0123456789abcdef/fc.sock".into(),
+        ];
+        assert_eq!(vm_of_cmdline(&f, rt).as_deref(), Some("0123456789abcdef"));
+        let f2 = vec![
+            "firecracker".into(),
+            "--api-sock=/run/user/1000/banger/vms/0123456789abcdef/fc.sock".into(),
+        ];
+        assert!(vm_of_cmdline(&f2, rt).is_some());
+        for bad in [
+            "/run/user/1000/banger/vms/0123456789abcdef/../x/qmp.sock",
+            "/run/user/1001/banger/vms/0123456789abcdef/qmp.sock",
+            "/run/user/1000/banger/vms/NOTHEX/qmp.sock",
+            "/tmp/qmp.sock",
+        ] {
+            let a = vec!["x".into(), "--api-sock".into(), bad.into()];
+            assert_eq!(vm_of_cmdline(&a, rt), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn this_process_is_not_a_vmm() {
+        assert!(banger_vmm(std::process::id(), 0, Path::new("/run/banger")).is_none());
+        assert!(banger_vmm(1, 0, Path::new("/run/banger")).is_none());
+        assert!(signal(1, "KILL", 0, Path::new("/run/banger")).is_err());
+    }
+
+    #[test]
+    fn launch_plans_are_validated() {
+        let rt = Path::new("/run/banger");
+        let mut spec = LaunchSpec {
+            vm_id: "0123456789abcdef".into(),
+            kind: VmmKind::Qemu,
+            qemu: None,
+            control_socket: rt.join("vms/0123456789abcdef/qmp.sock"),
+            log: "/var/lib/banger/vms/0123456789abcdef/vmm.log".into(),
+        };
+        assert!(plan(&spec, rt).is_err(), "no machine");
+        spec.control_socket = "/etc/qmp.sock".into();
+        assert!(plan(&spec, rt).is_err());
+        spec.vm_id = "../../etc".into();
+        assert!(plan(&spec, rt).is_err());
+    }
+}

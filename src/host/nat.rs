@@ -1,0 +1,148 @@
+//! NAT for one guest /32: an iptables MASQUERADE rule and two FORWARD rules,
+//! each tagged with the VM id so they can be found and removed. Idempotent.
+
+use std::net::Ipv4Addr;
+
+use super::{run_tool, system_tool, HostError};
+
+/// The iptables binary: the legacy (x_tables) one where the kernel has no
+/// nf_tables, else the default.
+pub fn iptables() -> Result<&'static str, HostError> {
+    let legacy = system_tool("iptables-legacy").is_some();
+    let nft_kernel = std::path::Path::new("/proc/net/nf_tables").exists()
+        || std::path::Path::new("/sys/module/nf_tables").exists();
+    if legacy && !nft_kernel {
+        Ok("iptables-legacy")
+    } else if system_tool("iptables").is_some() {
+        Ok("iptables")
+    } else if legacy {
+        Ok("iptables-legacy")
+    } else {
+        Err(HostError::MissingTool {
+            tool: "iptables".into(),
+            package: "iptables".into(),
+        })
+    }
+}
+
+/// The (table, chain, match) triples of one VM's rules.
+pub fn rules(
+    vm_id: &str,
+    ip: Ipv4Addr,
+    bridge: &str,
+) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let tag = format!("banger:{vm_id}");
+    let ip = format!("{ip}/32");
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            "nat",
+            "POSTROUTING",
+            s(&[
+                "-s",
+                &ip,
+                "!",
+                "-o",
+                bridge,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "MASQUERADE",
+            ]),
+        ),
+        (
+            "filter",
+            "FORWARD",
+            s(&[
+                "-i",
+                bridge,
+                "-s",
+                &ip,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "ACCEPT",
+            ]),
+        ),
+        (
+            "filter",
+            "FORWARD",
+            s(&[
+                "-o",
+                bridge,
+                "-d",
+                &ip,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "ACCEPT",
+            ]),
+        ),
+    ]
+}
+
+fn rule_exists(bin: &str, table: &str, chain: &str, spec: &[String]) -> bool {
+    let mut args = vec!["-w", "-t", table, "-C", chain];
+    args.extend(spec.iter().map(String::as_str));
+    run_tool(bin, "iptables", &args).is_ok()
+}
+
+/// Installs the rules (those already present are left alone) and enables
+/// forwarding.
+pub fn enable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> {
+    let bin = iptables()?;
+    for (table, chain, spec) in rules(vm_id, ip, bridge) {
+        if !rule_exists(bin, table, chain, &spec) {
+            let mut args = vec!["-w", "-t", table, "-A", chain];
+            args.extend(spec.iter().map(String::as_str));
+            run_tool(bin, "iptables", &args)?;
+        }
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| HostError::Other(format!("enabling IPv4 forwarding: {e}")))?;
+    Ok(())
+}
+
+/// Removes the rules (every copy); absent is fine.
+pub fn disable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> {
+    let bin = iptables()?;
+    for (table, chain, spec) in rules(vm_id, ip, bridge) {
+        let mut guard = 0;
+        while rule_exists(bin, table, chain, &spec) && guard < 16 {
+            let mut args = vec!["-w", "-t", table, "-D", chain];
+            args.extend(spec.iter().map(String::as_str));
+            run_tool(bin, "iptables", &args)?;
+            guard += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_scoped_to_one_address_and_tagged() {
+        let r = rules("0123456789abcdef", Ipv4Addr::new(172, 16, 0, 7), "banger0");
+        assert_eq!(r.len(), 3);
+        for (_, _, spec) in &r {
+            assert!(spec.iter().any(|a| a == "172.16.0.7/32"));
+            assert!(spec.iter().any(|a| a == "banger:0123456789abcdef"));
+        }
+        assert_eq!(r[0].0, "nat");
+        assert!(r[0]
+            .2
+            .ends_with(&["-j".to_string(), "MASQUERADE".to_string()]));
+    }
+}

@@ -1,0 +1,152 @@
+//! Per-VM disks. The root disk is copy-on-write of the image: for QEMU a
+//! qcow2 overlay over the image file hard-linked into the VM's directory
+//! (instant, and independent of later image rebuilds: image files are never
+//! modified in place); for Firecracker, which needs raw disks, a reflink
+//! where the filesystem supports it, else a sparse copy. (dm-snapshot is not
+//! used: the development hosts have no device-mapper to build it against.)
+//! The work disk is a copy of the image's work seed, grown to the requested
+//! size.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::paths::VmPaths;
+use crate::protocol::cli::VmmKind;
+use crate::vmm::DiskFormat;
+
+fn tool(name: &str, package: &str) -> Result<PathBuf, String> {
+    crate::host::system_tool(name)
+        .ok_or_else(|| format!("{name} is not installed; install {package}"))
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            cmd.get_program().to_string_lossy(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Clones `src` to `dst` with FICLONE (reflink); false when unsupported.
+pub fn reflink(src: &Path, dst: &Path) -> std::io::Result<bool> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    let s = std::fs::File::open(src)?;
+    let d = std::fs::File::create(dst)?;
+    // SAFETY: FICLONE takes the source fd as its argument.
+    let rc = unsafe { libc::ioctl(d.as_raw_fd(), FICLONE, s.as_raw_fd()) };
+    if rc == 0 {
+        d.sync_all()?;
+        Ok(true)
+    } else {
+        drop(d);
+        let _ = std::fs::remove_file(dst);
+        Ok(false)
+    }
+}
+
+/// The root disk of a VM and its format (it exists after [`prepare_root`]).
+pub fn root_disk(paths: &VmPaths, kind: VmmKind) -> (PathBuf, DiskFormat) {
+    match kind {
+        VmmKind::Qemu => (paths.root_qcow2(), DiskFormat::Qcow2),
+        VmmKind::Firecracker => (paths.root_raw(), DiskFormat::Raw),
+    }
+}
+
+/// Makes the root disk; returns how (`qcow2 overlay`, `reflink`, `sparse copy`).
+pub fn prepare_root(
+    image_rootfs: &Path,
+    paths: &VmPaths,
+    kind: VmmKind,
+) -> Result<&'static str, String> {
+    std::fs::create_dir_all(&paths.state)
+        .map_err(|e| format!("creating {}: {e}", paths.state.display()))?;
+    match kind {
+        VmmKind::Qemu => {
+            let base = paths.base_disk();
+            let _ = std::fs::remove_file(&base);
+            crate::fsutil::link_or_copy(image_rootfs, &base)
+                .map_err(|e| format!("placing the base image: {e}"))?;
+            let overlay = paths.root_qcow2();
+            let _ = std::fs::remove_file(&overlay);
+            run(Command::new(tool("qemu-img", "qemu-utils")?)
+                .args([
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "raw",
+                    "-b",
+                    "base.ext4",
+                    "root.qcow2",
+                ])
+                .current_dir(&paths.state))?;
+            Ok("qcow2 overlay")
+        }
+        VmmKind::Firecracker => {
+            let dst = paths.root_raw();
+            if reflink(image_rootfs, &dst).map_err(|e| e.to_string())? {
+                return Ok("reflink");
+            }
+            crate::fsutil::copy_synced(image_rootfs, &dst)
+                .map_err(|e| format!("copying the image: {e}"))?;
+            Ok("sparse copy")
+        }
+    }
+}
+
+/// Makes the work disk from the seed, grown to `bytes`.
+pub fn prepare_work(seed: &Path, paths: &VmPaths, bytes: u64) -> Result<(), String> {
+    let work = paths.work_disk();
+    crate::fsutil::copy_synced(seed, &work).map_err(|e| format!("copying the work seed: {e}"))?;
+    let seed_len = std::fs::metadata(&work).map_err(|e| e.to_string())?.len();
+    if bytes > seed_len {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&work)
+            .map_err(|e| e.to_string())?;
+        f.set_len(bytes)
+            .map_err(|e| format!("growing the work disk: {e}"))?;
+        drop(f);
+        // e2fsck exits 1 when it fixed something: that is fine here.
+        let _ = Command::new(tool("e2fsck", "e2fsprogs")?)
+            .args(["-f", "-p"])
+            .arg(&work)
+            .output();
+        run(Command::new(tool("resize2fs", "e2fsprogs")?)
+            .arg("-f")
+            .arg(&work))?;
+    }
+    Ok(())
+}
+
+/// Whether the disks exist already (a VM that was started before).
+pub fn exist(paths: &VmPaths, kind: VmmKind) -> bool {
+    root_disk(paths, kind).0.exists() && paths.work_disk().exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflink_falls_back_cleanly_where_unsupported() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("a");
+        std::fs::write(&src, b"data").unwrap();
+        let dst = d.path().join("b");
+        match reflink(&src, &dst).unwrap() {
+            true => assert_eq!(std::fs::read(&dst).unwrap(), b"data"),
+            false => assert!(!dst.exists(), "a failed reflink leaves no file"),
+        }
+    }
+}

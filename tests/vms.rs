@@ -1,0 +1,318 @@
+//! VM lifecycle end to end on real QEMU (TCG here), inside the test's
+//! network namespace.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// A namespaced tree with the kernel and default image in place (from the
+/// shared cache: no network needed inside the namespace).
+fn vm_env() -> TestEnv {
+    artifacts();
+    let env = TestEnv::new();
+    env.banger_ok(&["kernel", "pull", "debian-cloud"]);
+    env.banger_ok(&["image", "build", "debian-bookworm"]);
+    // Small guests: two may run at once on two cores.
+    let cfg = env.root().join("config/banger");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.toml"),
+        "[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = \"2G\"\n",
+    )
+    .unwrap();
+    env
+}
+
+fn show(env: &TestEnv, name: &str) -> serde_json::Value {
+    serde_json::from_str(&env.banger_ok(&["vm", "show", name, "--json"])).unwrap()
+}
+
+fn taps(env: &TestEnv) -> Vec<String> {
+    env.netns
+        .links_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("bgt"))
+        .collect()
+}
+
+fn vmm_pids(env: &TestEnv) -> Vec<u32> {
+    let root = env.root().display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+            )
+            .into_owned();
+            banger::host::process::pid_alive(*pid)
+                && cmd.contains(&root)
+                && (cmd.contains("qemu-system")
+                    || cmd.contains("vhost-device-vsock")
+                    || cmd.contains("firecracker"))
+        })
+        .collect()
+}
+
+fn ssh(env: &TestEnv, name: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["vm", "ssh", name, "--"];
+    args.extend_from_slice(cmd);
+    env.banger_ok(&args)
+}
+
+fn nat_rules(env: &TestEnv) -> String {
+    let ipt = banger::host::nat::iptables().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &env.netns.name, ipt, "-S"])
+        .output()
+        .unwrap();
+    let nat = Command::new("ip")
+        .args(["netns", "exec", &env.netns.name, ipt, "-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&nat.stdout)
+}
+
+#[test]
+fn vm_run_rm_prints_exits_with_the_code_and_leaves_nothing() {
+    let _heavy = heavy();
+    let env = vm_env();
+    let out = env.banger(&["vm", "run", "--rm", "--nat", "--", "echo", "hello"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", env.daemon_log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    assert!(
+        err.starts_with("spec: 2 vcpu | 1024 MiB | 2G disk"),
+        "{err}"
+    );
+    for stage in ["reserve", "network", "disks", "vmm", "agent", "ssh"] {
+        assert!(
+            err.contains(&format!("  {stage}: ")),
+            "stage {stage} missing:\n{err}"
+        );
+    }
+    assert!(err.contains("ready in "), "{err}");
+    // The VM, its disks, NAT rules and processes are gone.
+    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
+    assert!(!nat_rules(&env).contains("banger:"), "{}", nat_rules(&env));
+    let vms_dir = env.state_dir().join("vms");
+    assert!(
+        std::fs::read_dir(&vms_dir).map(|d| d.count()).unwrap_or(0) == 0,
+        "disk files remain"
+    );
+    wait_for("VMM processes to go", Duration::from_secs(10), || {
+        vmm_pids(&env).is_empty().then_some(())
+    });
+    // Only warm pool taps remain while the daemon runs; none once it stops.
+    assert!(
+        taps(&env).len() <= banger::actors::tap_pool::WARM,
+        "{:?}",
+        taps(&env)
+    );
+
+    let out = env.banger(&["vm", "run", "--rm", "--", "sh", "-c", "exit 42"]);
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
+    env.banger_ok(&["daemon", "stop"]);
+    assert!(taps(&env).is_empty(), "{:?}", taps(&env));
+    assert!(vmm_pids(&env).is_empty());
+}
+
+#[test]
+fn lifecycle_persists_data_restarts_kills_and_survives_daemon_and_helper_crashes() {
+    let _heavy = heavy();
+    let env = vm_env();
+    let out = env.banger(&["vm", "create", "--name", "life", "--vcpu", "2", "--nat"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = show(&env, "life");
+    assert_eq!(v["state"], "running");
+    assert!(nat_rules(&env).contains(&format!("banger:{}", v["id"].as_str().unwrap())));
+    ssh(
+        &env,
+        "life",
+        &["sh", "-c", "echo persisted > /root/marker && sync"],
+    );
+    let boot1 = v["boot_id"].as_str().unwrap().to_string();
+
+    // kill -9 of bangerd: the VM keeps running and answers.
+    let daemon = env.pid_of("bangerd").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("bangerd to die", Duration::from_secs(10), || {
+        (!banger::host::process::pid_alive(daemon)).then_some(())
+    });
+    assert_eq!(show(&env, "life")["state"], "running");
+    assert_eq!(ssh(&env, "life", &["cat", "/root/marker"]), "persisted\n");
+    assert!(
+        env.daemon_log().contains("re-attached to a running VM"),
+        "{}",
+        env.daemon_log()
+    );
+    // Same for bangerd-root.
+    let helper = env.pid_of("bangerd-root").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("bangerd-root to die", Duration::from_secs(10), || {
+        (!banger::host::process::pid_alive(helper)).then_some(())
+    });
+    assert_eq!(ssh(&env, "life", &["cat", "/root/marker"]), "persisted\n");
+
+    // Stop (the helper comes back for it), set, start: the file survives and
+    // the new vcpu count applies.
+    env.banger_ok(&["vm", "stop", "life"]);
+    assert_eq!(show(&env, "life")["state"], "stopped");
+    assert!(
+        !nat_rules(&env).contains("banger:"),
+        "NAT rules are removed on stop"
+    );
+    let out = env.banger(&["vm", "set", "life", "--vcpu", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.banger_ok(&["vm", "start", "life"]);
+    assert_eq!(ssh(&env, "life", &["cat", "/root/marker"]), "persisted\n");
+    assert_eq!(ssh(&env, "life", &["nproc"]).trim(), "4");
+    let boot2 = show(&env, "life")["boot_id"].as_str().unwrap().to_string();
+    assert_ne!(boot1, boot2);
+
+    // Restart gives a new boot id.
+    env.banger_ok(&["vm", "restart", "life"]);
+    let boot3 = show(&env, "life")["boot_id"].as_str().unwrap().to_string();
+    assert_ne!(boot2, boot3);
+    assert_eq!(ssh(&env, "life", &["cat", "/root/marker"]), "persisted\n");
+
+    // vm set refuses a running VM.
+    let out = env.banger(&["vm", "set", "life", "--vcpu", "2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+
+    // kill --signal KILL: stopped, resources released.
+    let tap = show(&env, "life")["id"].as_str().unwrap().to_string();
+    let _ = tap;
+    env.banger_ok(&["vm", "kill", "life", "--signal", "KILL"]);
+    let v = show(&env, "life");
+    assert_eq!(v["state"], "stopped");
+    assert!(v["pid"].is_null());
+    assert!(vmm_pids(&env).is_empty(), "{:?}", vmm_pids(&env));
+    assert!(!nat_rules(&env).contains("banger:"));
+    let out = env.banger(&["vm", "kill", "life", "--signal", "STOP"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not allowed"));
+
+    let logs = env.banger_ok(&["vm", "logs", "life"]);
+    assert!(
+        logs.contains("life login:"),
+        "the serial console is kept:\n{logs}"
+    );
+    env.banger_ok(&["vm", "delete", "life"]);
+    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn prune_removes_stopped_vms_and_leaves_running_ones() {
+    let _heavy = heavy();
+    let env = vm_env();
+    env.banger_ok(&["vm", "create", "--name", "keep"]);
+    env.banger_ok(&["vm", "create", "--name", "gone"]);
+    env.banger_ok(&["vm", "stop", "gone"]);
+    // Without -f and without a terminal, nothing happens.
+    let out = env.banger(&["vm", "prune"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-f"));
+    let out = env.banger_ok(&["vm", "prune", "-f"]);
+    assert_eq!(out.trim(), "deleted gone");
+    let names: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&env.banger_ok(&["vm", "list", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(names, ["keep"]);
+    assert_eq!(show(&env, "keep")["state"], "running");
+    env.banger_ok(&["vm", "delete", "keep"]);
+}
+
+#[test]
+fn bad_specs_are_refused_before_anything_is_created() {
+    let env = vm_env();
+    let cases: &[(&[&str], &str)] = &[
+        (&["vm", "create", "--vcpu", "0"], "--vcpu 0 is out of range"),
+        (&["vm", "create", "--memory", "1"], "at least 256 MiB"),
+        (
+            &["vm", "create", "--image", "nope"],
+            "no image named \"nope\"",
+        ),
+        (&["vm", "create", "--name", "Bad_Name"], "invalid name"),
+        (&["vm", "run", "-d", "--rm"], "contradict"),
+        (
+            &["vm", "run", "-d", "--", "true"],
+            "-d does not take a command",
+        ),
+        (&["vm", "create", "--vmm", "firecracker"], "firecracker"),
+    ];
+    for (args, want) in cases {
+        let out = env.banger(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
+    assert!(taps(&env).is_empty(), "{:?}", taps(&env));
+    assert!(vmm_pids(&env).is_empty());
+    assert!(
+        std::fs::read_dir(env.state_dir().join("vms"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+}
+
+#[test]
+fn three_concurrent_runs_from_separate_shells_all_succeed() {
+    let _heavy = heavy();
+    let env = vm_env();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            env.banger_cmd(&["vm", "run", "--rm", "--", "true"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            env.daemon_log()
+        );
+    }
+    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
+    wait_for("VMM processes to go", Duration::from_secs(10), || {
+        vmm_pids(&env).is_empty().then_some(())
+    });
+}
