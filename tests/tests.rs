@@ -12,3 +12,4 @@ mod helper_net;
 mod images;
 mod store_crash;
 mod vms;
+mod workspaces;

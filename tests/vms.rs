@@ -8,7 +8,7 @@ use crate::support::*;
 
 /// A namespaced tree with the kernel and default image in place (from the
 /// shared cache: no network needed inside the namespace).
-fn vm_env() -> TestEnv {
+pub fn vm_env() -> TestEnv {
     artifacts();
     let env = TestEnv::new();
     env.banger_ok(&["kernel", "pull", "debian-cloud"]);
@@ -148,6 +148,17 @@ fn lifecycle_persists_data_restarts_kills_and_survives_daemon_and_helper_crashes
     );
     let boot1 = v["boot_id"].as_str().unwrap().to_string();
 
+    // An orphan: a banger tap no VM owns (as a crash could leave behind).
+    run_ok(Command::new("ip").args([
+        "-n",
+        &env.netns.name,
+        "tuntap",
+        "add",
+        "dev",
+        "bgtstray01",
+        "mode",
+        "tap",
+    ]));
     // kill -9 of bangerd: the VM keeps running and answers.
     let daemon = env.pid_of("bangerd").unwrap();
     nix::sys::signal::kill(
@@ -165,6 +176,14 @@ fn lifecycle_persists_data_restarts_kills_and_survives_daemon_and_helper_crashes
         "{}",
         env.daemon_log()
     );
+    // The restarted daemon removed the orphan and kept the VM's own tap.
+    assert!(
+        !taps(&env).contains(&"bgtstray01".to_string()),
+        "{:?}",
+        taps(&env)
+    );
+    assert!(env.daemon_log().contains("deleting an orphan tap"));
+    assert!(!taps(&env).is_empty(), "the VM's tap stays");
     // Same for bangerd-root.
     let helper = env.pid_of("bangerd-root").unwrap();
     nix::sys::signal::kill(

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod cmdline;
+pub mod exec;
 #[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod ports;

@@ -56,6 +56,11 @@ fn main() {
         errors.len(),
         banger_agent::api::AGENT_PORT
     );
+    std::thread::spawn(|| {
+        if let Err(e) = server::serve_exec() {
+            eprintln!("banger-agent: exec service: {e}");
+        }
+    });
     if let Err(e) = server::serve(server::AgentState {
         setup_errors: errors,
     }) {

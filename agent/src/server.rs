@@ -12,7 +12,7 @@ pub struct AgentState {
     pub setup_errors: Vec<String>,
 }
 
-fn vsock_listener(port: u32) -> io::Result<OwnedFd> {
+pub fn vsock_listener(port: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket/bind/listen calls on a fd we own.
     unsafe {
         let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -39,7 +39,7 @@ fn vsock_listener(port: u32) -> io::Result<OwnedFd> {
     }
 }
 
-fn accept(fd: RawFd) -> io::Result<std::fs::File> {
+pub fn accept(fd: RawFd) -> io::Result<std::fs::File> {
     loop {
         // SAFETY: accept4 on our listening fd; null address is allowed.
         let c = unsafe {
@@ -183,6 +183,20 @@ pub fn host_keys(dir: &Path) -> Vec<crate::api::HostKey> {
     }
     out.sort_by(|a, b| a.algorithm.cmp(&b.algorithm));
     out
+}
+
+/// Serves the exec fast path forever on [`crate::exec::EXEC_PORT`].
+pub fn serve_exec() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let listener = vsock_listener(crate::exec::EXEC_PORT)?;
+    loop {
+        let conn = accept(listener.as_raw_fd())?;
+        std::thread::spawn(move || {
+            if let Err(e) = crate::exec::server::handle(conn) {
+                eprintln!("banger-agent: exec: {e}");
+            }
+        });
+    }
 }
 
 /// Serves forever on [`AGENT_PORT`].

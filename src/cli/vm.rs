@@ -8,7 +8,10 @@ use super::progress::ProgressView;
 use super::render::{self, CliError, Table};
 use super::{client, out, style, Ctx, ListArgs};
 use crate::config::{Config, HostFacts};
-use crate::protocol::cli::{Reply, Request, SshTarget, VmCreateSpec, VmState, VmView, VmmChoice};
+use crate::protocol::cli::{
+    Reply, Request, SshTarget, VmCreateSpec, VmState, VmView, VmmChoice, WorkspaceSpec,
+    WorkspaceView,
+};
 use crate::size::{format_size, parse_size};
 
 pub const VM_LONG: &str = "\
@@ -96,6 +99,22 @@ pub enum VmCommand {
         #[arg(long)]
         no_nat: bool,
     },
+    /// Put a git repository in a VM, or export its edits as a patch
+    #[command(subcommand, long_about = WORKSPACE_LONG)]
+    Workspace(WorkspaceCommand),
+    /// Run a command in a running VM (in its workspace, if it has one)
+    #[command(
+        long_about = "Run a command in a running VM, streaming its output and returning its exit code.\nWith a prepared workspace it runs in /root/repo (through `mise exec --` when the\nguest has mise), and warns when the host repo moved on since prepare.\n\n  banger vm exec dev -- make test\n  banger vm exec dev --auto-prepare -- cargo test    sync the workspace first if needed"
+    )]
+    Exec {
+        name: String,
+        /// Re-sync the workspace first when the host's HEAD moved
+        #[arg(long)]
+        auto_prepare: bool,
+        /// The command (after --)
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Open a shell in a running VM (system ssh), or run a command
     #[command(
         long_about = "SSH into a running VM with banger's key and pinned host key.\n\n  banger vm ssh dev\n  banger vm ssh dev -- uname -a\n\n`ssh -F ~/.local/state/banger/ssh/ssh_config dev.vm` works too."
@@ -107,6 +126,17 @@ pub enum VmCommand {
     },
 }
 
+const WORKSPACE_LONG: &str = "\
+A workspace is a host git repository copied into a VM at /root/repo.
+
+  banger vm workspace prepare dev ./myrepo        tracked files + a shallow repo
+  banger vm workspace prepare dev . --dry-run     list exactly what would ship
+  banger vm exec dev -- make test                 runs in /root/repo
+  banger vm workspace export dev -o fix.patch     the guest's edits, for `git apply`
+
+Gitignored files never ship; untracked ones only with --include-untracked.
+--mode full_copy ships the whole repository with history (and submodules).";
+
 const RUN_LONG: &str = "\
 Create a VM, boot it and run a command in it, streaming its output; exit
 with the command's exit code.
@@ -115,6 +145,7 @@ with the command's exit code.
   banger vm run --rm -- sh -c 'exit 42'   exits 42
   banger vm run -d --name dev             leave it running (then: banger vm ssh dev)
   banger vm run                           an interactive shell in a new VM
+  banger vm run --rm ./myrepo -- make test   the repo's tracked files in /root/repo
 
 Arguments after -- are passed as they are (each one quoted for the guest's shell).";
 
@@ -147,10 +178,59 @@ pub struct CreateArgs {
     pub vmm: Option<VmmChoice>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Copy a host git repository into a running VM at /root/repo
+    Prepare {
+        name: String,
+        /// The repository (or a directory inside it)
+        path: String,
+        #[command(flatten)]
+        ws: WorkspaceArgs,
+        /// Ship this commit (with --branch) instead of the working tree
+        #[arg(long, requires = "branch")]
+        from: Option<String>,
+        /// Branch name for --from in the guest
+        #[arg(long, requires = "from")]
+        branch: Option<String>,
+    },
+    /// Print the guest's changes as a patch (for `git apply`)
+    Export {
+        name: String,
+        /// Diff against this commit instead of the guest's HEAD (includes commits made in the guest)
+        #[arg(long)]
+        base_commit: Option<String>,
+        /// Write the patch here instead of stdout
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
+}
+
+/// Workspace flags shared by `vm run` and `vm workspace prepare`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkspaceArgs {
+    /// overlay (shallow repo + working tree) or full_copy (whole repo, history, submodules)
+    #[arg(long, default_value = "overlay")]
+    pub mode: String,
+    /// Also ship untracked files that are not gitignored
+    #[arg(long)]
+    pub include_untracked: bool,
+    /// Print the files that would ship and the mode, then stop (no VM needed)
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub create: CreateArgs,
+    /// A git repository to copy into the VM at /root/repo; the command runs there
+    pub path: Option<String>,
+    #[command(flatten)]
+    pub ws: WorkspaceArgs,
+    /// Run even though the repo has a .mise.toml and the VM has no network (skips `mise install`)
+    #[arg(long)]
+    pub no_bootstrap: bool,
     /// Delete the VM when the command (or shell) ends
     #[arg(long)]
     pub rm: bool,
@@ -226,13 +306,19 @@ async fn create(ctx: &Ctx, s: VmCreateSpec) -> Result<VmView, CliError> {
 }
 
 /// Runs a command in a VM, passing its output through; returns its exit code.
-async fn exec(ctx: &Ctx, name: &str, argv: Vec<String>) -> Result<i32, CliError> {
+async fn exec(
+    ctx: &Ctx,
+    name: &str,
+    argv: Vec<String>,
+    auto_prepare: bool,
+) -> Result<i32, CliError> {
     let mut c = client::connect(&ctx.layout, true).await?;
     let view = ProgressView::plain();
     let req = Request::VmExec {
         name: name.into(),
         argv,
         cwd: None,
+        auto_prepare,
     };
     match client::request(&mut c, &ctx.layout, req, |e| view.event(e)).await? {
         Reply::Exit { code } => Ok(code),
@@ -286,6 +372,73 @@ fn run_ssh(t: &SshTarget, command: &[String]) -> Result<i32, CliError> {
 }
 
 /// `vm run`.
+/// The wire spec of a workspace from flags (path made absolute).
+fn ws_spec(
+    path: &str,
+    ws: &WorkspaceArgs,
+    from: Option<(String, String)>,
+) -> Result<WorkspaceSpec, CliError> {
+    let mode = ws
+        .mode
+        .parse()
+        .map_err(|e: String| CliError::new("invalid value", format!("--mode: {e}")))?;
+    let p = std::path::Path::new(path);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| CliError::new("invalid path", e.to_string()))?
+            .join(p)
+    };
+    Ok(WorkspaceSpec {
+        path: abs.display().to_string(),
+        mode,
+        include_untracked: ws.include_untracked,
+        from,
+    })
+}
+
+fn ws_error(e: crate::workspace::WorkspaceError) -> CliError {
+    CliError::new("workspace", e.to_string())
+}
+
+/// `--dry-run`: inspect on the host only (no daemon, no VM) and print the plan.
+fn dry_run(ctx: &Ctx, spec: &WorkspaceSpec) -> Result<u8, CliError> {
+    let plan = crate::workspace::inspect(
+        std::path::Path::new(&spec.path),
+        &crate::workspace::Options::of(spec),
+    )
+    .map_err(ws_error)?;
+    if let Some(n) = crate::workspace::untracked_notice(&plan) {
+        eprintln!("{}", style::yellow(ctx.style.stderr, &n));
+    }
+    out(&crate::workspace::dry_run_text(&plan))?;
+    Ok(0)
+}
+
+async fn prepare(ctx: &Ctx, name: &str, spec: WorkspaceSpec) -> Result<WorkspaceView, CliError> {
+    match call(
+        ctx,
+        Request::WorkspacePrepare {
+            name: name.into(),
+            spec,
+        },
+    )
+    .await?
+    {
+        Reply::Workspace(w) => Ok(w),
+        other => Err(client::unexpected(other)),
+    }
+}
+
+/// Whether the repo's tools come from mise (`.mise.toml` / `mise.toml`).
+fn uses_mise(spec: &WorkspaceSpec) -> bool {
+    crate::workspace::git::Git::at(std::path::Path::new(&spec.path))
+        .map(|g| g.root.join(".mise.toml").exists() || g.root.join("mise.toml").exists())
+        .unwrap_or(false)
+}
+
+/// `vm run`.
 async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
     if a.detach && a.rm {
         return Err(CliError::new(
@@ -296,9 +449,51 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
     if a.detach && !a.command.is_empty() {
         return Err(CliError::new("invalid flags", "-d does not take a command; use `banger vm run -d` then `banger vm ssh <name> -- <cmd>`"));
     }
+    let ws = match &a.path {
+        Some(p) => {
+            let spec = ws_spec(p, &a.ws, None)?;
+            if a.ws.dry_run {
+                return dry_run(ctx, &spec);
+            }
+            // Fail before creating anything.
+            crate::workspace::git::Git::at(std::path::Path::new(&spec.path)).map_err(ws_error)?;
+            let mise = uses_mise(&spec);
+            if mise && !a.create.nat && !a.no_bootstrap {
+                return Err(CliError::new(
+                    "needs network",
+                    "this repo has a .mise.toml: its tools are downloaded at bootstrap, which needs --nat; or pass --no-bootstrap to skip it",
+                ));
+            }
+            Some((spec, mise && a.create.nat && !a.no_bootstrap))
+        }
+        None if a.ws.dry_run => {
+            return Err(CliError::new(
+                "invalid flags",
+                "--dry-run needs a repository path",
+            ))
+        }
+        None => None,
+    };
     let s = spec(ctx, &a.create)?;
     let name = s.name.clone().unwrap_or_default();
-    let created = create(ctx, s).await;
+    let mut created = create(ctx, s).await;
+    if let (Ok(_), Some((spec, bootstrap))) = (&created, &ws) {
+        if let Err(e) = prepare(ctx, &name, spec.clone()).await {
+            created = Err(e);
+        } else if *bootstrap {
+            let script = "if command -v mise >/dev/null 2>&1; then mise trust -q . && mise install; else echo 'mise is not installed in this image; skipping the bootstrap' >&2; fi";
+            if let Err(e) = exec(
+                ctx,
+                &name,
+                vec!["sh".into(), "-c".into(), script.into()],
+                false,
+            )
+            .await
+            {
+                created = Err(e);
+            }
+        }
+    }
     let result: Result<u8, CliError> = match created {
         Err(e) => Err(e),
         Ok(v) if a.detach => {
@@ -313,7 +508,7 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
             Ok(0)
         }
         Ok(_) if !a.command.is_empty() => {
-            let run = exec(ctx, &name, a.command.clone());
+            let run = exec(ctx, &name, a.command.clone(), false);
             tokio::select! {
                 r = run => r.map(|c| c.clamp(0, 255) as u8),
                 _ = tokio::signal::ctrl_c() => Err(CliError { exit_code: 130, ..CliError::new("interrupted", "the command was interrupted") }),
@@ -345,7 +540,17 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
 
 fn vm_table(vms: &[VmView]) -> String {
     let mut t = Table::new([
-        "NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "DISK", "IP", "NAT", "VMM", "CREATED",
+        "NAME",
+        "STATE",
+        "IMAGE",
+        "VCPU",
+        "MEMORY",
+        "DISK",
+        "IP",
+        "NAT",
+        "VMM",
+        "WORKSPACE",
+        "CREATED",
     ]);
     for v in vms {
         t.row([
@@ -358,6 +563,11 @@ fn vm_table(vms: &[VmView]) -> String {
             v.ip.clone().unwrap_or_else(|| "-".into()),
             if v.nat { "yes" } else { "no" }.to_string(),
             v.vmm.as_str().to_string(),
+            v.workspace
+                .as_deref()
+                .and_then(|w| std::path::Path::new(w).file_name())
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "-".into()),
             render::age(v.created_at_unix),
         ]);
     }
@@ -395,6 +605,10 @@ fn vm_detail(vm: &VmView) -> String {
     if let Some(s) = vm.started_at_unix {
         t.row(["started".to_string(), render::age(s)]);
     }
+    t.row([
+        "workspace".to_string(),
+        vm.workspace.clone().unwrap_or_else(|| "-".into()),
+    ]);
     if let Some(e) = &vm.last_error {
         t.row(["last error".to_string(), e.clone()]);
     }
@@ -555,6 +769,72 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
                 },
             )
             .await
+        }
+        VmCommand::Exec {
+            name,
+            auto_prepare,
+            command,
+        } => {
+            check_name(&name)?;
+            let code = exec(ctx, &name, command, auto_prepare).await?;
+            Ok(code.clamp(0, 255) as u8)
+        }
+        VmCommand::Workspace(WorkspaceCommand::Prepare {
+            name,
+            path,
+            ws,
+            from,
+            branch,
+        }) => {
+            check_name(&name)?;
+            let spec = ws_spec(&path, &ws, from.zip(branch))?;
+            if ws.dry_run {
+                return dry_run(ctx, &spec);
+            }
+            let w = prepare(ctx, &name, spec).await?;
+            out(&format!(
+                "prepared {} ({} files, {}) at {} on branch {} ({})\n",
+                w.host_path,
+                w.files,
+                w.mode.as_str(),
+                w.guest_path,
+                w.branch,
+                &w.head[..12.min(w.head.len())]
+            ))?;
+            Ok(0)
+        }
+        VmCommand::Workspace(WorkspaceCommand::Export {
+            name,
+            base_commit,
+            output,
+        }) => {
+            check_name(&name)?;
+            let mut c = client::connect(&ctx.layout, true).await?;
+            let mut sink: Box<dyn std::io::Write> = match &output {
+                Some(f) => Box::new(
+                    std::fs::File::create(f)
+                        .map_err(|e| CliError::new("cannot write", format!("{f}: {e}")))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut write_err = None;
+            let req = Request::WorkspaceExport { name, base_commit };
+            let r = client::request(&mut c, &ctx.layout, req, |e| {
+                if let crate::protocol::cli::Event::Stdout(d) = e {
+                    if let Err(err) = sink.write_all(&d) {
+                        write_err.get_or_insert(err);
+                    }
+                }
+            })
+            .await;
+            let _ = sink.flush();
+            if let Some(e) = write_err {
+                return Err(CliError::new("cannot write", e.to_string()));
+            }
+            match r? {
+                Reply::Done => Ok(0),
+                other => Err(client::unexpected(other)),
+            }
         }
         VmCommand::Ssh { name, command } => {
             check_name(&name)?;

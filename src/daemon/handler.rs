@@ -163,8 +163,27 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 nat,
             } => super::vms::set(self.services.clone(), &name, vcpu, memory_mib, nat).await,
             Request::VmLogs { name } => super::vms::logs(self.services.clone(), &name).await,
-            Request::VmExec { name, argv, cwd } => {
-                super::vms::exec(self.services.clone(), &name, argv, cwd, events).await
+            Request::VmExec {
+                name,
+                argv,
+                cwd,
+                auto_prepare,
+            } => {
+                super::vms::exec(
+                    self.services.clone(),
+                    &name,
+                    argv,
+                    cwd,
+                    auto_prepare,
+                    events,
+                )
+                .await
+            }
+            Request::WorkspacePrepare { name, spec } => {
+                super::workspaces::prepare(self.services.clone(), &name, spec, events).await
+            }
+            Request::WorkspaceExport { name, base_commit } => {
+                super::workspaces::export(self.services.clone(), &name, base_commit, events).await
             }
             Request::VmSsh { name } => super::vms::ssh(self.services.clone(), &name).await,
         };

@@ -8,6 +8,7 @@ pub mod images;
 pub mod kernels;
 pub mod reconcile;
 pub mod vms;
+pub mod workspaces;
 
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;

@@ -52,7 +52,7 @@ pub async fn record(svc: &Services, name: &str) -> Result<VmRecord, RpcError> {
 }
 
 /// Queues a job on the VM named `name` and waits for its result.
-async fn run_job<T, F, Fut>(
+pub async fn run_job<T, F, Fut>(
     svc: &Services,
     name: &str,
     jobname: &'static str,
@@ -399,13 +399,49 @@ pub async fn exec(
     name: &str,
     argv: Vec<String>,
     cwd: Option<String>,
+    auto_prepare: bool,
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
     if argv.is_empty() {
         return Err(RpcError::bad_request("no command given"));
     }
-    let rec = record(&svc, name).await?;
+    let mut rec = record(&svc, name).await?;
     require_running(&rec)?;
+    // In a workspace: warn when the host moved on, or re-sync first.
+    let (argv, cwd) = match rec.workspace.clone() {
+        Some(ws) => {
+            if !ws.pinned {
+                let now = crate::workspace::host_head(std::path::Path::new(&ws.host_path));
+                if now.as_deref().is_some_and(|h| h != ws.head) {
+                    let now = now.unwrap_or_default();
+                    if auto_prepare {
+                        let spec = crate::protocol::cli::WorkspaceSpec {
+                            path: ws.host_path.clone(),
+                            mode: ws.mode,
+                            include_untracked: ws.include_untracked,
+                            from: None,
+                        };
+                        super::workspaces::prepare(svc.clone(), name, spec, events.clone()).await?;
+                        rec = record(&svc, name).await?;
+                    } else {
+                        let _ = events
+                            .send(Event::Log(format!(
+                                "warning: {} moved from {} to {} since the workspace was prepared; run with --auto-prepare to sync it first",
+                                ws.host_path,
+                                &ws.head[..12.min(ws.head.len())],
+                                &now[..12.min(now.len())]
+                            )))
+                            .await;
+                    }
+                }
+            }
+            (
+                crate::workspace::archive::exec_argv(&argv),
+                cwd.or(Some(ws.guest_path)),
+            )
+        }
+        None => (argv, cwd),
+    };
     let (ip, host_key) = (
         rec.ip.clone().unwrap_or_default(),
         rec.host_key.clone().unwrap_or_default(),

@@ -2,3 +2,4 @@
 //! accepts `CONNECT <port>\n`, as Firecracker and vhost-device-vsock expose).
 
 pub mod agent;
+pub mod exec;

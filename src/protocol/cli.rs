@@ -87,13 +87,61 @@ pub enum Request {
         name: String,
         argv: Vec<String>,
         cwd: Option<String>,
+        /// In a VM with a workspace: re-sync it first when the host's HEAD
+        /// moved since prepare (otherwise a warning is streamed).
+        auto_prepare: bool,
     },
     /// How to reach a running VM with the system `ssh`. Answers [`Reply::Ssh`].
     VmSsh { name: String },
+    /// Ships a host git repository into a running VM at `/root/repo` (one
+    /// streamed archive over the agent's vsock exec channel) and records it
+    /// with the VM. Streams a notice about skipped untracked files. Answers
+    /// [`Reply::Workspace`].
+    WorkspacePrepare { name: String, spec: WorkspaceSpec },
+    /// Streams a binary git patch of the guest's changes (new files included)
+    /// against the prepared commit, or `base_commit`, as stdout events.
+    /// Answers [`Reply::Done`].
+    WorkspaceExport {
+        name: String,
+        base_commit: Option<String>,
+    },
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 28;
+    const COUNT: u32 = 30;
+}
+
+/// How a workspace ships.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceMode {
+    /// A shallow repository (the commit only) plus the working tree.
+    #[default]
+    Overlay,
+    /// The whole repository, history included (the only mode for submodules).
+    FullCopy,
+}
+
+/// What `vm workspace prepare` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WorkspaceSpec {
+    /// Absolute path of the repository (or a directory inside it).
+    pub path: String,
+    pub mode: WorkspaceMode,
+    pub include_untracked: bool,
+    /// `--from <commit> --branch <name>`.
+    pub from: Option<(String, String)>,
+}
+
+/// A prepared workspace as the CLI sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceView {
+    pub guest_path: String,
+    pub host_path: String,
+    pub head: String,
+    pub branch: String,
+    pub mode: WorkspaceMode,
+    pub files: u64,
 }
 
 /// Which VMM drives a VM.
@@ -158,8 +206,9 @@ pub struct VmCreateSpec {
 impl Request {
     #[doc(hidden)]
     pub fn last_variant_for_tests() -> Request {
-        Request::VmSsh {
+        Request::WorkspaceExport {
             name: String::new(),
+            base_commit: None,
         }
     }
 
@@ -194,6 +243,8 @@ impl Request {
             Request::VmLogs { .. } => "vm.logs",
             Request::VmExec { .. } => "vm.exec",
             Request::VmSsh { .. } => "vm.ssh",
+            Request::WorkspacePrepare { .. } => "workspace.prepare",
+            Request::WorkspaceExport { .. } => "workspace.export",
         }
     }
 }
@@ -216,6 +267,7 @@ pub enum Reply {
     Logs { serial: String, vmm: String },
     Exit { code: i32 },
     Ssh(SshTarget),
+    Workspace(WorkspaceView),
 }
 
 /// How to reach a VM with the system `ssh`.
@@ -356,4 +408,6 @@ pub struct VmView {
     pub pid: Option<u32>,
     pub started_at_unix: Option<u64>,
     pub boot_id: Option<String>,
+    /// Host path of the prepared workspace, if any.
+    pub workspace: Option<String>,
 }

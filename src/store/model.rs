@@ -46,6 +46,9 @@ pub struct VmRecord {
     /// and pinned in banger's known_hosts.
     #[serde(default)]
     pub host_key: Option<String>,
+    /// The prepared workspace, if any (survives restarts of VM and daemon).
+    #[serde(default)]
+    pub workspace: Option<crate::workspace::WorkspaceState>,
 }
 
 impl VmRecord {
@@ -82,6 +85,7 @@ impl VmRecord {
             started_at_unix: None,
             boot_id: None,
             host_key: None,
+            workspace: None,
         }
     }
 
@@ -104,6 +108,7 @@ impl VmRecord {
             pid: self.vmm_pid,
             started_at_unix: self.started_at_unix,
             boot_id: self.boot_id.clone(),
+            workspace: self.workspace.as_ref().map(|w| w.host_path.clone()),
         }
     }
 }

@@ -1,0 +1,217 @@
+//! Workspace requests: prepare (a VM job: it waits for other operations on
+//! the VM and they wait for it) and export (a read).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::actors::Services;
+use crate::guest::exec::ExecRequest;
+use crate::protocol::cli::{Event, Reply, VmState, WorkspaceSpec};
+use crate::protocol::RpcError;
+use crate::store::model::now_unix;
+use crate::store::VmRecord;
+use crate::workspace::{self, archive, Options, WorkspaceError, WorkspaceState, GUEST_PATH};
+
+fn ws_err(e: WorkspaceError) -> RpcError {
+    match e {
+        WorkspaceError::NotARepo(_) | WorkspaceError::Refused(_) => {
+            RpcError::bad_request(e.to_string())
+        }
+        other => RpcError::failed(other.to_string()),
+    }
+}
+
+fn require_running(rec: &VmRecord) -> Result<(), RpcError> {
+    if rec.state != VmState::Running || !rec.vmm_pid.is_some_and(crate::host::process::pid_alive) {
+        return Err(RpcError::bad_request(format!(
+            "VM {} is not running (state {}); start it with: banger vm start {}",
+            rec.name, rec.state, rec.name
+        )));
+    }
+    Ok(())
+}
+
+/// Ships the repository into the VM and returns the state to record, and
+/// how many files arrived.
+pub async fn ship(
+    svc: &Services,
+    rec: &VmRecord,
+    spec: &WorkspaceSpec,
+    events: &mpsc::Sender<Event>,
+) -> Result<(WorkspaceState, u64), RpcError> {
+    require_running(rec)?;
+    let path = std::path::PathBuf::from(&spec.path);
+    if !path.is_absolute() {
+        return Err(RpcError::bad_request(format!(
+            "{} is not an absolute path",
+            spec.path
+        )));
+    }
+    let opts = Options::of(spec);
+    let plan = tokio::task::spawn_blocking(move || workspace::inspect(&path, &opts))
+        .await
+        .map_err(|e| RpcError::failed(e.to_string()))?
+        .map_err(ws_err)?;
+    if let Some(n) = workspace::untracked_notice(&plan) {
+        let _ = events.send(Event::Log(n)).await;
+    }
+    let started = std::time::Instant::now();
+    let _ = events
+        .send(Event::Stage {
+            stage: "workspace".into(),
+            detail: format!(
+                "{} files ({}) to {GUEST_PATH}",
+                plan.files.len(),
+                plan.opts.mode.as_str()
+            ),
+            elapsed_ms: 0,
+            done: false,
+        })
+        .await;
+    let (reader, writer) = std::io::pipe().map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+        .map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
+    let scratch = svc.layout.cache_dir.join("tmp");
+    let plan2 = plan.clone();
+    let producer = tokio::task::spawn_blocking(move || archive::write(&plan2, writer, &scratch));
+    let req = ExecRequest {
+        argv: archive::unpack_argv(&plan, GUEST_PATH),
+        cwd: Some("/".into()),
+        env: vec![],
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let errors = tokio::spawn(async move {
+        let mut err = Vec::new();
+        while let Some(e) = rx.recv().await {
+            if let Event::Stderr(d) | Event::Stdout(d) = e {
+                err.extend(d);
+            }
+        }
+        err
+    });
+    let uds = svc.layout.vm(&rec.id).vsock_socket();
+    let code = crate::guest::exec::run(&uds, &req, Some(reader), &tx).await;
+    drop(tx);
+    let produced = producer
+        .await
+        .map_err(|e| RpcError::failed(e.to_string()))?;
+    let guest_err = String::from_utf8_lossy(&errors.await.unwrap_or_default())
+        .trim()
+        .to_string();
+    let code = code.map_err(|e| RpcError::failed(format!("transfer to the guest failed: {e}")))?;
+    produced.map_err(ws_err)?;
+    if code != 0 {
+        return Err(RpcError::failed(format!(
+            "unpacking in the guest failed (exit {code}): {guest_err}"
+        )));
+    }
+    let _ = events
+        .send(Event::Stage {
+            stage: "workspace".into(),
+            detail: format!(
+                "{} at {}",
+                plan.branch,
+                &plan.head[..12.min(plan.head.len())]
+            ),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            done: true,
+        })
+        .await;
+    Ok((
+        WorkspaceState {
+            guest_path: GUEST_PATH.into(),
+            host_path: plan.root.display().to_string(),
+            head: plan.head.clone(),
+            branch: plan.branch.clone(),
+            mode: plan.opts.mode,
+            include_untracked: plan.opts.include_untracked,
+            pinned: plan.opts.from.is_some(),
+            prepared_at_unix: now_unix(),
+        },
+        plan.files.len() as u64,
+    ))
+}
+
+/// `vm workspace prepare`.
+pub async fn prepare(
+    svc: Arc<Services>,
+    name: &str,
+    spec: WorkspaceSpec,
+    events: mpsc::Sender<Event>,
+) -> Result<Reply, RpcError> {
+    let view = super::vms::run_job(&svc, name, "workspace.prepare", move |ctx| async move {
+        let mut rec = ctx.record.clone();
+        match ship(&ctx.services, &rec, &spec, &events).await {
+            Ok((state, files)) => {
+                let view = state.view(files);
+                rec.workspace = Some(state);
+                match ctx.services.store.put_vm(&rec) {
+                    Ok(()) => (Some(rec), Ok(view)),
+                    Err(e) => (Some(ctx.record), Err(RpcError::failed(e.to_string()))),
+                }
+            }
+            Err(e) => (Some(rec), Err(e)),
+        }
+    })
+    .await?;
+    Ok(Reply::Workspace(view))
+}
+
+/// `vm workspace export`: the patch streams out as stdout events.
+pub async fn export(
+    svc: Arc<Services>,
+    name: &str,
+    base: Option<String>,
+    events: mpsc::Sender<Event>,
+) -> Result<Reply, RpcError> {
+    let rec = super::vms::record(&svc, name).await?;
+    require_running(&rec)?;
+    let ws = rec.workspace.clone().ok_or_else(|| {
+        RpcError::bad_request(format!(
+            "VM {name} has no workspace; prepare one with: banger vm workspace prepare {name} <path>"
+        ))
+    })?;
+    let base = match base {
+        Some(b) if (4..=64).contains(&b.len()) && b.chars().all(|c| c.is_ascii_hexdigit()) => b,
+        Some(b) => {
+            return Err(RpcError::bad_request(format!(
+                "--base-commit {b:?} is not a commit hash"
+            )))
+        }
+        None => "HEAD".into(),
+    };
+    let req = ExecRequest {
+        argv: archive::export_argv(&ws.guest_path, &base),
+        cwd: Some("/".into()),
+        env: vec![],
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let fwd_events = events.clone();
+    let forward = tokio::spawn(async move {
+        let mut err = Vec::new();
+        while let Some(e) = rx.recv().await {
+            match e {
+                Event::Stdout(d) => {
+                    let _ = fwd_events.send(Event::Stdout(d)).await;
+                }
+                Event::Stderr(d) => err.extend(d),
+                _ => {}
+            }
+        }
+        err
+    });
+    let uds = svc.layout.vm(&rec.id).vsock_socket();
+    let code = crate::guest::exec::run(&uds, &req, None::<tokio::io::Empty>, &tx).await;
+    drop(tx);
+    let err = String::from_utf8_lossy(&forward.await.unwrap_or_default())
+        .trim()
+        .to_string();
+    let code = code.map_err(|e| RpcError::failed(format!("export: {e}")))?;
+    if code != 0 {
+        return Err(RpcError::failed(format!(
+            "export failed in the guest (exit {code}): {err}"
+        )));
+    }
+    Ok(Reply::Done)
+}
