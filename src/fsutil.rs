@@ -171,10 +171,61 @@ pub fn sweep_temp(dir: &Path) -> Vec<std::path::PathBuf> {
     removed
 }
 
+/// Makes `dir` (and missing parents, 0700) and proves it is a real
+/// directory owned by root and closed to others: where bangerd-root works,
+/// nobody else may have planted or can change anything.
+pub fn root_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let md = std::fs::symlink_metadata(dir)?;
+    if !md.is_dir() || md.uid() != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory owned by root; remove it and retry",
+            dir.display()
+        )));
+    }
+    if md.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn root_private_dir_refuses_planted_dirs_and_symlinks() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the tests run as root (scripts/test.sh)"
+        );
+        let t = tempfile::tempdir().unwrap();
+        // Made fresh: 0700, root's.
+        let fresh = t.path().join("a/b/work");
+        root_private_dir(&fresh).unwrap();
+        let md = std::fs::symlink_metadata(&fresh).unwrap();
+        assert_eq!((md.uid(), md.mode() & 0o777), (0, 0o700));
+        // Idempotent.
+        root_private_dir(&fresh).unwrap();
+        // Planted by another user: refused, left alone.
+        let planted = t.path().join("planted");
+        std::fs::create_dir(&planted).unwrap();
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+        let e = root_private_dir(&planted).unwrap_err();
+        assert!(
+            e.to_string().contains("not a directory owned by root"),
+            "{e}"
+        );
+        // A symlink to a root directory: refused too.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(root_private_dir(&link).is_err());
+    }
 
     #[test]
     fn sparse_copy_keeps_holes_and_content() {

@@ -69,7 +69,7 @@ fn killing_the_daemon_mid_build_leaves_nothing_and_the_next_build_succeeds() {
     let helper = env.pid_of("bangerd-root").expect("helper runs");
     // The helper's private work area, keyed by its runtime directory.
     let key = banger::digest::sha256_hex(env.runtime_dir().display().to_string().as_bytes());
-    let work_root = std::path::Path::new("/var/tmp/banger-root").join(&key[..12]);
+    let work_root = std::path::Path::new(banger::image::build::WORK_ROOT).join(&key[..12]);
     assert!(
         std::fs::read_dir(&work_root)
             .map(|mut d| d.next().is_some())

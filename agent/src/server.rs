@@ -39,6 +39,26 @@ pub fn vsock_listener(port: u32) -> io::Result<OwnedFd> {
     }
 }
 
+/// [`vsock_listener`], retried for a minute: early in boot the vsock
+/// transport may not be registered yet, and an agent that exits here is
+/// one systemd may stop restarting.
+pub fn vsock_listener_retry(port: u32) -> io::Result<OwnedFd> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match vsock_listener(port) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("banger-agent: listening on vsock port {port}: {e}; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Accepts the next connection. Errors that concern one connection only
+/// (the peer went away before we took it, a transient shortage) are logged
+/// and skipped: only a broken listener ends the loop.
 pub fn accept(fd: RawFd) -> io::Result<std::fs::File> {
     loop {
         // SAFETY: accept4 on our listening fd; null address is allowed.
@@ -55,8 +75,21 @@ pub fn accept(fd: RawFd) -> io::Result<std::fs::File> {
             return Ok(unsafe { std::fs::File::from_raw_fd(c) });
         }
         let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(
+                libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::EPROTO
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM,
+            ) => {
+                eprintln!("banger-agent: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            _ => return Err(e),
         }
     }
 }
@@ -188,7 +221,7 @@ pub fn host_keys(dir: &Path) -> Vec<crate::api::HostKey> {
 /// Serves the exec fast path forever on [`crate::exec::EXEC_PORT`].
 pub fn serve_exec() -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let listener = vsock_listener(crate::exec::EXEC_PORT)?;
+    let listener = vsock_listener_retry(crate::exec::EXEC_PORT)?;
     loop {
         let conn = accept(listener.as_raw_fd())?;
         std::thread::spawn(move || {
@@ -201,7 +234,7 @@ pub fn serve_exec() -> io::Result<()> {
 
 /// Serves forever on [`AGENT_PORT`].
 pub fn serve(state: AgentState) -> io::Result<()> {
-    let listener = vsock_listener(AGENT_PORT)?;
+    let listener = vsock_listener_retry(AGENT_PORT)?;
     let state = Arc::new(state);
     use std::os::fd::AsRawFd;
     loop {

@@ -102,13 +102,21 @@ impl Actor for TapPool {
             TapPoolMsg::Lease(reply) => {
                 match state.warm.pop_front() {
                     Some(t) => {
-                        let _ = reply.send(Ok(t));
+                        // A caller that gave up waiting: the tap stays warm.
+                        if let Err(ractor::MessagingErr::SendErr(Ok(t))) = reply.send(Ok(t)) {
+                            state.warm.push_front(t);
+                        }
                     }
                     None => {
                         // Nothing warm: create one for this caller off the mailbox.
                         let svc = self.services.clone();
+                        let me = myself.clone();
                         tokio::spawn(async move {
-                            let _ = reply.send(create_tap(&svc).await);
+                            let r = create_tap(&svc).await;
+                            // A caller that gave up waiting: not leaked.
+                            if let Err(ractor::MessagingErr::SendErr(Ok(t))) = reply.send(r) {
+                                let _ = me.cast(TapPoolMsg::Release(t));
+                            }
                         });
                     }
                 }

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::vmm_monitor::{MonitorMsg, VmmMonitor};
 use super::vsock_bridge::{VsockBridge, VsockMsg};
 use super::Services;
+use crate::protocol::cli::VmState;
 use crate::protocol::RpcError;
 use crate::store::VmRecord;
 
@@ -211,7 +212,7 @@ impl Actor for VmActor {
         myself: ActorRef<VmMsg>,
         state: &mut VmActorState,
     ) -> Result<(), ActorProcessingErr> {
-        use crate::protocol::cli::{VmState, VmmKind};
+        use crate::protocol::cli::VmmKind;
         let rec = &state.record;
         if !matches!(
             rec.state,
@@ -230,6 +231,17 @@ impl Actor for VmActor {
         match alive {
             Some(pid) => {
                 tracing::info!(vm = %rec.name, pid, "re-attached to a running VM");
+                if rec.state != VmState::Running {
+                    // A start or stop that the daemon's end interrupted: the
+                    // VMM lives, so the VM runs (`vm stop` stops it).
+                    let mut r = rec.clone();
+                    r.state = VmState::Running;
+                    if let Err(e) = self.services.store.put_vm(&r) {
+                        tracing::warn!(vm = %r.name, "recording state running: {e}");
+                    }
+                    state.record = r;
+                }
+                let rec = &state.record;
                 let _ = myself.cast(VmMsg::AttachVmm(pid));
                 if rec.vmm == VmmKind::Qemu {
                     let (tx, _rx) = ractor::concurrency::oneshot();
@@ -278,6 +290,17 @@ impl Actor for VmActor {
                         )));
                     }
                     myself.stop(Some("deleted".into()));
+                    return Ok(());
+                }
+                // The VMM may have exited while the job ran (its exit is not
+                // acted on mid-job): release what it held now.
+                let r = &state.record;
+                if matches!(r.state, VmState::Running)
+                    && r.vmm_pid
+                        .is_some_and(|p| !crate::host::process::pid_alive(p))
+                {
+                    tracing::info!(vm = %r.name, "the VMM exited during the last operation; releasing");
+                    self.queue_reap(&myself, state);
                     return Ok(());
                 }
                 self.start_next(&myself, state);
@@ -336,10 +359,19 @@ impl Actor for VmActor {
                 }
             }
             VmMsg::StopVsock(reply) => {
-                if let Some(v) = state.vsock.take() {
-                    let _ = ractor::call_t!(v, VsockMsg::Stop, 10_000);
+                // Off the mailbox: reads of the record stay prompt while the
+                // process is waited for.
+                match state.vsock.take() {
+                    Some(v) => {
+                        tokio::spawn(async move {
+                            let _ = ractor::call_t!(v, VsockMsg::Stop, 10_000);
+                            let _ = reply.send(());
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(());
+                    }
                 }
-                let _ = reply.send(());
             }
             #[cfg(test)]
             VmMsg::Panic => panic!("test-induced panic in VmActor {}", self.id),

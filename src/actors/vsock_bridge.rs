@@ -62,7 +62,7 @@ pub fn is_ours(pid: u32, paths: &VmPaths) -> bool {
 }
 
 impl VsockBridge {
-    fn spawn(&self, me: &ActorRef<VsockMsg>) -> Result<u32, String> {
+    async fn spawn(&self, me: &ActorRef<VsockMsg>) -> Result<u32, String> {
         let (vhost, uds) = (self.paths.vhost_socket(), self.paths.vsock_socket());
         let _ = std::fs::remove_file(&vhost);
         let _ = std::fs::remove_file(&uds);
@@ -105,13 +105,18 @@ impl VsockBridge {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !vhost.exists() {
             if std::time::Instant::now() > deadline || !crate::host::process::pid_alive(pid) {
+                // Not left behind half-started.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 return Err(format!(
                     "vhost-device-vsock did not create {} (see {})",
                     vhost.display(),
                     self.paths.vsock_log().display()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(pid)
     }
@@ -137,7 +142,7 @@ impl Actor for VsockBridge {
                 });
                 pid
             }
-            None => self.spawn(&myself)?,
+            None => self.spawn(&myself).await?,
         };
         Ok(VsockState {
             pid: Some(pid),
@@ -169,7 +174,7 @@ impl Actor for VsockBridge {
                 if state.stopping || state.pid.is_some() {
                     return Ok(());
                 }
-                match self.spawn(&myself) {
+                match self.spawn(&myself).await {
                     Ok(pid) => state.pid = Some(pid),
                     Err(e) => {
                         let d = state.backoff.next_delay();

@@ -41,21 +41,52 @@ pub fn client_error(e: ClientError, layout: &Layout) -> CliError {
 /// listens.
 pub async fn connect(layout: &Layout, autostart: bool) -> Result<DaemonClient, CliError> {
     let socket = layout.daemon_socket();
-    match DaemonClient::connect(&socket).await {
-        Ok(c) => return Ok(c),
-        Err(ClientError::NotRunning { .. }) if autostart && !layout.system => {}
-        Err(ClientError::NotRunning { .. }) if autostart => {
-            return Err(CliError::new(
-                "daemon not running",
-                "the bangerd service is not running; start it with: sudo systemctl start bangerd",
-            ))
+    // A daemon on its way out (killed, or stopping) can still take a
+    // connection and then drop it mid-greeting, and can still hold its lock
+    // while a new one starts: both are retried for a bounded time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut started = false;
+    loop {
+        let retry = std::time::Instant::now() < deadline;
+        match DaemonClient::connect(&socket).await {
+            Ok(c) => return Ok(c),
+            Err(e) if retry && vanishing(&e) => {}
+            Err(ClientError::NotRunning { .. }) if autostart && layout.system => {
+                return Err(CliError::new(
+                    "daemon not running",
+                    "the bangerd service is not running; start it with: sudo systemctl start bangerd",
+                ))
+            }
+            Err(ClientError::NotRunning { .. }) if autostart && !started => {
+                start_daemon(layout).await?;
+                started = true;
+                continue;
+            }
+            Err(ClientError::NotRunning { .. }) if autostart && retry => {
+                // "already running" came from one that is going away: start
+                // again once it has.
+                started = false;
+            }
+            Err(e) => return Err(client_error(e, layout)),
         }
-        Err(e) => return Err(client_error(e, layout)),
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    start_daemon(layout).await?;
-    DaemonClient::connect(&socket)
-        .await
-        .map_err(|e| client_error(e, layout))
+}
+
+/// Whether a connection failed the way one to an exiting daemon does: it was
+/// accepted (queued) and then closed before the greeting completed.
+fn vanishing(e: &ClientError) -> bool {
+    use crate::protocol::frame::FrameError;
+    match e {
+        ClientError::Frame(FrameError::Closed | FrameError::Truncated) => true,
+        ClientError::Frame(FrameError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 /// Starts `bangerd` in the background and waits until it is ready.

@@ -152,6 +152,23 @@ pub async fn create(
             crate::size::format_size(image.work_seed_bytes)
         )));
     }
+    // From the reservation on, the work runs on its own task: a client that
+    // goes away (Ctrl-C) aborts this handler, and must not leave a reserved
+    // row that no actor owns. The VM is then created and started anyway, and
+    // can be deleted like any other.
+    let task = tokio::spawn(reserve_and_start(svc, spec, kind, image, kernel, events));
+    task.await
+        .map_err(|e| RpcError::failed(format!("creating the VM: {e}")))?
+}
+
+async fn reserve_and_start(
+    svc: Arc<Services>,
+    spec: VmCreateSpec,
+    kind: crate::protocol::cli::VmmKind,
+    image: crate::store::ImageRecord,
+    kernel: crate::store::KernelRecord,
+    events: mpsc::Sender<Event>,
+) -> Result<Reply, RpcError> {
     let net = &svc.config.network;
     let reserved = loop {
         let name = spec
@@ -383,7 +400,8 @@ pub async fn logs(svc: Arc<Services>, name: &str) -> Result<Reply, RpcError> {
     })
 }
 
-fn require_running(rec: &VmRecord) -> Result<(), RpcError> {
+/// Refuses a VM that is not running, saying how to start it.
+pub fn require_running(rec: &VmRecord) -> Result<(), RpcError> {
     if rec.state != VmState::Running || !rec.vmm_pid.is_some_and(crate::host::process::pid_alive) {
         return Err(RpcError::bad_request(format!(
             "VM {} is not running (state {}); start it with: banger vm start {}",

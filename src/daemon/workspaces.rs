@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::vms::require_running;
 use crate::actors::Services;
 use crate::guest::exec::ExecRequest;
-use crate::protocol::cli::{Event, Reply, VmState, WorkspaceSpec};
+use crate::protocol::cli::{Event, Reply, WorkspaceSpec};
 use crate::protocol::RpcError;
 use crate::store::model::now_unix;
 use crate::store::VmRecord;
@@ -22,11 +23,64 @@ fn ws_err(e: WorkspaceError) -> RpcError {
     }
 }
 
-fn require_running(rec: &VmRecord) -> Result<(), RpcError> {
-    if rec.state != VmState::Running || !rec.vmm_pid.is_some_and(crate::host::process::pid_alive) {
-        return Err(RpcError::bad_request(format!(
-            "VM {} is not running (state {}); start it with: banger vm start {}",
-            rec.name, rec.state, rec.name
+/// Runs a guest command without input; its output becomes the error.
+async fn guest_step(uds: &std::path::Path, argv: Vec<String>, what: &str) -> Result<(), RpcError> {
+    let req = ExecRequest {
+        argv,
+        cwd: Some("/".into()),
+        env: vec![],
+    };
+    let (code, out, err) = crate::guest::exec::output(uds, &req)
+        .await
+        .map_err(|e| RpcError::failed(format!("{what} in the guest: {e}")))?;
+    if code != 0 {
+        return Err(RpcError::failed(format!(
+            "{what} in the guest failed (exit {code}): {}{}",
+            String::from_utf8_lossy(&err).trim(),
+            String::from_utf8_lossy(&out).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Streams what `produce` writes (on a blocking thread, through a pipe:
+/// never whole in memory) into a guest command's stdin.
+async fn stream<F>(uds: &std::path::Path, argv: Vec<String>, produce: F) -> Result<(), RpcError>
+where
+    F: FnOnce(std::io::PipeWriter) -> Result<(), WorkspaceError> + Send + 'static,
+{
+    let (reader, writer) = std::io::pipe().map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+        .map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
+    let producer = tokio::task::spawn_blocking(move || produce(writer));
+    let req = ExecRequest {
+        argv,
+        cwd: Some("/".into()),
+        env: vec![],
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let errors = tokio::spawn(async move {
+        let mut err = Vec::new();
+        while let Some(e) = rx.recv().await {
+            if let Event::Stderr(d) | Event::Stdout(d) = e {
+                err.extend(d);
+            }
+        }
+        err
+    });
+    let code = crate::guest::exec::run(uds, &req, Some(reader), &tx).await;
+    drop(tx);
+    let produced = producer
+        .await
+        .map_err(|e| RpcError::failed(e.to_string()))?;
+    let guest_err = String::from_utf8_lossy(&errors.await.unwrap_or_default())
+        .trim()
+        .to_string();
+    let code = code.map_err(|e| RpcError::failed(format!("transfer to the guest failed: {e}")))?;
+    produced.map_err(ws_err)?;
+    if code != 0 {
+        return Err(RpcError::failed(format!(
+            "unpacking in the guest failed (exit {code}): {guest_err}"
         )));
     }
     Ok(())
@@ -69,42 +123,35 @@ pub async fn ship(
             done: false,
         })
         .await;
-    let (reader, writer) = std::io::pipe().map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
-    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
-        .map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
-    let scratch = svc.layout.cache_dir.join("tmp");
-    let plan2 = plan.clone();
-    let producer = tokio::task::spawn_blocking(move || archive::write(&plan2, writer, &scratch));
-    let req = ExecRequest {
-        argv: archive::unpack_argv(&plan, GUEST_PATH),
-        cwd: Some("/".into()),
-        env: vec![],
-    };
-    let (tx, mut rx) = mpsc::channel(64);
-    let errors = tokio::spawn(async move {
-        let mut err = Vec::new();
-        while let Some(e) = rx.recv().await {
-            if let Event::Stderr(d) | Event::Stdout(d) = e {
-                err.extend(d);
-            }
-        }
-        err
-    });
     let uds = svc.layout.vm(&rec.id).vsock_socket();
-    let code = crate::guest::exec::run(&uds, &req, Some(reader), &tx).await;
-    drop(tx);
-    let produced = producer
-        .await
-        .map_err(|e| RpcError::failed(e.to_string()))?;
-    let guest_err = String::from_utf8_lossy(&errors.await.unwrap_or_default())
-        .trim()
-        .to_string();
-    let code = code.map_err(|e| RpcError::failed(format!("transfer to the guest failed: {e}")))?;
-    produced.map_err(ws_err)?;
-    if code != 0 {
-        return Err(RpcError::failed(format!(
-            "unpacking in the guest failed (exit {code}): {guest_err}"
-        )));
+    let vmm_pid = rec.vmm_pid.unwrap_or(0);
+    let transfer = async {
+        guest_step(
+            &uds,
+            archive::begin_argv(GUEST_PATH),
+            "preparing the directory",
+        )
+        .await?;
+        // Two streams at once (the guest has the CPUs to take both): the
+        // working tree, and the .git built on the host.
+        let scratch = svc.layout.cache_dir.join("tmp");
+        let (p1, p2) = (plan.clone(), plan.clone());
+        let tree = stream(&uds, archive::untar_argv(GUEST_PATH, "."), move |w| {
+            archive::write_worktree(&p1, w)
+        });
+        let git = stream(&uds, archive::untar_argv(GUEST_PATH, ".git"), move |w| {
+            archive::write_git_dir(&p2, w, &scratch)
+        });
+        let (a, b) = tokio::join!(tree, git);
+        a?;
+        b?;
+        guest_step(&uds, archive::finish_argv(GUEST_PATH), "finishing").await
+    };
+    tokio::select! {
+        r = transfer => r?,
+        _ = crate::host::process::wait_exit_forever(vmm_pid) => {
+            return Err(RpcError::failed("the VM stopped during the transfer"));
+        }
     }
     let _ = events
         .send(Event::Stage {

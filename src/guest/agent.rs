@@ -24,8 +24,19 @@ pub enum AgentError {
     Timeout(Duration),
 }
 
-/// Opens a stream to `port` in the guest through the hybrid vsock socket.
+/// How long connecting and the `CONNECT`/`OK` handshake may take: a guest
+/// that is up answers in milliseconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a stream to `port` in the guest through the hybrid vsock socket
+/// (bounded by [`CONNECT_TIMEOUT`]).
 pub async fn connect(uds: &Path, port: u32) -> Result<BufReader<UnixStream>, AgentError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_unbounded(uds, port))
+        .await
+        .map_err(|_| AgentError::Timeout(CONNECT_TIMEOUT))?
+}
+
+async fn connect_unbounded(uds: &Path, port: u32) -> Result<BufReader<UnixStream>, AgentError> {
     let mut s = UnixStream::connect(uds)
         .await
         .map_err(|e| AgentError::Connect(uds.display().to_string(), e))?;

@@ -13,7 +13,7 @@ pub mod supervisor;
 pub mod vmm_ops;
 
 use std::os::fd::RawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,12 +87,31 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
     }
     let dir = &opts.runtime_dir;
     let err = |what: String, e: std::io::Error| HelperError(format!("{what}: {e}"));
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("creating {}", dir.display()), e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| err(format!("chmod {}", dir.display()), e))?;
-        nix::unistd::chown(dir, Some(nix::unistd::Uid::from_raw(opts.owner_uid)), None)
-            .map_err(|e| HelperError(format!("chown {}: {e}", dir.display())))?;
+    // The runtime directory belongs to the owner, who can change what is in
+    // it at any time: nothing here may follow a symlink as root. A directory
+    // we create is made 0700 and handed over without following links; one
+    // that exists must be a real directory of the owner (or root).
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| err(format!("creating {}", parent.display()), e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => std::os::unix::fs::lchown(dir, Some(opts.owner_uid), None)
+            .map_err(|e| err(format!("chown {}", dir.display()), e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(format!("creating {}", dir.display()), e)),
+    }
+    {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(dir)
+            .map_err(|e| err(format!("inspecting {}", dir.display()), e))?;
+        if !md.is_dir() || (md.uid() != opts.owner_uid && md.uid() != 0) {
+            return Err(HelperError(format!(
+                "{} is not a directory of uid {}; refusing to use it",
+                dir.display(),
+                opts.owner_uid
+            )));
+        }
     }
     let Some(lock) = LockFile::try_acquire(&dir.join("bangerd-root.lock"))
         .map_err(|e| err("taking the helper lock".into(), e))?
@@ -118,16 +137,14 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
     }
     let socket = dir.join("bangerd-root.sock");
     let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).map_err(|e| err(format!("binding {}", socket.display()), e))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(format!("chmod {}", socket.display()), e))?;
-    nix::unistd::chown(
-        &socket,
-        Some(nix::unistd::Uid::from_raw(opts.owner_uid)),
-        None,
-    )
-    .map_err(|e| HelperError(format!("chown {}: {e}", socket.display())))?;
+    // Created 0600 by the umask (no chmod by path afterwards), then handed
+    // to the owner with lchown (a symlink swapped in is not followed).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&socket);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(|e| err(format!("binding {}", socket.display()), e))?;
+    std::os::unix::fs::lchown(&socket, Some(opts.owner_uid), None)
+        .map_err(|e| err(format!("chown {}", socket.display()), e))?;
     let net = Arc::new(Slot::default());
     let (supervisor, _) = Actor::spawn(
         None,

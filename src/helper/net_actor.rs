@@ -46,10 +46,10 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
         PrivRequest::CreateTap { name, bridge } => net::create_tap(ops, &name, &bridge, owner_uid)
             .map(|_| PrivReply::Done)
             .map_err(to_rpc),
-        PrivRequest::DeleteTap { name } => net::delete_tap(ops, &name)
+        PrivRequest::DeleteTap { name } => net::delete_tap(ops, &name, owner_uid)
             .map(|_| PrivReply::Done)
             .map_err(to_rpc),
-        PrivRequest::ListTaps => net::list_taps(ops)
+        PrivRequest::ListTaps => net::list_taps(ops, owner_uid)
             .map(|v| {
                 PrivReply::Taps(
                     v.into_iter()
@@ -72,7 +72,7 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
         PrivRequest::EnableNat { vm_id, ip, bridge } => crate::host::nat::enable(&vm_id, ip, &bridge)
             .map(|_| PrivReply::Done)
             .map_err(|e| RpcError::failed(e.to_string())),
-        PrivRequest::DisableNat { vm_id, ip, bridge } => crate::host::nat::disable(&vm_id, ip, &bridge)
+        PrivRequest::DisableNat { vm_id, .. } => crate::host::nat::disable(&vm_id)
             .map(|_| PrivReply::Done)
             .map_err(|e| RpcError::failed(e.to_string())),
         other => Err(RpcError::bad_request(format!(

@@ -1,6 +1,7 @@
 //! Launching and signalling VMM processes for the owner.
 
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
@@ -119,13 +120,44 @@ pub fn list(owner: u32, runtime_dir: &Path) -> Vec<VmmProcess> {
 /// Sends an allowlisted signal to a proven banger VMM.
 pub fn signal(pid: u32, name: &str, owner: u32, runtime_dir: &Path) -> Result<(), RpcError> {
     let sig = parse_signal(name)?;
+    // Pin the process first, then prove it is ours, then signal through the
+    // pin: a pid that is recycled between the check and the signal cannot
+    // receive it.
+    let pidfd = pidfd_open(pid).map_err(|e| {
+        RpcError::bad_request(format!("pid {pid} is not running ({e}); nothing to signal"))
+    })?;
     if banger_vmm(pid, owner, runtime_dir).is_none() {
         return Err(RpcError::bad_request(format!(
             "pid {pid} is not a banger VMM of uid {owner}; refusing to signal it"
         )));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
-        .map_err(|e| RpcError::failed(format!("kill {pid} {sig}: {e}")))
+    // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(RpcError::failed(format!("signal {sig} to {pid}: {e}")));
+    }
+    Ok(())
+}
+
+/// A pidfd for `pid` (Linux ≥ 5.3).
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn refuse(m: impl Into<String>) -> RpcError {
@@ -221,19 +253,39 @@ pub fn launch(
 ) -> Result<u32, RpcError> {
     let (bin, argv) = plan(spec, runtime_dir)?;
     let log = CString::new(spec.log.as_os_str().as_bytes()).map_err(|_| refuse("bad log path"))?;
+    // The owner's own supplementary groups (e.g. `kvm` for /dev/kvm), never
+    // ours; looked up before fork.
+    let groups: Vec<libc::gid_t> = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+        .ok()
+        .flatten()
+        .and_then(|u| CString::new(u.name).ok())
+        .and_then(|name| {
+            nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(owner_gid)).ok()
+        })
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|| vec![owner_gid]);
+    // Only root switches identity (a helper run as the owner for tests is
+    // the owner already).
+    let as_root = nix::unistd::geteuid().is_root();
     let mut cmd = std::process::Command::new(&bin);
     cmd.args(&argv)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(std::process::Stdio::null())
-        .uid(owner)
-        .gid(owner_gid)
         .current_dir("/");
-    // SAFETY: setsid, open, dup2 and close are async-signal-safe; the CString
-    // was built before fork. This runs after the uid/gid switch.
+    // SAFETY: setsid, setgroups, setgid, setuid, open, dup2 and close are
+    // async-signal-safe; the CString and the group list were built before
+    // fork. The log is opened after the switch to the owner.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if as_root
+                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(owner_gid) < 0
+                    || libc::setuid(owner) < 0)
+            {
                 return Err(std::io::Error::last_os_error());
             }
             let fd = libc::open(

@@ -113,19 +113,35 @@ pub fn enable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> 
     Ok(())
 }
 
-/// Removes the rules (every copy); absent is fine.
-pub fn disable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> {
+/// Removes every rule tagged with the VM's id (whatever bridge or address
+/// it was made for); absent is fine.
+pub fn disable(vm_id: &str) -> Result<(), HostError> {
     let bin = iptables()?;
-    for (table, chain, spec) in rules(vm_id, ip, bridge) {
-        let mut guard = 0;
-        while rule_exists(bin, table, chain, &spec) && guard < 16 {
-            let mut args = vec!["-w", "-t", table, "-D", chain];
-            args.extend(spec.iter().map(String::as_str));
+    let tag = format!("banger:{vm_id}");
+    for table in ["nat", "filter"] {
+        let listing = run_tool(bin, "iptables", &["-w", "-t", table, "-S"])?;
+        for rule in tagged(&listing, &tag) {
+            let mut args = vec!["-w", "-t", table, "-D"];
+            args.extend(rule.iter().map(String::as_str));
             run_tool(bin, "iptables", &args)?;
-            guard += 1;
         }
     }
     Ok(())
+}
+
+/// The `-A` rules of an `iptables -S` listing that carry `tag` as their
+/// comment, as argument lists without the `-A`.
+pub fn tagged(listing: &str, tag: &str) -> Vec<Vec<String>> {
+    listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("-A "))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|w| w.trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|words| words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag))
+        .collect()
 }
 
 #[cfg(test)]
@@ -141,6 +157,15 @@ mod tests {
             assert!(spec.iter().any(|a| a == "banger:0123456789abcdef"));
         }
         assert_eq!(r[0].0, "nat");
+        let listing = "-P FORWARD ACCEPT\n-A FORWARD -s 172.16.0.7/32 -i banger0 -m comment --comment banger:0123456789abcdef -j ACCEPT\n-A FORWARD -s 172.16.0.8/32 -i banger0 -m comment --comment \"banger:fedcba9876543210\" -j ACCEPT\n";
+        let t = tagged(listing, "banger:0123456789abcdef");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0][0], "FORWARD");
+        assert_eq!(
+            tagged(listing, "banger:fedcba9876543210").len(),
+            1,
+            "quoted comments match too"
+        );
         assert!(r[0]
             .2
             .ends_with(&["-j".to_string(), "MASQUERADE".to_string()]));

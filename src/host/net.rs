@@ -150,6 +150,8 @@ pub enum NetPolicyError {
     NotBangerBridge(String),
     #[error("{0} exists but is not a {1}; remove or rename it")]
     WrongKind(String, &'static str),
+    #[error("tap {0} belongs to uid {1}; refusing to touch another user's tap")]
+    OtherOwner(String, u32),
     #[error("{0}/{1} is not a usable private subnet address")]
     BadAddress(Ipv4Addr, u8),
 }
@@ -230,10 +232,8 @@ pub fn create_tap(
         Some(l) if l.kind.as_deref() != Some("tun") || l.tun_type.as_deref() != Some("tap") => {
             return Err(NetPolicyError::WrongKind(name.into(), "tap").into())
         }
-        Some(l) if l.owner_uid.is_some() && l.owner_uid != Some(owner_uid) => {
-            // A stale tap of another owner: replace it.
-            ops.delete_link(name)?;
-            ops.add_tap(name, owner_uid)?;
+        Some(l) if tap_owner(&l) != owner_uid => {
+            return Err(NetPolicyError::OtherOwner(name.into(), tap_owner(&l)).into())
         }
         Some(_) => {}
         None => ops.add_tap(name, owner_uid)?,
@@ -243,8 +243,13 @@ pub fn create_tap(
     Ok(())
 }
 
-/// Deletes a banger tap; absent is success.
-pub fn delete_tap(ops: &dyn NetOps, name: &str) -> Result<(), NetError> {
+/// Who a tap belongs to: its `user`, or root when none is set.
+pub fn tap_owner(l: &LinkInfo) -> u32 {
+    l.owner_uid.unwrap_or(0)
+}
+
+/// Deletes one of `owner_uid`'s banger taps; absent is success.
+pub fn delete_tap(ops: &dyn NetOps, name: &str, owner_uid: u32) -> Result<(), NetError> {
     if !is_banger_tap(name) {
         return Err(NetPolicyError::NotBangerTap(name.into()).into());
     }
@@ -253,16 +258,21 @@ pub fn delete_tap(ops: &dyn NetOps, name: &str) -> Result<(), NetError> {
         Some(l) if l.kind.as_deref() != Some("tun") => {
             Err(NetPolicyError::WrongKind(name.into(), "tap").into())
         }
+        Some(l) if tap_owner(&l) != owner_uid => {
+            Err(NetPolicyError::OtherOwner(name.into(), tap_owner(&l)).into())
+        }
         Some(_) => Ok(ops.delete_link(name)?),
     }
 }
 
-/// Every banger tap on the host.
-pub fn list_taps(ops: &dyn NetOps) -> Result<Vec<LinkInfo>, NetError> {
+/// `owner_uid`'s banger taps.
+pub fn list_taps(ops: &dyn NetOps, owner_uid: u32) -> Result<Vec<LinkInfo>, NetError> {
     Ok(ops
         .list_links()?
         .into_iter()
-        .filter(|l| is_banger_tap(&l.name) && l.kind.as_deref() == Some("tun"))
+        .filter(|l| {
+            is_banger_tap(&l.name) && l.kind.as_deref() == Some("tun") && tap_owner(l) == owner_uid
+        })
         .collect())
 }
 
@@ -332,7 +342,7 @@ mod tests {
             ..Default::default()
         }]);
         assert!(matches!(
-            delete_tap(&ops, "eth0"),
+            delete_tap(&ops, "eth0", 0),
             Err(NetError::Policy(NetPolicyError::NotBangerTap(_)))
         ));
         assert!(matches!(
@@ -353,7 +363,7 @@ mod tests {
             ..Default::default()
         }]);
         assert!(matches!(
-            delete_tap(&ops, "bgt1"),
+            delete_tap(&ops, "bgt1", 0),
             Err(NetError::Policy(NetPolicyError::WrongKind(..)))
         ));
     }
@@ -364,6 +374,27 @@ mod tests {
         let e = create_tap(&ops, "bgt1", "banger0", 0).unwrap_err();
         assert!(e.to_string().contains("no taps"), "{e}");
         // Deleting an absent tap is success without touching anything.
-        delete_tap(&ops, "bgt1").unwrap();
+        delete_tap(&ops, "bgt1", 0).unwrap();
+    }
+
+    #[test]
+    fn another_users_taps_are_neither_listed_nor_touched() {
+        let ops = Failing(vec![LinkInfo {
+            name: "bgtother1".into(),
+            kind: Some("tun".into()),
+            tun_type: Some("tap".into()),
+            owner_uid: Some(1001),
+            ..Default::default()
+        }]);
+        assert!(list_taps(&ops, 1000).unwrap().is_empty());
+        assert_eq!(list_taps(&ops, 1001).unwrap().len(), 1);
+        assert!(matches!(
+            delete_tap(&ops, "bgtother1", 1000),
+            Err(NetError::Policy(NetPolicyError::OtherOwner(_, 1001)))
+        ));
+        assert!(matches!(
+            create_tap(&ops, "bgtother1", "banger0", 1000),
+            Err(NetError::Policy(NetPolicyError::OtherOwner(_, 1001)))
+        ));
     }
 }

@@ -241,10 +241,14 @@ pub struct LockFile {
 impl LockFile {
     /// Takes the lock, or `Ok(None)` if another process holds it.
     pub fn try_acquire(path: &Path) -> std::io::Result<Option<LockFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never through a symlink: the directory may belong to another user.
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(Some(LockFile { _lock: l })),
@@ -281,5 +285,19 @@ mod tests {
         assert!(LockFile::try_acquire(&p).unwrap().is_none());
         drop(a);
         assert!(LockFile::try_acquire(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn lock_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep").unwrap();
+        let p = dir.path().join("x.lock");
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        let e = LockFile::try_acquire(&p)
+            .err()
+            .expect("a symlinked lock is refused");
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 }

@@ -26,10 +26,15 @@ pub struct BuildEnv {
     pub owner_uid: u32,
 }
 
+/// Where bangerd-root builds (one subdirectory per helper instance).
+pub const WORK_ROOT: &str = "/var/lib/banger-root/work";
+
 impl BuildEnv {
     pub fn default_for(owner_uid: u32) -> BuildEnv {
         BuildEnv {
-            work_root: "/var/tmp/banger-root".into(),
+            // Under a root-owned parent (never /var/tmp: anyone could
+            // plant the directory there first).
+            work_root: WORK_ROOT.into(),
             package_cache: "/var/cache/banger-root/debs".into(),
             owner_uid,
         }
@@ -145,13 +150,22 @@ fn write_overlay(
                 if md.is_dir() {
                     stack.push(ent.path());
                 } else if md.is_file() {
-                    if !readable_by_owner(&md, owner) {
+                    // We are root reading the owner's tree: open without
+                    // following a symlink swapped in since the lstat, and
+                    // judge the file actually opened.
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(ent.path())
+                        .map_err(io)?;
+                    let md = f.metadata().map_err(io)?;
+                    if !md.is_file() || !readable_by_owner(&md, owner) {
                         return Err(BuildError::Refused(format!(
                             "{} is neither the owner's nor world-readable",
                             ent.path().display()
                         )));
                     }
-                    let f = std::fs::File::open(ent.path()).map_err(io)?;
                     let mut h = header(tar::EntryType::Regular, md.mode() & 0o755, md.len());
                     t.append_data(&mut h, base.join(rel), f).map_err(io)?;
                 }
@@ -365,7 +379,8 @@ pub fn build_rootfs(
             )));
         }
     }
-    std::fs::create_dir_all(&env.work_root).map_err(|e| failed("creating the work area", e))?;
+    crate::fsutil::root_private_dir(&env.work_root)
+        .map_err(|e| failed("creating the work area", e))?;
     let dir = env.work_root.join(&spec.build_id);
     if dir.exists() {
         return Err(BuildError::Refused(format!(

@@ -104,6 +104,8 @@ DefaultDependencies=no
 # key into /root (the work disk) itself once that is mounted.
 After=systemd-remount-fs.service
 Before=sysinit.target ssh.service network.target
+# Never give up restarting it: without the agent the host cannot reach the VM.
+StartLimitIntervalSec=0
 
 [Service]
 Type=simple

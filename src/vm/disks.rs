@@ -77,6 +77,8 @@ pub fn prepare_root(
                 .map_err(|e| format!("placing the base image: {e}"))?;
             let overlay = paths.root_qcow2();
             let _ = std::fs::remove_file(&overlay);
+            let tmp = tmp_name(&overlay);
+            let _ = std::fs::remove_file(&tmp);
             run(Command::new(tool("qemu-img", "qemu-utils")?)
                 .args([
                     "create",
@@ -87,32 +89,69 @@ pub fn prepare_root(
                     "raw",
                     "-b",
                     "base.ext4",
-                    "root.qcow2",
                 ])
+                .arg(&tmp)
                 .current_dir(&paths.state))?;
+            publish(&tmp, &overlay)?;
             Ok("qcow2 overlay")
         }
         VmmKind::Firecracker => {
             let dst = paths.root_raw();
-            if reflink(image_rootfs, &dst).map_err(|e| e.to_string())? {
-                return Ok("reflink");
-            }
-            crate::fsutil::copy_synced(image_rootfs, &dst)
-                .map_err(|e| format!("copying the image: {e}"))?;
-            Ok("sparse copy")
+            let tmp = tmp_name(&dst);
+            let how = if reflink(image_rootfs, &tmp).map_err(|e| e.to_string())? {
+                "reflink"
+            } else {
+                crate::fsutil::copy_synced(image_rootfs, &tmp).map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    format!("copying the image: {e}")
+                })?;
+                "sparse copy"
+            };
+            publish(&tmp, &dst)?;
+            Ok(how)
         }
     }
 }
 
+/// `<path>.tmp`: where a disk is built before it gets its name.
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Renames a finished disk into place (a disk under its real name is
+/// always whole: an interrupted creation leaves only a `.tmp`, redone next
+/// time).
+fn publish(tmp: &Path, dst: &Path) -> Result<(), String> {
+    std::fs::rename(tmp, dst).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        format!("renaming {} into place: {e}", tmp.display())
+    })
+}
+
 /// Makes the work disk from the seed, grown to `bytes`.
 pub fn prepare_work(seed: &Path, paths: &VmPaths, bytes: u64) -> Result<(), String> {
-    let work = paths.work_disk();
-    crate::fsutil::copy_synced(seed, &work).map_err(|e| format!("copying the work seed: {e}"))?;
-    let seed_len = std::fs::metadata(&work).map_err(|e| e.to_string())?.len();
+    let final_path = paths.work_disk();
+    let work = tmp_name(&final_path);
+    let _ = std::fs::remove_file(&work);
+    let r = grow_work(seed, &work, bytes);
+    match r {
+        Ok(()) => publish(&work, &final_path),
+        Err(e) => {
+            let _ = std::fs::remove_file(&work);
+            Err(e)
+        }
+    }
+}
+
+fn grow_work(seed: &Path, work: &Path, bytes: u64) -> Result<(), String> {
+    crate::fsutil::copy_synced(seed, work).map_err(|e| format!("copying the work seed: {e}"))?;
+    let seed_len = std::fs::metadata(work).map_err(|e| e.to_string())?.len();
     if bytes > seed_len {
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(&work)
+            .open(work)
             .map_err(|e| e.to_string())?;
         f.set_len(bytes)
             .map_err(|e| format!("growing the work disk: {e}"))?;
@@ -120,11 +159,11 @@ pub fn prepare_work(seed: &Path, paths: &VmPaths, bytes: u64) -> Result<(), Stri
         // e2fsck exits 1 when it fixed something: that is fine here.
         let _ = Command::new(tool("e2fsck", "e2fsprogs")?)
             .args(["-f", "-p"])
-            .arg(&work)
+            .arg(work)
             .output();
         run(Command::new(tool("resize2fs", "e2fsprogs")?)
             .arg("-f")
-            .arg(&work))?;
+            .arg(work))?;
     }
     Ok(())
 }

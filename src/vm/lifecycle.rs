@@ -147,6 +147,20 @@ pub async fn release(ctx: &JobCtx, rec: &mut VmRecord) {
     let svc = &ctx.services;
     if rec.vmm == VmmKind::Qemu {
         let _ = ractor::call_t!(ctx.me, VmMsg::StopVsock, 15_000);
+        // One no actor owns (its VMM died while the daemon was down): ended
+        // here, not leaked.
+        let paths = svc.layout.vm(&rec.id);
+        if let Some(pid) = rec
+            .vsock_pid
+            .filter(|p| crate::actors::vsock_bridge::is_ours(*p, &paths))
+        {
+            tracing::info!(vm = %rec.name, pid, "ending a leftover vhost-device-vsock");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            crate::host::process::wait_exit(pid, Duration::from_secs(3)).await;
+        }
     }
     if let (true, Some(ip)) = (rec.nat, rec.ip.as_deref().and_then(|i| i.parse().ok())) {
         let req = PrivRequest::DisableNat {
@@ -177,6 +191,25 @@ pub async fn release(ctx: &JobCtx, rec: &mut VmRecord) {
     rec.vsock_pid = None;
 }
 
+/// The last `n` lines of the VM's serial console, indented, for errors.
+fn serial_tail(paths: &crate::paths::VmPaths, n: usize) -> String {
+    let log = std::fs::read(paths.serial_log()).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log);
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if lines.is_empty() {
+        return "  (nothing)".into();
+    }
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Kills the VMM (through bangerd-root) and waits for it to be gone.
 async fn kill_vmm(svc: &Services, rec: &VmRecord) {
     if let Some(pid) = rec.vmm_pid.filter(|p| crate::host::process::pid_alive(*p)) {
@@ -197,8 +230,15 @@ async fn kill_vmm(svc: &Services, rec: &VmRecord) {
 /// released and the VM is left in state `error` with the reason.
 pub async fn start(ctx: &JobCtx, stages: &mut Stages) -> (VmRecord, Result<(), RpcError>) {
     let mut rec = ctx.record.clone();
-    if rec.state == VmState::Running && is_alive(&rec) {
-        return (rec, Ok(()));
+    if is_alive(&rec) {
+        if rec.state == VmState::Running {
+            return (rec, Ok(()));
+        }
+        // A VMM left by an interrupted start or stop: never two VMMs on
+        // one disk.
+        tracing::warn!(vm = %rec.name, state = %rec.state, "a VMM is still alive; killing it before starting");
+        kill_vmm(&ctx.services, &rec).await;
+        release(ctx, &mut rec).await;
     }
     match boot(ctx, &mut rec, stages).await {
         Ok(()) => (rec, Ok(())),
@@ -286,6 +326,9 @@ async fn boot(ctx: &JobCtx, rec: &mut VmRecord, stages: &mut Stages) -> Result<(
     let _ = std::fs::write(paths.serial_log(), b"");
     let _ = std::fs::write(paths.vmm_log(), b"");
     if rec.vmm == VmmKind::Qemu {
+        // A fresh vhost-device-vsock for every boot: one that served an
+        // earlier guest may hold that guest's connection state.
+        let _ = ractor::call_t!(ctx.me, VmMsg::StopVsock, 15_000);
         let pid = ractor::call_t!(ctx.me, |r| VmMsg::StartVsock(None, r), 30_000)
             .map_err(|e| failed(format!("vsock bridge: {e}")))?
             .map_err(failed)?;
@@ -366,8 +409,9 @@ async fn boot(ctx: &JobCtx, rec: &mut VmRecord, stages: &mut Stages) -> Result<(
                 }
                 if Instant::now() > deadline {
                     return Err(failed(format!(
-                        "the guest agent did not answer within {:?}: {e}",
-                        boot_deadline()
+                        "the guest agent did not answer within {:?}: {e}; the serial console ended with:\n{}",
+                        boot_deadline(),
+                        serial_tail(&paths, 15)
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -2,48 +2,41 @@
 //! guest-side scripts that unpack it and export edits.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use super::git::Git;
 use super::{Mode, Plan, WorkspaceError};
 
-/// Where transfer metadata sits inside the stream (removed after unpacking).
-pub const META_DIR: &str = ".banger-workspace-transfer";
-
-/// Unpacks an overlay stream into `$1` (replacing it only when complete).
-pub const GUEST_UNPACK_OVERLAY: &str = r#"set -eu
-dst="$1"; new="$dst.banger-new"; m=.banger-workspace-transfer
-rm -rf "$new"; mkdir -p "$new"; cd "$new"
-tar -x -f -
-head=$(sed -n 1p $m/meta); branch=$(sed -n 2p $m/meta)
-name=$(sed -n 3p $m/meta); email=$(sed -n 4p $m/meta)
-git init -q .
-git index-pack --stdin < $m/pack > /dev/null
-echo "$head" > .git/shallow
-git update-ref "refs/heads/$branch" "$head"
-git symbolic-ref HEAD "refs/heads/$branch"
-# Commits in the guest need an identity: the host's, else a banger one.
-git config user.name "${name:-banger}"
-git config user.email "${email:-root@$(hostname).vm}"
-git reset -q --hard "$head"
-if [ -d $m/overlay ]; then cp -a $m/overlay/. .; fi
-if [ -s $m/deleted ]; then xargs -0 rm -f -- < $m/deleted; fi
-rm -rf $m
-cd /
-rm -rf "$dst"
-mv "$new" "$dst"
+/// Starts a transfer: an empty staging directory `$1.banger-new` (with an
+/// empty `.git`) next to the workspace `$1`.
+pub const GUEST_BEGIN: &str = r#"set -eu
+new="$1.banger-new"
+rm -rf "$new"
+mkdir -p "$new/.git"
 "#;
 
-/// Unpacks a full-copy stream into `$1`.
-pub const GUEST_UNPACK_FULL: &str = r#"set -eu
-dst="$1"; new="$dst.banger-new"
-rm -rf "$new"; mkdir -p "$new"; cd "$new"
-tar -x -f -
-git update-index -q --refresh > /dev/null 2>&1 || true
+/// Extracts one stream into `$1.banger-new/$2` (`.` or `.git`).
+pub const GUEST_UNTAR: &str = r#"set -eu
+cd "$1.banger-new/$2"
+exec tar -x --no-same-owner -f -
+"#;
+
+/// Finishes a transfer: makes git trust the shipped index's stat data
+/// (whole-second mtime and size, which tar preserved), rebuilds the index
+/// when none was shipped (`--from`), then replaces `$1` in one rename.
+pub const GUEST_FINISH: &str = r#"set -eu
+dst="$1"; new="$1.banger-new"
+cd "$new"
+git config core.checkStat minimal
+git config core.trustctime false
+if [ ! -f .git/index ]; then git reset -q; fi
 cd /
-rm -rf "$dst"
+# Swap in the new tree at once; the old one is removed in the background.
+old="$dst.banger-old.$$"
+if [ -e "$dst" ]; then mv "$dst" "$old"; fi
 mv "$new" "$dst"
+if [ -e "$old" ]; then (rm -rf "$old" &) ; fi
 "#;
 
 /// Prints a binary patch of the workspace `$1` against `$2`, new files
@@ -64,40 +57,18 @@ GIT_INDEX_FILE="$tmp" git diff --cached --binary --full-index "$2"
 pub const GUEST_MISE_WRAP: &str =
     r#"if command -v mise >/dev/null 2>&1; then exec mise exec -- "$@"; else exec "$@"; fi"#;
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h
-}
-
-fn add_bytes<W: Write>(t: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
-    let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
-    t.append_data(&mut h, name, data)
-}
-
-/// Appends files relative to `base` under `prefix`, as they are on disk
-/// (symlinks as symlinks).
+/// Appends files relative to `base`, as they are on disk (symlinks as
+/// symlinks, mtimes kept: the shipped index relies on them).
 fn add_files<W: Write>(
     t: &mut tar::Builder<W>,
     base: &Path,
     files: &[String],
-    prefix: &str,
 ) -> std::io::Result<()> {
     for f in files {
         let src = base.join(f);
-        let name = if prefix.is_empty() {
-            f.clone()
-        } else {
-            format!("{prefix}/{f}")
-        };
         match std::fs::symlink_metadata(&src) {
             Ok(md) if md.is_file() || md.file_type().is_symlink() => {
-                t.append_path_with_name(&src, &name)?
+                t.append_path_with_name(&src, f)?
             }
             // Vanished since inspection, or not a file: skip.
             _ => {}
@@ -106,21 +77,25 @@ fn add_files<W: Write>(
     Ok(())
 }
 
-/// Appends a whole directory tree as `name`.
-fn add_tree<W: Write>(t: &mut tar::Builder<W>, dir: &Path, name: &str) -> std::io::Result<()> {
-    let mut stack = vec![(dir.to_path_buf(), name.to_string())];
+/// Appends the contents of directory `dir` (not the directory itself).
+fn add_tree<W: Write>(t: &mut tar::Builder<W>, dir: &Path) -> std::io::Result<()> {
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, n)) = stack.pop() {
-        t.append_dir(&n, &d)?;
+        if !n.is_empty() {
+            t.append_dir(&n, &d)?;
+        }
         for e in std::fs::read_dir(&d)? {
             let e = e?;
             let ft = e.file_type()?;
-            let child = format!("{n}/{}", e.file_name().to_string_lossy());
+            let name = e.file_name().to_string_lossy().into_owned();
+            let child = if n.is_empty() {
+                name.clone()
+            } else {
+                format!("{n}/{name}")
+            };
             if ft.is_dir() {
                 stack.push((e.path(), child));
-            } else if ft.is_file() || ft.is_symlink() {
-                if e.file_name() == "index.lock" {
-                    continue;
-                }
+            } else if (ft.is_file() || ft.is_symlink()) && name != "index.lock" {
                 t.append_path_with_name(e.path(), &child)?;
             }
         }
@@ -128,98 +103,197 @@ fn add_tree<W: Write>(t: &mut tar::Builder<W>, dir: &Path, name: &str) -> std::i
     Ok(())
 }
 
-/// Packs `commit`'s objects (commit, trees, blobs; no history) into `out`.
-fn pack_commit(g: &Git, commit: &str, out: &Path) -> Result<(), WorkspaceError> {
+fn tar_into<W: Write>(
+    out: W,
+    f: impl FnOnce(&mut tar::Builder<std::io::BufWriter<W>>) -> std::io::Result<()>,
+) -> Result<(), WorkspaceError> {
+    let mut t = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    t.follow_symlinks(false);
+    f(&mut t)?;
+    t.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// The working-tree stream: the files of the plan (the commit's files for
+/// `--from`, via `git archive`).
+pub fn write_worktree(plan: &Plan, mut out: impl Write) -> Result<(), WorkspaceError> {
+    if plan.opts.from.is_some() {
+        let g = Git::at(&plan.root)?;
+        let mut child = g
+            .command()
+            .args(["archive", "--format=tar", &plan.head])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| WorkspaceError::Git(e.to_string()))?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| WorkspaceError::Git("no archive output".into()))?;
+        std::io::copy(&mut stdout, &mut out)?;
+        if !child.wait()?.success() {
+            return Err(WorkspaceError::Git(format!(
+                "git archive {} failed",
+                plan.head
+            )));
+        }
+        return Ok(());
+    }
+    let mut files = plan.files.clone();
+    if plan.opts.mode == Mode::FullCopy {
+        // Submodule checkouts find their repositories through `.git` files.
+        let g = Git::at(&plan.root)?;
+        for sub in g.submodules()? {
+            let gitfile = format!("{sub}/.git");
+            if plan.root.join(&gitfile).is_file() {
+                files.push(gitfile);
+            }
+        }
+    }
+    tar_into(out, |t| add_files(t, &plan.root, &files))
+}
+
+/// A temporary directory removed on drop.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn git_in(g: &Git, git_dir: &Path, args: &[&str]) -> Result<(), WorkspaceError> {
+    let out = g
+        .command()
+        .env("GIT_DIR", git_dir)
+        .args(args)
+        .output()
+        .map_err(|e| WorkspaceError::Git(e.to_string()))?;
+    if !out.status.success() {
+        return Err(WorkspaceError::Git(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the guest's `.git` on the host for an overlay: a shallow repository
+/// holding one pack of the commit (commit, trees, blobs), its refs, config,
+/// and an index whose stat data matches the shipped files (so the guest does
+/// no git work at all).
+fn build_shallow_git_dir(plan: &Plan, dir: &Path) -> Result<(), WorkspaceError> {
+    let g = Git::at(&plan.root)?;
+    let gd = dir.display().to_string();
+    let init = g
+        .command()
+        .args(["init", "-q", "--bare", &gd])
+        .output()
+        .map_err(|e| WorkspaceError::Git(e.to_string()))?;
+    if !init.status.success() {
+        return Err(WorkspaceError::Git(
+            String::from_utf8_lossy(&init.stderr).into_owned(),
+        ));
+    }
     let git_err = |e: std::io::Error| WorkspaceError::Git(e.to_string());
     let mut list = g
         .command()
-        .args(["rev-list", "--objects", "-n", "1", commit])
+        .args(["rev-list", "--objects", "-n", "1", &plan.head])
         .stdout(Stdio::piped())
         .spawn()
         .map_err(git_err)?;
-    let pack_file = std::fs::File::create(out)?;
     let status = g
         .command()
-        .args([
-            "-c",
-            "pack.compression=1",
-            "pack-objects",
-            "--stdout",
-            "-q",
-            "--window=0",
-        ])
+        .args(["pack-objects", "-q", "--window=0"])
+        .arg(dir.join("objects/pack/pack"))
         .stdin(
             list.stdout
                 .take()
                 .ok_or_else(|| WorkspaceError::Git("no rev-list output".into()))?,
         )
-        .stdout(pack_file)
+        .stdout(Stdio::null())
         .status()
         .map_err(git_err)?;
-    let listed = list.wait().map_err(git_err)?;
-    if !status.success() || !listed.success() {
-        return Err(WorkspaceError::Git(format!("packing {commit} failed")));
+    if !status.success() || !list.wait().map_err(git_err)?.success() {
+        return Err(WorkspaceError::Git(format!("packing {} failed", plan.head)));
     }
+    std::fs::write(dir.join("shallow"), format!("{}\n", plan.head))?;
+    let branch_ref = format!("refs/heads/{}", plan.branch);
+    git_in(&g, dir, &["update-ref", &branch_ref, &plan.head])?;
+    git_in(&g, dir, &["symbolic-ref", "HEAD", &branch_ref])?;
+    git_in(&g, dir, &["config", "core.bare", "false"])?;
+    git_in(
+        &g,
+        dir,
+        &[
+            "config",
+            "user.name",
+            plan.user_name.as_deref().unwrap_or("banger"),
+        ],
+    )?;
+    let email = plan
+        .user_email
+        .clone()
+        .unwrap_or_else(|| "root@banger.vm".into());
+    git_in(&g, dir, &["config", "user.email", &email])?;
+    if plan.opts.from.is_none() {
+        // The index of the commit, with stat data from the host's files that
+        // match it (changed ones stay unrefreshed, so they show as modified).
+        let index = dir.join("index");
+        let root = plan.root.display().to_string();
+        let idx = |args: &[&str]| -> Result<(), WorkspaceError> {
+            let out = g
+                .command()
+                .env("GIT_DIR", dir)
+                .env("GIT_WORK_TREE", &root)
+                .env("GIT_INDEX_FILE", &index)
+                .args(args)
+                .output()
+                .map_err(|e| WorkspaceError::Git(e.to_string()))?;
+            // `update-index --refresh` exits 1 when files differ: that is expected.
+            if !out.status.success() && args[0] != "update-index" {
+                return Err(WorkspaceError::Git(
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
+            }
+            Ok(())
+        };
+        idx(&["read-tree", &plan.head])?;
+        idx(&["update-index", "-q", "--refresh"])?;
+    }
+    let _ = std::fs::remove_dir_all(dir.join("hooks"));
     Ok(())
 }
 
-/// Writes the whole transfer stream of `plan` into `out` (blocking; meant
-/// for a thread feeding a pipe). Temporary data (the pack) goes to `scratch`.
-pub fn write(plan: &Plan, out: impl Write, scratch: &Path) -> Result<(), WorkspaceError> {
+/// The `.git` stream. Overlay: a shallow repository built on the host;
+/// full_copy: the repository's own git directory.
+pub fn write_git_dir(plan: &Plan, out: impl Write, scratch: &Path) -> Result<(), WorkspaceError> {
     let g = Git::at(&plan.root)?;
-    let mut t = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
-    t.follow_symlinks(false);
-    match (plan.opts.mode, plan.opts.from.is_some()) {
-        (Mode::FullCopy, false) => {
-            add_tree(&mut t, &g.git_dir()?, ".git")?;
-            add_files(&mut t, &plan.root, &plan.files, "")?;
-        }
-        _ => {
-            let meta = format!(
-                "{}\n{}\n{}\n{}\n",
-                plan.head,
-                plan.branch,
-                plan.user_name.clone().unwrap_or_default(),
-                plan.user_email.clone().unwrap_or_default()
-            );
-            add_bytes(&mut t, &format!("{META_DIR}/meta"), meta.as_bytes())?;
-            std::fs::create_dir_all(scratch)?;
-            let pack = scratch.join(format!("banger-pack-{}", std::process::id()));
-            pack_commit(&g, &plan.head, &pack)?;
-            let r = t.append_path_with_name(&pack, format!("{META_DIR}/pack"));
-            let _ = std::fs::remove_file(&pack);
-            r?;
-            let deleted: Vec<u8> = plan
-                .deleted
-                .iter()
-                .flat_map(|d| d.bytes().chain([0u8]))
-                .collect();
-            add_bytes(&mut t, &format!("{META_DIR}/deleted"), &deleted)?;
-            add_files(
-                &mut t,
-                &plan.root,
-                &plan.overlay,
-                &format!("{META_DIR}/overlay"),
-            )?;
-        }
+    if plan.opts.mode == Mode::FullCopy && plan.opts.from.is_none() {
+        let gd = g.git_dir()?;
+        return tar_into(out, |t| add_tree(t, &gd));
     }
-    t.into_inner()?.flush()?;
-    Ok(())
+    use rand::RngExt;
+    std::fs::create_dir_all(scratch)?;
+    let dir = Scratch(scratch.join(format!("banger-git-{:016x}", rand::rng().random::<u64>())));
+    build_shallow_git_dir(plan, &dir.0)?;
+    tar_into(out, |t| add_tree(t, &dir.0))
 }
 
-/// The guest command that unpacks `plan`'s stream into `guest_path`.
-pub fn unpack_argv(plan: &Plan, guest_path: &str) -> Vec<String> {
-    let script = match (plan.opts.mode, plan.opts.from.is_some()) {
-        (Mode::FullCopy, false) => GUEST_UNPACK_FULL,
-        _ => GUEST_UNPACK_OVERLAY,
-    };
-    vec![
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-        "banger-prepare".into(),
-        guest_path.into(),
-    ]
+fn sh(script: &str, name: &str, args: &[&str]) -> Vec<String> {
+    let mut v = vec!["sh".to_string(), "-c".into(), script.into(), name.into()];
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
+}
+
+/// Guest commands of a transfer into `guest_path`.
+pub fn begin_argv(guest_path: &str) -> Vec<String> {
+    sh(GUEST_BEGIN, "banger-prepare", &[guest_path])
+}
+pub fn untar_argv(guest_path: &str, sub: &str) -> Vec<String> {
+    sh(GUEST_UNTAR, "banger-prepare", &[guest_path, sub])
+}
+pub fn finish_argv(guest_path: &str) -> Vec<String> {
+    sh(GUEST_FINISH, "banger-prepare", &[guest_path])
 }
 
 /// The guest command that prints the export patch.
