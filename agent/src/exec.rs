@@ -5,6 +5,13 @@
 //! Client → agent: one JSON [`ExecRequest`] line, then frames.
 //! Agent → client: frames. A frame is `kind: u8`, `len: u32` big-endian,
 //! `len` bytes.
+//!
+//! Bulk input can come over TCP instead (`stdin_tcp`): vsock moves data in
+//! 4 KiB packets, which under emulation is several times slower than
+//! virtio-net. The agent then listens on an ephemeral TCP port, says which
+//! in a [`PORT`] frame, and takes as the command's stdin the first
+//! connection that presents the request's token (random, sent only over
+//! vsock); other connections are closed.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +27,11 @@ pub const STDERR: u8 = 2;
 pub const EXIT: u8 = 3;
 /// The command could not start: UTF-8 message.
 pub const ERROR: u8 = 4;
+/// The TCP port (u16 big-endian) to send stdin to (`stdin_tcp` requests).
+pub const PORT: u8 = 5;
+
+/// How long the agent waits for the stdin connection.
+pub const TCP_ACCEPT_SECS: u64 = 30;
 
 /// Largest frame either side sends.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -31,6 +43,22 @@ pub struct ExecRequest {
     pub cwd: Option<String>,
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Take stdin from a TCP connection that starts with this token
+    /// (hex); vsock then carries only output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_tcp: Option<String>,
+}
+
+impl ExecRequest {
+    /// A request for `argv` in `cwd`, nothing else.
+    pub fn new(argv: Vec<String>, cwd: &str) -> ExecRequest {
+        ExecRequest {
+            argv,
+            cwd: Some(cwd.into()),
+            env: vec![],
+            stdin_tcp: None,
+        }
+    }
 }
 
 /// Encodes a frame header.
@@ -69,6 +97,43 @@ pub mod server {
         }
     }
 
+    /// Listens on an ephemeral TCP port, reports it, and returns the first
+    /// connection that presents `token` (positioned just after it).
+    pub(crate) fn tcp_stdin(
+        writer: &Mutex<std::fs::File>,
+        token: &str,
+    ) -> std::io::Result<std::net::TcpStream> {
+        use std::time::{Duration, Instant};
+        if token.len() < 32 {
+            return Err(std::io::Error::other("token too short"));
+        }
+        let listener = std::net::TcpListener::bind(("0.0.0.0", 0))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        send(writer, PORT, &port.to_be_bytes())?;
+        let deadline = Instant::now() + Duration::from_secs(TCP_ACCEPT_SECS);
+        loop {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false)?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    let mut got = vec![0u8; token.len()];
+                    if s.read_exact(&mut got).is_ok() && got == token.as_bytes() {
+                        s.set_read_timeout(None)?;
+                        return Ok(s);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err(std::io::Error::other("no connection with the token came"));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Serves one exec connection to completion.
     pub fn handle(conn: std::fs::File) -> std::io::Result<()> {
         let writer = Arc::new(Mutex::new(conn.try_clone()?));
@@ -82,9 +147,19 @@ pub mod server {
         let Some((prog, args)) = req.argv.split_first() else {
             return send(&writer, ERROR, b"empty command");
         };
+        let tcp_stdin = match &req.stdin_tcp {
+            None => None,
+            Some(token) => match tcp_stdin(&writer, token) {
+                Ok(s) => Some(s),
+                Err(e) => return send(&writer, ERROR, format!("stdin over TCP: {e}").as_bytes()),
+            },
+        };
         let mut cmd = Command::new(prog);
         cmd.args(args)
-            .stdin(Stdio::piped())
+            .stdin(match tcp_stdin {
+                Some(s) => Stdio::from(std::os::fd::OwnedFd::from(s)),
+                None => Stdio::piped(),
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .envs(req.env.iter().cloned());
@@ -139,5 +214,58 @@ pub mod server {
         send(&writer, EXIT, &code.to_be_bytes())?;
         drop(input);
         Ok(())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::{Read, Seek, Write};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn tcp_stdin_takes_only_the_connection_with_the_token() {
+        // The PORT frame goes to a file we read back.
+        let path = std::env::temp_dir().join(format!("agent-port-{}", std::process::id()));
+        let f = std::fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut reader = f.try_clone().unwrap();
+        let writer = Mutex::new(f);
+        let token = "0123456789abcdef0123456789abcdef".to_string();
+        let t2 = token.clone();
+        let accepted = std::thread::spawn(move || {
+            let mut s = server::tcp_stdin(&writer, &t2).unwrap();
+            let mut rest = String::new();
+            s.read_to_string(&mut rest).unwrap();
+            rest
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut frame = Vec::new();
+        while frame.len() < 7 {
+            assert!(std::time::Instant::now() < deadline, "no PORT frame");
+            frame.clear();
+            reader.rewind().unwrap();
+            reader.read_to_end(&mut frame).unwrap();
+        }
+        assert_eq!(frame[..5], header(PORT, 2));
+        let port = u16::from_be_bytes([frame[5], frame[6]]);
+        // A wrong token: closed, and not used as stdin.
+        let mut bad = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        bad.write_all(b"ffffffffffffffffffffffffffffffff intruder")
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(bad.read(&mut buf).unwrap_or(0), 0, "closed on us");
+        let mut good = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        good.write_all(format!("{token}payload").as_bytes())
+            .unwrap();
+        drop(good);
+        assert_eq!(accepted.join().unwrap(), "payload");
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -79,6 +79,7 @@ fn vanishing(e: &ClientError) -> bool {
     use crate::protocol::frame::FrameError;
     match e {
         ClientError::Frame(FrameError::Closed | FrameError::Truncated) => true,
+        ClientError::Connect { source, .. } => source.kind() == std::io::ErrorKind::ConnectionReset,
         ClientError::Frame(FrameError::Io(io)) => matches!(
             io.kind(),
             std::io::ErrorKind::ConnectionReset

@@ -25,11 +25,7 @@ fn ws_err(e: WorkspaceError) -> RpcError {
 
 /// Runs a guest command without input; its output becomes the error.
 async fn guest_step(uds: &std::path::Path, argv: Vec<String>, what: &str) -> Result<(), RpcError> {
-    let req = ExecRequest {
-        argv,
-        cwd: Some("/".into()),
-        env: vec![],
-    };
+    let req = ExecRequest::new(argv, "/");
     let (code, out, err) = crate::guest::exec::output(uds, &req)
         .await
         .map_err(|e| RpcError::failed(format!("{what} in the guest: {e}")))?;
@@ -45,7 +41,12 @@ async fn guest_step(uds: &std::path::Path, argv: Vec<String>, what: &str) -> Res
 
 /// Streams what `produce` writes (on a blocking thread, through a pipe:
 /// never whole in memory) into a guest command's stdin.
-async fn stream<F>(uds: &std::path::Path, argv: Vec<String>, produce: F) -> Result<(), RpcError>
+async fn stream<F>(
+    uds: &std::path::Path,
+    tcp_to: Option<std::net::IpAddr>,
+    argv: Vec<String>,
+    produce: F,
+) -> Result<(), RpcError>
 where
     F: FnOnce(std::io::PipeWriter) -> Result<(), WorkspaceError> + Send + 'static,
 {
@@ -53,11 +54,7 @@ where
     let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
         .map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
     let producer = tokio::task::spawn_blocking(move || produce(writer));
-    let req = ExecRequest {
-        argv,
-        cwd: Some("/".into()),
-        env: vec![],
-    };
+    let req = ExecRequest::new(argv, "/");
     let (tx, mut rx) = mpsc::channel(64);
     let errors = tokio::spawn(async move {
         let mut err = Vec::new();
@@ -68,7 +65,7 @@ where
         }
         err
     });
-    let code = crate::guest::exec::run(uds, &req, Some(reader), &tx).await;
+    let code = crate::guest::exec::run(uds, &req, Some(reader), tcp_to, &tx).await;
     drop(tx);
     let produced = producer
         .await
@@ -84,6 +81,13 @@ where
         )));
     }
     Ok(())
+}
+
+/// Runs `f`, returning its output and how long it took.
+async fn timed<F: std::future::Future>(f: F) -> (F::Output, std::time::Duration) {
+    let t = std::time::Instant::now();
+    let r = f.await;
+    (r, t.elapsed())
 }
 
 /// Ships the repository into the VM and returns the state to record, and
@@ -125,27 +129,48 @@ pub async fn ship(
         .await;
     let uds = svc.layout.vm(&rec.id).vsock_socket();
     let vmm_pid = rec.vmm_pid.unwrap_or(0);
+    // Bulk data over TCP to the guest's address (virtio-net is far faster
+    // than vsock under emulation); the agent falls back to vsock.
+    let tcp_to: Option<std::net::IpAddr> = rec.ip.as_deref().and_then(|i| i.parse().ok());
     let transfer = async {
+        let t0 = std::time::Instant::now();
         guest_step(
             &uds,
             archive::begin_argv(GUEST_PATH),
             "preparing the directory",
         )
         .await?;
+        let t_begin = t0.elapsed();
         // Two streams at once (the guest has the CPUs to take both): the
         // working tree, and the .git built on the host.
         let scratch = svc.layout.cache_dir.join("tmp");
         let (p1, p2) = (plan.clone(), plan.clone());
-        let tree = stream(&uds, archive::untar_argv(GUEST_PATH, "."), move |w| {
-            archive::write_worktree(&p1, w)
-        });
-        let git = stream(&uds, archive::untar_argv(GUEST_PATH, ".git"), move |w| {
-            archive::write_git_dir(&p2, w, &scratch)
-        });
-        let (a, b) = tokio::join!(tree, git);
+        let tree = timed(stream(
+            &uds,
+            tcp_to,
+            archive::untar_argv(GUEST_PATH, "."),
+            move |w| archive::write_worktree(&p1, w),
+        ));
+        let git = timed(stream(
+            &uds,
+            tcp_to,
+            archive::untar_argv(GUEST_PATH, ".git"),
+            move |w| archive::write_git_dir(&p2, w, &scratch),
+        ));
+        let ((a, t_tree), (b, t_git)) = tokio::join!(tree, git);
         a?;
         b?;
-        guest_step(&uds, archive::finish_argv(GUEST_PATH), "finishing").await
+        let t1 = std::time::Instant::now();
+        guest_step(&uds, archive::finish_argv(GUEST_PATH), "finishing").await?;
+        tracing::info!(
+            vm = %rec.name,
+            begin_ms = t_begin.as_millis() as u64,
+            tree_ms = t_tree.as_millis() as u64,
+            git_ms = t_git.as_millis() as u64,
+            finish_ms = t1.elapsed().as_millis() as u64,
+            "workspace transfer"
+        );
+        Ok::<(), RpcError>(())
     };
     tokio::select! {
         r = transfer => r?,
@@ -228,11 +253,7 @@ pub async fn export(
         }
         None => "HEAD".into(),
     };
-    let req = ExecRequest {
-        argv: archive::export_argv(&ws.guest_path, &base),
-        cwd: Some("/".into()),
-        env: vec![],
-    };
+    let req = ExecRequest::new(archive::export_argv(&ws.guest_path, &base), "/");
     let (tx, mut rx) = mpsc::channel(64);
     let fwd_events = events.clone();
     let forward = tokio::spawn(async move {
@@ -249,7 +270,7 @@ pub async fn export(
         err
     });
     let uds = svc.layout.vm(&rec.id).vsock_socket();
-    let code = crate::guest::exec::run(&uds, &req, None::<tokio::io::Empty>, &tx).await;
+    let code = crate::guest::exec::run(&uds, &req, None::<tokio::io::Empty>, None, &tx).await;
     drop(tx);
     let err = String::from_utf8_lossy(&forward.await.unwrap_or_default())
         .trim()

@@ -255,6 +255,55 @@ pub async fn start(ctx: &JobCtx, stages: &mut Stages) -> (VmRecord, Result<(), R
     }
 }
 
+/// Launches the VMM for `b` (with a fresh vsock bridge for QEMU) and waits
+/// until the driver says it is booting; returns its pid.
+async fn launch(
+    ctx: &JobCtx,
+    rec: &mut VmRecord,
+    b: &BootSpec,
+    driver: &dyn vmm::Vmm,
+) -> Result<u32, RpcError> {
+    let svc = &ctx.services;
+    let paths = &b.paths;
+    for s in [paths.qmp_socket(), paths.api_socket(), paths.vsock_socket()] {
+        let _ = std::fs::remove_file(s);
+    }
+    let _ = std::fs::write(paths.serial_log(), b"");
+    let _ = std::fs::write(paths.vmm_log(), b"");
+    if rec.vmm == VmmKind::Qemu {
+        // A fresh vhost-device-vsock for every boot: one that served an
+        // earlier guest may hold that guest's connection state.
+        let _ = ractor::call_t!(ctx.me, VmMsg::StopVsock, 15_000);
+        let pid = ractor::call_t!(ctx.me, |r| VmMsg::StartVsock(None, r), 30_000)
+            .map_err(|e| failed(format!("vsock bridge: {e}")))?
+            .map_err(failed)?;
+        rec.vsock_pid = Some(pid);
+    }
+    let pid = match call_helper(
+        &svc.helper,
+        &new_op_id(),
+        PrivRequest::LaunchVmm(driver.launch_spec(b)),
+    )
+    .await?
+    {
+        PrivReply::Launched { pid } => pid,
+        other => return Err(failed(format!("unexpected helper reply {other:?}"))),
+    };
+    rec.vmm_pid = Some(pid);
+    rec.started_at_unix = Some(now_unix());
+    persist(svc, rec)?;
+    let _ = ctx.me.cast(VmMsg::AttachVmm(pid));
+    tokio::select! {
+        r = driver.boot(b) => r.map_err(|e| failed(format!("{} did not boot: {e}", rec.vmm.as_str())))?,
+        _ = crate::host::process::wait_exit_forever(pid) => {
+            let log = std::fs::read_to_string(paths.vmm_log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            return Err(failed(format!("{} exited at once: {}", rec.vmm.as_str(), tail.join(" / "))));
+        }
+    }
+    Ok(pid)
+}
+
 async fn boot(ctx: &JobCtx, rec: &mut VmRecord, stages: &mut Stages) -> Result<(), RpcError> {
     let svc: &Arc<Services> = &ctx.services;
     let paths = svc.layout.vm(&rec.id);
@@ -320,20 +369,6 @@ async fn boot(ctx: &JobCtx, rec: &mut VmRecord, stages: &mut Stages) -> Result<(
     stages.begin("vmm", rec.vmm.as_str()).await;
     std::fs::create_dir_all(&paths.run)
         .map_err(|e| failed(format!("creating {}: {e}", paths.run.display())))?;
-    for s in [paths.qmp_socket(), paths.api_socket(), paths.vsock_socket()] {
-        let _ = std::fs::remove_file(s);
-    }
-    let _ = std::fs::write(paths.serial_log(), b"");
-    let _ = std::fs::write(paths.vmm_log(), b"");
-    if rec.vmm == VmmKind::Qemu {
-        // A fresh vhost-device-vsock for every boot: one that served an
-        // earlier guest may hold that guest's connection state.
-        let _ = ractor::call_t!(ctx.me, VmMsg::StopVsock, 15_000);
-        let pid = ractor::call_t!(ctx.me, |r| VmMsg::StartVsock(None, r), 30_000)
-            .map_err(|e| failed(format!("vsock bridge: {e}")))?
-            .map_err(failed)?;
-        rec.vsock_pid = Some(pid);
-    }
     let pubkey = SshFiles::of(&svc.layout).ensure_key().map_err(failed)?;
     let kvm = crate::host::cpu::hardware_kvm();
     let params = banger_agent::cmdline::GuestParams {
@@ -361,28 +396,7 @@ async fn boot(ctx: &JobCtx, rec: &mut VmRecord, stages: &mut Stages) -> Result<(
         kvm,
     };
     let driver = vmm::driver(rec.vmm);
-    let pid = match call_helper(
-        &svc.helper,
-        &new_op_id(),
-        PrivRequest::LaunchVmm(driver.launch_spec(&b)),
-    )
-    .await?
-    {
-        PrivReply::Launched { pid } => pid,
-        other => return Err(failed(format!("unexpected helper reply {other:?}"))),
-    };
-    rec.vmm_pid = Some(pid);
-    rec.started_at_unix = Some(now_unix());
-    persist(svc, rec)?;
-    let _ = ctx.me.cast(VmMsg::AttachVmm(pid));
-    tokio::select! {
-        r = driver.boot(&b) => r.map_err(|e| failed(format!("{} did not boot: {e}", rec.vmm.as_str())))?,
-        _ = crate::host::process::wait_exit_forever(pid) => {
-            let log = std::fs::read_to_string(paths.vmm_log()).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-            return Err(failed(format!("{} exited at once: {}", rec.vmm.as_str(), tail.join(" / "))));
-        }
-    }
+    let mut pid = launch(ctx, rec, &b, &*driver).await?;
     stages
         .end(format!(
             "{} pid {pid}, {} vcpu, {} MiB{}",
@@ -397,10 +411,21 @@ async fn boot(ctx: &JobCtx, rec: &mut VmRecord, stages: &mut Stages) -> Result<(
         .begin("agent", "waiting for banger-agent over vsock")
         .await;
     let deadline = Instant::now() + boot_deadline();
+    // A guest whose vsock device never comes alive (seen rarely with
+    // vhost-device-vsock under load: the guest boots, the agent runs, and
+    // nothing reaches it) gets one fresh VMM and bridge halfway through.
+    let mut relaunch_at = Some(Instant::now() + boot_deadline() / 2);
     let health = loop {
         match crate::guest::agent::healthz(&paths.vsock_socket(), Duration::from_secs(3)).await {
             Ok(h) => break h,
             Err(e) => {
+                if relaunch_at.is_some_and(|t| Instant::now() > t) {
+                    relaunch_at = None;
+                    tracing::warn!(vm = %rec.name, "the agent did not answer in {:?} ({e}); relaunching the VMM once; the serial console ended with:\n{}", boot_deadline() / 2, serial_tail(&paths, 5));
+                    kill_vmm(svc, rec).await;
+                    pid = launch(ctx, rec, &b, &*driver).await?;
+                    continue;
+                }
                 if !crate::host::process::pid_alive(pid) {
                     return Err(failed(format!(
                         "the {} process exited during boot",

@@ -36,7 +36,8 @@ cd /
 old="$dst.banger-old.$$"
 if [ -e "$dst" ]; then mv "$dst" "$old"; fi
 mv "$new" "$dst"
-if [ -e "$old" ]; then (rm -rf "$old" &) ; fi
+# (Detached from our output pipes, or the agent would wait for it.)
+if [ -e "$old" ]; then (rm -rf "$old" </dev/null >/dev/null 2>&1 &) ; fi
 "#;
 
 /// Prints a binary patch of the workspace `$1` against `$2`, new files
