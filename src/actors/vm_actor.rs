@@ -29,13 +29,19 @@ pub struct JobCtx {
     pub me: ActorRef<VmMsg>,
 }
 
+/// Sends a finished job's answer to its caller.
+pub type Deliver = Box<dyn FnOnce() + Send>;
+
 /// One queued operation on a VM.
 pub trait Job: Send + 'static {
     /// Name for logs.
     fn name(&self) -> &'static str;
     /// Runs the operation. Returns the VM's record afterwards (`None` when the
-    /// VM no longer exists, e.g. after delete).
-    fn run(self: Box<Self>, ctx: JobCtx) -> BoxFuture<Option<VmRecord>>;
+    /// VM no longer exists, e.g. after delete) and the delivery of the
+    /// caller's answer, which the actor makes only once it holds that record:
+    /// a caller that sends its next request on seeing the answer always reads
+    /// the state the job left.
+    fn run(self: Box<Self>, ctx: JobCtx) -> BoxFuture<(Option<VmRecord>, Deliver)>;
     /// Answers the caller when the job cannot run at all.
     fn reject(self: Box<Self>, err: RpcError);
 }
@@ -55,12 +61,14 @@ where
     fn name(&self) -> &'static str {
         self.name
     }
-    fn run(self: Box<Self>, ctx: JobCtx) -> BoxFuture<Option<VmRecord>> {
+    fn run(self: Box<Self>, ctx: JobCtx) -> BoxFuture<(Option<VmRecord>, Deliver)> {
         let FnJob { f, reply, .. } = *self;
         Box::pin(async move {
             let (record, result) = f(ctx).await;
-            let _ = reply.send(result);
-            record
+            let deliver: Deliver = Box::new(move || {
+                let _ = reply.send(result);
+            });
+            (record, deliver)
         })
     }
     fn reject(self: Box<Self>, err: RpcError) {
@@ -100,7 +108,7 @@ pub enum VmMsg {
     /// Queues an operation; it runs after every earlier one has finished.
     Run(Box<dyn Job>),
     /// Internal: the running job finished with this record.
-    JobDone(Option<Box<VmRecord>>),
+    JobDone(Option<Box<VmRecord>>, Option<Deliver>),
     /// From a job: watch VMM `pid` (a VmmMonitor child).
     AttachVmm(u32),
     /// From the VmmMonitor: the VMM exited.
@@ -157,14 +165,14 @@ impl VmActor {
         let vm = state.record.name.clone();
         tokio::spawn(async move {
             let inner = tokio::spawn(job.run(ctx));
-            let record = match inner.await {
-                Ok(r) => r,
+            let (record, deliver) = match inner.await {
+                Ok((r, d)) => (r, Some(d)),
                 Err(e) => {
                     tracing::error!(%vm, "a job on this VM failed unexpectedly: {e}");
-                    None
+                    (None, None)
                 }
             };
-            let _ = me.cast(VmMsg::JobDone(record.map(Box::new)));
+            let _ = me.cast(VmMsg::JobDone(record.map(Box::new), deliver));
         });
     }
 
@@ -270,7 +278,7 @@ impl Actor for VmActor {
                 state.queue.push_back(job);
                 self.start_next(&myself, state);
             }
-            VmMsg::JobDone(record) => {
+            VmMsg::JobDone(record, deliver) => {
                 state.running = None;
                 match record {
                     Some(r) => state.record = *r,
@@ -279,6 +287,10 @@ impl Actor for VmActor {
                         Ok(None) => state.deleted = true,
                         Err(e) => tracing::warn!(vm = %state.record.name, "re-reading record: {e}"),
                     },
+                }
+                // Only now, with the record in place, does the caller hear.
+                if let Some(d) = deliver {
+                    d();
                 }
                 if state.deleted {
                     // Drain the queue with clear errors, then stop; the registry

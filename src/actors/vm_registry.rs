@@ -335,6 +335,24 @@ mod tests {
         assert_eq!(list.len(), 2);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_heard_a_job_reads_the_record_it_left() {
+        let (_d, _s, reg) = setup(&["fresh"]).await;
+        let actor = lookup(&reg, "fresh").await.unwrap();
+        for i in 0..200u32 {
+            let got = super::super::vm_actor::run_on(&actor, "test-set", move |ctx| async move {
+                let mut r = ctx.record;
+                r.vcpu = i + 1;
+                (Some(r), Ok(()))
+            })
+            .await;
+            got.unwrap();
+            // The very next read, as `vm run` does after its prepare.
+            let rec = ractor::call_t!(actor, VmMsg::Get, 5000).unwrap();
+            assert_eq!(rec.vcpu, i + 1, "read a record from before the job");
+        }
+    }
+
     #[tokio::test]
     async fn jobs_on_one_vm_run_one_at_a_time_in_arrival_order() {
         use std::sync::atomic::{AtomicBool, Ordering};
