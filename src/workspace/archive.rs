@@ -161,21 +161,12 @@ impl Drop for Scratch {
     }
 }
 
+/// Runs git on the repository at `git_dir` (through [`Git::run`]).
 fn git_in(g: &Git, git_dir: &Path, args: &[&str]) -> Result<(), WorkspaceError> {
-    let out = g
-        .command()
-        .env("GIT_DIR", git_dir)
-        .args(args)
-        .output()
-        .map_err(|e| WorkspaceError::Git(e.to_string()))?;
-    if !out.status.success() {
-        return Err(WorkspaceError::Git(format!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    let gd = format!("--git-dir={}", git_dir.display());
+    let mut all = vec![gd.as_str()];
+    all.extend_from_slice(args);
+    g.run(&all).map(|_| ())
 }
 
 /// Builds the guest's `.git` on the host for an overlay: a shallow repository
