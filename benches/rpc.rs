@@ -11,7 +11,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use banger::protocol::cli::{Event, Reply, Request, VmState};
+use banger::domain::VmState;
+use banger::protocol::cli::{Event, Reply, Request};
 use banger::protocol::conn::Client;
 use banger::store::{Store, VmRecord};
 

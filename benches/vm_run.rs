@@ -24,7 +24,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 fn vdv() -> PathBuf {
-    banger::actors::vsock_bridge::find_binary().expect("vhost-device-vsock")
+    banger::host::vsock_bridge::find_binary().expect("vhost-device-vsock")
 }
 
 fn baseline(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs banger's test suite on a fresh Debian 12 machine: installs what the
-# tests drive (apt), then `cargo test`. Needs root: the tests create network
-# namespaces, bridges and taps (all inside namespaces they delete afterwards).
+# tests drive (apt), checks formatting and lints, then `cargo test`. Needs
+# root: the tests create network namespaces, bridges and taps (all inside
+# namespaces they delete afterwards).
 #
 # Expensive things are cached under $BANGER_CI_CACHE (default
 # /var/cache/banger-ci: world-traversable, so tests can run the binaries as
@@ -48,5 +49,9 @@ export BANGER_TEST_CACHE=${BANGER_TEST_CACHE:-$CACHE/test-cache}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace -- --test-threads="${BANGER_TEST_THREADS:-4}"

@@ -151,7 +151,7 @@ pub struct Config {
     pub file_exists: bool,
     pub vm_defaults: VmDefaults,
     pub network: NetworkConfig,
-    pub vmm: crate::protocol::cli::VmmChoice,
+    pub vmm: crate::domain::VmmChoice,
 }
 
 impl Config {

@@ -1,14 +1,67 @@
-//! File helpers: synced writes, copies (sparse-aware), trees, atomic publish.
+//! File helpers: synced writes, copies (sparse-aware), trees, atomic publish,
+//! and [`IoError`], an I/O error that says what was being done to which path.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// An I/O failure with the operation and the path it concerned, so a user
+/// reads "creating /var/lib/x: Permission denied" instead of a bare errno.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct IoError {
+    pub op: String,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    pub fn new(op: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        IoError {
+            op: op.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether the underlying error is `kind`.
+    pub fn is(&self, kind: std::io::ErrorKind) -> bool {
+        self.source.kind() == kind
+    }
+}
+
+/// Attaches the operation and path to an `io::Result`.
+pub trait IoContext<T> {
+    fn ctx(self, op: &str, path: &Path) -> Result<T, IoError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, op: &str, path: &Path) -> Result<T, IoError> {
+        self.map_err(|e| IoError::new(op, path, e))
+    }
+}
 
 /// Writes `data` to `path` and fsyncs it.
 pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+/// The last `max` bytes of a file as text (lossy; empty when unreadable).
+/// Never reads more than `max`, whatever the file's size.
+pub fn read_tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// fsyncs a directory (so renames inside it are durable).

@@ -31,13 +31,9 @@ pub fn version_line(program: &str) -> String {
     )
 }
 
-/// Multi-line form printed by `banger version`.
+/// Multi-line form printed by `banger version` (which adds the protocol).
 pub fn version_block(program: &str) -> String {
-    format!(
-        "{program} {VERSION}\ncommit {COMMIT}\nbuilt {}\nprotocol {}",
-        built_at(),
-        crate::protocol::PROTOCOL_VERSION
-    )
+    format!("{program} {VERSION}\ncommit {COMMIT}\nbuilt {}", built_at())
 }
 
 #[cfg(test)]

@@ -42,7 +42,10 @@ fn fresh_tree_autostarts_daemon_and_helper_then_stop_stops_both() {
     let out = env.banger_ok(&["vm", "list", "--json"]);
     assert_eq!(out.trim(), "[]");
     let status = env.banger_ok(&["daemon", "status"]);
-    assert!(status.contains("protocol  1"), "{status}");
+    assert!(
+        status.contains(&format!("protocol  {}", banger::protocol::PROTOCOL_VERSION)),
+        "{status}"
+    );
     assert!(
         status.contains(&env.daemon_socket().display().to_string()),
         "{status}"

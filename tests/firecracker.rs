@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use banger::protocol::cli::VmmKind;
+use banger::domain::{Signal, VmmKind};
 use banger::protocol::conn::Client;
 use banger::protocol::helper::{NoEvent, PrivReply, PrivRequest};
 use banger::vmm::{firecracker, BootSpec, DiskFormat, Vmm};
@@ -112,7 +112,7 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
             .call(
                 PrivRequest::SignalVmm {
                     pid: 1,
-                    signal: "KILL".into(),
+                    signal: Signal::Kill,
                 },
                 |_| {},
             )
@@ -122,7 +122,7 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
             &mut h,
             PrivRequest::SignalVmm {
                 pid,
-                signal: "KILL".into(),
+                signal: Signal::Kill,
             },
         )
         .await;

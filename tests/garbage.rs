@@ -85,7 +85,10 @@ async fn assault(path: &Path, rounds: usize, method_count: u32) {
             },
             // A good hello, then a garbage call frame: bad_request, closed.
             4 => {
-                assert!(matches!(hello(&mut s, 1).await, HelloReply::Welcome { .. }));
+                assert!(matches!(
+                    hello(&mut s, banger::protocol::PROTOCOL_VERSION).await,
+                    HelloReply::Welcome { .. }
+                ));
                 let n = 1 + (rng.next() % 200) as usize;
                 let _ = write_raw(&mut s, &rng.bytes(n)).await;
                 // Random bytes may happen to read as an unknown method, which
@@ -95,7 +98,10 @@ async fn assault(path: &Path, rounds: usize, method_count: u32) {
             }
             // A good hello, an unknown method (answered), then garbage.
             5 => {
-                assert!(matches!(hello(&mut s, 1).await, HelloReply::Welcome { .. }));
+                assert!(matches!(
+                    hello(&mut s, banger::protocol::PROTOCOL_VERSION).await,
+                    HelloReply::Welcome { .. }
+                ));
                 let mut payload = frame::encode(&"op-x".to_string()).unwrap();
                 payload.push((method_count + 5) as u8);
                 write_raw(&mut s, &payload).await.unwrap();
@@ -174,7 +180,10 @@ fn a_well_formed_call_with_trailing_garbage_is_a_bad_request() {
     env.start();
     rt().block_on(async {
         let mut s = UnixStream::connect(env.daemon_socket()).await.unwrap();
-        assert!(matches!(hello(&mut s, 1).await, HelloReply::Welcome { .. }));
+        assert!(matches!(
+            hello(&mut s, banger::protocol::PROTOCOL_VERSION).await,
+            HelloReply::Welcome { .. }
+        ));
         let mut payload = frame::encode(&Call {
             op_id: "op-y".to_string(),
             request: Request::Ping,

@@ -1,6 +1,8 @@
 //! `HelperLink`: the daemon's one connection to `bangerd-root`. Calls are
 //! multiplexed on it; when it drops, the link reconnects, and in user mode as
-//! root it starts the helper again first.
+//! root it starts the helper again first. Connecting (and starting the
+//! helper) runs on a spawned task; calls that arrive meanwhile wait in the
+//! actor's state, so its mailbox never blocks.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,38 +10,47 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::Backoff;
 use crate::protocol::cli::HelperState;
 use crate::protocol::conn::{ClientError, MuxClient};
 use crate::protocol::helper::{PrivReply, PrivRequest};
 use crate::protocol::RpcError;
+use crate::supervise::Backoff;
 
 /// Starts `bangerd-root` when the link finds it absent. Passed in by the
 /// daemon (only in user mode as root); `None` means "never start it".
 pub trait HelperLauncher: Send + Sync + 'static {
     /// Starts the helper and returns once its socket is ready, or why not.
+    /// Blocking: called on the blocking pool.
     fn launch(&self) -> Result<(), String>;
 }
 
+type Reply = RpcReplyPort<Result<PrivReply, RpcError>>;
+
 /// Messages to the [`HelperLink`].
 pub enum HelperLinkMsg {
-    /// Performs one privileged operation.
+    /// Performs one privileged operation (connecting first if needed).
     Call {
         op_id: String,
         request: Box<PrivRequest>,
-        reply: RpcReplyPort<Result<PrivReply, RpcError>>,
+        reply: Reply,
     },
-    /// Connected (with pid and version) or why not. Tries to connect first.
+    /// Connected (with pid and version) or why not; tries to connect first.
     Status(RpcReplyPort<HelperState>),
-    /// Asks the helper to exit (user mode `banger daemon stop`).
-    ShutdownHelper(RpcReplyPort<Result<(), RpcError>>),
+    /// Asks the helper to exit (user mode `banger daemon stop`); the link
+    /// then never reconnects.
+    ShutdownHelper(RpcReplyPort<()>),
+    /// Internal: a connection attempt of `generation` ended.
+    Connected {
+        generation: u64,
+        result: Result<Conn, String>,
+    },
     /// Internal: connection `generation` closed.
     Closed { generation: u64, reason: String },
-    /// Internal: timer to reconnect after a drop.
+    /// Internal: try to connect now (start-up, or a timer after a drop).
     Reconnect,
 }
 
-/// The link actor.
+/// How to reach the helper; fixed for the link's life.
 pub struct HelperLink {
     pub socket: PathBuf,
     pub launcher: Option<Arc<dyn HelperLauncher>>,
@@ -47,88 +58,123 @@ pub struct HelperLink {
     pub absent_hint: String,
 }
 
-type Conn = Arc<MuxClient<PrivRequest, PrivReply>>;
+/// A live connection.
+pub type Conn = Arc<MuxClient<PrivRequest, PrivReply>>;
 
-/// Link state.
+/// The connection (if any), the attempt in flight, and the calls waiting
+/// for it.
 pub struct HelperLinkState {
     conn: Option<Conn>,
+    /// A connection attempt is in flight.
+    connecting: bool,
     generation: u64,
     reason: String,
     backoff: Backoff,
     /// Set once the helper was asked to exit: never reconnect or relaunch.
     retired: bool,
+    /// Calls waiting for a connection.
+    pending: Vec<(String, Box<PrivRequest>, Reply)>,
+    /// Status requests waiting for a connection attempt to end.
+    status_waiters: Vec<RpcReplyPort<HelperState>>,
 }
 
 impl HelperLink {
-    async fn connect(
-        &self,
-        myself: &ActorRef<HelperLinkMsg>,
-        state: &mut HelperLinkState,
-    ) -> Result<Conn, String> {
-        if let Some(c) = &state.conn {
-            if c.is_open().await {
-                return Ok(c.clone());
-            }
-        }
-        state.conn = None;
-        if state.retired {
-            return Err("bangerd-root was stopped with the daemon".into());
-        }
-        let mut attempt = self.try_connect(myself, state).await;
-        if let Err(ClientError::NotRunning { .. }) = &attempt {
-            if let Some(l) = &self.launcher {
-                let l = l.clone();
-                let launched = tokio::task::spawn_blocking(move || l.launch())
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
-                match launched {
-                    Ok(()) => attempt = self.try_connect(myself, state).await,
-                    Err(e) => {
-                        state.reason = format!("could not start bangerd-root: {e}");
-                        return Err(state.reason.clone());
-                    }
-                }
-            }
-        }
-        match attempt {
-            Ok(c) => {
-                state.reason.clear();
-                state.conn = Some(c.clone());
-                Ok(c)
-            }
-            Err(e) => {
-                state.reason = match e {
-                    ClientError::NotRunning { .. } => {
-                        format!("bangerd-root is not running. {}", self.absent_hint)
-                    }
-                    other => format!(
-                        "cannot reach bangerd-root at {}: {other}",
-                        self.socket.display()
-                    ),
-                };
-                Err(state.reason.clone())
-            }
+    fn status(&self, state: &HelperLinkState) -> HelperState {
+        match &state.conn {
+            Some(c) => HelperState::Connected {
+                pid: c.server.pid,
+                version: c.server.version.clone(),
+                socket: self.socket.display().to_string(),
+            },
+            None => HelperState::NotConnected {
+                reason: state.reason.clone(),
+            },
         }
     }
 
-    async fn try_connect(
-        &self,
-        myself: &ActorRef<HelperLinkMsg>,
-        state: &mut HelperLinkState,
-    ) -> Result<Conn, ClientError> {
+    /// Starts a connection attempt unless one runs (or we are retired).
+    fn connect(&self, myself: &ActorRef<HelperLinkMsg>, state: &mut HelperLinkState) {
+        if state.connecting || state.conn.is_some() {
+            return;
+        }
+        if state.retired {
+            state.reason = "bangerd-root was stopped with the daemon".into();
+            self.fail_waiters(state);
+            return;
+        }
+        state.connecting = true;
         state.generation += 1;
         let generation = state.generation;
+        let (socket, launcher, hint) = (
+            self.socket.clone(),
+            self.launcher.clone(),
+            self.absent_hint.clone(),
+        );
         let me = myself.clone();
-        let fut = MuxClient::connect(&self.socket, move |reason| {
-            let _ = me.cast(HelperLinkMsg::Closed { generation, reason });
+        tokio::spawn(async move {
+            let result = connect_or_launch(&socket, launcher, &hint, &me, generation).await;
+            let _ = me.cast(HelperLinkMsg::Connected { generation, result });
         });
-        let c = tokio::time::timeout(Duration::from_secs(5), fut)
-            .await
-            .map_err(|_| ClientError::Timeout(Duration::from_secs(5)))??;
-        tracing::info!(pid = c.server.pid, version = %c.server.version, "connected to bangerd-root");
-        Ok(c)
     }
+
+    fn fail_waiters(&self, state: &mut HelperLinkState) {
+        for (op_id, _, reply) in state.pending.drain(..) {
+            let _ = reply.send(Err(RpcError::failed(state.reason.clone()).with_op(&op_id)));
+        }
+        let st = self.status(state);
+        for w in state.status_waiters.drain(..) {
+            let _ = w.send(st.clone());
+        }
+    }
+}
+
+fn dispatch(conn: &Conn, op_id: String, request: PrivRequest, reply: Reply) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let _ = reply.send(conn.call(op_id, request).await);
+    });
+}
+
+async fn try_connect(
+    socket: &std::path::Path,
+    me: &ActorRef<HelperLinkMsg>,
+    generation: u64,
+) -> Result<Conn, ClientError> {
+    let me = me.clone();
+    let fut = MuxClient::connect(socket, move |reason| {
+        let _ = me.cast(HelperLinkMsg::Closed { generation, reason });
+    });
+    let c = tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| ClientError::Timeout(Duration::from_secs(5)))??;
+    tracing::info!(pid = c.server.pid, version = %c.server.version, "connected to bangerd-root");
+    Ok(c)
+}
+
+/// Connects; when nothing listens and a launcher is given, starts the
+/// helper and connects again. The error is what the user should read.
+async fn connect_or_launch(
+    socket: &std::path::Path,
+    launcher: Option<Arc<dyn HelperLauncher>>,
+    hint: &str,
+    me: &ActorRef<HelperLinkMsg>,
+    generation: u64,
+) -> Result<Conn, String> {
+    let mut attempt = try_connect(socket, me, generation).await;
+    if let (Err(ClientError::NotRunning { .. }), Some(l)) = (&attempt, launcher) {
+        let launched = tokio::task::spawn_blocking(move || l.launch())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        match launched {
+            Ok(()) => attempt = try_connect(socket, me, generation).await,
+            Err(e) => return Err(format!("could not start bangerd-root: {e}")),
+        }
+    }
+    attempt.map_err(|e| match e {
+        ClientError::NotRunning { .. } => format!("bangerd-root is not running. {hint}"),
+        other => format!("cannot reach bangerd-root at {}: {other}", socket.display()),
+    })
 }
 
 impl Actor for HelperLink {
@@ -141,17 +187,17 @@ impl Actor for HelperLink {
         myself: ActorRef<HelperLinkMsg>,
         _: (),
     ) -> Result<HelperLinkState, ActorProcessingErr> {
-        let mut state = HelperLinkState {
+        let _ = myself.cast(HelperLinkMsg::Reconnect);
+        Ok(HelperLinkState {
             conn: None,
+            connecting: false,
             generation: 0,
             reason: "not connected yet".into(),
-            backoff: Backoff::new(),
+            backoff: Backoff::default(),
             retired: false,
-        };
-        if let Err(e) = self.connect(&myself, &mut state).await {
-            tracing::warn!("{e}");
-        }
-        Ok(state)
+            pending: Vec::new(),
+            status_waiters: Vec::new(),
+        })
     }
 
     async fn handle(
@@ -165,40 +211,61 @@ impl Actor for HelperLink {
                 op_id,
                 request,
                 reply,
-            } => match self.connect(&myself, state).await {
-                Ok(conn) => {
-                    tokio::spawn(async move {
-                        let _ = reply.send(conn.call(op_id, *request).await);
-                    });
-                }
-                Err(reason) => {
-                    let _ = reply.send(Err(RpcError::failed(reason).with_op(&op_id)));
+            } => match &state.conn {
+                Some(conn) => dispatch(conn, op_id, *request, reply),
+                None => {
+                    state.pending.push((op_id, request, reply));
+                    self.connect(&myself, state);
                 }
             },
             HelperLinkMsg::Status(reply) => {
-                let st = match self.connect(&myself, state).await {
-                    Ok(c) => HelperState::Connected {
-                        pid: c.server.pid,
-                        version: c.server.version.clone(),
-                        socket: self.socket.display().to_string(),
-                    },
-                    Err(reason) => HelperState::NotConnected { reason },
-                };
-                let _ = reply.send(st);
+                if state.conn.is_some() || state.retired {
+                    let _ = reply.send(self.status(state));
+                } else {
+                    state.status_waiters.push(reply);
+                    self.connect(&myself, state);
+                }
             }
             HelperLinkMsg::ShutdownHelper(reply) => {
                 state.retired = true;
-                let res = match &state.conn {
-                    Some(c) if c.is_open().await => {
-                        // Losing the connection is the expected answer here.
-                        let _ = c
-                            .call(crate::protocol::new_op_id(), PrivRequest::Shutdown)
-                            .await;
-                        Ok(())
+                match state.conn.clone() {
+                    Some(c) => {
+                        tokio::spawn(async move {
+                            // Losing the connection is the expected answer.
+                            let _ = c
+                                .call(crate::protocol::new_op_id(), PrivRequest::Shutdown)
+                                .await;
+                            let _ = reply.send(());
+                        });
                     }
-                    _ => Ok(()),
-                };
-                let _ = reply.send(res);
+                    None => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+            HelperLinkMsg::Connected { generation, result } => {
+                if generation != state.generation {
+                    return Ok(());
+                }
+                state.connecting = false;
+                match result {
+                    Ok(conn) => {
+                        state.reason.clear();
+                        for (op_id, request, reply) in state.pending.drain(..) {
+                            dispatch(&conn, op_id, *request, reply);
+                        }
+                        state.conn = Some(conn);
+                        let st = self.status(state);
+                        for w in state.status_waiters.drain(..) {
+                            let _ = w.send(st.clone());
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::warn!("{reason}");
+                        state.reason = reason;
+                        self.fail_waiters(state);
+                    }
+                }
             }
             HelperLinkMsg::Closed { generation, reason } => {
                 if generation == state.generation {
@@ -211,37 +278,8 @@ impl Actor for HelperLink {
                     }
                 }
             }
-            HelperLinkMsg::Reconnect => {
-                if state.conn.is_none() {
-                    if let Err(e) = self.connect(&myself, state).await {
-                        tracing::warn!("{e}");
-                        let d = state.backoff.next_delay();
-                        myself.send_after(d, || HelperLinkMsg::Reconnect);
-                    }
-                }
-            }
+            HelperLinkMsg::Reconnect => self.connect(&myself, state),
         }
         Ok(())
-    }
-}
-
-/// Calls the helper through the link in `slot`, with a clear error when the
-/// link is down.
-pub async fn call_helper(
-    slot: &super::Slot<HelperLinkMsg>,
-    op_id: &str,
-    request: PrivRequest,
-) -> Result<PrivReply, RpcError> {
-    let link = slot
-        .get()
-        .ok_or_else(|| RpcError::failed("the helper link is restarting; retry").with_op(op_id))?;
-    let op = op_id.to_string();
-    match ractor::call!(link, |reply| HelperLinkMsg::Call {
-        op_id: op,
-        request: Box::new(request),
-        reply
-    }) {
-        Ok(r) => r,
-        Err(e) => Err(RpcError::failed(format!("helper link: {e}")).with_op(op_id)),
     }
 }

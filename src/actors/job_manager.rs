@@ -1,82 +1,18 @@
 //! `JobManager` and `JobActor`: long jobs keyed by name (an image build, a
 //! kernel pull). Requests for a key with a job in flight attach to it and all
 //! get its result; different keys run in parallel. Two managers run in the
-//! daemon: the ImageManager and the KernelManager.
+//! daemon: the ImageManager and the KernelManager. ("Job" means only this
+//! here; what queues on a VM is an operation, see `vm_actor`.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use super::vm_actor::BoxFuture;
+use crate::ops::{Progress, Work};
 use crate::protocol::cli::{Event, Reply};
 use crate::protocol::RpcError;
-
-/// Where progress goes: the waiters of a job, one request's event stream, or
-/// nowhere.
-#[derive(Clone)]
-enum Sink {
-    Job(ActorRef<JobMsg>),
-    Events(mpsc::Sender<Event>),
-    None,
-}
-
-/// Sends progress of a job to everyone attached to it.
-#[derive(Clone)]
-pub struct Progress {
-    sink: Sink,
-    started: Instant,
-}
-
-impl Progress {
-    /// A sink that drops everything (for work run outside a job).
-    pub fn none() -> Progress {
-        Progress {
-            sink: Sink::None,
-            started: Instant::now(),
-        }
-    }
-
-    /// Progress straight into one request's event stream.
-    pub fn to(events: mpsc::Sender<Event>) -> Progress {
-        Progress {
-            sink: Sink::Events(events),
-            started: Instant::now(),
-        }
-    }
-
-    fn emit(&self, ev: Event) {
-        match &self.sink {
-            Sink::Job(a) => {
-                let _ = a.cast(JobMsg::Event(ev));
-            }
-            Sink::Events(tx) => {
-                let _ = tx.try_send(ev);
-            }
-            Sink::None => {}
-        }
-    }
-
-    /// Reports that `stage` began (`done = false`) or finished.
-    pub fn stage(&self, stage: &str, detail: impl Into<String>, done: bool) {
-        self.emit(Event::Stage {
-            stage: stage.to_string(),
-            detail: detail.into(),
-            elapsed_ms: self.started.elapsed().as_millis() as u64,
-            done,
-        });
-    }
-
-    /// A log line.
-    pub fn log(&self, line: impl Into<String>) {
-        self.emit(Event::Log(line.into()));
-    }
-}
-
-/// The work of a job.
-pub type Work = Box<dyn FnOnce(Progress) -> BoxFuture<Result<Reply, RpcError>> + Send>;
 
 /// Someone waiting for a job.
 pub struct Waiter {
@@ -96,13 +32,14 @@ pub enum JobMsg {
     Retire,
 }
 
-/// One job.
+/// One job: its key and the manager to tell when it is done.
 pub struct JobActor {
     pub key: String,
     pub manager: ActorRef<ManagerMsg>,
 }
 
-/// Job state.
+/// Who waits for the job, the last stage (for late attachers) and, once
+/// done, the result.
 pub struct JobState {
     waiters: Vec<Waiter>,
     last_stage: Option<Event>,
@@ -119,10 +56,10 @@ impl Actor for JobActor {
         myself: ActorRef<JobMsg>,
         (work, first): (Work, Waiter),
     ) -> Result<JobState, ActorProcessingErr> {
-        let progress = Progress {
-            sink: Sink::Job(myself.clone()),
-            started: Instant::now(),
-        };
+        let sink = myself.clone();
+        let progress = Progress::with(Arc::new(move |ev| {
+            let _ = sink.cast(JobMsg::Event(ev));
+        }));
         let me = myself.clone();
         tokio::spawn(async move {
             let inner = tokio::spawn(work(progress));
@@ -198,12 +135,12 @@ pub enum ManagerMsg {
     Finished { key: String, job: ActorId },
 }
 
-/// Coalesces jobs by key.
+/// Coalesces jobs by key; `kind` names it in logs.
 pub struct JobManager {
     pub kind: &'static str,
 }
 
-/// Manager state.
+/// The job in flight per key, and the key of each job actor.
 #[derive(Default)]
 pub struct ManagerState {
     jobs: HashMap<String, ActorRef<JobMsg>>,
@@ -315,22 +252,18 @@ pub async fn run_job(
     })
 }
 
-/// Convenience for callers holding an `Arc` of something.
-pub fn work<F, Fut>(f: F) -> Work
-where
-    F: FnOnce(Progress) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<Reply, RpcError>> + Send + 'static,
-{
-    Box::new(move |p| Box::pin(f(p)))
-}
-
-#[allow(dead_code)]
-fn _assert_send(_: Arc<JobManager>) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn work<F, Fut>(f: F) -> Work
+    where
+        F: FnOnce(Progress) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Reply, RpcError>> + Send + 'static,
+    {
+        Box::new(move |p| Box::pin(f(p)))
+    }
 
     #[tokio::test]
     async fn concurrent_requests_for_one_key_share_one_run() {

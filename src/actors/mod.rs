@@ -4,18 +4,24 @@
 //! ```text
 //! DaemonSupervisor
 //! ├── VmRegistry ── VmActor(vm id)   one per VM record; its operations queue
+//! │                 ├── VmmMonitor    watches the VMM pid
+//! │                 └── VsockBridge   (QEMU) the vhost-device-vsock process
 //! ├── ImageManager ── JobActor(name)  one build per image name at a time
 //! ├── KernelManager ── JobActor(name) one pull per kernel name at a time
 //! ├── TapPool                        warm taps on the bridge
 //! └── HelperLink                     the link to bangerd-root
-//!
-//! A VmActor supervises its VmmMonitor (watches the VMM pid) and, for QEMU,
-//! its VsockBridge (the vhost-device-vsock process).
 //! ```
 //!
+//! Actors hold state and order; the work itself is `ops`. The actors
+//! implement the `ops` traits ([`ActorHelper`], [`ActorTaps`],
+//! [`ActorJobs`] here, the per-VM children in `vm_actor`) by reading the
+//! current refs from [`Slots`], which the supervisor fills as children
+//! (re)start.
+//!
 //! Supervision is one-for-one: a failed child is restarted after a backoff and
-//! its siblings do not notice. Actors never block in `handle`: slow work runs
-//! in spawned tasks that report back with a message.
+//! its siblings do not notice. No `handle` awaits a process, a socket, a
+//! timer or another actor's reply: slow work runs in spawned tasks that report
+//! back with a message.
 
 pub mod helper_link;
 pub mod job_manager;
@@ -26,88 +32,19 @@ pub mod vm_registry;
 pub mod vmm_monitor;
 pub mod vsock_bridge;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-/// Exponential restart backoff for one child, forgiven after a quiet period.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    failures: u32,
-    last_failure: Option<Instant>,
-}
+use tokio::sync::{mpsc, oneshot};
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+use crate::ops::{BoxFuture, Privileged, SharedJobs, Taps, Work};
+use crate::protocol::cli::{Event, Reply};
+use crate::protocol::helper::{PrivReply, PrivRequest};
+use crate::protocol::{ErrorCode, RpcError};
+use crate::supervise::Slot;
 
-impl Backoff {
-    pub const BASE: Duration = Duration::from_millis(100);
-    pub const MAX: Duration = Duration::from_secs(30);
-    /// A child that ran this long without failing starts over at BASE.
-    pub const FORGIVE_AFTER: Duration = Duration::from_secs(60);
-
-    pub fn new() -> Backoff {
-        Backoff {
-            failures: 0,
-            last_failure: None,
-        }
-    }
-
-    /// Records a failure and returns how long to wait before restarting.
-    pub fn next_delay(&mut self) -> Duration {
-        let now = Instant::now();
-        if self
-            .last_failure
-            .is_some_and(|t| now.duration_since(t) > Self::FORGIVE_AFTER)
-        {
-            self.failures = 0;
-        }
-        self.last_failure = Some(now);
-        let d = Self::BASE.saturating_mul(1u32 << self.failures.min(16));
-        self.failures = self.failures.saturating_add(1);
-        d.min(Self::MAX)
-    }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-}
-
-/// The message of a failed actor, for logs.
-pub fn describe_failure(err: &ractor::ActorProcessingErr) -> String {
-    err.to_string()
-}
-
-use std::sync::{Arc, RwLock};
-
-use ractor::ActorRef;
-
-/// The current `ActorRef` of a supervised child; the supervisor replaces it
-/// on restart, everyone else reads it. Empty while the child is restarting.
-pub struct Slot<M: ractor::Message>(RwLock<Option<ActorRef<M>>>);
-
-impl<M: ractor::Message> Default for Slot<M> {
-    fn default() -> Self {
-        Slot(RwLock::new(None))
-    }
-}
-
-impl<M: ractor::Message> Slot<M> {
-    pub fn get(&self) -> Option<ActorRef<M>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-    pub fn set(&self, r: Option<ActorRef<M>>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = r;
-    }
-}
-
-/// What every actor may use: the store, paths, configuration and the link to
-/// the helper. Built once at daemon start and shared read-only.
-pub struct Services {
-    pub store: Arc<crate::store::Store>,
-    pub layout: crate::paths::Layout,
-    pub config: crate::config::Config,
+/// The current refs of the supervised children; empty while one restarts.
+#[derive(Default)]
+pub struct Slots {
     pub helper: Slot<helper_link::HelperLinkMsg>,
     pub registry: Slot<vm_registry::RegistryMsg>,
     /// The ImageManager (a [`job_manager::JobManager`]).
@@ -117,38 +54,93 @@ pub struct Services {
     pub taps: Slot<tap_pool::TapPoolMsg>,
 }
 
-impl Services {
-    pub fn new(
-        store: Arc<crate::store::Store>,
-        layout: crate::paths::Layout,
-        config: crate::config::Config,
-    ) -> Arc<Services> {
-        Arc::new(Services {
-            store,
-            layout,
-            config,
-            helper: Slot::default(),
-            registry: Slot::default(),
-            images: Slot::default(),
-            kernels: Slot::default(),
-            taps: Slot::default(),
+fn restarting(what: &str) -> RpcError {
+    RpcError::new(
+        ErrorCode::Busy,
+        format!("the {what} is restarting; retry in a moment"),
+    )
+}
+
+/// [`Privileged`] through the HelperLink actor.
+pub struct ActorHelper(pub Arc<Slots>);
+
+impl Privileged for ActorHelper {
+    fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>> {
+        Box::pin(async move {
+            let op_id = crate::protocol::new_op_id();
+            let link = self
+                .0
+                .helper
+                .get()
+                .ok_or_else(|| restarting("helper link"))?;
+            let (tx, rx) = oneshot::channel();
+            link.cast(helper_link::HelperLinkMsg::Call {
+                op_id: op_id.clone(),
+                request: Box::new(request),
+                reply: tx.into(),
+            })
+            .map_err(|_| restarting("helper link"))?;
+            rx.await
+                .unwrap_or_else(|_| {
+                    Err(RpcError::failed("the helper link stopped during the call"))
+                })
+                .map_err(|e| e.with_op(&op_id))
         })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// [`Taps`] through the TapPool actor.
+pub struct ActorTaps(pub Arc<Slots>);
 
-    #[test]
-    fn backoff_grows_and_caps() {
-        let mut b = Backoff::new();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-        assert_eq!(b.next_delay(), Duration::from_millis(200));
-        assert_eq!(b.next_delay(), Duration::from_millis(400));
-        for _ in 0..20 {
-            b.next_delay();
+impl Taps for ActorTaps {
+    fn lease(&self) -> BoxFuture<'_, Result<String, RpcError>> {
+        Box::pin(async move {
+            let pool = self.0.taps.get().ok_or_else(|| restarting("tap pool"))?;
+            let (tx, rx) = oneshot::channel();
+            pool.cast(tap_pool::TapPoolMsg::Lease(tx.into()))
+                .map_err(|_| restarting("tap pool"))?;
+            rx.await
+                .unwrap_or_else(|_| Err(RpcError::failed("the tap pool stopped during the lease")))
+        })
+    }
+
+    fn release(&self, tap: String) {
+        match self.0.taps.get() {
+            Some(pool) => {
+                let _ = pool.cast(tap_pool::TapPoolMsg::Release(tap));
+            }
+            None => {
+                tracing::warn!(%tap, "the tap pool is restarting; its orphan pass will delete this tap")
+            }
         }
-        assert_eq!(b.next_delay(), Backoff::MAX);
+    }
+}
+
+/// Which job manager an [`ActorJobs`] uses.
+#[derive(Debug, Clone, Copy)]
+pub enum JobKind {
+    Images,
+    Kernels,
+}
+
+/// [`SharedJobs`] through a JobManager actor.
+pub struct ActorJobs(pub Arc<Slots>, pub JobKind);
+
+impl SharedJobs for ActorJobs {
+    fn run(
+        &self,
+        key: &str,
+        events: mpsc::Sender<Event>,
+        work: Work,
+    ) -> BoxFuture<'static, Result<Reply, RpcError>> {
+        let (slot, what) = match self.1 {
+            JobKind::Images => (self.0.images.get(), "image manager"),
+            JobKind::Kernels => (self.0.kernels.get(), "kernel manager"),
+        };
+        let key = key.to_string();
+        Box::pin(async move {
+            let manager = slot.ok_or_else(|| restarting(what))?;
+            job_manager::run_job(&manager, &key, events, work).await
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! `DaemonSupervisor`: the root of the daemon's actor tree. Restarts each
 //! child one-for-one with backoff (ractor's default would stop the supervisor
-//! when any child exits) and publishes the current refs in [`Services`] slots.
+//! when any child exits) and publishes the current refs in [`Slots`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +10,9 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::helper_link::{HelperLauncher, HelperLink};
 use super::vm_registry::VmRegistry;
-use super::{Backoff, Services};
+use super::Slots;
+use crate::ops::Ctx;
+use crate::supervise::Backoff;
 
 /// Which child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,13 +38,15 @@ pub struct HelperLinkSpec {
     pub absent_hint: String,
 }
 
-/// The supervisor actor.
+/// The root of the tree: the context its children share, the slots it
+/// publishes their refs in, and how to build the helper link.
 pub struct DaemonSupervisor {
-    pub services: Arc<Services>,
+    pub ctx: Arc<Ctx>,
+    pub slots: Arc<Slots>,
     pub helper: HelperLinkSpec,
 }
 
-/// Supervisor state.
+/// The children by actor id, and each child kind's restart backoff.
 pub struct SupervisorState {
     children: HashMap<ActorId, Child>,
     backoff: HashMap<Child, Backoff>,
@@ -60,28 +64,29 @@ impl DaemonSupervisor {
                 let (r, _) = Actor::spawn_linked(
                     None,
                     VmRegistry {
-                        services: self.services.clone(),
+                        ctx: self.ctx.clone(),
                     },
                     (),
                     myself.get_cell(),
                 )
                 .await?;
                 let id = r.get_id();
-                self.services.registry.set(Some(r));
+                self.slots.registry.set(Some(r));
                 id
             }
             Child::TapPool => {
                 let (r, _) = Actor::spawn_linked(
                     None,
                     super::tap_pool::TapPool {
-                        services: self.services.clone(),
+                        helper: self.ctx.helper.clone(),
+                        net: self.ctx.config.network.clone(),
                     },
                     (),
                     myself.get_cell(),
                 )
                 .await?;
                 let id = r.get_id();
-                self.services.taps.set(Some(r));
+                self.slots.taps.set(Some(r));
                 id
             }
             Child::ImageManager | Child::KernelManager => {
@@ -99,9 +104,9 @@ impl DaemonSupervisor {
                 .await?;
                 let id = r.get_id();
                 if child == Child::ImageManager {
-                    self.services.images.set(Some(r));
+                    self.slots.images.set(Some(r));
                 } else {
-                    self.services.kernels.set(Some(r));
+                    self.slots.kernels.set(Some(r));
                 }
                 id
             }
@@ -118,7 +123,7 @@ impl DaemonSupervisor {
                 )
                 .await?;
                 let id = r.get_id();
-                self.services.helper.set(Some(r));
+                self.slots.helper.set(Some(r));
                 id
             }
         };
@@ -191,11 +196,11 @@ impl Actor for DaemonSupervisor {
             return Ok(());
         };
         match child {
-            Child::Registry => self.services.registry.set(None),
-            Child::HelperLink => self.services.helper.set(None),
-            Child::ImageManager => self.services.images.set(None),
-            Child::KernelManager => self.services.kernels.set(None),
-            Child::TapPool => self.services.taps.set(None),
+            Child::Registry => self.slots.registry.set(None),
+            Child::HelperLink => self.slots.helper.set(None),
+            Child::ImageManager => self.slots.images.set(None),
+            Child::KernelManager => self.slots.kernels.set(None),
+            Child::TapPool => self.slots.taps.set(None),
         }
         let d = state.backoff.entry(child).or_default().next_delay();
         tracing::error!(?child, "child exited ({why}); restarting in {d:?}");
@@ -208,11 +213,11 @@ impl Actor for DaemonSupervisor {
         _myself: ActorRef<SupervisorMsg>,
         _state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        self.services.registry.set(None);
-        self.services.helper.set(None);
-        self.services.images.set(None);
-        self.services.kernels.set(None);
-        self.services.taps.set(None);
+        self.slots.registry.set(None);
+        self.slots.helper.set(None);
+        self.slots.images.set(None);
+        self.slots.kernels.set(None);
+        self.slots.taps.set(None);
         Ok(())
     }
 }

@@ -1,15 +1,15 @@
 //! `TapPool`: hands out taps attached to the bridge, keeping a few warm so a
-//! VM start does not wait for one; returned taps are deleted.
+//! VM start does not wait for one; returned taps are deleted. Every helper
+//! call runs on a spawned task that reports back.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::helper_link::call_helper;
-use super::Services;
-use crate::protocol::helper::PrivRequest;
-use crate::protocol::{new_op_id, RpcError};
+use crate::config::NetworkConfig;
+use crate::ops::{net, Privileged};
+use crate::protocol::RpcError;
 
 /// Taps kept ready.
 pub const WARM: usize = 2;
@@ -20,9 +20,8 @@ pub enum TapPoolMsg {
     Lease(RpcReplyPort<Result<String, RpcError>>),
     /// Deletes a tap that is no longer used.
     Release(String),
-    /// The warm taps (so orphan cleanup leaves them alone).
-    Warm(RpcReplyPort<Vec<String>>),
-    /// Deletes the warm taps and stops warming (daemon shutdown).
+    /// Deletes the warm taps and stops warming (daemon shutdown); answers
+    /// once they are gone.
     Drain(RpcReplyPort<()>),
     /// Internal: a warm tap is ready (or `None`: creating one failed).
     Added(Option<String>),
@@ -30,49 +29,32 @@ pub enum TapPoolMsg {
     Refill,
 }
 
-/// The pool.
+/// The pool's seams: the helper that makes taps and the network they join.
 pub struct TapPool {
-    pub services: Arc<Services>,
+    pub helper: Arc<dyn Privileged>,
+    pub net: NetworkConfig,
 }
 
-/// Pool state.
+/// The warm taps, how many are being made, and whether the pool drains.
 pub struct TapPoolState {
     warm: VecDeque<String>,
     creating: usize,
     draining: bool,
 }
 
-/// A fresh banger tap name.
-pub fn new_tap_name() -> String {
-    use rand::RngExt;
-    format!("bgt{:08x}", rand::rng().random::<u32>())
-}
-
-/// Ensures the bridge and creates one tap on it.
-pub async fn create_tap(svc: &Services) -> Result<String, RpcError> {
-    let net = &svc.config.network;
-    let op = new_op_id();
-    call_helper(
-        &svc.helper,
-        &op,
-        PrivRequest::EnsureBridge {
-            name: net.bridge.clone(),
-            address: net.bridge_ip,
-            prefix_len: net.prefix_len,
-        },
-    )
-    .await?;
-    let name = new_tap_name();
-    call_helper(
-        &svc.helper,
-        &op,
-        PrivRequest::CreateTap {
-            name: name.clone(),
-            bridge: net.bridge.clone(),
-        },
-    )
-    .await?;
-    Ok(name)
+impl TapPool {
+    /// Deletes `taps` on a task, then calls `done`.
+    fn delete(&self, taps: Vec<String>, done: impl FnOnce() + Send + 'static) {
+        let helper = self.helper.clone();
+        tokio::spawn(async move {
+            for t in taps {
+                if let Err(e) = net::delete_tap(&*helper, t.clone()).await {
+                    tracing::warn!(tap = %t, "deleting a tap: {}", e.message);
+                }
+            }
+            done();
+        });
+    }
 }
 
 impl Actor for TapPool {
@@ -109,10 +91,10 @@ impl Actor for TapPool {
                     }
                     None => {
                         // Nothing warm: create one for this caller off the mailbox.
-                        let svc = self.services.clone();
+                        let (helper, net) = (self.helper.clone(), self.net.clone());
                         let me = myself.clone();
                         tokio::spawn(async move {
-                            let r = create_tap(&svc).await;
+                            let r = net::create_tap(&*helper, &net).await;
                             // A caller that gave up waiting: not leaked.
                             if let Err(ractor::MessagingErr::SendErr(Ok(t))) = reply.send(r) {
                                 let _ = me.cast(TapPoolMsg::Release(t));
@@ -125,10 +107,10 @@ impl Actor for TapPool {
             TapPoolMsg::Refill => {
                 while !state.draining && state.warm.len() + state.creating < WARM {
                     state.creating += 1;
-                    let svc = self.services.clone();
+                    let (helper, net) = (self.helper.clone(), self.net.clone());
                     let me = myself.clone();
                     tokio::spawn(async move {
-                        let r = create_tap(&svc).await;
+                        let r = net::create_tap(&*helper, &net).await;
                         if let Err(e) = &r {
                             tracing::warn!("warming a tap: {}", e.message);
                         }
@@ -139,47 +121,19 @@ impl Actor for TapPool {
             TapPoolMsg::Added(t) => {
                 state.creating = state.creating.saturating_sub(1);
                 match t {
-                    Some(t) if state.draining => {
-                        let _ = call_helper(
-                            &self.services.helper,
-                            &new_op_id(),
-                            PrivRequest::DeleteTap { name: t },
-                        )
-                        .await;
-                    }
+                    Some(t) if state.draining => self.delete(vec![t], || {}),
                     Some(t) => state.warm.push_back(t),
                     None => {}
                 }
             }
             TapPoolMsg::Drain(reply) => {
                 state.draining = true;
-                for t in state.warm.drain(..) {
-                    let _ = call_helper(
-                        &self.services.helper,
-                        &new_op_id(),
-                        PrivRequest::DeleteTap { name: t },
-                    )
-                    .await;
-                }
-                let _ = reply.send(());
-            }
-            TapPoolMsg::Release(name) => {
-                let svc = self.services.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = call_helper(
-                        &svc.helper,
-                        &new_op_id(),
-                        PrivRequest::DeleteTap { name: name.clone() },
-                    )
-                    .await
-                    {
-                        tracing::warn!(tap = %name, "releasing a tap: {}", e.message);
-                    }
+                let taps = state.warm.drain(..).collect();
+                self.delete(taps, move || {
+                    let _ = reply.send(());
                 });
             }
-            TapPoolMsg::Warm(reply) => {
-                let _ = reply.send(state.warm.iter().cloned().collect());
-            }
+            TapPoolMsg::Release(name) => self.delete(vec![name], || {}),
         }
         Ok(())
     }
@@ -189,14 +143,10 @@ impl Actor for TapPool {
         _: ActorRef<TapPoolMsg>,
         state: &mut TapPoolState,
     ) -> Result<(), ActorProcessingErr> {
-        for t in state.warm.drain(..) {
-            let _ = call_helper(
-                &self.services.helper,
-                &new_op_id(),
-                PrivRequest::DeleteTap { name: t },
-            )
-            .await;
-        }
+        // Best effort (the daemon drains the pool before it stops; a pool
+        // that failed leaves its taps to the next orphan pass).
+        let taps = state.warm.drain(..).collect();
+        self.delete(taps, || {});
         Ok(())
     }
 }

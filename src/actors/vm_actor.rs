@@ -1,11 +1,13 @@
-//! `VmActor`: one per VM record. Every operation on a VM is a [`Job`] queued
-//! in this actor's mailbox and run one at a time, in arrival order, on a
-//! spawned task; reads of the record are answered at once, even while a job
-//! runs. Different VMs' actors run their jobs in parallel.
+//! `VmActor`: one per VM record. Every operation on a VM is a [`VmOp`]
+//! queued in this actor's mailbox and run one at a time, in arrival order, on
+//! a spawned task; reads of the record are answered at once, even while an
+//! operation runs. Different VMs' actors run their operations in parallel.
+//!
+//! The actor owns the VM's children (its [`VmmMonitor`] and, for QEMU, its
+//! [`VsockBridge`]) and offers them to operations as `ops::VmChildren`.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -13,58 +15,56 @@ use tokio::sync::oneshot;
 
 use super::vmm_monitor::{MonitorMsg, VmmMonitor};
 use super::vsock_bridge::{VsockBridge, VsockMsg};
-use super::Services;
-use crate::protocol::cli::VmState;
+use crate::domain::VmmKind;
+use crate::ops::lifecycle::{self, Recovery};
+use crate::ops::{BoxFuture, Ctx, VmChildren};
 use crate::protocol::RpcError;
 use crate::store::VmRecord;
 
-/// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// What a job gets: the VM's current record, the daemon's services and its
-/// VmActor (to start or stop the VM's child actors).
-pub struct JobCtx {
+/// What an operation gets: the VM's current record, the daemon's context
+/// and the VM's children.
+pub struct OpArgs {
     pub record: VmRecord,
-    pub services: Arc<Services>,
-    pub me: ActorRef<VmMsg>,
+    pub ctx: Arc<Ctx>,
+    pub vm: Arc<dyn VmChildren>,
 }
 
-/// Sends a finished job's answer to its caller.
+/// Sends a finished operation's answer to its caller.
 pub type Deliver = Box<dyn FnOnce() + Send>;
 
 /// One queued operation on a VM.
-pub trait Job: Send + 'static {
+pub trait VmOp: Send + 'static {
     /// Name for logs.
     fn name(&self) -> &'static str;
-    /// Runs the operation. Returns the VM's record afterwards (`None` when the
-    /// VM no longer exists, e.g. after delete) and the delivery of the
-    /// caller's answer, which the actor makes only once it holds that record:
-    /// a caller that sends its next request on seeing the answer always reads
-    /// the state the job left.
-    fn run(self: Box<Self>, ctx: JobCtx) -> BoxFuture<(Option<VmRecord>, Deliver)>;
-    /// Answers the caller when the job cannot run at all.
+    /// Runs the operation. Returns the VM's record afterwards (`None` when
+    /// the VM no longer exists, e.g. after delete) and the delivery of the
+    /// caller's answer, which the actor makes only once it holds that
+    /// record: a caller that sends its next request on seeing the answer
+    /// always reads the state the operation left.
+    fn run(self: Box<Self>, args: OpArgs) -> BoxFuture<'static, (Option<VmRecord>, Deliver)>;
+    /// Answers the caller when the operation cannot run at all.
     fn reject(self: Box<Self>, err: RpcError);
 }
 
-struct FnJob<T, F> {
+struct FnOp<T, F> {
     name: &'static str,
     f: F,
     reply: oneshot::Sender<Result<T, RpcError>>,
 }
 
-impl<T, F, Fut> Job for FnJob<T, F>
+impl<T, F, Fut> VmOp for FnOp<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(JobCtx) -> Fut + Send + 'static,
+    F: FnOnce(OpArgs) -> Fut + Send + 'static,
     Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
 {
     fn name(&self) -> &'static str {
         self.name
     }
-    fn run(self: Box<Self>, ctx: JobCtx) -> BoxFuture<(Option<VmRecord>, Deliver)> {
-        let FnJob { f, reply, .. } = *self;
+    fn run(self: Box<Self>, args: OpArgs) -> BoxFuture<'static, (Option<VmRecord>, Deliver)> {
+        let FnOp { f, reply, .. } = *self;
         Box::pin(async move {
-            let (record, result) = f(ctx).await;
+            let (record, result) = f(args).await;
             let deliver: Deliver = Box::new(move || {
                 let _ = reply.send(result);
             });
@@ -76,24 +76,24 @@ where
     }
 }
 
-/// Builds a job from an async closure, returning it and the receiver of its
-/// result. If the job is dropped unrun (its actor died), the receiver reports
-/// a closed channel; see [`await_job`].
-pub fn job<T, F, Fut>(
+/// Builds an operation from an async closure, returning it and the receiver
+/// of its result. If the operation is dropped unrun (its actor died), the
+/// receiver reports a closed channel; see [`await_op`].
+pub fn op<T, F, Fut>(
     name: &'static str,
     f: F,
-) -> (Box<dyn Job>, oneshot::Receiver<Result<T, RpcError>>)
+) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, RpcError>>)
 where
     T: Send + 'static,
-    F: FnOnce(JobCtx) -> Fut + Send + 'static,
+    F: FnOnce(OpArgs) -> Fut + Send + 'static,
     Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    (Box::new(FnJob { name, f, reply: tx }), rx)
+    (Box::new(FnOp { name, f, reply: tx }), rx)
 }
 
-/// Waits for a job's result, turning a lost job into a clear error.
-pub async fn await_job<T>(rx: oneshot::Receiver<Result<T, RpcError>>) -> Result<T, RpcError> {
+/// Waits for an operation's result, turning a lost one into a clear error.
+pub async fn await_op<T>(rx: oneshot::Receiver<Result<T, RpcError>>) -> Result<T, RpcError> {
     rx.await.unwrap_or_else(|_| {
         Err(RpcError::failed(
             "the VM's actor stopped before finishing the operation (it is restarted automatically); check `banger vm show` and retry",
@@ -103,40 +103,66 @@ pub async fn await_job<T>(rx: oneshot::Receiver<Result<T, RpcError>>) -> Result<
 
 /// Messages to a [`VmActor`].
 pub enum VmMsg {
-    /// The current record. Answered at once, even while a job runs.
+    /// The current record. Answered at once, even while an operation runs.
     Get(RpcReplyPort<VmRecord>),
     /// Queues an operation; it runs after every earlier one has finished.
-    Run(Box<dyn Job>),
-    /// Internal: the running job finished with this record.
-    JobDone(Option<Box<VmRecord>>, Option<Deliver>),
-    /// From a job: watch VMM `pid` (a VmmMonitor child).
+    Run(Box<dyn VmOp>),
+    /// Internal: the running operation finished with this record.
+    OpDone(Option<Box<VmRecord>>, Option<Deliver>),
+    /// From the running operation: it stored this record.
+    Changed(Box<VmRecord>),
+    /// From an operation: watch VMM `pid` (a VmmMonitor child).
     AttachVmm(u32),
     /// From the VmmMonitor: the VMM exited.
     VmmExited(u32),
-    /// From a job: start (or adopt) the VM's vhost-device-vsock (a
-    /// VsockBridge child); answers its pid.
+    /// From an operation: start (or adopt) the VM's vhost-device-vsock (a
+    /// VsockBridge child); answers its pid once it runs.
     StartVsock(Option<u32>, RpcReplyPort<Result<u32, String>>),
-    /// From a job: stop the VsockBridge.
+    /// From an operation: stop the VsockBridge; answers once it is gone.
     StopVsock(RpcReplyPort<()>),
     /// Test hook: the handler panics, as a bug would.
     #[cfg(test)]
     Panic,
 }
 
-/// The actor. Holds only its VM id and the shared services.
+/// One VM's actor: its id and the daemon's context.
 pub struct VmActor {
     pub id: String,
-    pub services: Arc<Services>,
+    pub ctx: Arc<Ctx>,
 }
 
 /// Mutable state: the cached record, the queue and the child actors.
 pub struct VmActorState {
     record: VmRecord,
     running: Option<&'static str>,
-    queue: VecDeque<Box<dyn Job>>,
+    queue: VecDeque<Box<dyn VmOp>>,
     deleted: bool,
     monitor: Option<ActorRef<MonitorMsg>>,
     vsock: Option<ActorRef<VsockMsg>>,
+}
+
+/// `ops::VmChildren` through messages to the VM's own actor (operations run
+/// on tasks, so these calls never wait on the mailbox of a busy handler).
+struct Children(ActorRef<VmMsg>);
+
+impl VmChildren for Children {
+    fn record_changed(&self, rec: &VmRecord) {
+        let _ = self.0.cast(VmMsg::Changed(Box::new(rec.clone())));
+    }
+    fn watch_vmm(&self, pid: u32) {
+        let _ = self.0.cast(VmMsg::AttachVmm(pid));
+    }
+    fn start_vsock(&self, adopt: Option<u32>) -> BoxFuture<'_, Result<u32, String>> {
+        Box::pin(async move {
+            ractor::call_t!(self.0, |r| VmMsg::StartVsock(adopt, r), 30_000)
+                .map_err(|e| format!("the VM's actor: {e}"))?
+        })
+    }
+    fn stop_vsock(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = ractor::call_t!(self.0, VmMsg::StopVsock, 15_000);
+        })
+    }
 }
 
 impl VmActor {
@@ -144,45 +170,45 @@ impl VmActor {
         if state.running.is_some() {
             return;
         }
-        let Some(job) = state.queue.pop_front() else {
+        let Some(op) = state.queue.pop_front() else {
             return;
         };
         if state.deleted {
-            job.reject(RpcError::not_found(format!(
+            op.reject(RpcError::not_found(format!(
                 "VM {} was deleted",
                 state.record.name
             )));
             return self.start_next(myself, state);
         }
-        state.running = Some(job.name());
-        tracing::debug!(vm = %state.record.name, job = job.name(), "job started");
-        let ctx = JobCtx {
+        state.running = Some(op.name());
+        tracing::debug!(vm = %state.record.name, op = op.name(), "operation started");
+        let args = OpArgs {
             record: state.record.clone(),
-            services: self.services.clone(),
-            me: myself.clone(),
+            ctx: self.ctx.clone(),
+            vm: Arc::new(Children(myself.clone())),
         };
         let me = myself.clone();
         let vm = state.record.name.clone();
         tokio::spawn(async move {
-            let inner = tokio::spawn(job.run(ctx));
+            let inner = tokio::spawn(op.run(args));
             let (record, deliver) = match inner.await {
                 Ok((r, d)) => (r, Some(d)),
                 Err(e) => {
-                    tracing::error!(%vm, "a job on this VM failed unexpectedly: {e}");
+                    tracing::error!(%vm, "an operation on this VM failed unexpectedly: {e}");
                     (None, None)
                 }
             };
-            let _ = me.cast(VmMsg::JobDone(record.map(Box::new), deliver));
+            let _ = me.cast(VmMsg::OpDone(record.map(Box::new), deliver));
         });
     }
 
     /// Queues the release of a VM whose VMM is gone.
     fn queue_reap(&self, myself: &ActorRef<VmMsg>, state: &mut VmActorState) {
-        let (j, _rx) = job("reap", |ctx: JobCtx| async move {
-            let rec = crate::vm::lifecycle::reap(&ctx).await;
+        let (o, _rx) = op("reap", |a: OpArgs| async move {
+            let rec = lifecycle::reap(&a.ctx, &*a.vm, a.record).await;
             (Some(rec), Ok(()))
         });
-        state.queue.push_back(j);
+        state.queue.push_back(o);
         self.start_next(myself, state);
     }
 }
@@ -199,7 +225,7 @@ impl Actor for VmActor {
     ) -> Result<VmActorState, ActorProcessingErr> {
         // A (re)started actor reads its record fresh from the store.
         let record = self
-            .services
+            .ctx
             .store
             .get_vm(&self.id)?
             .ok_or_else(|| format!("VM record {} is gone", self.id))?;
@@ -220,44 +246,18 @@ impl Actor for VmActor {
         myself: ActorRef<VmMsg>,
         state: &mut VmActorState,
     ) -> Result<(), ActorProcessingErr> {
-        use crate::protocol::cli::VmmKind;
-        let rec = &state.record;
-        if !matches!(
-            rec.state,
-            VmState::Running | VmState::Starting | VmState::Stopping
-        ) {
-            return Ok(());
-        }
-        let paths = self.services.layout.vm(&rec.id);
-        let alive = rec.vmm_pid.filter(|p| {
-            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            crate::host::process::pid_alive(*p)
-                && (cmd.contains(&paths.qmp_socket().display().to_string())
-                    || cmd.contains(&paths.api_socket().display().to_string()))
-        });
-        match alive {
-            Some(pid) => {
-                tracing::info!(vm = %rec.name, pid, "re-attached to a running VM");
-                if rec.state != VmState::Running {
-                    // A start or stop that the daemon's end interrupted: the
-                    // VMM lives, so the VM runs (`vm stop` stops it).
-                    let mut r = rec.clone();
-                    r.state = VmState::Running;
-                    if let Err(e) = self.services.store.put_vm(&r) {
-                        tracing::warn!(vm = %r.name, "recording state running: {e}");
-                    }
-                    state.record = r;
-                }
-                let rec = &state.record;
+        match lifecycle::recover(&self.ctx, &mut state.record) {
+            Recovery::Idle => {}
+            Recovery::Live(pid) => {
+                tracing::info!(vm = %state.record.name, pid, "re-attached to a running VM");
                 let _ = myself.cast(VmMsg::AttachVmm(pid));
-                if rec.vmm == VmmKind::Qemu {
+                if state.record.vmm == VmmKind::Qemu {
                     let (tx, _rx) = ractor::concurrency::oneshot();
-                    let _ = myself.cast(VmMsg::StartVsock(rec.vsock_pid, tx.into()));
+                    let _ = myself.cast(VmMsg::StartVsock(state.record.vsock_pid, tx.into()));
                 }
             }
-            None => {
-                tracing::info!(vm = %rec.name, "its VMM is gone; releasing its resources");
+            Recovery::Dead => {
+                tracing::info!(vm = %state.record.name, "its VMM is gone; releasing its resources");
                 self.queue_reap(&myself, state);
             }
         }
@@ -274,15 +274,20 @@ impl Actor for VmActor {
             VmMsg::Get(reply) => {
                 let _ = reply.send(state.record.clone());
             }
-            VmMsg::Run(job) => {
-                state.queue.push_back(job);
+            VmMsg::Run(op) => {
+                state.queue.push_back(op);
                 self.start_next(&myself, state);
             }
-            VmMsg::JobDone(record, deliver) => {
+            VmMsg::Changed(r) => {
+                if state.running.is_some() && r.id == self.id {
+                    state.record = *r;
+                }
+            }
+            VmMsg::OpDone(record, deliver) => {
                 state.running = None;
                 match record {
                     Some(r) => state.record = *r,
-                    None => match self.services.store.get_vm(&self.id) {
+                    None => match self.ctx.store.get_vm(&self.id) {
                         Ok(Some(r)) => state.record = r,
                         Ok(None) => state.deleted = true,
                         Err(e) => tracing::warn!(vm = %state.record.name, "re-reading record: {e}"),
@@ -295,8 +300,8 @@ impl Actor for VmActor {
                 if state.deleted {
                     // Drain the queue with clear errors, then stop; the registry
                     // forgets us on termination.
-                    while let Some(j) = state.queue.pop_front() {
-                        j.reject(RpcError::not_found(format!(
+                    while let Some(o) = state.queue.pop_front() {
+                        o.reject(RpcError::not_found(format!(
                             "VM {} was deleted",
                             state.record.name
                         )));
@@ -304,10 +309,10 @@ impl Actor for VmActor {
                     myself.stop(Some("deleted".into()));
                     return Ok(());
                 }
-                // The VMM may have exited while the job ran (its exit is not
-                // acted on mid-job): release what it held now.
+                // The VMM may have exited while the operation ran (its exit
+                // is not acted on mid-operation): release what it held now.
                 let r = &state.record;
-                if matches!(r.state, VmState::Running)
+                if r.state == crate::domain::VmState::Running
                     && r.vmm_pid
                         .is_some_and(|p| !crate::host::process::pid_alive(p))
                 {
@@ -332,8 +337,7 @@ impl Actor for VmActor {
             }
             VmMsg::VmmExited(pid) => {
                 state.monitor = None;
-                let rec = self.services.store.get_vm(&self.id).ok().flatten();
-                if let Some(r) = rec {
+                if let Ok(Some(r)) = self.ctx.store.get_vm(&self.id) {
                     state.record = r;
                 }
                 let ours = state.record.vmm_pid == Some(pid);
@@ -344,47 +348,46 @@ impl Actor for VmActor {
             }
             VmMsg::StartVsock(adopt, reply) => {
                 if let Some(v) = &state.vsock {
-                    if let Ok(Some(pid)) = ractor::call_t!(v, VsockMsg::Pid, 5000) {
-                        let _ = reply.send(Ok(pid));
-                        return Ok(());
+                    // The bridge answers once its process runs.
+                    if let Err(ractor::MessagingErr::SendErr(VsockMsg::Pid(r))) =
+                        v.cast(VsockMsg::Pid(reply))
+                    {
+                        let _ = r.send(Err("the vsock bridge is stopping; retry".into()));
                     }
+                    return Ok(());
                 }
-                let Some(binary) = crate::actors::vsock_bridge::find_binary() else {
+                let Some(binary) = crate::host::vsock_bridge::find_binary() else {
                     let _ = reply.send(Err("vhost-device-vsock is not installed (cargo install vhost-device-vsock); QEMU guests need it for the agent socket".into()));
                     return Ok(());
                 };
                 let bridge = VsockBridge {
-                    paths: self.services.layout.vm(&self.id),
+                    paths: self.ctx.layout.vm(&self.id),
                     binary,
                 };
+                // Its pre_start does nothing slow: the process starts on a task.
                 match Actor::spawn_linked(None, bridge, adopt, myself.get_cell()).await {
                     Ok((v, _)) => {
-                        let pid = ractor::call_t!(v, VsockMsg::Pid, 5000).ok().flatten();
+                        let _ = v.cast(VsockMsg::Pid(reply));
                         state.vsock = Some(v);
-                        let _ = reply.send(
-                            pid.ok_or_else(|| "vhost-device-vsock did not start".to_string()),
-                        );
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(format!("starting vhost-device-vsock: {e}")));
+                        let _ = reply.send(Err(format!("starting the vsock bridge: {e}")));
                     }
                 }
             }
-            VmMsg::StopVsock(reply) => {
-                // Off the mailbox: reads of the record stay prompt while the
-                // process is waited for.
-                match state.vsock.take() {
-                    Some(v) => {
-                        tokio::spawn(async move {
-                            let _ = ractor::call_t!(v, VsockMsg::Stop, 10_000);
-                            let _ = reply.send(());
-                        });
-                    }
-                    None => {
-                        let _ = reply.send(());
+            VmMsg::StopVsock(reply) => match state.vsock.take() {
+                Some(v) => {
+                    // The bridge answers once the process is gone.
+                    if let Err(ractor::MessagingErr::SendErr(VsockMsg::Stop(r))) =
+                        v.cast(VsockMsg::Stop(reply))
+                    {
+                        let _ = r.send(());
                     }
                 }
-            }
+                None => {
+                    let _ = reply.send(());
+                }
+            },
             #[cfg(test)]
             VmMsg::Panic => panic!("test-induced panic in VmActor {}", self.id),
         }
@@ -426,21 +429,21 @@ impl Actor for VmActor {
     }
 }
 
-/// Convenience: runs `f` as a job on `actor` and waits for the result.
-pub async fn run_on<T, F, Fut>(
+/// Runs `f` as an operation on `actor` and waits for the result.
+#[cfg(test)]
+pub async fn run_op<T, F, Fut>(
     actor: &ActorRef<VmMsg>,
     name: &'static str,
     f: F,
 ) -> Result<T, RpcError>
 where
     T: Send + 'static,
-    F: FnOnce(JobCtx) -> Fut + Send + 'static,
+    F: FnOnce(OpArgs) -> Fut + Send + 'static,
     Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
 {
-    let (j, rx) = job(name, f);
-    if let Err(e) = actor.cast(VmMsg::Run(j)) {
-        // The job is inside the failed message; it is dropped and rx reports it.
-        drop(e);
-    }
-    await_job(rx).await
+    let (o, rx) = op(name, f);
+    // On a failed send the operation is dropped inside the error and `rx`
+    // reports it.
+    let _ = actor.cast(VmMsg::Run(o));
+    await_op(rx).await
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::vm_actor::{Job, VmActor, VmMsg};
-use super::{Backoff, Services};
+use super::vm_actor::{VmActor, VmMsg, VmOp};
+use crate::ops::Ctx;
 use crate::protocol::RpcError;
 use crate::store::VmRecord;
+use crate::supervise::Backoff;
 
 /// Messages to the [`VmRegistry`].
 pub enum RegistryMsg {
@@ -22,8 +23,8 @@ pub enum RegistryMsg {
         name: String,
         reply: RpcReplyPort<Result<ActorRef<VmMsg>, RpcError>>,
     },
-    /// Queues `job` on the VM named `name`; rejects it when there is none.
-    Run { name: String, job: Box<dyn Job> },
+    /// Queues `op` on the VM named `name`; rejects it when there is none.
+    Run { name: String, op: Box<dyn VmOp> },
     /// Starts an actor for a record just written to the store.
     Adopt {
         id: String,
@@ -39,9 +40,9 @@ struct Entry {
     backoff: Backoff,
 }
 
-/// The registry actor.
+/// The registry: it reads the VM records from the daemon's context.
 pub struct VmRegistry {
-    pub services: Arc<Services>,
+    pub ctx: Arc<Ctx>,
 }
 
 /// Registry state: entries by VM id, plus indexes.
@@ -60,7 +61,7 @@ impl VmRegistry {
     ) -> Result<ActorRef<VmMsg>, RpcError> {
         let actor = VmActor {
             id: id.to_string(),
-            services: self.services.clone(),
+            ctx: self.ctx.clone(),
         };
         let (r, _) = Actor::spawn_linked(None, actor, (), myself.get_cell())
             .await
@@ -104,14 +105,14 @@ impl Actor for VmRegistry {
             by_name: HashMap::new(),
             by_actor: HashMap::new(),
         };
-        for vm in self.services.store.list_vms()? {
+        for vm in self.ctx.store.list_vms()? {
             state.by_name.insert(vm.name.clone(), vm.id.clone());
             state.entries.insert(
                 vm.id.clone(),
                 Entry {
                     name: vm.name.clone(),
                     actor: None,
-                    backoff: Backoff::new(),
+                    backoff: Backoff::default(),
                 },
             );
             if let Err(e) = self.spawn_vm(&myself, &mut state, &vm.id).await {
@@ -130,34 +131,34 @@ impl Actor for VmRegistry {
         match msg {
             RegistryMsg::List(reply) => {
                 let res = self
-                    .services
+                    .ctx
                     .store
                     .list_vms()
                     .map(|mut v| {
                         v.sort_by(|a, b| a.name.cmp(&b.name));
                         v
                     })
-                    .map_err(|e| RpcError::failed(e.to_string()));
+                    .map_err(RpcError::from);
                 let _ = reply.send(res);
             }
             RegistryMsg::Lookup { name, reply } => {
                 let _ = reply.send(self.lookup(state, &name));
             }
-            RegistryMsg::Run { name, job } => match self.lookup(state, &name) {
+            RegistryMsg::Run { name, op } => match self.lookup(state, &name) {
                 Ok(actor) => {
-                    if let Err(ractor::MessagingErr::SendErr(VmMsg::Run(job))) =
-                        actor.cast(VmMsg::Run(job))
+                    if let Err(ractor::MessagingErr::SendErr(VmMsg::Run(op))) =
+                        actor.cast(VmMsg::Run(op))
                     {
-                        job.reject(RpcError::new(
+                        op.reject(RpcError::new(
                             crate::protocol::ErrorCode::Busy,
                             format!("VM {name} is restarting its actor; retry"),
                         ));
                     }
                 }
-                Err(e) => job.reject(e),
+                Err(e) => op.reject(e),
             },
             RegistryMsg::Adopt { id, reply } => {
-                let res = match self.services.store.get_vm(&id) {
+                let res = match self.ctx.store.get_vm(&id) {
                     Ok(Some(vm)) => {
                         state.by_name.insert(vm.name.clone(), id.clone());
                         state.entries.insert(
@@ -165,7 +166,7 @@ impl Actor for VmRegistry {
                             Entry {
                                 name: vm.name.clone(),
                                 actor: None,
-                                backoff: Backoff::new(),
+                                backoff: Backoff::default(),
                             },
                         );
                         self.spawn_vm(&myself, state, &id).await
@@ -173,12 +174,12 @@ impl Actor for VmRegistry {
                     Ok(None) => Err(RpcError::not_found(format!(
                         "VM record {id} is not in the store"
                     ))),
-                    Err(e) => Err(RpcError::failed(e.to_string())),
+                    Err(e) => Err(e.into()),
                 };
                 let _ = reply.send(res);
             }
             RegistryMsg::Respawn(id) => {
-                let exists = matches!(self.services.store.get_vm(&id), Ok(Some(_)));
+                let exists = matches!(self.ctx.store.get_vm(&id), Ok(Some(_)));
                 if !exists {
                     if let Some(e) = state.entries.remove(&id) {
                         state.by_name.remove(&e.name);
@@ -240,9 +241,9 @@ impl Actor for VmRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::vm_actor::{await_job, job, VmMsg};
-    use crate::protocol::cli::VmState;
-    use crate::store::Store;
+    use crate::actors::vm_actor::{await_op, op, VmMsg};
+    use crate::domain::VmState;
+    use crate::ops::testing::Fakes;
     use std::time::{Duration, Instant};
 
     fn record(name: &str) -> VmRecord {
@@ -251,35 +252,21 @@ mod tests {
         v
     }
 
-    async fn setup(names: &[&str]) -> (tempfile::TempDir, Arc<Services>, ActorRef<RegistryMsg>) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+    async fn setup(names: &[&str]) -> (Fakes, ActorRef<RegistryMsg>) {
+        let fakes = Fakes::new();
         for n in names {
-            store.put_vm(&record(n)).unwrap();
+            fakes.ctx.store.put_vm(&record(n)).unwrap();
         }
-        let layout = crate::paths::Layout::resolve(&crate::paths::Env {
-            home: Some(dir.path().to_path_buf()),
-            ..Default::default()
-        });
-        let config = crate::config::Config::load(
-            &dir.path().join("none.toml"),
-            crate::config::HostFacts {
-                cpus: 2,
-                memory_bytes: 1 << 30,
-            },
-        )
-        .unwrap();
-        let services = Services::new(store, layout, config);
         let (reg, _) = Actor::spawn(
             None,
             VmRegistry {
-                services: services.clone(),
+                ctx: fakes.ctx.clone(),
             },
             (),
         )
         .await
         .unwrap();
-        (dir, services, reg)
+        (fakes, reg)
     }
 
     async fn lookup(reg: &ActorRef<RegistryMsg>, name: &str) -> Result<ActorRef<VmMsg>, RpcError> {
@@ -313,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn panicking_vm_actor_is_restarted_and_siblings_keep_serving() {
-        let (_d, _s, reg) = setup(&["alpha", "beta"]).await;
+        let (_f, reg) = setup(&["alpha", "beta"]).await;
         let alpha = lookup(&reg, "alpha").await.unwrap();
         let beta = lookup(&reg, "beta").await.unwrap();
         alpha.cast(VmMsg::Panic).unwrap();
@@ -336,12 +323,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_caller_that_heard_a_job_reads_the_record_it_left() {
-        let (_d, _s, reg) = setup(&["fresh"]).await;
+    async fn a_caller_that_heard_an_operation_reads_the_record_it_left() {
+        let (_f, reg) = setup(&["fresh"]).await;
         let actor = lookup(&reg, "fresh").await.unwrap();
         for i in 0..200u32 {
-            let got = super::super::vm_actor::run_on(&actor, "test-set", move |ctx| async move {
-                let mut r = ctx.record;
+            let got = super::super::vm_actor::run_op(&actor, "test-set", move |a| async move {
+                let mut r = a.record;
                 r.vcpu = i + 1;
                 (Some(r), Ok(()))
             })
@@ -349,59 +336,62 @@ mod tests {
             got.unwrap();
             // The very next read, as `vm run` does after its prepare.
             let rec = ractor::call_t!(actor, VmMsg::Get, 5000).unwrap();
-            assert_eq!(rec.vcpu, i + 1, "read a record from before the job");
+            assert_eq!(rec.vcpu, i + 1, "read a record from before the operation");
         }
     }
 
     #[tokio::test]
-    async fn jobs_on_one_vm_run_one_at_a_time_in_arrival_order() {
+    async fn operations_on_one_vm_run_one_at_a_time_in_arrival_order() {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Mutex;
-        let (_d, _s, reg) = setup(&["solo"]).await;
+        let (_f, reg) = setup(&["solo"]).await;
         let log = Arc::new(Mutex::new(Vec::new()));
         let busy = Arc::new(AtomicBool::new(false));
         let mut rxs = Vec::new();
         for i in 0..100u32 {
             let (log, busy) = (log.clone(), busy.clone());
-            let (j, rx) = job("test-append", move |ctx| async move {
-                assert!(!busy.swap(true, Ordering::SeqCst), "two jobs overlapped");
+            let (j, rx) = op("test-append", move |a| async move {
+                assert!(
+                    !busy.swap(true, Ordering::SeqCst),
+                    "two operations overlapped"
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 log.lock().unwrap().push(i);
                 busy.store(false, Ordering::SeqCst);
-                (Some(ctx.record), Ok(i))
+                (Some(a.record), Ok(i))
             });
             reg.cast(RegistryMsg::Run {
                 name: "solo".into(),
-                job: j,
+                op: j,
             })
             .unwrap();
             rxs.push(rx);
         }
         for (i, rx) in rxs.into_iter().enumerate() {
-            assert_eq!(await_job(rx).await.unwrap(), i as u32);
+            assert_eq!(await_op(rx).await.unwrap(), i as u32);
         }
         assert_eq!(*log.lock().unwrap(), (0..100).collect::<Vec<_>>());
     }
 
     #[tokio::test]
-    async fn jobs_on_different_vms_overlap() {
-        let (_d, _s, reg) = setup(&["one", "two"]).await;
+    async fn operations_on_different_vms_overlap() {
+        let (_f, reg) = setup(&["one", "two"]).await;
         let mut rxs = Vec::new();
         for name in ["one", "two"] {
-            let (j, rx) = job("test-span", |ctx| async move {
+            let (j, rx) = op("test-span", |a| async move {
                 let start = Instant::now();
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                (Some(ctx.record), Ok((start, Instant::now())))
+                (Some(a.record), Ok((start, Instant::now())))
             });
             reg.cast(RegistryMsg::Run {
                 name: name.into(),
-                job: j,
+                op: j,
             })
             .unwrap();
             rxs.push(rx);
         }
-        let a = await_job(rxs.remove(0)).await.unwrap();
-        let b = await_job(rxs.remove(0)).await.unwrap();
+        let a = await_op(rxs.remove(0)).await.unwrap();
+        let b = await_op(rxs.remove(0)).await.unwrap();
         assert!(
             a.0 < b.1 && b.0 < a.1,
             "spans {a:?} and {b:?} do not overlap"
@@ -410,14 +400,14 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_vm_is_not_found() {
-        let (_d, _s, reg) = setup(&[]).await;
-        let (j, rx) = job("noop", |ctx| async move { (Some(ctx.record), Ok(())) });
+        let (_f, reg) = setup(&[]).await;
+        let (j, rx) = op("noop", |a| async move { (Some(a.record), Ok(())) });
         reg.cast(RegistryMsg::Run {
             name: "ghost".into(),
-            job: j,
+            op: j,
         })
         .unwrap();
-        let e = await_job(rx).await.unwrap_err();
+        let e = await_op(rx).await.unwrap_err();
         assert_eq!(e.code, crate::protocol::ErrorCode::NotFound);
     }
 }

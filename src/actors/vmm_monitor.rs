@@ -5,13 +5,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::vm_actor::VmMsg;
 
-/// The monitor. Stops itself after reporting.
+/// Watches `pid` for the VM actor `vm`; stops itself after reporting.
 pub struct VmmMonitor {
     pub pid: u32,
     pub vm: ActorRef<VmMsg>,
 }
 
-/// Its only message.
+/// Internal: the watched process exited.
 pub enum MonitorMsg {
     /// Internal: the process exited.
     Exited,

@@ -27,14 +27,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    banger::logging::init();
     if !args.runtime_dir.is_absolute() {
         eprintln!("bangerd-root: --runtime-dir must be an absolute path");
         return ExitCode::from(2);

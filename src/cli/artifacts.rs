@@ -127,7 +127,7 @@ fn abs(p: &str) -> Result<String, CliError> {
         path.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|e| CliError::new("invalid path", e.to_string()))?
+            .map_err(|e| CliError::usage("invalid path", e.to_string()))?
             .join(path)
     };
     Ok(full.display().to_string())

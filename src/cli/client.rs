@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::render::CliError;
+use super::render::{CliError, ErrorKind};
 use crate::host::process::{spawn_service, Started};
 use crate::paths::{sibling_binary, Layout};
 use crate::protocol::cli::{Event, Reply, Request};
@@ -15,6 +15,7 @@ pub type DaemonClient = Client<Request, Event, Reply>;
 pub fn client_error(e: ClientError, layout: &Layout) -> CliError {
     match e {
         ClientError::NotRunning { path } => CliError::new(
+            ErrorKind::DaemonNotRunning,
             "daemon not running",
             format!(
                 "nothing is listening on {}; start it with: banger daemon start",
@@ -22,18 +23,24 @@ pub fn client_error(e: ClientError, layout: &Layout) -> CliError {
             ),
         ),
         ClientError::PermissionDenied { path, hint } => CliError::new(
+            ErrorKind::Rpc(crate::protocol::ErrorCode::Unauthorized),
             "unauthorized",
             format!("cannot open {}: {hint}", path.display()),
         ),
         ClientError::Refused(e) | ClientError::Rpc(e) => e.into(),
         ClientError::Frame(f) => CliError::new(
+            ErrorKind::Connection,
             "connection failed",
             format!(
                 "{f}; the daemon may have crashed, see {}",
                 layout.daemon_log().display()
             ),
         ),
-        other => CliError::new("connection failed", other.to_string()),
+        other => CliError::new(
+            ErrorKind::Connection,
+            "connection failed",
+            other.to_string(),
+        ),
     }
 }
 
@@ -53,6 +60,7 @@ pub async fn connect(layout: &Layout, autostart: bool) -> Result<DaemonClient, C
             Err(e) if retry && vanishing(&e) => {}
             Err(ClientError::NotRunning { .. }) if autostart && layout.system => {
                 return Err(CliError::new(
+                    ErrorKind::DaemonNotRunning,
                     "daemon not running",
                     "the bangerd service is not running; start it with: sudo systemctl start bangerd",
                 ))
@@ -98,10 +106,20 @@ pub async fn start_daemon(layout: &Layout) -> Result<(), CliError> {
         spawn_service(&program, &[], &log, Duration::from_secs(60))
     })
     .await
-    .map_err(|e| CliError::new("daemon failed to start", e.to_string()))?;
+    .map_err(|e| {
+        CliError::new(
+            ErrorKind::DaemonStart,
+            "daemon failed to start",
+            e.to_string(),
+        )
+    })?;
     match res {
         Ok(Started::Ready(_)) | Ok(Started::AlreadyRunning) => Ok(()),
-        Err(msg) => Err(CliError::new("daemon failed to start", msg)),
+        Err(msg) => Err(CliError::new(
+            ErrorKind::DaemonStart,
+            "daemon failed to start",
+            msg,
+        )),
     }
 }
 
@@ -121,6 +139,7 @@ pub async fn request(
 /// A reply of an unexpected kind (a version skew bug).
 pub fn unexpected(reply: Reply) -> CliError {
     CliError::new(
+        ErrorKind::Protocol,
         "protocol error",
         format!(
             "unexpected reply from the daemon: {reply:?}; run matching banger and bangerd binaries"

@@ -18,7 +18,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::config::{Config, HostFacts};
 use crate::paths::Layout;
 use crate::protocol::cli::{HelperState, Reply, Request};
-use render::{CliError, Table};
+use render::{CliError, ErrorKind, Table};
 use style::Style;
 
 static VERSION_TAIL: LazyLock<String> = LazyLock::new(|| {
@@ -171,7 +171,7 @@ pub(crate) fn out(s: &str) -> Result<(), CliError> {
         Ok(()) => Ok(()),
         // A closed pipe (`banger vm list | head`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(CliError::new("output failed", e.to_string())),
+        Err(e) => Err(CliError::local("output failed", e.to_string())),
     }
 }
 
@@ -179,7 +179,11 @@ pub(crate) fn out(s: &str) -> Result<(), CliError> {
 pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
     match cli.command {
         Command::Version => {
-            out(&(crate::version::version_block("banger") + "\n"))?;
+            out(&format!(
+                "{}\nprotocol {}\n",
+                crate::version::version_block("banger"),
+                crate::protocol::PROTOCOL_VERSION
+            ))?;
             Ok(0)
         }
         Command::Completion { shell } => {
@@ -205,7 +209,7 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
 
 fn config_show(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
     let cfg = Config::load(&ctx.layout.config_file(), HostFacts::probe())
-        .map_err(|e| CliError::new("bad config", e.to_string()))?;
+        .map_err(|e| CliError::usage("bad config", e.to_string()))?;
     if json {
         let v = serde_json::json!({
             "path": cfg.path,
@@ -262,7 +266,7 @@ async fn daemon(ctx: &Ctx, cmd: DaemonCommand) -> Result<u8, CliError> {
         DaemonCommand::Stop => {
             let mut c = match client::connect(layout, false).await {
                 Ok(c) => c,
-                Err(e) if e.label == "daemon not running" => {
+                Err(e) if e.kind == ErrorKind::DaemonNotRunning => {
                     out("bangerd is not running\n")?;
                     return Ok(0);
                 }
@@ -274,12 +278,12 @@ async fn daemon(ctx: &Ctx, cmd: DaemonCommand) -> Result<u8, CliError> {
             let pid = match client::request(&mut c, layout, Request::Shutdown, |_| {}).await {
                 Ok(Reply::ShuttingDown { pid }) => pid,
                 Ok(other) => return Err(client::unexpected(other)),
-                Err(e) if e.label == "connection failed" => server_pid,
+                Err(e) if e.kind == ErrorKind::Connection => server_pid,
                 Err(e) => return Err(e),
             };
             drop(c);
             if !crate::host::process::wait_exit(pid, Duration::from_secs(30)).await {
-                return Err(CliError::new(
+                return Err(CliError::local(
                     "timeout",
                     format!(
                         "bangerd (pid {pid}) did not exit within 30s; see {}",

@@ -56,9 +56,34 @@ pub fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
 }
 
-/// A user-facing error: `banger: <label>: <message> (op <op_id>)`.
+/// What kind of failure a [`CliError`] is; callers decide by this, never
+/// by the label text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The daemon refused or failed the request, with this code.
+    Rpc(crate::protocol::ErrorCode),
+    /// Nothing listens on the daemon socket.
+    DaemonNotRunning,
+    /// The daemon could not be started.
+    DaemonStart,
+    /// The connection to the daemon broke (it crashed or is exiting).
+    Connection,
+    /// Bad flags, values, names or paths: nothing was sent.
+    Usage,
+    /// A local problem: a file, a tool, the terminal.
+    Local,
+    /// The user interrupted the command.
+    Interrupted,
+    /// The daemon answered something this CLI does not understand.
+    Protocol,
+}
+
+/// A user-facing error: `banger: <label>: <message> (op <op_id>)`, or
+/// `banger: <message>` when the label would say nothing (a failed
+/// operation's message is the error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CliError {
+    pub kind: ErrorKind,
     pub label: String,
     pub message: String,
     pub op_id: Option<String>,
@@ -66,8 +91,9 @@ pub struct CliError {
 }
 
 impl CliError {
-    pub fn new(label: impl Into<String>, message: impl Into<String>) -> CliError {
+    pub fn new(kind: ErrorKind, label: impl Into<String>, message: impl Into<String>) -> CliError {
         CliError {
+            kind,
             label: label.into(),
             message: message.into(),
             op_id: None,
@@ -75,14 +101,33 @@ impl CliError {
         }
     }
 
+    /// Bad input caught before anything was sent.
+    pub fn usage(label: impl Into<String>, message: impl Into<String>) -> CliError {
+        CliError::new(ErrorKind::Usage, label, message)
+    }
+
+    /// A local failure (file, tool, terminal).
+    pub fn local(label: impl Into<String>, message: impl Into<String>) -> CliError {
+        CliError::new(ErrorKind::Local, label, message)
+    }
+
+    /// Whether the daemon answered with `code`.
+    pub fn is_rpc(&self, code: crate::protocol::ErrorCode) -> bool {
+        self.kind == ErrorKind::Rpc(code)
+    }
+
     /// Renders the error line (colour on `color`).
     pub fn render(&self, color: bool) -> String {
-        let mut s = format!(
-            "{} {}: {}",
-            style::red(color, "banger:"),
-            self.label,
-            self.message
-        );
+        let mut s = if self.label.is_empty() {
+            format!("{} {}", style::red(color, "banger:"), self.message)
+        } else {
+            format!(
+                "{} {}: {}",
+                style::red(color, "banger:"),
+                self.label,
+                self.message
+            )
+        };
         if let Some(op) = self.op_id.as_deref().filter(|o| !o.is_empty()) {
             s.push(' ');
             s.push_str(&style::dim(color, &format!("(op {op})")));
@@ -93,8 +138,13 @@ impl CliError {
 
 impl From<crate::protocol::RpcError> for CliError {
     fn from(e: crate::protocol::RpcError) -> Self {
+        use crate::protocol::ErrorCode;
         CliError {
-            label: e.code.label().to_string(),
+            kind: ErrorKind::Rpc(e.code),
+            label: match e.code {
+                ErrorCode::OperationFailed => String::new(),
+                c => c.label().to_string(),
+            },
             message: e.message,
             op_id: (!e.op_id.is_empty()).then_some(e.op_id),
             exit_code: 1,
@@ -117,7 +167,10 @@ pub fn human_duration(ms: u64) -> String {
 
 /// Age of a unix timestamp: `5s ago`, `3m ago`, `2h ago`, `4d ago`.
 pub fn age(unix: u64) -> String {
-    let now = crate::store::model::now_unix();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let d = now.saturating_sub(unix);
     match d {
         0..=59 => format!("{d}s ago"),
@@ -144,16 +197,18 @@ mod tests {
 
     #[test]
     fn error_line_format() {
-        let e = CliError {
-            label: "not found".into(),
-            message: "no VM named \"x\"".into(),
-            op_id: Some("abcd1234".into()),
-            exit_code: 1,
-        };
+        use crate::protocol::{ErrorCode, RpcError};
+        let e: CliError = RpcError::not_found("no VM named \"x\"")
+            .with_op("abcd1234")
+            .into();
         assert_eq!(
             e.render(false),
             "banger: not found: no VM named \"x\" (op abcd1234)"
         );
+        assert!(e.is_rpc(ErrorCode::NotFound));
+        // A failed operation's message is the error: no `failed:` label.
+        let e: CliError = RpcError::failed("qemu-img is not installed").into();
+        assert_eq!(e.render(false), "banger: qemu-img is not installed");
     }
 
     #[test]

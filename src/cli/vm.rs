@@ -8,9 +8,9 @@ use super::progress::ProgressView;
 use super::render::{self, CliError, Table};
 use super::{client, out, style, Ctx, ListArgs};
 use crate::config::{Config, HostFacts};
+use crate::domain::{VmState, VmmChoice};
 use crate::protocol::cli::{
-    Reply, Request, SshTarget, VmCreateSpec, VmState, VmView, VmmChoice, WorkspaceSpec,
-    WorkspaceView,
+    Reply, Request, SshTarget, VmCreateSpec, VmView, WorkspaceSpec, WorkspaceView,
 };
 use crate::size::{format_size, parse_size};
 
@@ -49,9 +49,9 @@ pub enum VmCommand {
     /// Force-kill a VM (use when 'vm stop' hangs)
     Kill {
         name: String,
-        /// TERM KILL INT HUP QUIT USR1 USR2 ABRT
+        /// TERM KILL INT HUP QUIT USR1 USR2 ABRT (SIGKILL, kill and 9 work too)
         #[arg(long, short = 's', default_value = "KILL")]
-        signal: String,
+        signal: crate::domain::Signal,
     },
     /// Stop a VM and remove its disks (irreversible)
     #[command(visible_alias = "rm")]
@@ -243,7 +243,8 @@ pub struct RunArgs {
 }
 
 fn memory_mib(s: &str) -> Result<u32, CliError> {
-    let b = parse_size(s).map_err(|e| CliError::new("invalid value", format!("--memory: {e}")))?;
+    let b =
+        parse_size(s).map_err(|e| CliError::usage("invalid value", format!("--memory: {e}")))?;
     Ok((b >> 20) as u32)
 }
 
@@ -251,11 +252,11 @@ fn memory_mib(s: &str) -> Result<u32, CliError> {
 /// before anything is sent).
 pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
     let cfg = Config::load(&ctx.layout.config_file(), HostFacts::probe())
-        .map_err(|e| CliError::new("bad config", e.to_string()))?;
+        .map_err(|e| CliError::usage("bad config", e.to_string()))?;
     let name = match &a.name {
         Some(n) => {
             crate::names::validate_vm_name(n)
-                .map_err(|e| CliError::new("invalid name", e.to_string()))?;
+                .map_err(|e| CliError::usage("invalid name", e.to_string()))?;
             n.clone()
         }
         None => crate::names::generate_vm_name(),
@@ -271,7 +272,7 @@ pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
         },
         disk_bytes: match &a.disk_size {
             Some(d) => parse_size(d)
-                .map_err(|e| CliError::new("invalid value", format!("--disk-size: {e}")))?,
+                .map_err(|e| CliError::usage("invalid value", format!("--disk-size: {e}")))?,
             None => cfg.vm_defaults.disk_bytes.value,
         },
         nat: a.nat,
@@ -354,7 +355,7 @@ async fn system_ssh(ctx: &Ctx, name: &str, command: &[String]) -> Result<i32, Cl
 
 fn run_ssh(t: &SshTarget, command: &[String]) -> Result<i32, CliError> {
     let ssh = crate::host::system_tool("ssh")
-        .ok_or_else(|| CliError::new("ssh missing", "install openssh-client"))?;
+        .ok_or_else(|| CliError::local("ssh missing", "install openssh-client"))?;
     let mut cmd = std::process::Command::new(ssh);
     cmd.args(["-F", &t.ssh_config]);
     if command.is_empty() {
@@ -363,11 +364,11 @@ fn run_ssh(t: &SshTarget, command: &[String]) -> Result<i32, CliError> {
     cmd.arg(&t.host_alias);
     if !command.is_empty() {
         cmd.arg("--")
-            .arg(crate::vm::ssh::command_line(command, None));
+            .arg(crate::guest::ssh::command_line(command, None));
     }
     let st = cmd
         .status()
-        .map_err(|e| CliError::new("ssh failed", e.to_string()))?;
+        .map_err(|e| CliError::local("ssh failed", e.to_string()))?;
     Ok(st.code().unwrap_or(255))
 }
 
@@ -381,13 +382,13 @@ fn ws_spec(
     let mode = ws
         .mode
         .parse()
-        .map_err(|e: String| CliError::new("invalid value", format!("--mode: {e}")))?;
+        .map_err(|e: String| CliError::usage("invalid value", format!("--mode: {e}")))?;
     let p = std::path::Path::new(path);
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|e| CliError::new("invalid path", e.to_string()))?
+            .map_err(|e| CliError::usage("invalid path", e.to_string()))?
             .join(p)
     };
     Ok(WorkspaceSpec {
@@ -399,7 +400,7 @@ fn ws_spec(
 }
 
 fn ws_error(e: crate::workspace::WorkspaceError) -> CliError {
-    CliError::new("workspace", e.to_string())
+    CliError::local("workspace", e.to_string())
 }
 
 /// `--dry-run`: inspect on the host only (no daemon, no VM) and print the plan.
@@ -441,13 +442,13 @@ fn uses_mise(spec: &WorkspaceSpec) -> bool {
 /// `vm run`.
 async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
     if a.detach && a.rm {
-        return Err(CliError::new(
+        return Err(CliError::usage(
             "invalid flags",
             "-d (leave running) and --rm (delete afterwards) contradict each other; pick one",
         ));
     }
     if a.detach && !a.command.is_empty() {
-        return Err(CliError::new("invalid flags", "-d does not take a command; use `banger vm run -d` then `banger vm ssh <name> -- <cmd>`"));
+        return Err(CliError::usage("invalid flags", "-d does not take a command; use `banger vm run -d` then `banger vm ssh <name> -- <cmd>`"));
     }
     let ws = match &a.path {
         Some(p) => {
@@ -459,7 +460,7 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
             crate::workspace::git::Git::at(std::path::Path::new(&spec.path)).map_err(ws_error)?;
             let mise = uses_mise(&spec);
             if mise && !a.create.nat && !a.no_bootstrap {
-                return Err(CliError::new(
+                return Err(CliError::usage(
                     "needs network",
                     "this repo has a .mise.toml: its tools are downloaded at bootstrap, which needs --nat; or pass --no-bootstrap to skip it",
                 ));
@@ -467,7 +468,7 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
             Some((spec, mise && a.create.nat && !a.no_bootstrap))
         }
         None if a.ws.dry_run => {
-            return Err(CliError::new(
+            return Err(CliError::usage(
                 "invalid flags",
                 "--dry-run needs a repository path",
             ))
@@ -511,7 +512,7 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
             let run = exec(ctx, &name, a.command.clone(), false);
             tokio::select! {
                 r = run => r.map(|c| c.clamp(0, 255) as u8),
-                _ = tokio::signal::ctrl_c() => Err(CliError { exit_code: 130, ..CliError::new("interrupted", "the command was interrupted") }),
+                _ = tokio::signal::ctrl_c() => Err(CliError { exit_code: 130, ..CliError::new(super::render::ErrorKind::Interrupted, "interrupted", "the command was interrupted") }),
             }
         }
         Ok(_) => {
@@ -531,7 +532,7 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
         // Whatever happened: the VM goes (if it was created at all).
         match delete(ctx, &name).await {
             Ok(()) => {}
-            Err(e) if e.label == "not found" => {}
+            Err(e) if e.is_rpc(crate::protocol::ErrorCode::NotFound) => {}
             Err(e) => eprintln!("{}", e.render(ctx.style.stderr)),
         }
     }
@@ -629,7 +630,7 @@ pub async fn list(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
 }
 
 fn check_name(name: &str) -> Result<(), CliError> {
-    crate::names::validate_vm_name(name).map_err(|e| CliError::new("invalid name", e.to_string()))
+    crate::names::validate_vm_name(name).map_err(|e| CliError::usage("invalid name", e.to_string()))
 }
 
 async fn simple(ctx: &Ctx, name: &str, req: Request) -> Result<u8, CliError> {
@@ -684,22 +685,14 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
                     Reply::Vms(v) => v,
                     other => return Err(client::unexpected(other)),
                 };
-                let doomed: Vec<VmView> = vms
-                    .into_iter()
-                    .filter(|v| {
-                        matches!(
-                            v.state,
-                            VmState::Created | VmState::Stopped | VmState::Error
-                        )
-                    })
-                    .collect();
+                let doomed: Vec<VmView> = vms.into_iter().filter(|v| v.state.prunable()).collect();
                 if doomed.is_empty() {
                     out("nothing to prune: every VM is running\n")?;
                     return Ok(0);
                 }
                 out(&vm_table(&doomed))?;
                 if !std::io::stdin().is_terminal() {
-                    return Err(CliError::new(
+                    return Err(CliError::usage(
                         "confirmation needed",
                         "these VMs would be deleted; run again with -f to confirm",
                     ));
@@ -813,7 +806,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             let mut sink: Box<dyn std::io::Write> = match &output {
                 Some(f) => Box::new(
                     std::fs::File::create(f)
-                        .map_err(|e| CliError::new("cannot write", format!("{f}: {e}")))?,
+                        .map_err(|e| CliError::local("cannot write", format!("{f}: {e}")))?,
                 ),
                 None => Box::new(std::io::stdout().lock()),
             };
@@ -829,7 +822,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             .await;
             let _ = sink.flush();
             if let Some(e) = write_err {
-                return Err(CliError::new("cannot write", e.to_string()));
+                return Err(CliError::local("cannot write", e.to_string()));
             }
             match r? {
                 Reply::Done => Ok(0),

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
 
+use super::vms;
 use crate::actors::helper_link::HelperLinkMsg;
-use crate::actors::vm_actor::VmMsg;
-use crate::actors::vm_registry::RegistryMsg;
-use crate::actors::Services;
+use crate::actors::Slots;
+use crate::ops::{images, kernels, views, Ctx};
 use crate::protocol::cli::{DaemonStatus, Event, HelperState, Reply, Request};
 use crate::protocol::conn::{Handler, Peer};
 use crate::protocol::{Call, RpcError};
@@ -17,30 +17,16 @@ use crate::protocol::{Call, RpcError};
 /// Serves CLI requests.
 #[derive(Clone)]
 pub struct DaemonHandler {
-    pub services: Arc<Services>,
+    pub ctx: Arc<Ctx>,
+    pub slots: Arc<Slots>,
     pub started: Instant,
     pub shutdown: Arc<Notify>,
     pub socket: PathBuf,
 }
 
-const CALL_MS: u64 = 30_000;
-
-fn actor_err(what: &str, e: impl std::fmt::Display) -> RpcError {
-    RpcError::failed(format!("{what}: {e}"))
-}
-
 impl DaemonHandler {
-    fn registry(&self) -> Result<ractor::ActorRef<RegistryMsg>, RpcError> {
-        self.services.registry.get().ok_or_else(|| {
-            RpcError::new(
-                crate::protocol::ErrorCode::Busy,
-                "the VM registry is restarting; retry in a moment",
-            )
-        })
-    }
-
     async fn status(&self) -> Result<Reply, RpcError> {
-        let helper = match self.services.helper.get() {
+        let helper = match self.slots.helper.get() {
             Some(link) => ractor::call_t!(link, HelperLinkMsg::Status, 8000).unwrap_or_else(|e| {
                 HelperState::NotConnected {
                     reason: format!("the helper link did not answer: {e}"),
@@ -50,12 +36,7 @@ impl DaemonHandler {
                 reason: "the helper link is restarting".into(),
             },
         };
-        let vm_count = self
-            .services
-            .store
-            .list_vms()
-            .map(|v| v.len() as u32)
-            .map_err(|e| RpcError::failed(e.to_string()))?;
+        let vm_count = self.ctx.store.list_vms()?.len() as u32;
         Ok(Reply::Status(DaemonStatus {
             pid: std::process::id(),
             version: crate::version::VERSION.into(),
@@ -63,35 +44,22 @@ impl DaemonHandler {
             protocol_version: crate::protocol::PROTOCOL_VERSION,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             socket: self.socket.display().to_string(),
-            store: self.services.store.path().display().to_string(),
-            system_mode: self.services.layout.system,
+            store: self.ctx.store.path().display().to_string(),
+            system_mode: self.ctx.layout.system,
             vm_count,
             helper,
         }))
     }
 
     async fn vm_list(&self) -> Result<Reply, RpcError> {
-        let reg = self.registry()?;
-        let vms = ractor::call_t!(reg, RegistryMsg::List, CALL_MS)
-            .map_err(|e| actor_err("listing VMs", e))??;
-        Ok(Reply::Vms(vms.iter().map(|v| v.view()).collect()))
-    }
-
-    async fn vm_show(&self, name: &str) -> Result<Reply, RpcError> {
-        crate::names::validate_vm_name(name).map_err(|e| RpcError::bad_request(e.to_string()))?;
-        let reg = self.registry()?;
-        let actor = ractor::call_t!(
+        let reg = super::requests::registry(&self.slots)?;
+        let vms = ractor::call_t!(
             reg,
-            |reply| RegistryMsg::Lookup {
-                name: name.to_string(),
-                reply
-            },
-            CALL_MS
+            crate::actors::vm_registry::RegistryMsg::List,
+            super::requests::READ_MS
         )
-        .map_err(|e| actor_err("finding the VM", e))??;
-        let rec = ractor::call_t!(actor, VmMsg::Get, CALL_MS)
-            .map_err(|e| actor_err("reading the VM", e))?;
-        Ok(Reply::Vm(rec.view()))
+        .map_err(|e| RpcError::failed(format!("listing VMs: {e}")))??;
+        Ok(Reply::Vms(vms.iter().map(views::vm).collect()))
     }
 }
 
@@ -104,6 +72,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
     ) -> Result<Reply, RpcError> {
         let method = call.request.method();
         tracing::debug!(op_id = %call.op_id, uid = peer.uid, method, "request");
+        let (ctx, slots) = (&self.ctx, &self.slots);
         let res = match call.request {
             Request::Ping => Ok(Reply::Pong),
             Request::Status => self.status().await,
@@ -114,82 +83,141 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 })
             }
             Request::VmList => self.vm_list().await,
-            Request::VmShow { name } => self.vm_show(&name).await,
+            Request::VmShow { name } => vms::show(slots, &name).await,
             Request::KernelPull {
                 source,
                 name,
                 version,
-            } => super::kernels::pull(self.services.clone(), source, name, version, events).await,
-            Request::KernelImport { name, from } => {
-                super::kernels::import(self.services.clone(), name, from).await
-            }
-            Request::KernelList => super::kernels::list(&self.services),
-            Request::KernelShow { name } => super::kernels::show(&self.services, &name),
-            Request::KernelDelete { name } => super::kernels::delete(&self.services, &name),
+            } => kernels::pull(ctx.clone(), source, name, version, events).await,
+            Request::KernelImport { name, from } => kernels::import(ctx.clone(), name, from).await,
+            Request::KernelList => kernels::list(ctx),
+            Request::KernelShow { name } => kernels::show(ctx, &name),
+            Request::KernelDelete { name } => kernels::delete(ctx, &name),
             Request::ImageBuild { name, rebuild } => {
-                super::images::build(self.services.clone(), name, rebuild, events).await
+                images::build(ctx.clone(), name, rebuild, events).await
             }
-            Request::ImageImport { file, name } => {
-                super::images::import(self.services.clone(), file, name).await
-            }
-            Request::ImageExport { name, file } => {
-                super::images::export(self.services.clone(), name, file).await
-            }
-            Request::ImageList => super::images::list(&self.services),
-            Request::ImageShow { name } => super::images::show(&self.services, &name),
-            Request::ImageDelete { name } => super::images::delete(&self.services, &name),
-            Request::ImagePromote { name } => super::images::promote(&self.services, &name),
-            Request::VmCreate(spec) => {
-                super::vms::create(self.services.clone(), spec, events).await
-            }
-            Request::VmStart { name } => {
-                super::vms::start(self.services.clone(), &name, events).await
-            }
-            Request::VmStop { name } => {
-                super::vms::stop(self.services.clone(), &name, events).await
-            }
-            Request::VmRestart { name } => {
-                super::vms::restart(self.services.clone(), &name, events).await
-            }
-            Request::VmKill { name, signal } => {
-                super::vms::kill(self.services.clone(), &name, signal).await
-            }
-            Request::VmDelete { name } => super::vms::delete(self.services.clone(), &name).await,
-            Request::VmPrune => super::vms::prune(self.services.clone()).await,
+            Request::ImageImport { file, name } => images::import(ctx.clone(), file, name).await,
+            Request::ImageExport { name, file } => images::export(ctx.clone(), name, file).await,
+            Request::ImageList => images::list(ctx),
+            Request::ImageShow { name } => images::show(ctx, &name),
+            Request::ImageDelete { name } => images::delete(ctx, &name),
+            Request::ImagePromote { name } => images::promote(ctx, &name),
+            Request::VmCreate(spec) => vms::create(ctx.clone(), slots.clone(), spec, events).await,
+            Request::VmStart { name } => vms::start(slots, &name, events).await,
+            Request::VmStop { name } => vms::stop(slots, &name, events).await,
+            Request::VmRestart { name } => vms::restart(slots, &name, events).await,
+            Request::VmKill { name, signal } => vms::kill(slots, &name, signal).await,
+            Request::VmDelete { name } => vms::delete(slots, &name).await,
+            Request::VmPrune => vms::prune(ctx, slots).await,
             Request::VmSet {
                 name,
                 vcpu,
                 memory_mib,
                 nat,
-            } => super::vms::set(self.services.clone(), &name, vcpu, memory_mib, nat).await,
-            Request::VmLogs { name } => super::vms::logs(self.services.clone(), &name).await,
+            } => vms::set(slots, &name, vcpu, memory_mib, nat).await,
+            Request::VmLogs { name } => vms::logs(ctx, slots, &name).await,
             Request::VmExec {
                 name,
                 argv,
                 cwd,
                 auto_prepare,
-            } => {
-                super::vms::exec(
-                    self.services.clone(),
-                    &name,
-                    argv,
-                    cwd,
-                    auto_prepare,
-                    events,
-                )
-                .await
-            }
+            } => vms::exec(ctx, slots, &name, argv, cwd, auto_prepare, events).await,
             Request::WorkspacePrepare { name, spec } => {
-                super::workspaces::prepare(self.services.clone(), &name, spec, events).await
+                vms::prepare(slots, &name, spec, events).await
             }
             Request::WorkspaceExport { name, base_commit } => {
-                super::workspaces::export(self.services.clone(), &name, base_commit, events).await
+                vms::export(ctx, slots, &name, base_commit, events).await
             }
-            Request::VmSsh { name } => super::vms::ssh(self.services.clone(), &name).await,
+            Request::VmSsh { name } => vms::ssh(ctx, slots, &name).await,
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::vm_registry::VmRegistry;
+    use crate::ops::testing::Fakes;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vm_show_answers_within_100ms_while_the_vm_boots() {
+        let f = Fakes::new();
+        f.artifacts();
+        let mut rec = f.vm("busy", false);
+        // No vsock bridge for this kind; the fake driver boots at once and
+        // the agent never answers, so the start runs for the boot deadline.
+        rec.vmm = crate::domain::VmmKind::Firecracker;
+        f.ctx.store.put_vm(&rec).unwrap();
+        let slots = Arc::new(Slots::default());
+        let (reg, _) = ractor::Actor::spawn(None, VmRegistry { ctx: f.ctx.clone() }, ())
+            .await
+            .unwrap();
+        slots.registry.set(Some(reg));
+        let h = DaemonHandler {
+            ctx: f.ctx.clone(),
+            slots: slots.clone(),
+            started: Instant::now(),
+            shutdown: Arc::new(Notify::new()),
+            socket: PathBuf::from("/nonexistent"),
+        };
+        let call = |request| Call {
+            op_id: "t".into(),
+            request,
+        };
+        let peer = Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        let (tx, _rx) = mpsc::channel(1024);
+        let starter = {
+            let h = h.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                h.handle(
+                    peer,
+                    call(Request::VmStart {
+                        name: "busy".into(),
+                    }),
+                    tx,
+                )
+                .await
+            })
+        };
+        let mut seen_starting = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !starter.is_finished() {
+            assert!(Instant::now() < deadline, "the start never ended");
+            let t = Instant::now();
+            let r = h
+                .handle(
+                    peer,
+                    call(Request::VmShow {
+                        name: "busy".into(),
+                    }),
+                    tx.clone(),
+                )
+                .await
+                .unwrap();
+            let took = t.elapsed();
+            assert!(took < Duration::from_millis(100), "vm show took {took:?}");
+            if let Reply::Vm(v) = r {
+                if v.state == crate::domain::VmState::Starting {
+                    seen_starting += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            seen_starting > 10,
+            "vm show ran during the start ({seen_starting} times)"
+        );
+        let e = starter.await.unwrap().unwrap_err();
+        assert!(e.message.contains("did not answer"), "{}", e.message);
     }
 }

@@ -1,14 +1,16 @@
 //! `bangerd`: owns the state and orchestrates. Startup: take the lock, open
-//! and migrate the store, start the actor tree, bind the 0600 socket, report
-//! ready. Each connection is served by [`crate::protocol::conn`] with the
-//! [`handler::DaemonHandler`].
+//! and migrate the store, build the [`Ctx`] and the actor tree, reconcile
+//! with what runs, bind the 0600 socket, report ready. Each connection is
+//! served by [`crate::protocol::conn`] with the [`handler::DaemonHandler`].
+//!
+//! `handler.rs` holds the one `match` over requests; requests about one VM
+//! are routed to its actor in `vms.rs`, through the helpers of
+//! `requests.rs`; everything else calls `ops` directly.
 
 pub mod handler;
-pub mod images;
-pub mod kernels;
 pub mod reconcile;
+pub mod requests;
 pub mod vms;
-pub mod workspaces;
 
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -21,10 +23,12 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
 use crate::actors::helper_link::{HelperLauncher, HelperLinkMsg};
-use crate::actors::supervisor::{DaemonSupervisor, HelperLinkSpec};
-use crate::actors::Services;
+use crate::actors::supervisor::{DaemonSupervisor, HelperLinkSpec, SupervisorMsg};
+use crate::actors::{ActorHelper, ActorJobs, ActorTaps, JobKind, Slots};
 use crate::config::{Config, HostFacts};
+use crate::fsutil::{IoContext, IoError};
 use crate::host::process::{report_ready, spawn_service, LockFile, Started};
+use crate::ops::{Ctx, RealDrivers, Timeouts};
 use crate::paths::{ensure_private_dir, sibling_binary, Layout};
 use crate::store::Store;
 
@@ -38,8 +42,10 @@ pub struct DaemonOptions {
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("starting the actor system: {0}")]
+    Actors(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -112,23 +118,35 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 struct Running {
     listener: UnixListener,
     socket: PathBuf,
-    services: Arc<Services>,
-    supervisor: ractor::ActorRef<crate::actors::supervisor::SupervisorMsg>,
-    shutdown: Arc<Notify>,
+    ctx: Arc<Ctx>,
+    slots: Arc<Slots>,
+    supervisor: ractor::ActorRef<SupervisorMsg>,
     stop_helper: bool,
     started: Instant,
     _lock: LockFile,
 }
 
+/// The daemon's context, its seams backed by the actors in `slots`.
+pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Slots>) -> Arc<Ctx> {
+    Arc::new(Ctx {
+        store,
+        layout,
+        config,
+        helper: Arc::new(ActorHelper(slots.clone())),
+        taps: Arc::new(ActorTaps(slots.clone())),
+        images: Arc::new(ActorJobs(slots.clone(), JobKind::Images)),
+        kernels: Arc::new(ActorJobs(slots.clone(), JobKind::Kernels)),
+        drivers: Arc::new(RealDrivers),
+        timeouts: Timeouts::for_host(),
+    })
+}
+
 async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
     let layout = opts.layout;
-    let setup = |what: &str, e: std::io::Error| DaemonError::Setup(format!("{what}: {e}"));
-    ensure_private_dir(&layout.runtime_dir)
-        .map_err(|e| setup(&format!("creating {}", layout.runtime_dir.display()), e))?;
-    std::fs::create_dir_all(&layout.state_dir)
-        .map_err(|e| setup(&format!("creating {}", layout.state_dir.display()), e))?;
-    let Some(lock) = LockFile::try_acquire(&layout.daemon_lock())
-        .map_err(|e| setup(&format!("locking {}", layout.daemon_lock().display()), e))?
+    ensure_private_dir(&layout.runtime_dir).ctx("creating", &layout.runtime_dir)?;
+    std::fs::create_dir_all(&layout.state_dir).ctx("creating", &layout.state_dir)?;
+    let Some(lock) =
+        LockFile::try_acquire(&layout.daemon_lock()).ctx("locking", &layout.daemon_lock())?
     else {
         tracing::info!("another bangerd holds the lock; exiting");
         return Ok(None);
@@ -161,34 +179,35 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
         }
     }
     let socket = layout.daemon_socket();
-    let services = Services::new(store, layout, config);
+    let slots = Arc::new(Slots::default());
+    let ctx = context(layout, config, store, &slots);
     let (supervisor, _) = Actor::spawn(
         None,
         DaemonSupervisor {
-            services: services.clone(),
+            ctx: ctx.clone(),
+            slots: slots.clone(),
             helper,
         },
         (),
     )
     .await
-    .map_err(|e| DaemonError::Setup(format!("starting the actor system: {e}")))?;
+    .map_err(|e| DaemonError::Actors(e.to_string()))?;
 
     // Remove what no VM owns any more before anyone can ask for a new VM.
-    reconcile::orphans(&services).await;
+    reconcile::orphans(&ctx).await;
 
     // We hold the lock, so a socket file left here is stale.
     let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| setup(&format!("binding {}", socket.display()), e))?;
+    let listener = UnixListener::bind(&socket).ctx("binding", &socket)?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| setup(&format!("chmod {}", socket.display()), e))?;
+        .ctx("chmod 0600", &socket)?;
     tracing::info!(socket = %socket.display(), version = crate::version::VERSION, "bangerd ready");
     Ok(Some(Running {
         listener,
         socket,
-        services,
+        ctx,
+        slots,
         supervisor,
-        shutdown: Arc::new(Notify::new()),
         stop_helper,
         started: Instant::now(),
         _lock: lock,
@@ -198,64 +217,48 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
 impl Running {
     async fn serve(self) {
         let owner = nix::unistd::geteuid().as_raw();
+        let shutdown = Arc::new(Notify::new());
         let handler = handler::DaemonHandler {
-            services: self.services.clone(),
+            ctx: self.ctx.clone(),
+            slots: self.slots.clone(),
             started: self.started,
-            shutdown: self.shutdown.clone(),
+            shutdown: shutdown.clone(),
             socket: self.socket.clone(),
         };
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let mut sigint =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let h = handler.clone();
-                        tokio::spawn(crate::protocol::conn::serve_connection(
-                            stream,
-                            move |uid| uid == owner || uid == 0,
-                            h,
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = self.shutdown.notified() => break,
-                _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
-                _ = async { match sigint.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
-            }
-        }
+        crate::protocol::conn::serve_until_shutdown(
+            self.listener,
+            move |uid| uid == owner || uid == 0,
+            handler,
+            shutdown,
+        )
+        .await;
         tracing::info!("bangerd stopping");
         let _ = std::fs::remove_file(&self.socket);
         // Warm taps are ours alone: give them back before the helper goes.
-        if let Some(pool) = self.services.taps.get() {
+        if let Some(pool) = self.slots.taps.get() {
             let _ = ractor::call_t!(pool, crate::actors::tap_pool::TapPoolMsg::Drain, 10_000);
         }
         if self.stop_helper {
-            self.stop_helper().await;
+            stop_helper(&self.slots).await;
         }
         self.supervisor.stop(Some("shutdown".into()));
     }
+}
 
-    async fn stop_helper(&self) {
-        let Some(link) = self.services.helper.get() else {
-            return;
-        };
-        let pid = match ractor::call_t!(link, HelperLinkMsg::Status, 3000) {
-            Ok(crate::protocol::cli::HelperState::Connected { pid, .. }) => pid,
-            _ => return,
-        };
-        // The helper may close the connection before its answer is written;
-        // its exit is what counts.
-        if let Err(e) = ractor::call_t!(link, HelperLinkMsg::ShutdownHelper, 5000) {
-            tracing::warn!("asking bangerd-root to stop: {e}");
-        }
-        if !crate::host::process::wait_exit(pid, Duration::from_secs(10)).await {
-            tracing::warn!(pid, "bangerd-root did not exit after shutdown");
-        }
+async fn stop_helper(slots: &Slots) {
+    let Some(link) = slots.helper.get() else {
+        return;
+    };
+    let pid = match ractor::call_t!(link, HelperLinkMsg::Status, 3000) {
+        Ok(crate::protocol::cli::HelperState::Connected { pid, .. }) => pid,
+        _ => return,
+    };
+    // The helper may close the connection before its answer is written;
+    // its exit is what counts.
+    if let Err(e) = ractor::call_t!(link, HelperLinkMsg::ShutdownHelper, 5000) {
+        tracing::warn!("asking bangerd-root to stop: {e}");
+    }
+    if !crate::host::process::wait_exit(pid, Duration::from_secs(10)).await {
+        tracing::warn!(pid, "bangerd-root did not exit after shutdown");
     }
 }

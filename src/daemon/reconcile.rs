@@ -4,76 +4,61 @@
 //! vhost-device-vsock processes and banger taps. Each removal is logged.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use crate::actors::helper_link::call_helper;
-use crate::actors::Services;
-use crate::protocol::cli::VmState;
+use crate::domain::Signal;
+use crate::ops::Ctx;
 use crate::protocol::helper::{PrivReply, PrivRequest};
-use crate::protocol::new_op_id;
 use crate::store::VmRecord;
 
-fn active(svc: &Services) -> HashMap<String, VmRecord> {
-    svc.store
+fn active(ctx: &Ctx) -> HashMap<String, VmRecord> {
+    ctx.store
         .list_vms()
         .unwrap_or_default()
         .into_iter()
-        .filter(|v| {
-            matches!(
-                v.state,
-                VmState::Running | VmState::Starting | VmState::Stopping
-            )
-        })
+        .filter(|v| v.state.may_have_vmm())
         .map(|v| (v.id.clone(), v))
         .collect()
 }
 
 /// Runs the orphan pass. Without a helper, only the daemon's own processes
 /// are checked.
-pub async fn orphans(svc: &Arc<Services>) {
-    let live = active(svc);
-    let op = new_op_id();
-    match call_helper(&svc.helper, &op, PrivRequest::ListVmms).await {
+pub async fn orphans(ctx: &Ctx) {
+    let live = active(ctx);
+    match ctx.helper.call(PrivRequest::ListVmms).await {
         Ok(PrivReply::Vmms(list)) => {
             for p in list {
                 let owned = live.get(&p.vm_id).is_some_and(|r| r.vmm_pid == Some(p.pid));
                 if !owned {
                     tracing::warn!(pid = p.pid, vm_id = %p.vm_id, "killing an orphan VMM no VM record owns");
-                    let _ = call_helper(
-                        &svc.helper,
-                        &op,
-                        PrivRequest::SignalVmm {
+                    let _ = ctx
+                        .helper
+                        .call(PrivRequest::SignalVmm {
                             pid: p.pid,
-                            signal: "KILL".into(),
-                        },
-                    )
-                    .await;
+                            signal: Signal::Kill,
+                        })
+                        .await;
                 }
             }
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("orphan check skipped (no helper): {}", e.message),
     }
-    if let Ok(PrivReply::Taps(taps)) = call_helper(&svc.helper, &op, PrivRequest::ListTaps).await {
+    if let Ok(PrivReply::Taps(taps)) = ctx.helper.call(PrivRequest::ListTaps).await {
         for t in taps {
             let owned = live
                 .values()
                 .any(|r| r.tap.as_deref() == Some(t.name.as_str()));
             if !owned {
                 tracing::warn!(tap = %t.name, "deleting an orphan tap no VM uses");
-                let _ =
-                    call_helper(&svc.helper, &op, PrivRequest::DeleteTap { name: t.name }).await;
+                let _ = crate::ops::net::delete_tap(&*ctx.helper, t.name).await;
             }
         }
     }
-    let vms_dir = svc.layout.runtime_dir.join("vms");
+    let vms_dir = ctx.layout.runtime_dir.join("vms");
     for (pid, vm_id) in vsock_processes(&vms_dir) {
         if !live.contains_key(&vm_id) {
             tracing::warn!(pid, %vm_id, "killing an orphan vhost-device-vsock");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            crate::host::vsock_bridge::kill(pid).await;
         }
     }
 }

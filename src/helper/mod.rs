@@ -16,19 +16,18 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::Actor;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, Notify};
 
-use crate::actors::Slot;
 use crate::host::net::NetOps;
 use crate::host::process::{report_ready, LockFile};
-use crate::image::build::{build_rootfs, BuildEnv, BuildError};
+use crate::image::build::{build_rootfs, BuildEnv};
 use crate::protocol::conn::{Handler, Peer};
 use crate::protocol::helper::{NoEvent, PrivReply, PrivRequest};
 use crate::protocol::{Call, RpcError};
+use crate::supervise::Slot;
 use net_actor::NetMsg;
 
 /// How the helper was started.
@@ -214,9 +213,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
                 tracing::info!(op_id = %call.op_id, build = %spec.build_id, recipe = %spec.recipe, "build requested");
                 match tokio::task::spawn_blocking(move || build_rootfs(&env, &spec, &cancel)).await
                 {
-                    Ok(Ok(b)) => Ok(PrivReply::Built(b)),
-                    Ok(Err(BuildError::Refused(m))) => Err(RpcError::bad_request(m)),
-                    Ok(Err(BuildError::Failed(m))) => Err(RpcError::failed(m)),
+                    Ok(r) => r.map(PrivReply::Built).map_err(RpcError::from),
                     Err(e) => Err(RpcError::failed(format!("build task failed: {e}"))),
                 }
             }
@@ -224,21 +221,19 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
                 let (owner, gid, rt) = (self.owner_uid, self.owner_gid, self.runtime_dir.clone());
                 tracing::info!(op_id = %call.op_id, vm_id = %spec.vm_id, kind = spec.kind.as_str(), "launching VMM");
                 tokio::task::spawn_blocking(move || vmm_ops::launch(&spec, owner, gid, &rt))
-                    .await
-                    .map_err(|e| RpcError::failed(e.to_string()))?
+                    .await?
                     .map(|pid| PrivReply::Launched { pid })
             }
             PrivRequest::SignalVmm { pid, signal } => {
                 tracing::info!(op_id = %call.op_id, pid, %signal, "signalling VMM");
-                vmm_ops::signal(pid, &signal, self.owner_uid, &self.runtime_dir)
+                vmm_ops::signal(pid, signal, self.owner_uid, &self.runtime_dir)
                     .map(|_| PrivReply::Done)
             }
             PrivRequest::ListVmms => {
                 let (owner, rt) = (self.owner_uid, self.runtime_dir.clone());
-                tokio::task::spawn_blocking(move || vmm_ops::list(owner, &rt))
-                    .await
-                    .map_err(|e| RpcError::failed(e.to_string()))
-                    .map(PrivReply::Vmms)
+                Ok(PrivReply::Vmms(
+                    tokio::task::spawn_blocking(move || vmm_ops::list(owner, &rt)).await?,
+                ))
             }
             req @ (PrivRequest::EnsureBridge { .. }
             | PrivRequest::CreateTap { .. }
@@ -250,7 +245,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
                     .net
                     .get()
                     .ok_or_else(|| RpcError::failed("the network actor is restarting; retry"))?;
-                ractor::call_t!(net, |reply| NetMsg::Exec(req, reply), 60_000)
+                ractor::call_t!(net, |reply| NetMsg::Exec(Box::new(req), reply), 60_000)
                     .map_err(|e| RpcError::failed(format!("network actor: {e}")))?
             }
         };
@@ -280,31 +275,13 @@ impl Running {
             net: self.net.clone(),
             shutdown: self.shutdown.clone(),
         };
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let mut sigint =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let h = handler.clone();
-                        tokio::spawn(crate::protocol::conn::serve_connection(
-                            stream,
-                            move |uid| uid == owner,
-                            h,
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = self.shutdown.notified() => break,
-                _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
-                _ = async { match sigint.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
-            }
-        }
+        crate::protocol::conn::serve_until_shutdown(
+            self.listener,
+            move |uid| uid == owner,
+            handler,
+            self.shutdown.clone(),
+        )
+        .await;
         tracing::info!("bangerd-root stopping");
         let _ = std::fs::remove_file(&self.socket);
         // Our work area is empty unless a build is still being torn down.

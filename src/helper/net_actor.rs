@@ -1,31 +1,30 @@
-//! `NetActor`: bridge and tap operations, one at a time (two `ip` runs on the
-//! same device must not interleave). Each runs on the blocking pool.
+//! `NetActor`: bridge, tap and NAT operations, one at a time (two `ip` runs
+//! on the same device must not interleave). The actor hands each request to
+//! its worker task, which runs them in order on the blocking pool: the
+//! mailbox never waits on a process.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 
-use crate::host::net::{self, NetError, NetOps};
+use crate::host::net::{self, NetOps};
 use crate::protocol::helper::{PrivReply, PrivRequest, TapInfo};
-use crate::protocol::{ErrorCode, RpcError};
+use crate::protocol::RpcError;
+
+type Reply = RpcReplyPort<Result<PrivReply, RpcError>>;
 
 /// Messages to the [`NetActor`].
 pub enum NetMsg {
-    /// Executes a network request (EnsureBridge, CreateTap, DeleteTap, ListTaps).
-    Exec(PrivRequest, RpcReplyPort<Result<PrivReply, RpcError>>),
+    /// Executes a network request (EnsureBridge, CreateTap, DeleteTap,
+    /// ListTaps, EnableNat, DisableNat), after every earlier one.
+    Exec(Box<PrivRequest>, Reply),
 }
 
-/// The actor: the host seam and the owner uid taps are created for.
+/// The host seam and the owner uid taps are created for.
 pub struct NetActor {
     pub ops: Arc<dyn NetOps>,
     pub owner_uid: u32,
-}
-
-fn to_rpc(e: NetError) -> RpcError {
-    match e {
-        NetError::Policy(p) => RpcError::new(ErrorCode::BadRequest, p.to_string()),
-        NetError::Host(h) => RpcError::failed(h.to_string()),
-    }
 }
 
 fn nat_request_ok(vm_id: &str, ip: std::net::Ipv4Addr, bridge: &str) -> bool {
@@ -42,13 +41,13 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
             prefix_len,
         } => net::ensure_bridge(ops, &name, address, prefix_len)
             .map(|_| PrivReply::Done)
-            .map_err(to_rpc),
+            .map_err(RpcError::from),
         PrivRequest::CreateTap { name, bridge } => net::create_tap(ops, &name, &bridge, owner_uid)
             .map(|_| PrivReply::Done)
-            .map_err(to_rpc),
+            .map_err(RpcError::from),
         PrivRequest::DeleteTap { name } => net::delete_tap(ops, &name, owner_uid)
             .map(|_| PrivReply::Done)
-            .map_err(to_rpc),
+            .map_err(RpcError::from),
         PrivRequest::ListTaps => net::list_taps(ops, owner_uid)
             .map(|v| {
                 PrivReply::Taps(
@@ -61,7 +60,7 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
                         .collect(),
                 )
             })
-            .map_err(to_rpc),
+            .map_err(RpcError::from),
         PrivRequest::EnableNat { vm_id, ip, bridge } | PrivRequest::DisableNat { vm_id, ip, bridge }
             if !nat_request_ok(&vm_id, ip, &bridge) =>
         {
@@ -71,10 +70,10 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
         }
         PrivRequest::EnableNat { vm_id, ip, bridge } => crate::host::nat::enable(&vm_id, ip, &bridge)
             .map(|_| PrivReply::Done)
-            .map_err(|e| RpcError::failed(e.to_string())),
+            .map_err(RpcError::from),
         PrivRequest::DisableNat { vm_id, .. } => crate::host::nat::disable(&vm_id)
             .map(|_| PrivReply::Done)
-            .map_err(|e| RpcError::failed(e.to_string())),
+            .map_err(RpcError::from),
         other => Err(RpcError::bad_request(format!(
             "{} is not a network operation",
             other.method()
@@ -82,30 +81,44 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
     }
 }
 
+/// The queue to the worker.
+pub struct NetState {
+    queue: mpsc::UnboundedSender<(Box<PrivRequest>, Reply)>,
+}
+
 impl Actor for NetActor {
     type Msg = NetMsg;
-    type State = ();
+    type State = NetState;
     type Arguments = ();
 
-    async fn pre_start(&self, _: ActorRef<NetMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
+    async fn pre_start(&self, _: ActorRef<NetMsg>, _: ()) -> Result<NetState, ActorProcessingErr> {
+        let (queue, mut rx) = mpsc::unbounded_channel::<(Box<PrivRequest>, Reply)>();
+        let (ops, owner) = (self.ops.clone(), self.owner_uid);
+        // Ends when the actor (and with it the sender) is gone.
+        tokio::spawn(async move {
+            while let Some((req, reply)) = rx.recv().await {
+                let ops = ops.clone();
+                let res = tokio::task::spawn_blocking(move || execute(ops.as_ref(), owner, *req))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(RpcError::failed(format!("network operation panicked: {e}")))
+                    });
+                let _ = reply.send(res);
+            }
+        });
+        Ok(NetState { queue })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<NetMsg>,
         msg: NetMsg,
-        _state: &mut (),
+        state: &mut NetState,
     ) -> Result<(), ActorProcessingErr> {
         let NetMsg::Exec(req, reply) = msg;
-        let ops = self.ops.clone();
-        let owner = self.owner_uid;
-        // Awaiting here keeps operations strictly sequential; the thread pool
-        // keeps the runtime responsive meanwhile.
-        let res = tokio::task::spawn_blocking(move || execute(ops.as_ref(), owner, req))
-            .await
-            .unwrap_or_else(|e| Err(RpcError::failed(format!("network operation panicked: {e}"))));
-        let _ = reply.send(res);
+        if let Err(mpsc::error::SendError((_, reply))) = state.queue.send((req, reply)) {
+            let _ = reply.send(Err(RpcError::failed("the network worker stopped; retry")));
+        }
         Ok(())
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::net_actor::{NetActor, NetMsg};
-use crate::actors::{Backoff, Slot};
 use crate::host::net::NetOps;
+use crate::supervise::{Backoff, Slot};
 
 /// Messages to the helper supervisor.
 pub enum HelperSupervisorMsg {
@@ -14,7 +14,7 @@ pub enum HelperSupervisorMsg {
     RespawnNet,
 }
 
-/// The supervisor.
+/// Supervises the network actor: its seam, the owner, the slot for its ref.
 pub struct HelperSupervisor {
     pub net_ops: Arc<dyn NetOps>,
     pub owner_uid: u32,
@@ -52,7 +52,7 @@ impl Actor for HelperSupervisor {
         _: (),
     ) -> Result<Backoff, ActorProcessingErr> {
         self.spawn_net(&myself).await?;
-        Ok(Backoff::new())
+        Ok(Backoff::default())
     }
 
     async fn handle(

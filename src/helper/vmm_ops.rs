@@ -6,35 +6,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::protocol::cli::VmmKind;
+use crate::domain::{Signal, VmmKind};
 use crate::protocol::helper::{LaunchSpec, VmmProcess};
 use crate::protocol::RpcError;
-
-/// Signals the helper will send.
-pub const SIGNALS: &[&str] = &["TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT"];
-
-/// Parses an allowlisted signal name (`KILL`, `sigkill`, `SIGTERM`).
-pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, RpcError> {
-    use nix::sys::signal::Signal::*;
-    let up = name.trim().to_ascii_uppercase();
-    let bare = up.strip_prefix("SIG").unwrap_or(&up);
-    Ok(match bare {
-        "TERM" => SIGTERM,
-        "KILL" => SIGKILL,
-        "INT" => SIGINT,
-        "HUP" => SIGHUP,
-        "QUIT" => SIGQUIT,
-        "USR1" => SIGUSR1,
-        "USR2" => SIGUSR2,
-        "ABRT" => SIGABRT,
-        _ => {
-            return Err(RpcError::bad_request(format!(
-                "signal {name:?} is not allowed; use one of {}",
-                SIGNALS.join(" ")
-            )))
-        }
-    })
-}
 
 fn is_vm_id(s: &str) -> bool {
     s.len() == 16
@@ -118,12 +92,11 @@ pub fn list(owner: u32, runtime_dir: &Path) -> Vec<VmmProcess> {
 }
 
 /// Sends an allowlisted signal to a proven banger VMM.
-pub fn signal(pid: u32, name: &str, owner: u32, runtime_dir: &Path) -> Result<(), RpcError> {
-    let sig = parse_signal(name)?;
+pub fn signal(pid: u32, sig: Signal, owner: u32, runtime_dir: &Path) -> Result<(), RpcError> {
     // Pin the process first, then prove it is ours, then signal through the
     // pin: a pid that is recycled between the check and the signal cannot
     // receive it.
-    let pidfd = pidfd_open(pid).map_err(|e| {
+    let pidfd = crate::host::process::pidfd_open(pid).map_err(|e| {
         RpcError::bad_request(format!("pid {pid} is not running ({e}); nothing to signal"))
     })?;
     if banger_vmm(pid, owner, runtime_dir).is_none() {
@@ -136,7 +109,7 @@ pub fn signal(pid: u32, name: &str, owner: u32, runtime_dir: &Path) -> Result<()
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
-            sig as libc::c_int,
+            sig.number(),
             std::ptr::null::<libc::siginfo_t>(),
             0,
         )
@@ -146,18 +119,6 @@ pub fn signal(pid: u32, name: &str, owner: u32, runtime_dir: &Path) -> Result<()
         return Err(RpcError::failed(format!("signal {sig} to {pid}: {e}")));
     }
     Ok(())
-}
-
-/// A pidfd for `pid` (Linux ≥ 5.3).
-fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn refuse(m: impl Into<String>) -> RpcError {
@@ -320,18 +281,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signals_are_allowlisted() {
-        for ok in [
-            "KILL", "sigterm", "SIGINT", "hup", "QUIT", "USR1", "usr2", "ABRT",
-        ] {
-            assert!(parse_signal(ok).is_ok(), "{ok}");
-        }
-        for bad in ["STOP", "CONT", "9", "SIGRTMIN", "", "KILL;"] {
-            assert!(parse_signal(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn control_sockets_identify_the_vm() {
         let rt = Path::new("/run/user/1000/banger");
         let q = vec![
@@ -366,7 +315,7 @@ mod tests {
     fn this_process_is_not_a_vmm() {
         assert!(banger_vmm(std::process::id(), 0, Path::new("/run/banger")).is_none());
         assert!(banger_vmm(1, 0, Path::new("/run/banger")).is_none());
-        assert!(signal(1, "KILL", 0, Path::new("/run/banger")).is_err());
+        assert!(signal(1, Signal::Kill, 0, Path::new("/run/banger")).is_err());
     }
 
     #[test]

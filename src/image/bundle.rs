@@ -8,6 +8,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{ImageManifest, MANIFEST, ROOTFS, WORK_SEED};
+use crate::fsutil::{IoContext, IoError};
 
 /// Bundle failures, each naming what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -16,12 +17,16 @@ pub enum BundleError {
     NotBundle { file: String, why: String },
     #[error("{file} is corrupt: {why}")]
     Corrupt { file: String, why: String },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Writes a bundle of the image in `dir` to `out` (manifest first).
 pub fn export(dir: &Path, manifest: &ImageManifest, out: &Path) -> Result<u64, BundleError> {
+    Ok(write_bundle(dir, manifest, out).ctx("writing the bundle", out)?)
+}
+
+fn write_bundle(dir: &Path, manifest: &ImageManifest, out: &Path) -> std::io::Result<u64> {
     let f = std::fs::File::create(out)?;
     let mut enc = zstd::stream::write::Encoder::new(f, 3)?;
     enc.include_checksum(true)?;
@@ -97,15 +102,15 @@ pub fn import(file: &Path, stage: &Path) -> Result<ImageManifest, BundleError> {
         file: fname.clone(),
         why,
     };
-    let f = std::fs::File::open(file)?;
+    let f = std::fs::File::open(file).ctx("opening", file)?;
     let mut magic = [0u8; 4];
     (&f).read_exact(&mut magic)
         .map_err(|_| not_bundle("too short".into()))?;
     if magic != [0x28, 0xb5, 0x2f, 0xfd] {
         return Err(not_bundle("not zstd-compressed".into()));
     }
-    (&f).seek(SeekFrom::Start(0))?;
-    let dec = zstd::stream::read::Decoder::new(f)?;
+    (&f).seek(SeekFrom::Start(0)).ctx("reading", file)?;
+    let dec = zstd::stream::read::Decoder::new(f).ctx("decompressing", file)?;
     let mut archive = tar::Archive::new(dec);
     let mut manifest: Option<ImageManifest> = None;
     let mut seen = std::collections::HashMap::new();

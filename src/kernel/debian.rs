@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{initramfs, modules, BundlePaths, KernelError};
+use crate::fsutil::IoContext;
 
 /// The meta package whose dependency names the current cloud kernel.
 pub const META_PACKAGE: &str = "linux-image-cloud-amd64";
@@ -99,28 +100,30 @@ pub fn download(package: &str, cache: &Path) -> Result<(PathBuf, String), Kernel
     if target.is_file() {
         return Ok((target, version));
     }
-    std::fs::create_dir_all(cache)?;
-    let tmp = crate::fsutil::TempDir::new_in(cache, "download")?;
+    std::fs::create_dir_all(cache).ctx("creating", cache)?;
+    let tmp = crate::fsutil::TempDir::new_in(cache, "download")
+        .ctx("creating a download directory in", cache)?;
     // apt drops privileges to _apt when it can; a world-accessible dir avoids a warning.
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777));
     run(Command::new(tool("apt-get")?)
         .args(["download", "-q", &format!("{package}={version}")])
         .current_dir(tmp.path()))?;
-    let got = std::fs::read_dir(tmp.path())?
+    let got = std::fs::read_dir(tmp.path())
+        .ctx("reading", tmp.path())?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .ok_or_else(|| {
             KernelError::Failed(format!("apt-get download {package} produced no .deb"))
         })?;
-    std::fs::rename(&got, &target)?;
+    std::fs::rename(&got, &target).ctx("storing the download as", &target)?;
     Ok((target, version))
 }
 
 /// Unpacks a .deb into `dir`.
 pub fn unpack(deb: &Path, dir: &Path) -> Result<(), KernelError> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).ctx("creating", dir)?;
     run(Command::new(tool("dpkg-deb")?).arg("-x").arg(deb).arg(dir)).map(drop)
 }
 
@@ -147,12 +150,14 @@ pub fn pull(
         "unpack",
         format!("{}", deb.file_name().unwrap_or_default().to_string_lossy()),
     );
-    let work = crate::fsutil::TempDir::new_in(stage, "unpack")?;
+    let work = crate::fsutil::TempDir::new_in(stage, "unpack")
+        .ctx("creating an unpack directory in", stage)?;
     let pkg = work.path().join("pkg");
     unpack(&deb, &pkg)?;
     let bb = work.path().join("busybox");
     unpack(&bb_deb, &bb)?;
-    let vmlinuz = std::fs::read_dir(pkg.join("boot"))?
+    let vmlinuz = std::fs::read_dir(pkg.join("boot"))
+        .ctx("reading", &pkg.join("boot"))?
         .flatten()
         .map(|e| e.path())
         .find(|p| {
@@ -171,17 +176,18 @@ pub fn pull(
         "vmlinux",
         "extracting the ELF kernel from the bzImage".into(),
     );
-    let image = std::fs::read(&vmlinuz)?;
+    let image = std::fs::read(&vmlinuz).ctx("reading", &vmlinuz)?;
     let vmlinux = super::bzimage::extract_vmlinux(&image)
         .map_err(|e| KernelError::Failed(format!("{}: {e}", vmlinuz.display())))?;
     let b = BundlePaths::new(stage);
-    crate::fsutil::write_synced(&b.vmlinux(), &vmlinux)?;
+    crate::fsutil::write_synced(&b.vmlinux(), &vmlinux).ctx("writing", &b.vmlinux())?;
     let mods_src = pkg.join("lib/modules").join(&kver);
     let mods_dst = b.modules().join(&kver);
-    std::fs::create_dir_all(b.modules())?;
-    std::fs::rename(&mods_src, &mods_dst)?;
+    std::fs::create_dir_all(b.modules()).ctx("creating", &b.modules())?;
+    std::fs::rename(&mods_src, &mods_dst).ctx("moving the modules to", &mods_dst)?;
     step("initramfs", "busybox + virtio/vsock modules".into());
-    let (mods, builtin) = modules::resolve(&mods_dst, modules::BOOT_MODULES)?;
+    let (mods, builtin) = modules::resolve(&mods_dst, modules::BOOT_MODULES)
+        .ctx("reading the modules in", &mods_dst)?;
     if !builtin.is_empty() {
         tracing::info!(
             ?builtin,
@@ -190,7 +196,8 @@ pub fn pull(
     }
     let busybox = std::fs::read(bb.join("bin/busybox"))
         .map_err(|e| KernelError::Failed(format!("busybox-static has no bin/busybox: {e}")))?;
-    crate::fsutil::write_synced(&b.initrd(), &initramfs::build(&busybox, &mods))?;
+    crate::fsutil::write_synced(&b.initrd(), &initramfs::build(&busybox, &mods))
+        .ctx("writing", &b.initrd())?;
     Ok(Pulled {
         kernel_version: kver,
         source: format!("apt:{package}={version}"),

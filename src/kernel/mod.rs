@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{sha256_file, tree_sha256};
+use crate::fsutil::IoContext;
 
 /// `manifest.json` of a kernel bundle.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,8 +36,8 @@ pub enum KernelError {
     BadInput(String),
     #[error("{0}")]
     Failed(String),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
 }
 
 /// Files of a staged or published bundle.
@@ -77,28 +78,27 @@ pub fn write_manifest(
         kernel_version: kernel_version.to_string(),
         arch: "x86_64".into(),
         source: source.to_string(),
-        vmlinux_sha256: sha256_file(&b.vmlinux())?,
+        vmlinux_sha256: sha256_file(&b.vmlinux()).ctx("hashing", &b.vmlinux())?,
         initrd_sha256: if b.initrd().exists() {
-            Some(sha256_file(&b.initrd())?)
+            Some(sha256_file(&b.initrd()).ctx("hashing", &b.initrd())?)
         } else {
             None
         },
         modules_sha256: if b.modules().exists() {
-            Some(tree_sha256(&b.modules())?)
+            Some(tree_sha256(&b.modules()).ctx("hashing", &b.modules())?)
         } else {
             None
         },
     };
     let json = serde_json::to_vec_pretty(&m).map_err(|e| KernelError::Failed(e.to_string()))?;
-    crate::fsutil::write_synced(&b.manifest(), &json)?;
+    crate::fsutil::write_synced(&b.manifest(), &json).ctx("writing", &b.manifest())?;
     Ok(m)
 }
 
 /// Reads a bundle's manifest.
 pub fn read_manifest(dir: &Path) -> Result<KernelManifest, KernelError> {
     let p = BundlePaths::new(dir).manifest();
-    let bytes = std::fs::read(&p)
-        .map_err(|e| KernelError::Failed(format!("reading {}: {e}", p.display())))?;
+    let bytes = std::fs::read(&p).ctx("reading", &p)?;
     serde_json::from_slice(&bytes).map_err(|e| KernelError::Failed(format!("{}: {e}", p.display())))
 }
 
@@ -187,17 +187,17 @@ pub fn discover(dir: &Path) -> Result<ImportSource, KernelError> {
 /// when needed, initrd and modules copied).
 pub fn stage_import(src: &ImportSource, stage: &Path) -> Result<String, KernelError> {
     let b = BundlePaths::new(stage);
-    std::fs::create_dir_all(stage)?;
-    let image = std::fs::read(&src.kernel)?;
+    std::fs::create_dir_all(stage).ctx("creating", stage)?;
+    let image = std::fs::read(&src.kernel).ctx("reading", &src.kernel)?;
     let vmlinux = bzimage::extract_vmlinux(&image)
         .map_err(|e| KernelError::BadInput(format!("{}: {e}", src.kernel.display())))?;
-    crate::fsutil::write_synced(&b.vmlinux(), &vmlinux)?;
+    crate::fsutil::write_synced(&b.vmlinux(), &vmlinux).ctx("writing", &b.vmlinux())?;
     if let Some(i) = &src.initrd {
-        crate::fsutil::copy_synced(i, &b.initrd())?;
+        crate::fsutil::copy_synced(i, &b.initrd()).ctx("copying", i)?;
     }
     let version = src.version.clone().unwrap_or_else(|| "unknown".into());
     if let Some(m) = &src.modules {
-        crate::fsutil::copy_tree(m, &b.modules().join(&version))?;
+        crate::fsutil::copy_tree(m, &b.modules().join(&version)).ctx("copying", m)?;
     }
     Ok(version)
 }

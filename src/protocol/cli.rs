@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Methods;
+use crate::domain::{Signal, VmState, VmmChoice, VmmKind, WorkspaceMode};
 
 /// A CLI request. Append new variants at the end and bump [`Methods::COUNT`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,9 +65,9 @@ pub enum Request {
     VmStop { name: String },
     /// Stops then starts a VM. Answers [`Reply::Vm`].
     VmRestart { name: String },
-    /// Sends a signal (TERM KILL INT HUP QUIT USR1 USR2 ABRT) to the VMM.
-    /// Answers [`Reply::Vm`] once the signal is delivered.
-    VmKill { name: String, signal: String },
+    /// Sends a signal to the VMM. Answers [`Reply::Vm`] once the signal is
+    /// delivered (and, for a terminating one, once the VMM has exited).
+    VmKill { name: String, signal: Signal },
     /// Stops a VM if needed and removes it with its disks. Answers [`Reply::Done`].
     VmDelete { name: String },
     /// Deletes every VM that is not running. Answers [`Reply::Pruned`].
@@ -111,17 +112,6 @@ impl Methods for Request {
     const COUNT: u32 = 30;
 }
 
-/// How a workspace ships.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkspaceMode {
-    /// A shallow repository (the commit only) plus the working tree.
-    #[default]
-    Overlay,
-    /// The whole repository, history included (the only mode for submodules).
-    FullCopy,
-}
-
 /// What `vm workspace prepare` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct WorkspaceSpec {
@@ -144,48 +134,6 @@ pub struct WorkspaceView {
     pub files: u64,
 }
 
-/// Which VMM drives a VM.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum VmmKind {
-    #[default]
-    Qemu,
-    Firecracker,
-}
-
-impl VmmKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmmKind::Qemu => "qemu",
-            VmmKind::Firecracker => "firecracker",
-        }
-    }
-}
-
-/// `vmm = auto|qemu|firecracker`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum VmmChoice {
-    #[default]
-    Auto,
-    Qemu,
-    Firecracker,
-}
-
-impl std::str::FromStr for VmmChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(VmmChoice::Auto),
-            "qemu" => Ok(VmmChoice::Qemu),
-            "firecracker" => Ok(VmmChoice::Firecracker),
-            other => Err(format!(
-                "unknown vmm {other:?}: use auto, qemu or firecracker"
-            )),
-        }
-    }
-}
-
 /// What `vm create` / `vm run` ask for. Sizes are resolved by the CLI
 /// (config, host, floor) so the `spec:` line matches the VM.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -204,8 +152,8 @@ pub struct VmCreateSpec {
 }
 
 impl Request {
-    #[doc(hidden)]
-    pub fn last_variant_for_tests() -> Request {
+    #[cfg(test)]
+    pub(crate) fn last_variant_for_tests() -> Request {
         Request::WorkspaceExport {
             name: String::new(),
             base_commit: None,
@@ -356,37 +304,6 @@ pub enum HelperState {
     NotConnected {
         reason: String,
     },
-}
-
-/// Lifecycle state of a VM.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum VmState {
-    Created,
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Error,
-}
-
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Created => "created",
-            VmState::Starting => "starting",
-            VmState::Running => "running",
-            VmState::Stopping => "stopping",
-            VmState::Stopped => "stopped",
-            VmState::Error => "error",
-        }
-    }
-}
-
-impl std::fmt::Display for VmState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A VM as the CLI sees it.

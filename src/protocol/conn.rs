@@ -206,6 +206,50 @@ pub async fn serve_connection<R, E, P, H>(
     let _ = writer.await;
 }
 
+/// Accepts connections on `listener` and serves each with `handler` (peers
+/// filtered by `allowed`) until `shutdown` is notified or the process gets
+/// SIGTERM or SIGINT. Both daemons run this loop.
+pub async fn serve_until_shutdown<R, E, P, H>(
+    listener: tokio::net::UnixListener,
+    allowed: impl Fn(u32) -> bool + Clone + Send + Sync + 'static,
+    handler: H,
+    shutdown: Arc<tokio::sync::Notify>,
+) where
+    R: Methods + Send + std::fmt::Debug + 'static,
+    E: Serialize + Send + 'static,
+    P: Serialize + Send + 'static,
+    H: Handler<R, E, P>,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut sigint = signal(SignalKind::interrupt()).ok();
+    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(stream, allowed.clone(), handler.clone()));
+                }
+                Err(e) => {
+                    // Out of fds or similar: back off briefly, keep serving.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.notified() => break,
+            _ = recv(&mut sigterm) => break,
+            _ = recv(&mut sigint) => break,
+        }
+    }
+}
+
 /// Failures on the client side of a connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

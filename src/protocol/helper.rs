@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::Methods;
+use crate::domain::{Signal, VmmKind};
 
 /// A privileged operation. Append new variants at the end and bump COUNT.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -56,10 +57,10 @@ pub enum PrivRequest {
     /// builds the command line from these typed fields. Answers
     /// [`PrivReply::Launched`].
     LaunchVmm(LaunchSpec),
-    /// Sends an allowlisted signal (TERM KILL INT HUP QUIT USR1 USR2 ABRT) to
-    /// a pid proven to be a banger VMM of the owner (its control socket lies
-    /// under the owner's banger runtime directory). Answers [`PrivReply::Done`].
-    SignalVmm { pid: u32, signal: String },
+    /// Sends an allowlisted signal to a pid proven to be a banger VMM of the
+    /// owner (its control socket lies under the owner's banger runtime
+    /// directory). Answers [`PrivReply::Done`].
+    SignalVmm { pid: u32, signal: Signal },
     /// The owner's banger VMM processes. Answers [`PrivReply::Vmms`].
     ListVmms,
 }
@@ -73,7 +74,7 @@ impl Methods for PrivRequest {
 pub struct LaunchSpec {
     /// 16 hex digits.
     pub vm_id: String,
-    pub kind: crate::protocol::cli::VmmKind,
+    pub kind: VmmKind,
     /// QEMU: the machine; ignored for Firecracker (configured over its API).
     pub qemu: Option<QemuMachine>,
     /// The control socket: QMP (QEMU) or API (Firecracker). Must lie in
@@ -122,8 +123,8 @@ pub struct RootfsSpec {
 }
 
 impl PrivRequest {
-    #[doc(hidden)]
-    pub fn last_variant_for_tests() -> PrivRequest {
+    #[cfg(test)]
+    pub(crate) fn last_variant_for_tests() -> PrivRequest {
         PrivRequest::ListVmms
     }
 

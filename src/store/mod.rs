@@ -5,6 +5,7 @@
 //! migrates and refuses every write. redb's lock is exclusive, so only one
 //! process (the daemon) holds the file read-write; others ask the daemon.
 
+pub mod codec;
 pub mod migrations;
 pub mod model;
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use model::{ImageRecord, KernelRecord, VmRecord};
+pub use model::{ImageRecord, KernelRecord, VmRecord, WorkspaceState};
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
@@ -292,26 +293,6 @@ impl Store {
         Ok(Some(rec))
     }
 
-    /// Inserts a VM record unless its name is taken; atomic.
-    pub fn insert_vm_unique(&self, vm: &VmRecord) -> Result<bool, StoreError> {
-        let bytes = serde_json::to_vec(vm).map_err(|e| StoreError::Db(e.to_string()))?;
-        let txn = self.rw()?.begin_write()?;
-        {
-            let mut t = txn.open_table(VMS)?;
-            for row in t.iter()? {
-                let (_, v) = row?;
-                if let Ok(other) = serde_json::from_slice::<VmRecord>(v.value()) {
-                    if other.name == vm.name {
-                        return Ok(false);
-                    }
-                }
-            }
-            t.insert(vm.id.as_str(), bytes.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(true)
-    }
-
     pub fn get_vm(&self, id: &str) -> Result<Option<VmRecord>, StoreError> {
         self.get(VMS, id)
     }
@@ -395,7 +376,7 @@ pub fn free_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::cli::VmState;
+    use crate::domain::VmState;
 
     pub(crate) fn vm(name: &str) -> VmRecord {
         let mut v = VmRecord::new(
@@ -549,13 +530,64 @@ mod tests {
         assert!(matches!(e, StoreError::Locked(_)), "{e}");
     }
 
+    /// A state file written by the code of commit 19f19dc (schema v2, the
+    /// records' JSON from that day) still opens and reads the same.
+    #[test]
+    fn a_state_file_from_schema_v2_still_opens() {
+        use crate::domain::{VmmKind, WorkspaceMode};
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2.redb");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.redb");
+        std::fs::copy(&fixture, &p).unwrap();
+        let ro = Store::open_read_only(&p).unwrap();
+        assert_eq!(ro.schema_version().unwrap(), 2);
+        drop(ro);
+        let s = Store::open(&p).unwrap();
+        let mut vms = s.list_vms().unwrap();
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(vms.len(), 2);
+        let dev = &vms[0];
+        assert_eq!(dev.name, "dev");
+        assert_eq!(dev.id, "0123456789abcdef");
+        assert_eq!(dev.state, VmState::Running);
+        assert_eq!(dev.vmm, VmmKind::Qemu);
+        assert_eq!(dev.ip.as_deref(), Some("172.16.0.2"));
+        assert_eq!(dev.tap.as_deref(), Some("bgt0a1b2c3d"));
+        assert_eq!(dev.vmm_pid, Some(4242));
+        assert!(dev.nat);
+        let ws = dev.workspace.as_ref().unwrap();
+        assert_eq!(ws.mode, WorkspaceMode::FullCopy);
+        assert_eq!(ws.host_path, "/home/me/src/app");
+        assert!(ws.include_untracked && !ws.pinned);
+        let old = &vms[1];
+        assert_eq!(old.state, VmState::Error);
+        assert_eq!(old.vmm, VmmKind::Firecracker);
+        assert_eq!(
+            old.last_error.as_deref(),
+            Some("the guest agent did not answer")
+        );
+        assert_eq!(
+            s.get_image("debian-bookworm").unwrap().unwrap().kernel_ref,
+            "debian-cloud"
+        );
+        assert!(s.get_kernel("debian-cloud").unwrap().unwrap().has_initrd);
+        assert_eq!(
+            s.setting(DEFAULT_IMAGE_KEY).unwrap().as_deref(),
+            Some("debian-bookworm")
+        );
+        // Written back and read again, a record keeps the same JSON shape.
+        s.put_vm(dev).unwrap();
+        assert_eq!(&s.get_vm(&dev.id).unwrap().unwrap(), dev);
+    }
+
     #[test]
     fn unique_names() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s.redb")).unwrap();
-        assert!(s.insert_vm_unique(&vm("a")).unwrap());
-        assert!(!s.insert_vm_unique(&vm("a")).unwrap());
-        assert!(s.insert_vm_unique(&vm("b")).unwrap());
+        let gw = std::net::Ipv4Addr::new(172, 16, 0, 1);
+        assert!(s.reserve_vm(&vm("a"), gw, 24).unwrap().is_some());
+        assert!(s.reserve_vm(&vm("a"), gw, 24).unwrap().is_none());
+        assert!(s.reserve_vm(&vm("b"), gw, 24).unwrap().is_some());
         assert_eq!(s.list_vms().unwrap().len(), 2);
         let a = s.find_vm_by_name("a").unwrap().unwrap();
         assert!(s.delete_vm(&a.id).unwrap());

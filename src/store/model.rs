@@ -1,9 +1,12 @@
 //! Records kept in the store (JSON values, so fields can be added with
-//! `#[serde(default)]` without a migration).
+//! `#[serde(default)]` without a migration). Enum fields are written with
+//! the store's own names ([`super::codec`]); views for the wire are built
+//! elsewhere (`ops::views`).
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::cli::{VmState, VmView, VmmKind};
+use super::codec;
+use crate::domain::{VmState, VmmKind, WorkspaceMode};
 
 /// One VM, as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -12,6 +15,7 @@ pub struct VmRecord {
     pub id: String,
     /// User-visible unique name (validated by [`crate::names::validate_vm_name`]).
     pub name: String,
+    #[serde(with = "codec::vm_state")]
     pub state: VmState,
     pub image: String,
     #[serde(default)]
@@ -30,7 +34,7 @@ pub struct VmRecord {
     pub created_at_unix: u64,
     #[serde(default)]
     pub last_error: Option<String>,
-    #[serde(default)]
+    #[serde(default, with = "codec::vmm_kind")]
     pub vmm: VmmKind,
     /// The VMM process while running.
     #[serde(default)]
@@ -48,7 +52,7 @@ pub struct VmRecord {
     pub host_key: Option<String>,
     /// The prepared workspace, if any (survives restarts of VM and daemon).
     #[serde(default)]
-    pub workspace: Option<crate::workspace::WorkspaceState>,
+    pub workspace: Option<WorkspaceState>,
 }
 
 impl VmRecord {
@@ -88,29 +92,6 @@ impl VmRecord {
             workspace: None,
         }
     }
-
-    /// The wire view.
-    pub fn view(&self) -> VmView {
-        VmView {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            state: self.state,
-            image: self.image.clone(),
-            vcpu: self.vcpu,
-            memory_mib: self.memory_mib,
-            disk_bytes: self.disk_bytes,
-            ip: self.ip.clone(),
-            nat: self.nat,
-            created_at_unix: self.created_at_unix,
-            last_error: self.last_error.clone(),
-            kernel: self.kernel.clone(),
-            vmm: self.vmm,
-            pid: self.vmm_pid,
-            started_at_unix: self.started_at_unix,
-            boot_id: self.boot_id.clone(),
-            workspace: self.workspace.as_ref().map(|w| w.host_path.clone()),
-        }
-    }
 }
 
 /// A fresh random VM id.
@@ -143,22 +124,6 @@ pub struct KernelRecord {
     pub created_at_unix: u64,
 }
 
-impl KernelRecord {
-    pub fn view(&self) -> crate::protocol::cli::KernelView {
-        crate::protocol::cli::KernelView {
-            name: self.name.clone(),
-            kernel_version: self.kernel_version.clone(),
-            arch: self.arch.clone(),
-            source: self.source.clone(),
-            dir: self.dir.clone(),
-            has_initrd: self.has_initrd,
-            has_modules: self.has_modules,
-            vmlinux_sha256: self.vmlinux_sha256.clone(),
-            created_at_unix: self.created_at_unix,
-        }
-    }
-}
-
 /// One image, as persisted (the files live in `dir`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImageRecord {
@@ -176,21 +141,19 @@ pub struct ImageRecord {
     pub created_at_unix: u64,
 }
 
-impl ImageRecord {
-    pub fn view(&self, default: bool) -> crate::protocol::cli::ImageView {
-        crate::protocol::cli::ImageView {
-            name: self.name.clone(),
-            distro: self.distro.clone(),
-            arch: self.arch.clone(),
-            kernel_ref: self.kernel_ref.clone(),
-            dir: self.dir.clone(),
-            rootfs_bytes: self.rootfs_bytes,
-            work_seed_bytes: self.work_seed_bytes,
-            rootfs_sha256: self.rootfs_sha256.clone(),
-            work_seed_sha256: self.work_seed_sha256.clone(),
-            source: self.source.clone(),
-            default,
-            created_at_unix: self.created_at_unix,
-        }
-    }
+/// A prepared workspace, stored with its VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceState {
+    pub guest_path: String,
+    pub host_path: String,
+    pub head: String,
+    pub branch: String,
+    #[serde(with = "codec::workspace_mode")]
+    pub mode: WorkspaceMode,
+    #[serde(default)]
+    pub include_untracked: bool,
+    /// Prepared with `--from`: the host's HEAD does not matter to it.
+    #[serde(default)]
+    pub pinned: bool,
+    pub prepared_at_unix: u64,
 }

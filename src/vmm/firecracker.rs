@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::{BootFut, BootSpec, Vmm, VmmError};
+use crate::domain::VmmKind;
 use crate::paths::VmPaths;
-use crate::protocol::cli::VmmKind;
 use crate::protocol::helper::LaunchSpec;
 
 /// Oldest Firecracker banger will start.

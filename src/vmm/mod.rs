@@ -10,8 +10,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
+use crate::domain::{VmmChoice, VmmKind};
 use crate::paths::VmPaths;
-use crate::protocol::cli::{VmmChoice, VmmKind};
 use crate::protocol::helper::LaunchSpec;
 
 /// A boxed future borrowing its driver.

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{BootFut, BootSpec, Vmm, VmmError};
+use crate::domain::VmmKind;
 use crate::paths::VmPaths;
-use crate::protocol::cli::VmmKind;
 use crate::protocol::helper::{LaunchSpec, QemuMachine};
 
 /// The kernel command line: console, root, stable interface names, the

@@ -12,29 +12,7 @@ pub mod git;
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-pub use crate::protocol::cli::WorkspaceMode as Mode;
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "overlay" => Ok(Mode::Overlay),
-            "full_copy" | "full-copy" => Ok(Mode::FullCopy),
-            o => Err(format!("unknown mode {o:?}: use overlay or full_copy")),
-        }
-    }
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Overlay => "overlay",
-            Mode::FullCopy => "full_copy",
-        }
-    }
-}
+pub use crate::domain::WorkspaceMode as Mode;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -180,22 +158,6 @@ pub fn dry_run_text(plan: &Plan) -> String {
     s
 }
 
-/// A prepared workspace, stored with its VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkspaceState {
-    pub guest_path: String,
-    pub host_path: String,
-    pub head: String,
-    pub branch: String,
-    pub mode: Mode,
-    #[serde(default)]
-    pub include_untracked: bool,
-    /// Prepared with `--from`: the host's HEAD does not matter to it.
-    #[serde(default)]
-    pub pinned: bool,
-    pub prepared_at_unix: u64,
-}
-
 /// The host repo's HEAD now (for "moved since prepare" warnings).
 pub fn host_head(path: &Path) -> Option<String> {
     git::Git::at(path).ok()?.resolve_commit("HEAD").ok()
@@ -208,19 +170,6 @@ impl Options {
             mode: spec.mode,
             include_untracked: spec.include_untracked,
             from: spec.from.clone(),
-        }
-    }
-}
-
-impl WorkspaceState {
-    pub fn view(&self, files: u64) -> crate::protocol::cli::WorkspaceView {
-        crate::protocol::cli::WorkspaceView {
-            guest_path: self.guest_path.clone(),
-            host_path: self.host_path.clone(),
-            head: self.head.clone(),
-            branch: self.branch.clone(),
-            mode: self.mode,
-            files,
         }
     }
 }

@@ -11,9 +11,20 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::domain::VmmKind;
 use crate::paths::VmPaths;
-use crate::protocol::cli::VmmKind;
 use crate::vmm::DiskFormat;
+
+/// A per-VM disk could not be made; the message names the tool or file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DiskError(pub String);
+
+impl From<String> for DiskError {
+    fn from(s: String) -> Self {
+        DiskError(s)
+    }
+}
 
 fn tool(name: &str, package: &str) -> Result<PathBuf, String> {
     crate::host::system_tool(name)
@@ -66,7 +77,7 @@ pub fn prepare_root(
     image_rootfs: &Path,
     paths: &VmPaths,
     kind: VmmKind,
-) -> Result<&'static str, String> {
+) -> Result<&'static str, DiskError> {
     std::fs::create_dir_all(&paths.state)
         .map_err(|e| format!("creating {}: {e}", paths.state.display()))?;
     match kind {
@@ -131,16 +142,16 @@ fn publish(tmp: &Path, dst: &Path) -> Result<(), String> {
 }
 
 /// Makes the work disk from the seed, grown to `bytes`.
-pub fn prepare_work(seed: &Path, paths: &VmPaths, bytes: u64) -> Result<(), String> {
+pub fn prepare_work(seed: &Path, paths: &VmPaths, bytes: u64) -> Result<(), DiskError> {
     let final_path = paths.work_disk();
     let work = tmp_name(&final_path);
     let _ = std::fs::remove_file(&work);
     let r = grow_work(seed, &work, bytes);
     match r {
-        Ok(()) => publish(&work, &final_path),
+        Ok(()) => Ok(publish(&work, &final_path)?),
         Err(e) => {
             let _ = std::fs::remove_file(&work);
-            Err(e)
+            Err(e.into())
         }
     }
 }

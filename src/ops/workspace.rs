@@ -1,27 +1,17 @@
-//! Workspace requests: prepare (a VM job: it waits for other operations on
-//! the VM and they wait for it) and export (a read).
-
-use std::sync::Arc;
+//! Workspaces in a running VM: shipping a host repository in (the caller
+//! runs it as an operation on the VM, so it waits for the others and they
+//! for it) and exporting the guest's edits as a patch.
 
 use tokio::sync::mpsc;
 
 use super::vms::require_running;
-use crate::actors::Services;
+use super::Ctx;
 use crate::guest::exec::ExecRequest;
-use crate::protocol::cli::{Event, Reply, WorkspaceSpec};
+use crate::protocol::cli::{Event, WorkspaceSpec};
 use crate::protocol::RpcError;
 use crate::store::model::now_unix;
-use crate::store::VmRecord;
-use crate::workspace::{self, archive, Options, WorkspaceError, WorkspaceState, GUEST_PATH};
-
-fn ws_err(e: WorkspaceError) -> RpcError {
-    match e {
-        WorkspaceError::NotARepo(_) | WorkspaceError::Refused(_) => {
-            RpcError::bad_request(e.to_string())
-        }
-        other => RpcError::failed(other.to_string()),
-    }
-}
+use crate::store::{VmRecord, WorkspaceState};
+use crate::workspace::{self, archive, Options, WorkspaceError, GUEST_PATH};
 
 /// Runs a guest command without input; its output becomes the error.
 async fn guest_step(uds: &std::path::Path, argv: Vec<String>, what: &str) -> Result<(), RpcError> {
@@ -50,9 +40,10 @@ async fn stream<F>(
 where
     F: FnOnce(std::io::PipeWriter) -> Result<(), WorkspaceError> + Send + 'static,
 {
-    let (reader, writer) = std::io::pipe().map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
-    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
-        .map_err(|e| RpcError::failed(format!("pipe: {e}")))?;
+    let pipe_err = |e: std::io::Error| RpcError::failed(format!("creating a pipe: {e}"));
+    let (reader, writer) = std::io::pipe().map_err(pipe_err)?;
+    let reader =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(pipe_err)?;
     let producer = tokio::task::spawn_blocking(move || produce(writer));
     let req = ExecRequest::new(argv, "/");
     let (tx, mut rx) = mpsc::channel(64);
@@ -67,14 +58,12 @@ where
     });
     let code = crate::guest::exec::run(uds, &req, Some(reader), tcp_to, &tx).await;
     drop(tx);
-    let produced = producer
-        .await
-        .map_err(|e| RpcError::failed(e.to_string()))?;
+    let produced = producer.await?;
     let guest_err = String::from_utf8_lossy(&errors.await.unwrap_or_default())
         .trim()
         .to_string();
     let code = code.map_err(|e| RpcError::failed(format!("transfer to the guest failed: {e}")))?;
-    produced.map_err(ws_err)?;
+    produced?;
     if code != 0 {
         return Err(RpcError::failed(format!(
             "unpacking in the guest failed (exit {code}): {guest_err}"
@@ -93,7 +82,7 @@ async fn timed<F: std::future::Future>(f: F) -> (F::Output, std::time::Duration)
 /// Ships the repository into the VM and returns the state to record, and
 /// how many files arrived.
 pub async fn ship(
-    svc: &Services,
+    ctx: &Ctx,
     rec: &VmRecord,
     spec: &WorkspaceSpec,
     events: &mpsc::Sender<Event>,
@@ -107,10 +96,7 @@ pub async fn ship(
         )));
     }
     let opts = Options::of(spec);
-    let plan = tokio::task::spawn_blocking(move || workspace::inspect(&path, &opts))
-        .await
-        .map_err(|e| RpcError::failed(e.to_string()))?
-        .map_err(ws_err)?;
+    let plan = tokio::task::spawn_blocking(move || workspace::inspect(&path, &opts)).await??;
     if let Some(n) = workspace::untracked_notice(&plan) {
         let _ = events.send(Event::Log(n)).await;
     }
@@ -127,7 +113,7 @@ pub async fn ship(
             done: false,
         })
         .await;
-    let uds = svc.layout.vm(&rec.id).vsock_socket();
+    let uds = ctx.layout.vm(&rec.id).vsock_socket();
     let vmm_pid = rec.vmm_pid.unwrap_or(0);
     // Bulk data over TCP to the guest's address (virtio-net is far faster
     // than vsock under emulation); the agent falls back to vsock.
@@ -143,7 +129,7 @@ pub async fn ship(
         let t_begin = t0.elapsed();
         // Two streams at once (the guest has the CPUs to take both): the
         // working tree, and the .git built on the host.
-        let scratch = svc.layout.cache_dir.join("tmp");
+        let scratch = ctx.layout.cache_dir.join("tmp");
         let (p1, p2) = (plan.clone(), plan.clone());
         let tree = timed(stream(
             &uds,
@@ -205,40 +191,15 @@ pub async fn ship(
     ))
 }
 
-/// `vm workspace prepare`.
-pub async fn prepare(
-    svc: Arc<Services>,
-    name: &str,
-    spec: WorkspaceSpec,
-    events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
-    let view = super::vms::run_job(&svc, name, "workspace.prepare", move |ctx| async move {
-        let mut rec = ctx.record.clone();
-        match ship(&ctx.services, &rec, &spec, &events).await {
-            Ok((state, files)) => {
-                let view = state.view(files);
-                rec.workspace = Some(state);
-                match ctx.services.store.put_vm(&rec) {
-                    Ok(()) => (Some(rec), Ok(view)),
-                    Err(e) => (Some(ctx.record), Err(RpcError::failed(e.to_string()))),
-                }
-            }
-            Err(e) => (Some(rec), Err(e)),
-        }
-    })
-    .await?;
-    Ok(Reply::Workspace(view))
-}
-
 /// `vm workspace export`: the patch streams out as stdout events.
 pub async fn export(
-    svc: Arc<Services>,
-    name: &str,
+    ctx: &Ctx,
+    rec: &VmRecord,
     base: Option<String>,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
-    let rec = super::vms::record(&svc, name).await?;
-    require_running(&rec)?;
+) -> Result<(), RpcError> {
+    require_running(rec)?;
+    let name = &rec.name;
     let ws = rec.workspace.clone().ok_or_else(|| {
         RpcError::bad_request(format!(
             "VM {name} has no workspace; prepare one with: banger vm workspace prepare {name} <path>"
@@ -269,7 +230,7 @@ pub async fn export(
         }
         err
     });
-    let uds = svc.layout.vm(&rec.id).vsock_socket();
+    let uds = ctx.layout.vm(&rec.id).vsock_socket();
     let code = crate::guest::exec::run(&uds, &req, None::<tokio::io::Empty>, None, &tx).await;
     drop(tx);
     let err = String::from_utf8_lossy(&forward.await.unwrap_or_default())
@@ -281,5 +242,5 @@ pub async fn export(
             "export failed in the guest (exit {code}): {err}"
         )));
     }
-    Ok(Reply::Done)
+    Ok(())
 }

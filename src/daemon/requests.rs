@@ -1,0 +1,76 @@
+//! What request handlers share: finding a VM's actor and record, and running
+//! an operation on a VM (queued behind the others on it).
+
+use std::future::Future;
+
+use ractor::ActorRef;
+
+use crate::actors::vm_actor::{await_op, op, OpArgs, VmMsg};
+use crate::actors::vm_registry::RegistryMsg;
+use crate::actors::Slots;
+use crate::protocol::{ErrorCode, RpcError};
+use crate::store::VmRecord;
+
+/// How long a read of the registry or a VM's record may take: these are
+/// answered at once by actors that never block.
+pub const READ_MS: u64 = 30_000;
+
+fn restarting(what: &str) -> RpcError {
+    RpcError::new(
+        ErrorCode::Busy,
+        format!("the {what} is restarting; retry in a moment"),
+    )
+}
+
+pub fn registry(slots: &Slots) -> Result<ActorRef<RegistryMsg>, RpcError> {
+    slots
+        .registry
+        .get()
+        .ok_or_else(|| restarting("VM registry"))
+}
+
+/// The actor of the VM named `name` (validated first).
+pub async fn actor(slots: &Slots, name: &str) -> Result<ActorRef<VmMsg>, RpcError> {
+    crate::ops::vms::validate_name(name)?;
+    let reg = registry(slots)?;
+    ractor::call_t!(
+        reg,
+        |reply| RegistryMsg::Lookup {
+            name: name.to_string(),
+            reply
+        },
+        READ_MS
+    )
+    .map_err(|e| RpcError::failed(format!("finding the VM: {e}")))?
+}
+
+/// The current record of the VM named `name`.
+pub async fn record(slots: &Slots, name: &str) -> Result<VmRecord, RpcError> {
+    let a = actor(slots, name).await?;
+    ractor::call_t!(a, VmMsg::Get, READ_MS)
+        .map_err(|e| RpcError::failed(format!("reading the VM: {e}")))
+}
+
+/// Queues an operation on the VM named `name` and waits for its result.
+pub async fn run_on_vm<T, F, Fut>(
+    slots: &Slots,
+    name: &str,
+    op_name: &'static str,
+    f: F,
+) -> Result<T, RpcError>
+where
+    T: Send + 'static,
+    F: FnOnce(OpArgs) -> Fut + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+{
+    crate::ops::vms::validate_name(name)?;
+    let (o, rx) = op(op_name, f);
+    // The registry routes it (or rejects it: unknown VM, actor restarting).
+    registry(slots)?
+        .cast(RegistryMsg::Run {
+            name: name.to_string(),
+            op: o,
+        })
+        .map_err(|_| restarting("VM registry"))?;
+    await_op(rx).await
+}

@@ -1,0 +1,183 @@
+//! The module graph as a test: reads every `crate::<module>` path in `src/`
+//! (test modules excluded), and checks that the top-level modules form no
+//! import circle and that the layering rules of docs/ARCHITECTURE.md hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top-level module → the top-level modules it names.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut tops = BTreeSet::new();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n == "lib.rs" || n == "bin" {
+            continue;
+        }
+        tops.insert(n.trim_end_matches(".rs").to_string());
+    }
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for top in &tops {
+        let mut files = Vec::new();
+        let (file, dir) = (src.join(format!("{top}.rs")), src.join(top));
+        if file.is_file() {
+            files.push(file);
+        }
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p);
+                }
+            }
+        }
+        let deps = g.entry(top.clone()).or_default();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            // Tests may reach anywhere: only the code itself counts.
+            let code = match text.find("#[cfg(test)]\nmod tests") {
+                Some(i) => &text[..i],
+                None => &text[..],
+            };
+            if f.file_name().is_some_and(|n| n == "testing.rs") {
+                continue;
+            }
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if &name != top && tops.contains(&name) {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    g
+}
+
+/// Modules on an import circle (strongly connected components of size > 1).
+fn circles(g: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    // Kosaraju: order by finish time, then walk the reversed graph.
+    fn visit(
+        g: &BTreeMap<String, BTreeSet<String>>,
+        n: &str,
+        seen: &mut BTreeSet<String>,
+        out: &mut Vec<String>,
+    ) {
+        if !seen.insert(n.to_string()) {
+            return;
+        }
+        for m in g.get(n).into_iter().flatten() {
+            visit(g, m, seen, out);
+        }
+        out.push(n.to_string());
+    }
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    for n in g.keys() {
+        visit(g, n, &mut seen, &mut order);
+    }
+    let mut rev: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (n, ms) in g {
+        for m in ms {
+            rev.entry(m.clone()).or_default().insert(n.clone());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut found = Vec::new();
+    for n in order.iter().rev() {
+        let mut comp = Vec::new();
+        visit(&rev, n, &mut seen, &mut comp);
+        if comp.len() > 1 {
+            comp.sort();
+            found.push(comp);
+        }
+    }
+    found
+}
+
+#[test]
+fn top_level_modules_form_no_import_circle() {
+    let g = graph();
+    let c = circles(&g);
+    assert!(c.is_empty(), "import circles: {c:?}\ngraph: {g:#?}");
+}
+
+#[test]
+fn layering_rules_hold() {
+    let g = graph();
+    // (module, modules it must never import, why)
+    let rules: &[(&str, &[&str], &str)] = &[
+        (
+            "ops",
+            &["actors", "daemon", "cli", "helper"],
+            "ops is below the actors and knows no actor",
+        ),
+        (
+            "helper",
+            &["actors", "daemon", "ops", "cli"],
+            "bangerd-root never reaches into the daemon",
+        ),
+        (
+            "protocol",
+            &["store", "ops", "actors", "daemon", "helper", "cli"],
+            "the wire is a leaf of the daemon",
+        ),
+        (
+            "store",
+            &["protocol", "ops", "actors", "daemon", "workspace"],
+            "the store keeps its own shape",
+        ),
+        (
+            "domain",
+            &["protocol", "store", "ops", "actors", "daemon"],
+            "domain types are a leaf",
+        ),
+        (
+            "cli",
+            &["daemon", "actors", "ops", "store", "helper"],
+            "the CLI only speaks the protocol",
+        ),
+        (
+            "actors",
+            &["daemon", "cli", "helper"],
+            "actors sit below the daemon's start-up and handlers",
+        ),
+    ];
+    let mut broken = Vec::new();
+    for (m, never, why) in rules {
+        for n in *never {
+            if g.get(*m).is_some_and(|d| d.contains(*n)) {
+                broken.push(format!("{m} imports {n}: {why}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{broken:#?}");
+}
+
+#[test]
+fn ops_names_no_actor_library() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ops");
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        assert!(
+            !text.contains("ractor"),
+            "{} names ractor",
+            e.path().display()
+        );
+    }
+}
+
+#[test]
+fn a_circle_is_found_when_there_is_one() {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    g.entry("a".into()).or_default().insert("b".into());
+    g.entry("b".into()).or_default().insert("c".into());
+    g.entry("c".into()).or_default().insert("a".into());
+    g.entry("d".into()).or_default().insert("a".into());
+    assert_eq!(circles(&g), vec![vec!["a", "b", "c"]]);
+}

@@ -1,0 +1,457 @@
+//! Images: build (coalesced per name, cached by inputs), import, export,
+//! list, show, delete, promote.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{views, Ctx, Progress};
+use crate::digest::sha256_file;
+use crate::fsutil::{IoContext, IoError};
+use crate::image::{self, bundle, recipe, ImageManifest, MANIFEST, ROOTFS, WORK_SEED};
+use crate::protocol::cli::{Event, Reply};
+use crate::protocol::helper::{PrivReply, PrivRequest, RootfsSpec};
+use crate::protocol::{ErrorCode, RpcError};
+use crate::store::model::now_unix;
+use crate::store::{ImageRecord, DEFAULT_IMAGE_KEY};
+
+pub fn images_dir(ctx: &Ctx) -> PathBuf {
+    ctx.layout.state_dir.join("images")
+}
+
+fn cache_dir(ctx: &Ctx) -> PathBuf {
+    ctx.layout.cache_dir.join("images")
+}
+
+fn validate_name(name: &str) -> Result<(), RpcError> {
+    image::validate_image_name(name).map_err(RpcError::bad_request)
+}
+
+/// The default image name.
+pub fn default_image(ctx: &Ctx) -> Result<String, RpcError> {
+    Ok(ctx
+        .store
+        .setting(DEFAULT_IMAGE_KEY)?
+        .unwrap_or_else(|| recipe::DEFAULT_IMAGE.to_string()))
+}
+
+/// Looks an image up or says how to get it.
+pub fn get(ctx: &Ctx, name: &str) -> Result<ImageRecord, RpcError> {
+    ctx.store.get_image(name)?.ok_or_else(|| {
+        let hint = if recipe::find(name).is_some() {
+            format!("build it with `banger image build {name}`")
+        } else {
+            format!(
+                "see `banger image list`; buildable images: {}",
+                recipe::names()
+            )
+        };
+        RpcError::not_found(format!("no image named {name:?}; {hint}"))
+    })
+}
+
+fn view(ctx: &Ctx, rec: &ImageRecord) -> Result<Reply, RpcError> {
+    Ok(Reply::Image(views::image(
+        rec,
+        default_image(ctx)? == rec.name,
+    )))
+}
+
+/// A finished build in the cache: `rootfs.ext4`, `work-seed.ext4`, `build.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheEntry {
+    key: String,
+    rootfs_sha256: String,
+    work_seed_sha256: String,
+    rootfs_bytes: u64,
+    work_seed_bytes: u64,
+    bootstrap_ms: u64,
+    assemble_ms: u64,
+}
+
+fn read_cache(dir: &Path) -> Option<CacheEntry> {
+    let e: CacheEntry =
+        serde_json::from_slice(&std::fs::read(dir.join("build.json")).ok()?).ok()?;
+    (dir.join(ROOTFS).is_file() && dir.join(WORK_SEED).is_file()).then_some(e)
+}
+
+/// `image build <name> [--rebuild]`, coalesced per name.
+pub async fn build(
+    ctx: Arc<Ctx>,
+    name: String,
+    rebuild: bool,
+    events: mpsc::Sender<Event>,
+) -> Result<Reply, RpcError> {
+    validate_name(&name)?;
+    let recipe = recipe::find(&name).ok_or_else(|| {
+        RpcError::not_found(format!(
+            "no recipe named {name:?}; buildable images: {} (other images can be imported: banger image import <bundle>)",
+            recipe::names()
+        ))
+    })?;
+    let jobs = ctx.images.clone();
+    jobs.run(
+        &name,
+        events,
+        Box::new(move |p| {
+            Box::pin(async move {
+                let rec = build_work(&ctx, recipe, rebuild, p).await?;
+                view(&ctx, &rec)
+            })
+        }),
+    )
+    .await
+}
+
+/// Makes sure image `name` exists, building it (coalesced) when it has a
+/// recipe. Used by VM creation.
+pub async fn ensure(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    progress: &Progress,
+) -> Result<ImageRecord, RpcError> {
+    if let Some(i) = ctx.store.get_image(name)? {
+        return Ok(i);
+    }
+    if recipe::find(name).is_none() {
+        return get(ctx, name);
+    }
+    progress.log(format!("image {name} is not here yet; building it"));
+    let (tx, fwd) = progress.forwarder("");
+    let r = build(ctx.clone(), name.to_string(), false, tx).await;
+    let _ = fwd.await;
+    r?;
+    get(ctx, name)
+}
+
+/// Takes the cache lock of `key` (one builder per key across processes
+/// sharing the cache).
+async fn lock_cache(cache: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File>, IoError> {
+    let lock_path = cache.join(format!("{key}.lock"));
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .ctx("opening", &lock_path)?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| IoError::new("locking", &lock_path, e.into()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(IoError::new("locking", cache, std::io::Error::other(e))))
+}
+
+async fn build_work(
+    ctx: &Arc<Ctx>,
+    recipe: &'static recipe::Recipe,
+    rebuild: bool,
+    progress: Progress,
+) -> Result<ImageRecord, RpcError> {
+    let kernel =
+        super::kernels::ensure(ctx, recipe.kernel_ref, recipe.kernel_source, &progress).await?;
+    let km = crate::kernel::read_manifest(Path::new(&kernel.dir))?;
+    let modules_dir = Path::new(&kernel.dir)
+        .join("modules")
+        .join(&km.kernel_version);
+    let key = recipe::cache_key(
+        recipe,
+        &km.kernel_version,
+        km.modules_sha256.as_deref().unwrap_or(""),
+    );
+    let source = format!("built:{key}");
+    if !rebuild {
+        if let Some(existing) = ctx.store.get_image(recipe.name)? {
+            if existing.source == source {
+                progress.log(format!("image {} is up to date", recipe.name));
+                return Ok(existing);
+            }
+        }
+    }
+    let cache = cache_dir(ctx);
+    std::fs::create_dir_all(&cache).ctx("creating", &cache)?;
+    let entry_dir = cache.join(&key);
+    let lock = lock_cache(&cache, &key).await?;
+    let entry = match (rebuild, read_cache(&entry_dir)) {
+        (false, Some(e)) => {
+            progress.stage("cache", format!("using the cached build {key}"), true);
+            e
+        }
+        _ => {
+            build_into_cache(
+                ctx,
+                recipe,
+                &key,
+                &cache,
+                &modules_dir,
+                &km.kernel_version,
+                &progress,
+            )
+            .await?
+        }
+    };
+    drop(lock);
+    progress.stage("publish", format!("image {}", recipe.name), false);
+    let m = ImageManifest {
+        name: recipe.name.to_string(),
+        distro: recipe.distro.to_string(),
+        arch: "x86_64".into(),
+        kernel_ref: recipe.kernel_ref.to_string(),
+        rootfs_bytes: entry.rootfs_bytes,
+        work_seed_bytes: entry.work_seed_bytes,
+        rootfs_sha256: entry.rootfs_sha256.clone(),
+        work_seed_sha256: entry.work_seed_sha256.clone(),
+    };
+    let ctx2 = ctx.clone();
+    let rec = tokio::task::spawn_blocking(move || -> Result<ImageRecord, RpcError> {
+        let dir = images_dir(&ctx2);
+        let stage =
+            crate::fsutil::TempDir::new_in(&dir, &m.name).ctx("staging an image in", &dir)?;
+        for f in [ROOTFS, WORK_SEED] {
+            let to = stage.path().join(f);
+            crate::fsutil::link_or_copy(&entry_dir.join(f), &to).ctx("placing", &to)?;
+        }
+        publish(&ctx2, stage, &m, source)
+    })
+    .await??;
+    progress.stage("publish", "done", true);
+    Ok(rec)
+}
+
+/// Builds the root filesystem in bangerd-root and stores it in the cache
+/// under `key` (staged in a `.tmp-` directory, then renamed).
+async fn build_into_cache(
+    ctx: &Ctx,
+    recipe: &'static recipe::Recipe,
+    key: &str,
+    cache: &Path,
+    modules_dir: &Path,
+    kernel_version: &str,
+    progress: &Progress,
+) -> Result<CacheEntry, RpcError> {
+    for stale in std::fs::read_dir(cache).ctx("reading", cache)?.flatten() {
+        if stale
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!(".tmp-{key}-"))
+        {
+            let _ = crate::fsutil::remove_all(&stale.path());
+        }
+    }
+    let out =
+        crate::fsutil::TempDir::new_in(cache, key).ctx("creating a build directory in", cache)?;
+    use rand::RngExt;
+    let build_id = format!(
+        "{}-{:06x}",
+        &key[..12],
+        rand::rng().random::<u32>() & 0xffffff
+    );
+    let packages = recipe.packages().len();
+    progress.stage(
+        "bootstrap",
+        format!(
+            "mmdebstrap {} with {packages} packages (in bangerd-root)",
+            recipe.suite
+        ),
+        false,
+    );
+    tracing::info!(image = recipe.name, %build_id, "building rootfs with mmdebstrap via bangerd-root");
+    let spec = RootfsSpec {
+        build_id,
+        recipe: recipe.name.to_string(),
+        kernel_modules: Some(modules_dir.to_path_buf()),
+        kernel_version: Some(kernel_version.to_string()),
+        out_dir: out.path().to_path_buf(),
+        package_cache: true,
+    };
+    let built = match ctx.helper.call(PrivRequest::BuildRootfs(spec)).await? {
+        PrivReply::Built(b) => b,
+        other => {
+            return Err(RpcError::failed(format!(
+                "unexpected helper reply {other:?}"
+            )))
+        }
+    };
+    progress.stage(
+        "bootstrap",
+        format!("done in {:.1}s", built.bootstrap_ms as f64 / 1000.0),
+        true,
+    );
+    progress.stage(
+        "assemble",
+        format!(
+            "ext4 images made in {:.1}s; hashing",
+            built.assemble_ms as f64 / 1000.0
+        ),
+        false,
+    );
+    let dir = out.path().to_path_buf();
+    let key2 = key.to_string();
+    let e = tokio::task::spawn_blocking(move || -> Result<CacheEntry, IoError> {
+        let (rootfs, seed) = (dir.join(ROOTFS), dir.join(WORK_SEED));
+        let e = CacheEntry {
+            key: key2,
+            rootfs_sha256: sha256_file(&rootfs).ctx("hashing", &rootfs)?,
+            work_seed_sha256: sha256_file(&seed).ctx("hashing", &seed)?,
+            rootfs_bytes: std::fs::metadata(&rootfs).ctx("inspecting", &rootfs)?.len(),
+            work_seed_bytes: std::fs::metadata(&seed).ctx("inspecting", &seed)?.len(),
+            bootstrap_ms: built.bootstrap_ms,
+            assemble_ms: built.assemble_ms,
+        };
+        let json = dir.join("build.json");
+        crate::fsutil::write_synced(
+            &json,
+            &serde_json::to_vec_pretty(&e)
+                .map_err(std::io::Error::other)
+                .ctx("encoding", &json)?,
+        )
+        .ctx("writing", &json)?;
+        Ok(e)
+    })
+    .await??;
+    let entry_dir = cache.join(key);
+    crate::fsutil::replace_dir(out.path(), &entry_dir).ctx("storing the build as", &entry_dir)?;
+    let _ = out.keep();
+    progress.stage("assemble", "done", true);
+    Ok(e)
+}
+
+/// Writes the manifest into `stage`, publishes it as the image directory and
+/// records it: nothing is visible before the record is written.
+fn publish(
+    ctx: &Ctx,
+    stage: crate::fsutil::TempDir,
+    m: &ImageManifest,
+    source: String,
+) -> Result<ImageRecord, RpcError> {
+    let mpath = stage.path().join(MANIFEST);
+    let json = serde_json::to_vec_pretty(m)
+        .map_err(|e| RpcError::failed(format!("encoding {}: {e}", mpath.display())))?;
+    crate::fsutil::write_synced(&mpath, &json).ctx("writing", &mpath)?;
+    let dst = images_dir(ctx).join(&m.name);
+    crate::fsutil::replace_dir(stage.path(), &dst).ctx("publishing", &dst)?;
+    let _ = stage.keep();
+    let rec = ImageRecord {
+        name: m.name.clone(),
+        distro: m.distro.clone(),
+        arch: m.arch.clone(),
+        kernel_ref: m.kernel_ref.clone(),
+        dir: dst.display().to_string(),
+        rootfs_bytes: m.rootfs_bytes,
+        work_seed_bytes: m.work_seed_bytes,
+        rootfs_sha256: m.rootfs_sha256.clone(),
+        work_seed_sha256: m.work_seed_sha256.clone(),
+        source,
+        created_at_unix: now_unix(),
+    };
+    ctx.store.put_image(&rec)?;
+    Ok(rec)
+}
+
+/// `image import <bundle> [--name]`.
+pub async fn import(ctx: Arc<Ctx>, file: String, name: Option<String>) -> Result<Reply, RpcError> {
+    if let Some(n) = &name {
+        validate_name(n)?;
+    }
+    let path = PathBuf::from(&file);
+    if !path.is_file() {
+        return Err(RpcError::bad_request(format!(
+            "{file} does not exist or is not a file"
+        )));
+    }
+    tokio::task::spawn_blocking(move || -> Result<Reply, RpcError> {
+        let dir = images_dir(&ctx);
+        let stage =
+            crate::fsutil::TempDir::new_in(&dir, "import").ctx("staging an import in", &dir)?;
+        let mut m = bundle::import(&path, stage.path())?;
+        if let Some(n) = name {
+            m.name = n;
+        }
+        validate_name(&m.name)?;
+        if ctx.store.get_image(&m.name)?.is_some() {
+            return Err(RpcError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "an image named {:?} exists; delete it first or import with --name",
+                    m.name
+                ),
+            ));
+        }
+        let rec = publish(&ctx, stage, &m, format!("imported:{file}"))?;
+        view(&ctx, &rec)
+    })
+    .await?
+}
+
+/// `image export <name> -o <file>`: written under a temp name, then renamed.
+pub async fn export(ctx: Arc<Ctx>, name: String, file: String) -> Result<Reply, RpcError> {
+    validate_name(&name)?;
+    let rec = get(&ctx, &name)?;
+    let out = PathBuf::from(&file);
+    tokio::task::spawn_blocking(move || -> Result<Reply, RpcError> {
+        let dir = PathBuf::from(&rec.dir);
+        let mpath = dir.join(MANIFEST);
+        let m: ImageManifest =
+            serde_json::from_slice(&std::fs::read(&mpath).ctx("reading", &mpath)?)
+                .map_err(|e| RpcError::failed(format!("{}: {e}", mpath.display())))?;
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = parent.join(format!(
+            ".{}.partial",
+            out.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let bytes = match bundle::export(&dir, &m, &tmp) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(RpcError::failed(format!("writing {file}: {e}")));
+            }
+        };
+        std::fs::rename(&tmp, &out).ctx("renaming the bundle to", &out)?;
+        Ok(Reply::Exported { file, bytes })
+    })
+    .await?
+}
+
+pub fn list(ctx: &Ctx) -> Result<Reply, RpcError> {
+    let default = default_image(ctx)?;
+    let mut v = ctx.store.list_images()?;
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Reply::Images(
+        v.iter()
+            .map(|i| views::image(i, i.name == default))
+            .collect(),
+    ))
+}
+
+pub fn show(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+    validate_name(name)?;
+    view(ctx, &get(ctx, name)?)
+}
+
+/// `image delete`: refused while a VM uses the image.
+pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+    validate_name(name)?;
+    let rec = get(ctx, name)?;
+    let vms = ctx.store.list_vms()?.into_iter();
+    super::refuse_if_used(
+        &format!("image {name}"),
+        "VM(s)",
+        vms.filter(|v| v.image == name).map(|v| v.name),
+    )?;
+    ctx.store.delete_image(name)?;
+    let dir = Path::new(&rec.dir);
+    crate::fsutil::remove_all(dir).ctx("removing", dir)?;
+    Ok(Reply::Done)
+}
+
+pub fn promote(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+    validate_name(name)?;
+    let rec = get(ctx, name)?;
+    ctx.store.set_setting(DEFAULT_IMAGE_KEY, name)?;
+    Ok(Reply::Image(views::image(&rec, true)))
+}

@@ -1,0 +1,844 @@
+//! The start, stop, kill, delete and reap sequences of one VM. The caller
+//! (a VmActor) runs one at a time per VM; each takes the record as it is,
+//! persists every state change as it happens, and returns the record as it
+//! now is. On failure everything acquired is released.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{disks, Ctx, Stages, VmChildren};
+use crate::domain::{Signal, VmState, VmmKind};
+use crate::guest::ssh::SshFiles;
+use crate::host::process::pid_alive;
+use crate::protocol::helper::{PrivReply, PrivRequest};
+use crate::protocol::RpcError;
+use crate::store::model::now_unix;
+use crate::store::VmRecord;
+use crate::vmm::{self, BootSpec, Vmm};
+
+/// Stores `rec` and tells the VM's actor, so reads see it at once.
+fn persist(ctx: &Ctx, vm: &dyn VmChildren, rec: &VmRecord) -> Result<(), RpcError> {
+    ctx.store.put_vm(rec)?;
+    vm.record_changed(rec);
+    Ok(())
+}
+
+fn vmm_alive(rec: &VmRecord) -> bool {
+    rec.vmm_pid.is_some_and(pid_alive)
+}
+
+/// The pid of this VM's VMM if it still runs: alive, and its command line
+/// names this VM's control socket (a recycled pid does not count).
+pub fn live_vmm(ctx: &Ctx, rec: &VmRecord) -> Option<u32> {
+    let paths = ctx.layout.vm(&rec.id);
+    rec.vmm_pid.filter(|p| {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        pid_alive(*p)
+            && (cmd.contains(&paths.qmp_socket().display().to_string())
+                || cmd.contains(&paths.api_socket().display().to_string()))
+    })
+}
+
+/// What a (re)started VmActor finds for its record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Nothing runs and nothing should.
+    Idle,
+    /// The VMM lives: watch it again (the record says running now).
+    Live(u32),
+    /// The record says a VMM should run but none does: reap it.
+    Dead,
+}
+
+/// Reconciles a record with what runs. A start or stop that a daemon
+/// crash interrupted leaves a live VMM: the VM is then running (`vm stop`
+/// stops it).
+pub fn recover(ctx: &Ctx, rec: &mut VmRecord) -> Recovery {
+    if !rec.state.may_have_vmm() {
+        return Recovery::Idle;
+    }
+    match live_vmm(ctx, rec) {
+        Some(pid) => {
+            if rec.state != VmState::Running {
+                rec.state = VmState::Running;
+                if let Err(e) = ctx.store.put_vm(rec) {
+                    tracing::warn!(vm = %rec.name, "recording state running: {e}");
+                }
+            }
+            Recovery::Live(pid)
+        }
+        None => Recovery::Dead,
+    }
+}
+
+/// Rewrites banger's ssh_config for every VM with an address.
+pub fn refresh_ssh_config(ctx: &Ctx) {
+    let vms: Vec<(String, String)> = ctx
+        .store
+        .list_vms()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.ip.map(|ip| (v.name, ip)))
+        .collect();
+    if let Err(e) = SshFiles::of(&ctx.layout).write_config(&vms) {
+        tracing::warn!("writing ssh_config: {e}");
+    }
+}
+
+/// Gives back everything a running VM holds on the host (tap, NAT rules,
+/// vsock bridge). Idempotent; failures are logged, not fatal.
+pub async fn release(ctx: &Ctx, vm: &dyn VmChildren, rec: &mut VmRecord) {
+    if rec.vmm == VmmKind::Qemu {
+        vm.stop_vsock().await;
+        // One no actor owns (its VMM died while the daemon was down): ended
+        // here, not leaked.
+        let paths = ctx.layout.vm(&rec.id);
+        if let Some(pid) = rec
+            .vsock_pid
+            .filter(|p| crate::host::vsock_bridge::is_ours(*p, &paths))
+        {
+            tracing::info!(vm = %rec.name, pid, "ending a leftover vhost-device-vsock");
+            crate::host::vsock_bridge::kill(pid).await;
+        }
+    }
+    if let (true, Some(ip)) = (rec.nat, rec.ip.as_deref().and_then(|i| i.parse().ok())) {
+        let req = PrivRequest::DisableNat {
+            vm_id: rec.id.clone(),
+            ip,
+            bridge: ctx.config.network.bridge.clone(),
+        };
+        if let Err(e) = ctx.helper.call(req).await {
+            tracing::warn!(vm = %rec.name, "removing NAT rules: {}", e.message);
+        }
+    }
+    if let Some(tap) = rec.tap.take() {
+        ctx.taps.release(tap);
+    }
+    rec.vmm_pid = None;
+    rec.vsock_pid = None;
+}
+
+/// The last `n` non-empty lines of a log, indented, for errors. Reads at
+/// most the file's last 64 KiB.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = crate::fsutil::read_tail(path, 64 << 10);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if lines.is_empty() {
+        return "  (nothing)".into();
+    }
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Kills the VMM (through bangerd-root) and waits for it to be gone.
+async fn kill_vmm(ctx: &Ctx, rec: &VmRecord) {
+    if let Some(pid) = rec.vmm_pid.filter(|p| pid_alive(*p)) {
+        let _ = ctx
+            .helper
+            .call(PrivRequest::SignalVmm {
+                pid,
+                signal: Signal::Kill,
+            })
+            .await;
+        crate::host::process::wait_exit(pid, Duration::from_secs(10)).await;
+    }
+}
+
+/// Boots a VM (created or stopped). On failure everything acquired is
+/// released and the VM is left in state `error` with the reason.
+pub async fn start(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    mut rec: VmRecord,
+    stages: &mut Stages,
+) -> (VmRecord, Result<(), RpcError>) {
+    if vmm_alive(&rec) {
+        if rec.state == VmState::Running {
+            return (rec, Ok(()));
+        }
+        // A VMM left by an interrupted start or stop: never two VMMs on
+        // one disk.
+        tracing::warn!(vm = %rec.name, state = %rec.state, "a VMM is still alive; killing it before starting");
+        kill_vmm(ctx, &rec).await;
+        release(ctx, vm, &mut rec).await;
+    }
+    match boot(ctx, vm, &mut rec, stages).await {
+        Ok(()) => (rec, Ok(())),
+        Err(e) => {
+            tracing::warn!(vm = %rec.name, "start failed: {}", e.message);
+            kill_vmm(ctx, &rec).await;
+            release(ctx, vm, &mut rec).await;
+            rec.state = VmState::Error;
+            rec.last_error = Some(e.message.clone());
+            let _ = persist(ctx, vm, &rec);
+            let hint = format!("{} (see `banger vm logs {}`)", e.message, rec.name);
+            (rec, Err(RpcError { message: hint, ..e }))
+        }
+    }
+}
+
+/// Launches the VMM for `b` (with a fresh vsock bridge for QEMU) and waits
+/// until the driver says it is booting; returns its pid.
+async fn launch(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+    b: &BootSpec,
+    driver: &dyn Vmm,
+) -> Result<u32, RpcError> {
+    let paths = &b.paths;
+    for s in [paths.qmp_socket(), paths.api_socket(), paths.vsock_socket()] {
+        let _ = std::fs::remove_file(s);
+    }
+    let _ = std::fs::write(paths.serial_log(), b"");
+    let _ = std::fs::write(paths.vmm_log(), b"");
+    if rec.vmm == VmmKind::Qemu {
+        // A fresh vhost-device-vsock for every boot: one that served an
+        // earlier guest may hold that guest's connection state.
+        vm.stop_vsock().await;
+        let pid = vm
+            .start_vsock(None)
+            .await
+            .map_err(|e| RpcError::failed(format!("vsock bridge: {e}")))?;
+        rec.vsock_pid = Some(pid);
+    }
+    let pid = match ctx
+        .helper
+        .call(PrivRequest::LaunchVmm(driver.launch_spec(b)))
+        .await?
+    {
+        PrivReply::Launched { pid } => pid,
+        other => {
+            return Err(RpcError::failed(format!(
+                "unexpected helper reply {other:?}"
+            )))
+        }
+    };
+    rec.vmm_pid = Some(pid);
+    rec.started_at_unix = Some(now_unix());
+    persist(ctx, vm, rec)?;
+    vm.watch_vmm(pid);
+    // The exit is checked first: a VMM that is gone says why in its log.
+    tokio::select! {
+        biased;
+        _ = crate::host::process::wait_exit_forever(pid) => {
+            return Err(RpcError::failed(format!(
+                "{} exited at once:\n{}",
+                rec.vmm.as_str(),
+                log_tail(&paths.vmm_log(), 5)
+            )));
+        }
+        r = driver.boot(b) => r.map_err(|e| RpcError::failed(format!("{} did not boot: {e}", rec.vmm.as_str())))?,
+    }
+    Ok(pid)
+}
+
+/// The kernel and image files a boot needs, checked before anything runs
+/// so a missing file is named rather than discovered by the VMM.
+fn boot_files(
+    ctx: &Ctx,
+    rec: &VmRecord,
+) -> Result<(PathBuf, Option<PathBuf>, PathBuf, PathBuf), RpcError> {
+    let image = super::images::get(ctx, &rec.image)?;
+    let kernel = super::kernels::get(ctx, &rec.kernel)?;
+    let kdir = PathBuf::from(&kernel.dir);
+    let vmlinux = kdir.join("vmlinux");
+    let initrd = kernel.has_initrd.then(|| kdir.join("initrd.img"));
+    let idir = PathBuf::from(&image.dir);
+    let (rootfs, seed) = (
+        idir.join(crate::image::ROOTFS),
+        idir.join(crate::image::WORK_SEED),
+    );
+    let missing = |what: &str, p: &Path, fix: String| {
+        RpcError::not_found(format!("{what} {} is missing; {fix}", p.display()))
+    };
+    for p in std::iter::once(&vmlinux).chain(initrd.as_ref()) {
+        if !p.is_file() {
+            return Err(missing(
+                &format!("the file of kernel {}", kernel.name),
+                p,
+                format!(
+                    "get the kernel again: banger kernel delete {0} && banger kernel pull debian-cloud --name {0}",
+                    kernel.name
+                ),
+            ));
+        }
+    }
+    for p in [&rootfs, &seed] {
+        if !p.is_file() {
+            return Err(missing(
+                &format!("the file of image {}", image.name),
+                p,
+                format!("rebuild it: banger image build {} --rebuild", image.name),
+            ));
+        }
+    }
+    Ok((vmlinux, initrd, rootfs, seed))
+}
+
+async fn boot(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+    stages: &mut Stages,
+) -> Result<(), RpcError> {
+    let paths = ctx.layout.vm(&rec.id);
+    let net = ctx.config.network.clone();
+    rec.state = VmState::Starting;
+    rec.last_error = None;
+    persist(ctx, vm, rec)?;
+
+    stages.begin("network", "tap and bridge").await;
+    let tap = ctx.taps.lease().await?;
+    rec.tap = Some(tap.clone());
+    persist(ctx, vm, rec)?;
+    let ip: Ipv4Addr = rec
+        .ip
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| RpcError::failed("the VM has no address"))?;
+    if rec.nat {
+        ctx.helper
+            .call(PrivRequest::EnableNat {
+                vm_id: rec.id.clone(),
+                ip,
+                bridge: net.bridge.clone(),
+            })
+            .await?;
+    }
+    stages
+        .end(format!(
+            "{tap} on {} ({ip}{})",
+            net.bridge,
+            if rec.nat { ", NAT" } else { "" }
+        ))
+        .await;
+
+    stages.begin("disks", "root and work disks").await;
+    let (vmlinux, initrd, rootfs, seed) = boot_files(ctx, rec)?;
+    let how = if disks::exist(&paths, rec.vmm) {
+        "reused".to_string()
+    } else {
+        let (p, kind, size) = (paths.clone(), rec.vmm, rec.disk_bytes);
+        tokio::task::spawn_blocking(move || -> Result<String, disks::DiskError> {
+            let how = disks::prepare_root(&rootfs, &p, kind)?;
+            disks::prepare_work(&seed, &p, size)?;
+            Ok(format!(
+                "root: {how}, work: {}",
+                crate::size::format_size(size)
+            ))
+        })
+        .await??
+    };
+    stages.end(how).await;
+
+    stages.begin("vmm", rec.vmm.as_str()).await;
+    std::fs::create_dir_all(&paths.run)
+        .map_err(|e| crate::fsutil::IoError::new("creating", &paths.run, e))?;
+    let pubkey = SshFiles::of(&ctx.layout)
+        .ensure_key()
+        .map_err(RpcError::failed)?;
+    let kvm = crate::host::cpu::hardware_kvm();
+    let params = banger_agent::cmdline::GuestParams {
+        name: Some(rec.name.clone()),
+        ip: Some((ip, net.prefix_len)),
+        gw: Some(net.bridge_ip),
+        dns: if rec.nat {
+            super::net::host_dns()
+        } else {
+            vec![]
+        },
+        ssh_key: Some(pubkey),
+    };
+    let b = BootSpec {
+        vm_id: rec.id.clone(),
+        paths: paths.clone(),
+        vcpu: rec.vcpu,
+        memory_mib: rec.memory_mib,
+        kernel: vmlinux,
+        initrd,
+        cmdline: vmm::qemu::kernel_cmdline(kvm, &params),
+        disks: vec![
+            disks::root_disk(&paths, rec.vmm),
+            (paths.work_disk(), vmm::DiskFormat::Raw),
+        ],
+        tap: Some(tap),
+        mac: rec.mac.clone(),
+        kvm,
+    };
+    let driver = ctx.drivers.driver(rec.vmm);
+    let mut pid = launch(ctx, vm, rec, &b, &*driver).await?;
+    stages
+        .end(format!(
+            "{} pid {pid}, {} vcpu, {} MiB{}",
+            rec.vmm.as_str(),
+            rec.vcpu,
+            rec.memory_mib,
+            if kvm { "" } else { " (TCG)" }
+        ))
+        .await;
+
+    stages
+        .begin("agent", "waiting for banger-agent over vsock")
+        .await;
+    let boot_deadline = ctx.timeouts.boot;
+    let deadline = Instant::now() + boot_deadline;
+    // A guest whose vsock device never comes alive (seen rarely with
+    // vhost-device-vsock under load: the guest boots, the agent runs, and
+    // nothing reaches it) gets one fresh VMM and bridge halfway through.
+    let mut relaunch_at = Some(Instant::now() + boot_deadline / 2);
+    let health = loop {
+        match crate::guest::agent::healthz(&paths.vsock_socket(), Duration::from_secs(3)).await {
+            Ok(h) => break h,
+            Err(e) => {
+                if relaunch_at.is_some_and(|t| Instant::now() > t) {
+                    relaunch_at = None;
+                    tracing::warn!(vm = %rec.name, "the agent did not answer in {:?} ({e}); relaunching the VMM once; the serial console ended with:\n{}", boot_deadline / 2, log_tail(&paths.serial_log(), 5));
+                    kill_vmm(ctx, rec).await;
+                    pid = launch(ctx, vm, rec, &b, &*driver).await?;
+                    continue;
+                }
+                if !pid_alive(pid) {
+                    return Err(RpcError::failed(format!(
+                        "the {} process exited during boot",
+                        rec.vmm.as_str()
+                    )));
+                }
+                if Instant::now() > deadline {
+                    return Err(RpcError::failed(format!(
+                        "the guest agent did not answer within {boot_deadline:?}: {e}; the serial console ended with:\n{}",
+                        log_tail(&paths.serial_log(), 15)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    rec.boot_id = Some(health.boot_id.clone());
+    persist(ctx, vm, rec)?;
+    let short_boot: String = health.boot_id.chars().take(8).collect();
+    stages
+        .end(format!(
+            "guest up {:.1}s, boot {short_boot}",
+            health.uptime_s
+        ))
+        .await;
+
+    stages.begin("ssh", format!("root@{ip}")).await;
+    let files = SshFiles::of(&ctx.layout);
+    loop {
+        let ready = async {
+            let keys: Vec<crate::guest::agent::HostKey> = crate::guest::agent::get(
+                &paths.vsock_socket(),
+                "/hostkeys",
+                Duration::from_secs(3),
+            )
+            .await
+            .ok()?;
+            let k = keys.iter().find(|k| k.algorithm == "ssh-ed25519")?;
+            let ports = crate::guest::agent::ports(&paths.vsock_socket(), Duration::from_secs(3))
+                .await
+                .ok()?;
+            ports
+                .iter()
+                .any(|p| p.port == 22)
+                .then(|| format!("{} {}", k.algorithm, k.key))
+        }
+        .await;
+        if let Some(host_key) = ready {
+            match crate::guest::ssh::connect(
+                &ip.to_string(),
+                &files.key,
+                &host_key,
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok(s) => {
+                    s.close().await;
+                    files
+                        .pin(&rec.name, &ip.to_string(), &host_key)
+                        .map_err(|e| RpcError::failed(format!("pinning the host key: {e}")))?;
+                    rec.host_key = Some(host_key);
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    return Err(RpcError::failed(format!("ssh to {ip}: {e}")))
+                }
+                Err(_) => {}
+            }
+        }
+        if !pid_alive(pid) {
+            return Err(RpcError::failed(format!(
+                "the {} process exited during boot",
+                rec.vmm.as_str()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(RpcError::failed("sshd did not come up in the guest"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    rec.state = VmState::Running;
+    persist(ctx, vm, rec)?;
+    refresh_ssh_config(ctx);
+    stages.end("ready for commands").await;
+    stages.ready().await;
+    Ok(())
+}
+
+/// Stops a VM: sync and power off in the guest (agent, else SSH), then the
+/// VMM's power button, then kill, each after a bounded wait.
+pub async fn stop(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    mut rec: VmRecord,
+    stages: &mut Stages,
+) -> (VmRecord, Result<(), RpcError>) {
+    if !vmm_alive(&rec) {
+        release(ctx, vm, &mut rec).await;
+        if rec.state != VmState::Created && rec.state != VmState::Error {
+            rec.state = VmState::Stopped;
+        }
+        let r = persist(ctx, vm, &rec);
+        return (rec, r);
+    }
+    let pid = rec.vmm_pid.unwrap_or(0);
+    rec.state = VmState::Stopping;
+    let _ = persist(ctx, vm, &rec);
+    let paths = ctx.layout.vm(&rec.id);
+    stages
+        .begin("sync", "sync and power off in the guest")
+        .await;
+    let asked =
+        crate::guest::agent::post(&paths.vsock_socket(), "/poweroff", Duration::from_secs(15))
+            .await;
+    let how = match asked {
+        Ok(_) => "agent".to_string(),
+        Err(agent_err) => {
+            let ssh_res = async {
+                let (ip, key) = (rec.ip.clone()?, rec.host_key.clone()?);
+                let s = crate::guest::ssh::connect(
+                    &ip,
+                    &SshFiles::of(&ctx.layout).key,
+                    &key,
+                    Duration::from_secs(5),
+                )
+                .await
+                .ok()?;
+                let _ = s
+                    .output("sync; systemctl --no-block poweroff || poweroff -f &")
+                    .await;
+                Some(())
+            }
+            .await;
+            match ssh_res {
+                Some(()) => "ssh".into(),
+                None => format!("neither the agent ({agent_err}) nor ssh answered"),
+            }
+        }
+    };
+    stages.end(how).await;
+    stages
+        .begin("poweroff", "waiting for the guest to power off")
+        .await;
+    let gone = crate::host::process::wait_exit(pid, ctx.timeouts.poweroff).await;
+    let mut how = "powered off".to_string();
+    if !gone {
+        let _ = ctx.drivers.driver(rec.vmm).powerdown(&paths).await;
+        if !crate::host::process::wait_exit(pid, ctx.timeouts.powerdown).await {
+            kill_vmm(ctx, &rec).await;
+            how = "killed after the bounded wait".into();
+        } else {
+            how = "powered off by the VMM power button".into();
+        }
+    }
+    stages.end(how).await;
+    release(ctx, vm, &mut rec).await;
+    rec.state = VmState::Stopped;
+    rec.started_at_unix = None;
+    let r = persist(ctx, vm, &rec);
+    (rec, r)
+}
+
+/// After the VMM exited on its own (power-off inside, crash, kill): release
+/// and mark stopped.
+pub async fn reap(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> VmRecord {
+    if vmm_alive(&rec) {
+        return rec;
+    }
+    release(ctx, vm, &mut rec).await;
+    if rec.state.may_have_vmm() {
+        rec.state = VmState::Stopped;
+    }
+    rec.started_at_unix = None;
+    let _ = persist(ctx, vm, &rec);
+    rec
+}
+
+/// `vm kill --signal`: delivers the signal; when it is one that ends the
+/// VMM, waits for the exit and releases, leaving the VM stopped.
+pub async fn kill(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: VmRecord,
+    signal: Signal,
+) -> (VmRecord, Result<(), RpcError>) {
+    let Some(pid) = rec.vmm_pid.filter(|p| pid_alive(*p)) else {
+        let e = RpcError::bad_request(format!("VM {} is not running", rec.name));
+        return (rec, Err(e));
+    };
+    if let Err(e) = ctx
+        .helper
+        .call(PrivRequest::SignalVmm { pid, signal })
+        .await
+    {
+        return (rec, Err(e));
+    }
+    if signal.terminates() && crate::host::process::wait_exit(pid, Duration::from_secs(15)).await {
+        let r = reap(ctx, vm, rec).await;
+        return (r, Ok(()));
+    }
+    (rec, Ok(()))
+}
+
+/// Deletes a VM: kills it if it runs (its disks go too), releases, removes
+/// files and the record.
+pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result<(), RpcError> {
+    kill_vmm(ctx, &rec).await;
+    release(ctx, vm, &mut rec).await;
+    let paths = ctx.layout.vm(&rec.id);
+    for d in [&paths.state, &paths.run] {
+        crate::fsutil::remove_all(d).map_err(|e| crate::fsutil::IoError::new("removing", d, e))?;
+    }
+    if let Some(ip) = &rec.ip {
+        let _ = SshFiles::of(&ctx.layout).unpin(&rec.name, ip);
+    }
+    ctx.store.delete_vm(&rec.id)?;
+    refresh_ssh_config(ctx);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{Fakes, LaunchMode};
+    use crate::ops::Privileged;
+    use std::sync::atomic::Ordering;
+
+    fn stages() -> (
+        Stages,
+        tokio::sync::mpsc::Receiver<crate::protocol::cli::Event>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        (Stages::new(tx), rx)
+    }
+
+    /// Nothing the failed boot acquired is held any more.
+    fn assert_nothing_held(f: &Fakes, rec: &VmRecord) {
+        assert_eq!(rec.state, VmState::Error, "{rec:?}");
+        assert!(rec.vmm_pid.is_none() && rec.tap.is_none(), "{rec:?}");
+        let stored = f.ctx.store.get_vm(&rec.id).unwrap().unwrap();
+        assert_eq!(&stored, rec, "the store holds what was returned");
+        assert_eq!(
+            *f.taps.leased.lock().unwrap(),
+            *f.taps.released.lock().unwrap(),
+            "every leased tap was given back"
+        );
+        for pid in f.helper.launched() {
+            assert!(!pid_alive(pid), "VMM {pid} still runs");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_exits_at_once_leaves_the_vm_in_error_holding_nothing() {
+        let f = Fakes::new();
+        f.artifacts();
+        *f.helper.mode.lock().unwrap() = LaunchMode::ExitAtOnce;
+        let rec = f.vm("early", true);
+        let (mut st, _rx) = stages();
+        let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
+        let e = r.unwrap_err();
+        // At once, or (when the fake boot won the race) during the boot.
+        assert!(e.message.contains("exited"), "{}", e.message);
+        assert!(rec.last_error.as_deref().unwrap().contains("exited"));
+        assert_nothing_held(&f, &rec);
+        assert_eq!(f.helper.count("enable_nat"), 1);
+        assert_eq!(f.helper.count("disable_nat"), 1, "NAT rules removed");
+        assert_eq!(
+            f.children.vsock_stops.load(Ordering::SeqCst),
+            f.children.vsock_starts.load(Ordering::SeqCst) + 1,
+            "the bridge of the failed boot is stopped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_refuses_nat_gets_no_vmm_launched_and_the_tap_back() {
+        let f = Fakes::new();
+        f.artifacts();
+        f.helper.refuse_nat.store(true, Ordering::SeqCst);
+        let rec = f.vm("nonat", true);
+        let (mut st, _rx) = stages();
+        let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
+        assert!(r.unwrap_err().message.contains("refusing NAT"));
+        assert_eq!(f.helper.count("launch_vmm"), 0);
+        assert_eq!(f.taps.leased.lock().unwrap().len(), 1);
+        assert_nothing_held(&f, &rec);
+        let paths = f.paths(&rec);
+        assert!(!paths.root_qcow2().exists(), "no disks were made");
+    }
+
+    #[tokio::test]
+    async fn a_guest_whose_agent_never_answers_is_relaunched_once_then_killed() {
+        let f = Fakes::new();
+        f.artifacts();
+        let rec = f.vm("silent", false);
+        let (mut st, _rx) = stages();
+        let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
+        let e = r.unwrap_err();
+        assert!(e.message.contains("did not answer"), "{}", e.message);
+        assert_eq!(f.helper.count("launch_vmm"), 2, "one relaunch halfway");
+        assert_eq!(f.helper.count("signal_vmm"), 2, "both VMMs were killed");
+        assert_eq!(f.helper.launched().len(), 0, "the fake helper reaped both");
+        assert_nothing_held(&f, &rec);
+        // The disks stay for the next start.
+        assert!(disks::exist(&f.paths(&rec), rec.vmm));
+    }
+
+    /// A VM that runs (a live fake VMM, a tap, NAT) without a guest that
+    /// answers anything.
+    fn running(f: &Fakes, name: &str) -> VmRecord {
+        let mut rec = f.vm(name, true);
+        rec.state = VmState::Running;
+        rec.vmm_pid = Some(f.helper.spawn_vmm());
+        rec.tap = Some("bgtfake99".into());
+        f.taps.leased.lock().unwrap().push("bgtfake99".into());
+        f.ctx.store.put_vm(&rec).unwrap();
+        rec
+    }
+
+    #[tokio::test]
+    async fn stopping_a_silent_guest_presses_the_power_button_then_kills() {
+        let f = Fakes::new();
+        f.artifacts();
+        let rec = running(&f, "deaf");
+        let pid = rec.vmm_pid.unwrap();
+        let (mut st, mut rx) = stages();
+        let (rec, r) = stop(&f.ctx, &*f.children, rec, &mut st).await;
+        r.unwrap();
+        assert_eq!(rec.state, VmState::Stopped);
+        assert_eq!(f.drivers.powerdowns.load(Ordering::SeqCst), 1);
+        assert!(!pid_alive(pid));
+        assert!(rec.vmm_pid.is_none() && rec.tap.is_none());
+        assert_eq!(*f.taps.released.lock().unwrap(), ["bgtfake99"]);
+        assert_eq!(f.helper.count("disable_nat"), 1);
+        let mut said = Vec::new();
+        while let Ok(crate::protocol::cli::Event::Stage { detail, .. }) = rx.try_recv() {
+            said.push(detail);
+        }
+        assert!(said.iter().any(|d| d.contains("killed")), "{said:?}");
+    }
+
+    #[tokio::test]
+    async fn reaping_a_dead_vmm_releases_its_tap_and_nat() {
+        let f = Fakes::new();
+        let rec = running(&f, "gone");
+        let pid = rec.vmm_pid.unwrap();
+        f.helper
+            .call(PrivRequest::SignalVmm {
+                pid,
+                signal: Signal::Kill,
+            })
+            .await
+            .unwrap();
+        let rec = reap(&f.ctx, &*f.children, rec).await;
+        assert_eq!(rec.state, VmState::Stopped);
+        assert!(rec.vmm_pid.is_none() && rec.tap.is_none());
+        assert_eq!(*f.taps.released.lock().unwrap(), ["bgtfake99"]);
+        assert_eq!(f.helper.count("disable_nat"), 1);
+        assert_eq!(f.ctx.store.get_vm(&rec.id).unwrap().unwrap(), rec);
+    }
+
+    #[tokio::test]
+    async fn reaping_leaves_a_live_vmm_alone() {
+        let f = Fakes::new();
+        let rec = running(&f, "alive");
+        let r = reap(&f.ctx, &*f.children, rec.clone()).await;
+        assert_eq!(r, rec);
+        assert!(f.taps.released.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_non_terminating_signal_does_not_wait_or_reap() {
+        let f = Fakes::new();
+        let rec = running(&f, "usr");
+        let t = Instant::now();
+        let (r, res) = kill(&f.ctx, &*f.children, rec.clone(), Signal::Usr1).await;
+        res.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "it waited for an exit"
+        );
+        assert_eq!(r.state, VmState::Running, "not reaped");
+        let (r, res) = kill(&f.ctx, &*f.children, rec, Signal::Kill).await;
+        res.unwrap();
+        assert_eq!(r.state, VmState::Stopped);
+        assert!(f.taps.released.lock().unwrap().len() == 1);
+    }
+
+    #[tokio::test]
+    async fn delete_kills_removes_files_the_record_and_the_pin() {
+        let f = Fakes::new();
+        let rec = running(&f, "doomed");
+        let pid = rec.vmm_pid.unwrap();
+        let paths = f.paths(&rec);
+        std::fs::create_dir_all(&paths.state).unwrap();
+        std::fs::create_dir_all(&paths.run).unwrap();
+        std::fs::write(paths.work_disk(), b"disk").unwrap();
+        let files = SshFiles::of(&f.ctx.layout);
+        let ip = rec.ip.clone().unwrap();
+        files.pin("doomed", &ip, "ssh-ed25519 AAAAkey").unwrap();
+        files
+            .pin("other", "172.16.0.200", "ssh-ed25519 BBBBkey")
+            .unwrap();
+        delete(&f.ctx, &*f.children, rec.clone()).await.unwrap();
+        assert!(!pid_alive(pid));
+        assert!(!paths.state.exists() && !paths.run.exists());
+        assert!(f.ctx.store.get_vm(&rec.id).unwrap().is_none());
+        let known = std::fs::read_to_string(&files.known_hosts).unwrap();
+        assert!(
+            !known.contains("AAAAkey") && known.contains("BBBBkey"),
+            "{known}"
+        );
+        assert_eq!(*f.taps.released.lock().unwrap(), ["bgtfake99"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_kernel_file_is_named() {
+        let f = Fakes::new();
+        f.artifacts();
+        let k = f.ctx.store.get_kernel("krn").unwrap().unwrap();
+        let vmlinux = std::path::Path::new(&k.dir).join("vmlinux");
+        std::fs::remove_file(&vmlinux).unwrap();
+        let rec = f.vm("nokernel", false);
+        let (mut st, _rx) = stages();
+        let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
+        let e = r.unwrap_err();
+        assert!(
+            e.message.contains(&vmlinux.display().to_string()),
+            "{}",
+            e.message
+        );
+        assert_eq!(f.helper.count("launch_vmm"), 0);
+        assert_nothing_held(&f, &rec);
+    }
+}

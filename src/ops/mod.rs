@@ -1,0 +1,154 @@
+//! What `bangerd` does, as plain async functions over a [`Ctx`]: VM boot,
+//! stop, kill, reap and delete, image builds and kernel pulls, workspaces.
+//!
+//! Nothing here knows about actors. What the actor tree provides comes in
+//! through small traits ([`Privileged`] for bangerd-root, [`Taps`] for the
+//! tap pool, [`SharedJobs`] for coalesced builds, [`VmChildren`] for the
+//! per-VM children of a VmActor, [`Drivers`] for the VMM drivers), so every
+//! operation can be driven in a test with fakes (`ops::testing`).
+
+pub mod disks;
+pub mod images;
+pub mod kernels;
+pub mod lifecycle;
+pub mod net;
+pub mod progress;
+pub mod views;
+pub mod vms;
+pub mod workspace;
+
+#[cfg(test)]
+pub mod testing;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::domain::VmmKind;
+use crate::paths::Layout;
+use crate::protocol::cli::{Event, Reply};
+use crate::protocol::helper::{PrivReply, PrivRequest};
+use crate::protocol::RpcError;
+use crate::store::{Store, VmRecord};
+use crate::vmm::Vmm;
+
+pub use progress::{Progress, Stages};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// bangerd-root, as the daemon reaches it.
+pub trait Privileged: Send + Sync {
+    /// Performs one privileged operation.
+    fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>>;
+}
+
+/// Where VMs get their taps.
+pub trait Taps: Send + Sync {
+    /// A tap on the bridge, owned by the owner uid.
+    fn lease(&self) -> BoxFuture<'_, Result<String, RpcError>>;
+    /// Gives a tap back (it is deleted).
+    fn release(&self, tap: String);
+}
+
+/// The work of a shared job.
+pub type Work = Box<dyn FnOnce(Progress) -> BoxFuture<'static, Result<Reply, RpcError>> + Send>;
+
+/// Long jobs keyed by name (an image build, a kernel pull): concurrent
+/// requests for one key share one run and all get its result.
+pub trait SharedJobs: Send + Sync {
+    fn run(
+        &self,
+        key: &str,
+        events: mpsc::Sender<Event>,
+        work: Work,
+    ) -> BoxFuture<'static, Result<Reply, RpcError>>;
+}
+
+/// The VMM drivers.
+pub trait Drivers: Send + Sync {
+    fn driver(&self, kind: VmmKind) -> Box<dyn Vmm>;
+}
+
+/// The real drivers of [`crate::vmm`].
+pub struct RealDrivers;
+
+impl Drivers for RealDrivers {
+    fn driver(&self, kind: VmmKind) -> Box<dyn Vmm> {
+        crate::vmm::driver(kind)
+    }
+}
+
+/// What a VM's own actor provides to an operation on that VM: the children
+/// that serve the VM while it runs.
+pub trait VmChildren: Send + Sync {
+    /// The operation stored a new record (so reads during a long operation
+    /// see `starting`, the pid, the boot id as they happen).
+    fn record_changed(&self, rec: &VmRecord);
+    /// Watches VMM `pid`; its exit is reported to the VM's actor.
+    fn watch_vmm(&self, pid: u32);
+    /// Starts a fresh vsock bridge (QEMU's vhost-device-vsock), or adopts
+    /// the live one `adopt` names; answers its pid.
+    fn start_vsock(&self, adopt: Option<u32>) -> BoxFuture<'_, Result<u32, String>>;
+    /// Stops the vsock bridge, if any, and waits for it to be gone.
+    fn stop_vsock(&self) -> BoxFuture<'_, ()>;
+}
+
+/// How long the guest-facing steps may take.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// From VMM launch until the agent answers (and SSH, when waited for).
+    pub boot: Duration,
+    /// How long a guest has to power off after being asked.
+    pub poweroff: Duration,
+    /// How long after the VMM's power button before the VMM is killed.
+    pub powerdown: Duration,
+}
+
+impl Timeouts {
+    /// Generous under TCG (software emulation), tighter with hardware KVM.
+    pub fn for_host() -> Timeouts {
+        let kvm = crate::host::cpu::hardware_kvm();
+        Timeouts {
+            boot: Duration::from_secs(if kvm { 90 } else { 300 }),
+            poweroff: Duration::from_secs(60),
+            powerdown: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What every operation may use: the store, paths, configuration, and the
+/// seams to the rest of the daemon. Built once at start and shared.
+pub struct Ctx {
+    pub store: Arc<Store>,
+    pub layout: Layout,
+    pub config: Config,
+    pub helper: Arc<dyn Privileged>,
+    pub taps: Arc<dyn Taps>,
+    /// Image builds, coalesced per image name.
+    pub images: Arc<dyn SharedJobs>,
+    /// Kernel pulls, coalesced per kernel name.
+    pub kernels: Arc<dyn SharedJobs>,
+    pub drivers: Arc<dyn Drivers>,
+    pub timeouts: Timeouts,
+}
+
+/// Refuses to delete `what` while `users` (of kind `by`) need it.
+fn refuse_if_used(
+    what: &str,
+    by: &str,
+    users: impl Iterator<Item = String>,
+) -> Result<(), RpcError> {
+    let users: Vec<String> = users.collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(RpcError::bad_request(format!(
+        "{what} is used by {by} {}; delete those first",
+        users.join(", ")
+    )))
+}

@@ -1,0 +1,51 @@
+//! The daemon's side of VM networking: taps through bangerd-root, the
+//! name servers a NAT'd guest gets.
+
+use std::net::Ipv4Addr;
+
+use super::Privileged;
+use crate::config::NetworkConfig;
+use crate::protocol::helper::PrivRequest;
+use crate::protocol::RpcError;
+
+/// A fresh banger tap name.
+pub fn new_tap_name() -> String {
+    use rand::RngExt;
+    format!("bgt{:08x}", rand::rng().random::<u32>())
+}
+
+/// Ensures the bridge and creates one tap on it.
+pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<String, RpcError> {
+    helper
+        .call(PrivRequest::EnsureBridge {
+            name: net.bridge.clone(),
+            address: net.bridge_ip,
+            prefix_len: net.prefix_len,
+        })
+        .await?;
+    let name = new_tap_name();
+    helper
+        .call(PrivRequest::CreateTap {
+            name: name.clone(),
+            bridge: net.bridge.clone(),
+        })
+        .await?;
+    Ok(name)
+}
+
+/// Deletes a tap (absent is fine).
+pub async fn delete_tap(helper: &dyn Privileged, name: String) -> Result<(), RpcError> {
+    helper.call(PrivRequest::DeleteTap { name }).await.map(drop)
+}
+
+/// Name servers a NAT'd guest can use: the host's, unless they are loopback.
+pub fn host_dns() -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .take(3)
+        .collect()
+}

@@ -1,0 +1,361 @@
+//! Fakes of the `ops` seams, for error paths the real parts cannot produce
+//! on demand (a helper that refuses NAT, a VMM that exits at once, a guest
+//! that never answers). The "VMM" is a real process (`sleep`), so liveness,
+//! pidfds and kills are the real ones.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{BoxFuture, Ctx, Drivers, Privileged, SharedJobs, Taps, Timeouts, VmChildren, Work};
+use crate::domain::VmmKind;
+use crate::paths::VmPaths;
+use crate::protocol::cli::{Event, Reply};
+use crate::protocol::helper::{LaunchSpec, PrivReply, PrivRequest};
+use crate::protocol::RpcError;
+use crate::store::{ImageRecord, KernelRecord, Store, VmRecord};
+use crate::vmm::{BootFut, BootSpec, Vmm};
+
+/// What a launched fake VMM does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchMode {
+    /// Runs until killed.
+    Run,
+    /// Exits at once (a VMM that cannot start the guest).
+    ExitAtOnce,
+}
+
+/// A helper that records every request and runs `sleep` as the VMM.
+pub struct FakeHelper {
+    pub requests: Mutex<Vec<PrivRequest>>,
+    pub refuse_nat: std::sync::atomic::AtomicBool,
+    pub mode: Mutex<LaunchMode>,
+    children: Mutex<HashMap<u32, std::process::Child>>,
+}
+
+impl FakeHelper {
+    fn new() -> FakeHelper {
+        FakeHelper {
+            requests: Mutex::new(Vec::new()),
+            refuse_nat: Default::default(),
+            mode: Mutex::new(LaunchMode::Run),
+            children: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Every request so far, by method name.
+    pub fn methods(&self) -> Vec<&'static str> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.method())
+            .collect()
+    }
+
+    pub fn count(&self, method: &str) -> usize {
+        self.methods().iter().filter(|m| **m == method).count()
+    }
+
+    /// Pids of every VMM launched so far.
+    pub fn launched(&self) -> Vec<u32> {
+        self.children.lock().unwrap().keys().copied().collect()
+    }
+
+    /// Starts a fake VMM directly (for tests that begin with a running VM).
+    pub fn spawn_vmm(&self) -> u32 {
+        let mode = *self.mode.lock().unwrap();
+        let child = match mode {
+            LaunchMode::Run => std::process::Command::new("sleep").arg("600").spawn(),
+            LaunchMode::ExitAtOnce => std::process::Command::new("true").spawn(),
+        }
+        .expect("spawning a fake VMM");
+        let pid = child.id();
+        self.children.lock().unwrap().insert(pid, child);
+        pid
+    }
+}
+
+impl Drop for FakeHelper {
+    fn drop(&mut self) {
+        for (_, mut c) in self.children.lock().unwrap().drain() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Privileged for FakeHelper {
+    fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>> {
+        self.requests.lock().unwrap().push(request.clone());
+        Box::pin(async move {
+            match request {
+                PrivRequest::EnableNat { .. } if self.refuse_nat.load(Ordering::SeqCst) => {
+                    Err(RpcError::bad_request("refusing NAT (test)"))
+                }
+                PrivRequest::LaunchVmm(_) => Ok(PrivReply::Launched {
+                    pid: self.spawn_vmm(),
+                }),
+                PrivRequest::SignalVmm { pid, signal } => {
+                    let child = self.children.lock().unwrap().remove(&pid);
+                    match child {
+                        // A VMM handles USR1 and USR2 itself (`sleep` would
+                        // die of them): those are recorded, not delivered.
+                        Some(c) if !signal.terminates() => {
+                            self.children.lock().unwrap().insert(pid, c);
+                            Ok(PrivReply::Done)
+                        }
+                        Some(mut c) => {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                signal.to_nix(),
+                            );
+                            let _ = c.wait();
+                            Ok(PrivReply::Done)
+                        }
+                        None => Err(RpcError::bad_request(format!("pid {pid} is not a VMM"))),
+                    }
+                }
+                PrivRequest::ListVmms => Ok(PrivReply::Vmms(vec![])),
+                PrivRequest::ListTaps => Ok(PrivReply::Taps(vec![])),
+                _ => Ok(PrivReply::Done),
+            }
+        })
+    }
+}
+
+/// A tap pool that hands out numbered names and records what comes back.
+#[derive(Default)]
+pub struct FakeTaps {
+    next: AtomicU32,
+    pub leased: Mutex<Vec<String>>,
+    pub released: Mutex<Vec<String>>,
+}
+
+impl Taps for FakeTaps {
+    fn lease(&self) -> BoxFuture<'_, Result<String, RpcError>> {
+        Box::pin(async move {
+            let t = format!("bgtfake{}", self.next.fetch_add(1, Ordering::SeqCst));
+            self.leased.lock().unwrap().push(t.clone());
+            Ok(t)
+        })
+    }
+    fn release(&self, tap: String) {
+        self.released.lock().unwrap().push(tap);
+    }
+}
+
+/// Shared jobs without sharing: each runs at once.
+pub struct InlineJobs;
+
+impl SharedJobs for InlineJobs {
+    fn run(
+        &self,
+        _key: &str,
+        events: mpsc::Sender<Event>,
+        work: Work,
+    ) -> BoxFuture<'static, Result<Reply, RpcError>> {
+        work(super::Progress::to(events))
+    }
+}
+
+/// A VMM driver that boots at once and records power-button presses.
+#[derive(Default)]
+pub struct FakeVmm {
+    pub powerdowns: Arc<AtomicU32>,
+}
+
+impl Vmm for FakeVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+    fn launch_spec(&self, boot: &BootSpec) -> LaunchSpec {
+        crate::vmm::qemu::Qemu.launch_spec(boot)
+    }
+    fn boot<'a>(&'a self, _boot: &'a BootSpec) -> BootFut<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn powerdown<'a>(&'a self, _paths: &'a VmPaths) -> BootFut<'a> {
+        self.powerdowns.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// [`FakeVmm`] for every kind, sharing one power-button counter.
+#[derive(Default)]
+pub struct FakeDrivers {
+    pub powerdowns: Arc<AtomicU32>,
+}
+
+impl Drivers for FakeDrivers {
+    fn driver(&self, _kind: VmmKind) -> Box<dyn Vmm> {
+        Box::new(FakeVmm {
+            powerdowns: self.powerdowns.clone(),
+        })
+    }
+}
+
+/// A VM's children that only count.
+#[derive(Default)]
+pub struct FakeChildren {
+    pub changes: Mutex<Vec<VmRecord>>,
+    pub watched: Mutex<Vec<u32>>,
+    pub vsock_starts: AtomicU32,
+    pub vsock_stops: AtomicU32,
+}
+
+impl VmChildren for FakeChildren {
+    fn record_changed(&self, rec: &VmRecord) {
+        self.changes.lock().unwrap().push(rec.clone());
+    }
+    fn watch_vmm(&self, pid: u32) {
+        self.watched.lock().unwrap().push(pid);
+    }
+    fn start_vsock(&self, _adopt: Option<u32>) -> BoxFuture<'_, Result<u32, String>> {
+        self.vsock_starts.fetch_add(1, Ordering::SeqCst);
+        // No such process: release never mistakes it for a live bridge.
+        Box::pin(async { Ok(u32::MAX) })
+    }
+    fn stop_vsock(&self) -> BoxFuture<'_, ()> {
+        self.vsock_stops.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+}
+
+/// A context over a temporary tree with every seam faked, plus handles to
+/// the fakes.
+pub struct Fakes {
+    pub dir: tempfile::TempDir,
+    pub ctx: Arc<Ctx>,
+    pub helper: Arc<FakeHelper>,
+    pub taps: Arc<FakeTaps>,
+    pub drivers: Arc<FakeDrivers>,
+    pub children: Arc<FakeChildren>,
+}
+
+impl Default for Fakes {
+    fn default() -> Self {
+        Fakes::new()
+    }
+}
+
+impl Fakes {
+    pub fn new() -> Fakes {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state.redb")).unwrap());
+        let layout = crate::paths::Layout::resolve(&crate::paths::Env {
+            home: Some(dir.path().to_path_buf()),
+            xdg_runtime_dir: Some(dir.path().join("run")),
+            ..Default::default()
+        });
+        let config = crate::config::Config::load(
+            &dir.path().join("none.toml"),
+            crate::config::HostFacts {
+                cpus: 2,
+                memory_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let helper = Arc::new(FakeHelper::new());
+        let taps = Arc::new(FakeTaps::default());
+        let drivers = Arc::new(FakeDrivers::default());
+        let ctx = Arc::new(Ctx {
+            store,
+            layout,
+            config,
+            helper: helper.clone(),
+            taps: taps.clone(),
+            images: Arc::new(InlineJobs),
+            kernels: Arc::new(InlineJobs),
+            drivers: drivers.clone(),
+            timeouts: Timeouts {
+                boot: Duration::from_secs(2),
+                poweroff: Duration::from_millis(500),
+                powerdown: Duration::from_millis(500),
+            },
+        });
+        Fakes {
+            dir,
+            ctx,
+            helper,
+            taps,
+            drivers,
+            children: Arc::new(FakeChildren::default()),
+        }
+    }
+
+    /// An image and a kernel with real (small) files, recorded in the store.
+    pub fn artifacts(&self) {
+        let idir = self.dir.path().join("images/img");
+        let kdir = self.dir.path().join("kernels/krn");
+        std::fs::create_dir_all(&idir).unwrap();
+        std::fs::create_dir_all(&kdir).unwrap();
+        std::fs::write(idir.join(crate::image::ROOTFS), vec![0u8; 1 << 20]).unwrap();
+        let seed = idir.join(crate::image::WORK_SEED);
+        std::fs::File::create(&seed)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let mkfs = std::process::Command::new(crate::host::system_tool("mkfs.ext4").unwrap())
+            .args(["-q", "-F"])
+            .arg(&seed)
+            .output()
+            .unwrap();
+        assert!(mkfs.status.success(), "{mkfs:?}");
+        std::fs::write(kdir.join("vmlinux"), b"not a kernel").unwrap();
+        self.ctx
+            .store
+            .put_image(&ImageRecord {
+                name: "img".into(),
+                distro: "test".into(),
+                arch: "x86_64".into(),
+                kernel_ref: "krn".into(),
+                dir: idir.display().to_string(),
+                rootfs_bytes: 1 << 20,
+                work_seed_bytes: 256 << 20,
+                rootfs_sha256: String::new(),
+                work_seed_sha256: String::new(),
+                source: "test".into(),
+                created_at_unix: 0,
+            })
+            .unwrap();
+        self.ctx
+            .store
+            .put_kernel(&KernelRecord {
+                name: "krn".into(),
+                kernel_version: "0".into(),
+                arch: "x86_64".into(),
+                source: "test".into(),
+                dir: kdir.display().to_string(),
+                vmlinux_sha256: String::new(),
+                has_initrd: false,
+                has_modules: false,
+                created_at_unix: 0,
+            })
+            .unwrap();
+    }
+
+    /// A reserved VM record on the artifacts (state `created`).
+    pub fn vm(&self, name: &str, nat: bool) -> VmRecord {
+        let rec = VmRecord::new(name, "img", "krn", 1, 256, 256 << 20, nat, VmmKind::Qemu);
+        let net = &self.ctx.config.network;
+        self.ctx
+            .store
+            .reserve_vm(&rec, net.bridge_ip, net.prefix_len)
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The directories of a VM.
+    pub fn paths(&self, rec: &VmRecord) -> VmPaths {
+        self.ctx.layout.vm(&rec.id)
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}

@@ -1,0 +1,69 @@
+//! Store records as the CLI sees them (the wire views), converted
+//! explicitly: the store's shape and the wire's shape change independently.
+
+use crate::protocol::cli::{ImageView, KernelView, VmView, WorkspaceView};
+use crate::store::{ImageRecord, KernelRecord, VmRecord, WorkspaceState};
+
+pub fn vm(r: &VmRecord) -> VmView {
+    VmView {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        state: r.state,
+        image: r.image.clone(),
+        vcpu: r.vcpu,
+        memory_mib: r.memory_mib,
+        disk_bytes: r.disk_bytes,
+        ip: r.ip.clone(),
+        nat: r.nat,
+        created_at_unix: r.created_at_unix,
+        last_error: r.last_error.clone(),
+        kernel: r.kernel.clone(),
+        vmm: r.vmm,
+        pid: r.vmm_pid,
+        started_at_unix: r.started_at_unix,
+        boot_id: r.boot_id.clone(),
+        workspace: r.workspace.as_ref().map(|w| w.host_path.clone()),
+    }
+}
+
+pub fn kernel(k: &KernelRecord) -> KernelView {
+    KernelView {
+        name: k.name.clone(),
+        kernel_version: k.kernel_version.clone(),
+        arch: k.arch.clone(),
+        source: k.source.clone(),
+        dir: k.dir.clone(),
+        has_initrd: k.has_initrd,
+        has_modules: k.has_modules,
+        vmlinux_sha256: k.vmlinux_sha256.clone(),
+        created_at_unix: k.created_at_unix,
+    }
+}
+
+pub fn image(i: &ImageRecord, default: bool) -> ImageView {
+    ImageView {
+        name: i.name.clone(),
+        distro: i.distro.clone(),
+        arch: i.arch.clone(),
+        kernel_ref: i.kernel_ref.clone(),
+        dir: i.dir.clone(),
+        rootfs_bytes: i.rootfs_bytes,
+        work_seed_bytes: i.work_seed_bytes,
+        rootfs_sha256: i.rootfs_sha256.clone(),
+        work_seed_sha256: i.work_seed_sha256.clone(),
+        source: i.source.clone(),
+        default,
+        created_at_unix: i.created_at_unix,
+    }
+}
+
+pub fn workspace(w: &WorkspaceState, files: u64) -> WorkspaceView {
+    WorkspaceView {
+        guest_path: w.guest_path.clone(),
+        host_path: w.host_path.clone(),
+        head: w.head.clone(),
+        branch: w.branch.clone(),
+        mode: w.mode,
+        files,
+    }
+}

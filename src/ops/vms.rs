@@ -1,0 +1,239 @@
+//! VM requests' own work, outside the lifecycle: checking a spec, making
+//! sure image and kernel exist, reserving a record, `vm set`, logs, SSH
+//! targets and `vm exec`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Ctx, Progress};
+use crate::domain::{VmState, VmmKind};
+use crate::guest::ssh::SshFiles;
+use crate::protocol::cli::{Event, SshTarget, VmCreateSpec};
+use crate::protocol::{ErrorCode, RpcError};
+use crate::store::{ImageRecord, KernelRecord, VmRecord};
+
+/// Checks a name (the daemon re-checks whatever the CLI checked).
+pub fn validate_name(name: &str) -> Result<(), RpcError> {
+    Ok(crate::names::validate_vm_name(name)?)
+}
+
+/// Limits on what a VM may ask for.
+pub fn validate_spec(spec: &VmCreateSpec) -> Result<(), RpcError> {
+    if let Some(n) = &spec.name {
+        validate_name(n)?;
+    }
+    validate_resources(spec.vcpu, spec.memory_mib, spec.disk_bytes)
+}
+
+fn validate_resources(vcpu: u32, memory_mib: u32, disk_bytes: u64) -> Result<(), RpcError> {
+    if !(1..=32).contains(&vcpu) {
+        return Err(RpcError::bad_request(format!(
+            "--vcpu {vcpu} is out of range: use 1 to 32"
+        )));
+    }
+    if memory_mib < 256 {
+        return Err(RpcError::bad_request(format!(
+            "--memory {memory_mib} MiB is too small: a VM needs at least 256 MiB (e.g. --memory 1G)"
+        )));
+    }
+    if memory_mib > 1 << 20 {
+        return Err(RpcError::bad_request("--memory is larger than 1 TiB"));
+    }
+    if disk_bytes < 256 << 20 {
+        return Err(RpcError::bad_request("--disk-size must be at least 256M"));
+    }
+    Ok(())
+}
+
+/// Refuses a VM that is not running, saying how to start it.
+pub fn require_running(rec: &VmRecord) -> Result<(), RpcError> {
+    if rec.state != VmState::Running || !rec.vmm_pid.is_some_and(crate::host::process::pid_alive) {
+        return Err(RpcError::bad_request(format!(
+            "VM {} is not running (state {}); start it with: banger vm start {}",
+            rec.name, rec.state, rec.name
+        )));
+    }
+    Ok(())
+}
+
+fn name_taken(name: &str) -> RpcError {
+    RpcError::new(
+        ErrorCode::AlreadyExists,
+        format!("a VM named {name:?} exists; pick another name or delete it"),
+    )
+}
+
+/// What a new VM will be made of.
+pub struct CreatePlan {
+    pub kind: VmmKind,
+    pub image: ImageRecord,
+    pub kernel: KernelRecord,
+}
+
+/// `vm create`, before anything is reserved: validates the spec and makes
+/// sure the image and kernel exist (building or pulling them).
+pub async fn plan_create(
+    ctx: &Arc<Ctx>,
+    spec: &VmCreateSpec,
+    events: &mpsc::Sender<Event>,
+) -> Result<CreatePlan, RpcError> {
+    validate_spec(spec)?;
+    let kind = crate::vmm::choose(spec.vmm).map_err(RpcError::bad_request)?;
+    let image_name = match &spec.image {
+        Some(i) => {
+            crate::image::validate_image_name(i).map_err(RpcError::bad_request)?;
+            i.clone()
+        }
+        None => super::images::default_image(ctx)?,
+    };
+    if let Some(n) = &spec.name {
+        if ctx.store.find_vm_by_name(n)?.is_some() {
+            return Err(name_taken(n));
+        }
+    }
+    let progress = Progress::to(events.clone());
+    let image = super::images::ensure(ctx, &image_name, &progress).await?;
+    let kernel_name = spec
+        .kernel
+        .clone()
+        .unwrap_or_else(|| image.kernel_ref.clone());
+    let kernel = match ctx.store.get_kernel(&kernel_name)? {
+        Some(k) => k,
+        None if spec.kernel.is_none() => {
+            super::kernels::ensure(ctx, &kernel_name, &kernel_name, &progress).await?
+        }
+        None => return Err(super::kernels::get(ctx, &kernel_name).unwrap_err()),
+    };
+    if spec.disk_bytes < image.work_seed_bytes {
+        return Err(RpcError::bad_request(format!(
+            "--disk-size must be at least the image's work seed ({})",
+            crate::size::format_size(image.work_seed_bytes)
+        )));
+    }
+    Ok(CreatePlan {
+        kind,
+        image,
+        kernel,
+    })
+}
+
+/// Writes the new VM's record with a free address and MAC (one store
+/// transaction; a generated name is retried until free).
+pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRecord, RpcError> {
+    let net = &ctx.config.network;
+    loop {
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(crate::names::generate_vm_name);
+        let rec = VmRecord::new(
+            &name,
+            &plan.image.name,
+            &plan.kernel.name,
+            spec.vcpu,
+            spec.memory_mib,
+            spec.disk_bytes,
+            spec.nat,
+            plan.kind,
+        );
+        match ctx.store.reserve_vm(&rec, net.bridge_ip, net.prefix_len)? {
+            Some(r) => return Ok(r),
+            None if spec.name.is_none() => continue,
+            None => return Err(name_taken(&name)),
+        }
+    }
+}
+
+/// `vm set` on a stopped VM: the new record, or why not.
+pub fn set(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    vcpu: Option<u32>,
+    memory_mib: Option<u32>,
+    nat: Option<bool>,
+) -> Result<VmRecord, RpcError> {
+    if rec.state.may_have_vmm() {
+        return Err(RpcError::bad_request(format!(
+            "VM {} is {}; stop it first (banger vm stop {})",
+            rec.name, rec.state, rec.name
+        )));
+    }
+    let mut new = rec.clone();
+    new.vcpu = vcpu.unwrap_or(rec.vcpu);
+    new.memory_mib = memory_mib.unwrap_or(rec.memory_mib);
+    validate_resources(new.vcpu, new.memory_mib, new.disk_bytes)?;
+    if let Some(n) = nat {
+        new.nat = n;
+    }
+    ctx.store.put_vm(&new)?;
+    Ok(new)
+}
+
+/// The tails of the serial console and the VMM log.
+pub fn logs(ctx: &Ctx, rec: &VmRecord) -> (String, String) {
+    let p = ctx.layout.vm(&rec.id);
+    (
+        crate::fsutil::read_tail(&p.serial_log(), 256 << 10),
+        crate::fsutil::read_tail(&p.vmm_log(), 64 << 10),
+    )
+}
+
+/// How the CLI reaches a running VM with the system `ssh`.
+pub fn ssh_target(ctx: &Ctx, rec: &VmRecord) -> Result<SshTarget, RpcError> {
+    require_running(rec)?;
+    let f = SshFiles::of(&ctx.layout);
+    super::lifecycle::refresh_ssh_config(ctx);
+    Ok(SshTarget {
+        name: rec.name.clone(),
+        ip: rec.ip.clone().unwrap_or_default(),
+        user: "root".into(),
+        identity: f.key.display().to_string(),
+        known_hosts: f.known_hosts.display().to_string(),
+        host_alias: format!("{}.vm", rec.name),
+        ssh_config: f.config.display().to_string(),
+    })
+}
+
+/// When a VM's workspace was prepared from a host repo whose HEAD has
+/// moved since: (the repo, the prepared head, the head now).
+pub fn workspace_moved(rec: &VmRecord) -> Option<(String, String, String)> {
+    let ws = rec.workspace.as_ref().filter(|w| !w.pinned)?;
+    let now = crate::workspace::host_head(std::path::Path::new(&ws.host_path))?;
+    (now != ws.head).then(|| (ws.host_path.clone(), ws.head.clone(), now))
+}
+
+/// Runs a command in a running VM over SSH, streaming its output; in a VM
+/// with a workspace it runs there. Returns the exit code.
+pub async fn exec(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    argv: Vec<String>,
+    cwd: Option<String>,
+    events: &mpsc::Sender<Event>,
+) -> Result<i32, RpcError> {
+    if argv.is_empty() {
+        return Err(RpcError::bad_request("no command given"));
+    }
+    require_running(rec)?;
+    let (argv, cwd) = match &rec.workspace {
+        Some(ws) => (
+            crate::workspace::archive::exec_argv(&argv),
+            cwd.or(Some(ws.guest_path.clone())),
+        ),
+        None => (argv, cwd),
+    };
+    let (ip, host_key) = (
+        rec.ip.clone().unwrap_or_default(),
+        rec.host_key.clone().unwrap_or_default(),
+    );
+    let key = SshFiles::of(&ctx.layout).key;
+    let session = crate::guest::ssh::connect(&ip, &key, &host_key, Duration::from_secs(20))
+        .await
+        .map_err(|e| RpcError::failed(format!("ssh to {}: {e}", rec.name)))?;
+    let cmd = crate::guest::ssh::command_line(&argv, cwd.as_deref());
+    let code = session.exec(&cmd, events).await;
+    session.close().await;
+    Ok(code?)
+}

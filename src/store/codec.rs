@@ -1,0 +1,106 @@
+//! The store's own names for domain enums. Records persist these strings,
+//! not the domain types' serde names, so a renamed variant in `domain` (or on
+//! the wire) never changes what a state file says. Adding a variant means
+//! adding its name here; changing a name needs a migration.
+
+use serde::{Deserialize, Deserializer, Serializer};
+
+use crate::domain::{VmState, VmmKind, WorkspaceMode};
+
+/// A bidirectional table between a domain enum and its stored names.
+trait Stored: Sized + Copy + PartialEq + 'static {
+    const WHAT: &'static str;
+    const NAMES: &'static [(Self, &'static str)];
+}
+
+impl Stored for VmState {
+    const WHAT: &'static str = "VM state";
+    const NAMES: &'static [(Self, &'static str)] = &[
+        (VmState::Created, "created"),
+        (VmState::Starting, "starting"),
+        (VmState::Running, "running"),
+        (VmState::Stopping, "stopping"),
+        (VmState::Stopped, "stopped"),
+        (VmState::Error, "error"),
+    ];
+}
+
+impl Stored for VmmKind {
+    const WHAT: &'static str = "VMM kind";
+    const NAMES: &'static [(Self, &'static str)] = &[
+        (VmmKind::Qemu, "qemu"),
+        (VmmKind::Firecracker, "firecracker"),
+    ];
+}
+
+impl Stored for WorkspaceMode {
+    const WHAT: &'static str = "workspace mode";
+    const NAMES: &'static [(Self, &'static str)] = &[
+        (WorkspaceMode::Overlay, "overlay"),
+        (WorkspaceMode::FullCopy, "full_copy"),
+    ];
+}
+
+fn ser<T: Stored, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    let name = T::NAMES
+        .iter()
+        .find(|(x, _)| x == v)
+        .map(|(_, n)| *n)
+        .ok_or_else(|| serde::ser::Error::custom(format!("{} has no stored name", T::WHAT)))?;
+    s.serialize_str(name)
+}
+
+fn de<'de, T: Stored, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    T::NAMES
+        .iter()
+        .find(|(_, n)| *n == s)
+        .map(|(x, _)| *x)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown {} {s:?}", T::WHAT)))
+}
+
+macro_rules! codec {
+    ($module:ident, $ty:ty) => {
+        pub mod $module {
+            use super::*;
+            pub fn serialize<S: Serializer>(v: &$ty, s: S) -> Result<S::Ok, S::Error> {
+                ser(v, s)
+            }
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                de(d)
+            }
+        }
+    };
+}
+
+codec!(vm_state, VmState);
+codec!(vmm_kind, VmmKind);
+codec!(workspace_mode, WorkspaceMode);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete<T: Stored + std::fmt::Debug>(all: &[T]) {
+        for v in all {
+            assert!(
+                T::NAMES.iter().any(|(x, _)| x == v),
+                "{v:?} has no stored name"
+            );
+        }
+    }
+
+    #[test]
+    fn every_variant_has_a_stored_name() {
+        complete(&[
+            VmState::Created,
+            VmState::Starting,
+            VmState::Running,
+            VmState::Stopping,
+            VmState::Stopped,
+            VmState::Error,
+        ]);
+        complete(&[VmmKind::Qemu, VmmKind::Firecracker]);
+        complete(&[WorkspaceMode::Overlay, WorkspaceMode::FullCopy]);
+    }
+}
