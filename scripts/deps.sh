@@ -1,7 +1,6 @@
 # Sourced by scripts/install.sh and scripts/test.sh: installs what banger
-# drives on Debian 12 (apt packages, vhost-device-vsock) and verifies every
-# tool by running it afterwards. Needs root. Expects $CACHE (a directory for
-# built tools).
+# drives on Debian 12 (apt packages) and verifies every tool by running it
+# afterwards. Needs root.
 
 BANGER_APT_PACKAGES=(iproute2 util-linux e2fsprogs git openssh-client zstd ca-certificates
   qemu-system-x86 qemu-utils mmdebstrap dpkg iptables)
@@ -74,13 +73,4 @@ banger_install_deps() {
     echo "== apt-get update (no package lists yet)"
     apt-get update -qq
   fi
-  # vhost-device-vsock (QEMU's vsock backend, not packaged by Debian), built
-  # once per version into the cache.
-  local vdv_version=0.3.0
-  VDV_ROOT="$CACHE/tools/vhost-device-vsock-$vdv_version"
-  if [ ! -x "$VDV_ROOT/bin/vhost-device-vsock" ]; then
-    echo "== cargo install vhost-device-vsock $vdv_version"
-    cargo install --locked --quiet --root "$VDV_ROOT" vhost-device-vsock@"$vdv_version"
-  fi
-  export PATH="$VDV_ROOT/bin:$PATH"
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs banger from this checkout on Debian 12: the tools it drives (apt,
-# vhost-device-vsock), then release builds of banger, bangerd and
-# bangerd-root in /usr/local/bin. Needs root.
+# Installs banger from this checkout on Debian 12: the tools it drives (apt),
+# then release builds of banger, bangerd and bangerd-root in /usr/local/bin.
+# Needs root.
 #
 #   sudo ./scripts/install.sh && sudo banger vm run --rm -- uname -a
 set -euo pipefail
@@ -15,7 +15,6 @@ mkdir -p "$CACHE"
 # shellcheck source=scripts/deps.sh
 . scripts/deps.sh
 banger_install_deps
-install -m 0755 "$VDV_ROOT/bin/vhost-device-vsock" /usr/local/bin/vhost-device-vsock
 echo "== cargo build --release"
 cargo build --release --locked --quiet
 for b in banger bangerd bangerd-root; do

@@ -62,8 +62,8 @@ impl From<crate::workspace::WorkspaceError> for RpcError {
     }
 }
 
-impl From<crate::guest::agent::AgentError> for RpcError {
-    fn from(e: crate::guest::agent::AgentError) -> Self {
+impl From<crate::guest::session::AgentError> for RpcError {
+    fn from(e: crate::guest::session::AgentError) -> Self {
         RpcError::failed(format!("the guest agent: {e}"))
     }
 }

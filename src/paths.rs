@@ -166,19 +166,17 @@ impl VmPaths {
     pub fn vmm_log(&self) -> PathBuf {
         self.state.join("vmm.log")
     }
-    pub fn vsock_log(&self) -> PathBuf {
-        self.state.join("vhost-device-vsock.log")
-    }
     pub fn qmp_socket(&self) -> PathBuf {
         self.run.join("qmp.sock")
     }
     pub fn api_socket(&self) -> PathBuf {
         self.run.join("fc.sock")
     }
-    pub fn vhost_socket(&self) -> PathBuf {
-        self.run.join("vhost.sock")
+    /// QEMU: the Unix socket of the agent's virtio-serial port.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run.join("agent.sock")
     }
-    /// The hybrid vsock socket (`CONNECT <port>`) for both VMMs.
+    /// Firecracker: the hybrid vsock socket (`CONNECT <port>`).
     pub fn vsock_socket(&self) -> PathBuf {
         self.run.join("vsock.sock")
     }

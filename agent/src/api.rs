@@ -2,9 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The vsock port the agent listens on.
-pub const AGENT_PORT: u32 = 1024;
-
 /// `GET /healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Healthz {
@@ -15,6 +12,12 @@ pub struct Healthz {
     pub agent_version: String,
     /// Problems the boot-time setup hit (empty when all went well).
     pub setup_errors: Vec<String>,
+    /// The agent protocol version (`proto::VERSION`).
+    #[serde(default)]
+    pub protocol: u32,
+    /// PID 1 of the guest: `systemd`, or `banger` for the agent's own init.
+    #[serde(default)]
+    pub init: String,
 }
 
 /// One listening socket in `GET /ports`.

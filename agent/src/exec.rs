@@ -1,271 +1,452 @@
-//! The exec fast path: run a command in the guest with its stdin streamed in
-//! and its stdout, stderr and exit status streamed out, over vsock port
-//! [`EXEC_PORT`] (no SSH, no encryption: vsock is local to the host).
-//!
-//! Client → agent: one JSON [`ExecRequest`] line, then frames.
-//! Agent → client: frames. A frame is `kind: u8`, `len: u32` big-endian,
-//! `len` bytes.
-//!
-//! Bulk input can come over TCP instead (`stdin_tcp`): vsock moves data in
-//! 4 KiB packets, which under emulation is several times slower than
-//! virtio-net. The agent then listens on an ephemeral TCP port, says which
-//! in a [`PORT`] frame, and takes as the command's stdin the first
-//! connection that presents the request's token (random, sent only over
-//! vsock); other connections are closed.
+//! Running a command for the host (one exec stream): argv exactly as given,
+//! cwd, environment, stdin from the stream or a TCP connection, stdout and
+//! stderr streamed back with backpressure, signals forwarded to the
+//! command's process group, optionally on a pseudo-terminal.
 
-use serde::{Deserialize, Serialize};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// The vsock port of the exec service.
-pub const EXEC_PORT: u32 = 1025;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Mutex;
 
-/// Frame kinds.
-pub const STDIN: u8 = 0;
-pub const STDIN_EOF: u8 = 1;
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
-/// Exit status: 4 bytes, i32 big-endian (128+signal when killed).
-pub const EXIT: u8 = 3;
-/// The command could not start: UTF-8 message.
-pub const ERROR: u8 = 4;
-/// The TCP port (u16 big-endian) to send stdin to (`stdin_tcp` requests).
-pub const PORT: u8 = 5;
+use crate::proto::{self, ExecError, ExecErrorKind, ExecRequest, ExitStatus, Stdin};
 
-/// How long the agent waits for the stdin connection.
-pub const TCP_ACCEPT_SECS: u64 = 30;
+/// How long output is still forwarded after the command exited (a
+/// background process may keep its pipes open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// How long the agent waits for the TCP stdin connection.
+pub const TCP_ACCEPT: Duration = Duration::from_secs(30);
 
-/// Largest frame either side sends.
-pub const MAX_FRAME: usize = 1 << 20;
-
-/// What to run.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExecRequest {
-    pub argv: Vec<String>,
-    pub cwd: Option<String>,
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    /// Take stdin from a TCP connection that starts with this token
-    /// (hex); vsock then carries only output.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdin_tcp: Option<String>,
+/// The environment every command starts from (the agent's own is not
+/// passed on); the request's variables are added on top.
+fn base_env(tty: bool) -> Vec<(String, String)> {
+    let mut v = vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), "/root".into()),
+        ("USER".into(), "root".into()),
+        ("LOGNAME".into(), "root".into()),
+        ("SHELL".into(), "/bin/sh".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ];
+    if tty {
+        v.push(("TERM".into(), "xterm-256color".into()));
+    }
+    v
 }
 
-impl ExecRequest {
-    /// A request for `argv` in `cwd`, nothing else.
-    pub fn new(argv: Vec<String>, cwd: &str) -> ExecRequest {
-        ExecRequest {
-            argv,
-            cwd: Some(cwd.into()),
-            env: vec![],
-            stdin_tcp: None,
+fn classify(e: &io::Error) -> ExecErrorKind {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => ExecErrorKind::NotFound,
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::EPERM) => {
+            ExecErrorKind::NotExecutable
+        }
+        _ => ExecErrorKind::Other,
+    }
+}
+
+type Writer<S> = Arc<Mutex<tokio::io::WriteHalf<S>>>;
+
+async fn send<S: AsyncWrite>(w: &Writer<S>, kind: u8, data: &[u8]) -> io::Result<()> {
+    let mut w = w.lock().await;
+    proto::write_msg(&mut *w, kind, data).await?;
+    w.flush().await
+}
+
+async fn fail<S: AsyncWrite>(
+    w: &Writer<S>,
+    kind: ExecErrorKind,
+    message: String,
+) -> io::Result<()> {
+    let e = ExecError { kind, message };
+    let data = serde_json::to_vec(&e).map_err(io::Error::other)?;
+    send(w, proto::ERROR, &data).await?;
+    w.lock().await.shutdown().await
+}
+
+/// Copies `from` into frames of `kind` until it ends.
+async fn pump<R: AsyncRead + Unpin, S: AsyncWrite>(mut from: R, w: Writer<S>, kind: u8) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if send(&w, kind, &buf[..n]).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
 
-/// Encodes a frame header.
-pub fn header(kind: u8, len: usize) -> [u8; 5] {
-    let l = (len as u32).to_be_bytes();
-    [kind, l[0], l[1], l[2], l[3]]
-}
-
-#[cfg(target_os = "linux")]
-pub mod server {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::unix::process::ExitStatusExt;
-    use std::process::{Command, Stdio};
-    use std::sync::{Arc, Mutex};
-
-    use super::*;
-
-    fn send(w: &Mutex<std::fs::File>, kind: u8, data: &[u8]) -> std::io::Result<()> {
-        let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-        w.write_all(&header(kind, data.len()))?;
-        w.write_all(data)?;
-        w.flush()
+/// Listens on an ephemeral TCP port, reports it, and returns the first
+/// connection that presents `token` (each attempt bounded in time).
+async fn tcp_stdin<S: AsyncWrite>(w: &Writer<S>, token: &str) -> io::Result<tokio::net::TcpStream> {
+    if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(io::Error::other(
+            "a stdin token needs at least 32 hex digits",
+        ));
     }
-
-    fn pump(mut from: impl Read, to: Arc<Mutex<std::fs::File>>, kind: u8) {
-        let mut buf = vec![0u8; 64 << 10];
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", 0)).await?;
+    let port = listener.local_addr()?.port();
+    send(w, proto::PORT, &port.to_be_bytes()).await?;
+    let accept = async {
         loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if send(&to, kind, &buf[..n]).is_err() {
-                        return;
-                    }
-                }
+            let (mut s, _) = listener.accept().await?;
+            let mut got = vec![0u8; token.len()];
+            let presented =
+                tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await;
+            if matches!(presented, Ok(Ok(_))) && constant_time_eq(&got, token.as_bytes()) {
+                return Ok::<_, io::Error>(s);
             }
         }
+    };
+    tokio::time::timeout(TCP_ACCEPT, accept)
+        .await
+        .map_err(|_| io::Error::other("no connection with the token came"))?
+}
+
+/// Compares without an early exit (the token is a secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A pseudo-terminal: the master (ours) and the slave (the command's).
+fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut master = -1;
+    let mut slave = -1;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: out-pointers to two ints and a valid winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+}
+
+fn set_winsize(fd: i32, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on a pty master.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+/// The pty master as an async file.
+struct PtyMaster(tokio::io::unix::AsyncFd<OwnedFd>);
+
+impl PtyMaster {
+    fn new(fd: OwnedFd) -> io::Result<PtyMaster> {
+        // SAFETY: fcntl on a valid fd.
+        unsafe {
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        Ok(PtyMaster(crate::vsock::async_fd(fd)?))
     }
 
-    /// Listens on an ephemeral TCP port, reports it, and returns the first
-    /// connection that presents `token` (positioned just after it).
-    pub(crate) fn tcp_stdin(
-        writer: &Mutex<std::fs::File>,
-        token: &str,
-    ) -> std::io::Result<std::net::TcpStream> {
-        use std::time::{Duration, Instant};
-        if token.len() < 32 {
-            return Err(std::io::Error::other("token too short"));
-        }
-        let listener = std::net::TcpListener::bind(("0.0.0.0", 0))?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
-        send(writer, PORT, &port.to_be_bytes())?;
-        let deadline = Instant::now() + Duration::from_secs(TCP_ACCEPT_SECS);
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false)?;
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    let mut got = vec![0u8; token.len()];
-                    if s.read_exact(&mut got).is_ok() && got == token.as_bytes() {
-                        s.set_read_timeout(None)?;
-                        return Ok(s);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        return Err(std::io::Error::other("no connection with the token came"));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(e),
+            let mut g = self.0.readable().await?;
+            match g.try_io(|fd| crate::vsock::raw_read(fd.as_raw_fd(), buf)) {
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                Ok(r) => return r,
+                Err(_would_block) => continue,
             }
         }
     }
 
-    /// Serves one exec connection to completion.
-    pub fn handle(conn: std::fs::File) -> std::io::Result<()> {
-        let writer = Arc::new(Mutex::new(conn.try_clone()?));
-        let mut reader = BufReader::with_capacity(256 << 10, conn);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let req: ExecRequest = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            Err(e) => return send(&writer, ERROR, format!("bad exec request: {e}").as_bytes()),
-        };
-        let Some((prog, args)) = req.argv.split_first() else {
-            return send(&writer, ERROR, b"empty command");
-        };
-        let tcp_stdin = match &req.stdin_tcp {
-            None => None,
-            Some(token) => match tcp_stdin(&writer, token) {
-                Ok(s) => Some(s),
-                Err(e) => return send(&writer, ERROR, format!("stdin over TCP: {e}").as_bytes()),
-            },
-        };
-        let mut cmd = Command::new(prog);
-        cmd.args(args)
-            .stdin(match tcp_stdin {
-                Some(s) => Stdio::from(std::os::fd::OwnedFd::from(s)),
-                None => Stdio::piped(),
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .envs(req.env.iter().cloned());
-        if let Some(d) = &req.cwd {
-            cmd.current_dir(d);
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return send(&writer, ERROR, format!("cannot run {prog}: {e}").as_bytes()),
-        };
-        let mut stdin = child.stdin.take();
-        let input = std::thread::spawn(move || {
-            let mut hdr = [0u8; 5];
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                if reader.read_exact(&mut hdr).is_err() {
-                    break;
-                }
-                let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
-                if hdr[0] == STDIN_EOF || len > MAX_FRAME {
-                    break;
-                }
-                if buf.len() < len {
-                    buf.resize(len, 0);
-                }
-                if reader.read_exact(&mut buf[..len]).is_err() {
-                    break;
-                }
-                if let Some(s) = stdin.as_mut() {
-                    if s.write_all(&buf[..len]).is_err() {
-                        stdin = None;
-                    }
-                }
+    async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let mut g = self.0.writable().await?;
+            match g.try_io(|fd| crate::vsock::raw_write(fd.as_raw_fd(), data)) {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
             }
-            drop(stdin);
-        });
-        let out = child.stdout.take().map(|o| {
-            let w = writer.clone();
-            std::thread::spawn(move || pump(o, w, STDOUT))
-        });
-        let err = child.stderr.take().map(|e| {
-            let w = writer.clone();
-            std::thread::spawn(move || pump(e, w, STDERR))
-        });
-        let status = child.wait()?;
-        for t in [out, err].into_iter().flatten() {
-            let _ = t.join();
         }
-        let code = status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        send(&writer, EXIT, &code.to_be_bytes())?;
-        drop(input);
         Ok(())
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use std::io::{Read, Seek, Write};
-    use std::sync::Mutex;
+/// Serves one exec stream to completion.
+pub async fn serve<S>(stream: S, req: ExecRequest)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let w: Writer<S> = Arc::new(Mutex::new(wr));
+    if let Err(e) = run(&mut rd, &w, req).await {
+        let _ = fail(&w, ExecErrorKind::Other, e.to_string()).await;
+    }
+}
 
+async fn run<S>(rd: &mut tokio::io::ReadHalf<S>, w: &Writer<S>, req: ExecRequest) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let Some((prog, args)) = req.argv.split_first() else {
+        return fail(w, ExecErrorKind::BadRequest, "empty command".into()).await;
+    };
+    if let Some(d) = &req.cwd {
+        if !std::path::Path::new(d).is_dir() {
+            return fail(
+                w,
+                ExecErrorKind::NotExecutable,
+                format!("the working directory {d} does not exist in the guest"),
+            )
+            .await;
+        }
+    }
+    let tcp = match &req.stdin {
+        Stdin::Tcp { token } => match tcp_stdin(w, token).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return fail(w, ExecErrorKind::Other, format!("stdin over TCP: {e}")).await;
+            }
+        },
+        _ => None,
+    };
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args)
+        .env_clear()
+        .envs(base_env(req.tty.is_some()))
+        .envs(req.env.iter().cloned())
+        .kill_on_drop(true);
+    cmd.current_dir(req.cwd.as_deref().unwrap_or("/root"));
+    let pty = match req.tty {
+        Some(t) => Some(openpty(t.rows.max(1), t.cols.max(1))?),
+        None => None,
+    };
+    match &pty {
+        Some((_, slave)) => {
+            cmd.stdin(Stdio::from(slave.try_clone()?))
+                .stdout(Stdio::from(slave.try_clone()?))
+                .stderr(Stdio::from(slave.try_clone()?));
+        }
+        None => {
+            cmd.stdin(match (&req.stdin, tcp) {
+                (_, Some(s)) => Stdio::from(OwnedFd::from(s.into_std()?)),
+                (Stdin::Stream, None) => Stdio::piped(),
+                _ => Stdio::null(),
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        }
+    }
+    if pty.is_some() {
+        // A session of its own with the pty as its controlling terminal.
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    } else {
+        // Its own process group (signals reach what it starts). No pre_exec
+        // closure: std then spawns with posix_spawn, not fork, which matters
+        // under emulation (a fork copies the agent's address space).
+        cmd.process_group(0);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let kind = classify(&e);
+            let what = match kind {
+                ExecErrorKind::NotFound => format!("{prog}: command not found"),
+                _ => format!("{prog}: cannot run it: {e}"),
+            };
+            return fail(w, kind, what).await;
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    send(w, proto::STARTED, &pid.to_be_bytes()).await?;
+    let (master, slave) = match pty {
+        Some((m, s)) => (Some(Arc::new(PtyMaster::new(m)?)), Some(s)),
+        None => (None, None),
+    };
+    // The command holds its own copies; ours would keep the pty open.
+    drop(slave);
+    let mut stdin = child.stdin.take();
+    let mut outputs = Vec::new();
+    if let Some(m) = &master {
+        let (m, w) = (m.clone(), w.clone());
+        outputs.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match m.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if send(&w, proto::STDOUT, &buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    if let Some(o) = child.stdout.take() {
+        outputs.push(tokio::spawn(pump(o, w.clone(), proto::STDOUT)));
+    }
+    if let Some(e) = child.stderr.take() {
+        outputs.push(tokio::spawn(pump(e, w.clone(), proto::STDERR)));
+    }
+    // Frames from the host until the command exits.
+    let status = loop {
+        tokio::select! {
+            st = child.wait() => break st?,
+            msg = proto::read_msg(rd, proto::MAX_MSG) => match msg {
+                Ok(Some((proto::STDIN, data))) => {
+                    if let Some(m) = &master {
+                        let _ = m.write_all(&data).await;
+                    } else if let Some(s) = stdin.as_mut() {
+                        if s.write_all(&data).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Ok(Some((proto::STDIN_EOF, _))) => {
+                    stdin = None;
+                    if let Some(m) = &master {
+                        // Ctrl-D: the terminal's end of input.
+                        let _ = m.write_all(&[4]).await;
+                    }
+                }
+                Ok(Some((proto::SIGNAL, d))) if d.len() == 4 => {
+                    let sig = i32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+                    if (1..=64).contains(&sig) && pid > 1 {
+                        // SAFETY: a signal to the command's process group.
+                        unsafe { libc::kill(-(pid as i32), sig) };
+                    }
+                }
+                Ok(Some((proto::RESIZE, d))) if d.len() == 4 => {
+                    if let Some(m) = &master {
+                        set_winsize(m.0.get_ref().as_raw_fd(), u16::from_be_bytes([d[0], d[1]]), u16::from_be_bytes([d[2], d[3]]));
+                    }
+                }
+                Ok(Some(_)) => {}
+                // The host went away: the command goes too.
+                Ok(None) | Err(_) => {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                    let _ = child.wait().await;
+                    return Ok(());
+                }
+            }
+        }
+    };
+    drop(stdin);
+    // Output written before the exit still arrives; a background process
+    // that keeps the pipes open does not hold the answer back.
+    let deadline = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
+    for t in outputs {
+        let abort = t.abort_handle();
+        if tokio::time::timeout_at(deadline, t).await.is_err() {
+            abort.abort();
+        }
+    }
+    let exit = ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+    };
+    let data = serde_json::to_vec(&exit).map_err(io::Error::other)?;
+    send(w, proto::EXIT, &data).await?;
+    w.lock().await.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
     use super::*;
 
     #[test]
-    fn tcp_stdin_takes_only_the_connection_with_the_token() {
-        // The PORT frame goes to a file we read back.
-        let path = std::env::temp_dir().join(format!("agent-port-{}", std::process::id()));
-        let f = std::fs::File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abcd", b"abcd"));
+        assert!(!constant_time_eq(b"abcd", b"abce"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    /// Drives an exec over an in-memory stream and collects what comes back.
+    async fn exec(
+        req: ExecRequest,
+        stdin: &[u8],
+    ) -> (Vec<u8>, Vec<u8>, Option<ExitStatus>, Option<ExecError>) {
+        let (host, agent) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve(agent, req));
+        let (mut rd, mut wr) = tokio::io::split(host);
+        proto::write_msg(&mut wr, proto::STDIN, stdin)
+            .await
             .unwrap();
-        let mut reader = f.try_clone().unwrap();
-        let writer = Mutex::new(f);
-        let token = "0123456789abcdef0123456789abcdef".to_string();
-        let t2 = token.clone();
-        let accepted = std::thread::spawn(move || {
-            let mut s = server::tcp_stdin(&writer, &t2).unwrap();
-            let mut rest = String::new();
-            s.read_to_string(&mut rest).unwrap();
-            rest
-        });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut frame = Vec::new();
-        while frame.len() < 7 {
-            assert!(std::time::Instant::now() < deadline, "no PORT frame");
-            frame.clear();
-            reader.rewind().unwrap();
-            reader.read_to_end(&mut frame).unwrap();
+        proto::write_msg(&mut wr, proto::STDIN_EOF, &[])
+            .await
+            .unwrap();
+        let (mut out, mut err, mut exit, mut error) = (Vec::new(), Vec::new(), None, None);
+        while let Some((k, d)) = proto::read_msg(&mut rd, proto::MAX_MSG).await.unwrap() {
+            match k {
+                proto::STDOUT => out.extend(d),
+                proto::STDERR => err.extend(d),
+                proto::EXIT => exit = Some(serde_json::from_slice(&d).unwrap()),
+                proto::ERROR => error = Some(serde_json::from_slice(&d).unwrap()),
+                _ => {}
+            }
         }
-        assert_eq!(frame[..5], header(PORT, 2));
-        let port = u16::from_be_bytes([frame[5], frame[6]]);
-        // A wrong token: closed, and not used as stdin.
-        let mut bad = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        bad.write_all(b"ffffffffffffffffffffffffffffffff intruder")
-            .unwrap();
-        let mut buf = [0u8; 1];
-        assert_eq!(bad.read(&mut buf).unwrap_or(0), 0, "closed on us");
-        let mut good = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        good.write_all(format!("{token}payload").as_bytes())
-            .unwrap();
-        drop(good);
-        assert_eq!(accepted.join().unwrap(), "payload");
-        let _ = std::fs::remove_file(&path);
+        (out, err, exit, error)
+    }
+
+    fn req(argv: &[&str]) -> ExecRequest {
+        let mut r = ExecRequest::new(argv.iter().map(|s| s.to_string()).collect(), "/");
+        r.stdin = Stdin::Stream;
+        r
+    }
+
+    #[tokio::test]
+    async fn argv_stdin_exit_codes_and_signals() {
+        let (out, _, exit, _) = exec(req(&["printf", "%s|", "a b", "c'd", "$HOME"]), b"").await;
+        assert_eq!(out, b"a b|c'd|$HOME|");
+        assert_eq!(exit.unwrap().shell_code(), 0);
+        let (out, _, _, _) = exec(req(&["cat"]), b"piped\n").await;
+        assert_eq!(out, b"piped\n");
+        let (_, err, exit, _) = exec(req(&["sh", "-c", "echo oops >&2; exit 42"]), b"").await;
+        assert_eq!(err, b"oops\n");
+        assert_eq!(exit.unwrap().shell_code(), 42);
+        let (_, _, exit, _) = exec(req(&["sh", "-c", "kill -TERM $$"]), b"").await;
+        assert_eq!(exit.unwrap().shell_code(), 128 + 15);
+        let (_, _, _, error) = exec(req(&["/nonexistent/cmd"]), b"").await;
+        assert_eq!(error.unwrap().kind, ExecErrorKind::NotFound);
+        let (_, _, _, error) = exec(req(&["/etc"]), b"").await;
+        assert_eq!(error.unwrap().kind, ExecErrorKind::NotExecutable);
+    }
+
+    #[tokio::test]
+    async fn a_background_process_does_not_hold_the_exit_back() {
+        let t = std::time::Instant::now();
+        let (_, _, exit, _) = exec(req(&["sh", "-c", "sleep 30 & echo started"]), b"").await;
+        assert_eq!(exit.unwrap().shell_code(), 0);
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 }

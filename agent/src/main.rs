@@ -1,70 +1,59 @@
 //! banger-agent: see the library docs.
+//!
+//! `--init`: PID 1 from the initramfs (setup, then the image's own init);
+//! `--serve` (or no argument): the agent service.
 
-use std::path::Path;
+use std::sync::Arc;
 
-use banger_agent::cmdline::GuestParams;
-use banger_agent::{netlink, server, setup};
+use banger_agent::serve::{self, AgentState};
 
 fn main() {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (params, mut errors) = GuestParams::parse(&cmdline);
-    let mut step = |what: &str, r: Result<(), String>| {
-        if let Err(e) = r {
-            eprintln!("banger-agent: {what}: {e}");
-            errors.push(format!("{what}: {e}"));
+    if std::env::args().nth(1).as_deref() == Some("--init") {
+        banger_agent::init::run();
+    }
+    // The guest's OOM killer must never take the host's way in.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    let state = match std::fs::read(banger_agent::init::SETUP_FILE)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<banger_agent::init::BootReport>(&b).ok())
+    {
+        // PID 1 did the setup.
+        Some(r) => AgentState {
+            setup_errors: r.errors,
+            init: r.init,
+        },
+        // Started on its own: set the guest up first.
+        None => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let (params, mut errors) = banger_agent::cmdline::GuestParams::parse(&cmdline);
+            banger_agent::init::setup_guest(&params, &mut errors);
+            AgentState {
+                setup_errors: errors,
+                init: std::fs::read_to_string("/proc/1/comm")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            }
         }
     };
-    let root = Path::new("/");
-    if let Some(name) = &params.name {
-        step("hostname", setup::set_kernel_hostname(name));
-    }
-    step("identity files", setup::write_identity(root, &params));
-    step("resolv.conf", setup::write_resolv(root, &params));
-    // /root is the work disk, mounted by systemd a little later: write the
-    // key once it is there, without holding up the rest.
-    let key_params = params.clone();
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !setup::is_mountpoint("/root") && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("banger-agent: cannot start the runtime: {e}");
+            std::process::exit(1);
         }
-        if let Err(e) = setup::write_authorized_key(Path::new("/"), &key_params) {
-            eprintln!("banger-agent: authorized key: {e}");
-        }
-    });
-    step(
-        "loopback",
-        netlink::ifindex("lo")
-            .and_then(netlink::link_up)
-            .map_err(|e| e.to_string()),
-    );
-    if let Some((ip, len)) = params.ip {
-        let net = (|| {
-            let ifname = netlink::first_ethernet()?;
-            let idx = netlink::ifindex(&ifname)?;
-            netlink::set_address(idx, ip, len)?;
-            netlink::link_up(idx)?;
-            if let Some(gw) = params.gw {
-                netlink::set_default_route(idx, gw)?;
-            }
-            Ok::<(), std::io::Error>(())
-        })();
-        step("network", net.map_err(|e| e.to_string()));
-    }
+    };
     eprintln!(
-        "banger-agent: setup done ({} problems); serving on vsock port {}",
-        errors.len(),
-        banger_agent::api::AGENT_PORT
+        "banger-agent: serving ({} setup problems)",
+        state.setup_errors.len()
     );
-    std::thread::spawn(|| {
-        if let Err(e) = server::serve_exec() {
-            eprintln!("banger-agent: exec service: {e}");
-        }
+    let state = Arc::new(state);
+    rt.block_on(async move {
+        tokio::spawn(serve::serve_port(state.clone()));
+        serve::serve_vsock(state).await;
     });
-    if let Err(e) = server::serve(server::AgentState {
-        setup_errors: errors,
-    }) {
-        eprintln!("banger-agent: serving: {e}");
-        std::process::exit(1);
-    }
 }

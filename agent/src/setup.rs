@@ -89,6 +89,36 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
     })
 }
 
+/// Loopback up, then `banger.ip` and `banger.gw` on the first Ethernet
+/// interface (over netlink).
+#[cfg(target_os = "linux")]
+pub fn network(p: &GuestParams) -> Result<(), String> {
+    use crate::netlink;
+    netlink::ifindex("lo")
+        .and_then(netlink::link_up)
+        .map_err(|e| format!("loopback: {e}"))?;
+    let Some((ip, len)) = p.ip else {
+        return Ok(());
+    };
+    let ifname = netlink::first_ethernet().map_err(|e| e.to_string())?;
+    let idx = netlink::ifindex(&ifname).map_err(|e| e.to_string())?;
+    match netlink::set_address(idx, ip, len) {
+        Ok(()) => {}
+        // Set already (an agent restarted): that is the wanted state.
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(format!("{ifname}: {e}")),
+    }
+    netlink::link_up(idx).map_err(|e| format!("{ifname}: {e}"))?;
+    if let Some(gw) = p.gw {
+        match netlink::set_default_route(idx, gw) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(format!("default route: {e}")),
+        }
+    }
+    Ok(())
+}
+
 /// Whether `path` is a mount point (from `/proc/self/mountinfo`).
 pub fn is_mountpoint(path: &str) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")

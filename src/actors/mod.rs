@@ -5,7 +5,7 @@
 //! DaemonSupervisor
 //! ├── VmRegistry ── VmActor(vm id)   one per VM record; its operations queue
 //! │                 ├── VmmMonitor    watches the VMM pid
-//! │                 └── VsockBridge   (QEMU) the vhost-device-vsock process
+//! │                 └── AgentSession  the agent channel (reconnects itself)
 //! ├── ImageManager ── JobActor(name)  one build per image name at a time
 //! ├── KernelManager ── JobActor(name) one pull per kernel name at a time
 //! ├── TapPool                        warm taps on the bridge
@@ -30,7 +30,6 @@ pub mod tap_pool;
 pub mod vm_actor;
 pub mod vm_registry;
 pub mod vmm_monitor;
-pub mod vsock_bridge;
 
 use std::sync::Arc;
 

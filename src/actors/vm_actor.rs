@@ -3,8 +3,9 @@
 //! a spawned task; reads of the record are answered at once, even while an
 //! operation runs. Different VMs' actors run their operations in parallel.
 //!
-//! The actor owns the VM's children (its [`VmmMonitor`] and, for QEMU, its
-//! [`VsockBridge`]) and offers them to operations as `ops::VmChildren`.
+//! The actor owns the VM's children (its [`VmmMonitor`] and its agent
+//! session, which reconnects on its own) and offers them to operations as
+//! `ops::VmChildren`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -14,8 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
 use super::vmm_monitor::{MonitorMsg, VmmMonitor};
-use super::vsock_bridge::{VsockBridge, VsockMsg};
-use crate::domain::VmmKind;
+use crate::guest::session::{AgentChannel, AgentSession};
 use crate::ops::lifecycle::{self, Recovery};
 use crate::ops::{BoxFuture, Ctx, VmChildren};
 use crate::protocol::RpcError;
@@ -115,11 +115,13 @@ pub enum VmMsg {
     AttachVmm(u32),
     /// From the VmmMonitor: the VMM exited.
     VmmExited(u32),
-    /// From an operation: start (or adopt) the VM's vhost-device-vsock (a
-    /// VsockBridge child); answers its pid once it runs.
-    StartVsock(Option<u32>, RpcReplyPort<Result<u32, String>>),
-    /// From an operation: stop the VsockBridge; answers once it is gone.
-    StopVsock(RpcReplyPort<()>),
+    /// From an operation: a fresh agent session on this channel (an earlier
+    /// one is closed); answers it.
+    StartAgent(AgentChannel, RpcReplyPort<AgentSession>),
+    /// The agent session, if the VM has one. Answered at once.
+    Agent(RpcReplyPort<Option<AgentSession>>),
+    /// From an operation: close the agent session.
+    StopAgent(RpcReplyPort<()>),
     /// Test hook: the handler panics, as a bug would.
     #[cfg(test)]
     Panic,
@@ -138,7 +140,7 @@ pub struct VmActorState {
     queue: VecDeque<Box<dyn VmOp>>,
     deleted: bool,
     monitor: Option<ActorRef<MonitorMsg>>,
-    vsock: Option<ActorRef<VsockMsg>>,
+    agent: Option<AgentSession>,
 }
 
 /// `ops::VmChildren` through messages to the VM's own actor (operations run
@@ -152,15 +154,18 @@ impl VmChildren for Children {
     fn watch_vmm(&self, pid: u32) {
         let _ = self.0.cast(VmMsg::AttachVmm(pid));
     }
-    fn start_vsock(&self, adopt: Option<u32>) -> BoxFuture<'_, Result<u32, String>> {
+    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, RpcError>> {
         Box::pin(async move {
-            ractor::call_t!(self.0, |r| VmMsg::StartVsock(adopt, r), 30_000)
-                .map_err(|e| format!("the VM's actor: {e}"))?
+            ractor::call_t!(self.0, |r| VmMsg::StartAgent(channel, r), 30_000)
+                .map_err(|e| RpcError::failed(format!("the VM's actor: {e}")))
         })
     }
-    fn stop_vsock(&self) -> BoxFuture<'_, ()> {
+    fn agent(&self) -> BoxFuture<'_, Option<AgentSession>> {
+        Box::pin(async move { ractor::call_t!(self.0, VmMsg::Agent, 30_000).ok().flatten() })
+    }
+    fn stop_agent(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _ = ractor::call_t!(self.0, VmMsg::StopVsock, 15_000);
+            let _ = ractor::call_t!(self.0, VmMsg::StopAgent, 15_000);
         })
     }
 }
@@ -235,12 +240,12 @@ impl Actor for VmActor {
             queue: VecDeque::new(),
             deleted: false,
             monitor: None,
-            vsock: None,
+            agent: None,
         })
     }
 
     /// Reconciles with what actually runs: a live VMM is watched again (and
-    /// its vsock bridge adopted); a dead one's resources are released.
+    /// its agent reached again); a dead one's resources are released.
     async fn post_start(
         &self,
         myself: ActorRef<VmMsg>,
@@ -251,10 +256,11 @@ impl Actor for VmActor {
             Recovery::Live(pid) => {
                 tracing::info!(vm = %state.record.name, pid, "re-attached to a running VM");
                 let _ = myself.cast(VmMsg::AttachVmm(pid));
-                if state.record.vmm == VmmKind::Qemu {
-                    let (tx, _rx) = ractor::concurrency::oneshot();
-                    let _ = myself.cast(VmMsg::StartVsock(state.record.vsock_pid, tx.into()));
-                }
+                let paths = self.ctx.layout.vm(&self.id);
+                state.agent = Some(AgentSession::start(crate::guest::session::channel_of(
+                    state.record.vmm,
+                    &paths,
+                )));
             }
             Recovery::Dead => {
                 tracing::info!(vm = %state.record.name, "its VMM is gone; releasing its resources");
@@ -346,48 +352,19 @@ impl Actor for VmActor {
                     self.queue_reap(&myself, state);
                 }
             }
-            VmMsg::StartVsock(adopt, reply) => {
-                if let Some(v) = &state.vsock {
-                    // The bridge answers once its process runs.
-                    if let Err(ractor::MessagingErr::SendErr(VsockMsg::Pid(r))) =
-                        v.cast(VsockMsg::Pid(reply))
-                    {
-                        let _ = r.send(Err("the vsock bridge is stopping; retry".into()));
-                    }
-                    return Ok(());
-                }
-                let Some(binary) = crate::host::vsock_bridge::find_binary() else {
-                    let _ = reply.send(Err("vhost-device-vsock is not installed (cargo install vhost-device-vsock); QEMU guests need it for the agent socket".into()));
-                    return Ok(());
-                };
-                let bridge = VsockBridge {
-                    paths: self.ctx.layout.vm(&self.id),
-                    binary,
-                };
-                // Its pre_start does nothing slow: the process starts on a task.
-                match Actor::spawn_linked(None, bridge, adopt, myself.get_cell()).await {
-                    Ok((v, _)) => {
-                        let _ = v.cast(VsockMsg::Pid(reply));
-                        state.vsock = Some(v);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(format!("starting the vsock bridge: {e}")));
-                    }
-                }
+            VmMsg::StartAgent(channel, reply) => {
+                // Dropping the old session closes it.
+                let s = AgentSession::start(channel);
+                state.agent = Some(s.clone());
+                let _ = reply.send(s);
             }
-            VmMsg::StopVsock(reply) => match state.vsock.take() {
-                Some(v) => {
-                    // The bridge answers once the process is gone.
-                    if let Err(ractor::MessagingErr::SendErr(VsockMsg::Stop(r))) =
-                        v.cast(VsockMsg::Stop(reply))
-                    {
-                        let _ = r.send(());
-                    }
-                }
-                None => {
-                    let _ = reply.send(());
-                }
-            },
+            VmMsg::Agent(reply) => {
+                let _ = reply.send(state.agent.clone());
+            }
+            VmMsg::StopAgent(reply) => {
+                state.agent = None;
+                let _ = reply.send(());
+            }
             #[cfg(test)]
             VmMsg::Panic => panic!("test-induced panic in VmActor {}", self.id),
         }
@@ -400,9 +377,8 @@ impl Actor for VmActor {
         evt: ractor::SupervisionEvent,
         state: &mut VmActorState,
     ) -> Result<(), ActorProcessingErr> {
-        // Children end on their own (a monitor after reporting, the vsock
-        // bridge when stopped); a failed one is dropped and restarted by the
-        // next start. The VmActor itself carries on.
+        // A monitor ends on its own after reporting; a failed one is dropped
+        // and watched again by the next start. The VmActor carries on.
         let cell = match &evt {
             ractor::SupervisionEvent::ActorFailed(c, e) => {
                 tracing::error!(vm = %state.record.name, "a child actor failed: {e}");
@@ -411,13 +387,6 @@ impl Actor for VmActor {
             ractor::SupervisionEvent::ActorTerminated(c, _, _) => c,
             _ => return Ok(()),
         };
-        if state
-            .vsock
-            .as_ref()
-            .is_some_and(|v| v.get_id() == cell.get_id())
-        {
-            state.vsock = None;
-        }
         if state
             .monitor
             .as_ref()

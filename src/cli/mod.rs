@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod client;
+pub mod exec;
 pub mod progress;
 pub mod render;
 pub mod style;
@@ -58,6 +59,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create, run and manage VMs

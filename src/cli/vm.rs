@@ -103,17 +103,27 @@ pub enum VmCommand {
     #[command(subcommand, long_about = WORKSPACE_LONG)]
     Workspace(WorkspaceCommand),
     /// Run a command in a running VM (in its workspace, if it has one)
-    #[command(
-        long_about = "Run a command in a running VM, streaming its output and returning its exit code.\nWith a prepared workspace it runs in /root/repo (through `mise exec --` when the\nguest has mise), and warns when the host repo moved on since prepare.\n\n  banger vm exec dev -- make test\n  banger vm exec dev --auto-prepare -- cargo test    sync the workspace first if needed"
-    )]
+    #[command(long_about = EXEC_LONG)]
     Exec {
         name: String,
+        #[command(flatten)]
+        exec: ExecArgs,
         /// Re-sync the workspace first when the host's HEAD moved
         #[arg(long)]
         auto_prepare: bool,
         /// The command (after --)
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Round trip to a running VM's agent
+    #[command(
+        long_about = "Send one request that does nothing to the VM's agent and print the round trip.\n\n  banger vm ping dev\n  banger vm ping dev -c 10"
+    )]
+    Ping {
+        name: String,
+        /// How many round trips
+        #[arg(short = 'c', long, default_value_t = 1)]
+        count: u32,
     },
     /// Open a shell in a running VM (system ssh), or run a command
     #[command(
@@ -124,6 +134,52 @@ pub enum VmCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
+}
+
+const EXEC_LONG: &str = "\
+Run a command in a running VM through its agent, streaming its output and
+returning its exit code. The argv is passed exactly as given (no shell).
+With a prepared workspace it runs in /root/repo (through `mise exec --` when
+the guest has mise), and warns when the host repo moved on since prepare.
+
+Stdin is forwarded when it is a pipe or a file (or with -i); -t gives the
+command a terminal. Ctrl-C interrupts the command (a second one kills it).
+
+  banger vm exec dev -- make test
+  echo data | banger vm exec dev -- cat
+  banger vm exec -t dev -- bash                       an interactive shell
+  banger vm exec dev --auto-prepare -- cargo test     sync the workspace first if needed
+
+Exit codes: the command's own; 126 when it cannot be run, 127 when it does
+not exist, 128+N when a signal killed it.";
+
+/// Flags of commands that run something in the guest.
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// Give the command a terminal (for shells and editors)
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Forward stdin even when it is a terminal
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Set an environment variable in the guest (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = super::exec::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest (default: the workspace, else /root)
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+}
+
+impl ExecArgs {
+    fn opts(&self, auto_prepare: bool) -> super::exec::ExecOpts {
+        super::exec::ExecOpts {
+            tty: self.tty,
+            interactive: self.interactive,
+            env: self.env.clone(),
+            cwd: self.workdir.clone(),
+            auto_prepare,
+        }
+    }
 }
 
 const WORKSPACE_LONG: &str = "\
@@ -143,11 +199,24 @@ with the command's exit code.
 
   banger vm run --rm -- uname -a          delete the VM afterwards, whatever happened
   banger vm run --rm -- sh -c 'exit 42'   exits 42
-  banger vm run -d --name dev             leave it running (then: banger vm ssh dev)
+  echo hi | banger vm run --rm -- cat     stdin is forwarded when it is a pipe or a file
+  banger vm run -d --name dev             leave it running (then: banger vm exec -t dev -- bash)
   banger vm run                           an interactive shell in a new VM
   banger vm run --rm ./myrepo -- make test   the repo's tracked files in /root/repo
+  banger vm run --rm ./myrepo --export-patch fix.patch -- make fmt
+                                          the guest's edits written before the VM goes
 
-Arguments after -- are passed as they are (each one quoted for the guest's shell).";
+The command after -- runs through the guest agent with its argv exactly as
+given (no shell). Ctrl-C interrupts it (a second one kills it); with --rm
+the VM is removed anyway.
+
+Exit codes, as with `docker run`:
+  the command's own   when it ran
+  125                 banger failed before or around it (create, boot, transfer)
+  126                 the command cannot be run (not executable, bad directory)
+  127                 the command does not exist
+  128+N               signal N killed it
+The cause is printed on stderr.";
 
 /// Sizes and placement of a new VM.
 #[derive(Debug, Clone, Args)]
@@ -234,6 +303,12 @@ pub struct RunArgs {
     /// Delete the VM when the command (or shell) ends
     #[arg(long)]
     pub rm: bool,
+    /// Before the VM goes, write the guest's workspace changes here as a
+    /// patch (also when the command fails); needs a repository path
+    #[arg(long, value_name = "FILE")]
+    pub export_patch: Option<String>,
+    #[command(flatten)]
+    pub exec: ExecArgs,
     /// Leave the VM running and print how to reach it
     #[arg(long, short = 'd')]
     pub detach: bool,
@@ -306,29 +381,31 @@ async fn create(ctx: &Ctx, s: VmCreateSpec) -> Result<VmView, CliError> {
     }
 }
 
-/// Runs a command in a VM, passing its output through; returns its exit code.
+/// Runs a command in a VM, passing its output through; returns its exit
+/// code (and prints why it could not run, for 126 and 127).
 async fn exec(
     ctx: &Ctx,
     name: &str,
     argv: Vec<String>,
-    auto_prepare: bool,
-) -> Result<i32, CliError> {
-    let mut c = client::connect(&ctx.layout, true).await?;
-    let view = ProgressView::plain();
-    let req = Request::VmExec {
-        name: name.into(),
-        argv,
-        cwd: None,
-        auto_prepare,
-    };
-    match client::request(&mut c, &ctx.layout, req, |e| view.event(e)).await? {
-        Reply::Exit { code } => Ok(code),
-        other => Err(client::unexpected(other)),
+    opts: super::exec::ExecOpts,
+) -> Result<super::exec::ExecResult, CliError> {
+    let r = super::exec::exec(ctx, name, argv, opts).await?;
+    if let Some(m) = &r.message {
+        eprintln!("banger: {m}");
     }
+    Ok(r)
 }
 
-async fn delete(ctx: &Ctx, name: &str) -> Result<(), CliError> {
-    match call(ctx, Request::VmDelete { name: name.into() }).await? {
+async fn delete(ctx: &Ctx, name: &str, id: Option<String>) -> Result<(), CliError> {
+    match call(
+        ctx,
+        Request::VmDelete {
+            name: name.into(),
+            id,
+        },
+    )
+    .await?
+    {
         Reply::Done => Ok(()),
         other => Err(client::unexpected(other)),
     }
@@ -439,8 +516,68 @@ fn uses_mise(spec: &WorkspaceSpec) -> bool {
         .unwrap_or(false)
 }
 
+/// An interactive shell: bash when the image has it, else sh.
+const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
+
+/// Marks an error of `vm run` as banger's, not the command's (exit 125).
+fn ours(mut e: CliError) -> CliError {
+    if e.exit_code == 1 {
+        e.exit_code = 125;
+    }
+    e
+}
+
+/// Writes the guest's workspace changes to `file`: a temporary name next to
+/// it, fsync, rename. Only then may the VM go.
+async fn export_patch(ctx: &Ctx, name: &str, file: &str) -> Result<u64, CliError> {
+    use std::io::Write;
+    let path = std::path::Path::new(file);
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = parent.join(format!(
+        ".{}.partial",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut f = std::fs::File::create(&tmp)
+        .map_err(|e| CliError::local("cannot write", format!("{}: {e}", tmp.display())))?;
+    let mut c = client::connect(&ctx.layout, true).await?;
+    let (mut bytes, mut write_err) = (0u64, None);
+    let req = Request::WorkspaceExport {
+        name: name.into(),
+        base_commit: None,
+    };
+    let r = client::request(&mut c, &ctx.layout, req, |e| {
+        if let crate::protocol::cli::Event::Stdout(d) = e {
+            bytes += d.len() as u64;
+            if let Err(err) = f.write_all(&d) {
+                write_err.get_or_insert(err);
+            }
+        }
+    })
+    .await;
+    let done = match (r, write_err) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Some(e)) => Err(CliError::local(
+            "cannot write",
+            format!("{}: {e}", tmp.display()),
+        )),
+        (Ok(_), None) => f
+            .sync_all()
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .and_then(|_| crate::fsutil::sync_dir(parent))
+            .map_err(|e| CliError::local("cannot write", format!("{file}: {e}"))),
+    };
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done.map(|_| bytes)
+}
+
 /// `vm run`.
 async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
+    use std::sync::atomic::{AtomicU8, Ordering};
     if a.detach && a.rm {
         return Err(CliError::usage(
             "invalid flags",
@@ -448,7 +585,13 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
         ));
     }
     if a.detach && !a.command.is_empty() {
-        return Err(CliError::usage("invalid flags", "-d does not take a command; use `banger vm run -d` then `banger vm ssh <name> -- <cmd>`"));
+        return Err(CliError::usage("invalid flags", "-d does not take a command; use `banger vm run -d` then `banger vm exec <name> -- <cmd>`"));
+    }
+    if a.export_patch.is_some() && (a.path.is_none() || a.detach) {
+        return Err(CliError::usage(
+            "invalid flags",
+            "--export-patch needs a repository path and a command (it writes the workspace's changes when the command ends)",
+        ));
     }
     let ws = match &a.path {
         Some(p) => {
@@ -477,66 +620,139 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
     };
     let s = spec(ctx, &a.create)?;
     let name = s.name.clone().unwrap_or_default();
-    let mut created = create(ctx, s).await;
+    // From here on a Ctrl-C never leaves a VM behind: before the command
+    // runs it only stops what would come next; the command's own Ctrl-C
+    // goes to the guest (exec), and the VM is removed (--rm) after.
+    const SETUP: u8 = 0;
+    const STOPPED: u8 = 1;
+    const RUNNING: u8 = 2;
+    let phase = std::sync::Arc::new(AtomicU8::new(SETUP));
+    {
+        let phase = phase.clone();
+        let rm = a.rm;
+        tokio::spawn(async move {
+            loop {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                if phase
+                    .compare_exchange(SETUP, STOPPED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    eprintln!(
+                        "banger: interrupted; {}",
+                        if rm {
+                            "the VM is removed as soon as it is created"
+                        } else {
+                            "stopping after this step"
+                        }
+                    );
+                }
+            }
+        });
+    }
+    let stopped = || phase.load(Ordering::SeqCst) == STOPPED;
+    let interrupted = || CliError {
+        exit_code: 130,
+        ..CliError::new(
+            super::render::ErrorKind::Interrupted,
+            "interrupted",
+            "stopped before the command ran",
+        )
+    };
+    let created = create(ctx, s).await.map_err(ours);
+    let mut prepared: Result<(), CliError> = Ok(());
     if let (Ok(_), Some((spec, bootstrap))) = (&created, &ws) {
-        if let Err(e) = prepare(ctx, &name, spec.clone()).await {
-            created = Err(e);
-        } else if *bootstrap {
+        if stopped() {
+            prepared = Err(interrupted());
+        } else if let Err(e) = prepare(ctx, &name, spec.clone()).await {
+            prepared = Err(ours(e));
+        } else if *bootstrap && !stopped() {
             let script = "if command -v mise >/dev/null 2>&1; then mise trust -q . && mise install; else echo 'mise is not installed in this image; skipping the bootstrap' >&2; fi";
-            if let Err(e) = exec(
-                ctx,
-                &name,
-                vec!["sh".into(), "-c".into(), script.into()],
-                false,
-            )
-            .await
-            {
-                created = Err(e);
+            let argv = vec!["sh".into(), "-c".into(), script.into()];
+            match exec(ctx, &name, argv, Default::default()).await {
+                Ok(r) if r.code == 0 => {}
+                Ok(r) => {
+                    prepared = Err(CliError {
+                        exit_code: 125,
+                        ..CliError::local(
+                            "bootstrap",
+                            format!("mise install failed (exit {})", r.code),
+                        )
+                    })
+                }
+                Err(e) => prepared = Err(ours(e)),
             }
         }
     }
-    let result: Result<u8, CliError> = match created {
-        Err(e) => Err(e),
-        Ok(v) if a.detach => {
+    let created_id = created.as_ref().ok().map(|v| v.id.clone());
+    let result: Result<u8, CliError> = match (created, prepared) {
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        (Ok(_), Ok(())) if stopped() => Err(interrupted()),
+        (Ok(v), Ok(())) if a.detach => {
             out(&format!(
-                "VM {} is running at {}\n  shell:  banger vm ssh {}\n  stop:   banger vm stop {}\n  delete: banger vm delete {}\n",
+                "VM {} is running at {}\n  shell:  banger vm exec -t {} -- bash   (or banger vm ssh {})\n  stop:   banger vm stop {}\n  delete: banger vm delete {}\n",
                 v.name,
                 v.ip.clone().unwrap_or_default(),
+                v.name,
                 v.name,
                 v.name,
                 v.name
             ))?;
             Ok(0)
         }
-        Ok(_) if !a.command.is_empty() => {
-            let run = exec(ctx, &name, a.command.clone(), false);
-            tokio::select! {
-                r = run => r.map(|c| c.clamp(0, 255) as u8),
-                _ = tokio::signal::ctrl_c() => Err(CliError { exit_code: 130, ..CliError::new(super::render::ErrorKind::Interrupted, "interrupted", "the command was interrupted") }),
-            }
-        }
-        Ok(_) => {
-            let code = if a.rm {
-                let t = match call(ctx, Request::VmSsh { name: name.clone() }).await? {
-                    Reply::Ssh(t) => t,
-                    other => return Err(client::unexpected(other)),
-                };
-                run_ssh(&t, &[])
+        (Ok(_), Ok(())) => {
+            phase.store(RUNNING, Ordering::SeqCst);
+            let (argv, opts) = if a.command.is_empty() {
+                // An interactive shell, through the agent (no wait for sshd).
+                let mut o = a.exec.opts(false);
+                o.tty = o.tty || std::io::stdin().is_terminal();
+                (vec!["sh".into(), "-c".into(), SHELL.into()], o)
             } else {
-                system_ssh(ctx, &name, &[]).await
+                (a.command.clone(), a.exec.opts(false))
             };
-            code.map(|c| c.clamp(0, 255) as u8)
+            exec(ctx, &name, argv, opts)
+                .await
+                .map(|r| r.code.clamp(0, 255) as u8)
+                .map_err(ours)
         }
     };
-    if a.rm {
-        // Whatever happened: the VM goes (if it was created at all).
-        match delete(ctx, &name).await {
-            Ok(()) => {}
-            Err(e) if e.is_rpc(crate::protocol::ErrorCode::NotFound) => {}
-            Err(e) => eprintln!("{}", e.render(ctx.style.stderr)),
+    let mut keep = false;
+    if let (Some(file), Some(_)) = (&a.export_patch, &created_id) {
+        match export_patch(ctx, &name, file).await {
+            Ok(bytes) => {
+                eprintln!("banger: wrote the workspace's changes to {file} ({bytes} bytes)")
+            }
+            Err(e) => {
+                keep = true;
+                eprintln!("{}", e.render(ctx.style.stderr));
+                eprintln!(
+                    "banger: VM {name} is kept so its changes are not lost: banger vm workspace export {name} -o {file}; then banger vm delete {name}"
+                );
+            }
         }
     }
-    result
+    if a.rm && !keep {
+        // Only the VM this invocation created (by id); a create that failed
+        // because the name was taken leaves that VM alone.
+        if let Some(id) = created_id {
+            match delete(ctx, &name, Some(id)).await {
+                Ok(()) => {}
+                Err(e) if e.is_rpc(crate::protocol::ErrorCode::NotFound) => {}
+                Err(e) => eprintln!("{}", e.render(ctx.style.stderr)),
+            }
+        }
+    }
+    match (result, keep) {
+        (Ok(_), true) => Err(CliError {
+            exit_code: 125,
+            ..CliError::local(
+                "export failed",
+                format!("the patch of {name} was not written"),
+            )
+        }),
+        (r, _) => r,
+    }
 }
 
 fn vm_table(vms: &[VmView]) -> String {
@@ -645,7 +861,7 @@ async fn simple(ctx: &Ctx, name: &str, req: Request) -> Result<u8, CliError> {
 
 pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
     match cmd {
-        VmCommand::Run(a) => run_cmd(ctx, a).await,
+        VmCommand::Run(a) => run_cmd(ctx, a).await.map_err(ours),
         VmCommand::Create(a) => {
             let s = spec(ctx, &a)?;
             let v = create(ctx, s).await?;
@@ -677,7 +893,15 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             .await
         }
         VmCommand::Delete { name } => {
-            simple(ctx, &name, Request::VmDelete { name: name.clone() }).await
+            simple(
+                ctx,
+                &name,
+                Request::VmDelete {
+                    name: name.clone(),
+                    id: None,
+                },
+            )
+            .await
         }
         VmCommand::Prune { force } => {
             if !force {
@@ -765,12 +989,36 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
         }
         VmCommand::Exec {
             name,
+            exec: e,
             auto_prepare,
             command,
         } => {
             check_name(&name)?;
-            let code = exec(ctx, &name, command, auto_prepare).await?;
-            Ok(code.clamp(0, 255) as u8)
+            let r = exec(ctx, &name, command, e.opts(auto_prepare)).await?;
+            Ok(r.code.clamp(0, 255) as u8)
+        }
+        VmCommand::Ping { name, count } => {
+            check_name(&name)?;
+            let mut c = client::connect(&ctx.layout, true).await?;
+            for _ in 0..count.max(1) {
+                let t = std::time::Instant::now();
+                match client::request(
+                    &mut c,
+                    &ctx.layout,
+                    Request::VmPing { name: name.clone() },
+                    |_| {},
+                )
+                .await?
+                {
+                    Reply::Ping { rtt_us } => out(&format!(
+                        "{name}: agent round trip {:.3} ms (request {:.3} ms)\n",
+                        rtt_us as f64 / 1000.0,
+                        t.elapsed().as_secs_f64() * 1000.0
+                    ))?,
+                    other => return Err(client::unexpected(other)),
+                }
+            }
+            Ok(0)
         }
         VmCommand::Workspace(WorkspaceCommand::Prepare {
             name,

@@ -69,6 +69,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
         peer: Peer,
         call: Call<Request>,
         events: mpsc::Sender<Event>,
+        inputs: crate::protocol::conn::Inputs,
     ) -> Result<Reply, RpcError> {
         let method = call.request.method();
         tracing::debug!(op_id = %call.op_id, uid = peer.uid, method, "request");
@@ -107,7 +108,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             Request::VmStop { name } => vms::stop(slots, &name, events).await,
             Request::VmRestart { name } => vms::restart(slots, &name, events).await,
             Request::VmKill { name, signal } => vms::kill(slots, &name, signal).await,
-            Request::VmDelete { name } => vms::delete(slots, &name).await,
+            Request::VmDelete { name, id } => vms::delete(slots, &name, id).await,
             Request::VmPrune => vms::prune(ctx, slots).await,
             Request::VmSet {
                 name,
@@ -120,15 +121,28 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 name,
                 argv,
                 cwd,
+                env,
+                tty,
+                stdin,
                 auto_prepare,
-            } => vms::exec(ctx, slots, &name, argv, cwd, auto_prepare, events).await,
+            } => {
+                let how = vms::ExecHow {
+                    cwd,
+                    env,
+                    tty,
+                    stdin: stdin.then_some(inputs),
+                    auto_prepare,
+                };
+                vms::exec(slots, &name, argv, how, events).await
+            }
+            Request::VmPing { name } => vms::ping(slots, &name).await,
             Request::WorkspacePrepare { name, spec } => {
                 vms::prepare(slots, &name, spec, events).await
             }
             Request::WorkspaceExport { name, base_commit } => {
-                vms::export(ctx, slots, &name, base_commit, events).await
+                vms::export(slots, &name, base_commit, events).await
             }
-            Request::VmSsh { name } => vms::ssh(ctx, slots, &name).await,
+            Request::VmSsh { name } => vms::ssh(slots, &name).await,
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);
@@ -179,12 +193,14 @@ mod tests {
             let h = h.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
+                let (_in, inputs) = mpsc::channel(1);
                 h.handle(
                     peer,
                     call(Request::VmStart {
                         name: "busy".into(),
                     }),
                     tx,
+                    inputs,
                 )
                 .await
             })
@@ -201,6 +217,7 @@ mod tests {
                         name: "busy".into(),
                     }),
                     tx.clone(),
+                    mpsc::channel(1).1,
                 )
                 .await
                 .unwrap();

@@ -1,7 +1,7 @@
 //! Start-up reconciliation with what actually runs on the host. VmActors
 //! re-attach to their own live VMMs (or release a dead one's resources);
-//! this pass removes what no VM owns any more: orphan VMM processes,
-//! vhost-device-vsock processes and banger taps. Each removal is logged.
+//! this pass removes what no VM owns any more: orphan VMM processes and
+//! banger taps. Each removal is logged.
 
 use std::collections::HashMap;
 
@@ -54,39 +54,4 @@ pub async fn orphans(ctx: &Ctx) {
             }
         }
     }
-    let vms_dir = ctx.layout.runtime_dir.join("vms");
-    for (pid, vm_id) in vsock_processes(&vms_dir) {
-        if !live.contains_key(&vm_id) {
-            tracing::warn!(pid, %vm_id, "killing an orphan vhost-device-vsock");
-            crate::host::vsock_bridge::kill(pid).await;
-        }
-    }
-}
-
-/// Our vhost-device-vsock processes: (pid, vm id).
-fn vsock_processes(vms_dir: &std::path::Path) -> Vec<(u32, String)> {
-    let prefix = format!("socket={}/", vms_dir.display());
-    let me = nix::unistd::geteuid().as_raw();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter_map(|pid| {
-            use std::os::unix::fs::MetadataExt;
-            if std::fs::metadata(format!("/proc/{pid}")).ok()?.uid() != me
-                || !crate::host::process::pid_alive(pid)
-            {
-                return None;
-            }
-            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
-                .into_owned();
-            let at = cmd.find(&prefix)?;
-            let id: String = cmd[at + prefix.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit())
-                .collect();
-            (id.len() == 16).then_some((pid, id))
-        })
-        .collect()
 }

@@ -8,6 +8,7 @@ use ractor::ActorRef;
 use crate::actors::vm_actor::{await_op, op, OpArgs, VmMsg};
 use crate::actors::vm_registry::RegistryMsg;
 use crate::actors::Slots;
+use crate::guest::session::AgentSession;
 use crate::protocol::{ErrorCode, RpcError};
 use crate::store::VmRecord;
 
@@ -49,6 +50,22 @@ pub async fn record(slots: &Slots, name: &str) -> Result<VmRecord, RpcError> {
     let a = actor(slots, name).await?;
     ractor::call_t!(a, VmMsg::Get, READ_MS)
         .map_err(|e| RpcError::failed(format!("reading the VM: {e}")))
+}
+
+/// The current record and the agent session of the running VM `name`.
+pub async fn agent(slots: &Slots, name: &str) -> Result<(VmRecord, AgentSession), RpcError> {
+    let a = actor(slots, name).await?;
+    let rec = ractor::call_t!(a, VmMsg::Get, READ_MS)
+        .map_err(|e| RpcError::failed(format!("reading the VM: {e}")))?;
+    crate::ops::vms::require_running(&rec)?;
+    let session = ractor::call_t!(a, VmMsg::Agent, READ_MS)
+        .map_err(|e| RpcError::failed(format!("reading the VM: {e}")))?
+        .ok_or_else(|| {
+            RpcError::failed(format!(
+                "VM {name} has no agent session; restart it (banger vm restart {name})"
+            ))
+        })?;
+    Ok((rec, session))
 }
 
 /// Queues an operation on the VM named `name` and waits for its result.

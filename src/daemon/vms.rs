@@ -10,6 +10,8 @@ use super::requests::{self, run_on_vm};
 use crate::actors::vm_registry::RegistryMsg;
 use crate::actors::Slots;
 use crate::domain::Signal;
+use crate::guest::exec::Outcome;
+pub use crate::ops::vms::ExecHow;
 use crate::ops::{lifecycle, views, vms, workspace, Ctx, Stages};
 use crate::protocol::cli::{Event, Reply, VmCreateSpec, WorkspaceSpec};
 use crate::protocol::RpcError;
@@ -116,9 +118,16 @@ pub async fn kill(slots: &Slots, name: &str, signal: Signal) -> Result<Reply, Rp
     .map(vm_reply)
 }
 
-pub async fn delete(slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+pub async fn delete(slots: &Slots, name: &str, id: Option<String>) -> Result<Reply, RpcError> {
     run_on_vm(slots, name, "delete", |a| async move {
         let keep = a.record.clone();
+        if id.as_ref().is_some_and(|id| *id != keep.id) {
+            let e = RpcError::not_found(format!(
+                "VM {} is not the one this command created; left alone",
+                keep.name
+            ));
+            return (Some(keep), Err(e));
+        }
         match lifecycle::delete(&a.ctx, &*a.vm, a.record).await {
             Ok(()) => (None, Ok(())),
             Err(e) => (Some(keep), Err(e)),
@@ -189,27 +198,51 @@ pub async fn logs(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcErro
     Ok(Reply::Logs { serial, vmm })
 }
 
-pub async fn ssh(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {
-    let rec = requests::record(slots, name).await?;
-    Ok(Reply::Ssh(vms::ssh_target(ctx, &rec)?))
+/// `vm ssh`: pins the guest's host key (waiting for sshd when it is new)
+/// as an operation on the VM, and answers how to reach it.
+pub async fn ssh(slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+    run_on_vm(slots, name, "ssh", |a| async move {
+        let mut rec = a.record.clone();
+        let target = match a.vm.agent().await {
+            Some(agent) => vms::ssh_target(&a.ctx, &agent, &mut rec).await,
+            None => Err(RpcError::bad_request(format!(
+                "VM {} is not running; start it with: banger vm start {}",
+                rec.name, rec.name
+            ))),
+        };
+        match target {
+            Ok(t) => (Some(rec), Ok(t)),
+            Err(e) => (Some(a.record), Err(e)),
+        }
+    })
+    .await
+    .map(Reply::Ssh)
+}
+
+pub async fn ping(slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+    let (_, agent) = requests::agent(slots, name).await?;
+    let rtt = agent
+        .ping(std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| RpcError::failed(format!("VM {name}: {e}")))?;
+    Ok(Reply::Ping {
+        rtt_us: rtt.as_micros() as u64,
+    })
 }
 
 /// `vm exec`: in a workspace, warns when the host repo moved on since the
 /// prepare, or re-syncs first with `auto_prepare`.
 pub async fn exec(
-    ctx: &Ctx,
     slots: &Slots,
     name: &str,
     argv: Vec<String>,
-    cwd: Option<String>,
-    auto_prepare: bool,
+    how: ExecHow,
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
-    let mut rec = requests::record(slots, name).await?;
-    vms::require_running(&rec)?;
+    let (mut rec, mut agent) = requests::agent(slots, name).await?;
     if let (Some(ws), Some((repo, was, now))) = (rec.workspace.clone(), vms::workspace_moved(&rec))
     {
-        if auto_prepare {
+        if how.auto_prepare {
             let spec = WorkspaceSpec {
                 path: ws.host_path,
                 mode: ws.mode,
@@ -217,7 +250,7 @@ pub async fn exec(
                 from: None,
             };
             prepare(slots, name, spec, events.clone()).await?;
-            rec = requests::record(slots, name).await?;
+            (rec, agent) = requests::agent(slots, name).await?;
         } else {
             let short = |h: &str| h.chars().take(12).collect::<String>();
             let _ = events
@@ -229,8 +262,16 @@ pub async fn exec(
                 .await;
         }
     }
-    let code = vms::exec(ctx, &rec, argv, cwd, &events).await?;
-    Ok(Reply::Exit { code })
+    Ok(match vms::exec(&rec, &agent, argv, how, &events).await? {
+        Outcome::Exited(s) => Reply::Exit {
+            code: s.shell_code(),
+            message: None,
+        },
+        Outcome::Failed(e) => Reply::Exit {
+            code: e.kind.exit_code(),
+            message: Some(e.message),
+        },
+    })
 }
 
 /// `vm workspace prepare`: an operation on the VM (it waits for the others
@@ -243,7 +284,13 @@ pub async fn prepare(
 ) -> Result<Reply, RpcError> {
     run_on_vm(slots, name, "workspace.prepare", move |a| async move {
         let mut rec = a.record.clone();
-        match workspace::ship(&a.ctx, &rec, &spec, &events).await {
+        let Some(agent) = a.vm.agent().await else {
+            let e = vms::require_running(&rec)
+                .err()
+                .unwrap_or_else(|| RpcError::failed("the VM has no agent session; restart it"));
+            return (Some(rec), Err(e));
+        };
+        match workspace::ship(&a.ctx, &agent, &rec, &spec, &events).await {
             Ok((state, files)) => {
                 let view = views::workspace(&state, files);
                 rec.workspace = Some(state);
@@ -261,13 +308,12 @@ pub async fn prepare(
 
 /// `vm workspace export`: the patch streams out as stdout events.
 pub async fn export(
-    ctx: &Ctx,
     slots: &Slots,
     name: &str,
     base: Option<String>,
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
-    let rec = requests::record(slots, name).await?;
-    workspace::export(ctx, &rec, base, events).await?;
+    let (rec, agent) = requests::agent(slots, name).await?;
+    workspace::export(&agent, &rec, base, events).await?;
     Ok(Reply::Done)
 }

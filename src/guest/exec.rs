@@ -1,169 +1,247 @@
-//! The agent's exec fast path (vsock port 1025): stdin streamed in,
-//! stdout/stderr/exit streamed out, no SSH. Used for workspace transfers.
+//! Running a command in a guest through its agent session: stdin from the
+//! caller (a stream of inputs, or bulk data over a one-shot TCP connection
+//! to the guest's address), stdout and stderr streamed to events with
+//! backpressure, signals and terminal resizes forwarded, the exit status or
+//! the reason it could not run.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use banger_agent::exec::{header, ERROR, EXIT, MAX_FRAME, PORT, STDERR, STDIN, STDIN_EOF, STDOUT};
-pub use banger_agent::exec::{ExecRequest, EXEC_PORT};
+use super::session::{AgentError, AgentSession};
+use banger_agent::proto::{self, Request};
+pub use banger_agent::proto::{ExecError, ExecErrorKind, ExecRequest, ExitStatus, Stdin, Tty};
 
-use super::agent::{connect, AgentError};
-use crate::protocol::cli::Event;
+use crate::protocol::cli::{Event, Input};
 
-/// Reads one frame from the agent.
-async fn read_frame(rd: &mut tokio::net::unix::OwnedReadHalf) -> Result<(u8, Vec<u8>), AgentError> {
-    let mut hdr = [0u8; 5];
-    if rd.read_exact(&mut hdr).await.is_err() {
-        return Err(AgentError::Protocol(
-            "the guest closed the exec stream before the exit status".into(),
-        ));
-    }
-    let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(AgentError::Protocol(format!("exec frame of {len} bytes")));
-    }
-    let mut data = vec![0u8; len];
-    rd.read_exact(&mut data).await?;
-    Ok((hdr[0], data))
+/// How long the agent may take to start the command (or report the port
+/// for TCP stdin).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(ExitStatus),
+    /// It could not be started (127: not found, 126: cannot run).
+    Failed(ExecError),
 }
 
-/// How long to wait for the agent's [`PORT`] frame; an agent from before
-/// TCP stdin sends none, and then stdin goes over vsock.
-const PORT_WAIT: Duration = Duration::from_secs(5);
+impl Outcome {
+    /// The exit code `docker run` would give.
+    pub fn code(&self) -> i32 {
+        match self {
+            Outcome::Exited(s) => s.shell_code(),
+            Outcome::Failed(e) => e.kind.exit_code(),
+        }
+    }
+}
 
-/// Runs `req` in the guest. `stdin` (if any) is streamed in chunk by chunk
-/// (never held whole): over TCP to `tcp_to` (the guest's address) when
-/// given and the agent supports it, else over vsock. Output goes to
-/// `events`. Returns the exit status.
+/// Where stdin comes from.
+pub enum Feed<R> {
+    None,
+    /// Inputs from the caller (bytes, EOF, signals, resizes).
+    Inputs(mpsc::Receiver<Input>),
+    /// Bulk data over TCP to the guest's address.
+    Tcp(IpAddr, R),
+}
+
+fn signal_frame(s: crate::domain::Signal) -> [u8; 4] {
+    s.number().to_be_bytes()
+}
+
+/// Runs `req` (its `stdin` is set from `feed`), sending output to `events`.
 pub async fn run<R>(
-    uds: &Path,
-    req: &ExecRequest,
-    stdin: Option<R>,
-    tcp_to: Option<IpAddr>,
+    session: &AgentSession,
+    mut req: ExecRequest,
+    feed: Feed<R>,
     events: &mpsc::Sender<Event>,
-) -> Result<i32, AgentError>
+) -> Result<Outcome, AgentError>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
-    let mut req = req.clone();
-    let token = (stdin.is_some() && tcp_to.is_some()).then(|| {
-        let bytes: [u8; 16] = rand::random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    });
-    req.stdin_tcp = token.clone();
-    let conn = connect(uds, EXEC_PORT).await?;
-    if !conn.buffer().is_empty() {
-        return Err(AgentError::Protocol(
-            "unexpected data before the exec request".into(),
-        ));
-    }
-    let (mut rd, mut wr) = conn.into_inner().into_split();
-    let mut line = serde_json::to_vec(&req).map_err(|e| AgentError::Protocol(e.to_string()))?;
-    line.push(b'\n');
-    wr.write_all(&line).await?;
-    // With a token, the agent answers with the port to send stdin to.
-    let mut first: Option<(u8, Vec<u8>)> = None;
-    let mut tcp: Option<TcpStream> = None;
-    if let (Some(token), Some(ip)) = (&token, tcp_to) {
-        match tokio::time::timeout(PORT_WAIT, read_frame(&mut rd)).await {
-            Ok(Ok((PORT, d))) if d.len() == 2 => {
-                let port = u16::from_be_bytes([d[0], d[1]]);
-                let mut s = tokio::time::timeout(PORT_WAIT, TcpStream::connect((ip, port)))
-                    .await
-                    .map_err(|_| AgentError::Timeout(PORT_WAIT))?
-                    .map_err(|e| AgentError::Connect(format!("{ip}:{port}"), e))?;
-                s.set_nodelay(true)?;
-                s.write_all(token.as_bytes()).await?;
-                tcp = Some(s);
-            }
-            Ok(Ok(frame)) => first = Some(frame),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => tracing::debug!("the agent offers no TCP stdin; using vsock"),
+    let token = match &feed {
+        Feed::Tcp(..) => {
+            let bytes: [u8; 16] = rand::random();
+            let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            req.stdin = Stdin::Tcp { token: t.clone() };
+            Some(t)
         }
-    }
-    let feeder = tokio::spawn(async move {
-        if let Some(mut input) = stdin {
-            match tcp {
-                Some(mut s) => {
-                    tokio::io::copy(&mut input, &mut s).await?;
-                    s.shutdown().await?;
-                }
-                None => {
-                    let mut buf = vec![0u8; 256 << 10];
-                    loop {
-                        let n = input.read(&mut buf).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        wr.write_all(&header(STDIN, n)).await?;
-                        wr.write_all(&buf[..n]).await?;
-                    }
-                }
-            }
+        Feed::Inputs(_) => {
+            req.stdin = Stdin::Stream;
+            None
         }
-        wr.write_all(&header(STDIN_EOF, 0)).await?;
-        wr.flush().await?;
-        Ok::<_, std::io::Error>(wr)
-    });
-    let code = loop {
-        let (kind, data) = match first.take() {
-            Some(f) => f,
-            None => match read_frame(&mut rd).await {
-                Ok(f) => f,
-                Err(e) => {
-                    feeder.abort();
-                    return Err(e);
-                }
-            },
-        };
-        match kind {
-            STDOUT => {
-                let _ = events.send(Event::Stdout(data)).await;
-            }
-            STDERR => {
-                let _ = events.send(Event::Stderr(data)).await;
-            }
-            EXIT if data.len() == 4 => {
-                break i32::from_be_bytes([data[0], data[1], data[2], data[3]])
-            }
-            ERROR => {
-                feeder.abort();
-                return Err(AgentError::Protocol(
-                    String::from_utf8_lossy(&data).into_owned(),
-                ));
-            }
-            k => {
-                feeder.abort();
-                return Err(AgentError::Protocol(format!("unknown exec frame kind {k}")));
-            }
+        Feed::None => {
+            req.stdin = Stdin::Null;
+            None
         }
     };
-    // The command may exit before reading all its input; that is its business.
-    let _ = feeder.await;
-    Ok(code)
+    let stream = session.open(START_TIMEOUT).await?;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    proto::write_json(&mut wr, proto::REQUEST, &Request::Exec(req)).await?;
+    // Until STARTED (or ERROR), bounded in time.
+    enum First {
+        Port(u16),
+        Started,
+        Failed(ExecError),
+    }
+    let first = tokio::time::timeout(START_TIMEOUT, async {
+        match proto::read_msg(&mut rd, proto::MAX_MSG).await? {
+            Some((proto::PORT, d)) if d.len() == 2 => {
+                Ok(First::Port(u16::from_be_bytes([d[0], d[1]])))
+            }
+            Some((proto::STARTED, _)) => Ok(First::Started),
+            Some((proto::ERROR, d)) => serde_json::from_slice(&d)
+                .map(First::Failed)
+                .map_err(|e| AgentError::Protocol(format!("exec error: {e}"))),
+            Some((k, _)) => Err(AgentError::Protocol(format!("unexpected message kind {k}"))),
+            None => Err(AgentError::Protocol(
+                "the stream ended before the command started".into(),
+            )),
+        }
+    })
+    .await
+    .map_err(|_| AgentError::Timeout(START_TIMEOUT))??;
+    let port = match first {
+        // A command that could not start is an answer, not a failure.
+        First::Failed(e) => return Ok(Outcome::Failed(e)),
+        First::Port(p) => Some(p),
+        First::Started => None,
+    };
+    let feeder = match feed {
+        Feed::Tcp(ip, mut data) => {
+            let (Some(port), Some(token)) = (port, token) else {
+                return Err(AgentError::Protocol(
+                    "the agent offered no stdin port".into(),
+                ));
+            };
+            let mut s = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect((ip, port)),
+            )
+            .await
+            .map_err(|_| AgentError::Timeout(Duration::from_secs(10)))??;
+            s.set_nodelay(true)?;
+            s.write_all(token.as_bytes()).await?;
+            // The command then starts: its STARTED frame follows.
+            tokio::spawn(async move {
+                tokio::io::copy(&mut data, &mut s).await?;
+                s.shutdown().await
+            })
+        }
+        Feed::Inputs(mut rx) => tokio::spawn(async move {
+            while let Some(i) = rx.recv().await {
+                let r = match i {
+                    Input::Stdin(d) => proto::write_msg(&mut wr, proto::STDIN, &d).await,
+                    Input::StdinEof => proto::write_msg(&mut wr, proto::STDIN_EOF, &[]).await,
+                    Input::Signal(s) => {
+                        proto::write_msg(&mut wr, proto::SIGNAL, &signal_frame(s)).await
+                    }
+                    Input::Resize { rows, cols } => {
+                        let mut d = rows.to_be_bytes().to_vec();
+                        d.extend(cols.to_be_bytes());
+                        proto::write_msg(&mut wr, proto::RESIZE, &d).await
+                    }
+                };
+                r?;
+                wr.flush().await?;
+            }
+            // The caller is gone without an EOF: the command gets one.
+            proto::write_msg(&mut wr, proto::STDIN_EOF, &[]).await?;
+            wr.flush().await?;
+            // Keep the write half open: closing it would end the command.
+            std::future::pending::<std::io::Result<()>>().await
+        }),
+        Feed::None => tokio::spawn(async move {
+            let _keep_open = wr;
+            std::future::pending::<std::io::Result<()>>().await
+        }),
+    };
+    let result = async {
+        loop {
+            match proto::read_msg(&mut rd, proto::MAX_MSG).await? {
+                Some((proto::STARTED, _)) | Some((proto::PORT, _)) => {}
+                Some((proto::STDOUT, d)) => {
+                    let _ = events.send(Event::Stdout(d)).await;
+                }
+                Some((proto::STDERR, d)) => {
+                    let _ = events.send(Event::Stderr(d)).await;
+                }
+                Some((proto::EXIT, d)) => {
+                    let st: ExitStatus = serde_json::from_slice(&d)
+                        .map_err(|e| AgentError::Protocol(format!("exit status: {e}")))?;
+                    return Ok(Outcome::Exited(st));
+                }
+                Some((proto::ERROR, d)) => {
+                    let e: ExecError = serde_json::from_slice(&d)
+                        .map_err(|e| AgentError::Protocol(format!("exec error: {e}")))?;
+                    return Ok(Outcome::Failed(e));
+                }
+                Some((k, _)) => {
+                    return Err(AgentError::Protocol(format!("unexpected message kind {k}")))
+                }
+                None => {
+                    return Err(AgentError::Protocol(
+                        "the guest closed the exec stream before the exit status".into(),
+                    ))
+                }
+            }
+        }
+    }
+    .await;
+    feeder.abort();
+    result
 }
 
-/// Runs `req` without stdin and returns (exit, stdout, stderr).
-pub async fn output(uds: &Path, req: &ExecRequest) -> Result<(i32, Vec<u8>, Vec<u8>), AgentError> {
-    let (tx, mut rx) = mpsc::channel(1024);
+/// Runs `req` without stdin and returns (outcome, stdout, stderr), each kept
+/// to its last `keep` bytes.
+pub async fn output(
+    session: &AgentSession,
+    req: ExecRequest,
+    keep: usize,
+) -> Result<(Outcome, Vec<u8>, Vec<u8>), AgentError> {
+    let (tx, mut rx) = mpsc::channel(64);
     let collect = tokio::spawn(async move {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (mut out, mut err) = (Tail::new(keep), Tail::new(keep));
         while let Some(e) = rx.recv().await {
             match e {
-                Event::Stdout(d) => out.extend(d),
-                Event::Stderr(d) => err.extend(d),
+                Event::Stdout(d) => out.push(&d),
+                Event::Stderr(d) => err.push(&d),
                 _ => {}
             }
         }
-        (out, err)
+        (out.0, err.0)
     });
-    let code = run(uds, req, None::<tokio::io::Empty>, None, &tx).await;
+    let r = run(session, req, Feed::<tokio::io::Empty>::None, &tx).await;
     drop(tx);
     let (out, err) = collect.await.unwrap_or_default();
-    Ok((code?, out, err))
+    Ok((r?, out, err))
+}
+
+/// The last `cap` bytes of a stream.
+pub struct Tail(pub Vec<u8>, usize);
+
+impl Tail {
+    pub fn new(cap: usize) -> Tail {
+        Tail(Vec::new(), cap)
+    }
+    pub fn push(&mut self, d: &[u8]) {
+        self.0.extend_from_slice(d);
+        if self.0.len() > self.1 {
+            let cut = self.0.len() - self.1;
+            self.0.drain(..cut);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tail_keeps_the_end() {
+        let mut t = super::Tail::new(4);
+        t.push(b"abc");
+        t.push(b"defg");
+        assert_eq!(t.0, b"defg");
+    }
 }

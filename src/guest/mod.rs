@@ -1,7 +1,7 @@
-//! Talking to guests: the agent over hybrid vsock (a host Unix socket that
-//! accepts `CONNECT <port>\n`, as Firecracker and vhost-device-vsock expose),
-//! and SSH (banger's key, pinned host keys, a russh client).
+//! Talking to guests: the agent session (one multiplexed channel per VM:
+//! QEMU's virtio-serial port or Firecracker's vsock), commands run through
+//! it, and SSH for humans (banger's key, pinned host keys, a russh client).
 
-pub mod agent;
 pub mod exec;
+pub mod session;
 pub mod ssh;

@@ -186,6 +186,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
         _peer: Peer,
         call: Call<PrivRequest>,
         _events: mpsc::Sender<NoEvent>,
+        _inputs: crate::protocol::conn::Inputs,
     ) -> Result<PrivReply, RpcError> {
         let method = call.request.method();
         let res = match call.request {

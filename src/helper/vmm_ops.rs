@@ -154,7 +154,7 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
                 Some(&m.kernel),
                 m.initrd.as_ref(),
                 Some(&m.serial_log),
-                m.vhost_vsock.as_ref(),
+                m.agent_socket.as_ref(),
             ];
             if !paths.into_iter().flatten().all(|p| clean_abs(p))
                 || !m.disks.iter().all(|(p, _)| clean_abs(p))
@@ -163,6 +163,15 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
             }
             if !m.disks.iter().all(|(_, f)| f == "raw" || f == "qcow2") {
                 return Err(refuse("disk formats are raw or qcow2"));
+            }
+            if m.agent_socket
+                .as_ref()
+                .is_some_and(|p| *p != dir.join("agent.sock"))
+            {
+                return Err(refuse(format!(
+                    "the agent socket must be {}",
+                    dir.join("agent.sock").display()
+                )));
             }
             if let Some(t) = &m.tap {
                 if !crate::host::net::is_banger_tap(t) {

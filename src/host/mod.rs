@@ -5,7 +5,6 @@ pub mod cpu;
 pub mod nat;
 pub mod net;
 pub mod process;
-pub mod vsock_bridge;
 
 use std::path::PathBuf;
 

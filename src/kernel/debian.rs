@@ -121,6 +121,22 @@ pub fn download(package: &str, cache: &Path) -> Result<(PathBuf, String), Kernel
     Ok((target, version))
 }
 
+/// The source string of a pull: the apt package and version, and the
+/// initramfs revision (a newer banger pulls again when it changed).
+pub fn source_of(package: &str, version: &str) -> String {
+    format!(
+        "apt:{package}={version};initramfs={}",
+        super::initramfs::REVISION
+    )
+}
+
+/// Whether a kernel pulled with `source` is what a pull of `package` would
+/// give now.
+pub fn up_to_date(source: &str, package: &str) -> bool {
+    source.starts_with(&format!("apt:{package}="))
+        && source.ends_with(&format!(";initramfs={}", super::initramfs::REVISION))
+}
+
 /// Unpacks a .deb into `dir`.
 pub fn unpack(deb: &Path, dir: &Path) -> Result<(), KernelError> {
     std::fs::create_dir_all(dir).ctx("creating", dir)?;
@@ -200,7 +216,7 @@ pub fn pull(
         .ctx("writing", &b.initrd())?;
     Ok(Pulled {
         kernel_version: kver,
-        source: format!("apt:{package}={version}"),
+        source: source_of(package, &version),
     })
 }
 

@@ -68,12 +68,20 @@ impl Cpio {
     }
 }
 
+/// Bumped whenever the initramfs changes (modules, `/init`): a kernel
+/// pulled with an older one is pulled again.
+pub const REVISION: u32 = 2;
+
+/// Where the image keeps the agent, which the initramfs starts as PID 1.
+pub const AGENT_PATH: &str = "/usr/local/bin/banger-agent";
+
 /// The `/init` script. Module names are substituted in load order.
 pub fn init_script(modules: &[Module]) -> String {
     let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
     format!(
         r#"#!/bin/busybox sh
-# banger initramfs: load the virtio/vsock modules, mount the root, switch.
+# banger initramfs: load the virtio/vsock/console modules, mount the root,
+# switch to the banger agent as PID 1 (it starts the image's own init).
 export PATH=/bin
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
@@ -99,9 +107,13 @@ if ! /bin/busybox mount -t "$fstype" -o "$rootflags" "$root" /newroot; then
 fi
 /bin/busybox mount --move /dev /newroot/dev
 /bin/busybox umount /proc /sys
+if [ -x /newroot{agent} ]; then
+  exec /bin/busybox switch_root /newroot {agent} --init
+fi
 exec /bin/busybox switch_root /newroot /sbin/init
 "#,
-        mods = names.join(" ")
+        mods = names.join(" "),
+        agent = AGENT_PATH
     )
 }
 
@@ -156,5 +168,8 @@ mod tests {
         assert!(names.contains(&"lib/modules/virtio.ko".to_string()));
         assert!(names.contains(&"dev/console".to_string()));
         assert!(init_script(&mods).contains("for m in virtio; do"));
+        assert!(
+            init_script(&mods).contains("switch_root /newroot /usr/local/bin/banger-agent --init")
+        );
     }
 }

@@ -17,6 +17,7 @@ pub const BOOT_MODULES: &[&str] = &[
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
+    "virtio_console",
 ];
 
 fn canon(name: &str) -> String {

@@ -112,18 +112,41 @@ pub async fn ensure(
     name: &str,
     progress: &Progress,
 ) -> Result<ImageRecord, RpcError> {
-    if let Some(i) = ctx.store.get_image(name)? {
-        return Ok(i);
-    }
-    if recipe::find(name).is_none() {
+    let existing = ctx.store.get_image(name)?;
+    let Some(recipe) = recipe::find(name) else {
         return get(ctx, name);
+    };
+    match existing {
+        Some(i) if current_key(ctx, recipe)?.is_some_and(|k| i.source == format!("built:{k}")) => {
+            return Ok(i)
+        }
+        Some(_) => progress.log(format!(
+            "image {name} was built by another banger version; building it again"
+        )),
+        None => progress.log(format!("image {name} is not here yet; building it")),
     }
-    progress.log(format!("image {name} is not here yet; building it"));
     let (tx, fwd) = progress.forwarder("");
     let r = build(ctx.clone(), name.to_string(), false, tx).await;
     let _ = fwd.await;
     r?;
     get(ctx, name)
+}
+
+/// The cache key a build of `recipe` would have now (`None` while its
+/// kernel is missing or must be pulled again).
+fn current_key(ctx: &Ctx, recipe: &recipe::Recipe) -> Result<Option<String>, RpcError> {
+    let Some(k) = ctx.store.get_kernel(recipe.kernel_ref)? else {
+        return Ok(None);
+    };
+    if super::kernels::stale(&k) {
+        return Ok(None);
+    }
+    let km = crate::kernel::read_manifest(Path::new(&k.dir))?;
+    Ok(Some(recipe::cache_key(
+        recipe,
+        &km.kernel_version,
+        km.modules_sha256.as_deref().unwrap_or(""),
+    )))
 }
 
 /// Takes the cache lock of `key` (one builder per key across processes

@@ -73,17 +73,29 @@ pub async fn ensure(
     source: &str,
     progress: &Progress,
 ) -> Result<KernelRecord, RpcError> {
-    if let Some(k) = ctx.store.get_kernel(name)? {
-        return Ok(k);
+    match ctx.store.get_kernel(name)? {
+        Some(k) if !stale(&k) => return Ok(k),
+        Some(_) => progress.log(format!(
+            "kernel {name} has an older banger's initramfs; pulling it again from {source}"
+        )),
+        None => progress.log(format!(
+            "kernel {name} is not here yet; pulling it from {source}"
+        )),
     }
-    progress.log(format!(
-        "kernel {name} is not here yet; pulling it from {source}"
-    ));
     let (tx, fwd) = progress.forwarder("kernel ");
     let r = pull(ctx.clone(), source.to_string(), name.to_string(), None, tx).await;
     let _ = fwd.await;
     r?;
     get(ctx, name)
+}
+
+/// A kernel pulled through apt whose initramfs an older banger built (its
+/// boot would not start this banger's agent).
+pub fn stale(k: &KernelRecord) -> bool {
+    k.source.starts_with("apt:")
+        && !k
+            .source
+            .ends_with(&format!(";initramfs={}", kernel::initramfs::REVISION))
 }
 
 async fn pull_work(
@@ -98,7 +110,7 @@ async fn pull_work(
     })
     .await??;
     if let Some(existing) = ctx.store.get_kernel(&name)? {
-        if existing.source.starts_with(&format!("apt:{package}=")) {
+        if kernel::debian::up_to_date(&existing.source, &package) {
             progress.log(format!(
                 "kernel {name} is up to date ({})",
                 existing.kernel_version

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::domain::VmmKind;
+use crate::guest::session::{AgentChannel, AgentSession};
 use crate::paths::Layout;
 use crate::protocol::cli::{Event, Reply};
 use crate::protocol::helper::{PrivReply, PrivRequest};
@@ -91,11 +92,13 @@ pub trait VmChildren: Send + Sync {
     fn record_changed(&self, rec: &VmRecord);
     /// Watches VMM `pid`; its exit is reported to the VM's actor.
     fn watch_vmm(&self, pid: u32);
-    /// Starts a fresh vsock bridge (QEMU's vhost-device-vsock), or adopts
-    /// the live one `adopt` names; answers its pid.
-    fn start_vsock(&self, adopt: Option<u32>) -> BoxFuture<'_, Result<u32, String>>;
-    /// Stops the vsock bridge, if any, and waits for it to be gone.
-    fn stop_vsock(&self) -> BoxFuture<'_, ()>;
+    /// Starts a fresh agent session on `channel` (closing any earlier one)
+    /// and answers it.
+    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, RpcError>>;
+    /// The VM's agent session, if one was started.
+    fn agent(&self) -> BoxFuture<'_, Option<AgentSession>>;
+    /// Closes the agent session, if any.
+    fn stop_agent(&self) -> BoxFuture<'_, ()>;
 }
 
 /// How long the guest-facing steps may take.
@@ -103,6 +106,9 @@ pub trait VmChildren: Send + Sync {
 pub struct Timeouts {
     /// From VMM launch until the agent answers (and SSH, when waited for).
     pub boot: Duration,
+    /// A booting guest whose agent is silent and whose serial console has
+    /// not grown for this long is taken as hung and gets one fresh VMM.
+    pub boot_stall: Duration,
     /// How long a guest has to power off after being asked.
     pub poweroff: Duration,
     /// How long after the VMM's power button before the VMM is killed.
@@ -115,6 +121,7 @@ impl Timeouts {
         let kvm = crate::host::cpu::hardware_kvm();
         Timeouts {
             boot: Duration::from_secs(if kvm { 90 } else { 300 }),
+            boot_stall: Duration::from_secs(if kvm { 20 } else { 45 }),
             poweroff: Duration::from_secs(60),
             powerdown: Duration::from_secs(20),
         }

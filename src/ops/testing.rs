@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{BoxFuture, Ctx, Drivers, Privileged, SharedJobs, Taps, Timeouts, VmChildren, Work};
 use crate::domain::VmmKind;
+use crate::guest::session::{AgentChannel, AgentSession};
 use crate::paths::VmPaths;
 use crate::protocol::cli::{Event, Reply};
 use crate::protocol::helper::{LaunchSpec, PrivReply, PrivRequest};
@@ -199,13 +200,15 @@ impl Drivers for FakeDrivers {
     }
 }
 
-/// A VM's children that only count.
+/// A VM's children: a real agent session (on whatever the channel's socket
+/// is, often nothing), the rest counted.
 #[derive(Default)]
 pub struct FakeChildren {
     pub changes: Mutex<Vec<VmRecord>>,
     pub watched: Mutex<Vec<u32>>,
-    pub vsock_starts: AtomicU32,
-    pub vsock_stops: AtomicU32,
+    pub agent: Mutex<Option<AgentSession>>,
+    pub agent_starts: AtomicU32,
+    pub agent_stops: AtomicU32,
 }
 
 impl VmChildren for FakeChildren {
@@ -215,14 +218,22 @@ impl VmChildren for FakeChildren {
     fn watch_vmm(&self, pid: u32) {
         self.watched.lock().unwrap().push(pid);
     }
-    fn start_vsock(&self, _adopt: Option<u32>) -> BoxFuture<'_, Result<u32, String>> {
-        self.vsock_starts.fetch_add(1, Ordering::SeqCst);
-        // No such process: release never mistakes it for a live bridge.
-        Box::pin(async { Ok(u32::MAX) })
+    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, RpcError>> {
+        self.agent_starts.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            let s = AgentSession::start(channel);
+            *self.agent.lock().unwrap() = Some(s.clone());
+            Ok(s)
+        })
     }
-    fn stop_vsock(&self) -> BoxFuture<'_, ()> {
-        self.vsock_stops.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async {})
+    fn agent(&self) -> BoxFuture<'_, Option<AgentSession>> {
+        Box::pin(async { self.agent.lock().unwrap().clone() })
+    }
+    fn stop_agent(&self) -> BoxFuture<'_, ()> {
+        self.agent_stops.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            self.agent.lock().unwrap().take();
+        })
     }
 }
 
@@ -274,6 +285,7 @@ impl Fakes {
             drivers: drivers.clone(),
             timeouts: Timeouts {
                 boot: Duration::from_secs(2),
+                boot_stall: Duration::from_millis(600),
                 poweroff: Duration::from_millis(500),
                 powerdown: Duration::from_millis(500),
             },

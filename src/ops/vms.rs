@@ -9,8 +9,11 @@ use tokio::sync::mpsc;
 
 use super::{Ctx, Progress};
 use crate::domain::{VmState, VmmKind};
+use crate::guest::exec::{ExecRequest, Feed, Outcome, Tty};
+use crate::guest::session::AgentSession;
 use crate::guest::ssh::SshFiles;
-use crate::protocol::cli::{Event, SshTarget, VmCreateSpec};
+use crate::protocol::cli::{Event, SshTarget, TtySize, VmCreateSpec};
+use crate::protocol::conn::Inputs;
 use crate::protocol::{ErrorCode, RpcError};
 use crate::store::{ImageRecord, KernelRecord, VmRecord};
 
@@ -180,10 +183,22 @@ pub fn logs(ctx: &Ctx, rec: &VmRecord) -> (String, String) {
     )
 }
 
-/// How the CLI reaches a running VM with the system `ssh`.
-pub fn ssh_target(ctx: &Ctx, rec: &VmRecord) -> Result<SshTarget, RpcError> {
+/// How the CLI reaches a running VM with the system `ssh`, once sshd
+/// listens, with the host key the agent reports pinned.
+pub async fn ssh_target(
+    ctx: &Ctx,
+    agent: &AgentSession,
+    rec: &mut VmRecord,
+) -> Result<SshTarget, RpcError> {
     require_running(rec)?;
     let f = SshFiles::of(&ctx.layout);
+    // Every time: sshd may still be starting (a VM just booted), and the
+    // pin follows the key the agent reports.
+    let key = super::lifecycle::pin_host_key(ctx, agent, rec, Duration::from_secs(120)).await?;
+    if rec.host_key.as_deref() != Some(key.as_str()) {
+        rec.host_key = Some(key);
+        ctx.store.put_vm(rec)?;
+    }
     super::lifecycle::refresh_ssh_config(ctx);
     Ok(SshTarget {
         name: rec.name.clone(),
@@ -204,15 +219,25 @@ pub fn workspace_moved(rec: &VmRecord) -> Option<(String, String, String)> {
     (now != ws.head).then(|| (ws.host_path.clone(), ws.head.clone(), now))
 }
 
-/// Runs a command in a running VM over SSH, streaming its output; in a VM
-/// with a workspace it runs there. Returns the exit code.
+/// How to run a `vm exec`.
+pub struct ExecHow {
+    pub cwd: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub tty: Option<TtySize>,
+    /// The caller's input, when stdin is forwarded.
+    pub stdin: Option<Inputs>,
+    pub auto_prepare: bool,
+}
+
+/// Runs a command in a running VM through its agent, streaming its output;
+/// in a VM with a workspace it runs there (else in `/root`).
 pub async fn exec(
-    ctx: &Ctx,
     rec: &VmRecord,
+    agent: &AgentSession,
     argv: Vec<String>,
-    cwd: Option<String>,
+    how: ExecHow,
     events: &mpsc::Sender<Event>,
-) -> Result<i32, RpcError> {
+) -> Result<Outcome, RpcError> {
     if argv.is_empty() {
         return Err(RpcError::bad_request("no command given"));
     }
@@ -220,20 +245,21 @@ pub async fn exec(
     let (argv, cwd) = match &rec.workspace {
         Some(ws) => (
             crate::workspace::archive::exec_argv(&argv),
-            cwd.or(Some(ws.guest_path.clone())),
+            how.cwd.unwrap_or_else(|| ws.guest_path.clone()),
         ),
-        None => (argv, cwd),
+        None => (argv, how.cwd.unwrap_or_else(|| "/root".into())),
     };
-    let (ip, host_key) = (
-        rec.ip.clone().unwrap_or_default(),
-        rec.host_key.clone().unwrap_or_default(),
-    );
-    let key = SshFiles::of(&ctx.layout).key;
-    let session = crate::guest::ssh::connect(&ip, &key, &host_key, Duration::from_secs(20))
+    let mut req = ExecRequest::new(argv, &cwd);
+    req.env = how.env;
+    req.tty = how.tty.map(|t| Tty {
+        rows: t.rows,
+        cols: t.cols,
+    });
+    let feed = match how.stdin {
+        Some(rx) => Feed::<tokio::io::Empty>::Inputs(rx),
+        None => Feed::None,
+    };
+    crate::guest::exec::run(agent, req, feed, events)
         .await
-        .map_err(|e| RpcError::failed(format!("ssh to {}: {e}", rec.name)))?;
-    let cmd = crate::guest::ssh::command_line(&argv, cwd.as_deref());
-    let code = session.exec(&cmd, events).await;
-    session.close().await;
-    Ok(code?)
+        .map_err(|e| RpcError::failed(format!("running the command in {}: {e}", rec.name)))
 }

@@ -6,22 +6,27 @@ use tokio::sync::mpsc;
 
 use super::vms::require_running;
 use super::Ctx;
-use crate::guest::exec::ExecRequest;
+use crate::guest::exec::{ExecRequest, Feed, Outcome};
+use crate::guest::session::AgentSession;
 use crate::protocol::cli::{Event, WorkspaceSpec};
 use crate::protocol::RpcError;
 use crate::store::model::now_unix;
 use crate::store::{VmRecord, WorkspaceState};
 use crate::workspace::{self, archive, Options, WorkspaceError, GUEST_PATH};
 
+/// How much of a failing guest step's output is kept for the error.
+const KEEP: usize = 8 << 10;
+
 /// Runs a guest command without input; its output becomes the error.
-async fn guest_step(uds: &std::path::Path, argv: Vec<String>, what: &str) -> Result<(), RpcError> {
+async fn guest_step(agent: &AgentSession, argv: Vec<String>, what: &str) -> Result<(), RpcError> {
     let req = ExecRequest::new(argv, "/");
-    let (code, out, err) = crate::guest::exec::output(uds, &req)
+    let (outcome, out, err) = crate::guest::exec::output(agent, req, KEEP)
         .await
         .map_err(|e| RpcError::failed(format!("{what} in the guest: {e}")))?;
-    if code != 0 {
+    if outcome.code() != 0 {
         return Err(RpcError::failed(format!(
-            "{what} in the guest failed (exit {code}): {}{}",
+            "{what} in the guest failed (exit {}): {}{}",
+            outcome.code(),
             String::from_utf8_lossy(&err).trim(),
             String::from_utf8_lossy(&out).trim()
         )));
@@ -30,10 +35,12 @@ async fn guest_step(uds: &std::path::Path, argv: Vec<String>, what: &str) -> Res
 }
 
 /// Streams what `produce` writes (on a blocking thread, through a pipe:
-/// never whole in memory) into a guest command's stdin.
+/// never whole in memory) into a guest command's stdin, over TCP to the
+/// guest's address (virtio-net is much faster than the agent channel for
+/// bulk input under emulation).
 async fn stream<F>(
-    uds: &std::path::Path,
-    tcp_to: Option<std::net::IpAddr>,
+    agent: &AgentSession,
+    tcp_to: std::net::IpAddr,
     argv: Vec<String>,
     produce: F,
 ) -> Result<(), RpcError>
@@ -48,25 +55,27 @@ where
     let req = ExecRequest::new(argv, "/");
     let (tx, mut rx) = mpsc::channel(64);
     let errors = tokio::spawn(async move {
-        let mut err = Vec::new();
+        let mut tail = crate::guest::exec::Tail::new(KEEP);
         while let Some(e) = rx.recv().await {
             if let Event::Stderr(d) | Event::Stdout(d) = e {
-                err.extend(d);
+                tail.push(&d);
             }
         }
-        err
+        tail.0
     });
-    let code = crate::guest::exec::run(uds, &req, Some(reader), tcp_to, &tx).await;
+    let outcome = crate::guest::exec::run(agent, req, Feed::Tcp(tcp_to, reader), &tx).await;
     drop(tx);
     let produced = producer.await?;
     let guest_err = String::from_utf8_lossy(&errors.await.unwrap_or_default())
         .trim()
         .to_string();
-    let code = code.map_err(|e| RpcError::failed(format!("transfer to the guest failed: {e}")))?;
+    let outcome =
+        outcome.map_err(|e| RpcError::failed(format!("transfer to the guest failed: {e}")))?;
     produced?;
-    if code != 0 {
+    if outcome.code() != 0 {
         return Err(RpcError::failed(format!(
-            "unpacking in the guest failed (exit {code}): {guest_err}"
+            "unpacking in the guest failed (exit {}): {guest_err}",
+            outcome.code()
         )));
     }
     Ok(())
@@ -83,6 +92,7 @@ async fn timed<F: std::future::Future>(f: F) -> (F::Output, std::time::Duration)
 /// how many files arrived.
 pub async fn ship(
     ctx: &Ctx,
+    agent: &AgentSession,
     rec: &VmRecord,
     spec: &WorkspaceSpec,
     events: &mpsc::Sender<Event>,
@@ -113,15 +123,16 @@ pub async fn ship(
             done: false,
         })
         .await;
-    let uds = ctx.layout.vm(&rec.id).vsock_socket();
     let vmm_pid = rec.vmm_pid.unwrap_or(0);
-    // Bulk data over TCP to the guest's address (virtio-net is far faster
-    // than vsock under emulation); the agent falls back to vsock.
-    let tcp_to: Option<std::net::IpAddr> = rec.ip.as_deref().and_then(|i| i.parse().ok());
+    let tcp_to: std::net::IpAddr = rec
+        .ip
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| RpcError::failed("the VM has no address"))?;
     let transfer = async {
         let t0 = std::time::Instant::now();
         guest_step(
-            &uds,
+            agent,
             archive::begin_argv(GUEST_PATH),
             "preparing the directory",
         )
@@ -132,13 +143,13 @@ pub async fn ship(
         let scratch = ctx.layout.cache_dir.join("tmp");
         let (p1, p2) = (plan.clone(), plan.clone());
         let tree = timed(stream(
-            &uds,
+            agent,
             tcp_to,
             archive::untar_argv(GUEST_PATH, "."),
             move |w| archive::write_worktree(&p1, w),
         ));
         let git = timed(stream(
-            &uds,
+            agent,
             tcp_to,
             archive::untar_argv(GUEST_PATH, ".git"),
             move |w| archive::write_git_dir(&p2, w, &scratch),
@@ -147,7 +158,7 @@ pub async fn ship(
         a?;
         b?;
         let t1 = std::time::Instant::now();
-        guest_step(&uds, archive::finish_argv(GUEST_PATH), "finishing").await?;
+        guest_step(agent, archive::finish_argv(GUEST_PATH), "finishing").await?;
         tracing::info!(
             vm = %rec.name,
             begin_ms = t_begin.as_millis() as u64,
@@ -193,7 +204,7 @@ pub async fn ship(
 
 /// `vm workspace export`: the patch streams out as stdout events.
 pub async fn export(
-    ctx: &Ctx,
+    agent: &AgentSession,
     rec: &VmRecord,
     base: Option<String>,
     events: mpsc::Sender<Event>,
@@ -218,29 +229,28 @@ pub async fn export(
     let (tx, mut rx) = mpsc::channel(64);
     let fwd_events = events.clone();
     let forward = tokio::spawn(async move {
-        let mut err = Vec::new();
+        let mut err = crate::guest::exec::Tail::new(KEEP);
         while let Some(e) = rx.recv().await {
             match e {
                 Event::Stdout(d) => {
                     let _ = fwd_events.send(Event::Stdout(d)).await;
                 }
-                Event::Stderr(d) => err.extend(d),
+                Event::Stderr(d) => err.push(&d),
                 _ => {}
             }
         }
-        err
+        err.0
     });
-    let uds = ctx.layout.vm(&rec.id).vsock_socket();
-    let code = crate::guest::exec::run(&uds, &req, None::<tokio::io::Empty>, None, &tx).await;
+    let outcome = crate::guest::exec::run(agent, req, Feed::<tokio::io::Empty>::None, &tx).await;
     drop(tx);
     let err = String::from_utf8_lossy(&forward.await.unwrap_or_default())
         .trim()
         .to_string();
-    let code = code.map_err(|e| RpcError::failed(format!("export: {e}")))?;
-    if code != 0 {
-        return Err(RpcError::failed(format!(
-            "export failed in the guest (exit {code}): {err}"
-        )));
+    match outcome.map_err(|e| RpcError::failed(format!("export: {e}")))? {
+        Outcome::Exited(s) if s.shell_code() == 0 => Ok(()),
+        o => Err(RpcError::failed(format!(
+            "export failed in the guest (exit {}): {err}",
+            o.code()
+        ))),
     }
-    Ok(())
 }

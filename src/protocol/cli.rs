@@ -69,7 +69,10 @@ pub enum Request {
     /// delivered (and, for a terminating one, once the VMM has exited).
     VmKill { name: String, signal: Signal },
     /// Stops a VM if needed and removes it with its disks. Answers [`Reply::Done`].
-    VmDelete { name: String },
+    ///
+    /// With `id`, only the VM of that id is deleted (`vm run --rm` deletes
+    /// what it created, never a VM that took the name meanwhile).
+    VmDelete { name: String, id: Option<String> },
     /// Deletes every VM that is not running. Answers [`Reply::Pruned`].
     VmPrune,
     /// Changes vcpu, memory or NAT of a stopped VM. Answers [`Reply::Vm`].
@@ -81,13 +84,20 @@ pub enum Request {
     },
     /// The serial console and VMM log of a VM. Answers [`Reply::Logs`].
     VmLogs { name: String },
-    /// Runs a command over SSH in a running VM, streaming stdout and stderr
-    /// as events; `argv` elements are shell-quoted, `cwd` (if any) is entered
-    /// first. Answers [`Reply::Exit`].
+    /// Runs a command in a running VM through its agent: `argv` exactly as
+    /// given (no shell), in `cwd` (default: the workspace, else `/root`),
+    /// stdout and stderr streamed as events. With `stdin`, the client's
+    /// [`Input`]s feed it (bytes, then EOF); signals and, with `tty`,
+    /// terminal resizes are forwarded. Answers [`Reply::Exit`] with the
+    /// command's code (128+N for a signal, 126/127 when it cannot run).
     VmExec {
         name: String,
         argv: Vec<String>,
         cwd: Option<String>,
+        env: Vec<(String, String)>,
+        /// Run on a pseudo-terminal of this size.
+        tty: Option<TtySize>,
+        stdin: bool,
         /// In a VM with a workspace: re-sync it first when the host's HEAD
         /// moved since prepare (otherwise a warning is streamed).
         auto_prepare: bool,
@@ -106,10 +116,33 @@ pub enum Request {
         name: String,
         base_commit: Option<String>,
     },
+    /// One round trip to a running VM's agent. Answers [`Reply::Ping`].
+    VmPing { name: String },
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 30;
+    const COUNT: u32 = 31;
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// What a client sends during a call, after its request: the input of a
+/// `vm exec`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Input {
+    Stdin(Vec<u8>),
+    StdinEof,
+    /// Delivered to the command's process group.
+    Signal(Signal),
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
 }
 
 /// What `vm workspace prepare` asks for.
@@ -154,9 +187,8 @@ pub struct VmCreateSpec {
 impl Request {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> Request {
-        Request::WorkspaceExport {
+        Request::VmPing {
             name: String::new(),
-            base_commit: None,
         }
     }
 
@@ -193,6 +225,7 @@ impl Request {
             Request::VmSsh { .. } => "vm.ssh",
             Request::WorkspacePrepare { .. } => "workspace.prepare",
             Request::WorkspaceExport { .. } => "workspace.export",
+            Request::VmPing { .. } => "vm.ping",
         }
     }
 }
@@ -202,7 +235,9 @@ impl Request {
 pub enum Reply {
     Pong,
     Status(DaemonStatus),
-    ShuttingDown { pid: u32 },
+    ShuttingDown {
+        pid: u32,
+    },
     Vms(Vec<VmView>),
     Vm(VmView),
     Done,
@@ -210,10 +245,25 @@ pub enum Reply {
     Kernels(Vec<KernelView>),
     Image(ImageView),
     Images(Vec<ImageView>),
-    Exported { file: String, bytes: u64 },
+    Exported {
+        file: String,
+        bytes: u64,
+    },
     Pruned(Vec<String>),
-    Logs { serial: String, vmm: String },
-    Exit { code: i32 },
+    Logs {
+        serial: String,
+        vmm: String,
+    },
+    /// How a command ended: its code, and why when banger or the guest
+    /// could not run it (126, 127).
+    Exit {
+        code: i32,
+        message: Option<String>,
+    },
+    /// The agent's round-trip time.
+    Ping {
+        rtt_us: u64,
+    },
     Ssh(SshTarget),
     Workspace(WorkspaceView),
 }

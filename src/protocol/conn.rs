@@ -13,10 +13,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
+use super::cli::Input;
 use super::frame::{self, read_frame, read_raw, write_frame, write_raw, FrameError};
 use super::{
-    answer_hello, decode_call, Call, CallDecodeError, Envelope, ErrorCode, Hello, HelloReply,
-    Methods, Response, RpcError,
+    answer_hello, decode_client_frame, Call, CallDecodeError, ClientFrame, Envelope, ErrorCode,
+    Hello, HelloReply, Incoming, Methods, Response, RpcError,
 };
 
 /// How long a new connection may take to say hello.
@@ -34,6 +35,13 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
+/// Inputs a client sends during one call (bounded: a client that sends
+/// faster than they are used waits).
+pub type Inputs = mpsc::Receiver<Input>;
+
+/// How many inputs of one call may wait.
+pub const INPUT_QUEUE: usize = 64;
+
 /// Serves requests of type `R`, streaming events `E`, answering `P`.
 pub trait Handler<R, E, P>: Clone + Send + Sync + 'static {
     fn handle(
@@ -41,6 +49,7 @@ pub trait Handler<R, E, P>: Clone + Send + Sync + 'static {
         peer: Peer,
         call: Call<R>,
         events: mpsc::Sender<E>,
+        inputs: Inputs,
     ) -> impl Future<Output = Result<P, RpcError>> + Send;
 }
 
@@ -124,6 +133,8 @@ pub async fn serve_connection<R, E, P, H>(
         let _ = wr.shutdown().await;
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Where each call in flight takes its inputs.
+    let mut inputs: HashMap<String, mpsc::Sender<Input>> = HashMap::new();
     // Calls in flight; when the peer goes away they are cancelled (their
     // futures dropped), so work nobody waits for stops.
     let mut in_flight = tokio::task::JoinSet::new();
@@ -140,8 +151,16 @@ pub async fn serve_connection<R, E, P, H>(
             }
             Ok(Ok(p)) => p,
         };
-        let call: Call<R> = match decode_call::<R>(&payload) {
-            Ok(c) => c,
+        let call: Call<R> = match decode_client_frame::<R>(&payload) {
+            Ok(Incoming::Call(c)) => c,
+            Ok(Incoming::Input { op_id, input }) => {
+                inputs.retain(|_, tx| !tx.is_closed());
+                // Input for a call that already ended is dropped.
+                if let Some(tx) = inputs.get(&op_id) {
+                    let _ = tx.send(input).await;
+                }
+                continue;
+            }
             Err(CallDecodeError::UnknownMethod { op_id, tag }) => {
                 let err = RpcError::new(
                     ErrorCode::UnknownMethod,
@@ -168,6 +187,10 @@ pub async fn serve_connection<R, E, P, H>(
                 break;
             }
         };
+        let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
+        // Calls that ended dropped their receivers: forget them.
+        inputs.retain(|_, tx| !tx.is_closed());
+        inputs.insert(call.op_id.clone(), in_tx);
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -177,7 +200,7 @@ pub async fn serve_connection<R, E, P, H>(
             let _permit = permit;
             let op_id = call.op_id.clone();
             let (tx, mut rx) = mpsc::channel::<E>(256);
-            let fut = handler.handle(peer, call, tx);
+            let fut = handler.handle(peer, call, tx, in_rx);
             tokio::pin!(fut);
             let result = loop {
                 tokio::select! {
@@ -355,29 +378,59 @@ where
         &mut self,
         op_id: String,
         request: R,
+        on_event: impl FnMut(E),
+    ) -> Result<P, ClientError> {
+        self.call_with_inputs(op_id, request, on_event, None).await
+    }
+
+    /// [`Client::call_with_op`], sending what arrives on `inputs` while the
+    /// call runs.
+    pub async fn call_with_inputs(
+        &mut self,
+        op_id: String,
+        request: R,
         mut on_event: impl FnMut(E),
+        mut inputs: Option<mpsc::Receiver<Input>>,
     ) -> Result<P, ClientError> {
         write_frame(
             &mut self.stream,
-            &Call {
+            &ClientFrame::Call(Call {
                 op_id: op_id.clone(),
                 request,
-            },
+            }),
         )
         .await?;
+        let (mut rd, mut wr) = self.stream.split();
         loop {
-            let env = match read_frame::<_, Envelope<E, P>>(&mut self.stream).await {
-                Ok(env) => env,
-                Err(FrameError::Closed) => return Err(FrameError::Truncated.into()),
-                Err(e) => return Err(e.into()),
+            let next_input = async {
+                match inputs.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
             };
-            if env.op_id != op_id && !env.op_id.is_empty() {
-                continue;
-            }
-            match env.body {
-                Response::Event(e) => on_event(e),
-                Response::Final(Ok(p)) => return Ok(p),
-                Response::Final(Err(e)) => return Err(ClientError::Rpc(e)),
+            tokio::select! {
+                env = read_frame::<_, Envelope<E, P>>(&mut rd) => {
+                    let env = match env {
+                        Ok(env) => env,
+                        Err(FrameError::Closed) => return Err(FrameError::Truncated.into()),
+                        Err(e) => return Err(e.into()),
+                    };
+                    if env.op_id != op_id && !env.op_id.is_empty() {
+                        continue;
+                    }
+                    match env.body {
+                        Response::Event(e) => on_event(e),
+                        Response::Final(Ok(p)) => return Ok(p),
+                        Response::Final(Err(e)) => return Err(ClientError::Rpc(e)),
+                    }
+                }
+                input = next_input => match input {
+                    Some(input) => {
+                        let frame = ClientFrame::<R>::Input { op_id: op_id.clone(), input };
+                        write_frame(&mut wr, &frame).await?;
+                    }
+                    None => inputs = None,
+                },
             }
         }
     }
@@ -466,10 +519,10 @@ where
             let mut w = self.writer.lock().await;
             write_frame(
                 &mut *w,
-                &Call {
+                &ClientFrame::Call(Call {
                     op_id: op_id.clone(),
                     request,
-                },
+                }),
             )
             .await
         };

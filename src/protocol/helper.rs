@@ -97,7 +97,8 @@ pub struct QemuMachine {
     pub disks: Vec<(std::path::PathBuf, String)>,
     pub tap: Option<String>,
     pub mac: Option<String>,
-    pub vhost_vsock: Option<std::path::PathBuf>,
+    /// The agent's virtio-serial port, on this Unix socket (QEMU listens).
+    pub agent_socket: Option<std::path::PathBuf>,
     pub serial_log: std::path::PathBuf,
 }
 

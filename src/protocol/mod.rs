@@ -62,6 +62,44 @@ pub struct Call<R> {
     pub request: R,
 }
 
+/// What a client sends after the handshake: calls, and the inputs of calls
+/// in flight (stdin, signals, resizes of a `vm exec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientFrame<R> {
+    Call(Call<R>),
+    Input { op_id: String, input: cli::Input },
+}
+
+/// A decoded client frame.
+#[derive(Debug)]
+pub enum Incoming<R> {
+    Call(Call<R>),
+    Input { op_id: String, input: cli::Input },
+}
+
+/// Decodes a [`ClientFrame`] payload, telling unknown methods apart from
+/// garbage.
+pub fn decode_client_frame<R: Methods>(payload: &[u8]) -> Result<Incoming<R>, CallDecodeError> {
+    let (tag, rest): (u32, _) = decode_head(payload)?;
+    match tag {
+        0 => decode_call(rest).map(Incoming::Call),
+        1 => {
+            let ((op_id, input), tail): ((String, cli::Input), _) = decode_head(rest)?;
+            if !tail.is_empty() {
+                return Err(CallDecodeError::Malformed {
+                    op_id: Some(op_id),
+                    message: "trailing bytes after an input".into(),
+                });
+            }
+            Ok(Incoming::Input { op_id, input })
+        }
+        t => Err(CallDecodeError::Malformed {
+            op_id: None,
+            message: format!("unknown frame type {t}"),
+        }),
+    }
+}
+
 /// What the server sends back for a [`Call`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response<E, R> {
@@ -96,17 +134,22 @@ pub enum CallDecodeError {
     },
 }
 
-/// Decodes a [`Call`] payload, telling unknown methods apart from garbage.
-pub fn decode_call<R: Methods>(payload: &[u8]) -> Result<Call<R>, CallDecodeError> {
-    let cfg = frame::bincode_config();
-    let (op_id, used): (String, usize) =
-        bincode::serde::decode_from_slice(payload, cfg).map_err(|e| {
+/// Decodes one value from the front of `payload`, returning what follows.
+fn decode_head<T: DeserializeOwned>(payload: &[u8]) -> Result<(T, &[u8]), CallDecodeError> {
+    let (v, used) =
+        bincode::serde::decode_from_slice(payload, frame::bincode_config()).map_err(|e| {
             CallDecodeError::Malformed {
                 op_id: None,
                 message: e.to_string(),
             }
         })?;
-    let rest = &payload[used..];
+    Ok((v, &payload[used..]))
+}
+
+/// Decodes a [`Call`] payload, telling unknown methods apart from garbage.
+pub fn decode_call<R: Methods>(payload: &[u8]) -> Result<Call<R>, CallDecodeError> {
+    let cfg = frame::bincode_config();
+    let (op_id, rest): (String, _) = decode_head(payload)?;
     let (tag, _): (u32, usize) =
         bincode::serde::decode_from_slice(rest, cfg).map_err(|e| CallDecodeError::Malformed {
             op_id: Some(op_id.clone()),
@@ -178,6 +221,30 @@ mod tests {
             bincode::serde::decode_from_slice(&bytes[2..], frame::bincode_config()).unwrap();
         assert_eq!(tag, Request::COUNT - 1);
         assert!(decode_call::<Request>(&bytes).is_ok());
+    }
+
+    #[test]
+    fn client_frames_carry_calls_and_inputs() {
+        let call = encode(&ClientFrame::Call(Call {
+            op_id: "a".into(),
+            request: Request::Ping,
+        }));
+        assert!(matches!(
+            decode_client_frame::<Request>(&call),
+            Ok(Incoming::Call(c)) if c.op_id == "a"
+        ));
+        let input = encode(&ClientFrame::<Request>::Input {
+            op_id: "a".into(),
+            input: cli::Input::Stdin(b"hi".to_vec()),
+        });
+        assert!(matches!(
+            decode_client_frame::<Request>(&input),
+            Ok(Incoming::Input { input: cli::Input::Stdin(d), .. }) if d == b"hi"
+        ));
+        let mut junk = input.clone();
+        junk.push(0);
+        assert!(decode_client_frame::<Request>(&junk).is_err());
+        assert!(decode_client_frame::<Request>(&[7]).is_err());
     }
 
     #[test]

@@ -39,9 +39,6 @@ pub struct VmRecord {
     /// The VMM process while running.
     #[serde(default)]
     pub vmm_pid: Option<u32>,
-    /// The vhost-device-vsock process (QEMU) while running.
-    #[serde(default)]
-    pub vsock_pid: Option<u32>,
     #[serde(default)]
     pub started_at_unix: Option<u64>,
     #[serde(default)]
@@ -85,7 +82,6 @@ impl VmRecord {
             last_error: None,
             vmm,
             vmm_pid: None,
-            vsock_pid: None,
             started_at_unix: None,
             boot_id: None,
             host_key: None,

@@ -32,10 +32,9 @@ pub fn kernel_cmdline(kvm: bool, params: &banger_agent::cmdline::GuestParams) ->
 /// The argv (without the program) of `qemu-system-x86_64` for `m`, with its
 /// QMP socket at `qmp`.
 pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
-    let mem = m.memory_mib;
     let mut a: Vec<String> = vec![
         "-M".into(),
-        "microvm,memory-backend=mem".into(),
+        "microvm".into(),
         "-accel".into(),
         if m.kvm { "kvm" } else { "tcg" }.into(),
         "-cpu".into(),
@@ -43,9 +42,7 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
         "-smp".into(),
         m.vcpu.to_string(),
         "-m".into(),
-        format!("{mem}M"),
-        "-object".into(),
-        format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        format!("{}M", m.memory_mib),
         "-display".into(),
         "none".into(),
         "-nodefaults".into(),
@@ -80,14 +77,19 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
             format!("virtio-net-device,netdev=net0,mac={mac}"),
         ]);
     }
-    if let Some(v) = &m.vhost_vsock {
+    if let Some(p) = &m.agent_socket {
+        // The agent's channel: a virtio-serial port whose other end is a
+        // Unix socket QEMU listens on (no vhost-user device: it migrates).
         a.extend([
-            "-chardev".into(),
-            // No `reconnect=`: QEMU 7.2's vhost-user-vsock fails to initialise
-            // with it ("Failed to set msg fds").
-            format!("socket,id=vsock0,path={}", v.display()),
             "-device".into(),
-            "vhost-user-vsock-device,chardev=vsock0".into(),
+            "virtio-serial-device,max_ports=2".into(),
+            "-chardev".into(),
+            format!("socket,id=agent,path={},server=on,wait=off", p.display()),
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=agent,name={}",
+                banger_agent::channel::PORT_NAME
+            ),
         ]);
     }
     if let Some(q) = qmp {
@@ -125,7 +127,7 @@ impl Vmm for Qemu {
                     .collect(),
                 tap: b.tap.clone(),
                 mac: b.mac.clone(),
-                vhost_vsock: Some(b.paths.vhost_socket()),
+                agent_socket: Some(b.paths.agent_socket()),
                 serial_log: b.paths.serial_log(),
             }),
             control_socket: b.paths.qmp_socket(),
@@ -173,20 +175,21 @@ mod tests {
             ],
             tap: Some("bgt1".into()),
             mac: Some("02:00:00:00:00:01".into()),
-            vhost_vsock: Some("/v/vhost.sock".into()),
+            agent_socket: Some("/v/agent.sock".into()),
             serial_log: "/v/serial.log".into(),
         }
     }
 
     #[test]
-    fn argv_has_disks_in_order_and_the_vsock() {
+    fn argv_has_disks_in_order_and_the_agent_port() {
         let a = argv(&machine(), Some(Path::new("/v/qmp.sock"))).join(" ");
         let root = a.find("file=/v/root.qcow2,format=qcow2").unwrap();
         let work = a.find("file=/v/work.ext4,format=raw").unwrap();
         assert!(root < work);
         assert!(a.contains("-accel tcg -cpu max"));
-        assert!(a.contains("vhost-user-vsock-device,chardev=vsock0"));
-        assert!(a.contains("memory-backend-memfd,id=mem,size=1024M,share=on"));
+        assert!(a.contains("socket,id=agent,path=/v/agent.sock,server=on,wait=off"));
+        assert!(a.contains("virtserialport,chardev=agent,name=banger.agent"));
+        assert!(a.contains("-m 1024M"));
         assert!(a.contains("-qmp unix:/v/qmp.sock,server=on,wait=off"));
     }
 
