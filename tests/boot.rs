@@ -1,11 +1,12 @@
 //! The built kernel and image boot under plain QEMU microvm (TCG here), with
-//! the agent answering over vhost-device-vsock and sshd over the tap.
+//! the agent answering over its virtio-serial channel and sshd over the tap.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use banger::guest::session::{AgentChannel, AgentSession};
 use banger::protocol::helper::QemuMachine;
 use banger::vmm::qemu;
 use banger_agent::cmdline::GuestParams;
@@ -15,7 +16,6 @@ use crate::support::*;
 /// One guest under plain QEMU; killed on drop.
 struct Guest {
     qemu: Child,
-    vsock: Child,
     dir: PathBuf,
     ip: Ipv4Addr,
 }
@@ -23,15 +23,13 @@ struct Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.qemu.kill();
-        let _ = self.vsock.kill();
         let _ = self.qemu.wait();
-        let _ = self.vsock.wait();
     }
 }
 
 impl Guest {
-    fn uds(&self) -> PathBuf {
-        self.dir.join("vsock.sock")
+    fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
     }
     fn serial(&self) -> String {
         std::fs::read_to_string(self.dir.join("serial.log")).unwrap_or_default()
@@ -45,21 +43,6 @@ fn boot(ns: &Netns, dir: &Path, name: &str, ip: Ipv4Addr, tap: &str, key: &str) 
     let work = dir.join("work.ext4");
     banger::fsutil::copy_synced(&a.rootfs, &root).unwrap();
     banger::fsutil::copy_synced(&a.work_seed, &work).unwrap();
-    let vhost = dir.join("vhost.sock");
-    let vsock = Command::new(tool("vhost-device-vsock"))
-        .arg("--vm")
-        .arg(format!(
-            "guest-cid=3,socket={},uds-path={}",
-            vhost.display(),
-            dir.join("vsock.sock").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("vhost-device-vsock.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for("the vhost-user socket", Duration::from_secs(10), || {
-        vhost.exists().then_some(())
-    });
     run_ok(Command::new("ip").args(["-n", &ns.name, "tuntap", "add", "dev", tap, "mode", "tap"]));
     run_ok(Command::new("ip").args([
         "-n", &ns.name, "link", "set", tap, "master", "banger0", "up",
@@ -81,7 +64,7 @@ fn boot(ns: &Netns, dir: &Path, name: &str, ip: Ipv4Addr, tap: &str, key: &str) 
         disks: vec![(root, "raw".into()), (work, "raw".into())],
         tap: Some(tap.into()),
         mac: Some(format!("02:42:ac:10:00:{:02x}", ip.octets()[3])),
-        vhost_vsock: Some(vhost),
+        agent_socket: Some(dir.join("agent.sock")),
         serial_log: dir.join("serial.log"),
     };
     let qemu = Command::new("ip")
@@ -94,7 +77,6 @@ fn boot(ns: &Netns, dir: &Path, name: &str, ip: Ipv4Addr, tap: &str, key: &str) 
         .unwrap();
     Guest {
         qemu,
-        vsock,
         dir: dir.to_path_buf(),
         ip,
     }
@@ -202,23 +184,16 @@ fn built_kernel_and_image_boot_under_qemu_tcg_with_agent_ssh_and_own_host_keys()
     let rt = rt();
     let mut keys = Vec::new();
     for (g, name) in guests.iter().zip(["alpha-1", "beta-2"]) {
-        // The agent answers over vsock.
-        let health = rt.block_on(async {
-            let deadline = std::time::Instant::now() + Duration::from_secs(300);
-            loop {
-                match banger::guest::agent::healthz(&g.uds(), Duration::from_secs(5)).await {
-                    Ok(h) => break h,
-                    Err(e) => {
-                        assert!(
-                            std::time::Instant::now() < deadline,
-                            "agent never answered: {e}\nserial:\n{}",
-                            g.serial()
-                        );
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
+        // The agent answers over its channel.
+        let agent = rt.block_on(async {
+            let a = AgentSession::start(AgentChannel::Serial(g.agent_socket()));
+            if let Err(e) = a.wait_up(Duration::from_secs(300)).await {
+                panic!("agent never answered: {e}\nserial:\n{}", g.serial());
             }
+            a
         });
+        let health = rt.block_on(agent.health(Duration::from_secs(30))).unwrap();
+        assert_eq!(health.init, "systemd", "the agent handed PID 1 to systemd");
         assert_eq!(health.hostname, name);
         assert!(health.setup_errors.is_empty(), "{:?}", health.setup_errors);
         assert_eq!(health.boot_id.len(), 36);
@@ -226,7 +201,8 @@ fn built_kernel_and_image_boot_under_qemu_tcg_with_agent_ssh_and_own_host_keys()
         let ports = rt.block_on(async {
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             loop {
-                let p = banger::guest::agent::ports(&g.uds(), Duration::from_secs(5))
+                let p = agent
+                    .ports(Duration::from_secs(5))
                     .await
                     .unwrap_or_default();
                 if p.iter().any(|p| p.port == 22) {

@@ -102,7 +102,9 @@ async fn assault(path: &Path, rounds: usize, method_count: u32) {
                     hello(&mut s, banger::protocol::PROTOCOL_VERSION).await,
                     HelloReply::Welcome { .. }
                 ));
-                let mut payload = frame::encode(&"op-x".to_string()).unwrap();
+                // Frame type 0 (a call), its op id, then the method tag.
+                let mut payload = vec![0u8];
+                payload.extend(frame::encode(&"op-x".to_string()).unwrap());
                 payload.push((method_count + 5) as u8);
                 write_raw(&mut s, &payload).await.unwrap();
                 let env: banger::protocol::Envelope<(), ()> = match read_frame(&mut s).await {
@@ -184,10 +186,10 @@ fn a_well_formed_call_with_trailing_garbage_is_a_bad_request() {
             hello(&mut s, banger::protocol::PROTOCOL_VERSION).await,
             HelloReply::Welcome { .. }
         ));
-        let mut payload = frame::encode(&Call {
+        let mut payload = frame::encode(&banger::protocol::ClientFrame::Call(Call {
             op_id: "op-y".to_string(),
             request: Request::Ping,
-        })
+        }))
         .unwrap();
         payload.extend_from_slice(b"junk");
         write_raw(&mut s, &payload).await.unwrap();

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod agent;
 mod boot;
 mod daemon_cli;
 mod firecracker;

@@ -341,7 +341,7 @@ fn mise_repos_need_nat_or_no_bootstrap_and_nothing_is_created() {
     git(&r, &["add", ".mise.toml"]);
     git(&r, &["commit", "-q", "-m", "mise"]);
     let out = env.banger(&["vm", "run", "--rm", r.to_str().unwrap(), "--", "true"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--nat") && err.contains("--no-bootstrap"),
@@ -354,4 +354,90 @@ fn mise_repos_need_nat_or_no_bootstrap_and_nothing_is_created() {
         out.contains(".mise.toml") && out.starts_with("mode: overlay"),
         "{out}"
     );
+}
+
+#[test]
+fn export_patch_keeps_a_failed_or_interrupted_runs_edits_and_the_vm_goes() {
+    let _heavy = heavy();
+    let env = crate::vms::vm_env();
+    let r = repo(env.root());
+    let patch = env.root().join("out.patch");
+    // A failing command's edits are in the patch, and it applies to a clone.
+    let out = env.banger(&[
+        "vm",
+        "run",
+        "--rm",
+        r.to_str().unwrap(),
+        "--export-patch",
+        patch.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo changed >> smoke-file.txt; echo fresh > added.txt; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&patch).unwrap();
+    assert!(
+        text.contains("+changed") && text.contains("added.txt"),
+        "{text}"
+    );
+    let clone = env.root().join("clone");
+    run_ok(
+        Command::new("git")
+            .arg("clone")
+            .arg("-q")
+            .arg(&r)
+            .arg(&clone),
+    );
+    git(&clone, &["apply", patch.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(clone.join("added.txt")).unwrap(),
+        "fresh\n"
+    );
+    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
+
+    // Ctrl-C during the command: it is interrupted, the patch still written,
+    // the VM still removed.
+    let patch2 = env.root().join("interrupted.patch");
+    let child = env
+        .banger_cmd(&[
+            "vm",
+            "run",
+            "--rm",
+            "--name",
+            "ctrlc",
+            r.to_str().unwrap(),
+            "--export-patch",
+            patch2.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo edited >> smoke-file.txt; exec sleep 600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the command to run",
+        std::time::Duration::from_secs(120),
+        || {
+            let ps = env.banger(&["vm", "exec", "ctrlc", "--", "pgrep", "-x", "sleep"]);
+            (ps.status.success() && !ps.stdout.is_empty()).then_some(())
+        },
+    );
+    interrupt_expecting_130(child);
+    assert!(std::fs::read_to_string(&patch2)
+        .unwrap()
+        .contains("+edited"));
+    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
+
+    // banger's own failure before the command: 125.
+    let out = env.banger(&["vm", "run", "--rm", "--image", "nope", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
 }

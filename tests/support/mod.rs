@@ -339,3 +339,22 @@ pub fn tool(name: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
 }
+
+/// Sends SIGINT to a running banger CLI (`ip netns exec` execs banger, so
+/// the child's pid is the CLI's) and checks it exits 130 like a shell's
+/// interrupted command.
+pub fn interrupt_expecting_130(child: std::process::Child) -> Output {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
