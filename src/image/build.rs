@@ -8,7 +8,6 @@
 //! build at any point kills the process group and removes the work.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +23,8 @@ pub struct BuildEnv {
     /// Root-owned cache of downloaded packages.
     pub package_cache: PathBuf,
     pub owner_uid: u32,
+    /// The owner's primary group: module trees are read as owner:group.
+    pub owner_gid: u32,
 }
 
 /// Where bangerd-root builds (one subdirectory per helper instance).
@@ -37,6 +38,11 @@ impl BuildEnv {
             work_root: WORK_ROOT.into(),
             package_cache: "/var/cache/banger-root/debs".into(),
             owner_uid,
+            owner_gid: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner_uid))
+                .ok()
+                .flatten()
+                .map(|u| u.gid.as_raw())
+                .unwrap_or(owner_uid),
         }
     }
 }
@@ -94,18 +100,9 @@ fn open_owned_dir(dir: &Path, owner: u32) -> Result<OwnedFd, BuildError> {
     Ok(fd)
 }
 
-/// Whether a file under a caller-supplied tree may be read into an image:
-/// owned by the owner, or world-readable.
-fn readable_by_owner(md: &std::fs::Metadata, owner: u32) -> bool {
-    md.uid() == owner || md.mode() & 0o004 != 0
-}
-
-/// Builds the overlay tarball: recipe files plus kernel modules.
-fn write_overlay(
-    tar_path: &Path,
-    modules: Option<(&Path, &str)>,
-    owner: u32,
-) -> Result<(), BuildError> {
+/// Builds the overlay tarball: the recipe's files (banger's own bytes only;
+/// nothing of the owner's reaches the root-run `tar-in`).
+fn write_overlay(tar_path: &Path) -> Result<(), BuildError> {
     let f = std::fs::File::create(tar_path).map_err(|e| failed("creating overlay", e))?;
     let mut t = tar::Builder::new(std::io::BufWriter::new(f));
     let header = |kind: tar::EntryType, mode: u32, size: u64| {
@@ -131,54 +128,308 @@ fn write_overlay(
             }
         }
     }
-    if let Some((dir, version)) = modules {
-        let base = PathBuf::from("usr/lib/modules").join(version);
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let rel = d.strip_prefix(dir).unwrap_or(Path::new(""));
-            let mut h = header(tar::EntryType::Directory, 0o755, 0);
-            t.append_data(&mut h, base.join(rel), std::io::empty())
-                .map_err(io)?;
-            for ent in std::fs::read_dir(&d).map_err(io)? {
-                let ent = ent.map_err(io)?;
-                let md = std::fs::symlink_metadata(ent.path()).map_err(io)?;
-                let rel = ent
-                    .path()
-                    .strip_prefix(dir)
-                    .unwrap_or(&ent.path())
-                    .to_path_buf();
-                if md.is_dir() {
-                    stack.push(ent.path());
-                } else if md.is_file() {
-                    // We are root reading the owner's tree: open without
-                    // following a symlink swapped in since the lstat, and
-                    // judge the file actually opened.
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let f = std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                        .open(ent.path())
-                        .map_err(io)?;
-                    let md = f.metadata().map_err(io)?;
-                    if !md.is_file() || !readable_by_owner(&md, owner) {
-                        return Err(BuildError::Refused(format!(
-                            "{} is neither the owner's nor world-readable",
-                            ent.path().display()
-                        )));
-                    }
-                    let mut h = header(tar::EntryType::Regular, md.mode() & 0o755, md.len());
-                    t.append_data(&mut h, base.join(rel), f).map_err(io)?;
-                }
-                // Symlinks in a module tree (build/, source/) are skipped.
-            }
-        }
-    }
     t.into_inner()
         .map_err(io)?
         .into_inner()
         .map_err(|e| failed("writing overlay", e.into_error()))?;
     Ok(())
 }
+
+/// Bounds on a kernel module tree read from the owner.
+const MODULES_MAX_BYTES: u64 = 4 << 30;
+const MODULES_MAX_ENTRIES: usize = 100_000;
+/// How long reading the owner's module tree may take.
+const MODULES_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A path from the owner's stream, as clean relative components: plain
+/// UTF-8 names of at most 255 bytes, at most 32 deep; `None` for the root.
+fn clean_relative(p: &Path) -> Result<Option<PathBuf>, String> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) => {
+                let n = n
+                    .to_str()
+                    .ok_or_else(|| format!("{} is not UTF-8", p.display()))?;
+                if n.len() > 255 || n.contains('\0') {
+                    return Err(format!("bad name in {}", p.display()));
+                }
+                out.push(n);
+            }
+            _ => return Err(format!("{} is not a plain relative path", p.display())),
+        }
+    }
+    if out.components().count() > 32 {
+        return Err(format!("{} is nested too deep", p.display()));
+    }
+    Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+/// Copies the owner's module tree `src` into `dest` (a fresh directory that
+/// only root can write). A `tar` child running as the owner (uid, primary
+/// group, no supplementary groups) reads the tree, so the kernel decides
+/// what the owner may read; root takes the stream as hostile data: only
+/// directories and regular files with clean relative paths are created
+/// (0755/0644, no symlinks, links, devices or set-id bits), each exactly as
+/// long as its header says, within [`MODULES_MAX_BYTES`] and
+/// [`MODULES_MAX_ENTRIES`]. Returns the bytes copied.
+pub fn collect_modules(
+    src: &Path,
+    owner: u32,
+    owner_gid: u32,
+    dest: &Path,
+) -> Result<u64, BuildError> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    if !src.is_absolute() {
+        return Err(BuildError::Refused(format!(
+            "the module directory {} is not an absolute path",
+            src.display()
+        )));
+    }
+    let tar = crate::host::system_tool("tar")
+        .ok_or_else(|| BuildError::Failed("tar is not installed; install tar".into()))?;
+    let mut cmd = std::process::Command::new(tar);
+    // ustar: no extension headers, so every path is in its own header.
+    cmd.args([
+        "--create",
+        "--file=-",
+        "--format=ustar",
+        "--one-file-system",
+    ])
+    .arg("--directory")
+    .arg(src)
+    .arg(".")
+    .env_clear()
+    .env("LC_ALL", "C")
+    .current_dir("/")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    if nix::unistd::geteuid().is_root() {
+        // std drops supplementary groups when root switches uid.
+        cmd.uid(owner).gid(owner_gid);
+    }
+    crate::host::process::die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| failed("reading the module tree", e))?;
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.take(64 << 10).read_to_end(&mut v);
+        String::from_utf8_lossy(&v).trim().to_string()
+    });
+    // Kill the reader at the deadline (the stream below then ends).
+    let watchdog = std::thread::spawn(move || {
+        if !crate::host::process::wait_exit_blocking(pid, MODULES_TIMEOUT) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    });
+    // The pipe is dropped when extraction returns: a writer that keeps
+    // going after the archive's end gets EPIPE.
+    let copied = extract_modules(child.stdout.take().expect("piped"), dest);
+    if copied.is_err() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let status = child.wait().map_err(|e| failed("waiting for tar", e))?;
+    let _ = watchdog.join();
+    let errors = errors.join().unwrap_or_default();
+    let copied = copied?;
+    if !status.success() {
+        return Err(BuildError::Refused(format!(
+            "cannot read the kernel modules in {} as uid {owner}: {}",
+            src.display(),
+            if errors.is_empty() {
+                status.to_string()
+            } else {
+                errors
+            }
+        )));
+    }
+    Ok(copied)
+}
+
+/// The root side of [`collect_modules`]: parses the owner's ustar stream.
+fn extract_modules(stream: impl std::io::Read, dest: &Path) -> Result<u64, BuildError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let bad = |m: String| BuildError::Refused(format!("the kernel module tree: {m}"));
+    let io = |e: std::io::Error| failed("copying the kernel modules", e);
+    let mut archive = tar::Archive::new(stream);
+    let entries = archive.entries().map_err(io)?;
+    // Raw: no GNU long-name or PAX processing; such headers are refused.
+    let entries = entries.raw(true);
+    let (mut total, mut count) = (0u64, 0usize);
+    let mkdirs = |d: &Path| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(d)
+    };
+    for e in entries {
+        let mut e = e.map_err(io)?;
+        count += 1;
+        if count > MODULES_MAX_ENTRIES {
+            return Err(bad(format!("more than {MODULES_MAX_ENTRIES} entries")));
+        }
+        let kind = e.header().entry_type();
+        let path = e.path().map_err(io)?.into_owned();
+        let rel = clean_relative(&path).map_err(bad)?;
+        match kind {
+            tar::EntryType::Directory => {
+                if let Some(rel) = rel {
+                    mkdirs(&dest.join(rel)).map_err(io)?;
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let rel = rel.ok_or_else(|| bad("a file without a name".into()))?;
+                let size = e.header().size().map_err(io)?;
+                total = total.saturating_add(size);
+                if total > MODULES_MAX_BYTES {
+                    return Err(bad(format!(
+                        "more than {} GiB of files",
+                        MODULES_MAX_BYTES >> 30
+                    )));
+                }
+                let to = dest.join(&rel);
+                if let Some(parent) = to.parent() {
+                    mkdirs(parent).map_err(io)?;
+                }
+                let exec = e.header().mode().unwrap_or(0) & 0o111 != 0;
+                // create_new: O_EXCL, which never follows a link (and
+                // nothing but directories and files exists below dest).
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(if exec { 0o755 } else { 0o644 })
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&to)
+                    .map_err(|e| bad(format!("{}: {e}", rel.display())))?;
+                let n = std::io::copy(&mut e, &mut f).map_err(io)?;
+                if n != size {
+                    return Err(bad(format!(
+                        "{} ended after {n} of {size} bytes",
+                        rel.display()
+                    )));
+                }
+            }
+            // Symlinks (build/, source/), hard links, devices and fifos are
+            // not modules.
+            tar::EntryType::Symlink
+            | tar::EntryType::Link
+            | tar::EntryType::Char
+            | tar::EntryType::Block
+            | tar::EntryType::Fifo => {}
+            other => {
+                return Err(bad(format!(
+                    "unexpected entry type {other:?} at {}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Installs the collected modules as `/usr/lib/modules/<version>` of the
+/// bootstrapped tree and runs `depmod` there as `nobody` in the chroot
+/// (bookworm's depmod has no `--outdir`, so the module directory is lent to
+/// `nobody` for the run): the owner's bytes are parsed by an unprivileged
+/// process only. Afterwards the tree is taken back ([`normalize_tree`]):
+/// whatever that process did, only root-owned directories and plain files
+/// remain.
+fn install_modules(root: &Path, staged: &Path, version: &str) -> Result<(), BuildError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> BuildError {
+        move |e| failed(what, e)
+    }
+    let lib = root.join("usr/lib/modules");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&lib)
+        .map_err(io("creating /usr/lib/modules"))?;
+    let target = lib.join(version);
+    let _ = std::fs::remove_dir(&target); // an empty one from a package
+    std::fs::rename(staged, &target).map_err(io("installing the modules"))?;
+    std::os::unix::fs::lchown(&target, Some(NOBODY), Some(NOBODY))
+        .map_err(io("lending the module directory to depmod"))?;
+    let chroot = crate::host::system_tool("chroot")
+        .ok_or_else(|| BuildError::Failed("chroot is not installed; install coreutils".into()))?;
+    let ran = crate::host::process::run_bounded(
+        std::process::Command::new(chroot)
+            .arg(format!("--userspec={NOBODY}:{NOBODY}"))
+            .arg("--groups=")
+            .arg(root)
+            .args(["/usr/sbin/depmod", "-a"])
+            .arg(version)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LC_ALL", "C"),
+        Duration::from_secs(600),
+        64 << 10,
+    );
+    // Nothing it started outlives it, and the tree is root's again before
+    // any error is looked at.
+    kill_processes_in(root);
+    normalize_tree(&target).map_err(io("taking the module tree back"))?;
+    let ran = ran.map_err(|e| failed("running depmod", e))?;
+    if !ran.status.success() {
+        return Err(BuildError::Failed(format!(
+            "depmod failed ({}): {}",
+            ran.status,
+            String::from_utf8_lossy(&ran.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Makes everything below and at `dir` root's: directories 0755, regular
+/// files 0644 or 0755 (no set-id bits, a single link), anything else
+/// (symlinks, fifos, devices, sockets, hard-linked files) removed. Never
+/// follows a link.
+fn normalize_tree(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let md = std::fs::symlink_metadata(&d)?;
+        if !md.is_dir() {
+            std::fs::remove_file(&d)?;
+            continue;
+        }
+        std::os::unix::fs::lchown(&d, Some(0), Some(0))?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            let md = std::fs::symlink_metadata(&p)?;
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file() && md.nlink() == 1 {
+                std::os::unix::fs::lchown(&p, Some(0), Some(0))?;
+                let mode = if md.mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long mmdebstrap may take (a slow mirror, a cold package cache).
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+
+/// The uid and gid `depmod` runs as over the owner's modules.
+const NOBODY: u32 = 65534;
 
 /// Kills a process group and waits (bounded) until no live member remains.
 fn kill_group(pgid: i32) {
@@ -207,6 +458,42 @@ pub fn group_alive(pgid: i32) -> bool {
         let f: Vec<&str> = rest.split_whitespace().collect();
         f.len() > 3 && f[0] != "Z" && f[0] != "X" && f[2] == pgid.to_string()
     })
+}
+
+/// Kills (SIGKILL) every process whose root or working directory lies in
+/// `dir` and waits, bounded, for them to go: what a killed helper's build
+/// left behind (mmdebstrap dies with the helper; apt or dpkg in its chroot
+/// would run on as root).
+pub fn kill_processes_in(dir: &Path) {
+    let inside = |pid: &str| {
+        ["root", "cwd"].iter().any(|l| {
+            std::fs::read_link(format!("/proc/{pid}/{l}")).is_ok_and(|p| p.starts_with(dir))
+        })
+    };
+    let found = || -> Vec<i32> {
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return vec![];
+        };
+        rd.flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+            .filter(|&pid| pid as u32 != std::process::id() && inside(&pid.to_string()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = found();
+        if pids.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in pids {
+            tracing::warn!(pid, dir = %dir.display(), "killing a process left in an interrupted build");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            crate::host::process::wait_exit_blocking(pid as u32, Duration::from_secs(2));
+        }
+    }
 }
 
 /// Mount points at or below `dir` in our mount namespace.
@@ -327,7 +614,7 @@ fn hand_over(src: &Path, dir_fd: &OwnedFd, name: &str, owner: u32) -> Result<(),
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let s = crate::fsutil::read_tail(path, 64 << 10);
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }
@@ -369,16 +656,6 @@ pub fn build_rootfs(
 ) -> Result<BuiltRootfs, BuildError> {
     let recipe = check_spec(spec)?;
     let out_fd = open_owned_dir(&spec.out_dir, env.owner_uid)?;
-    if let Some(m) = &spec.kernel_modules {
-        let md = std::fs::symlink_metadata(m)
-            .map_err(|e| BuildError::Refused(format!("{}: {e}", m.display())))?;
-        if !md.is_dir() || !readable_by_owner(&md, env.owner_uid) {
-            return Err(BuildError::Refused(format!(
-                "{} is not a directory the owner can read",
-                m.display()
-            )));
-        }
-    }
     crate::fsutil::root_private_dir(&env.work_root)
         .map_err(|e| failed("creating the work area", e))?;
     let dir = env.work_root.join(&spec.build_id);
@@ -397,13 +674,19 @@ pub fn build_rootfs(
     let overlay = dir.join("overlay.tar");
     let debs_out = dir.join("debs-out");
     std::fs::create_dir_all(&debs_out).map_err(|e| failed("mkdir", e))?;
-    write_overlay(
-        &overlay,
-        spec.kernel_modules
-            .as_deref()
-            .zip(spec.kernel_version.as_deref()),
-        env.owner_uid,
-    )?;
+    write_overlay(&overlay)?;
+    // The owner's modules are read (as the owner) before anything runs, and
+    // installed only after mmdebstrap's hooks are done.
+    let staged_modules = match &spec.kernel_modules {
+        Some(m) => {
+            let staged = dir.join("modules");
+            std::fs::create_dir(&staged).map_err(|e| failed("mkdir modules", e))?;
+            let bytes = collect_modules(m, env.owner_uid, env.owner_gid, &staged)?;
+            tracing::info!(build = %spec.build_id, bytes, "collected the kernel modules");
+            Some(staged)
+        }
+        None => None,
+    };
 
     let mmdebstrap = crate::host::system_tool("mmdebstrap").ok_or_else(|| {
         BuildError::Failed(
@@ -422,9 +705,6 @@ pub fn build_rootfs(
         ));
     }
     cmd.arg(format!("--customize-hook=tar-in {} /", overlay.display()));
-    if let Some(v) = &spec.kernel_version {
-        cmd.arg(format!("--customize-hook=chroot \"$1\" depmod -a {v}"));
-    }
     cmd.arg(format!(
         "--customize-hook=chroot \"$1\" systemctl enable --quiet {}",
         recipe::ENABLE_UNITS.join(" ")
@@ -451,7 +731,12 @@ pub fn build_rootfs(
     // SAFETY: setpgid/unshare/mount are async-signal-safe syscalls.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setpgid(0, 0) < 0 || libc::unshare(libc::CLONE_NEWNS) < 0 {
+            // Dies with the helper (a SIGKILLed helper must not leave a
+            // root bootstrap running); its children are killed by group.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0
+                || libc::setpgid(0, 0) < 0
+                || libc::unshare(libc::CLONE_NEWNS) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             let root = c"/";
@@ -476,6 +761,12 @@ pub fn build_rootfs(
         if cancel.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(BuildError::Failed("build cancelled".into()));
         }
+        if started.elapsed() > BOOTSTRAP_TIMEOUT {
+            return Err(BuildError::Failed(format!(
+                "mmdebstrap did not finish within {BOOTSTRAP_TIMEOUT:?}; last lines of its log:\n{}",
+                tail(&log_path, 15)
+            )));
+        }
         match child.try_wait() {
             Ok(Some(st)) => break st,
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
@@ -491,6 +782,9 @@ pub fn build_rootfs(
             "mmdebstrap failed ({status}); last lines of its log:\n{}",
             tail(&log_path, 15)
         )));
+    }
+    if let (Some(staged), Some(v)) = (&staged_modules, &spec.kernel_version) {
+        install_modules(&root, staged, v)?;
     }
     let bootstrap_ms = started.elapsed().as_millis() as u64;
 
@@ -588,14 +882,10 @@ mod tests {
     }
 
     #[test]
-    fn overlay_holds_the_agent_and_modules() {
+    fn overlay_holds_the_agent_and_nothing_of_the_owners() {
         let d = tempfile::tempdir().unwrap();
-        let m = d.path().join("mods/kernel");
-        std::fs::create_dir_all(&m).unwrap();
-        std::fs::write(m.join("virtio.ko"), b"ko").unwrap();
         let tar_path = d.path().join("o.tar");
-        let me = nix::unistd::geteuid().as_raw();
-        write_overlay(&tar_path, Some((&d.path().join("mods"), "6.1.0-9")), me).unwrap();
+        write_overlay(&tar_path).unwrap();
         let mut a = tar::Archive::new(std::fs::File::open(&tar_path).unwrap());
         let names: Vec<String> = a
             .entries()
@@ -606,11 +896,226 @@ mod tests {
             names.iter().any(|n| n == "usr/local/bin/banger-agent"),
             "{names:?}"
         );
+        assert!(!names.iter().any(|n| n.contains("modules")), "{names:?}");
+    }
+
+    const OWNER: u32 = 4242;
+    const OTHER: u32 = 4343;
+
+    /// A module tree owned by [`OWNER`] in a directory the owner can reach.
+    fn owner_tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
         assert!(
-            names
-                .iter()
-                .any(|n| n == "usr/lib/modules/6.1.0-9/kernel/virtio.ko"),
-            "{names:?}"
+            nix::unistd::geteuid().is_root(),
+            "these tests switch uids: run them as root (scripts/test.sh does)"
         );
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let src = d.path().join("mods");
+        std::fs::create_dir_all(src.join("kernel")).unwrap();
+        std::fs::write(src.join("kernel/a.ko"), vec![b'A'; 4096]).unwrap();
+        std::fs::write(src.join("modules.order"), b"kernel/a.ko\n").unwrap();
+        for p in ["", "kernel", "kernel/a.ko", "modules.order"] {
+            std::os::unix::fs::lchown(src.join(p), Some(OWNER), Some(OWNER)).unwrap();
+        }
+        // The work side: a root-only directory, as in a build.
+        let work = d.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let dest = work.join("modules");
+        std::fs::create_dir(&dest).unwrap();
+        (d, src, dest)
+    }
+
+    /// Every path below `dir`, relative, sorted.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut out = vec![];
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+                out.push(rel);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn modules_arrive_as_plain_files_and_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, src, dest) = owner_tree();
+        std::os::unix::fs::symlink("/etc", src.join("build")).unwrap();
+        std::os::unix::fs::lchown(src.join("build"), Some(OWNER), Some(OWNER)).unwrap();
+        let suid = src.join("kernel/suid.ko");
+        std::fs::write(&suid, b"x").unwrap();
+        std::os::unix::fs::lchown(&suid, Some(OWNER), Some(OWNER)).unwrap();
+        std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let n = collect_modules(&src, OWNER, OWNER, &dest).unwrap();
+        assert_eq!(n, 4096 + 12 + 1);
+        assert_eq!(
+            listing(&dest),
+            ["kernel", "kernel/a.ko", "kernel/suid.ko", "modules.order"]
+        );
+        let md = std::fs::metadata(dest.join("kernel/suid.ko")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o755, "no set-id bits");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(md.uid(), 0, "root owns what it installs");
+    }
+
+    #[test]
+    fn a_module_grown_while_it_is_read_cannot_smuggle_in_entries() {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let (_d, src, dest) = owner_tree();
+        let target = src.join("kernel/a.ko");
+        // The owner's move: as soon as the file is opened, append a tar
+        // header and body that would replace depmod in the image.
+        let mut evil = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(8);
+        h.set_mode(0o755);
+        h.set_entry_type(tar::EntryType::Regular);
+        evil.append_data(&mut h, "usr/sbin/depmod", &b"#!/bin/sh"[..8])
+            .unwrap();
+        let evil = evil.into_inner().unwrap();
+        let ino = Inotify::init(InitFlags::empty()).unwrap();
+        ino.add_watch(&target, AddWatchFlags::IN_OPEN).unwrap();
+        let t = target.clone();
+        let grower = std::thread::spawn(move || {
+            let _ = ino.read_events().unwrap();
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&t).unwrap();
+            f.write_all(&evil).unwrap();
+        });
+        let r = collect_modules(&src, OWNER, OWNER, &dest);
+        grower.join().unwrap();
+        assert!(
+            std::fs::metadata(&target).unwrap().len() > 4096,
+            "the file really grew"
+        );
+        // Whether tar noticed the change (an error) or not, nothing but the
+        // owner's own module tree was created, and none of it outside dest.
+        if r.is_ok() {
+            assert_eq!(listing(&dest), ["kernel", "kernel/a.ko", "modules.order"]);
+        }
+        let work = dest.parent().unwrap();
+        assert!(
+            listing(work)
+                .iter()
+                .all(|p| p.starts_with("modules") && !p.contains("depmod")),
+            "{:?}",
+            listing(work)
+        );
+    }
+
+    #[test]
+    fn the_owners_own_rights_decide_what_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, src, dest) = owner_tree();
+        // Another user's private directory holding a world-readable file,
+        // like a 0700 home: root could read it, the owner cannot.
+        let private = src.join("other");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::write(private.join("secret.ko"), b"secret").unwrap();
+        std::os::unix::fs::lchown(private.join("secret.ko"), Some(OTHER), Some(OTHER)).unwrap();
+        std::os::unix::fs::lchown(&private, Some(OTHER), Some(OTHER)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = collect_modules(&src, OWNER, OWNER, &dest).unwrap_err();
+        assert!(e.to_string().contains("Permission denied"), "{e}");
+        assert!(
+            !listing(&dest).iter().any(|p| p.contains("secret")),
+            "{:?}",
+            listing(&dest)
+        );
+        // Relative paths are refused before anything runs.
+        assert!(matches!(
+            collect_modules(Path::new("mods"), OWNER, OWNER, &dest),
+            Err(BuildError::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn a_tree_lent_to_depmod_is_taken_back_whole() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let (_d, _src, dest) = owner_tree();
+        // What a subverted depmod (as nobody) could leave behind.
+        std::fs::create_dir(dest.join("kernel")).unwrap();
+        std::fs::write(dest.join("kernel/a.ko"), b"ko").unwrap();
+        std::fs::write(dest.join("modules.dep"), b"dep").unwrap();
+        std::os::unix::fs::lchown(dest.join("modules.dep"), Some(NOBODY), Some(NOBODY)).unwrap();
+        std::fs::set_permissions(
+            dest.join("modules.dep"),
+            std::fs::Permissions::from_mode(0o4777),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", dest.join("modules.alias")).unwrap();
+        nix::unistd::mkfifo(&dest.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::create_dir(dest.join("evil")).unwrap();
+        std::os::unix::fs::lchown(dest.join("evil"), Some(NOBODY), Some(NOBODY)).unwrap();
+        std::os::unix::fs::lchown(&dest, Some(NOBODY), Some(NOBODY)).unwrap();
+        normalize_tree(&dest).unwrap();
+        assert_eq!(
+            listing(&dest),
+            ["evil", "kernel", "kernel/a.ko", "modules.dep"]
+        );
+        for (p, want) in [
+            ("", 0o755),
+            ("evil", 0o755),
+            ("kernel", 0o755),
+            ("kernel/a.ko", 0o644),
+            ("modules.dep", 0o755),
+        ] {
+            let md = std::fs::symlink_metadata(dest.join(p)).unwrap();
+            assert_eq!((md.uid(), md.gid()), (0, 0), "{p}");
+            assert_eq!(md.mode() & 0o7777, want, "{p}: set-id bits go");
+        }
+        assert!(
+            std::fs::read_link("/etc/shadow").is_err(),
+            "nothing followed"
+        );
+    }
+
+    #[test]
+    fn hostile_module_streams_are_refused() {
+        fn raw_entry(name: &[u8], kind: u8, body: &[u8]) -> Vec<u8> {
+            let mut h = tar::Header::new_ustar();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.as_old_mut().linkflag = [kind];
+            h.set_cksum();
+            let mut v = h.as_bytes().to_vec();
+            v.extend_from_slice(body);
+            v.resize(v.len().div_ceil(512) * 512, 0);
+            v
+        }
+        let d = tempfile::tempdir().unwrap();
+        for (name, kind, why) in [
+            (&b"../escape.ko"[..], b'0', "parent"),
+            (b"/etc/passwd", b'0', "absolute"),
+            (b"././@LongLink", b'L', "long name"),
+            (b"pax", b'x', "pax header"),
+        ] {
+            let dest = d.path().join(why.replace(' ', "-"));
+            std::fs::create_dir(&dest).unwrap();
+            let mut stream = raw_entry(name, kind, b"data");
+            stream.extend_from_slice(&[0u8; 1024]);
+            let r = extract_modules(&stream[..], &dest);
+            assert!(matches!(r, Err(BuildError::Refused(_))), "{why}: {r:?}");
+            assert!(listing(&dest).is_empty(), "{why}");
+        }
+        assert!(!d.path().join("escape.ko").exists());
+        // A body shorter than its header says is refused, not padded.
+        let dest = d.path().join("short");
+        std::fs::create_dir(&dest).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("a.ko").unwrap();
+        h.set_size(4096);
+        h.set_cksum();
+        let stream = [h.as_bytes().to_vec(), vec![1u8; 100]].concat();
+        assert!(extract_modules(&stream[..], &dest).is_err());
     }
 }
