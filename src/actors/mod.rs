@@ -67,6 +67,7 @@ impl Privileged for ActorHelper {
     fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>> {
         Box::pin(async move {
             let op_id = crate::protocol::new_op_id();
+            let (method, deadline) = (request.method(), request.deadline());
             let link = self
                 .0
                 .helper
@@ -79,11 +80,15 @@ impl Privileged for ActorHelper {
                 reply: tx.into(),
             })
             .map_err(|_| restarting("helper link"))?;
-            rx.await
-                .unwrap_or_else(|_| {
+            match tokio::time::timeout(deadline, rx).await {
+                Ok(r) => r.unwrap_or_else(|_| {
                     Err(RpcError::failed("the helper link stopped during the call"))
-                })
-                .map_err(|e| e.with_op(&op_id))
+                }),
+                Err(_) => Err(RpcError::failed(format!(
+                    "bangerd-root did not answer {method} within {deadline:?}; see its log (bangerd-root.log in banger's state directory) or restart it (banger daemon stop)"
+                ))),
+            }
+            .map_err(|e| e.with_op(&op_id))
         })
     }
 }

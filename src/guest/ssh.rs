@@ -45,11 +45,14 @@ impl SshFiles {
                 .map_err(|e| format!("creating {}: {e}", dir.display()))?;
             let kg = crate::host::system_tool("ssh-keygen")
                 .ok_or("ssh-keygen is not installed; install openssh-client")?;
-            let out = std::process::Command::new(kg)
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f"])
-                .arg(&self.key)
-                .output()
-                .map_err(|e| format!("ssh-keygen: {e}"))?;
+            let out = crate::host::process::run_bounded(
+                std::process::Command::new(kg)
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f"])
+                    .arg(&self.key),
+                std::time::Duration::from_secs(30),
+                64 << 10,
+            )
+            .map_err(|e| format!("ssh-keygen: {e}"))?;
             if !out.status.success() {
                 return Err(format!(
                     "ssh-keygen failed: {}",

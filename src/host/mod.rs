@@ -2,6 +2,7 @@
 //! Only `bangerd-root` calls the privileged parts.
 
 pub mod cpu;
+pub mod firewall;
 pub mod nat;
 pub mod net;
 pub mod process;
@@ -32,24 +33,45 @@ pub enum HostError {
     Other(String),
 }
 
-/// Runs a tool with arguments (no shell), returning stdout or a
-/// [`HostError::Command`] carrying stderr.
+/// How long one `ip`/`iptables`/`ebtables` run may take before it is
+/// killed: a hung tool must not wedge the network actor.
+pub const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a tool with arguments (no shell, bounded in time and output),
+/// returning stdout or a [`HostError::Command`] carrying stderr.
 pub fn run_tool(tool: &str, package: &str, args: &[&str]) -> Result<String, HostError> {
     let path = system_tool(tool).ok_or_else(|| HostError::MissingTool {
         tool: tool.into(),
         package: package.into(),
     })?;
-    let out = std::process::Command::new(&path)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("LC_ALL", "C")
-        .output()?;
+    let command = || format!("{tool} {}", args.join(" "));
+    let out = process::run_bounded(
+        std::process::Command::new(&path)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LC_ALL", "C"),
+        TOOL_TIMEOUT,
+        16 << 20,
+    )
+    .map_err(|e| match e {
+        process::RunError::Io(e) => HostError::Io(e),
+        t @ process::RunError::Timeout(_) => HostError::Command {
+            command: command(),
+            stderr: t.to_string(),
+        },
+    })?;
+    if out.truncated {
+        return Err(HostError::Command {
+            command: command(),
+            stderr: "printed more than 16 MiB".into(),
+        });
+    }
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(HostError::Command {
-            command: format!("{tool} {}", args.join(" ")),
+            command: command(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
     }

@@ -250,7 +250,22 @@ impl LockFile {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
-        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        LockFile::try_lock(f)
+    }
+
+    /// Takes the exclusive lock on an open file, or `Ok(None)` if held.
+    pub fn try_lock(f: File) -> std::io::Result<Option<LockFile>> {
+        LockFile::lock_with(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    }
+
+    /// Takes a shared lock on an open file, or `Ok(None)` if it is held
+    /// exclusively.
+    pub fn try_lock_shared(f: File) -> std::io::Result<Option<LockFile>> {
+        LockFile::lock_with(f, nix::fcntl::FlockArg::LockSharedNonblock)
+    }
+
+    fn lock_with(f: File, how: nix::fcntl::FlockArg) -> std::io::Result<Option<LockFile>> {
+        match nix::fcntl::Flock::lock(f, how) {
             Ok(l) => Ok(Some(LockFile { _lock: l })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(std::io::Error::from(e)),
@@ -300,4 +315,93 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
+}
+
+/// What [`run_bounded`] saw.
+#[derive(Debug)]
+pub struct Ran {
+    pub status: std::process::ExitStatus,
+    /// At most the cap given; `truncated` says whether more was written.
+    pub stdout: Vec<u8>,
+    /// The last bytes of stderr, at most the cap given.
+    pub stderr: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// Why [`run_bounded`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("did not finish within {0:?} and was killed")]
+    Timeout(Duration),
+}
+
+/// Sets `PR_SET_PDEATHSIG(SIGKILL)` on the child: if this process dies (a
+/// SIGKILLed helper), the tool dies with it instead of running on as root.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `cmd` (stdin closed) to completion within `timeout`, keeping at most
+/// `cap` bytes of stdout (the first) and of stderr (the last); kills it at the
+/// deadline. The child dies with us ([`die_with_parent`]). Readers run on
+/// their own threads, so a grandchild holding a pipe cannot wedge the call.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration, cap: usize) -> Result<Ran, RunError> {
+    die_with_parent(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pump = |mut r: Box<dyn Read + Send>, keep_tail: bool| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let (mut kept, mut truncated) = (Vec::new(), false);
+            let mut buf = [0u8; 16 << 10];
+            while let Ok(n @ 1..) = r.read(&mut buf) {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > cap {
+                    truncated = true;
+                    if keep_tail {
+                        kept.drain(..kept.len() - cap);
+                    } else {
+                        kept.truncate(cap);
+                    }
+                }
+            }
+            let _ = tx.send((kept, truncated));
+        });
+        rx
+    };
+    let out = pump(Box::new(child.stdout.take().expect("piped")), false);
+    let err = pump(Box::new(child.stderr.take().expect("piped")), true);
+    if !wait_exit_blocking(child.id(), timeout) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(RunError::Timeout(timeout));
+    }
+    let status = child.wait()?;
+    // The pipes close when the child exits unless it left a grandchild
+    // holding them: the readers get a bounded moment, then we go on.
+    let until = Instant::now() + Duration::from_secs(2);
+    let take = |rx: std::sync::mpsc::Receiver<(Vec<u8>, bool)>| {
+        rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+    };
+    let ((stdout, truncated), (stderr, _)) = (take(out), take(err));
+    Ok(Ran {
+        status,
+        stdout,
+        stderr,
+        truncated,
+    })
 }

@@ -26,10 +26,18 @@ fn tool(name: &str) -> Result<PathBuf, KernelError> {
 }
 
 fn run(cmd: &mut Command) -> Result<String, KernelError> {
-    let out = cmd
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| KernelError::Failed(format!("running {cmd:?}: {e}")))?;
+    // apt downloads a kernel package: generous, but not unbounded.
+    let out = crate::host::process::run_bounded(
+        cmd.env("LC_ALL", "C"),
+        std::time::Duration::from_secs(1800),
+        16 << 20,
+    )
+    .map_err(|e| {
+        KernelError::Failed(format!(
+            "running {}: {e}",
+            cmd.get_program().to_string_lossy()
+        ))
+    })?;
     if !out.status.success() {
         return Err(KernelError::Failed(format!(
             "{} failed: {}",

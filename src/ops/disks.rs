@@ -32,10 +32,14 @@ fn tool(name: &str, package: &str) -> Result<PathBuf, String> {
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    // Disk tools are quick; a wedged one (a hung filesystem) must not hold
+    // the VM's operation forever.
+    let out = crate::host::process::run_bounded(
+        cmd.env("LC_ALL", "C"),
+        std::time::Duration::from_secs(600),
+        1 << 20,
+    )
+    .map_err(|e| format!("{}: {e}", cmd.get_program().to_string_lossy()))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -168,10 +172,13 @@ fn grow_work(seed: &Path, work: &Path, bytes: u64) -> Result<(), String> {
             .map_err(|e| format!("growing the work disk: {e}"))?;
         drop(f);
         // e2fsck exits 1 when it fixed something: that is fine here.
-        let _ = Command::new(tool("e2fsck", "e2fsprogs")?)
-            .args(["-f", "-p"])
-            .arg(work)
-            .output();
+        let _ = crate::host::process::run_bounded(
+            Command::new(tool("e2fsck", "e2fsprogs")?)
+                .args(["-f", "-p"])
+                .arg(work),
+            std::time::Duration::from_secs(600),
+            1 << 20,
+        );
         run(Command::new(tool("resize2fs", "e2fsprogs")?)
             .arg("-f")
             .arg(work))?;

@@ -71,10 +71,12 @@ pub fn parse_version(out: &str) -> Option<(u32, u32, u32)> {
 
 /// The installed version, or why it cannot be used.
 pub fn version(bin: &Path) -> Result<(u32, u32, u32), String> {
-    let out = std::process::Command::new(bin)
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("running {} --version: {e}", bin.display()))?;
+    let out = crate::host::process::run_bounded(
+        std::process::Command::new(bin).arg("--version"),
+        std::time::Duration::from_secs(10),
+        64 << 10,
+    )
+    .map_err(|e| format!("running {} --version: {e}", bin.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let v = parse_version(&text).ok_or_else(|| format!("cannot read the version from {text:?}"))?;
     if v < MIN_VERSION {
