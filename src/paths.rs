@@ -182,15 +182,55 @@ impl VmPaths {
     }
 }
 
-/// Creates `dir` (and parents) and makes it mode 0700 when we own it.
+/// Creates `dir` (its parents as needed) and checks the directory itself:
+/// a real directory (never a symlink), owned by us, mode 0700 (fixed when
+/// it is not). Anything else is refused with what to do: a directory
+/// someone else made, or a link to one, would hand them our sockets.
 pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    std::fs::create_dir_all(dir)?;
-    let md = std::fs::metadata(dir)?;
-    if md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o777 != 0o700 {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let md = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if md.file_type().is_symlink() || !md.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory (a symlink or a file): remove it and retry",
+            dir.display()
+        )));
+    }
+    if md.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{} belongs to uid {}, not to you (uid {me}): someone may have made it to intercept banger's sockets; remove it and retry",
+            dir.display(),
+            md.uid()
+        )));
+    }
+    if md.mode() & 0o777 != 0o700 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// Creates the runtime directory; the `/tmp/banger-runtime-<uid>` fallback
+/// (no `XDG_RUNTIME_DIR`, no `/run/user/<uid>`) lies in a directory anyone
+/// can write, so it is verified as strictly as the directory itself.
+pub fn ensure_runtime_dir(layout: &Layout) -> std::io::Result<()> {
+    if let Some(base) = layout.runtime_dir.parent() {
+        let fallback = base
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("banger-runtime-"));
+        if fallback {
+            ensure_private_dir(base)?;
+        }
+    }
+    ensure_private_dir(&layout.runtime_dir)
 }
 
 /// The directory of the running executable; sibling binaries live there.
@@ -222,6 +262,41 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_directories_are_ours_real_and_0700() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let fresh = d.path().join("a/b/banger");
+        ensure_private_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        // Ours but too open: fixed.
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+        ensure_private_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        // A symlink planted where the directory goes: refused, not followed.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let e = ensure_private_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("remove it"), "{e}");
+        // Someone else's directory (the /tmp fallback pre-created by
+        // another user): refused.
+        if nix::unistd::geteuid().is_root() {
+            let theirs = d.path().join("banger-runtime-0");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::lchown(&theirs, Some(4242), Some(4242)).unwrap();
+            let layout = Layout {
+                system: false,
+                config_dir: d.path().into(),
+                state_dir: d.path().into(),
+                cache_dir: d.path().into(),
+                runtime_dir: theirs.join("banger"),
+            };
+            let e = ensure_runtime_dir(&layout).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 4242"), "{e}");
+            assert!(!theirs.join("banger").exists(), "nothing was made inside");
+        }
+    }
 
     #[test]
     fn xdg_overrides_home() {

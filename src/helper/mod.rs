@@ -12,9 +12,11 @@ pub mod net_actor;
 pub mod supervisor;
 pub mod vmm_ops;
 
-use std::os::fd::RawFd;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use std::sync::Arc;
 
 use ractor::Actor;
@@ -68,6 +70,8 @@ pub async fn run(opts: HelperOptions) -> Result<(), HelperError> {
 struct Running {
     build: BuildEnv,
     runtime_dir: PathBuf,
+    dir_fd: OwnedFd,
+    _net_owner: LockFile,
     listener: UnixListener,
     socket: PathBuf,
     owner_uid: u32,
@@ -87,32 +91,18 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
     let dir = &opts.runtime_dir;
     let err = |what: String, e: std::io::Error| HelperError(format!("{what}: {e}"));
     // The runtime directory belongs to the owner, who can change what is in
-    // it at any time: nothing here may follow a symlink as root. A directory
-    // we create is made 0700 and handed over without following links; one
-    // that exists must be a real directory of the owner (or root).
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| err(format!("creating {}", parent.display()), e))?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => std::os::unix::fs::lchown(dir, Some(opts.owner_uid), None)
-            .map_err(|e| err(format!("chown {}", dir.display()), e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(err(format!("creating {}", dir.display()), e)),
-    }
-    {
-        use std::os::unix::fs::MetadataExt;
-        let md = std::fs::symlink_metadata(dir)
-            .map_err(|e| err(format!("inspecting {}", dir.display()), e))?;
-        if !md.is_dir() || (md.uid() != opts.owner_uid && md.uid() != 0) {
-            return Err(HelperError(format!(
-                "{} is not a directory of uid {}; refusing to use it",
-                dir.display(),
-                opts.owner_uid
-            )));
-        }
-    }
-    let Some(lock) = LockFile::try_acquire(&dir.join("bangerd-root.lock"))
+    // it at any time: it is opened once (never through a symlink), checked,
+    // and everything in it is done relative to that descriptor.
+    let dir_fd = open_runtime_dir(dir, opts.owner_uid)?;
+    let net_owner = claim_network(opts.owner_uid)?;
+    let lock_fd = nix::fcntl::openat(
+        dir_fd.as_fd(),
+        "bangerd-root.lock",
+        OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| err("opening the helper lock".into(), e.into()))?;
+    let Some(lock) = LockFile::try_lock(std::fs::File::from(lock_fd))
         .map_err(|e| err("taking the helper lock".into(), e))?
     else {
         return Ok(None);
@@ -125,6 +115,7 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
         .join(&crate::digest::sha256_hex(dir.display().to_string().as_bytes())[..12]);
     if let Ok(rd) = std::fs::read_dir(&build.work_root) {
         for e in rd.flatten() {
+            crate::image::build::kill_processes_in(&e.path());
             let mounts = crate::image::build::mounts_under(&e.path());
             if mounts.is_empty() {
                 tracing::info!(path = %e.path().display(), "removing an interrupted build");
@@ -134,16 +125,31 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
             }
         }
     }
-    let socket = dir.join("bangerd-root.sock");
-    let _ = std::fs::remove_file(&socket);
-    // Created 0600 by the umask (no chmod by path afterwards), then handed
-    // to the owner with lchown (a symlink swapped in is not followed).
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(&socket);
+    let _ = nix::unistd::unlinkat(
+        dir_fd.as_fd(),
+        "bangerd-root.sock",
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
+    // Bound through the directory descriptor (the kernel resolves the fd
+    // link to the directory we checked), created 0600 by the umask, handed
+    // to the owner without following links.
+    let bind_path = PathBuf::from(format!(
+        "/proc/self/fd/{}/bangerd-root.sock",
+        dir_fd.as_raw_fd()
+    ));
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&bind_path);
     nix::sys::stat::umask(old);
+    let socket = dir.join("bangerd-root.sock");
     let listener = bound.map_err(|e| err(format!("binding {}", socket.display()), e))?;
-    std::os::unix::fs::lchown(&socket, Some(opts.owner_uid), None)
-        .map_err(|e| err(format!("chown {}", socket.display()), e))?;
+    nix::unistd::fchownat(
+        dir_fd.as_fd(),
+        "bangerd-root.sock",
+        Some(nix::unistd::Uid::from_raw(opts.owner_uid)),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| err(format!("chown {}", socket.display()), e.into()))?;
     let net = Arc::new(Slot::default());
     let (supervisor, _) = Actor::spawn(
         None,
@@ -160,6 +166,8 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
     Ok(Some(Running {
         build,
         runtime_dir: dir.clone(),
+        dir_fd,
+        _net_owner: net_owner,
         listener,
         socket,
         owner_uid: opts.owner_uid,
@@ -168,6 +176,108 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
         shutdown: Arc::new(Notify::new()),
         _lock: lock,
     }))
+}
+
+/// Opens the owner's runtime directory without following a symlink at its
+/// last component and checks it: a directory owned by the owner, writable
+/// by nobody else. It is never created here (bangerd makes it, as the
+/// owner): root making directories along an owner-chosen path is a way to
+/// plant them anywhere.
+fn open_runtime_dir(dir: &Path, owner: u32) -> Result<OwnedFd, HelperError> {
+    if !dir.is_absolute() {
+        return Err(HelperError(format!(
+            "{} is not an absolute path",
+            dir.display()
+        )));
+    }
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        HelperError(format!(
+            "cannot open the runtime directory {} ({e}): it must be a real directory (not a symlink) that bangerd created; start banger as uid {owner} first",
+            dir.display()
+        ))
+    })?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| HelperError(format!("fstat: {e}")))?;
+    if st.st_uid != owner || st.st_mode & 0o022 != 0 {
+        return Err(HelperError(format!(
+            "{} is owned by uid {} with mode {:o}; it must belong to uid {owner} and be writable only by it; refusing to use it",
+            dir.display(),
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(fd)
+}
+
+/// Where helpers record which owner a network namespace belongs to.
+const NET_CLAIMS: &str = "/run/banger-root";
+
+/// Claims this network namespace for `owner`: every banger owner uses the
+/// same bridge name, subnet and MAC range, so two owners in one namespace
+/// would hand out each other's addresses and see each other's taps and
+/// rules. Helpers of the same owner share the claim (a shared lock held
+/// for their lifetime); another owner's helper is refused with who holds
+/// it. The claim goes away with the last holder, even a killed one.
+fn claim_network(owner: u32) -> Result<LockFile, HelperError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::MetadataExt;
+    let err = |what: &str, e: std::io::Error| HelperError(format!("{what}: {e}"));
+    crate::fsutil::root_private_dir(Path::new(NET_CLAIMS))
+        .map_err(|e| err(&format!("creating {NET_CLAIMS}"), e))?;
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| err("reading our network namespace", e))?
+        .ino();
+    let open = |suffix: &str| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(Path::new(NET_CLAIMS).join(format!("net-{ns}.{suffix}")))
+            .map_err(|e| err("opening the network claim", e))
+    };
+    // Claims are decided one at a time.
+    let _deciding = Flock::lock(open("decide")?, FlockArg::LockExclusive)
+        .map_err(|(_, e)| err("locking the network claim", e.into()))?;
+    let claim = open("owner")?;
+    let claim = match Flock::lock(claim, FlockArg::LockExclusiveNonblock) {
+        Ok(mut f) => {
+            // Nobody holds it: it is ours.
+            f.set_len(0).map_err(|e| err("writing the claim", e))?;
+            f.rewind().map_err(|e| err("writing the claim", e))?;
+            write!(f, "{owner}").map_err(|e| err("writing the claim", e))?;
+            f.unlock()
+                .map_err(|(_, e)| err("releasing the claim", e.into()))?
+        }
+        Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            f.rewind().map_err(|e| err("reading the claim", e))?;
+            (&mut f)
+                .take(32)
+                .read_to_string(&mut holder)
+                .map_err(|e| err("reading the claim", e))?;
+            if holder.trim() != owner.to_string() {
+                return Err(HelperError(format!(
+                    "this host's network (namespace {ns}) is already used by banger for uid {}: banger serves one user per host (every user would get the same bridge, addresses and MACs); stop that user's banger (banger daemon stop, as uid {}) or run yours in another network namespace",
+                    holder.trim(),
+                    holder.trim()
+                )));
+            }
+            f
+        }
+        Err((_, e)) => return Err(err("locking the network claim", e.into())),
+    };
+    LockFile::try_lock_shared(claim)
+        .map_err(|e| err("holding the network claim", e))?
+        .ok_or_else(|| HelperError("the network claim changed hands; retry".into()))
 }
 
 #[derive(Clone)]
@@ -241,7 +351,9 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             | PrivRequest::DeleteTap { .. }
             | PrivRequest::ListTaps
             | PrivRequest::EnableNat { .. }
-            | PrivRequest::DisableNat { .. }) => {
+            | PrivRequest::DisableNat { .. }
+            | PrivRequest::GuardTap { .. }
+            | PrivRequest::ListNat) => {
                 let net = self
                     .net
                     .get()
@@ -284,7 +396,12 @@ impl Running {
         )
         .await;
         tracing::info!("bangerd-root stopping");
-        let _ = std::fs::remove_file(&self.socket);
+        let _ = nix::unistd::unlinkat(
+            self.dir_fd.as_fd(),
+            "bangerd-root.sock",
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        let _ = &self.socket;
         // Our work area is empty unless a build is still being torn down.
         let _ = std::fs::remove_dir(&self.build.work_root);
         self.supervisor.stop(Some("shutdown".into()));

@@ -296,6 +296,9 @@ pub enum ClientError {
     Frame(#[from] FrameError),
     #[error("the server did not answer within {0:?}")]
     Timeout(Duration),
+    /// The socket is served by a uid that is neither ours nor root's.
+    #[error("{path} is served by uid {uid}, which is neither you nor root: another user may be intercepting banger's socket; remove it and check who owns {dir}", dir = .path.parent().unwrap_or(Path::new("/")).display())]
+    ForeignServer { path: PathBuf, uid: u32 },
 }
 
 /// Who answered our hello.
@@ -326,6 +329,20 @@ async fn connect_and_greet(path: &Path) -> Result<(UnixStream, ServerInfo), Clie
             })
         }
     };
+    // Before a byte is sent: only we or root may be behind our sockets.
+    let uid = stream
+        .peer_cred()
+        .map_err(|e| ClientError::Connect {
+            path: path.to_path_buf(),
+            source: e,
+        })?
+        .uid();
+    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+        return Err(ClientError::ForeignServer {
+            path: path.to_path_buf(),
+            uid,
+        });
+    }
     let fut = async {
         write_frame(&mut stream, &Hello::current()).await?;
         read_frame::<_, HelloReply>(&mut stream).await
