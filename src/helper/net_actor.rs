@@ -39,8 +39,23 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
             name,
             address,
             prefix_len,
-        } => net::ensure_bridge(ops, &name, address, prefix_len)
-            .map(|_| PrivReply::Done)
+        } => {
+            net::ensure_bridge(ops, &name, address, prefix_len).map_err(RpcError::from)?;
+            ops.guard_bridge(&name).map_err(RpcError::from)?;
+            Ok(PrivReply::Done)
+        }
+        PrivRequest::GuardTap { name, ip, mac } => {
+            if !ip.is_private() || !crate::host::firewall::valid_mac(&mac) {
+                return Err(RpcError::bad_request(format!(
+                    "refusing to bind tap {name:?} to {ip} {mac:?}: needs a private address and a MAC"
+                )));
+            }
+            net::owned_tap(ops, &name, owner_uid).map_err(RpcError::from)?;
+            ops.guard_tap(&name, ip, &mac).map_err(RpcError::from)?;
+            Ok(PrivReply::Done)
+        }
+        PrivRequest::ListNat => crate::host::nat::tagged_vms()
+            .map(PrivReply::NatVms)
             .map_err(RpcError::from),
         PrivRequest::CreateTap { name, bridge } => net::create_tap(ops, &name, &bridge, owner_uid)
             .map(|_| PrivReply::Done)

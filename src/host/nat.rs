@@ -26,18 +26,15 @@ pub fn iptables() -> Result<&'static str, HostError> {
 }
 
 /// The (table, chain, match) triples of one VM's rules.
-pub fn rules(
-    vm_id: &str,
-    ip: Ipv4Addr,
-    bridge: &str,
-) -> Vec<(&'static str, &'static str, Vec<String>)> {
+pub fn rules(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Vec<(&'static str, String, Vec<String>)> {
     let tag = format!("banger:{vm_id}");
+    let fwd = super::firewall::chains(bridge).1;
     let ip = format!("{ip}/32");
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     vec![
         (
             "nat",
-            "POSTROUTING",
+            "POSTROUTING".into(),
             s(&[
                 "-s",
                 &ip,
@@ -52,14 +49,17 @@ pub fn rules(
                 "MASQUERADE",
             ]),
         ),
+        // In the bridge's forward chain (host::firewall), after its
+        // link-local drop: out of the host, never back onto the bridge.
         (
             "filter",
-            "FORWARD",
+            fwd,
             s(&[
-                "-i",
-                bridge,
                 "-s",
                 &ip,
+                "!",
+                "-o",
+                bridge,
                 "-m",
                 "comment",
                 "--comment",
@@ -70,7 +70,7 @@ pub fn rules(
         ),
         (
             "filter",
-            "FORWARD",
+            "FORWARD".into(),
             s(&[
                 "-o",
                 bridge,
@@ -92,7 +92,7 @@ pub fn rules(
 }
 
 fn rule_exists(bin: &str, table: &str, chain: &str, spec: &[String]) -> bool {
-    let mut args = vec!["-w", "-t", table, "-C", chain];
+    let mut args = vec!["-w", "10", "-t", table, "-C", chain];
     args.extend(spec.iter().map(String::as_str));
     run_tool(bin, "iptables", &args).is_ok()
 }
@@ -101,9 +101,15 @@ fn rule_exists(bin: &str, table: &str, chain: &str, spec: &[String]) -> bool {
 /// forwarding.
 pub fn enable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> {
     let bin = iptables()?;
+    super::firewall::guard_bridge(bridge)?;
     for (table, chain, spec) in rules(vm_id, ip, bridge) {
-        if !rule_exists(bin, table, chain, &spec) {
-            let mut args = vec!["-w", "-t", table, "-A", chain];
+        if !rule_exists(bin, table, &chain, &spec) {
+            // Into the bridge's chain at 2 (before its final drop).
+            let mut args = if chain.ends_with("-fwd") {
+                vec!["-w", "10", "-t", table, "-I", chain.as_str(), "2"]
+            } else {
+                vec!["-w", "10", "-t", table, "-A", chain.as_str()]
+            };
             args.extend(spec.iter().map(String::as_str));
             run_tool(bin, "iptables", &args)?;
         }
@@ -119,14 +125,35 @@ pub fn disable(vm_id: &str) -> Result<(), HostError> {
     let bin = iptables()?;
     let tag = format!("banger:{vm_id}");
     for table in ["nat", "filter"] {
-        let listing = run_tool(bin, "iptables", &["-w", "-t", table, "-S"])?;
+        let listing = run_tool(bin, "iptables", &["-w", "10", "-t", table, "-S"])?;
         for rule in tagged(&listing, &tag) {
-            let mut args = vec!["-w", "-t", table, "-D"];
+            let mut args = vec!["-w", "10", "-t", table, "-D"];
             args.extend(rule.iter().map(String::as_str));
             run_tool(bin, "iptables", &args)?;
         }
     }
     Ok(())
+}
+
+/// The VM ids that have NAT rules (to sweep those no live VM owns).
+pub fn tagged_vms() -> Result<Vec<String>, HostError> {
+    let bin = iptables()?;
+    let mut ids = Vec::new();
+    for table in ["nat", "filter"] {
+        let listing = run_tool(bin, "iptables", &["-w", "10", "-t", table, "-S"])?;
+        for w in listing.split_whitespace() {
+            let w = w.trim_matches('"');
+            if let Some(id) = w.strip_prefix("banger:") {
+                if id.len() == 16
+                    && id.chars().all(|c| c.is_ascii_hexdigit())
+                    && !ids.iter().any(|x| x == id)
+                {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// The `-A` rules of an `iptables -S` listing that carry `tag` as their

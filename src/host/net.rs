@@ -35,6 +35,11 @@ pub trait NetOps: Send + Sync + 'static {
     fn add_tap(&self, name: &str, owner_uid: u32) -> Result<(), HostError>;
     fn set_master(&self, name: &str, bridge: &str) -> Result<(), HostError>;
     fn delete_link(&self, name: &str) -> Result<(), HostError>;
+    /// The bridge's filter chains (`host::firewall::guard_bridge`).
+    fn guard_bridge(&self, bridge: &str) -> Result<(), HostError>;
+    /// Binds a tap to one VM's addresses (`host::firewall::guard_tap`).
+    fn guard_tap(&self, tap: &str, ip: Ipv4Addr, mac: &str) -> Result<(), HostError>;
+    fn unguard_tap(&self, tap: &str) -> Result<(), HostError>;
 }
 
 /// [`NetOps`] through iproute2's `ip`, each call an argv (never a shell).
@@ -138,6 +143,15 @@ impl NetOps for IpCommand {
     }
     fn delete_link(&self, name: &str) -> Result<(), HostError> {
         ip(&["link", "del", "dev", name]).map(drop)
+    }
+    fn guard_bridge(&self, bridge: &str) -> Result<(), HostError> {
+        super::firewall::guard_bridge(bridge)
+    }
+    fn guard_tap(&self, tap: &str, ip: Ipv4Addr, mac: &str) -> Result<(), HostError> {
+        super::firewall::guard_tap(tap, ip, mac)
+    }
+    fn unguard_tap(&self, tap: &str) -> Result<(), HostError> {
+        super::firewall::unguard_tap(tap)
     }
 }
 
@@ -261,7 +275,25 @@ pub fn delete_tap(ops: &dyn NetOps, name: &str, owner_uid: u32) -> Result<(), Ne
         Some(l) if tap_owner(&l) != owner_uid => {
             Err(NetPolicyError::OtherOwner(name.into(), tap_owner(&l)).into())
         }
-        Some(_) => Ok(ops.delete_link(name)?),
+        Some(_) => {
+            ops.unguard_tap(name)?;
+            Ok(ops.delete_link(name)?)
+        }
+    }
+}
+
+/// Checks that `name` is one of `owner_uid`'s banger taps.
+pub fn owned_tap(ops: &dyn NetOps, name: &str, owner_uid: u32) -> Result<(), NetError> {
+    if !is_banger_tap(name) {
+        return Err(NetPolicyError::NotBangerTap(name.into()).into());
+    }
+    match find(ops, name)? {
+        Some(l) if l.kind.as_deref() == Some("tun") && tap_owner(&l) == owner_uid => Ok(()),
+        Some(l) if l.kind.as_deref() == Some("tun") => {
+            Err(NetPolicyError::OtherOwner(name.into(), tap_owner(&l)).into())
+        }
+        Some(_) => Err(NetPolicyError::WrongKind(name.into(), "tap").into()),
+        None => Err(HostError::Other(format!("tap {name} does not exist")).into()),
     }
 }
 
@@ -331,6 +363,15 @@ mod tests {
             Err(HostError::Other("no".into()))
         }
         fn delete_link(&self, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+        fn guard_bridge(&self, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+        fn guard_tap(&self, _: &str, _: Ipv4Addr, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+        fn unguard_tap(&self, _: &str) -> Result<(), HostError> {
             Err(HostError::Other("no".into()))
         }
     }

@@ -63,10 +63,20 @@ pub enum PrivRequest {
     SignalVmm { pid: u32, signal: Signal },
     /// The owner's banger VMM processes. Answers [`PrivReply::Vmms`].
     ListVmms,
+    /// Binds one of the owner's taps to a VM's addresses: only IPv4 and ARP
+    /// from `mac` and `ip` leave the guest (see `host::firewall`). Replaces
+    /// an earlier binding of the tap.
+    GuardTap {
+        name: String,
+        ip: Ipv4Addr,
+        mac: String,
+    },
+    /// The VM ids that have NAT rules. Answers [`PrivReply::NatVms`].
+    ListNat,
 }
 
 impl Methods for PrivRequest {
-    const COUNT: u32 = 12;
+    const COUNT: u32 = 14;
 }
 
 /// A VMM to start (see [`PrivRequest::LaunchVmm`]).
@@ -126,7 +136,21 @@ pub struct RootfsSpec {
 impl PrivRequest {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> PrivRequest {
-        PrivRequest::ListVmms
+        PrivRequest::ListNat
+    }
+
+    /// How long the daemon waits for the answer before it gives up on the
+    /// call: a wedged helper must not hold a VM operation forever.
+    pub fn deadline(&self) -> std::time::Duration {
+        use std::time::Duration;
+        match self {
+            PrivRequest::BuildRootfs(_) => Duration::from_secs(45 * 60),
+            PrivRequest::Ping | PrivRequest::Shutdown | PrivRequest::ListVmms => {
+                Duration::from_secs(15)
+            }
+            // Network operations queue behind each other in the helper.
+            _ => Duration::from_secs(120),
+        }
     }
 
     /// Method name for logs.
@@ -144,6 +168,8 @@ impl PrivRequest {
             PrivRequest::LaunchVmm(_) => "launch_vmm",
             PrivRequest::SignalVmm { .. } => "signal_vmm",
             PrivRequest::ListVmms => "list_vmms",
+            PrivRequest::GuardTap { .. } => "guard_tap",
+            PrivRequest::ListNat => "list_nat",
         }
     }
 }
@@ -163,6 +189,8 @@ pub enum PrivReply {
         pid: u32,
     },
     Vmms(Vec<VmmProcess>),
+    /// VM ids with NAT rules.
+    NatVms(Vec<String>),
 }
 
 /// The result of [`PrivRequest::BuildRootfs`]: files now in `out_dir`.
