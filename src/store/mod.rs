@@ -210,27 +210,43 @@ impl Store {
         }
     }
 
+    /// Every row of `table` that decodes; one that does not is skipped and
+    /// logged (one bad row must not hide the others: the daemon would
+    /// treat their VMs as gone).
     fn list<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
+        let (rows, bad) = self.list_reporting(table)?;
+        for b in bad {
+            tracing::error!(table = %table, "skipping a store row that cannot be read: {b}");
+        }
+        Ok(rows)
+    }
+
+    /// The rows that decode, and an error for each that does not.
+    fn list_reporting<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<(Vec<T>, Vec<StoreError>), StoreError> {
         let txn = self.begin_read()?;
         let t = match txn.open_table(table) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(e.into()),
         };
-        let mut out = Vec::new();
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
         for row in t.iter()? {
             let (k, v) = row?;
-            out.push(
-                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+            match serde_json::from_slice(v.value()) {
+                Ok(r) => out.push(r),
+                Err(e) => bad.push(StoreError::Corrupt {
                     key: k.value().to_string(),
                     message: e.to_string(),
-                })?,
-            );
+                }),
+            }
         }
-        Ok(out)
+        Ok((out, bad))
     }
 
     fn delete(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
@@ -260,13 +276,15 @@ impl Store {
             let mut used = std::collections::HashSet::new();
             for row in t.iter()? {
                 let (_, v) = row?;
-                if let Ok(other) = serde_json::from_slice::<VmRecord>(v.value()) {
-                    if other.name == vm.name {
+                // Read loosely: a row this version cannot decode as a
+                // record still holds its name and address.
+                if let Ok(other) = serde_json::from_slice::<serde_json::Value>(v.value()) {
+                    if other.get("name").and_then(|n| n.as_str()) == Some(vm.name.as_str()) {
                         return Ok(None);
                     }
                     if let Some(ip) = other
-                        .ip
-                        .as_deref()
+                        .get("ip")
+                        .and_then(|s| s.as_str())
                         .and_then(|s| s.parse::<std::net::Ipv4Addr>().ok())
                     {
                         used.insert(ip);
@@ -299,6 +317,30 @@ impl Store {
 
     pub fn list_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
         self.list(VMS)
+    }
+
+    /// The VM records that decode, and the keys (VM ids) of those that do
+    /// not: whatever such a VM holds on the host must be left alone.
+    pub fn list_vms_reporting(&self) -> Result<(Vec<VmRecord>, Vec<String>), StoreError> {
+        let (rows, bad) = self.list_reporting(VMS)?;
+        let keys = bad
+            .into_iter()
+            .map(|e| match e {
+                StoreError::Corrupt { key, .. } => key,
+                other => other.to_string(),
+            })
+            .collect();
+        Ok((rows, keys))
+    }
+
+    /// Writes raw bytes as a VM row (tests: a row written by a newer or
+    /// broken banger).
+    #[cfg(test)]
+    pub fn put_raw_vm(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let txn = self.rw()?.begin_write()?;
+        txn.open_table(VMS)?.insert(key, bytes)?;
+        txn.commit()?;
+        Ok(())
     }
 
     pub fn find_vm_by_name(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
@@ -376,6 +418,56 @@ pub fn free_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_undecodable_vm_row_is_skipped_reported_and_keeps_its_address() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("s.redb")).unwrap();
+        let good = VmRecord::new(
+            "good",
+            "img",
+            "k",
+            1,
+            256,
+            1 << 30,
+            false,
+            crate::domain::VmmKind::Qemu,
+        );
+        let good = s
+            .reserve_vm(&good, "172.16.0.1".parse().unwrap(), 24)
+            .unwrap()
+            .unwrap();
+        // A newer banger's row (a state this one does not know) and garbage.
+        s.put_raw_vm(
+            "00000000000000aa",
+            br#"{"name":"future","ip":"172.16.0.3","state":"hibernating"}"#,
+        )
+        .unwrap();
+        s.put_raw_vm("00000000000000bb", b"\xff\x00not json")
+            .unwrap();
+        let all = s.list_vms().unwrap();
+        assert_eq!(all.len(), 1, "the good row is still listed");
+        assert_eq!(all[0].id, good.id);
+        let (rows, bad) = s.list_vms_reporting().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(bad, ["00000000000000aa", "00000000000000bb"]);
+        // The unreadable VM's name and address are not handed out again.
+        let mut taken = good.clone();
+        taken.name = "future".into();
+        taken.id = "00000000000000cc".into();
+        assert!(s
+            .reserve_vm(&taken, "172.16.0.1".parse().unwrap(), 24)
+            .unwrap()
+            .is_none());
+        let mut next = good.clone();
+        next.name = "next".into();
+        next.id = "00000000000000dd".into();
+        let next = s
+            .reserve_vm(&next, "172.16.0.1".parse().unwrap(), 24)
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.ip.as_deref(), Some("172.16.0.4"));
+    }
     use crate::domain::VmState;
 
     pub(crate) fn vm(name: &str) -> VmRecord {
