@@ -29,7 +29,7 @@ use crate::config::{Config, HostFacts};
 use crate::fsutil::{IoContext, IoError};
 use crate::host::process::{report_ready, spawn_service, LockFile, Started};
 use crate::ops::{Ctx, RealDrivers, Timeouts};
-use crate::paths::{ensure_private_dir, sibling_binary, Layout};
+use crate::paths::{sibling_binary, Layout};
 use crate::store::Store;
 
 /// How the daemon was started.
@@ -143,7 +143,7 @@ pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Sl
 
 async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
     let layout = opts.layout;
-    ensure_private_dir(&layout.runtime_dir).ctx("creating", &layout.runtime_dir)?;
+    crate::paths::ensure_runtime_dir(&layout).ctx("creating", &layout.runtime_dir)?;
     std::fs::create_dir_all(&layout.state_dir).ctx("creating", &layout.state_dir)?;
     let Some(lock) =
         LockFile::try_acquire(&layout.daemon_lock()).ctx("locking", &layout.daemon_lock())?
@@ -225,6 +225,11 @@ impl Running {
             shutdown: shutdown.clone(),
             socket: self.socket.clone(),
         };
+        // Guest-written logs are kept bounded while we serve.
+        let capper = tokio::spawn(crate::ops::logs::run(
+            self.ctx.clone(),
+            std::time::Duration::from_secs(5),
+        ));
         crate::protocol::conn::serve_until_shutdown(
             self.listener,
             move |uid| uid == owner || uid == 0,
@@ -232,6 +237,7 @@ impl Running {
             shutdown,
         )
         .await;
+        capper.abort();
         tracing::info!("bangerd stopping");
         let _ = std::fs::remove_file(&self.socket);
         // Warm taps are ours alone: give them back before the helper goes.

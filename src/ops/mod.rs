@@ -11,6 +11,7 @@ pub mod disks;
 pub mod images;
 pub mod kernels;
 pub mod lifecycle;
+pub mod logs;
 pub mod net;
 pub mod progress;
 pub mod views;

@@ -29,6 +29,11 @@ pub fn kernel_cmdline(kvm: bool, params: &banger_agent::cmdline::GuestParams) ->
     t.join(" ")
 }
 
+/// A path inside a QEMU `-chardev` option: commas are doubled.
+fn opt_path(p: &std::path::Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
 /// The argv (without the program) of `qemu-system-x86_64` for `m`, with its
 /// QMP socket at `qmp`.
 pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
@@ -52,8 +57,12 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
         m.kernel.display().to_string(),
         "-append".into(),
         m.cmdline.clone(),
+        // Appended (O_APPEND), so the daemon can cut the log down while
+        // QEMU writes (a guest must not fill the host's disk).
+        "-chardev".into(),
+        format!("file,id=serial0,path={},append=on", opt_path(&m.serial_log)),
         "-serial".into(),
-        format!("file:{}", m.serial_log.display()),
+        "chardev:serial0".into(),
     ];
     if let Some(i) = &m.initrd {
         a.extend(["-initrd".into(), i.display().to_string()]);
@@ -84,7 +93,7 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
             "-device".into(),
             "virtio-serial-device,max_ports=2".into(),
             "-chardev".into(),
-            format!("socket,id=agent,path={},server=on,wait=off", p.display()),
+            format!("socket,id=agent,path={},server=on,wait=off", opt_path(p)),
             "-device".into(),
             format!(
                 "virtserialport,chardev=agent,name={}",
