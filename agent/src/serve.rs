@@ -161,10 +161,24 @@ where
 
 /// Serves sessions on one channel until it ends (`Closed`). A new session
 /// replaces the old one whenever the host says HELLO with a new id.
-pub async fn serve_channel<R, W>(rd: R, mut wr: W, state: Arc<AgentState>) -> String
+pub async fn serve_channel<R, W>(rd: R, wr: W, state: Arc<AgentState>) -> String
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+{
+    serve_channel_with(rd, wr, move |stream| {
+        tokio::spawn(handle(stream, state.clone()));
+    })
+    .await
+}
+
+/// [`serve_channel`] with another handler for the streams the host opens
+/// (tests use it to play a hostile guest).
+pub async fn serve_channel_with<R, W, F>(rd: R, mut wr: W, on_stream: F) -> String
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: Fn(crate::mux::Stream) + Clone + Send + 'static,
 {
     let mut rd = FrameReader::new(rd);
     // Tell a host that may hold an old session that this one has none.
@@ -187,10 +201,7 @@ where
             return e.to_string();
         }
         let (ours, theirs) = tokio::io::duplex(256 << 10);
-        let st = state.clone();
-        let server = tokio::spawn(crate::mux::run_server(ours, move |stream| {
-            tokio::spawn(handle(stream, st.clone()));
-        }));
+        let server = tokio::spawn(crate::mux::run_server(ours, on_stream.clone()));
         let end = channel::pump(&mut rd, &mut wr, theirs, id).await;
         server.abort();
         match end {

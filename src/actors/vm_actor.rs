@@ -44,12 +44,19 @@ pub trait VmOp: Send + 'static {
     fn run(self: Box<Self>, args: OpArgs) -> BoxFuture<'static, (Option<VmRecord>, Deliver)>;
     /// Answers the caller when the operation cannot run at all.
     fn reject(self: Box<Self>, err: RpcError);
+    /// Kill and delete: the running operation is aborted (a guest that
+    /// never answers must not make its VM impossible to stop) and this one
+    /// runs next.
+    fn preempts(&self) -> bool {
+        false
+    }
 }
 
 struct FnOp<T, F> {
     name: &'static str,
     f: F,
     reply: oneshot::Sender<Result<T, RpcError>>,
+    preempts: bool,
 }
 
 impl<T, F, Fut> VmOp for FnOp<T, F>
@@ -74,6 +81,9 @@ where
     fn reject(self: Box<Self>, err: RpcError) {
         let _ = self.reply.send(Err(err));
     }
+    fn preempts(&self) -> bool {
+        self.preempts
+    }
 }
 
 /// Builds an operation from an async closure, returning it and the receiver
@@ -89,14 +99,44 @@ where
     Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    (Box::new(FnOp { name, f, reply: tx }), rx)
+    let o = FnOp {
+        name,
+        f,
+        reply: tx,
+        preempts: false,
+    };
+    (Box::new(o), rx)
+}
+
+/// Like [`op`], for an operation that aborts the running one and goes
+/// first (see [`VmOp::preempts`]). The aborted operation's caller hears
+/// that it was interrupted; what it had acquired is in the record (each
+/// step stores what it takes before the next await) and is released by
+/// this one.
+pub fn preempting_op<T, F, Fut>(
+    name: &'static str,
+    f: F,
+) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, RpcError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(OpArgs) -> Fut + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let o = FnOp {
+        name,
+        f,
+        reply: tx,
+        preempts: true,
+    };
+    (Box::new(o), rx)
 }
 
 /// Waits for an operation's result, turning a lost one into a clear error.
 pub async fn await_op<T>(rx: oneshot::Receiver<Result<T, RpcError>>) -> Result<T, RpcError> {
     rx.await.unwrap_or_else(|_| {
         Err(RpcError::failed(
-            "the VM's actor stopped before finishing the operation (it is restarted automatically); check `banger vm show` and retry",
+            "the operation was interrupted (by vm kill or vm delete, or the VM's actor restarted); check `banger vm show` and retry",
         ))
     })
 }
@@ -131,12 +171,18 @@ pub enum VmMsg {
 pub struct VmActor {
     pub id: String,
     pub ctx: Arc<Ctx>,
+    /// Started for a record found in the store (daemon start, restart
+    /// after a failure): an interrupted create or start is carried
+    /// through. False for a VM its creator is about to start.
+    pub recover: bool,
 }
 
 /// Mutable state: the cached record, the queue and the child actors.
 pub struct VmActorState {
     record: VmRecord,
     running: Option<&'static str>,
+    /// Aborts the running operation's task.
+    abort: Option<tokio::task::AbortHandle>,
     queue: VecDeque<Box<dyn VmOp>>,
     deleted: bool,
     monitor: Option<ActorRef<MonitorMsg>>,
@@ -194,10 +240,15 @@ impl VmActor {
         };
         let me = myself.clone();
         let vm = state.record.name.clone();
+        let inner = tokio::spawn(op.run(args));
+        state.abort = Some(inner.abort_handle());
         tokio::spawn(async move {
-            let inner = tokio::spawn(op.run(args));
             let (record, deliver) = match inner.await {
                 Ok((r, d)) => (r, Some(d)),
+                Err(e) if e.is_cancelled() => {
+                    tracing::warn!(%vm, "the running operation was aborted");
+                    (None, None)
+                }
                 Err(e) => {
                     tracing::error!(%vm, "an operation on this VM failed unexpectedly: {e}");
                     (None, None)
@@ -237,6 +288,7 @@ impl Actor for VmActor {
         Ok(VmActorState {
             record,
             running: None,
+            abort: None,
             queue: VecDeque::new(),
             deleted: false,
             monitor: None,
@@ -253,6 +305,32 @@ impl Actor for VmActor {
     ) -> Result<(), ActorProcessingErr> {
         match lifecycle::recover(&self.ctx, &mut state.record) {
             Recovery::Idle => {}
+            Recovery::Restart | Recovery::Booting(_) if !self.recover => {}
+            Recovery::Restart => {
+                tracing::info!(vm = %state.record.name, state = %state.record.state, "a create or start was interrupted; starting it again");
+                let (o, _rx) = op("resume start", |a: OpArgs| async move {
+                    // Nobody watches these stages.
+                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    drop(rx);
+                    let mut st = crate::ops::Stages::new(tx);
+                    let mut rec = a.record;
+                    lifecycle::release(&a.ctx, &*a.vm, &mut rec).await;
+                    let (rec, r) = lifecycle::start(&a.ctx, &*a.vm, rec, &mut st).await;
+                    (Some(rec), r)
+                });
+                state.queue.push_back(o);
+                self.start_next(&myself, state);
+            }
+            Recovery::Booting(pid) => {
+                tracing::info!(vm = %state.record.name, pid, "a boot was interrupted with its VMM up; finishing it");
+                let _ = myself.cast(VmMsg::AttachVmm(pid));
+                let (o, _rx) = op("resume boot", move |a: OpArgs| async move {
+                    let (rec, r) = lifecycle::resume_boot(&a.ctx, &*a.vm, a.record, pid).await;
+                    (Some(rec), r)
+                });
+                state.queue.push_back(o);
+                self.start_next(&myself, state);
+            }
             Recovery::Live(pid) => {
                 tracing::info!(vm = %state.record.name, pid, "re-attached to a running VM");
                 let _ = myself.cast(VmMsg::AttachVmm(pid));
@@ -281,7 +359,15 @@ impl Actor for VmActor {
                 let _ = reply.send(state.record.clone());
             }
             VmMsg::Run(op) => {
-                state.queue.push_back(op);
+                if op.preempts() {
+                    if let (Some(running), Some(abort)) = (state.running, &state.abort) {
+                        tracing::warn!(vm = %state.record.name, running, by = op.name(), "aborting the running operation");
+                        abort.abort();
+                    }
+                    state.queue.push_front(op);
+                } else {
+                    state.queue.push_back(op);
+                }
                 self.start_next(&myself, state);
             }
             VmMsg::Changed(r) => {
@@ -291,6 +377,7 @@ impl Actor for VmActor {
             }
             VmMsg::OpDone(record, deliver) => {
                 state.running = None;
+                state.abort = None;
                 match record {
                     Some(r) => state.record = *r,
                     None => match self.ctx.store.get_vm(&self.id) {

@@ -58,10 +58,12 @@ impl VmRegistry {
         myself: &ActorRef<RegistryMsg>,
         state: &mut RegistryState,
         id: &str,
+        recover: bool,
     ) -> Result<ActorRef<VmMsg>, RpcError> {
         let actor = VmActor {
             id: id.to_string(),
             ctx: self.ctx.clone(),
+            recover,
         };
         let (r, _) = Actor::spawn_linked(None, actor, (), myself.get_cell())
             .await
@@ -115,7 +117,7 @@ impl Actor for VmRegistry {
                     backoff: Backoff::default(),
                 },
             );
-            if let Err(e) = self.spawn_vm(&myself, &mut state, &vm.id).await {
+            if let Err(e) = self.spawn_vm(&myself, &mut state, &vm.id, true).await {
                 tracing::error!(vm = %vm.name, "{e}");
             }
         }
@@ -169,7 +171,8 @@ impl Actor for VmRegistry {
                                 backoff: Backoff::default(),
                             },
                         );
-                        self.spawn_vm(&myself, state, &id).await
+                        // A VM being created: its creator starts it.
+                        self.spawn_vm(&myself, state, &id, false).await
                     }
                     Ok(None) => Err(RpcError::not_found(format!(
                         "VM record {id} is not in the store"
@@ -185,7 +188,7 @@ impl Actor for VmRegistry {
                         state.by_name.remove(&e.name);
                     }
                 } else if state.entries.get(&id).is_some_and(|e| e.actor.is_none()) {
-                    match self.spawn_vm(&myself, state, &id).await {
+                    match self.spawn_vm(&myself, state, &id, true).await {
                         Ok(_) => tracing::info!(vm_id = %id, "restarted VM actor"),
                         Err(e) => {
                             tracing::error!(vm_id = %id, "{e}");
@@ -395,6 +398,73 @@ mod tests {
         assert!(
             a.0 < b.1 && b.0 < a.1,
             "spans {a:?} and {b:?} do not overlap"
+        );
+    }
+
+    #[tokio::test]
+    async fn kill_aborts_an_operation_that_never_ends_and_runs_next() {
+        use crate::actors::vm_actor::preempting_op;
+        let (_f, reg) = setup(&["stuck"]).await;
+        // A guest that never answers: the operation waits forever.
+        let (hang, hang_rx) = op("hang", |a| async move {
+            std::future::pending::<()>().await;
+            (Some(a.record), Ok("never"))
+        });
+        reg.cast(RegistryMsg::Run {
+            name: "stuck".into(),
+            op: hang,
+        })
+        .unwrap();
+        let (queued, queued_rx) = op("after", |a| async move { (Some(a.record), Ok("after")) });
+        reg.cast(RegistryMsg::Run {
+            name: "stuck".into(),
+            op: queued,
+        })
+        .unwrap();
+        let (kill, kill_rx) =
+            preempting_op("kill", |a| async move { (Some(a.record), Ok("kill")) });
+        reg.cast(RegistryMsg::Run {
+            name: "stuck".into(),
+            op: kill,
+        })
+        .unwrap();
+        let within = |rx| tokio::time::timeout(Duration::from_secs(5), await_op(rx));
+        assert_eq!(within(kill_rx).await.unwrap().unwrap(), "kill");
+        let e = within(hang_rx).await.unwrap().unwrap_err();
+        assert!(e.message.contains("interrupted"), "{}", e.message);
+        assert_eq!(
+            within(queued_rx).await.unwrap().unwrap(),
+            "after",
+            "what was queued still runs, after the kill"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_create_is_carried_through_on_the_next_start() {
+        let f = Fakes::new();
+        f.artifacts();
+        let mut rec = f.vm("halfway", false);
+        rec.state = VmState::Created;
+        f.ctx.store.put_vm(&rec).unwrap();
+        let (reg, _) = Actor::spawn(None, VmRegistry { ctx: f.ctx.clone() }, ())
+            .await
+            .unwrap();
+        let actor = lookup(&reg, "halfway").await.unwrap();
+        // The fake guest never answers, so the resumed start ends in error
+        // after launching: what counts is that it was started at all.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = ractor::call!(actor, VmMsg::Get).unwrap();
+            if r.state == VmState::Error {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not started: {r:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            f.helper.count("launch_vmm") >= 1,
+            "{:?}",
+            f.helper.methods()
         );
     }
 

@@ -10,25 +10,31 @@ use crate::ops::Ctx;
 use crate::protocol::helper::{PrivReply, PrivRequest};
 use crate::store::VmRecord;
 
-fn active(ctx: &Ctx) -> HashMap<String, VmRecord> {
-    ctx.store
-        .list_vms()
-        .unwrap_or_default()
+/// Runs the orphan pass. Without a helper, only the daemon's own processes
+/// are checked. A store that cannot be read, or a VM row that cannot be
+/// decoded, makes it kill nothing that could be that VM's: a bad row is
+/// reported, never taken for "no VM".
+pub async fn orphans(ctx: &Ctx) {
+    let (records, unreadable) = match ctx.store.list_vms_reporting() {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("the store cannot be read ({e}); the orphan pass kills nothing");
+            return;
+        }
+    };
+    for key in &unreadable {
+        tracing::error!(vm_id = %key, "a VM record cannot be decoded; its VMM and taps are left alone (banger vm list skips it)");
+    }
+    let live: HashMap<String, VmRecord> = records
         .into_iter()
         .filter(|v| v.state.may_have_vmm())
         .map(|v| (v.id.clone(), v))
-        .collect()
-}
-
-/// Runs the orphan pass. Without a helper, only the daemon's own processes
-/// are checked.
-pub async fn orphans(ctx: &Ctx) {
-    let live = active(ctx);
+        .collect();
     match ctx.helper.call(PrivRequest::ListVmms).await {
         Ok(PrivReply::Vmms(list)) => {
             for p in list {
                 let owned = live.get(&p.vm_id).is_some_and(|r| r.vmm_pid == Some(p.pid));
-                if !owned {
+                if !owned && !unreadable.contains(&p.vm_id) {
                     tracing::warn!(pid = p.pid, vm_id = %p.vm_id, "killing an orphan VMM no VM record owns");
                     let _ = ctx
                         .helper
@@ -43,6 +49,27 @@ pub async fn orphans(ctx: &Ctx) {
         Ok(_) => {}
         Err(e) => tracing::warn!("orphan check skipped (no helper): {}", e.message),
     }
+    if !unreadable.is_empty() {
+        tracing::warn!("orphan taps and NAT rules are kept while a VM record cannot be read");
+        return;
+    }
+    // NAT rules whose removal failed (the helper was down, a crash).
+    if let Ok(PrivReply::NatVms(ids)) = ctx.helper.call(PrivRequest::ListNat).await {
+        for id in ids {
+            let wanted = live.get(&id).is_some_and(|r| r.nat);
+            if !wanted {
+                tracing::warn!(vm_id = %id, "removing NAT rules no running VM owns");
+                let _ = ctx
+                    .helper
+                    .call(PrivRequest::DisableNat {
+                        vm_id: id,
+                        ip: ctx.config.network.bridge_ip,
+                        bridge: ctx.config.network.bridge.clone(),
+                    })
+                    .await;
+            }
+        }
+    }
     if let Ok(PrivReply::Taps(taps)) = ctx.helper.call(PrivRequest::ListTaps).await {
         for t in taps {
             let owned = live
@@ -53,5 +80,33 @@ pub async fn orphans(ctx: &Ctx) {
                 let _ = crate::ops::net::delete_tap(&*ctx.helper, t.name).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::Fakes;
+
+    #[tokio::test]
+    async fn an_unreadable_record_makes_the_orphan_pass_spare_its_vmm_and_every_tap() {
+        let f = Fakes::new();
+        let unreadable = "00000000000000aa";
+        f.ctx
+            .store
+            .put_raw_vm(unreadable, b"{\"name\": 7, \"broken\": true")
+            .unwrap();
+        let spared = f.helper.spawn_vmm_for(unreadable);
+        let orphan = f.helper.spawn_vmm_for("00000000000000ff");
+        orphans(&f.ctx).await;
+        assert!(
+            crate::host::process::pid_alive(spared),
+            "the unreadable VM's VMM runs on"
+        );
+        assert!(
+            !crate::host::process::pid_alive(orphan),
+            "a true orphan is still killed"
+        );
+        assert_eq!(f.helper.count("list_taps"), 0, "no tap is judged");
     }
 }

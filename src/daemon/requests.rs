@@ -80,8 +80,39 @@ where
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
     Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
 {
+    queue_on_vm(slots, name, op(op_name, f)).await
+}
+
+/// Like [`run_on_vm`], for kill and delete: the VM's running operation is
+/// aborted and this one goes first.
+pub async fn preempt_on_vm<T, F, Fut>(
+    slots: &Slots,
+    name: &str,
+    op_name: &'static str,
+    f: F,
+) -> Result<T, RpcError>
+where
+    T: Send + 'static,
+    F: FnOnce(OpArgs) -> Fut + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+{
+    queue_on_vm(
+        slots,
+        name,
+        crate::actors::vm_actor::preempting_op(op_name, f),
+    )
+    .await
+}
+
+async fn queue_on_vm<T>(
+    slots: &Slots,
+    name: &str,
+    (o, rx): (
+        Box<dyn crate::actors::vm_actor::VmOp>,
+        tokio::sync::oneshot::Receiver<Result<T, RpcError>>,
+    ),
+) -> Result<T, RpcError> {
     crate::ops::vms::validate_name(name)?;
-    let (o, rx) = op(op_name, f);
     // The registry routes it (or rejects it: unknown VM, actor restarting).
     registry(slots)?
         .cast(RegistryMsg::Run {

@@ -110,16 +110,32 @@ pub async fn restart(
 }
 
 pub async fn kill(slots: &Slots, name: &str, signal: Signal) -> Result<Reply, RpcError> {
-    run_on_vm(slots, name, "kill", move |a| async move {
+    let f = move |a: crate::actors::vm_actor::OpArgs| async move {
         let (rec, r) = lifecycle::kill(&a.ctx, &*a.vm, a.record, signal).await;
         (Some(rec.clone()), r.map(|_| rec))
-    })
-    .await
-    .map(vm_reply)
+    };
+    // A signal that ends the VMM ends whatever runs on the VM too.
+    let r = if signal.terminates() {
+        requests::preempt_on_vm(slots, name, "kill", f).await
+    } else {
+        run_on_vm(slots, name, "kill", f).await
+    };
+    r.map(vm_reply)
 }
 
 pub async fn delete(slots: &Slots, name: &str, id: Option<String>) -> Result<Reply, RpcError> {
-    run_on_vm(slots, name, "delete", |a| async move {
+    // Only the VM meant is interrupted: `vm run --rm` deletes by the id it
+    // created, and a same-named VM made by someone else is left running
+    // its operation (the id is checked again inside).
+    if let Some(id) = &id {
+        let current = requests::record(slots, name).await?;
+        if current.id != *id {
+            return Err(RpcError::not_found(format!(
+                "VM {name} is not the one this command created; left alone"
+            )));
+        }
+    }
+    requests::preempt_on_vm(slots, name, "delete", |a| async move {
         let keep = a.record.clone();
         if id.as_ref().is_some_and(|id| *id != keep.id) {
             let e = RpcError::not_found(format!(

@@ -51,16 +51,26 @@ pub enum Recovery {
     Live(u32),
     /// The record says a VMM should run but none does: reap it.
     Dead,
+    /// A boot was interrupted with its VMM up: finish it ([`resume_boot`]).
+    Booting(u32),
+    /// A create or start was interrupted before its VMM ran: start again
+    /// (releasing what it took), so the VM ends whole and running.
+    Restart,
 }
 
-/// Reconciles a record with what runs. A start or stop that a daemon
-/// crash interrupted leaves a live VMM: the VM is then running (`vm stop`
-/// stops it).
+/// Reconciles a record with what runs. A stop that a daemon crash
+/// interrupted leaves a live VMM: the VM is then running (`vm stop` stops
+/// it). An interrupted create or start is carried through.
 pub fn recover(ctx: &Ctx, rec: &mut VmRecord) -> Recovery {
+    if rec.state == VmState::Created {
+        return Recovery::Restart;
+    }
     if !rec.state.may_have_vmm() {
         return Recovery::Idle;
     }
     match live_vmm(ctx, rec) {
+        Some(pid) if rec.state == VmState::Starting => Recovery::Booting(pid),
+        None if rec.state == VmState::Starting => Recovery::Restart,
         Some(pid) => {
             if rec.state != VmState::Running {
                 rec.state = VmState::Running;
@@ -128,18 +138,44 @@ pub fn log_tail(path: &Path, n: usize) -> String {
         .join("\n")
 }
 
-/// Kills the VMM (through bangerd-root) and waits for it to be gone.
-async fn kill_vmm(ctx: &Ctx, rec: &VmRecord) {
-    if let Some(pid) = rec.vmm_pid.filter(|p| pid_alive(*p)) {
-        let _ = ctx
+/// Kills the VM's VMM (through bangerd-root) and waits for it to be gone:
+/// the recorded pid, and any other VMM of this VM the helper knows (one
+/// launched by an operation interrupted before it recorded the pid).
+/// Returns why not when a VMM still runs (the helper is down, say): the
+/// caller then keeps the VM's pid, tap and rules rather than handing them
+/// out again.
+async fn kill_vmm(ctx: &Ctx, rec: &VmRecord) -> Result<(), RpcError> {
+    let mut pids: Vec<u32> = rec.vmm_pid.into_iter().filter(|p| pid_alive(*p)).collect();
+    if let Ok(PrivReply::Vmms(all)) = ctx.helper.call(PrivRequest::ListVmms).await {
+        for v in all {
+            if v.vm_id == rec.id && !pids.contains(&v.pid) {
+                pids.push(v.pid);
+            }
+        }
+    }
+    for pid in pids {
+        let sent = ctx
             .helper
             .call(PrivRequest::SignalVmm {
                 pid,
                 signal: Signal::Kill,
             })
             .await;
-        crate::host::process::wait_exit(pid, Duration::from_secs(10)).await;
+        let gone = match &sent {
+            Ok(_) => crate::host::process::wait_exit(pid, Duration::from_secs(10)).await,
+            Err(_) => !pid_alive(pid),
+        };
+        if !gone {
+            return Err(RpcError::failed(format!(
+                "the {} process {pid} of VM {} is still running ({}); it keeps its tap and address until it is gone: retry when bangerd-root is back (banger daemon stop; banger vm delete {})",
+                rec.vmm.as_str(),
+                rec.name,
+                sent.err().map(|e| e.message).unwrap_or_else(|| "it did not exit".into()),
+                rec.name
+            )));
+        }
     }
+    Ok(())
 }
 
 /// Boots a VM (created or stopped). On failure everything acquired is
@@ -157,17 +193,23 @@ pub async fn start(
         // A VMM left by an interrupted start or stop: never two VMMs on
         // one disk.
         tracing::warn!(vm = %rec.name, state = %rec.state, "a VMM is still alive; killing it before starting");
-        kill_vmm(ctx, &rec).await;
+        if let Err(e) = kill_vmm(ctx, &rec).await {
+            return (rec, Err(e));
+        }
         release(ctx, vm, &mut rec).await;
     }
     match boot(ctx, vm, &mut rec, stages).await {
         Ok(()) => (rec, Ok(())),
         Err(e) => {
             tracing::warn!(vm = %rec.name, "start failed: {}", e.message);
-            kill_vmm(ctx, &rec).await;
-            release(ctx, vm, &mut rec).await;
             rec.state = VmState::Error;
             rec.last_error = Some(e.message.clone());
+            match kill_vmm(ctx, &rec).await {
+                Ok(()) => release(ctx, vm, &mut rec).await,
+                // The VMM outlived us: the VM keeps its pid and resources
+                // (in error) until its exit is seen.
+                Err(k) => rec.last_error = Some(format!("{}; {}", e.message, k.message)),
+            }
             let _ = persist(ctx, vm, &rec);
             let hint = format!("{} (see `banger vm logs {}`)", e.message, rec.name);
             (rec, Err(RpcError { message: hint, ..e }))
@@ -308,6 +350,17 @@ async fn boot(
         .as_deref()
         .and_then(|i| i.parse().ok())
         .ok_or_else(|| RpcError::failed("the VM has no address"))?;
+    // The guest may send only as itself on the bridge.
+    ctx.helper
+        .call(PrivRequest::GuardTap {
+            name: tap.clone(),
+            ip,
+            mac: rec
+                .mac
+                .clone()
+                .ok_or_else(|| RpcError::failed("the VM has no MAC address"))?,
+        })
+        .await?;
     if rec.nat {
         ctx.helper
             .call(PrivRequest::EnableNat {
@@ -416,11 +469,32 @@ async fn boot(
             _ = console_stalls(&serial_log, ctx.timeouts.boot_stall), if relaunch => {
                 relaunch = false;
                 tracing::warn!(vm = %rec.name, stall = ?ctx.timeouts.boot_stall, "the guest looks hung in boot (no agent, a silent console); relaunching its VMM once; the console ended with:\n{}", log_tail(&paths.serial_log(), 5));
-                kill_vmm(ctx, rec).await;
+                kill_vmm(ctx, rec).await?;
                 (pid, agent) = launch(ctx, vm, rec, &b, &*driver).await?;
             }
         }
     };
+    let health = accept_guest(ctx, vm, rec, health)?;
+    stages
+        .end(format!(
+            "guest up {:.1}s, boot {}, init {}",
+            health.uptime_s, health.boot_id, health.init
+        ))
+        .await;
+    stages.ready().await;
+    Ok(())
+}
+
+/// The agent answered: checks what it says (it is the guest's word) and
+/// records the VM as running. The boot id is kept only as a UUID-like
+/// token; anything else is the guest's problem, not a panic or a stored
+/// string of its choosing.
+fn accept_guest(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+    mut health: banger_agent::api::Healthz,
+) -> Result<banger_agent::api::Healthz, RpcError> {
     if health.protocol != banger_agent::proto::VERSION {
         return Err(RpcError::failed(format!(
             "the image's agent speaks protocol {}, banger {}; rebuild the image (banger image build {} --rebuild)",
@@ -429,19 +503,70 @@ async fn boot(
             rec.image
         )));
     }
+    health.boot_id = sanitize_token(&health.boot_id, 64);
+    health.init = sanitize_token(&health.init, 32);
     rec.boot_id = Some(health.boot_id.clone());
     rec.state = VmState::Running;
     persist(ctx, vm, rec)?;
     refresh_ssh_config(ctx);
-    let short_boot: String = health.boot_id.chars().take(8).collect();
-    stages
-        .end(format!(
-            "guest up {:.1}s, boot {short_boot}, init {}",
-            health.uptime_s, health.init
-        ))
-        .await;
-    stages.ready().await;
-    Ok(())
+    Ok(health)
+}
+
+/// At most `max` characters of `s` that are ASCII letters, digits or `-`
+/// (`?` when none are).
+pub fn sanitize_token(s: &str, max: usize) -> String {
+    let t: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(max)
+        .collect();
+    if t.is_empty() {
+        "?".into()
+    } else {
+        t
+    }
+}
+
+/// Finishes a boot that a daemon crash interrupted while its VMM ran:
+/// waits (bounded) for the agent and records the VM as running, or kills
+/// it and leaves it in `error`.
+pub async fn resume_boot(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    mut rec: VmRecord,
+    pid: u32,
+) -> (VmRecord, Result<(), RpcError>) {
+    let paths = ctx.layout.vm(&rec.id);
+    let r = async {
+        let agent = vm.start_agent(channel_of(rec.vmm, &paths)).await?;
+        let health = tokio::select! {
+            h = async {
+                agent.wait_up(ctx.timeouts.boot).await?;
+                agent.health(Duration::from_secs(30)).await
+            } => h.map_err(|e| RpcError::failed(format!("the guest agent did not answer after a daemon restart: {e}")))?,
+            _ = crate::host::process::wait_exit_forever(pid) => {
+                return Err(RpcError::failed("the VMM exited during the resumed boot"));
+            }
+        };
+        accept_guest(ctx, vm, &mut rec, health).map(drop)
+    }
+    .await;
+    match r {
+        Ok(()) => {
+            tracing::info!(vm = %rec.name, "finished a boot the daemon had been stopped in");
+            (rec, Ok(()))
+        }
+        Err(e) => {
+            rec.state = VmState::Error;
+            rec.last_error = Some(e.message.clone());
+            match kill_vmm(ctx, &rec).await {
+                Ok(()) => release(ctx, vm, &mut rec).await,
+                Err(k) => rec.last_error = Some(format!("{}; {}", e.message, k.message)),
+            }
+            let _ = persist(ctx, vm, &rec);
+            (rec, Err(e))
+        }
+    }
 }
 
 /// Learns the guest's SSH host key from its agent (waiting, bounded, for
@@ -560,7 +685,12 @@ pub async fn stop(
     if !gone {
         let _ = ctx.drivers.driver(rec.vmm).powerdown(&paths).await;
         if !crate::host::process::wait_exit(pid, ctx.timeouts.powerdown).await {
-            kill_vmm(ctx, &rec).await;
+            if let Err(e) = kill_vmm(ctx, &rec).await {
+                rec.state = VmState::Error;
+                rec.last_error = Some(e.message.clone());
+                let _ = persist(ctx, vm, &rec);
+                return (rec, Err(e));
+            }
             how = "killed after the bounded wait".into();
         } else {
             how = "powered off by the VMM power button".into();
@@ -598,6 +728,15 @@ pub async fn kill(
     signal: Signal,
 ) -> (VmRecord, Result<(), RpcError>) {
     let Some(pid) = rec.vmm_pid.filter(|p| pid_alive(*p)) else {
+        if signal.terminates() && rec.state.may_have_vmm() {
+            // An aborted start or stop: whatever it had launched or taken
+            // goes now.
+            if let Err(e) = kill_vmm(ctx, &rec).await {
+                return (rec, Err(e));
+            }
+            let r = reap(ctx, vm, rec).await;
+            return (r, Ok(()));
+        }
         let e = RpcError::bad_request(format!("VM {} is not running", rec.name));
         return (rec, Err(e));
     };
@@ -618,7 +757,14 @@ pub async fn kill(
 /// Deletes a VM: kills it if it runs (its disks go too), releases, removes
 /// files and the record.
 pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result<(), RpcError> {
-    kill_vmm(ctx, &rec).await;
+    if let Err(e) = kill_vmm(ctx, &rec).await {
+        // Nothing is removed while its VMM runs: the record keeps the pid,
+        // the tap and the address so none of them is handed out again.
+        rec.state = VmState::Error;
+        rec.last_error = Some(e.message.clone());
+        persist(ctx, vm, &rec)?;
+        return Err(e);
+    }
     release(ctx, vm, &mut rec).await;
     let paths = ctx.layout.vm(&rec.id);
     for d in [&paths.state, &paths.run] {
@@ -635,7 +781,8 @@ pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{Fakes, LaunchMode};
+    use crate::guest::session::AgentChannel;
+    use crate::ops::testing::{hostile_agent, Fakes, Hostile, LaunchMode};
     use crate::ops::Privileged;
     use std::sync::atomic::Ordering;
 
@@ -804,6 +951,191 @@ mod tests {
         res.unwrap();
         assert_eq!(r.state, VmState::Stopped);
         assert!(f.taps.released.lock().unwrap().len() == 1);
+    }
+
+    #[tokio::test]
+    async fn a_delete_while_the_helper_is_down_keeps_the_vm_its_pid_and_tap() {
+        let f = Fakes::new();
+        let rec = running(&f, "keep");
+        let pid = rec.vmm_pid.unwrap();
+        f.helper.down.store(true, Ordering::SeqCst);
+        let e = delete(&f.ctx, &*f.children, rec.clone()).await.unwrap_err();
+        assert!(e.message.contains("still running"), "{}", e.message);
+        assert!(pid_alive(pid), "the VMM was never reachable");
+        let stored = f.ctx.store.get_vm(&rec.id).unwrap().expect("record kept");
+        assert_eq!(stored.state, VmState::Error);
+        assert_eq!(stored.vmm_pid, Some(pid), "the pid is kept");
+        assert_eq!(stored.tap.as_deref(), Some("bgtfake99"), "the tap is kept");
+        assert!(f.taps.released.lock().unwrap().is_empty());
+        // Once the helper is back, the delete goes through.
+        f.helper.down.store(false, Ordering::SeqCst);
+        delete(&f.ctx, &*f.children, stored).await.unwrap();
+        assert!(!pid_alive(pid));
+        assert!(f.ctx.store.get_vm(&rec.id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_with_the_helper_gone_keeps_the_live_vmm_recorded() {
+        let f = Fakes::new();
+        f.artifacts();
+        let rec = f.vm("orphaned", false);
+        let (mut st, _rx) = stages();
+        // The helper goes away mid-boot: the guest never answers, and the
+        // kill that follows cannot be delivered.
+        let helper = f.helper.clone();
+        let flip = tokio::spawn(async move {
+            while helper.count("launch_vmm") == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            helper.down.store(true, Ordering::SeqCst);
+        });
+        let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
+        flip.await.unwrap();
+        assert!(r.is_err());
+        let pid = rec.vmm_pid.expect("the pid is kept");
+        assert!(pid_alive(pid));
+        assert_eq!(rec.state, VmState::Error);
+        assert!(rec.tap.is_some(), "the tap is kept while the VMM runs");
+        let stored = f.ctx.store.get_vm(&rec.id).unwrap().unwrap();
+        assert_eq!(stored.vmm_pid, Some(pid));
+        f.helper.down.store(false, Ordering::SeqCst);
+    }
+
+    #[tokio::test]
+    async fn kill_after_an_aborted_start_takes_what_it_launched() {
+        let f = Fakes::new();
+        let mut rec = f.vm("aborted", true);
+        // What an aborted start leaves: state starting, a tap recorded, a
+        // VMM launched whose pid never reached the record.
+        rec.state = VmState::Starting;
+        rec.tap = Some("bgtfake98".into());
+        f.taps.leased.lock().unwrap().push("bgtfake98".into());
+        f.ctx.store.put_vm(&rec).unwrap();
+        let stray = f.helper.spawn_vmm_for(&rec.id);
+        let (rec, r) = kill(&f.ctx, &*f.children, rec, Signal::Kill).await;
+        r.unwrap();
+        assert!(!pid_alive(stray), "the unrecorded VMM was found and killed");
+        assert_eq!(rec.state, VmState::Stopped);
+        assert_eq!(*f.taps.released.lock().unwrap(), ["bgtfake98"]);
+        assert_eq!(f.helper.count("disable_nat"), 1);
+    }
+
+    /// Serves `how` on the VM's agent socket after every VMM launch (a
+    /// launch removes the socket file, as QEMU needs).
+    fn hostile_after_each_launch(f: &Fakes, rec: &VmRecord, how: Hostile) {
+        let (helper, sock) = (f.helper.clone(), f.paths(rec).agent_socket());
+        tokio::spawn(async move {
+            let (mut seen, mut agent) = (0, None);
+            loop {
+                let n = helper.count("launch_vmm");
+                if n != seen {
+                    seen = n;
+                    if let Some(a) = agent.take() {
+                        tokio::task::JoinHandle::abort(&a);
+                    }
+                    agent = Some(hostile_agent(sock.clone(), how.clone()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+
+    fn health(boot_id: &str, init: &str) -> banger_agent::api::Healthz {
+        banger_agent::api::Healthz {
+            boot_id: boot_id.into(),
+            uptime_s: 1.0,
+            hostname: "h".into(),
+            agent_version: "x".into(),
+            setup_errors: vec![],
+            protocol: banger_agent::proto::VERSION,
+            init: init.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guest_reporting_hostile_strings_boots_without_them_being_kept() {
+        let f = Fakes::new();
+        f.artifacts();
+        let rec = f.vm("liar", false);
+        // Multi-byte characters where a byte slice would split one, a
+        // newline, and far too much.
+        let boot = format!("{}\n* ssh-ed25519 AAAA{}", "é".repeat(40), "ß".repeat(5000));
+        hostile_after_each_launch(&f, &rec, Hostile::Health(health(&boot, &"ü".repeat(9000))));
+        let (mut st, mut rx) = stages();
+        let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
+        r.unwrap();
+        let id = rec.boot_id.clone().unwrap();
+        assert!(id.len() <= 64, "{id}");
+        assert!(
+            id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{id}"
+        );
+        let mut detail = String::new();
+        while let Ok(e) = rx.try_recv() {
+            detail.push_str(&format!("{e:?}"));
+        }
+        assert!(!detail.contains('ü') && !detail.contains('\n'), "{detail}");
+        let _ = kill(&f.ctx, &*f.children, rec, Signal::Kill).await;
+    }
+
+    #[tokio::test]
+    async fn a_host_key_with_an_injected_line_plants_nothing() {
+        let f = Fakes::new();
+        let rec = running(&f, "keys");
+        let good = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let sock = f.paths(&rec).agent_socket();
+        std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+        let evil = banger_agent::api::HostKey {
+            algorithm: "ssh-ed25519".into(),
+            key: format!("{good}\n* ssh-ed25519 {good}"),
+        };
+        let a = hostile_agent(sock.clone(), Hostile::HostKeys(vec![evil]));
+        let agent = AgentSession::start(AgentChannel::Serial(sock.clone()));
+        let e = pin_host_key(&f.ctx, &agent, &rec, Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("unusable host key"), "{}", e.message);
+        let files = SshFiles::of(&f.ctx.layout);
+        let known = std::fs::read_to_string(&files.known_hosts).unwrap_or_default();
+        assert!(!known.contains('*'), "{known}");
+        a.abort();
+        // The same key, sent plainly, is pinned for exactly this VM.
+        let honest = banger_agent::api::HostKey {
+            algorithm: "ssh-ed25519".into(),
+            key: good.into(),
+        };
+        let sock2 = sock.with_file_name("honest.sock");
+        let _a = hostile_agent(sock2.clone(), Hostile::HostKeys(vec![honest]));
+        let agent = AgentSession::start(AgentChannel::Serial(sock2));
+        pin_host_key(&f.ctx, &agent, &rec, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let known = std::fs::read_to_string(&files.known_hosts).unwrap();
+        assert_eq!(known.lines().count(), 1, "{known}");
+        assert!(known.starts_with("keys.vm,"), "{known}");
+    }
+
+    #[tokio::test]
+    async fn endless_and_silent_answers_are_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        for (how, name) in [(Hostile::Endless, "endless"), (Hostile::Silent, "silent")] {
+            let sock = d.path().join(name);
+            let _a = hostile_agent(sock.clone(), how);
+            let agent = AgentSession::start(AgentChannel::Serial(sock));
+            agent.wait_up(Duration::from_secs(5)).await.unwrap();
+            let t = Instant::now();
+            let e = agent.health(Duration::from_secs(2)).await.unwrap_err();
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{name}: {:?}",
+                t.elapsed()
+            );
+            let e = e.to_string();
+            match name {
+                "endless" => assert!(e.contains("limit"), "{name}: {e}"),
+                _ => assert!(e.contains("2s") || e.contains("time"), "{name}: {e}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -34,8 +34,12 @@ pub enum LaunchMode {
 pub struct FakeHelper {
     pub requests: Mutex<Vec<PrivRequest>>,
     pub refuse_nat: std::sync::atomic::AtomicBool,
+    /// Every call fails as if bangerd-root were not running.
+    pub down: std::sync::atomic::AtomicBool,
     pub mode: Mutex<LaunchMode>,
     children: Mutex<HashMap<u32, std::process::Child>>,
+    /// The VM id each launched VMM was started for (ListVmms answers these).
+    vm_ids: Mutex<HashMap<u32, String>>,
 }
 
 impl FakeHelper {
@@ -43,8 +47,10 @@ impl FakeHelper {
         FakeHelper {
             requests: Mutex::new(Vec::new()),
             refuse_nat: Default::default(),
+            down: Default::default(),
             mode: Mutex::new(LaunchMode::Run),
             children: Mutex::new(HashMap::new()),
+            vm_ids: Mutex::new(HashMap::new()),
         }
     }
 
@@ -79,6 +85,13 @@ impl FakeHelper {
         self.children.lock().unwrap().insert(pid, child);
         pid
     }
+
+    /// Starts a fake VMM for VM `vm_id` (listed by ListVmms).
+    pub fn spawn_vmm_for(&self, vm_id: &str) -> u32 {
+        let pid = self.spawn_vmm();
+        self.vm_ids.lock().unwrap().insert(pid, vm_id.to_string());
+        pid
+    }
 }
 
 impl Drop for FakeHelper {
@@ -94,12 +107,15 @@ impl Privileged for FakeHelper {
     fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>> {
         self.requests.lock().unwrap().push(request.clone());
         Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(RpcError::failed("bangerd-root is not running (test)"));
+            }
             match request {
                 PrivRequest::EnableNat { .. } if self.refuse_nat.load(Ordering::SeqCst) => {
                     Err(RpcError::bad_request("refusing NAT (test)"))
                 }
-                PrivRequest::LaunchVmm(_) => Ok(PrivReply::Launched {
-                    pid: self.spawn_vmm(),
+                PrivRequest::LaunchVmm(spec) => Ok(PrivReply::Launched {
+                    pid: self.spawn_vmm_for(&spec.vm_id),
                 }),
                 PrivRequest::SignalVmm { pid, signal } => {
                     let child = self.children.lock().unwrap().remove(&pid);
@@ -121,7 +137,21 @@ impl Privileged for FakeHelper {
                         None => Err(RpcError::bad_request(format!("pid {pid} is not a VMM"))),
                     }
                 }
-                PrivRequest::ListVmms => Ok(PrivReply::Vmms(vec![])),
+                PrivRequest::ListVmms => {
+                    let children = self.children.lock().unwrap();
+                    let ids = self.vm_ids.lock().unwrap();
+                    Ok(PrivReply::Vmms(
+                        children
+                            .keys()
+                            .filter_map(|pid| {
+                                ids.get(pid).map(|id| crate::protocol::helper::VmmProcess {
+                                    pid: *pid,
+                                    vm_id: id.clone(),
+                                })
+                            })
+                            .collect(),
+                    ))
+                }
                 PrivRequest::ListTaps => Ok(PrivReply::Taps(vec![])),
                 _ => Ok(PrivReply::Done),
             }
@@ -370,4 +400,77 @@ impl Fakes {
     pub fn home(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+}
+
+/// What a hostile guest agent answers every request with.
+#[derive(Clone)]
+pub enum Hostile {
+    /// This health report (any boot id, any init name).
+    Health(banger_agent::api::Healthz),
+    /// These host keys, and port 22 listening.
+    HostKeys(Vec<banger_agent::api::HostKey>),
+    /// A response header announcing 4 GiB, then bytes for as long as read.
+    Endless,
+    /// Reads the request and never answers.
+    Silent,
+}
+
+/// Plays a guest agent that speaks the channel and mux protocols correctly
+/// and answers as `how` says, on the Unix socket `path` (where QEMU's
+/// chardev would be). Binds at once, replacing any file there.
+pub fn hostile_agent(path: PathBuf, how: Hostile) -> tokio::task::JoinHandle<()> {
+    use banger_agent::proto;
+    use tokio::io::AsyncWriteExt;
+    let _ = std::fs::remove_file(&path);
+    let l = tokio::net::UnixListener::bind(&path).expect("binding the hostile agent");
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let (rd, wr) = tokio::io::split(c);
+            let how = how.clone();
+            tokio::spawn(banger_agent::serve::serve_channel_with(
+                rd,
+                wr,
+                move |mut s: banger_agent::mux::Stream| {
+                    let how = how.clone();
+                    tokio::spawn(async move {
+                        let Ok(Some((_, req))) = proto::read_msg(&mut s, 64 << 10).await else {
+                            return;
+                        };
+                        let req: proto::Request = match serde_json::from_slice(&req) {
+                            Ok(r) => r,
+                            Err(_) => return,
+                        };
+                        let ok =
+                            |v: serde_json::Value| serde_json::to_vec(&Ok::<_, String>(v)).unwrap();
+                        let body = match (&how, req) {
+                            (Hostile::Health(h), _) => ok(serde_json::to_value(h).unwrap()),
+                            (Hostile::HostKeys(k), proto::Request::HostKeys) => {
+                                ok(serde_json::to_value(k).unwrap())
+                            }
+                            (Hostile::HostKeys(_), proto::Request::Ports) => {
+                                ok(serde_json::json!([
+                                    {"proto": "tcp", "address": "0.0.0.0", "port": 22, "pid": 1, "process": "sshd"}
+                                ]))
+                            }
+                            (Hostile::HostKeys(_), _) => ok(serde_json::json!(null)),
+                            (Hostile::Endless, _) => {
+                                let mut hdr = vec![proto::RESPONSE];
+                                hdr.extend_from_slice(&u32::MAX.to_be_bytes());
+                                let _ = s.write_all(&hdr).await;
+                                let junk = vec![b'x'; 64 << 10];
+                                while s.write_all(&junk).await.is_ok() {}
+                                return;
+                            }
+                            (Hostile::Silent, _) => {
+                                std::future::pending::<()>().await;
+                                return;
+                            }
+                        };
+                        let _ = proto::write_msg(&mut s, proto::RESPONSE, &body).await;
+                        let _ = s.shutdown().await;
+                    });
+                },
+            ));
+        }
+    })
 }

@@ -16,13 +16,26 @@ use crate::workspace::{self, archive, Options, WorkspaceError, GUEST_PATH};
 
 /// How much of a failing guest step's output is kept for the error.
 const KEEP: usize = 8 << 10;
+/// A guest step (mkdir, git in the guest) that takes longer is given up:
+/// a guest that never answers must not hold its VM's queue.
+const STEP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+/// The largest patch `workspace export` takes from a guest.
+const EXPORT_MAX: u64 = 1 << 30;
+/// The whole transfer of a workspace into the guest (or a patch out).
+const TRANSFER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1800);
 
 /// Runs a guest command without input; its output becomes the error.
 async fn guest_step(agent: &AgentSession, argv: Vec<String>, what: &str) -> Result<(), RpcError> {
     let req = ExecRequest::new(argv, "/");
-    let (outcome, out, err) = crate::guest::exec::output(agent, req, KEEP)
-        .await
-        .map_err(|e| RpcError::failed(format!("{what} in the guest: {e}")))?;
+    let (outcome, out, err) =
+        tokio::time::timeout(STEP_DEADLINE, crate::guest::exec::output(agent, req, KEEP))
+            .await
+            .map_err(|_| {
+                RpcError::failed(format!(
+                    "{what} in the guest did not finish within {STEP_DEADLINE:?}"
+                ))
+            })?
+            .map_err(|e| RpcError::failed(format!("{what} in the guest: {e}")))?;
     if outcome.code() != 0 {
         return Err(RpcError::failed(format!(
             "{what} in the guest failed (exit {}): {}{}",
@@ -63,7 +76,14 @@ where
         }
         tail.0
     });
-    let outcome = crate::guest::exec::run(agent, req, Feed::Tcp(tcp_to, reader), &tx).await;
+    let outcome = tokio::time::timeout(
+        TRANSFER_DEADLINE,
+        crate::guest::exec::run(agent, req, Feed::Tcp(tcp_to, reader), &tx),
+    )
+    .await
+    .unwrap_or(Err(crate::guest::session::AgentError::Timeout(
+        TRANSFER_DEADLINE,
+    )));
     drop(tx);
     let produced = producer.await?;
     let guest_err = String::from_utf8_lossy(&errors.await.unwrap_or_default())
@@ -228,11 +248,20 @@ pub async fn export(
     let req = ExecRequest::new(archive::export_argv(&ws.guest_path, &base), "/");
     let (tx, mut rx) = mpsc::channel(64);
     let fwd_events = events.clone();
+    // The patch is the guest's word: bounded in size and time.
+    let too_big = std::sync::Arc::new(tokio::sync::Notify::new());
+    let flag = too_big.clone();
     let forward = tokio::spawn(async move {
         let mut err = crate::guest::exec::Tail::new(KEEP);
+        let mut total = 0u64;
         while let Some(e) = rx.recv().await {
             match e {
                 Event::Stdout(d) => {
+                    total += d.len() as u64;
+                    if total > EXPORT_MAX {
+                        flag.notify_one();
+                        break;
+                    }
                     let _ = fwd_events.send(Event::Stdout(d)).await;
                 }
                 Event::Stderr(d) => err.push(&d),
@@ -241,7 +270,16 @@ pub async fn export(
         }
         err.0
     });
-    let outcome = crate::guest::exec::run(agent, req, Feed::<tokio::io::Empty>::None, &tx).await;
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(
+            TRANSFER_DEADLINE,
+            crate::guest::exec::run(agent, req, Feed::<tokio::io::Empty>::None, &tx),
+        ) => r.unwrap_or(Err(crate::guest::session::AgentError::Timeout(TRANSFER_DEADLINE))),
+        _ = too_big.notified() => Err(crate::guest::session::AgentError::Protocol(format!(
+            "the guest's patch is larger than {} MiB; export it in the guest and copy it out",
+            EXPORT_MAX >> 20
+        ))),
+    };
     drop(tx);
     let err = String::from_utf8_lossy(&forward.await.unwrap_or_default())
         .trim()
