@@ -9,6 +9,7 @@ mod boot;
 mod daemon_cli;
 mod firecracker;
 mod garbage;
+mod hardening;
 mod helper_net;
 mod images;
 mod store_crash;

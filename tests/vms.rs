@@ -1,7 +1,7 @@
 //! VM lifecycle end to end on real QEMU (TCG here), inside the test's
 //! network namespace.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -24,11 +24,11 @@ pub fn vm_env() -> TestEnv {
     env
 }
 
-fn show(env: &TestEnv, name: &str) -> serde_json::Value {
+pub fn show(env: &TestEnv, name: &str) -> serde_json::Value {
     serde_json::from_str(&env.banger_ok(&["vm", "show", name, "--json"])).unwrap()
 }
 
-fn taps(env: &TestEnv) -> Vec<String> {
+pub fn taps(env: &TestEnv) -> Vec<String> {
     env.netns
         .links_json()
         .as_array()
@@ -39,7 +39,7 @@ fn taps(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
-fn vmm_pids(env: &TestEnv) -> Vec<u32> {
+pub fn vmm_pids(env: &TestEnv) -> Vec<u32> {
     let root = env.root().display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -63,7 +63,7 @@ fn ssh(env: &TestEnv, name: &str, cmd: &[&str]) -> String {
     env.banger_ok(&args)
 }
 
-fn nat_rules(env: &TestEnv) -> String {
+pub fn nat_rules(env: &TestEnv) -> String {
     let ipt = banger::host::nat::iptables().unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &env.netns.name, ipt, "-S"])
@@ -307,32 +307,4 @@ fn bad_specs_are_refused_before_anything_is_created() {
             .unwrap_or(0)
             == 0
     );
-}
-
-#[test]
-fn three_concurrent_runs_from_separate_shells_all_succeed() {
-    let _heavy = heavy();
-    let env = vm_env();
-    let children: Vec<_> = (0..3)
-        .map(|_| {
-            env.banger_cmd(&["vm", "run", "--rm", "--", "true"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            env.daemon_log()
-        );
-    }
-    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
-    wait_for("VMM processes to go", Duration::from_secs(10), || {
-        vmm_pids(&env).is_empty().then_some(())
-    });
 }
