@@ -66,6 +66,23 @@ pub struct ActorHelper(pub Arc<Slots>);
 impl Privileged for ActorHelper {
     fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>> {
         Box::pin(async move {
+            // A helper that died mid-call is restarted by the link; what is
+            // safe to repeat is sent once more.
+            let again = request.retryable().then(|| request.clone());
+            match self.call_once(request).await {
+                Err(e) if e.code == ErrorCode::Busy && again.is_some() => {
+                    tracing::warn!("{}; retrying once", e.message);
+                    self.call_once(again.expect("checked")).await
+                }
+                r => r,
+            }
+        })
+    }
+}
+
+impl ActorHelper {
+    async fn call_once(&self, request: PrivRequest) -> Result<PrivReply, RpcError> {
+        {
             let op_id = crate::protocol::new_op_id();
             let (method, deadline) = (request.method(), request.deadline());
             let link = self
@@ -89,7 +106,7 @@ impl Privileged for ActorHelper {
                 ))),
             }
             .map_err(|e| e.with_op(&op_id))
-        })
+        }
     }
 }
 

@@ -98,12 +98,25 @@ where
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
     Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
 {
+    fn_op(name, f, false)
+}
+
+fn fn_op<T, F, Fut>(
+    name: &'static str,
+    f: F,
+    preempts: bool,
+) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, RpcError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(OpArgs) -> Fut + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+{
     let (tx, rx) = oneshot::channel();
     let o = FnOp {
         name,
         f,
         reply: tx,
-        preempts: false,
+        preempts,
     };
     (Box::new(o), rx)
 }
@@ -122,14 +135,7 @@ where
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
     Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
 {
-    let (tx, rx) = oneshot::channel();
-    let o = FnOp {
-        name,
-        f,
-        reply: tx,
-        preempts: true,
-    };
-    (Box::new(o), rx)
+    fn_op(name, f, true)
 }
 
 /// Waits for an operation's result, turning a lost one into a clear error.
@@ -313,9 +319,8 @@ impl Actor for VmActor {
                     let (tx, rx) = tokio::sync::mpsc::channel(1);
                     drop(rx);
                     let mut st = crate::ops::Stages::new(tx);
-                    let mut rec = a.record;
-                    lifecycle::release(&a.ctx, &*a.vm, &mut rec).await;
-                    let (rec, r) = lifecycle::start(&a.ctx, &*a.vm, rec, &mut st).await;
+                    let (rec, r) =
+                        lifecycle::restart_interrupted(&a.ctx, &*a.vm, a.record, &mut st).await;
                     (Some(rec), r)
                 });
                 state.queue.push_back(o);

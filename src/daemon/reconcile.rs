@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::Signal;
+use crate::domain::{Signal, VmState};
 use crate::ops::Ctx;
 use crate::protocol::helper::{PrivReply, PrivRequest};
 use crate::store::VmRecord;
@@ -25,6 +25,11 @@ pub async fn orphans(ctx: &Ctx) {
     for key in &unreadable {
         tracing::error!(vm_id = %key, "a VM record cannot be decoded; its VMM and taps are left alone (banger vm list skips it)");
     }
+    let records_in_flight: Vec<String> = records
+        .iter()
+        .filter(|v| matches!(v.state, VmState::Created | VmState::Starting))
+        .map(|v| v.id.clone())
+        .collect();
     let live: HashMap<String, VmRecord> = records
         .into_iter()
         .filter(|v| v.state.may_have_vmm())
@@ -34,7 +39,10 @@ pub async fn orphans(ctx: &Ctx) {
         Ok(PrivReply::Vmms(list)) => {
             for p in list {
                 let owned = live.get(&p.vm_id).is_some_and(|r| r.vmm_pid == Some(p.pid));
-                if !owned && !unreadable.contains(&p.vm_id) {
+                // A VM being created or (re)started: its actor decides
+                // (a resumed start may be launching this very VMM).
+                let in_flight = records_in_flight.contains(&p.vm_id);
+                if !owned && !in_flight && !unreadable.contains(&p.vm_id) {
                     tracing::warn!(pid = p.pid, vm_id = %p.vm_id, "killing an orphan VMM no VM record owns");
                     let _ = ctx
                         .helper

@@ -352,16 +352,24 @@ impl Session {
     }
 
     /// Runs `command` and returns its stdout (errors on a non-zero exit).
+    /// Runs `command`, keeping the last 64 KiB of its stdout. Output is
+    /// drained while the command runs (a bounded channel read only at the
+    /// end would stall a command that prints more than it holds).
     pub async fn output(&self, command: &str) -> Result<String, SshError> {
-        let (tx, mut rx) = mpsc::channel(1024);
-        let code = self.exec(command, &tx).await?;
-        drop(tx);
-        let mut out = Vec::new();
-        while let Some(e) = rx.recv().await {
-            if let Event::Stdout(d) = e {
-                out.extend(d);
+        let (tx, mut rx) = mpsc::channel(64);
+        let collect = tokio::spawn(async move {
+            let mut out = crate::guest::exec::Tail::new(64 << 10);
+            while let Some(e) = rx.recv().await {
+                if let Event::Stdout(d) = e {
+                    out.push(&d);
+                }
             }
-        }
+            out.0
+        });
+        let code = self.exec(command, &tx).await;
+        drop(tx);
+        let out = collect.await.unwrap_or_default();
+        let code = code?;
         if code != 0 {
             return Err(SshError::Protocol(format!("`{command}` exited {code}")));
         }

@@ -198,23 +198,40 @@ pub async fn start(
         }
         release(ctx, vm, &mut rec).await;
     }
-    match boot(ctx, vm, &mut rec, stages).await {
+    let mut booted = boot(ctx, vm, &mut rec, stages).await;
+    if let Err(e) = &booted {
+        if e.code == crate::protocol::ErrorCode::Busy {
+            // bangerd-root died under the boot and is back: what the first
+            // attempt launched or took goes, then one more try.
+            tracing::warn!(vm = %rec.name, "{}; booting once more", e.message);
+            if kill_vmm(ctx, &rec).await.is_ok() {
+                release(ctx, vm, &mut rec).await;
+                booted = boot(ctx, vm, &mut rec, stages).await;
+            }
+        }
+    }
+    match booted {
         Ok(()) => (rec, Ok(())),
         Err(e) => {
             tracing::warn!(vm = %rec.name, "start failed: {}", e.message);
-            rec.state = VmState::Error;
-            rec.last_error = Some(e.message.clone());
-            match kill_vmm(ctx, &rec).await {
-                Ok(()) => release(ctx, vm, &mut rec).await,
-                // The VMM outlived us: the VM keeps its pid and resources
-                // (in error) until its exit is seen.
-                Err(k) => rec.last_error = Some(format!("{}; {}", e.message, k.message)),
-            }
-            let _ = persist(ctx, vm, &rec);
+            fail_and_release(ctx, vm, &mut rec, &e).await;
             let hint = format!("{} (see `banger vm logs {}`)", e.message, rec.name);
             (rec, Err(RpcError { message: hint, ..e }))
         }
     }
+}
+
+/// Leaves a VM whose boot failed in `error`, its VMM killed and what it
+/// held released; a VMM that outlives the kill (the helper is down) keeps
+/// its pid and resources on the record until its exit is seen.
+async fn fail_and_release(ctx: &Ctx, vm: &dyn VmChildren, rec: &mut VmRecord, e: &RpcError) {
+    rec.state = VmState::Error;
+    rec.last_error = Some(e.message.clone());
+    match kill_vmm(ctx, rec).await {
+        Ok(()) => release(ctx, vm, rec).await,
+        Err(k) => rec.last_error = Some(format!("{}; {}", e.message, k.message)),
+    }
+    let _ = persist(ctx, vm, rec);
 }
 
 /// Launches the VMM for `b` and waits until the driver says it is booting;
@@ -527,6 +544,26 @@ pub fn sanitize_token(s: &str, max: usize) -> String {
     }
 }
 
+/// Starts again a VM whose create or start a daemon crash interrupted
+/// before its VMM was recorded: whatever that attempt launched (a VMM the
+/// helper knows by this VM's id) or took goes first, so a disk never has
+/// two VMMs.
+pub async fn restart_interrupted(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    mut rec: VmRecord,
+    stages: &mut Stages,
+) -> (VmRecord, Result<(), RpcError>) {
+    if let Err(e) = kill_vmm(ctx, &rec).await {
+        rec.state = VmState::Error;
+        rec.last_error = Some(e.message.clone());
+        let _ = persist(ctx, vm, &rec);
+        return (rec, Err(e));
+    }
+    release(ctx, vm, &mut rec).await;
+    start(ctx, vm, rec, stages).await
+}
+
 /// Finishes a boot that a daemon crash interrupted while its VMM ran:
 /// waits (bounded) for the agent and records the VM as running, or kills
 /// it and leaves it in `error`.
@@ -557,13 +594,7 @@ pub async fn resume_boot(
             (rec, Ok(()))
         }
         Err(e) => {
-            rec.state = VmState::Error;
-            rec.last_error = Some(e.message.clone());
-            match kill_vmm(ctx, &rec).await {
-                Ok(()) => release(ctx, vm, &mut rec).await,
-                Err(k) => rec.last_error = Some(format!("{}; {}", e.message, k.message)),
-            }
-            let _ = persist(ctx, vm, &rec);
+            fail_and_release(ctx, vm, &mut rec, &e).await;
             (rec, Err(e))
         }
     }
@@ -654,7 +685,7 @@ pub async fn stop(
     let how = match asked {
         Ok(_) => "agent".to_string(),
         Err(agent_err) => {
-            let ssh_res = async {
+            let ssh_res = tokio::time::timeout(Duration::from_secs(20), async {
                 let (ip, key) = (rec.ip.clone()?, rec.host_key.clone()?);
                 let s = crate::guest::ssh::connect(
                     &ip,
@@ -668,8 +699,10 @@ pub async fn stop(
                     .output("sync; systemctl --no-block poweroff || poweroff -f &")
                     .await;
                 Some(())
-            }
-            .await;
+            })
+            .await
+            .ok()
+            .flatten();
             match ssh_res {
                 Some(()) => "ssh".into(),
                 None => format!("neither the agent ({agent_err}) nor ssh answered"),

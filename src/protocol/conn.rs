@@ -504,9 +504,14 @@ where
             };
             if let Some(map) = p2.lock().await.take() {
                 for (op_id, tx) in map {
-                    let _ = tx.send(Err(RpcError::failed(format!(
-                        "lost the connection to bangerd-root during the operation: {reason}"
-                    ))
+                    // Busy: the daemon reconnects (restarting the helper)
+                    // and retries what is safe to retry.
+                    let _ = tx.send(Err(RpcError::new(
+                        super::ErrorCode::Busy,
+                        format!(
+                            "lost the connection to bangerd-root during the operation: {reason}"
+                        ),
+                    )
                     .with_op(&op_id)));
                 }
             }

@@ -153,6 +153,15 @@ impl PrivRequest {
         }
     }
 
+    /// Whether sending it again after a lost connection is safe (the
+    /// request is idempotent): not a launch, a build or a shutdown.
+    pub fn retryable(&self) -> bool {
+        !matches!(
+            self,
+            PrivRequest::LaunchVmm(_) | PrivRequest::BuildRootfs(_) | PrivRequest::Shutdown
+        )
+    }
+
     /// Method name for logs.
     pub fn method(&self) -> &'static str {
         match self {
