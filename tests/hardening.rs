@@ -145,12 +145,8 @@ fn the_helper_serves_one_owner_per_network_and_only_a_real_runtime_dir() {
 }
 
 fn netns_exec(env: &TestEnv, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &env.netns.name])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    let (out, err) = env.netns.exec(args);
+    out + &err
 }
 
 #[test]
@@ -357,6 +353,43 @@ fn eight_parallel_runs_get_their_own_addresses_and_leave_only_live_vms_behind() 
         .collect();
     assert_eq!(hosts.len(), 1, "{config}");
     assert!(hosts[0].contains("keep.vm"), "{config}");
+    // The SSH fallback (stop, when the agent is gone) drains what a command
+    // prints while it runs: far more than its channel holds, and it ends.
+    let (ip, host_key) = {
+        let mut w = known.split_whitespace();
+        let names = w.next().unwrap();
+        let ip = names.split(',').nth(1).unwrap().to_string();
+        (ip, w.collect::<Vec<_>>().join(" "))
+    };
+    let key = ssh.join("id_ed25519");
+    let ns = std::fs::File::open(format!("/var/run/netns/{}", env.netns.name)).unwrap();
+    let tail = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread only, with a namespace fd we hold.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        rt().block_on(async {
+            let s = banger::guest::ssh::connect(&ip, &key, &host_key, Duration::from_secs(10))
+                .await
+                .unwrap();
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                s.output("head -c 100000000 /dev/zero | tr '\\0' x; echo; echo end"),
+            )
+            .await
+            .expect("the command finished")
+            .unwrap()
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(
+        tail.ends_with("\nend\n") && tail.len() <= 64 << 10,
+        "{}",
+        tail.len()
+    );
     env.banger_ok(&["vm", "delete", "keep"]);
     wait_for("VMM processes to go", Duration::from_secs(20), || {
         vmm_pids(&env).is_empty().then_some(())

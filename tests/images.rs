@@ -113,8 +113,46 @@ fn killing_the_daemon_mid_build_leaves_nothing_and_the_next_build_succeeds() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Now the helper itself is SIGKILLed mid-build: mmdebstrap dies with it
+    // (PDEATHSIG), and the next helper kills whatever the build left in its
+    // chroot before it removes the work.
+    let runs = |log: &str| log.matches("running mmdebstrap").count();
+    let before = runs(&env.helper_log());
+    let mut cli = spawn_banger(&env, &["image", "build", "debian-bookworm", "--rebuild"]);
+    wait_for("mmdebstrap to start again", Duration::from_secs(60), || {
+        (runs(&env.helper_log()) > before).then_some(())
+    });
+    let helper = env.pid_of("bangerd-root").expect("helper runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(!cli.wait().unwrap().success());
+    let mmdebstrap_left = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("mmdebstrap") && cmd.contains(&work_root.display().to_string())
+        })
+    };
+    wait_for(
+        "mmdebstrap to die with the helper",
+        Duration::from_secs(10),
+        || (!mmdebstrap_left()).then_some(()),
+    );
     // The next build starts clean and succeeds.
     env.banger_ok(&["image", "build", "debian-bookworm", "--rebuild"]);
+    let in_work = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        ["root", "cwd"]
+            .iter()
+            .any(|l| std::fs::read_link(e.path().join(l)).is_ok_and(|p| p.starts_with(&work_root)))
+    });
+    assert!(
+        !in_work,
+        "a process of the killed build still runs in {}",
+        work_root.display()
+    );
     let img = image_json(&env, "debian-bookworm");
     assert!(img["source"].as_str().unwrap().starts_with("built:"));
     let cache = shared_cache().join("banger/images");

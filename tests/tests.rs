@@ -7,6 +7,7 @@ mod support;
 mod agent;
 mod boot;
 mod daemon_cli;
+mod faults;
 mod firecracker;
 mod garbage;
 mod hardening;

@@ -59,6 +59,19 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs a command inside the namespace; its stdout and stderr.
+    pub fn exec(&self, args: &[&str]) -> (String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn links_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.ip(&["-d", "-j", "link", "show"])).unwrap()
     }
