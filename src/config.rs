@@ -54,6 +54,7 @@ struct RawVmDefaults {
 struct RawNetwork {
     bridge: Option<String>,
     bridge_address: Option<String>,
+    dns_port: Option<u16>,
 }
 
 /// Which layer a resolved value came from.
@@ -131,6 +132,17 @@ pub struct NetworkConfig {
     /// Host address on the bridge; VMs get addresses from its subnet.
     pub bridge_ip: Ipv4Addr,
     pub prefix_len: u8,
+    /// UDP port of the `<name>.vm` DNS server on the bridge address (0: off).
+    /// Guests reach it on port 53 (redirected by the helper).
+    #[serde(default = "default_dns_port")]
+    pub dns_port: u16,
+}
+
+/// The original's port, kept so existing resolver set-ups carry over.
+pub const DEFAULT_DNS_PORT: u16 = 42069;
+
+fn default_dns_port() -> u16 {
+    DEFAULT_DNS_PORT
 }
 
 impl Default for NetworkConfig {
@@ -139,6 +151,7 @@ impl Default for NetworkConfig {
             bridge: "banger0".into(),
             bridge_ip: Ipv4Addr::new(172, 16, 0, 1),
             prefix_len: 24,
+            dns_port: DEFAULT_DNS_PORT,
         }
     }
 }
@@ -208,6 +221,15 @@ impl Config {
             let (ip, len) = parse_cidr(&a).map_err(|m| invalid("network.bridge_address", m))?;
             network.bridge_ip = ip;
             network.prefix_len = len;
+        }
+        if let Some(p) = raw.network.dns_port {
+            if p == 53 {
+                return Err(invalid(
+                    "network.dns_port",
+                    "53 is where guests ask (it is redirected to this port); pick a free port above 1024, or 0 to turn DNS off".into(),
+                ));
+            }
+            network.dns_port = p;
         }
         let vmm = match &raw.vmm {
             Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,
@@ -288,6 +310,14 @@ pub fn describe(cfg: &Config) -> Vec<(String, String, String)> {
         (
             "network.bridge_address".into(),
             format!("{}/{}", cfg.network.bridge_ip, cfg.network.prefix_len),
+            String::new(),
+        ),
+        (
+            "network.dns_port".into(),
+            match cfg.network.dns_port {
+                0 => "0 (off)".into(),
+                p => p.to_string(),
+            },
             String::new(),
         ),
     ]

@@ -58,6 +58,7 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
                 name: "banger0".into(),
                 address: "172.16.0.1".parse().unwrap(),
                 prefix_len: 24,
+                dns_port: 0,
             },
         )
         .await;

@@ -263,6 +263,7 @@ fn hostile_priv(rng: &mut Rng) -> PrivRequest {
             name: "banger0".into(),
             address: public,
             prefix_len: 24,
+            dns_port: 0,
         },
         3 => PrivRequest::EnableNat {
             vm_id: name(rng),

@@ -45,10 +45,47 @@ fn bridge_and_taps_are_created_idempotently_and_foreign_interfaces_refused() {
             name: "banger0".into(),
             address: Ipv4Addr::new(172, 16, 0, 1),
             prefix_len: 24,
+            dns_port: 42069,
         };
         for _ in 0..2 {
             assert_eq!(call(&mut c, bridge.clone()).await.unwrap(), PrivReply::Done);
         }
+        // Guests' DNS on 53 goes to the daemon's port, once; another port
+        // replaces it; 0 removes it.
+        let ipt = banger::host::nat::iptables().unwrap();
+        let dns_rules = || {
+            let (nat, _) = ns.exec(&[ipt, "-w", "10", "-t", "nat", "-S", "PREROUTING"]);
+            let (inp, _) = ns.exec(&[ipt, "-w", "10", "-S", "banger0-in"]);
+            (nat, inp)
+        };
+        let (nat, inp) = dns_rules();
+        assert_eq!(nat.matches("--to-ports 42069").count(), 1, "{nat}");
+        assert!(
+            nat.contains("-i banger0") && nat.contains("--dport 53"),
+            "{nat}"
+        );
+        assert_eq!(inp.matches("--dport 42069").count(), 1, "{inp}");
+        assert!(
+            inp.find("--dport 42069").unwrap() < inp.find("-j DROP").unwrap(),
+            "accepted before the drop: {inp}"
+        );
+        for (port, want) in [(5353u16, Some("5353")), (0, None)] {
+            let mut b = bridge.clone();
+            if let PrivRequest::EnsureBridge { dns_port, .. } = &mut b {
+                *dns_port = port;
+            }
+            assert_eq!(call(&mut c, b).await.unwrap(), PrivReply::Done);
+            let (nat, inp) = dns_rules();
+            assert!(
+                !nat.contains("42069") && !inp.contains("42069"),
+                "{nat}{inp}"
+            );
+            match want {
+                Some(p) => assert!(nat.contains(&format!("--to-ports {p}")), "{nat}"),
+                None => assert!(!nat.contains("banger-dns") && !inp.contains("banger-dns")),
+            }
+        }
+        assert_eq!(call(&mut c, bridge.clone()).await.unwrap(), PrivReply::Done);
         let links = ns.links_json();
         let br = link(&links, "banger0").expect("bridge exists");
         assert_eq!(br["linkinfo"]["info_kind"], "bridge");
@@ -96,6 +133,7 @@ fn bridge_and_taps_are_created_idempotently_and_foreign_interfaces_refused() {
                 name: "lo".into(),
                 address: Ipv4Addr::new(172, 16, 0, 1),
                 prefix_len: 24,
+                dns_port: 0,
             },
         )
         .await

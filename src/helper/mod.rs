@@ -353,7 +353,8 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             | PrivRequest::EnableNat { .. }
             | PrivRequest::DisableNat { .. }
             | PrivRequest::GuardTap { .. }
-            | PrivRequest::ListNat) => {
+            | PrivRequest::ListNat
+            | PrivRequest::RouteDns { .. }) => {
                 let net = self
                     .net
                     .get()

@@ -39,9 +39,12 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
             name,
             address,
             prefix_len,
+            dns_port,
         } => {
             net::ensure_bridge(ops, &name, address, prefix_len).map_err(RpcError::from)?;
             ops.guard_bridge(&name).map_err(RpcError::from)?;
+            ops.guard_dns(&name, address, dns_port)
+                .map_err(RpcError::from)?;
             Ok(PrivReply::Done)
         }
         PrivRequest::GuardTap { name, ip, mac } => {
@@ -53,6 +56,25 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
             net::owned_tap(ops, &name, owner_uid).map_err(RpcError::from)?;
             ops.guard_tap(&name, ip, &mac).map_err(RpcError::from)?;
             Ok(PrivReply::Done)
+        }
+        PrivRequest::RouteDns {
+            bridge,
+            address,
+            port,
+            on,
+        } => {
+            if !net::is_banger_bridge(&bridge) || !address.is_private() || (on && port == 0) {
+                return Err(RpcError::bad_request(format!(
+                    "refusing resolver routing for {bridge:?} via {address}:{port}: needs a banger bridge, a private address and a port"
+                )));
+            }
+            let r = if on {
+                crate::host::resolver::route(&bridge, address, port)
+            } else {
+                crate::host::resolver::unroute(&bridge)
+            };
+            r.map(|(routed, detail)| PrivReply::Resolver { routed, detail })
+                .map_err(RpcError::from)
         }
         PrivRequest::ListNat => crate::host::nat::tagged_vms()
             .map(PrivReply::NatVms)

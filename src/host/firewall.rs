@@ -203,6 +203,112 @@ pub fn guard_bridge(bridge: &str) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Tag of the DNS rules, so they can be found and replaced.
+const DNS_TAG: &str = "banger-dns";
+
+/// The DNS rules of a bridge: (table, chain, rule). Guests ask the bridge
+/// address on port 53; the daemon (not root, so not on 53) listens on
+/// `port`, where the redirect sends them.
+pub fn dns_rules(
+    bridge: &str,
+    addr: Ipv4Addr,
+    port: u16,
+) -> Vec<(&'static str, String, Vec<String>)> {
+    let (inp, _) = chains(bridge);
+    let (addr, port) = (format!("{addr}/32"), port.to_string());
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            "nat",
+            "PREROUTING".into(),
+            s(&[
+                "-d",
+                &addr,
+                "-i",
+                bridge,
+                "-p",
+                "udp",
+                "-m",
+                "udp",
+                "--dport",
+                "53",
+                "-m",
+                "comment",
+                "--comment",
+                DNS_TAG,
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &port,
+            ]),
+        ),
+        (
+            "filter",
+            inp,
+            s(&[
+                "-d",
+                &addr,
+                "-p",
+                "udp",
+                "-m",
+                "udp",
+                "--dport",
+                &port,
+                "-m",
+                "comment",
+                "--comment",
+                DNS_TAG,
+                "-j",
+                "ACCEPT",
+            ]),
+        ),
+    ]
+}
+
+/// Installs a bridge's DNS rules for `port` (0: none), replacing rules for
+/// another port or address. Idempotent.
+pub fn guard_dns(bridge: &str, addr: Ipv4Addr, port: u16) -> Result<(), HostError> {
+    let want = if port == 0 {
+        vec![]
+    } else {
+        dns_rules(bridge, addr, port)
+    };
+    let (inp, _) = chains(bridge);
+    // Stale rules of this bridge (another port or address) go first.
+    for (table, chain) in [("nat", "PREROUTING".to_string()), ("filter", inp.clone())] {
+        let listed = ipt(&["-t", table, "-S", &chain])?;
+        for line in listed.lines().filter(|l| l.contains(DNS_TAG)) {
+            let args: Vec<&str> = line.split_whitespace().collect();
+            let Some(rule) = args.get(2..) else { continue };
+            let ours = chain != "PREROUTING" || rule.windows(2).any(|w| w == ["-i", bridge]);
+            let wanted = want.iter().any(|(t, c, r)| {
+                *t == table && *c == chain && r.iter().map(String::as_str).eq(rule.iter().copied())
+            });
+            if ours && !wanted {
+                let mut a = vec!["-t", table, "-D", chain.as_str()];
+                a.extend_from_slice(rule);
+                ipt(&a)?;
+            }
+        }
+    }
+    for (table, chain, rule) in &want {
+        let mut check = vec!["-t", *table, "-C", chain.as_str()];
+        check.extend(rule.iter().map(String::as_str));
+        if ipt(&check).is_ok() {
+            continue;
+        }
+        // Before the input chain's final drop.
+        let mut a = if chain == &inp {
+            vec!["-t", *table, "-I", chain.as_str(), "2"]
+        } else {
+            vec!["-t", *table, "-A", chain.as_str()]
+        };
+        a.extend(rule.iter().map(String::as_str));
+        ipt(&a)?;
+    }
+    Ok(())
+}
+
 fn has_vm_rules(chain: &str) -> Result<bool, HostError> {
     Ok(ipt(&["-S", chain])?.contains("banger:"))
 }
@@ -238,5 +344,19 @@ mod tests {
         assert_eq!(inp.last().unwrap().1, ["-j", "DROP"]);
         assert_eq!(fwd.last().unwrap().1, ["-j", "DROP"]);
         assert_eq!(fwd[0].1, ["-d", "169.254.0.0/16", "-j", "DROP"]);
+    }
+
+    #[test]
+    fn dns_rules_redirect_port_53_to_the_daemon_and_admit_only_that() {
+        let r = dns_rules("banger0", Ipv4Addr::new(172, 16, 0, 1), 42069);
+        let (_, chain, redirect) = &r[0];
+        assert_eq!(chain, "PREROUTING");
+        assert!(redirect.windows(2).any(|w| w == ["--dport", "53"]));
+        assert!(redirect.windows(2).any(|w| w == ["--to-ports", "42069"]));
+        assert!(redirect.windows(2).any(|w| w == ["-i", "banger0"]));
+        let (_, chain, accept) = &r[1];
+        assert_eq!(chain, "banger0-in");
+        assert!(accept.windows(2).any(|w| w == ["--dport", "42069"]));
+        assert!(accept.windows(2).any(|w| w == ["-d", "172.16.0.1/32"]));
     }
 }

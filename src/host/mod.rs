@@ -6,23 +6,33 @@ pub mod firewall;
 pub mod nat;
 pub mod net;
 pub mod process;
+pub mod resolver;
 
 use std::path::PathBuf;
 
 /// Finds a system tool at a fixed set of absolute locations (never `$PATH`:
 /// the helper runs as root and must not be steered by its environment).
 pub fn system_tool(name: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file())
+    // Root's own directories only (never a PATH from the environment);
+    // /usr/local last, for tools an administrator installed.
+    [
+        "/usr/sbin",
+        "/sbin",
+        "/usr/bin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ]
+    .iter()
+    .map(|d| PathBuf::from(d).join(name))
+    .find(|p| p.is_file())
 }
 
 /// A failed host operation.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error(
-        "{tool} is not installed (looked in /usr/sbin, /sbin, /usr/bin, /bin); install {package}"
+        "{tool} is not installed (looked in /usr/sbin, /sbin, /usr/bin, /bin, /usr/local/sbin, /usr/local/bin); install {package}"
     )]
     MissingTool { tool: String, package: String },
     #[error("`{command}` failed: {stderr}")]

@@ -37,6 +37,8 @@ pub trait NetOps: Send + Sync + 'static {
     fn delete_link(&self, name: &str) -> Result<(), HostError>;
     /// The bridge's filter chains (`host::firewall::guard_bridge`).
     fn guard_bridge(&self, bridge: &str) -> Result<(), HostError>;
+    /// The bridge's DNS redirect (`host::firewall::guard_dns`).
+    fn guard_dns(&self, bridge: &str, addr: Ipv4Addr, port: u16) -> Result<(), HostError>;
     /// Binds a tap to one VM's addresses (`host::firewall::guard_tap`).
     fn guard_tap(&self, tap: &str, ip: Ipv4Addr, mac: &str) -> Result<(), HostError>;
     fn unguard_tap(&self, tap: &str) -> Result<(), HostError>;
@@ -146,6 +148,9 @@ impl NetOps for IpCommand {
     }
     fn guard_bridge(&self, bridge: &str) -> Result<(), HostError> {
         super::firewall::guard_bridge(bridge)
+    }
+    fn guard_dns(&self, bridge: &str, addr: Ipv4Addr, port: u16) -> Result<(), HostError> {
+        super::firewall::guard_dns(bridge, addr, port)
     }
     fn guard_tap(&self, tap: &str, ip: Ipv4Addr, mac: &str) -> Result<(), HostError> {
         super::firewall::guard_tap(tap, ip, mac)
@@ -366,6 +371,9 @@ mod tests {
             Err(HostError::Other("no".into()))
         }
         fn guard_bridge(&self, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+        fn guard_dns(&self, _: &str, _: Ipv4Addr, _: u16) -> Result<(), HostError> {
             Err(HostError::Other("no".into()))
         }
         fn guard_tap(&self, _: &str, _: Ipv4Addr, _: &str) -> Result<(), HostError> {

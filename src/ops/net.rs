@@ -21,6 +21,7 @@ pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<
             name: net.bridge.clone(),
             address: net.bridge_ip,
             prefix_len: net.prefix_len,
+            dns_port: net.dns_port,
         })
         .await?;
     let name = new_tap_name();
@@ -36,6 +37,21 @@ pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<
 /// Deletes a tap (absent is fine).
 pub async fn delete_tap(helper: &dyn Privileged, name: String) -> Result<(), RpcError> {
     helper.call(PrivRequest::DeleteTap { name }).await.map(drop)
+}
+
+/// A guest's name servers: banger's own on the bridge first (`<peer>.vm`;
+/// it refuses other names, so a resolver moves on), then, for a NAT'd
+/// guest, the host's.
+pub fn guest_dns(net: &NetworkConfig, nat: bool) -> Vec<Ipv4Addr> {
+    let mut v = Vec::new();
+    if net.dns_port != 0 {
+        v.push(net.bridge_ip);
+    }
+    if nat {
+        v.extend(host_dns());
+    }
+    v.truncate(3);
+    v
 }
 
 /// Name servers a NAT'd guest can use: the host's, unless they are loopback.

@@ -15,11 +15,14 @@ pub enum PrivRequest {
     /// Liveness and identity. Answers [`PrivReply::Pong`].
     Ping,
     /// Creates the bridge if missing, gives it `address/prefix_len` and brings
-    /// it up. Idempotent. `name` must be a banger bridge name (`banger*`).
+    /// it up, with its filter chains and, unless `dns_port` is 0, the
+    /// redirect of guests' DNS (port 53 on `address`) to `dns_port`.
+    /// Idempotent. `name` must be a banger bridge name (`banger*`).
     EnsureBridge {
         name: String,
         address: Ipv4Addr,
         prefix_len: u8,
+        dns_port: u16,
     },
     /// Creates a tap owned by the registered owner uid and attaches it to
     /// `bridge`. Idempotent. `name` must be a banger tap name (`bgt*`).
@@ -73,10 +76,20 @@ pub enum PrivRequest {
     },
     /// The VM ids that have NAT rules. Answers [`PrivReply::NatVms`].
     ListNat,
+    /// Host resolver routing for `<name>.vm`: with `on`, where
+    /// systemd-resolved runs, the bridge link gets `address:port` as its DNS
+    /// server and `~vm` as its routing domain; without, the link's settings
+    /// are reverted. Answers [`PrivReply::Resolver`].
+    RouteDns {
+        bridge: String,
+        address: Ipv4Addr,
+        port: u16,
+        on: bool,
+    },
 }
 
 impl Methods for PrivRequest {
-    const COUNT: u32 = 14;
+    const COUNT: u32 = 15;
 }
 
 /// A VMM to start (see [`PrivRequest::LaunchVmm`]).
@@ -136,7 +149,12 @@ pub struct RootfsSpec {
 impl PrivRequest {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> PrivRequest {
-        PrivRequest::ListNat
+        PrivRequest::RouteDns {
+            bridge: String::new(),
+            address: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            on: false,
+        }
     }
 
     /// How long the daemon waits for the answer before it gives up on the
@@ -179,6 +197,7 @@ impl PrivRequest {
             PrivRequest::ListVmms => "list_vmms",
             PrivRequest::GuardTap { .. } => "guard_tap",
             PrivRequest::ListNat => "list_nat",
+            PrivRequest::RouteDns { .. } => "route_dns",
         }
     }
 }
@@ -200,6 +219,12 @@ pub enum PrivReply {
     Vmms(Vec<VmmProcess>),
     /// VM ids with NAT rules.
     NatVms(Vec<String>),
+    /// What [`PrivRequest::RouteDns`] did, in words (`routed ~vm ...` or
+    /// why not and what to configure instead).
+    Resolver {
+        routed: bool,
+        detail: String,
+    },
 }
 
 /// The result of [`PrivRequest::BuildRootfs`]: files now in `out_dir`.
