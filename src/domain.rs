@@ -17,6 +17,9 @@ pub enum VmState {
     Stopping,
     Stopped,
     Error,
+    /// Running, but its agent has not answered for a while. Only in views
+    /// (the store never holds it): a record stays `running`.
+    Degraded,
 }
 
 impl VmState {
@@ -28,6 +31,7 @@ impl VmState {
             VmState::Stopping => "stopping",
             VmState::Stopped => "stopped",
             VmState::Error => "error",
+            VmState::Degraded => "degraded",
         }
     }
 
@@ -35,7 +39,7 @@ impl VmState {
     pub fn may_have_vmm(self) -> bool {
         matches!(
             self,
-            VmState::Running | VmState::Starting | VmState::Stopping
+            VmState::Running | VmState::Starting | VmState::Stopping | VmState::Degraded
         )
     }
 

@@ -13,6 +13,7 @@ mod garbage;
 mod hardening;
 mod helper_net;
 mod images;
+mod services;
 mod store_crash;
 mod vms;
 mod workspaces;

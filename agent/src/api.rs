@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `GET /healthz`.
+/// The health report (`Request::Health`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Healthz {
     /// `/proc/sys/kernel/random/boot_id`: changes on every boot.
@@ -20,7 +20,7 @@ pub struct Healthz {
     pub init: String,
 }
 
-/// One listening socket in `GET /ports`.
+/// One listening socket (`Request::Ports`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Port {
     /// `tcp`, `tcp6`, `udp` or `udp6`.
@@ -31,7 +31,7 @@ pub struct Port {
     pub process: Option<String>,
 }
 
-/// `GET /hostkeys`: the guest's SSH host public keys.
+/// One of the guest's SSH host public keys (`Request::HostKeys`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HostKey {
     /// `ssh-ed25519`, `ecdsa-sha2-nistp256`, ...
@@ -40,9 +40,29 @@ pub struct HostKey {
     pub key: String,
 }
 
-/// Answer of `POST /sync` and `POST /poweroff`.
+/// Answer of `Request::Sync` and `Request::Poweroff`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Ack {
     pub ok: bool,
     pub detail: String,
+}
+
+/// The guest's own figures (`Request::Stats`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestStats {
+    /// 1, 5 and 15 minute load averages.
+    pub load: [f64; 3],
+    pub mem_total_kib: u64,
+    pub mem_available_kib: u64,
+    pub disks: Vec<DiskUse>,
+    pub uptime_s: f64,
+    pub processes: u32,
+}
+
+/// Use of one mounted filesystem.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskUse {
+    pub mount: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
 }

@@ -51,6 +51,9 @@ pub enum Request {
     Poweroff,
     /// Runs a command (the stream continues with exec frames).
     Exec(ExecRequest),
+    /// Answers `api::GuestStats` (an agent older than this answers "bad
+    /// request": the host says to rebuild the image).
+    Stats,
 }
 
 /// The answer to `Ping`.

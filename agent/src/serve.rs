@@ -156,6 +156,73 @@ where
             tokio::task::spawn_blocking(poweroff).await.ok();
         }
         Request::Exec(r) => crate::exec::serve(s, r).await,
+        Request::Stats => {
+            let st =
+                tokio::task::spawn_blocking(|| guest_stats(Path::new("/proc"), &["/", "/root"]))
+                    .await
+                    .map_err(|e| e.to_string());
+            respond(&mut s, st).await
+        }
+    }
+}
+
+/// Load, memory, process count and disk use, read now.
+pub fn guest_stats(proc_root: &Path, mounts: &[&str]) -> crate::api::GuestStats {
+    let read = |f: &str| std::fs::read_to_string(proc_root.join(f)).unwrap_or_default();
+    let load: Vec<f64> = read("loadavg")
+        .split_whitespace()
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let meminfo = read("meminfo");
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let processes = std::fs::read_dir(proc_root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count() as u32
+        })
+        .unwrap_or(0);
+    let disks = mounts
+        .iter()
+        .filter_map(|m| {
+            let path = std::ffi::CString::new(*m).ok()?;
+            // SAFETY: statvfs fills the zeroed struct we pass.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+                return None;
+            }
+            let frag = st.f_frsize;
+            let total = st.f_blocks * frag;
+            let free = st.f_bfree * frag;
+            Some(crate::api::DiskUse {
+                mount: m.to_string(),
+                total_bytes: total,
+                used_bytes: total.saturating_sub(free),
+            })
+        })
+        .collect();
+    crate::api::GuestStats {
+        load: [
+            load.first().copied().unwrap_or(0.0),
+            load.get(1).copied().unwrap_or(0.0),
+            load.get(2).copied().unwrap_or(0.0),
+        ],
+        mem_total_kib: kib("MemTotal:"),
+        mem_available_kib: kib("MemAvailable:"),
+        disks,
+        uptime_s: read("uptime")
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0),
+        processes,
     }
 }
 

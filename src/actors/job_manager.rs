@@ -27,7 +27,7 @@ pub enum JobMsg {
     /// Internal: progress from the work.
     Event(Event),
     /// Internal: the work finished.
-    Done(Result<Reply, RpcError>),
+    Done(Box<Result<Reply, RpcError>>),
     /// From the manager: no more attachments will come; stop.
     Retire,
 }
@@ -68,7 +68,7 @@ impl Actor for JobActor {
                     "the job failed unexpectedly: {e}"
                 )))
             });
-            let _ = me.cast(JobMsg::Done(res));
+            let _ = me.cast(JobMsg::Done(Box::new(res)));
         });
         Ok(JobState {
             waiters: vec![first],
@@ -108,6 +108,7 @@ impl Actor for JobActor {
                 }
             }
             JobMsg::Done(res) => {
+                let res = *res;
                 for w in state.waiters.drain(..) {
                     let _ = w.reply.send(res.clone());
                 }

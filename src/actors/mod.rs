@@ -5,10 +5,12 @@
 //! DaemonSupervisor
 //! ├── VmRegistry ── VmActor(vm id)   one per VM record; its operations queue
 //! │                 ├── VmmMonitor    watches the VMM pid
+//! │                 ├── GuestWatch    pings the agent; restarts a dead session
 //! │                 └── AgentSession  the agent channel (reconnects itself)
 //! ├── ImageManager ── JobActor(name)  one build per image name at a time
 //! ├── KernelManager ── JobActor(name) one pull per kernel name at a time
 //! ├── TapPool                        warm taps on the bridge
+//! ├── DnsServer                      <name>.vm on the bridge address
 //! └── HelperLink                     the link to bangerd-root
 //! ```
 //!
@@ -23,6 +25,8 @@
 //! timer or another actor's reply: slow work runs in spawned tasks that report
 //! back with a message.
 
+pub mod dns_server;
+pub mod guest_watch;
 pub mod helper_link;
 pub mod job_manager;
 pub mod supervisor;
@@ -51,6 +55,7 @@ pub struct Slots {
     /// The KernelManager (a [`job_manager::JobManager`]).
     pub kernels: Slot<job_manager::ManagerMsg>,
     pub taps: Slot<tap_pool::TapPoolMsg>,
+    pub dns: Slot<dns_server::DnsMsg>,
 }
 
 fn restarting(what: &str) -> RpcError {

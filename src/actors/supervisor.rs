@@ -22,6 +22,7 @@ pub enum Child {
     ImageManager,
     KernelManager,
     TapPool,
+    Dns,
 }
 
 /// Messages to the supervisor.
@@ -110,6 +111,20 @@ impl DaemonSupervisor {
                 }
                 id
             }
+            Child::Dns => {
+                let (r, _) = Actor::spawn_linked(
+                    None,
+                    super::dns_server::DnsServer {
+                        ctx: self.ctx.clone(),
+                    },
+                    (),
+                    myself.get_cell(),
+                )
+                .await?;
+                let id = r.get_id();
+                self.slots.dns.set(Some(r));
+                id
+            }
             Child::HelperLink => {
                 let (r, _) = Actor::spawn_linked(
                     None,
@@ -156,6 +171,7 @@ impl Actor for DaemonSupervisor {
             .await?;
         self.spawn_child(&myself, &mut state, Child::Registry)
             .await?;
+        self.spawn_child(&myself, &mut state, Child::Dns).await?;
         Ok(state)
     }
 
@@ -201,6 +217,7 @@ impl Actor for DaemonSupervisor {
             Child::ImageManager => self.slots.images.set(None),
             Child::KernelManager => self.slots.kernels.set(None),
             Child::TapPool => self.slots.taps.set(None),
+            Child::Dns => self.slots.dns.set(None),
         }
         let d = state.backoff.entry(child).or_default().next_delay();
         tracing::error!(?child, "child exited ({why}); restarting in {d:?}");
@@ -218,6 +235,7 @@ impl Actor for DaemonSupervisor {
         self.slots.images.set(None);
         self.slots.kernels.set(None);
         self.slots.taps.set(None);
+        self.slots.dns.set(None);
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
+use super::guest_watch::{GuestWatch, WatchMsg};
 use super::vmm_monitor::{MonitorMsg, VmmMonitor};
 use crate::guest::session::{AgentChannel, AgentSession};
 use crate::ops::lifecycle::{self, Recovery};
@@ -168,6 +169,18 @@ pub enum VmMsg {
     Agent(RpcReplyPort<Option<AgentSession>>),
     /// From an operation: close the agent session.
     StopAgent(RpcReplyPort<()>),
+    /// From the GuestWatch: whether the record says running, and the
+    /// session. Answered at once.
+    Probe(RpcReplyPort<(bool, Option<AgentSession>)>),
+    /// From the GuestWatch: the session's task died (why); a fresh one is
+    /// started after the helper's backoff.
+    ReviveAgent(String),
+    /// Internal: start the revived session now.
+    RestartAgent,
+    /// Internal: (re)start the GuestWatch after its backoff.
+    SpawnWatch,
+    /// Test hook (`Request::TestHook`): break one of this VM's helpers.
+    Hook(crate::protocol::cli::TestHook),
     /// Test hook: the handler panics, as a bug would.
     #[cfg(test)]
     Panic,
@@ -193,7 +206,15 @@ pub struct VmActorState {
     deleted: bool,
     monitor: Option<ActorRef<MonitorMsg>>,
     agent: Option<AgentSession>,
+    watch: Option<ActorRef<WatchMsg>>,
+    /// Restart backoff per helper.
+    backoff: std::collections::HashMap<&'static str, crate::supervise::Backoff>,
 }
+
+/// Names of the per-VM helpers in `vm health`.
+pub const SESSION: &str = "agent-session";
+pub const WATCH: &str = "guest-watch";
+pub const MONITOR: &str = "vmm-monitor";
 
 /// `ops::VmChildren` through messages to the VM's own actor (operations run
 /// on tasks, so these calls never wait on the mailbox of a busy handler).
@@ -264,6 +285,36 @@ impl VmActor {
         });
     }
 
+    async fn spawn_watch(&self, myself: &ActorRef<VmMsg>, state: &mut VmActorState) {
+        let w = GuestWatch {
+            id: self.id.clone(),
+            vm: myself.clone(),
+            ctx: self.ctx.clone(),
+        };
+        match Actor::spawn_linked(None, w, (), myself.get_cell()).await {
+            Ok((w, _)) => state.watch = Some(w),
+            Err(e) => {
+                tracing::error!(vm = %state.record.name, "cannot start the guest watch: {e}");
+                self.restart_later(myself, state, WATCH, e.to_string(), VmMsg::SpawnWatch);
+            }
+        }
+    }
+
+    /// Counts a helper's death and sends `msg` after its backoff.
+    fn restart_later(
+        &self,
+        myself: &ActorRef<VmMsg>,
+        state: &mut VmActorState,
+        helper: &'static str,
+        why: String,
+        msg: VmMsg,
+    ) {
+        let d = state.backoff.entry(helper).or_default().next_delay();
+        tracing::warn!(vm = %state.record.name, helper, "{why}; restarting it in {d:?}");
+        self.ctx.guests.restarted(&self.id, helper, why);
+        myself.send_after(d, move || msg);
+    }
+
     /// Queues the release of a VM whose VMM is gone.
     fn queue_reap(&self, myself: &ActorRef<VmMsg>, state: &mut VmActorState) {
         let (o, _rx) = op("reap", |a: OpArgs| async move {
@@ -299,6 +350,8 @@ impl Actor for VmActor {
             deleted: false,
             monitor: None,
             agent: None,
+            watch: None,
+            backoff: Default::default(),
         })
     }
 
@@ -309,6 +362,7 @@ impl Actor for VmActor {
         myself: ActorRef<VmMsg>,
         state: &mut VmActorState,
     ) -> Result<(), ActorProcessingErr> {
+        self.spawn_watch(&myself, state).await;
         match lifecycle::recover(&self.ctx, &mut state.record) {
             Recovery::Idle => {}
             Recovery::Restart | Recovery::Booting(_) if !self.recover => {}
@@ -451,11 +505,67 @@ impl Actor for VmActor {
                 let _ = reply.send(s);
             }
             VmMsg::Agent(reply) => {
+                // A caller needs it now: a session whose task died is
+                // replaced at once rather than at the watch's next tick.
+                if let Some(old) = state.agent.as_ref().filter(|a| a.is_dead()) {
+                    let fresh = AgentSession::start(old.channel().clone());
+                    self.ctx.guests.restarted(
+                        &self.id,
+                        SESSION,
+                        "the agent session's task ended".into(),
+                    );
+                    tracing::warn!(vm = %state.record.name, "the agent session's task ended; a fresh session");
+                    state.agent = Some(fresh);
+                }
                 let _ = reply.send(state.agent.clone());
             }
             VmMsg::StopAgent(reply) => {
                 state.agent = None;
                 let _ = reply.send(());
+            }
+            VmMsg::Probe(reply) => {
+                let running = state.record.state == crate::domain::VmState::Running
+                    && !state.running.is_some_and(|op| {
+                        matches!(op, "stop" | "restart" | "kill" | "delete" | "reap")
+                    });
+                let _ = reply.send((running, state.agent.clone()));
+            }
+            VmMsg::ReviveAgent(why) => {
+                if state.agent.as_ref().is_some_and(|a| a.is_dead()) {
+                    self.restart_later(&myself, state, SESSION, why, VmMsg::RestartAgent);
+                }
+            }
+            VmMsg::RestartAgent => {
+                if let Some(old) = state.agent.as_ref().filter(|a| a.is_dead()) {
+                    tracing::info!(vm = %state.record.name, "a fresh agent session");
+                    state.agent = Some(AgentSession::start(old.channel().clone()));
+                }
+            }
+            VmMsg::SpawnWatch => {
+                if state.watch.is_none() {
+                    self.spawn_watch(&myself, state).await;
+                }
+            }
+            VmMsg::Hook(h) => {
+                use crate::protocol::cli::TestHook;
+                match h {
+                    TestHook::PanicWatch { .. } => {
+                        if let Some(w) = &state.watch {
+                            let _ = w.cast(WatchMsg::Panic);
+                        }
+                    }
+                    TestHook::PanicMonitor { .. } => {
+                        if let Some(m) = &state.monitor {
+                            let _ = m.cast(MonitorMsg::Panic);
+                        }
+                    }
+                    TestHook::KillSession { .. } => {
+                        if let Some(a) = &state.agent {
+                            a.kill_task();
+                        }
+                    }
+                    TestHook::PanicDns | TestHook::PanicDnsTask => {}
+                }
             }
             #[cfg(test)]
             VmMsg::Panic => panic!("test-induced panic in VmActor {}", self.id),
@@ -465,26 +575,57 @@ impl Actor for VmActor {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<VmMsg>,
+        myself: ActorRef<VmMsg>,
         evt: ractor::SupervisionEvent,
         state: &mut VmActorState,
     ) -> Result<(), ActorProcessingErr> {
-        // A monitor ends on its own after reporting; a failed one is dropped
-        // and watched again by the next start. The VmActor carries on.
-        let cell = match &evt {
-            ractor::SupervisionEvent::ActorFailed(c, e) => {
-                tracing::error!(vm = %state.record.name, "a child actor failed: {e}");
-                c
-            }
-            ractor::SupervisionEvent::ActorTerminated(c, _, _) => c,
+        // A monitor ends on its own after reporting; a failed one (or a
+        // failed watch) is restarted after its backoff. The VmActor and
+        // the guest carry on.
+        let (cell, failed) = match &evt {
+            ractor::SupervisionEvent::ActorFailed(c, e) => (c, Some(e.to_string())),
+            ractor::SupervisionEvent::ActorTerminated(c, _, _) => (c, None),
             _ => return Ok(()),
         };
-        if state
-            .monitor
-            .as_ref()
-            .is_some_and(|m| m.get_id() == cell.get_id())
-        {
+        let is = |r: &Option<ActorRef<_>>| {
+            r.as_ref()
+                .is_some_and(|m: &ActorRef<_>| m.get_id() == cell.get_id())
+        };
+        if is(&state.monitor) {
             state.monitor = None;
+            if let Some(why) = failed {
+                if let Some(pid) = state.record.vmm_pid {
+                    let why = format!("the VMM monitor failed: {why}");
+                    self.restart_later(&myself, state, MONITOR, why, VmMsg::AttachVmm(pid));
+                }
+            }
+        } else if state
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.get_id() == cell.get_id())
+        {
+            state.watch = None;
+            if let Some(why) = failed {
+                let why = format!("the guest watch failed: {why}");
+                self.restart_later(&myself, state, WATCH, why, VmMsg::SpawnWatch);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<VmMsg>,
+        state: &mut VmActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(w) = state.watch.take() {
+            w.stop(None);
+        }
+        if let Some(m) = state.monitor.take() {
+            m.stop(None);
+        }
+        if state.deleted {
+            self.ctx.guests.forget(&self.id);
         }
         Ok(())
     }

@@ -15,6 +15,8 @@ pub struct VmmMonitor {
 pub enum MonitorMsg {
     /// Internal: the process exited.
     Exited,
+    /// Test hook: the handler panics (the VmActor starts a new monitor).
+    Panic,
 }
 
 impl Actor for VmmMonitor {
@@ -38,9 +40,12 @@ impl Actor for VmmMonitor {
     async fn handle(
         &self,
         myself: ActorRef<MonitorMsg>,
-        _: MonitorMsg,
+        msg: MonitorMsg,
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
+        if let MonitorMsg::Panic = msg {
+            panic!("test hook: the VmmMonitor of pid {} panics", self.pid);
+        }
         tracing::info!(pid = self.pid, "VMM exited");
         let _ = self.vm.cast(VmMsg::VmmExited(self.pid));
         myself.stop(Some("reported".into()));

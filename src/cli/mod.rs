@@ -7,6 +7,7 @@ pub mod client;
 pub mod exec;
 pub mod progress;
 pub mod render;
+pub mod services;
 pub mod style;
 pub mod vm;
 
@@ -80,8 +81,21 @@ pub enum Command {
     /// Show the resolved configuration
     #[command(long_about = CONFIG_LONG, subcommand)]
     Config(ConfigCommand),
+    /// The <name>.vm DNS server: address, host resolver, names
+    #[command(long_about = DNS_LONG)]
+    Dns {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// banger's ssh_config: print its path, or Include it in ~/.ssh/config
+    #[command(name = "ssh-config", long_about = SSH_CONFIG_LONG)]
+    SshConfig(services::SshConfigArgs),
     /// Print version, commit and build time
     Version,
+    /// Fault injection for tests (needs BANGER_TEST_HOOKS=1 on the daemon)
+    #[command(subcommand, hide = true)]
+    Debug(services::DebugCommand),
     /// Print a shell completion script
     #[command(long_about = COMPLETION_LONG)]
     Completion {
@@ -89,6 +103,27 @@ pub enum Command {
         shell: Shell,
     },
 }
+
+const DNS_LONG: &str = "\
+banger answers <name>.vm for its running VMs on the bridge address
+(UDP, port network.dns_port, default 42069; guests ask on port 53).
+
+  banger dns                      where it listens, what the host resolver does
+  dig @172.16.0.1 -p 42069 dev.vm
+
+Where systemd-resolved runs, bangerd-root routes *.vm to it on the bridge
+link; elsewhere this prints the line to add to your resolver.";
+
+const SSH_CONFIG_LONG: &str = "\
+banger keeps its own ssh_config (a Host block per VM, and Host *.vm with
+banger's key and known_hosts).
+
+  banger ssh-config               print its path
+  banger ssh-config --install     add one Include line to ~/.ssh/config
+                                  (then: ssh dev.vm)
+  banger ssh-config --uninstall   remove exactly that block
+
+Nothing else in ~/.ssh is ever touched.";
 
 const DAEMON_LONG: &str = "\
 Start, stop and inspect bangerd, the daemon that owns VM state.
@@ -206,6 +241,9 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         Command::Image(c) => artifacts::image(ctx, c).await,
         Command::Kernel(c) => artifacts::kernel(ctx, c).await,
         Command::Ps(a) => vm::list(ctx, a.json).await,
+        Command::Dns { json } => services::dns(ctx, json).await,
+        Command::SshConfig(a) => services::ssh_config(ctx, a).await,
+        Command::Debug(c) => services::debug(ctx, c).await,
         Command::Vm(c) => vm::run(ctx, c).await,
     }
 }

@@ -125,6 +125,33 @@ pub enum VmCommand {
         #[arg(short = 'c', long, default_value_t = 1)]
         count: u32,
     },
+    /// Listening sockets in a running VM, with where to reach them
+    #[command(
+        long_about = "Listening TCP and UDP sockets in the guest (from its agent), each with its\nprocess and the endpoint to reach it at from the host.\n\n  banger vm ports dev\n  banger vm ports dev --json"
+    )]
+    Ports {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// CPU, memory and disk of a running VM, host and guest side
+    #[command(
+        long_about = "Host side: the VMM's CPU % and RSS, the space the VM's files take.\nGuest side (from its agent): load, memory, disks, processes.\n\n  banger vm stats dev\n  banger vm stats dev --json"
+    )]
+    Stats {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Does the VM's agent answer; restarts of its helpers
+    #[command(
+        long_about = "Asks the VM's agent now (3 s at most) and shows its boot id, uptime and init,\nplus how often the VM's host-side helpers were restarted and why.\nExit code 1 when the agent does not answer.\n\n  banger vm health dev"
+    )]
+    Health {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Open a shell in a running VM (system ssh), or run a command
     #[command(
         long_about = "SSH into a running VM with banger's key and pinned host key.\n\n  banger vm ssh dev\n  banger vm ssh dev -- uname -a\n\n`ssh -F ~/.local/state/banger/ssh/ssh_config dev.vm` works too."
@@ -418,12 +445,13 @@ async fn system_ssh(ctx: &Ctx, name: &str, command: &[String]) -> Result<i32, Cl
         other => return Err(client::unexpected(other)),
     };
     let code = run_ssh(&target, command)?;
-    // Say so when the VM outlives the session.
-    if let Ok(Reply::Vm(v)) = call(ctx, Request::VmShow { name: name.into() }).await {
-        if v.state == VmState::Running {
+    // Say so when the VM outlives the session, with how its agent is.
+    if let Ok(h) = super::services::fetch_health(ctx, name).await {
+        if matches!(h.state, VmState::Running | VmState::Degraded) {
             eprintln!(
-                "{} VM {name} is still running; stop it with: banger vm stop {name}",
-                style::dim(ctx.style.stderr, "note:")
+                "{} VM {name} is still running ({}); stop it with: banger vm stop {name}",
+                style::dim(ctx.style.stderr, "note:"),
+                super::services::health_line(&h)
             );
         }
     }
@@ -829,6 +857,18 @@ fn vm_detail(vm: &VmView) -> String {
     if let Some(e) = &vm.last_error {
         t.row(["last error".to_string(), e.clone()]);
     }
+    if let Some(e) = &vm.agent_error {
+        t.row(["agent".to_string(), format!("unreachable: {e}")]);
+    }
+    if vm.helper_restarts > 0 {
+        t.row([
+            "helper restarts".to_string(),
+            format!(
+                "{} (banger vm health {} says which and why)",
+                vm.helper_restarts, vm.name
+            ),
+        ]);
+    }
     t.render()
 }
 
@@ -996,6 +1036,18 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             check_name(&name)?;
             let r = exec(ctx, &name, command, e.opts(auto_prepare)).await?;
             Ok(r.code.clamp(0, 255) as u8)
+        }
+        VmCommand::Ports { name, json } => {
+            check_name(&name)?;
+            super::services::ports(ctx, name, json).await
+        }
+        VmCommand::Stats { name, json } => {
+            check_name(&name)?;
+            super::services::stats(ctx, name, json).await
+        }
+        VmCommand::Health { name, json } => {
+            check_name(&name)?;
+            super::services::health(ctx, name, json).await
         }
         VmCommand::Ping { name, count } => {
             check_name(&name)?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
 
-use super::vms;
+use super::{services, vms};
 use crate::actors::helper_link::HelperLinkMsg;
 use crate::actors::Slots;
 use crate::ops::{images, kernels, views, Ctx};
@@ -59,7 +59,12 @@ impl DaemonHandler {
             super::requests::READ_MS
         )
         .map_err(|e| RpcError::failed(format!("listing VMs: {e}")))??;
-        Ok(Reply::Vms(vms.iter().map(views::vm).collect()))
+        let board = &self.ctx.guests;
+        Ok(Reply::Vms(
+            vms.iter()
+                .map(|r| views::vm_seen(r, &board.get(&r.id)))
+                .collect(),
+        ))
     }
 }
 
@@ -84,7 +89,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 })
             }
             Request::VmList => self.vm_list().await,
-            Request::VmShow { name } => vms::show(slots, &name).await,
+            Request::VmShow { name } => vms::show(ctx, slots, &name).await,
             Request::KernelPull {
                 source,
                 name,
@@ -143,6 +148,12 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 vms::export(slots, &name, base_commit, events).await
             }
             Request::VmSsh { name } => vms::ssh(slots, &name).await,
+            Request::VmPorts { name } => services::ports(ctx, slots, &name).await,
+            Request::VmStats { name } => services::vm_stats(ctx, slots, &name).await,
+            Request::VmHealth { name } => services::health(ctx, slots, &name).await,
+            Request::Dns => services::dns(slots).await,
+            Request::SshConfig => services::ssh_config(ctx),
+            Request::TestHook(h) => services::test_hook(slots, h).await,
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);

@@ -10,6 +10,7 @@
 pub mod handler;
 pub mod reconcile;
 pub mod requests;
+pub mod services;
 pub mod vms;
 
 use std::os::fd::RawFd;
@@ -138,6 +139,7 @@ pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Sl
         kernels: Arc::new(ActorJobs(slots.clone(), JobKind::Kernels)),
         drivers: Arc::new(RealDrivers),
         timeouts: Timeouts::for_host(),
+        guests: Default::default(),
     })
 }
 
@@ -239,6 +241,7 @@ impl Running {
         .await;
         capper.abort();
         tracing::info!("bangerd stopping");
+        crate::actors::dns_server::unroute(&self.ctx).await;
         let _ = std::fs::remove_file(&self.socket);
         // Warm taps are ours alone: give them back before the helper goes.
         if let Some(pool) = self.slots.taps.get() {

@@ -204,8 +204,9 @@ pub async fn set(
     .map(vm_reply)
 }
 
-pub async fn show(slots: &Slots, name: &str) -> Result<Reply, RpcError> {
-    Ok(vm_reply(requests::record(slots, name).await?))
+pub async fn show(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+    let rec = requests::record(slots, name).await?;
+    Ok(Reply::Vm(views::vm_seen(&rec, &ctx.guests.get(&rec.id))))
 }
 
 pub async fn logs(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {

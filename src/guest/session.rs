@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use banger_agent::api::{Ack, Healthz, HostKey, Port};
+pub use banger_agent::api::{Ack, GuestStats, Healthz, HostKey, Port};
 use banger_agent::channel::{self, Frame, FrameReader, SessionEnd};
 use banger_agent::mux::{self, OpenRequest, Stream};
 use banger_agent::proto::{self, Pong, Request};
@@ -209,6 +209,17 @@ impl AgentSession {
         &self.0.channel
     }
 
+    /// Whether the task driving the session has ended (it panicked or was
+    /// killed): nothing will reconnect it; its owner starts a new one.
+    pub fn is_dead(&self) -> bool {
+        self.0.opens.is_closed()
+    }
+
+    /// Test hook: kills the task driving the session, as a crash would.
+    pub fn kill_task(&self) {
+        self.0.task.abort();
+    }
+
     pub fn link(&self) -> Link {
         self.0.link.borrow().clone()
     }
@@ -306,6 +317,10 @@ impl AgentSession {
 
     pub async fn poweroff(&self, timeout: Duration) -> Result<Ack, AgentError> {
         self.call(&Request::Poweroff, timeout, SMALL).await
+    }
+
+    pub async fn stats(&self, timeout: Duration) -> Result<GuestStats, AgentError> {
+        self.call(&Request::Stats, timeout, SMALL).await
     }
 }
 

@@ -424,11 +424,7 @@ async fn boot(
         name: Some(rec.name.clone()),
         ip: Some((ip, net.prefix_len)),
         gw: Some(net.bridge_ip),
-        dns: if rec.nat {
-            super::net::host_dns()
-        } else {
-            vec![]
-        },
+        dns: super::net::guest_dns(&net, rec.nat),
         ssh_key: Some(pubkey),
     };
     let b = BootSpec {

@@ -8,12 +8,15 @@
 //! operation can be driven in a test with fakes (`ops::testing`).
 
 pub mod disks;
+pub mod dns;
+pub mod guests;
 pub mod images;
 pub mod kernels;
 pub mod lifecycle;
 pub mod logs;
 pub mod net;
 pub mod progress;
+pub mod stats;
 pub mod views;
 pub mod vms;
 pub mod workspace;
@@ -143,6 +146,8 @@ pub struct Ctx {
     pub kernels: Arc<dyn SharedJobs>,
     pub drivers: Arc<dyn Drivers>,
     pub timeouts: Timeouts,
+    /// Agent answers and helper restarts of running VMs (in memory).
+    pub guests: Arc<guests::Board>,
 }
 
 /// Refuses to delete `what` while `users` (of kind `by`) need it.

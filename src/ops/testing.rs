@@ -319,6 +319,7 @@ impl Fakes {
                 poweroff: Duration::from_millis(500),
                 powerdown: Duration::from_millis(500),
             },
+            guests: Default::default(),
         });
         Fakes {
             dir,

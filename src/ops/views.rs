@@ -4,6 +4,20 @@
 use crate::protocol::cli::{ImageView, KernelView, VmView, WorkspaceView};
 use crate::store::{ImageRecord, KernelRecord, VmRecord, WorkspaceState};
 
+/// A record as the CLI sees it, with what the guest watch knows.
+pub fn vm_seen(r: &VmRecord, g: &crate::ops::guests::GuestHealth) -> VmView {
+    let mut v = vm(r);
+    if r.state == crate::domain::VmState::Running {
+        if g.degraded() {
+            v.state = crate::domain::VmState::Degraded;
+        }
+        v.agent_error = g.agent_error();
+    }
+    v.helper_restarts = g.restarts();
+    v
+}
+
+/// A record as the CLI sees it (without the guest watch).
 pub fn vm(r: &VmRecord) -> VmView {
     VmView {
         id: r.id.clone(),
@@ -23,6 +37,8 @@ pub fn vm(r: &VmRecord) -> VmView {
         started_at_unix: r.started_at_unix,
         boot_id: r.boot_id.clone(),
         workspace: r.workspace.as_ref().map(|w| w.host_path.clone()),
+        agent_error: None,
+        helper_restarts: 0,
     }
 }
 

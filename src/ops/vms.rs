@@ -193,11 +193,24 @@ pub async fn ssh_target(
     require_running(rec)?;
     let f = SshFiles::of(&ctx.layout);
     // Every time: sshd may still be starting (a VM just booted), and the
-    // pin follows the key the agent reports.
-    let key = super::lifecycle::pin_host_key(ctx, agent, rec, Duration::from_secs(120)).await?;
-    if rec.host_key.as_deref() != Some(key.as_str()) {
-        rec.host_key = Some(key);
-        ctx.store.put_vm(rec)?;
+    // pin follows the key the agent reports. With a key pinned already, an
+    // agent that does not answer is no reason to refuse SSH (it is the way
+    // in when the agent is wedged): the pin stands.
+    let wait = if rec.host_key.is_some() {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(120)
+    };
+    match super::lifecycle::pin_host_key(ctx, agent, rec, wait).await {
+        Ok(key) if rec.host_key.as_deref() != Some(key.as_str()) => {
+            rec.host_key = Some(key);
+            ctx.store.put_vm(rec)?;
+        }
+        Ok(_) => {}
+        Err(e) if rec.host_key.is_some() => {
+            tracing::warn!(vm = %rec.name, "the agent did not confirm the host key ({}); using the pinned one", e.message);
+        }
+        Err(e) => return Err(e),
     }
     super::lifecycle::refresh_ssh_config(ctx);
     Ok(SshTarget {

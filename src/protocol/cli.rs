@@ -118,10 +118,43 @@ pub enum Request {
     },
     /// One round trip to a running VM's agent. Answers [`Reply::Ping`].
     VmPing { name: String },
+    /// Listening sockets in a running VM (from its agent), each with the
+    /// endpoint to reach it at. Answers [`Reply::Ports`].
+    VmPorts { name: String },
+    /// Host-side (VMM CPU, RSS, disk) and guest-side (load, memory, disks)
+    /// figures of a running VM. Answers [`Reply::Stats`].
+    VmStats { name: String },
+    /// Whether a VM's agent answers now, and its per-VM helpers' restarts.
+    /// Answers [`Reply::Health`].
+    VmHealth { name: String },
+    /// The `<name>.vm` DNS server: where it listens, the host resolver's
+    /// routing, the names it answers. Answers [`Reply::Dns`].
+    Dns,
+    /// Rewrites banger's ssh_config (every VM with an address) and answers
+    /// its path. Answers [`Reply::SshConfig`].
+    SshConfig,
+    /// Fault injection for tests; refused unless the daemon was started
+    /// with `BANGER_TEST_HOOKS=1`. Answers [`Reply::Done`].
+    TestHook(TestHook),
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 31;
+    const COUNT: u32 = 37;
+}
+
+/// What [`Request::TestHook`] breaks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TestHook {
+    /// The DnsServer actor panics.
+    PanicDns,
+    /// The DNS server's socket task panics (its actor stays).
+    PanicDnsTask,
+    /// The VM's GuestWatch actor panics.
+    PanicWatch { name: String },
+    /// The VM's VmmMonitor actor panics.
+    PanicMonitor { name: String },
+    /// The task driving the VM's agent session is aborted.
+    KillSession { name: String },
 }
 
 /// A terminal's size.
@@ -187,9 +220,7 @@ pub struct VmCreateSpec {
 impl Request {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> Request {
-        Request::VmPing {
-            name: String::new(),
-        }
+        Request::TestHook(TestHook::PanicDns)
     }
 
     /// Method name for logs.
@@ -226,6 +257,12 @@ impl Request {
             Request::WorkspacePrepare { .. } => "workspace.prepare",
             Request::WorkspaceExport { .. } => "workspace.export",
             Request::VmPing { .. } => "vm.ping",
+            Request::VmPorts { .. } => "vm.ports",
+            Request::VmStats { .. } => "vm.stats",
+            Request::VmHealth { .. } => "vm.health",
+            Request::Dns => "dns",
+            Request::SshConfig => "ssh_config",
+            Request::TestHook(_) => "test_hook",
         }
     }
 }
@@ -266,6 +303,111 @@ pub enum Reply {
     },
     Ssh(SshTarget),
     Workspace(WorkspaceView),
+    Ports(Vec<PortView>),
+    Stats(Box<VmStatsView>),
+    Health(Box<VmHealthView>),
+    Dns(Box<DnsView>),
+    SshConfig {
+        path: String,
+    },
+}
+
+/// A listening socket in a guest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortView {
+    /// `tcp`, `tcp6`, `udp` or `udp6`.
+    pub proto: String,
+    /// The address it listens on in the guest.
+    pub address: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+    /// Where to reach it from the host: `<name>.vm:<port>` (the IP when
+    /// DNS is off); empty for a loopback-only socket.
+    pub endpoint: String,
+}
+
+/// `vm stats`. Fractions are integers on the wire (x100 for load and
+/// CPU %) so every view stays `Eq`; the CLI prints them as decimals.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmStatsView {
+    pub name: String,
+    pub host: HostStats,
+    pub guest: Option<GuestStatsView>,
+    /// Why there are no guest figures.
+    pub guest_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostStats {
+    pub vmm_pid: Option<u32>,
+    /// The VMM's CPU use over a short sample, % x100 (of one core).
+    pub cpu_percent_x100: u32,
+    pub rss_bytes: u64,
+    /// Space the VM's files take on the host (allocated blocks).
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuestStatsView {
+    /// 1, 5, 15 minute load averages, x100.
+    pub load_x100: [u32; 3],
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub disks: Vec<DiskView>,
+    pub uptime_s: u64,
+    pub processes: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskView {
+    pub mount: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// `vm health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmHealthView {
+    pub name: String,
+    pub state: VmState,
+    /// The agent answered just now.
+    pub agent_ok: bool,
+    pub rtt_us: Option<u64>,
+    /// Why it did not.
+    pub agent_error: Option<String>,
+    pub boot_id: Option<String>,
+    pub uptime_s: Option<u64>,
+    /// The guest's PID 1 (`systemd`, or `banger`).
+    pub init: Option<String>,
+    pub setup_errors: Vec<String>,
+    pub helpers: Vec<HelperView>,
+}
+
+/// One per-VM helper's restarts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HelperView {
+    pub name: String,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub last_restart_unix: Option<u64>,
+}
+
+/// `banger dns`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsView {
+    /// `network.dns_port` is not 0.
+    pub enabled: bool,
+    /// `address:port` it listens on (or will, once the bridge exists).
+    pub listen: String,
+    /// The socket is bound now.
+    pub serving: bool,
+    /// What the host resolver does with `*.vm` (routed, or what to set).
+    pub resolver: String,
+    /// `(name.vm, ip)` of the VMs it answers for now.
+    pub records: Vec<(String, String)>,
+    /// When this server (actor) started: changes when it is restarted.
+    pub started_unix_ms: u64,
 }
 
 /// How to reach a VM with the system `ssh`.
@@ -377,4 +519,10 @@ pub struct VmView {
     pub boot_id: Option<String>,
     /// Host path of the prepared workspace, if any.
     pub workspace: Option<String>,
+    /// Why the agent of a running VM does not answer (then `state` is
+    /// `degraded`).
+    pub agent_error: Option<String>,
+    /// Restarts of this VM's helpers (agent session, guest watch, VMM
+    /// monitor) since the daemon started.
+    pub helper_restarts: u32,
 }

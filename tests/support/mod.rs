@@ -191,6 +191,8 @@ impl TestEnv {
             ("XDG_RUNTIME_DIR".into(), format!("{r}/run")),
             ("BANGER_SYSTEM".into(), "0".into()),
             ("NO_COLOR".into(), "1".into()),
+            // `banger debug ...` fault injection (tests/services.rs).
+            ("BANGER_TEST_HOOKS".into(), "1".into()),
         ]
     }
 

@@ -1,0 +1,254 @@
+//! `DnsServer`: answers `<name>.vm` on the bridge address (a supervised
+//! child of the DaemonSupervisor; restarted with backoff when it fails).
+//!
+//! The socket lives in a task the actor owns: the task binds (retrying
+//! until the bridge has its address), routes the host resolver through
+//! bangerd-root once, then answers each packet with `ops::dns::answer`
+//! over the store (so names follow VM start, stop and delete at once). When
+//! the task ends for any reason the actor fails, and the supervisor starts
+//! a fresh one.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::ops::Ctx;
+use crate::protocol::cli::DnsView;
+use crate::protocol::helper::{PrivReply, PrivRequest};
+
+/// Messages to the [`DnsServer`].
+pub enum DnsMsg {
+    /// What it serves now.
+    Status(RpcReplyPort<DnsView>),
+    /// From the task: the socket is bound.
+    Bound,
+    /// From the task: what the host resolver routing did.
+    Resolver(String),
+    /// From the task's watcher: it ended.
+    TaskEnded(String),
+    /// Test hook: the handler panics.
+    Panic,
+    /// Test hook: the socket task panics.
+    PanicTask,
+}
+
+pub struct DnsServer {
+    pub ctx: Arc<Ctx>,
+}
+
+/// Aborts the socket task when dropped: the actor's state goes with the
+/// actor however it ends (a panic included), and so does the socket.
+struct TaskGuard(tokio::task::AbortHandle);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub struct DnsState {
+    task: Option<TaskGuard>,
+    started_unix_ms: u64,
+    crash: Arc<tokio::sync::Notify>,
+    serving: bool,
+    resolver: String,
+}
+
+/// The address and port the server listens on, if DNS is on.
+pub fn listen_addr(ctx: &Ctx) -> Option<SocketAddr> {
+    let n = &ctx.config.network;
+    (n.dns_port != 0).then(|| SocketAddr::from((n.bridge_ip, n.dns_port)))
+}
+
+/// The address of the running VM `name` (lowercase), from the store.
+pub fn lookup(ctx: &Ctx, name: &str) -> Option<Ipv4Addr> {
+    let rec = ctx.store.find_vm_by_name(name).ok()??;
+    if rec.state != crate::domain::VmState::Running {
+        return None;
+    }
+    rec.ip?.parse().ok()
+}
+
+async fn serve(
+    ctx: Arc<Ctx>,
+    addr: SocketAddr,
+    me: ActorRef<DnsMsg>,
+    crash: Arc<tokio::sync::Notify>,
+) {
+    // The bridge (and its address) appears with the first VM.
+    let sock = loop {
+        match tokio::net::UdpSocket::bind(addr).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::debug!(%addr, "DNS socket not bound yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let _ = me.cast(DnsMsg::Bound);
+    tracing::info!(%addr, "answering <name>.vm");
+    {
+        let (ctx, me) = (ctx.clone(), me.clone());
+        let n = ctx.config.network.clone();
+        tokio::spawn(async move {
+            let r = ctx
+                .helper
+                .call(PrivRequest::RouteDns {
+                    bridge: n.bridge.clone(),
+                    address: n.bridge_ip,
+                    port: n.dns_port,
+                    on: true,
+                })
+                .await;
+            let detail = match r {
+                Ok(PrivReply::Resolver { detail, .. }) => detail,
+                Ok(other) => format!("unexpected answer {other:?}"),
+                Err(e) => format!(
+                    "not routed ({}); {}",
+                    e.message,
+                    crate::host::resolver::manual_hint(n.bridge_ip, n.dns_port)
+                ),
+            };
+            tracing::info!("host resolver: {detail}");
+            let _ = me.cast(DnsMsg::Resolver(detail));
+        });
+    }
+    let mut buf = vec![0u8; crate::ops::dns::MAX_PACKET + 1];
+    loop {
+        let got = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            _ = crash.notified() => panic!("test hook: the DNS socket task panics"),
+        };
+        let (n, from) = match got {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("DNS receive: {e}");
+                continue;
+            }
+        };
+        let packet = &buf[..n];
+        // The store read is short; off the runtime's worker all the same.
+        let (c, p) = (ctx.clone(), packet.to_vec());
+        let reply = tokio::task::spawn_blocking(move || {
+            crate::ops::dns::answer(&p, |name| lookup(&c, name))
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(r) = reply {
+            let _ = sock.send_to(&r, from).await;
+        }
+    }
+}
+
+impl Actor for DnsServer {
+    type Msg = DnsMsg;
+    type State = DnsState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DnsMsg>,
+        _: (),
+    ) -> Result<DnsState, ActorProcessingErr> {
+        let crash = Arc::new(tokio::sync::Notify::new());
+        let task = listen_addr(&self.ctx).map(|addr| {
+            let h = tokio::spawn(serve(self.ctx.clone(), addr, myself.clone(), crash.clone()));
+            let abort = h.abort_handle();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let why = match h.await {
+                    Ok(()) => "ended".to_string(),
+                    Err(e) if e.is_panic() => "panicked".to_string(),
+                    Err(_) => "was aborted".to_string(),
+                };
+                let _ = me.cast(DnsMsg::TaskEnded(why));
+            });
+            TaskGuard(abort)
+        });
+        Ok(DnsState {
+            task,
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            crash,
+            serving: false,
+            resolver: "not routed yet".into(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<DnsMsg>,
+        msg: DnsMsg,
+        state: &mut DnsState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DnsMsg::Status(reply) => {
+                let n = &self.ctx.config.network;
+                let records = self
+                    .ctx
+                    .store
+                    .list_vms()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|r| r.state == crate::domain::VmState::Running)
+                    .filter_map(|r| Some((format!("{}.vm", r.name), r.ip?)))
+                    .collect();
+                let _ = reply.send(DnsView {
+                    enabled: n.dns_port != 0,
+                    listen: format!("{}:{}", n.bridge_ip, n.dns_port),
+                    serving: state.serving,
+                    resolver: if n.dns_port == 0 {
+                        "off (network.dns_port = 0)".into()
+                    } else {
+                        state.resolver.clone()
+                    },
+                    records,
+                    started_unix_ms: state.started_unix_ms,
+                });
+            }
+            DnsMsg::Bound => state.serving = true,
+            DnsMsg::Resolver(d) => state.resolver = d,
+            DnsMsg::TaskEnded(why) => {
+                state.task = None;
+                return Err(format!("the DNS socket task {why}").into());
+            }
+            DnsMsg::Panic => panic!("test hook: the DnsServer actor panics"),
+            DnsMsg::PanicTask => state.crash.notify_one(),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<DnsMsg>,
+        state: &mut DnsState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.task.take();
+        Ok(())
+    }
+}
+
+/// Reverts the host resolver routing (daemon shutdown); bounded.
+pub async fn unroute(ctx: &Ctx) {
+    let n = &ctx.config.network;
+    if n.dns_port == 0 {
+        return;
+    }
+    let req = PrivRequest::RouteDns {
+        bridge: n.bridge.clone(),
+        address: n.bridge_ip,
+        port: n.dns_port,
+        on: false,
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ctx.helper.call(req)).await {
+        Ok(Ok(PrivReply::Resolver { detail, .. })) => tracing::info!("host resolver: {detail}"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("reverting the host resolver: {}", e.message),
+        Err(_) => tracing::warn!("reverting the host resolver: no answer within 5 s"),
+    }
+}
