@@ -85,7 +85,7 @@ fn baseline(
     };
     let mut q = Command::new("ip")
         .args(["netns", "exec", ns, "qemu-system-x86_64"])
-        .args(qemu::argv(&m, None))
+        .args(qemu::argv(&m, None, None))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -69,7 +69,7 @@ fn boot(ns: &Netns, dir: &Path, name: &str, ip: Ipv4Addr, tap: &str, key: &str) 
     };
     let qemu = Command::new("ip")
         .args(["netns", "exec", &ns.name, "qemu-system-x86_64"])
-        .args(qemu::argv(&spec, None))
+        .args(qemu::argv(&spec, None, None))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap())

@@ -125,6 +125,57 @@ fn refuse(m: impl Into<String>) -> RpcError {
     RpcError::bad_request(m)
 }
 
+/// The descriptor number a QEMU child finds its tap queue on (high, so it
+/// never meets the ones `Command` uses).
+pub const TAP_FD: i32 = 100;
+
+/// Opens a queue of the owner's tap `name` (as root: the owner may have no
+/// access to /dev/net/tun). Refuses a tap of another uid.
+pub fn open_tap(name: &str, owner: u32) -> Result<std::os::fd::OwnedFd, RpcError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if !crate::host::net::is_banger_tap(name) || name.len() >= libc::IFNAMSIZ {
+        return Err(refuse(format!("{name:?} is not a banger tap")));
+    }
+    let owner_of = std::fs::read_to_string(format!("/sys/class/net/{name}/owner"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok());
+    if owner_of != Some(owner as i64) {
+        return Err(refuse(format!(
+            "tap {name} is not the owner's (owner {owner_of:?})"
+        )));
+    }
+    // SAFETY: open(2) of a constant path; the fd is owned below.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(RpcError::failed(format!("opening /dev/net/tun: {e}")));
+    }
+    // SAFETY: fd was just opened and is ours alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    for (d, b) in req.name.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETIFF reads an ifreq we own, for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(RpcError::failed(format!("attaching to tap {name}: {e}")));
+    }
+    Ok(fd)
+}
+
 /// Checks a launch request and returns (binary, argv).
 pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<String>), RpcError> {
     if !is_vm_id(&spec.vm_id) {
@@ -194,7 +245,11 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
                 RpcError::failed("qemu-system-x86_64 is not installed; install qemu-system-x86")
             })?;
             let bin = crate::vmm::firecracker::check_root_owned(&bin).map_err(RpcError::failed)?;
-            Ok((bin, crate::vmm::qemu::argv(m, Some(&spec.control_socket))))
+            let tap_fd = (m.tap.is_some() && nix::unistd::geteuid().is_root()).then_some(TAP_FD);
+            Ok((
+                bin,
+                crate::vmm::qemu::argv(m, Some(&spec.control_socket), tap_fd),
+            ))
         }
         VmmKind::Firecracker => {
             let bin = crate::vmm::firecracker::binary().ok_or_else(|| {
@@ -222,6 +277,13 @@ pub fn launch(
     runtime_dir: &Path,
 ) -> Result<u32, RpcError> {
     let (bin, argv) = plan(spec, runtime_dir)?;
+    let tap = match (&spec.qemu, spec.kind) {
+        (Some(m), VmmKind::Qemu) if nix::unistd::geteuid().is_root() => {
+            m.tap.as_deref().map(|t| open_tap(t, owner)).transpose()?
+        }
+        _ => None,
+    };
+    let tap_raw = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     let log = CString::new(spec.log.as_os_str().as_bytes()).map_err(|_| refuse("bad log path"))?;
     // The owner's own supplementary groups (e.g. `kvm` for /dev/kvm), never
     // ours; looked up before fork.
@@ -269,12 +331,20 @@ pub fn launch(
             libc::dup2(fd, 1);
             libc::dup2(fd, 2);
             libc::close(fd);
+            // The tap queue, without close-on-exec, where argv says.
+            if let Some(t) = tap_raw {
+                if libc::dup2(t, TAP_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let mut child = cmd
         .spawn()
         .map_err(|e| RpcError::failed(format!("starting {}: {e}", bin.display())))?;
+    // The child holds its own copy now.
+    drop(tap);
     let pid = child.id();
     let id = spec.vm_id.clone();
     std::thread::spawn(move || {

@@ -36,7 +36,9 @@ fn opt_path(p: &std::path::Path) -> String {
 
 /// The argv (without the program) of `qemu-system-x86_64` for `m`, with its
 /// QMP socket at `qmp`.
-pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
+/// QEMU's argv for `m`; with `tap_fd`, the tap is the inherited file
+/// descriptor of that number rather than opened by name.
+pub fn argv(m: &QemuMachine, qmp: Option<&Path>, tap_fd: Option<i32>) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "-M".into(),
         "microvm".into(),
@@ -81,7 +83,12 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>) -> Vec<String> {
     if let (Some(tap), Some(mac)) = (&m.tap, &m.mac) {
         a.extend([
             "-netdev".into(),
-            format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+            match tap_fd {
+                // The helper opened the tap (the owner need not be able to
+                // open /dev/net/tun); QEMU inherits the queue.
+                Some(fd) => format!("tap,id=net0,fd={fd}"),
+                None => format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+            },
             "-device".into(),
             format!("virtio-net-device,netdev=net0,mac={mac}"),
         ]);
@@ -191,7 +198,10 @@ mod tests {
 
     #[test]
     fn argv_has_disks_in_order_and_the_agent_port() {
-        let a = argv(&machine(), Some(Path::new("/v/qmp.sock"))).join(" ");
+        let a = argv(&machine(), Some(Path::new("/v/qmp.sock")), None).join(" ");
+        assert!(a.contains("tap,id=net0,ifname=bgt1,script=no"));
+        let b = argv(&machine(), None, Some(100)).join(" ");
+        assert!(b.contains("-netdev tap,id=net0,fd=100 "), "{b}");
         let root = a.find("file=/v/root.qcow2,format=qcow2").unwrap();
         let work = a.find("file=/v/work.ext4,format=raw").unwrap();
         assert!(root < work);
