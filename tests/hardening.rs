@@ -153,6 +153,13 @@ fn netns_exec(env: &TestEnv, args: &[&str]) -> String {
 fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
     let _heavy = heavy();
     let env = vm_env();
+    // Port 53 on the bridge address is the guests' DNS; with banger's own
+    // server off, nothing redirects it and this test's listener gets it.
+    env.banger_ok(&["daemon", "stop"]);
+    let cfg = env.root().join("config/banger/config.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[network]\ndns_port = 0\n");
+    std::fs::write(&cfg, text).unwrap();
     env.banger_ok(&["vm", "create", "--name", "edge", "--nat"]);
     let vm = show(&env, "edge");
     let ip = vm["ip"].as_str().unwrap().to_string();
@@ -174,6 +181,17 @@ fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(({gw:?},53))\nprint('ready',flush=True)\nwhile True:\n  d,a=s.recvfrom(100)\n  print(a[0],d.decode(),flush=True)\n  if d==b'honest': break"
     );
     let mut l = python_as(0, Some(&env.netns.name), &listener);
+    // A deadline: a datagram that never comes fails the test, not hangs it.
+    let lpid = l.id();
+    let (heard_tx, heard_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if heard_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(lpid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    });
     let mut lout = std::io::BufReader::new(l.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut lout, &mut line).unwrap();
@@ -185,6 +203,7 @@ fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
     let mut heard = String::new();
     std::io::Read::read_to_string(&mut lout, &mut heard).unwrap();
     let _ = l.wait();
+    let _ = heard_tx.send(());
     assert_eq!(heard.trim(), format!("{ip} honest"), "{heard}");
 
     // The host's other services are out of reach: a listener that would
