@@ -15,5 +15,6 @@ mod helper_net;
 mod images;
 mod services;
 mod store_crash;
+mod system;
 mod vms;
 mod workspaces;

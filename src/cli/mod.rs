@@ -9,6 +9,7 @@ pub mod progress;
 pub mod render;
 pub mod services;
 pub mod style;
+pub mod system;
 pub mod vm;
 
 use std::io::Write;
@@ -91,6 +92,16 @@ pub enum Command {
     /// banger's ssh_config: print its path, or Include it in ~/.ssh/config
     #[command(name = "ssh-config", long_about = SSH_CONFIG_LONG)]
     SshConfig(services::SshConfigArgs),
+    /// Check this host: KVM, tools, store, images, network, space, services
+    #[command(long_about = DOCTOR_LONG)]
+    Doctor {
+        /// Print JSON (an array of checks)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install banger as system services for daily use without sudo
+    #[command(subcommand)]
+    System(system::SystemCommand),
     /// Print version, commit and build time
     Version,
     /// Fault injection for tests (needs BANGER_TEST_HOOKS=1 on the daemon)
@@ -103,6 +114,18 @@ pub enum Command {
         shell: Shell,
     },
 }
+
+const DOCTOR_LONG: &str = "\
+Check what this host can do and say what to fix; changes nothing.
+
+Rows: architecture, KVM (hardware, nested, none — and what that means),
+every tool banger drives with its version, Firecracker's version, the
+store, VM defaults, the default image and kernel, the bridge subnet against
+the host's routes, free space, and in system mode the services and sockets.
+Exit code 1 when any row FAILs.
+
+  banger doctor
+  banger doctor --json";
 
 const DNS_LONG: &str = "\
 banger answers <name>.vm for its running VMs on the bridge address
@@ -242,6 +265,8 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         Command::Kernel(c) => artifacts::kernel(ctx, c).await,
         Command::Ps(a) => vm::list(ctx, a.json).await,
         Command::Dns { json } => services::dns(ctx, json).await,
+        Command::Doctor { json } => system::doctor(ctx, json).await,
+        Command::System(c) => system::system(ctx, c).await,
         Command::SshConfig(a) => services::ssh_config(ctx, a).await,
         Command::Debug(c) => services::debug(ctx, c).await,
         Command::Vm(c) => vm::run(ctx, c).await,

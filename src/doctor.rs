@@ -1,0 +1,619 @@
+//! `banger doctor`: what this host can do and what to fix, one row per
+//! fact. Never changes anything: the store is opened read-only (or the
+//! running daemon is asked), tools are only run with a version flag.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Config, HostFacts};
+use crate::paths::Layout;
+
+/// A row's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One fact about the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    /// What to do about a WARN or FAIL.
+    pub hint: Option<String>,
+}
+
+fn row(name: &str, status: Status, detail: impl Into<String>, hint: Option<String>) -> Check {
+    Check {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+        hint,
+    }
+}
+
+/// Tools banger drives: (tool, Debian package, version flag, needed).
+pub const TOOLS: &[(&str, &str, &str, bool)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86", "--version", true),
+    ("qemu-img", "qemu-utils", "--version", true),
+    ("mkfs.ext4", "e2fsprogs", "-V", true),
+    ("mmdebstrap", "mmdebstrap", "--version", true),
+    ("iptables", "iptables", "--version", true),
+    ("ebtables", "iptables", "--version", true),
+    ("ip", "iproute2", "-V", true),
+    ("git", "git", "--version", true),
+    ("ssh", "openssh-client", "-V", true),
+    ("apt-get", "apt", "--version", true),
+    ("dpkg-deb", "dpkg", "--version", true),
+];
+
+/// Runs `tool flag` (bounded) and returns its first line of output.
+fn tool_version(path: &Path, flag: &str) -> Result<String, String> {
+    let out = crate::host::process::run_bounded(
+        std::process::Command::new(path).arg(flag),
+        Duration::from_secs(10),
+        64 << 10,
+    )
+    .map_err(|e| e.to_string())?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // ssh -V prints to stderr; some tools exit non-zero for a version flag
+    // only when broken: no output at all means it did not run.
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    match first {
+        Some(l) if out.status.success() || text.contains("version") || text.contains("OpenSSH") => {
+            Ok(l.chars().take(100).collect())
+        }
+        Some(l) => Err(format!("exited with {}: {l}", out.status)),
+        None => Err(format!("exited with {} and printed nothing", out.status)),
+    }
+}
+
+/// The row of one tool.
+pub fn tool_row(tool: &str, package: &str, flag: &str) -> Check {
+    let hint = Some(format!("install it: apt-get install {package}"));
+    let Some(path) = crate::host::system_tool(tool) else {
+        return row(tool, Status::Fail, "not installed", hint);
+    };
+    match tool_version(&path, flag) {
+        Ok(v) => row(tool, Status::Pass, v, None),
+        Err(e) => row(
+            tool,
+            Status::Fail,
+            format!("{} does not run: {e}", path.display()),
+            Some(format!(
+                "reinstall it: apt-get install --reinstall {package}"
+            )),
+        ),
+    }
+}
+
+/// Firecracker: optional (QEMU is used without it); supported within
+/// [MIN_VERSION, TESTED_VERSION].
+pub fn firecracker_row(found: Option<Result<(u32, u32, u32), String>>, kvm: bool) -> Check {
+    use crate::vmm::firecracker::{MIN_VERSION, TESTED_VERSION};
+    let v = |t: (u32, u32, u32)| format!("v{}.{}.{}", t.0, t.1, t.2);
+    match found {
+        None => row(
+            "firecracker",
+            if kvm { Status::Warn } else { Status::Pass },
+            "not installed: VMs use QEMU",
+            kvm.then(|| {
+                format!(
+                    "with hardware KVM, Firecracker boots faster: install a root-owned {} in /usr/local/bin",
+                    v(TESTED_VERSION)
+                )
+            }),
+        ),
+        Some(Err(e)) => row(
+            "firecracker",
+            Status::Fail,
+            e,
+            Some(format!(
+                "install Firecracker {}..{} root-owned in /usr/local/bin, or remove it",
+                v(MIN_VERSION),
+                v(TESTED_VERSION)
+            )),
+        ),
+        Some(Ok(t)) if t > TESTED_VERSION => row(
+            "firecracker",
+            Status::Warn,
+            format!("{} (newer than the tested {})", v(t), v(TESTED_VERSION)),
+            Some("it will probably work; report what does not".into()),
+        ),
+        Some(Ok(t)) => row(
+            "firecracker",
+            Status::Pass,
+            format!(
+                "{}{}",
+                v(t),
+                if kvm {
+                    ""
+                } else {
+                    " (used only with hardware KVM; QEMU here)"
+                }
+            ),
+            None,
+        ),
+    }
+}
+
+/// The KVM row: hardware, nested PVM (this kind of machine), or none.
+pub fn kvm_row() -> Check {
+    if crate::host::cpu::hardware_kvm() {
+        return row("kvm", Status::Pass, "hardware KVM (/dev/kvm)", None);
+    }
+    let why = crate::host::cpu::kvm_unavailable_reason().unwrap_or_default();
+    row(
+        "kvm",
+        Status::Warn,
+        format!("{why}: guests boot with QEMU's TCG (software emulation; boots take seconds, not milliseconds)"),
+        Some("for fast VMs use a host with hardware virtualisation (vmx/svm) and /dev/kvm".into()),
+    )
+}
+
+/// A route of the host (`ip -j route`): destination and device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: String,
+    pub dev: String,
+}
+
+fn parse_cidr(s: &str) -> Option<(u32, u8)> {
+    let (a, l) = match s.split_once('/') {
+        Some((a, l)) => (a, l.parse().ok()?),
+        None => (s, 32),
+    };
+    let a: Ipv4Addr = a.parse().ok()?;
+    (l <= 32).then_some((u32::from(a), l))
+}
+
+fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    a.0 & mask == b.0 & mask
+}
+
+/// Whether the bridge subnet collides with a route that is not ours.
+pub fn subnet_row(bridge: &str, ip: Ipv4Addr, prefix: u8, routes: &[Route]) -> Check {
+    let ours = (u32::from(ip), prefix);
+    let clash: Vec<String> = routes
+        .iter()
+        .filter(|r| r.dev != bridge && r.dst != "default")
+        .filter(|r| parse_cidr(&r.dst).is_some_and(|d| overlaps(d, ours)))
+        .map(|r| format!("{} on {}", r.dst, r.dev))
+        .collect();
+    let net = format!(
+        "{}/{prefix}",
+        Ipv4Addr::from(ours.0 & (u32::MAX << (32 - prefix.max(1))))
+    );
+    if clash.is_empty() {
+        row(
+            "bridge subnet",
+            Status::Pass,
+            format!("{net} on {bridge}, no other route"),
+            None,
+        )
+    } else {
+        row(
+            "bridge subnet",
+            Status::Fail,
+            format!("{net} overlaps {}", clash.join(", ")),
+            Some("pick a free private range: [network] bridge_address = \"10.213.0.1/24\" in config.toml".into()),
+        )
+    }
+}
+
+/// Routes from `ip -j route show`.
+pub fn parse_routes(json: &str) -> Vec<Route> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                // Addresses of this host (local, broadcast) are not routes
+                // that could take the bridge's traffic.
+                .filter(|r| {
+                    !matches!(
+                        r["type"].as_str(),
+                        Some("local" | "broadcast" | "anycast" | "multicast")
+                    )
+                })
+                .filter_map(|r| {
+                    Some(Route {
+                        dst: r["dst"].as_str()?.to_string(),
+                        dev: r["dev"].as_str().unwrap_or("").to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Free space where images and VMs live.
+pub fn space_row(what: &str, dir: &Path, avail: Option<u64>) -> Check {
+    const GIB: u64 = 1 << 30;
+    match avail {
+        None => row(
+            what,
+            Status::Warn,
+            format!("cannot read free space of {}", dir.display()),
+            None,
+        ),
+        Some(a) if a < 2 * GIB => row(
+            what,
+            Status::Fail,
+            format!("{:.1} GiB free in {}", a as f64 / GIB as f64, dir.display()),
+            Some("an image needs about 1.5 GiB and each VM its disk: free some space".into()),
+        ),
+        Some(a) if a < 10 * GIB => row(
+            what,
+            Status::Warn,
+            format!("{:.1} GiB free in {}", a as f64 / GIB as f64, dir.display()),
+            Some("enough for a few VMs; more images or large disks need more".into()),
+        ),
+        Some(a) => row(
+            what,
+            Status::Pass,
+            format!("{:.0} GiB free in {}", a as f64 / GIB as f64, dir.display()),
+            None,
+        ),
+    }
+}
+
+/// Free bytes of the filesystem holding `dir` (or its nearest existing
+/// ancestor: on a fresh install the directory does not exist yet).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let mut d: PathBuf = dir.to_path_buf();
+    while !d.exists() {
+        d = d.parent()?.to_path_buf();
+    }
+    let st = nix::sys::statvfs::statvfs(&d).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// What the store says, for the image and kernel rows.
+pub struct Inventory {
+    pub default_image: String,
+    pub images: Vec<(String, String)>,
+    pub kernels: Vec<String>,
+}
+
+/// The store row and, when it can be read, its inventory. Read-only: a
+/// store held by a running daemon is described by the caller instead.
+pub fn store_row(layout: &Layout) -> (Check, Option<Inventory>) {
+    let path = layout.store_file();
+    if !path.exists() {
+        return (
+            row(
+                "store",
+                Status::Pass,
+                format!("{} (created on first start)", path.display()),
+                None,
+            ),
+            None,
+        );
+    }
+    match crate::store::Store::open_read_only(&path) {
+        Ok(s) => {
+            let version = s.schema_version().unwrap_or(0);
+            let inv = Inventory {
+                default_image: s
+                    .setting(crate::store::DEFAULT_IMAGE_KEY)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| crate::image::recipe::DEFAULT_IMAGE.to_string()),
+                images: s
+                    .list_images()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| (i.name, i.kernel_ref))
+                    .collect(),
+                kernels: s
+                    .list_kernels()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|k| k.name)
+                    .collect(),
+            };
+            (
+                row(
+                    "store",
+                    Status::Pass,
+                    format!("{} (schema v{version})", path.display()),
+                    None,
+                ),
+                Some(inv),
+            )
+        }
+        Err(e) => (
+            row(
+                "store",
+                Status::Fail,
+                format!("{}: {e}", path.display()),
+                Some(
+                    "see `banger daemon status`; a damaged store is named in the daemon log".into(),
+                ),
+            ),
+            None,
+        ),
+    }
+}
+
+/// The default image and its kernel: present, or what the first run does.
+pub fn image_rows(inv: Option<&Inventory>, can_build: bool) -> Vec<Check> {
+    let default = inv
+        .map(|i| i.default_image.clone())
+        .unwrap_or_else(|| crate::image::recipe::DEFAULT_IMAGE.to_string());
+    let image = inv.and_then(|i| i.images.iter().find(|(n, _)| *n == default));
+    let build_hint = |what: &str| {
+        Some(format!(
+            "the first `banger vm run` {what} (about a minute); or now: banger image build {default}"
+        ))
+    };
+    let mut rows = vec![];
+    match image {
+        Some((n, _)) => rows.push(row("default image", Status::Pass, n.clone(), None)),
+        None if can_build => rows.push(row(
+            "default image",
+            Status::Warn,
+            format!("{default} not built yet"),
+            build_hint("builds it"),
+        )),
+        None => rows.push(row(
+            "default image",
+            Status::Fail,
+            format!("{default} not built, and it cannot be built here (see the tool rows)"),
+            Some("install the missing tools, or import a bundle: banger image import FILE".into()),
+        )),
+    }
+    let kernel = image
+        .map(|(_, k)| k.clone())
+        .unwrap_or_else(|| "debian-cloud".to_string());
+    let have = inv.is_some_and(|i| i.kernels.contains(&kernel));
+    rows.push(if have {
+        row("kernel", Status::Pass, kernel, None)
+    } else {
+        row(
+            "kernel",
+            Status::Warn,
+            format!("{kernel} not pulled yet"),
+            Some(format!(
+                "the first `banger vm run` pulls it; or now: banger kernel pull {kernel}"
+            )),
+        )
+    });
+    rows
+}
+
+/// Every host row for `layout` (`inventory`: from the daemon when it
+/// runs); the service rows are `system::doctor_rows`.
+pub fn run(layout: &Layout, inventory: Option<Inventory>) -> Vec<Check> {
+    let mut rows = vec![];
+    let arch = std::env::consts::ARCH;
+    rows.push(if arch == "x86_64" {
+        row("arch", Status::Pass, arch, None)
+    } else {
+        row(
+            "arch",
+            Status::Fail,
+            arch,
+            Some("banger runs on x86_64 hosts only".into()),
+        )
+    });
+    rows.push(kvm_row());
+    let mut can_build = true;
+    for (tool, pkg, flag, _) in TOOLS {
+        let r = tool_row(tool, pkg, flag);
+        if r.status == Status::Fail
+            && matches!(*tool, "mmdebstrap" | "mkfs.ext4" | "apt-get" | "dpkg-deb")
+        {
+            can_build = false;
+        }
+        if *tool == "iptables" && r.status == Status::Pass {
+            let flavour = crate::host::nat::iptables().unwrap_or("iptables");
+            let mut r = r;
+            r.detail = format!("{} (banger uses {flavour})", r.detail);
+            rows.push(r);
+            continue;
+        }
+        rows.push(r);
+    }
+    let fc = ["/usr/local/bin/firecracker", "/usr/bin/firecracker"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .map(|p| {
+            crate::vmm::firecracker::check_root_owned(p)
+                .and_then(|real| crate::vmm::firecracker::version(&real))
+        });
+    rows.push(firecracker_row(fc, crate::host::cpu::hardware_kvm()));
+    let cfg = match Config::load(&layout.config_file(), HostFacts::probe()) {
+        Ok(c) => {
+            let d = &c.vm_defaults;
+            rows.push(row(
+                "vm defaults",
+                Status::Pass,
+                format!(
+                    "{} vcpu ({}), {} MiB ({}), disk {} ({})",
+                    d.vcpu.value,
+                    d.vcpu.source,
+                    d.memory_mib.value,
+                    d.memory_mib.source,
+                    crate::size::format_size(d.disk_bytes.value),
+                    d.disk_bytes.source
+                ),
+                None,
+            ));
+            Some(c)
+        }
+        Err(e) => {
+            rows.push(row(
+                "config",
+                Status::Fail,
+                e.to_string(),
+                Some(format!("fix {}", layout.config_file().display())),
+            ));
+            None
+        }
+    };
+    let inv = match inventory {
+        Some(i) => {
+            rows.push(row(
+                "store",
+                Status::Pass,
+                format!(
+                    "{} (held by the running daemon)",
+                    layout.store_file().display()
+                ),
+                None,
+            ));
+            Some(i)
+        }
+        None => {
+            let (r, inv) = store_row(layout);
+            rows.push(r);
+            inv
+        }
+    };
+    rows.extend(image_rows(inv.as_ref(), can_build));
+    if let Some(c) = &cfg {
+        let n = &c.network;
+        let routes = crate::host::process::run_bounded(
+            std::process::Command::new(
+                crate::host::system_tool("ip").unwrap_or_else(|| "ip".into()),
+            )
+            .args(["-j", "-4", "route", "show", "table", "all"]),
+            Duration::from_secs(10),
+            1 << 20,
+        )
+        .map(|o| parse_routes(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default();
+        rows.push(subnet_row(&n.bridge, n.bridge_ip, n.prefix_len, &routes));
+        rows.push(row(
+            "dns",
+            Status::Pass,
+            match n.dns_port {
+                0 => "off (network.dns_port = 0)".to_string(),
+                p => format!("<name>.vm on {}:{p}", n.bridge_ip),
+            },
+            None,
+        ));
+    }
+    rows.push(space_row(
+        "free space (state)",
+        &layout.state_dir,
+        free_bytes(&layout.state_dir),
+    ));
+    if layout.cache_dir != layout.state_dir {
+        rows.push(space_row(
+            "free space (cache)",
+            &layout.cache_dir,
+            free_bytes(&layout.cache_dir),
+        ));
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_inside_the_bridge_subnet_fails_and_others_pass() {
+        let routes = parse_routes(
+            r#"[{"dst":"default","gateway":"10.0.0.1","dev":"eth0"},
+                {"dst":"10.0.0.0/24","dev":"eth0"},
+                {"dst":"172.16.0.0/24","dev":"banger0"},
+                {"type":"local","dst":"172.16.0.1","dev":"banger0","table":"local"},
+                {"type":"broadcast","dst":"10.0.0.255","dev":"eth0","table":"local"}]"#,
+        );
+        assert_eq!(routes.len(), 3);
+        let ip = Ipv4Addr::new(172, 16, 0, 1);
+        assert_eq!(subnet_row("banger0", ip, 24, &routes).status, Status::Pass);
+        let mut clash = routes.clone();
+        clash.push(Route {
+            dst: "172.16.0.0/12".into(),
+            dev: "docker0".into(),
+        });
+        let r = subnet_row("banger0", ip, 24, &clash);
+        assert_eq!(r.status, Status::Fail);
+        assert!(
+            r.detail.contains("172.16.0.0/12 on docker0"),
+            "{}",
+            r.detail
+        );
+        assert!(r.hint.unwrap().contains("bridge_address"));
+    }
+
+    #[test]
+    fn firecracker_rows_follow_the_supported_range() {
+        assert_eq!(firecracker_row(None, false).status, Status::Pass);
+        assert_eq!(firecracker_row(None, true).status, Status::Warn);
+        assert_eq!(
+            firecracker_row(Some(Ok((1, 12, 1))), false).status,
+            Status::Pass
+        );
+        assert_eq!(
+            firecracker_row(Some(Ok((9, 0, 0))), true).status,
+            Status::Warn
+        );
+        let old = firecracker_row(Some(Err("v1.4.0 is older".into())), true);
+        assert_eq!(old.status, Status::Fail);
+        assert!(old.hint.unwrap().contains("v1.5.0"));
+    }
+
+    #[test]
+    fn space_and_missing_tools_say_what_to_do() {
+        let gib = 1u64 << 30;
+        let d = Path::new("/x");
+        assert_eq!(space_row("s", d, Some(gib)).status, Status::Fail);
+        assert_eq!(space_row("s", d, Some(5 * gib)).status, Status::Warn);
+        assert_eq!(space_row("s", d, Some(50 * gib)).status, Status::Pass);
+        let r = tool_row("banger-no-such-tool", "some-package", "--version");
+        assert_eq!(r.status, Status::Fail);
+        assert_eq!(
+            r.hint.as_deref(),
+            Some("install it: apt-get install some-package")
+        );
+        // A tool that exists and runs.
+        assert_eq!(tool_row("ip", "iproute2", "-V").status, Status::Pass);
+    }
+
+    #[test]
+    fn an_absent_store_passes_and_an_unbuilt_image_says_how() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::resolve(&crate::paths::Env {
+            home: Some(d.path().into()),
+            uid: 1000,
+            ..Default::default()
+        });
+        let (r, inv) = store_row(&layout);
+        assert_eq!(r.status, Status::Pass);
+        assert!(r.detail.contains("created on first start"));
+        let rows = image_rows(inv.as_ref(), true);
+        assert_eq!(rows[0].status, Status::Warn);
+        assert!(rows[0]
+            .hint
+            .as_ref()
+            .unwrap()
+            .contains("banger image build debian-bookworm"));
+        assert_eq!(image_rows(None, false)[0].status, Status::Fail);
+    }
+}
