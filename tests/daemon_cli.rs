@@ -245,3 +245,42 @@ fn a_non_root_daemon_explains_how_to_grant_the_helper() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_migrations_reads_the_store_and_changes_nothing() {
+    let env = TestEnv::new();
+    let check = |env: &TestEnv| {
+        Command::new(bin("bangerd"))
+            .arg("--check-migrations")
+            .envs(env.envs())
+            .output()
+            .unwrap()
+    };
+    let out = check(&env);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("absent"));
+    assert!(
+        !env.state_dir().join("state.redb").exists(),
+        "nothing created"
+    );
+    // The first release's store: up to date, byte for byte the same after.
+    std::fs::create_dir_all(env.state_dir()).unwrap();
+    let store = env.state_dir().join("state.redb");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2.redb");
+    std::fs::copy(&fixture, &store).unwrap();
+    let out = check(&env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        std::fs::read(&fixture).unwrap()
+    );
+    std::fs::write(&store, b"not a database").unwrap();
+    assert_eq!(check(&env).status.code(), Some(2));
+}

@@ -19,6 +19,10 @@ struct Args {
     /// Report readiness on this inherited file descriptor
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
+    /// Say which store migrations a start would apply, change nothing
+    /// (exit 0: none pending, 1: some pending, 2: the store cannot be read)
+    #[arg(long)]
+    check_migrations: bool,
 }
 
 fn main() -> ExitCode {
@@ -29,6 +33,9 @@ fn main() -> ExitCode {
         env.system = true;
     }
     let layout = banger::paths::Layout::resolve(&env);
+    if args.check_migrations {
+        return check_migrations(&layout.store_file());
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,4 +58,46 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--check-migrations`: the store opened read-only, nothing written.
+fn check_migrations(path: &std::path::Path) -> ExitCode {
+    use banger::store::migrations::{latest_version, MIGRATIONS};
+    if !path.exists() {
+        println!(
+            "{}: absent; the first start creates it at schema v{}",
+            path.display(),
+            latest_version()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let version = match banger::store::Store::open_read_only(path).and_then(|s| s.schema_version())
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("bangerd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pending: Vec<_> = MIGRATIONS.iter().filter(|m| m.version > version).collect();
+    if version > latest_version() {
+        eprintln!(
+            "{}: schema v{version} is newer than this bangerd knows (v{}); use a newer bangerd",
+            path.display(),
+            latest_version()
+        );
+        return ExitCode::from(2);
+    }
+    if pending.is_empty() {
+        println!("{}: schema v{version}, up to date", path.display());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{}: schema v{version}; a start would apply:",
+        path.display()
+    );
+    for m in pending {
+        println!("  v{}: {}", m.version, m.name);
+    }
+    ExitCode::from(1)
 }
