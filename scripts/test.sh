@@ -10,8 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The tests need root (network namespaces, bridges, taps): elevate through
+# sudo when it is there, keeping the toolchain on PATH.
 if [ "$(id -u)" -ne 0 ]; then
-  echo "scripts/test.sh: the tests need root (network namespaces, bridges, taps); run: sudo $0" >&2
+  if command -v sudo >/dev/null 2>&1; then
+    exec sudo -E env "PATH=$PATH" "$0" "$@"
+  fi
+  echo "scripts/test.sh: the tests need root (network namespaces, bridges, taps) and sudo is not installed; run it as root" >&2
   exit 1
 fi
 
