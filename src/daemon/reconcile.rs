@@ -79,11 +79,14 @@ pub async fn orphans(ctx: &Ctx) {
         }
     }
     if let Ok(PrivReply::Taps(taps)) = ctx.helper.call(PrivRequest::ListTaps).await {
+        // Read again: VMs recovering in parallel lease taps while this runs.
+        let now: Vec<VmRecord> = ctx.store.list_vms().unwrap_or_default();
         for t in taps {
             let owned = live
                 .values()
+                .chain(now.iter())
                 .any(|r| r.tap.as_deref() == Some(t.name.as_str()));
-            if !owned {
+            if !owned && !crate::ops::net::created_here(&t.name) {
                 tracing::warn!(tap = %t.name, "deleting an orphan tap no VM uses");
                 let _ = crate::ops::net::delete_tap(&*ctx.helper, t.name).await;
             }

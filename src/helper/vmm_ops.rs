@@ -130,20 +130,15 @@ fn refuse(m: impl Into<String>) -> RpcError {
 pub const TAP_FD: i32 = 100;
 
 /// Opens a queue of the owner's tap `name` (as root: the owner may have no
-/// access to /dev/net/tun). Refuses a tap of another uid.
+/// access to /dev/net/tun). Refuses a tap of another uid (as `ip` reports
+/// it, the same check GuardTap makes).
 pub fn open_tap(name: &str, owner: u32) -> Result<std::os::fd::OwnedFd, RpcError> {
     use std::os::fd::{FromRawFd, OwnedFd};
     if !crate::host::net::is_banger_tap(name) || name.len() >= libc::IFNAMSIZ {
         return Err(refuse(format!("{name:?} is not a banger tap")));
     }
-    let owner_of = std::fs::read_to_string(format!("/sys/class/net/{name}/owner"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok());
-    if owner_of != Some(owner as i64) {
-        return Err(refuse(format!(
-            "tap {name} is not the owner's (owner {owner_of:?})"
-        )));
-    }
+    crate::host::net::owned_tap(&crate::host::net::IpCommand, name, owner)
+        .map_err(|e| refuse(format!("tap {name}: {e}")))?;
     // SAFETY: open(2) of a constant path; the fd is owned below.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {

@@ -14,6 +14,20 @@ pub fn new_tap_name() -> String {
     format!("bgt{:08x}", rand::rng().random::<u32>())
 }
 
+/// Taps this daemon process created and has not deleted: never orphans of
+/// an earlier run, whatever the store says yet (a warm tap, one a resumed
+/// start just leased). The orphan pass at start-up spares them.
+static CREATED_HERE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether this process created `tap` (and has not deleted it).
+pub fn created_here(tap: &str) -> bool {
+    CREATED_HERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|t| t == tap)
+}
+
 /// Ensures the bridge and creates one tap on it.
 pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<String, RpcError> {
     helper
@@ -25,6 +39,10 @@ pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<
         })
         .await?;
     let name = new_tap_name();
+    CREATED_HERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(name.clone());
     helper
         .call(PrivRequest::CreateTap {
             name: name.clone(),
@@ -36,7 +54,17 @@ pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<
 
 /// Deletes a tap (absent is fine).
 pub async fn delete_tap(helper: &dyn Privileged, name: String) -> Result<(), RpcError> {
-    helper.call(PrivRequest::DeleteTap { name }).await.map(drop)
+    let r = helper
+        .call(PrivRequest::DeleteTap { name: name.clone() })
+        .await
+        .map(drop);
+    if r.is_ok() {
+        CREATED_HERE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| *t != name);
+    }
+    r
 }
 
 /// A guest's name servers: banger's own on the bridge first (`<peer>.vm`;

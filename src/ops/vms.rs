@@ -196,7 +196,10 @@ pub async fn ssh_target(
     // pin follows the key the agent reports. With a key pinned already, an
     // agent that does not answer is no reason to refuse SSH (it is the way
     // in when the agent is wedged): the pin stands.
-    let wait = if rec.host_key.is_some() {
+    // (Only a silent agent counts: one that answers gets the usual wait
+    // for sshd, which may still be starting after a boot.)
+    let wedged = rec.host_key.is_some() && agent.ping(Duration::from_secs(3)).await.is_err();
+    let wait = if wedged {
         Duration::from_secs(3)
     } else {
         Duration::from_secs(120)
