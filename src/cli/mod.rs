@@ -410,14 +410,61 @@ async fn daemon(ctx: &Ctx, cmd: DaemonCommand) -> Result<u8, CliError> {
     }
 }
 
+/// `vm create|run --help` names the defaults that apply on this host
+/// (config, else derived from the host) rather than only where they come from.
+pub fn with_resolved_defaults(cmd: clap::Command, cfg: &Config) -> clap::Command {
+    let d = &cfg.vm_defaults;
+    let helps = [
+        (
+            "vcpu",
+            format!("vCPUs [here: {} ({})]", d.vcpu.value, d.vcpu.source),
+        ),
+        (
+            "memory",
+            format!(
+                "Memory, e.g. 2048 (MiB) or 4G [here: {} MiB ({})]",
+                d.memory_mib.value, d.memory_mib.source
+            ),
+        ),
+        (
+            "disk_size",
+            format!(
+                "Work disk (/root) size, e.g. 8G [here: {} ({})]",
+                crate::size::format_size(d.disk_bytes.value),
+                d.disk_bytes.source
+            ),
+        ),
+    ];
+    let patch = |mut c: clap::Command| {
+        for (id, help) in &helps {
+            if c.get_arguments().any(|a| a.get_id() == id) {
+                let help = help.clone();
+                c = c.mut_arg(id, move |a| a.help(help));
+            }
+        }
+        c
+    };
+    cmd.mut_subcommand("vm", |vm| {
+        vm.mut_subcommand("create", patch)
+            .mut_subcommand("run", patch)
+    })
+}
+
 /// Entry point of the `banger` binary: parse, run, print errors.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let layout = Layout::from_process();
+    let mut cmd = Cli::command();
+    // Only help pays for reading the config and probing the host.
+    let help = std::env::args().any(|a| a == "--help" || a == "-h");
+    if help {
+        if let Ok(cfg) = Config::load(&layout.config_file(), HostFacts::probe()) {
+            cmd = with_resolved_defaults(cmd, &cfg);
+        }
+    }
+    let cli = Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit());
     let style = Style::detect();
-    let ctx = Ctx {
-        layout: Layout::from_process(),
-        style,
-    };
+    let ctx = Ctx { layout, style };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -433,6 +480,37 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("{}", e.render(style.stderr));
             std::process::ExitCode::from(e.exit_code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    #[test]
+    fn create_and_run_help_name_the_defaults_that_apply_here() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("config.toml");
+        std::fs::write(&path, "[vm_defaults]\nvcpu = 3\n").unwrap();
+        let cfg = Config::load(
+            &path,
+            HostFacts {
+                cpus: 8,
+                memory_bytes: 16 << 30,
+            },
+        )
+        .unwrap();
+        let mut cmd = with_resolved_defaults(Cli::command(), &cfg);
+        for sub in ["create", "run"] {
+            let vm = cmd.find_subcommand_mut("vm").unwrap();
+            let help = vm
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            assert!(help.contains("[here: 3 (config)]"), "{sub}: {help}");
+            assert!(help.contains("[here: 2048 MiB (auto)]"), "{sub}: {help}");
         }
     }
 }

@@ -41,12 +41,22 @@ pub enum VmCommand {
     )]
     Create(CreateArgs),
     /// Start a stopped VM
+    #[command(
+        long_about = "Boot a stopped VM again: same disks, workspace and address; a new boot id.\n\n  banger vm start dev"
+    )]
     Start { name: String },
     /// Stop a running VM gracefully
+    #[command(
+        long_about = "Stop a running VM: sync in the guest, power off through its agent (else SSH,\nthen the VMM's power button), killed only after a bounded wait. Disks and\nworkspace stay; `banger vm start` boots it again.\n\n  banger vm stop dev"
+    )]
     Stop { name: String },
     /// Stop then start a VM
+    #[command(long_about = "Stop then start a VM (a new boot id).\n\n  banger vm restart dev")]
     Restart { name: String },
     /// Force-kill a VM (use when 'vm stop' hangs)
+    #[command(
+        long_about = "Send a signal to the VM's VMM. KILL (the default) ends it at once; the VM's\ntap and NAT rules are released. Other signals are delivered and not waited on.\n\n  banger vm kill dev\n  banger vm kill dev --signal TERM"
+    )]
     Kill {
         name: String,
         /// TERM KILL INT HUP QUIT USR1 USR2 ABRT (SIGKILL, kill and 9 work too)
@@ -54,16 +64,25 @@ pub enum VmCommand {
         signal: crate::domain::Signal,
     },
     /// Stop a VM and remove its disks (irreversible)
-    #[command(visible_alias = "rm")]
+    #[command(
+        visible_alias = "rm",
+        long_about = "Stop a VM if it runs and remove it with its disks and workspace (irreversible).\n\n  banger vm delete dev\n  banger vm rm dev"
+    )]
     Delete { name: String },
     /// Delete every VM that is not running
+    #[command(
+        long_about = "Delete every VM that is not running (created, stopped, error). Asks first\nunless -f.\n\n  banger vm prune\n  banger vm prune -f"
+    )]
     Prune {
         /// Do not ask
         #[arg(long, short = 'f')]
         force: bool,
     },
     /// List VMs
-    #[command(visible_alias = "ls")]
+    #[command(
+        visible_alias = "ls",
+        long_about = "List VMs: name, state (running, degraded, stopped, ...), image, address.\n\n  banger vm list\n  banger ps --json"
+    )]
     List(ListArgs),
     /// Show one VM
     #[command(
@@ -75,6 +94,9 @@ pub enum VmCommand {
         json: bool,
     },
     /// Print a VM's serial console (or, with --vmm, its VMM log)
+    #[command(
+        long_about = "Print a VM's serial console (kernel and init messages), or with --vmm the\nVMM's own log. Both are kept bounded (the newest part).\n\n  banger vm logs dev\n  banger vm logs dev --vmm"
+    )]
     Logs {
         name: String,
         /// The VMM's own log instead of the console
