@@ -79,10 +79,6 @@ fn start_with_fake_resolvectl(env: &TestEnv) -> std::path::PathBuf {
 
 #[test]
 fn dns_ports_stats_health_and_helper_restarts_on_real_guests() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let _heavy = heavy();
     let env = vm_env();
     let resolvectl = start_with_fake_resolvectl(&env);

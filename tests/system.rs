@@ -24,10 +24,6 @@ fn find<'a>(rows: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value 
 
 #[test]
 fn doctor_passes_what_can_pass_here_and_names_a_missing_tool() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let env = TestEnv::new();
     let out = env.banger(&["doctor", "--json"]);
     let r = rows(&out);
@@ -105,10 +101,6 @@ fn guest_ok(env: &TestEnv, vm: &str, argv: &[&str]) -> String {
 
 #[test]
 fn system_install_under_real_systemd_in_a_guest() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let _heavy = heavy();
     let env = vm_env();
     env.banger_ok(&["vm", "create", "--name", "sys"]);
@@ -417,10 +409,6 @@ fn chown_tree(dir: &std::path::Path, uid: u32) {
 
 #[test]
 fn an_unprivileged_owner_runs_vms_through_the_root_helper() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let _heavy = heavy();
     let env = vm_env();
     env.banger_ok(&["daemon", "stop"]);
