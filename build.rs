@@ -79,10 +79,17 @@ fn main() {
     println!("cargo:rustc-env=BANGER_BUILD_EPOCH={epoch}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     if let Some(git_dir) = git(&["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+        // Only files that exist: cargo takes a missing one as changed and
+        // would rerun this (and relink every binary) on every build.
+        let watch = |p: String| {
+            if std::path::Path::new(&p).exists() {
+                println!("cargo:rerun-if-changed={p}");
+            }
+        };
+        watch(format!("{git_dir}/HEAD"));
         if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={git_dir}/{r}");
+            watch(format!("{git_dir}/{r}"));
         }
-        println!("cargo:rerun-if-changed={git_dir}/packed-refs");
+        watch(format!("{git_dir}/packed-refs"));
     }
 }

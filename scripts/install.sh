@@ -70,6 +70,10 @@ fi
 "${AS_ROOT[@]}" bash -c '. scripts/deps.sh && banger_install_deps'
 
 echo "== cargo build --release"
+# The commit's time as the build time: the same checkout builds the same
+# binaries, so a second run installs nothing.
+SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || date +%s)
+export SOURCE_DATE_EPOCH
 cargo build --release --locked --quiet
 for b in banger bangerd bangerd-root; do
   if ! cmp -s "$TARGET/release/$b" "/usr/local/bin/$b"; then
