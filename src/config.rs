@@ -35,6 +35,12 @@ pub enum ConfigError {
 struct RawConfig {
     /// `auto`, `qemu` or `firecracker`.
     vmm: Option<String>,
+    /// Absolute paths of the VMM binaries (bangerd-root runs them only
+    /// when root owns them and nobody else can write them).
+    qemu_binary: Option<String>,
+    firecracker_binary: Option<String>,
+    /// `error`, `warn`, `info`, `debug` or `trace` (BANGER_LOG wins).
+    log_level: Option<String>,
     #[serde(default)]
     vm_defaults: RawVmDefaults,
     #[serde(default)]
@@ -165,6 +171,9 @@ pub struct Config {
     pub vm_defaults: VmDefaults,
     pub network: NetworkConfig,
     pub vmm: crate::domain::VmmChoice,
+    pub qemu_binary: Option<PathBuf>,
+    pub firecracker_binary: Option<PathBuf>,
+    pub log_level: Option<String>,
 }
 
 impl Config {
@@ -231,12 +240,38 @@ impl Config {
             }
             network.dns_port = p;
         }
+        let binary =
+            |key: &'static str, v: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+                match v {
+                    None => Ok(None),
+                    Some(p) if Path::new(p).is_absolute() && !p.split('/').any(|c| c == "..") => {
+                        Ok(Some(PathBuf::from(p)))
+                    }
+                    Some(p) => Err(invalid(
+                        key,
+                        format!("{p:?} must be an absolute path without '..'"),
+                    )),
+                }
+            };
+        let qemu_binary = binary("qemu_binary", &raw.qemu_binary)?;
+        let firecracker_binary = binary("firecracker_binary", &raw.firecracker_binary)?;
+        if let Some(l) = &raw.log_level {
+            if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+                return Err(invalid(
+                    "log_level",
+                    format!("{l:?} is not one of error, warn, info, debug, trace"),
+                ));
+            }
+        }
         let vmm = match &raw.vmm {
             Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,
             None => Default::default(),
         };
         Ok(Config {
             vmm,
+            qemu_binary,
+            firecracker_binary,
+            log_level: raw.log_level.clone(),
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
@@ -373,6 +408,40 @@ mod tests {
         let p = dir.path().join("config.toml");
         std::fs::write(&p, text).unwrap();
         Config::load(&p, h)
+    }
+
+    #[test]
+    fn binaries_and_log_level_are_checked_and_unknown_keys_named() {
+        let c = load(
+            "qemu_binary = \"/opt/qemu/bin/qemu-system-x86_64\"\nlog_level = \"debug\"\n",
+            host(4, 8),
+        )
+        .unwrap();
+        assert_eq!(
+            c.qemu_binary.as_deref(),
+            Some(Path::new("/opt/qemu/bin/qemu-system-x86_64"))
+        );
+        assert_eq!(c.firecracker_binary, None);
+        assert_eq!(c.log_level.as_deref(), Some("debug"));
+        let e = load("firecracker_binary = \"bin/fc\"\n", host(4, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("firecracker_binary") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = load("log_level = \"loud\"\n", host(4, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log_level"), "{e}");
+        // An unknown key: the file, the line and the key.
+        let e = load("\n\nqemu_bin = \"/x\"\n", host(4, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.toml") && e.contains("line 3") && e.contains("qemu_bin"),
+            "{e}"
+        );
     }
 
     #[test]

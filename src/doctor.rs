@@ -418,9 +418,32 @@ pub fn run(layout: &Layout, inventory: Option<Inventory>) -> Vec<Check> {
         )
     });
     rows.push(kvm_row());
+    let loaded = Config::load(&layout.config_file(), HostFacts::probe());
+    let configured = |tool: &str| {
+        let c = loaded.as_ref().ok()?;
+        match tool {
+            "qemu-system-x86_64" => c.qemu_binary.clone(),
+            "firecracker" => c.firecracker_binary.clone(),
+            _ => None,
+        }
+    };
     let mut can_build = true;
     for (tool, pkg, flag, _) in TOOLS {
-        let r = tool_row(tool, pkg, flag);
+        let r = match configured(tool) {
+            // The owner's choice: run only if root owns it (as the helper will).
+            Some(p) => match crate::vmm::firecracker::check_root_owned(&p)
+                .and_then(|real| tool_version(&real, flag))
+            {
+                Ok(v) => row(tool, Status::Pass, format!("{v} ({} from config)", p.display()), None),
+                Err(e) => row(
+                    tool,
+                    Status::Fail,
+                    format!("{} (from config): {e}", p.display()),
+                    Some("bangerd-root runs only a root-owned binary nobody else can write; fix it or drop qemu_binary from config.toml".into()),
+                ),
+            },
+            None => tool_row(tool, pkg, flag),
+        };
         if r.status == Status::Fail
             && matches!(*tool, "mmdebstrap" | "mkfs.ext4" | "apt-get" | "dpkg-deb")
         {
@@ -435,16 +458,22 @@ pub fn run(layout: &Layout, inventory: Option<Inventory>) -> Vec<Check> {
         }
         rows.push(r);
     }
-    let fc = ["/usr/local/bin/firecracker", "/usr/bin/firecracker"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.exists())
+    let fc_configured = configured("firecracker");
+    let fc = fc_configured
+        .as_deref()
+        .into_iter()
+        .chain(
+            ["/usr/local/bin/firecracker", "/usr/bin/firecracker"]
+                .iter()
+                .map(Path::new),
+        )
+        .find(|p| p.exists() || fc_configured.as_deref() == Some(*p))
         .map(|p| {
             crate::vmm::firecracker::check_root_owned(p)
                 .and_then(|real| crate::vmm::firecracker::version(&real))
         });
     rows.push(firecracker_row(fc, crate::host::cpu::hardware_kvm()));
-    let cfg = match Config::load(&layout.config_file(), HostFacts::probe()) {
+    let cfg = match loaded {
         Ok(c) => {
             let d = &c.vm_defaults;
             rows.push(row(

@@ -85,6 +85,7 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
             tap: Some("bgtfc0001".into()),
             mac: Some("02:42:ac:10:00:fe".into()),
             kvm: true,
+            binary: None,
         };
         let driver = firecracker::Firecracker;
         assert_eq!(driver.kind(), VmmKind::Firecracker);

@@ -297,6 +297,7 @@ fn hostile_priv(rng: &mut Rng) -> PrivRequest {
             }),
             control_socket: "/etc/qmp.sock".into(),
             log: "/etc/banger.log".into(),
+            binary: Some("/etc/passwd".into()),
         }),
         7 => PrivRequest::BuildRootfs(RootfsSpec {
             build_id: format!("../{}", name(rng)),

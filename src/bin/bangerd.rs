@@ -27,12 +27,18 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    banger::logging::init();
     let mut env = banger::paths::Env::from_process();
     if args.system {
         env.system = true;
     }
     let layout = banger::paths::Layout::resolve(&env);
+    // The config's log_level, unless BANGER_LOG says otherwise (a config
+    // that does not load is reported by the daemon itself).
+    let level =
+        banger::config::Config::load(&layout.config_file(), banger::config::HostFacts::probe())
+            .ok()
+            .and_then(|c| c.log_level);
+    banger::logging::init_with(level.as_deref());
     if args.check_migrations {
         return check_migrations(&layout.store_file());
     }

@@ -236,10 +236,17 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
             if m.cmdline.contains('\n') || m.cmdline.len() > 2048 {
                 return Err(refuse("bad kernel command line"));
             }
-            let bin = crate::host::system_tool("qemu-system-x86_64").ok_or_else(|| {
-                RpcError::failed("qemu-system-x86_64 is not installed; install qemu-system-x86")
+            let bin = match &spec.binary {
+                Some(b) => b.clone(),
+                None => crate::host::system_tool("qemu-system-x86_64").ok_or_else(|| {
+                    RpcError::failed("qemu-system-x86_64 is not installed; install qemu-system-x86")
+                })?,
+            };
+            let bin = crate::vmm::firecracker::check_root_owned(&bin).map_err(|e| {
+                RpcError::failed(format!(
+                    "{e}; bangerd-root runs only a root-owned VMM nobody else can write"
+                ))
             })?;
-            let bin = crate::vmm::firecracker::check_root_owned(&bin).map_err(RpcError::failed)?;
             let tap_fd = (m.tap.is_some() && nix::unistd::geteuid().is_root()).then_some(TAP_FD);
             Ok((
                 bin,
@@ -247,9 +254,20 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
             ))
         }
         VmmKind::Firecracker => {
-            let bin = crate::vmm::firecracker::binary().ok_or_else(|| {
-                RpcError::failed("no usable firecracker (a root-owned, non-writable binary in /usr/local/bin or /usr/bin)")
-            })?;
+            let bin = match &spec.binary {
+                Some(b) => {
+                    let real = crate::vmm::firecracker::check_root_owned(b).map_err(|e| {
+                        RpcError::failed(format!(
+                            "{e}; bangerd-root runs only a root-owned VMM nobody else can write"
+                        ))
+                    })?;
+                    crate::vmm::firecracker::version(&real).map_err(RpcError::failed)?;
+                    real
+                }
+                None => crate::vmm::firecracker::binary().ok_or_else(|| {
+                    RpcError::failed("no usable firecracker (a root-owned, non-writable binary in /usr/local/bin or /usr/bin)")
+                })?,
+            };
             Ok((
                 bin,
                 vec![
@@ -401,11 +419,54 @@ mod tests {
             qemu: None,
             control_socket: rt.join("vms/0123456789abcdef/qmp.sock"),
             log: "/var/lib/banger/vms/0123456789abcdef/vmm.log".into(),
+            binary: None,
         };
         assert!(plan(&spec, rt).is_err(), "no machine");
         spec.control_socket = "/etc/qmp.sock".into();
         assert!(plan(&spec, rt).is_err());
         spec.vm_id = "../../etc".into();
         assert!(plan(&spec, rt).is_err());
+    }
+
+    #[test]
+    fn a_configured_vmm_binary_runs_only_when_root_owns_it_and_nobody_else_writes_it() {
+        use crate::protocol::helper::QemuMachine;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let rt = Path::new("/run/banger");
+        let bin = d.path().join("qemu-system-x86_64");
+        std::fs::copy("/bin/true", &bin).unwrap();
+        let spec = |b: &Path| LaunchSpec {
+            vm_id: "0123456789abcdef".into(),
+            kind: VmmKind::Qemu,
+            qemu: Some(QemuMachine {
+                kvm: false,
+                vcpu: 1,
+                memory_mib: 256,
+                kernel: "/k/vmlinux".into(),
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+                disks: vec![],
+                tap: None,
+                mac: None,
+                agent_socket: None,
+                serial_log: "/v/serial.log".into(),
+            }),
+            control_socket: rt.join("vms/0123456789abcdef/qmp.sock"),
+            log: "/v/vmm.log".into(),
+            binary: Some(b.to_path_buf()),
+        };
+        let owner = std::fs::metadata(&bin).unwrap().uid();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let e = plan(&spec(&bin), rt).unwrap_err().message;
+        assert!(e.contains("writable") || e.contains("not root"), "{e}");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        match plan(&spec(&bin), rt) {
+            Ok((b, _)) => {
+                assert_eq!(owner, 0, "accepted only when root owns it");
+                assert_eq!(b, std::fs::canonicalize(&bin).unwrap());
+            }
+            Err(e) => assert_ne!(owner, 0, "{}", e.message),
+        }
     }
 }

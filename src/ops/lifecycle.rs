@@ -442,6 +442,10 @@ async fn boot(
         tap: Some(tap),
         mac: rec.mac.clone(),
         kvm,
+        binary: match rec.vmm {
+            crate::domain::VmmKind::Qemu => ctx.config.qemu_binary.clone(),
+            crate::domain::VmmKind::Firecracker => ctx.config.firecracker_binary.clone(),
+        },
     };
     let driver = ctx.drivers.driver(rec.vmm);
     let (mut pid, mut agent) = launch(ctx, vm, rec, &b, &*driver).await?;

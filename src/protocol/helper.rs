@@ -105,6 +105,9 @@ pub struct LaunchSpec {
     pub control_socket: std::path::PathBuf,
     /// stdout/stderr of the VMM (opened as the owner).
     pub log: std::path::PathBuf,
+    /// The VMM binary the owner configured; run only when root owns it and
+    /// nobody else can write it. The helper's default locations otherwise.
+    pub binary: Option<std::path::PathBuf>,
 }
 
 /// QEMU microvm parameters for [`LaunchSpec`].

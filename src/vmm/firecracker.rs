@@ -268,6 +268,7 @@ impl Vmm for Firecracker {
             qemu: None,
             control_socket: b.paths.api_socket(),
             log: b.paths.vmm_log(),
+            binary: b.binary.clone(),
         }
     }
 

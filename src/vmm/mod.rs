@@ -61,6 +61,9 @@ pub struct BootSpec {
     pub tap: Option<String>,
     pub mac: Option<String>,
     pub kvm: bool,
+    /// The VMM binary from the config (`qemu_binary`/`firecracker_binary`);
+    /// the helper's default locations otherwise.
+    pub binary: Option<PathBuf>,
 }
 
 /// A VMM driver.

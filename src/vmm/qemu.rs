@@ -148,6 +148,7 @@ impl Vmm for Qemu {
             }),
             control_socket: b.paths.qmp_socket(),
             log: b.paths.vmm_log(),
+            binary: b.binary.clone(),
         }
     }
 
