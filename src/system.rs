@@ -451,6 +451,16 @@ pub fn uninstall(purge: bool) -> Result<Vec<String>, String> {
     Ok(done)
 }
 
+/// Directives both units must carry (doctor checks the installed files).
+pub const HARDENING: &[&str] = &[
+    "KillMode=process",
+    "SendSIGKILL=no",
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+];
+
 /// `doctor`'s system rows: the services and sockets in system mode; one
 /// WARN about the missing guarantees otherwise.
 pub fn doctor_rows(layout: &Layout) -> Vec<Check> {
@@ -525,6 +535,41 @@ pub fn doctor_rows(layout: &Layout) -> Vec<Check> {
             info.as_ref().map(manual_equivalent),
         ));
     }
+    for (unit, text) in [
+        (HELPER_UNIT, info.as_ref().map(helper_unit)),
+        (DAEMON_UNIT, info.as_ref().map(daemon_unit)),
+    ] {
+        let path = Path::new(UNIT_DIR).join(unit);
+        let Ok(have) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let missing: Vec<&str> = HARDENING
+            .iter()
+            .copied()
+            .filter(|d| !have.lines().any(|l| l.trim() == *d))
+            .collect();
+        let name = format!("{unit} hardening");
+        rows.push(if !missing.is_empty() {
+            row(
+                &name,
+                Status::Fail,
+                format!("{} lacks {}", path.display(), missing.join(", ")),
+                Some("reinstall the units: sudo banger system install".into()),
+            )
+        } else if text.as_deref() != Some(have.as_str()) {
+            row(
+                &name,
+                Status::Warn,
+                format!(
+                    "{} differs from what this banger would write",
+                    path.display()
+                ),
+                Some("reinstall the units: sudo banger system install".into()),
+            )
+        } else {
+            row(&name, Status::Pass, "as installed by banger".into(), None)
+        });
+    }
     if let Some(i) = &info {
         use std::os::unix::fs::MetadataExt;
         for (sock, owner) in [
@@ -594,6 +639,14 @@ mod tests {
         }
     }
 
+    fn d_unit() -> String {
+        daemon_unit(&info())
+    }
+
+    fn d_has(u: &str, d: &str) -> bool {
+        u.lines().any(|l| l == d)
+    }
+
     #[test]
     fn units_keep_vms_across_restarts_and_drop_what_they_do_not_need() {
         let h = helper_unit(&info());
@@ -610,6 +663,9 @@ mod tests {
             ] {
                 assert!(u.contains(must), "{must} missing in\n{u}");
             }
+        }
+        for d in HARDENING {
+            assert!(h.lines().any(|l| l == *d) && d_has(&d_unit(), d), "{d}");
         }
         assert!(h.contains("--owner-uid 1000 --runtime-dir /run/banger"));
         assert!(d.contains("User=dev") && d.contains("BANGER_SYSTEM=1"));

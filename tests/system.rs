@@ -256,6 +256,8 @@ fn system_install_under_real_systemd_in_a_guest() {
         "bangerd.service",
         "socket bangerd.sock",
         "socket bangerd-root.sock",
+        "bangerd-root.service hardening",
+        "bangerd.service hardening",
     ] {
         assert_eq!(
             find(&r, name)["status"],
