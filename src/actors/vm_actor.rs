@@ -211,6 +211,17 @@ pub struct VmActorState {
     backoff: std::collections::HashMap<&'static str, crate::supervise::Backoff>,
 }
 
+/// Replaces a session whose driving task died with a fresh one on the same
+/// channel; whether it did.
+fn revive_session(state: &mut VmActorState) -> bool {
+    let Some(old) = state.agent.as_ref().filter(|a| a.is_dead()) else {
+        return false;
+    };
+    tracing::warn!(vm = %state.record.name, "the agent session's task ended; a fresh session");
+    state.agent = Some(AgentSession::start(old.channel().clone()));
+    true
+}
+
 /// Names of the per-VM helpers in `vm health`.
 pub const SESSION: &str = "agent-session";
 pub const WATCH: &str = "guest-watch";
@@ -507,15 +518,12 @@ impl Actor for VmActor {
             VmMsg::Agent(reply) => {
                 // A caller needs it now: a session whose task died is
                 // replaced at once rather than at the watch's next tick.
-                if let Some(old) = state.agent.as_ref().filter(|a| a.is_dead()) {
-                    let fresh = AgentSession::start(old.channel().clone());
+                if revive_session(state) {
                     self.ctx.guests.restarted(
                         &self.id,
                         SESSION,
                         "the agent session's task ended".into(),
                     );
-                    tracing::warn!(vm = %state.record.name, "the agent session's task ended; a fresh session");
-                    state.agent = Some(fresh);
                 }
                 let _ = reply.send(state.agent.clone());
             }
@@ -536,10 +544,7 @@ impl Actor for VmActor {
                 }
             }
             VmMsg::RestartAgent => {
-                if let Some(old) = state.agent.as_ref().filter(|a| a.is_dead()) {
-                    tracing::info!(vm = %state.record.name, "a fresh agent session");
-                    state.agent = Some(AgentSession::start(old.channel().clone()));
-                }
+                revive_session(state);
             }
             VmMsg::SpawnWatch => {
                 if state.watch.is_none() {
