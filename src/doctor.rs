@@ -40,7 +40,8 @@ pub struct Check {
     pub hint: Option<String>,
 }
 
-fn row(name: &str, status: Status, detail: impl Into<String>, hint: Option<String>) -> Check {
+/// One row (also used by `system::doctor_rows`).
+pub fn row(name: &str, status: Status, detail: impl Into<String>, hint: Option<String>) -> Check {
     Check {
         name: name.into(),
         status,
