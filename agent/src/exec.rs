@@ -249,7 +249,13 @@ where
         }
         None => {
             cmd.stdin(match (&req.stdin, tcp) {
-                (_, Some(s)) => Stdio::from(OwnedFd::from(s.into_std()?)),
+                (_, Some(s)) => {
+                    // tokio's socket is non-blocking; the command expects a
+                    // blocking stdin (tar reading it would see EAGAIN).
+                    let s = s.into_std()?;
+                    s.set_nonblocking(false)?;
+                    Stdio::from(OwnedFd::from(s))
+                }
                 (Stdin::Stream, None) => Stdio::piped(),
                 _ => Stdio::null(),
             })
@@ -440,6 +446,53 @@ mod tests {
         assert_eq!(error.unwrap().kind, ExecErrorKind::NotFound);
         let (_, _, _, error) = exec(req(&["/etc"]), b"").await;
         assert_eq!(error.unwrap().kind, ExecErrorKind::NotExecutable);
+    }
+
+    /// TCP stdin reaches the command as a blocking descriptor, so a reader
+    /// that gets ahead of the sender waits instead of failing with EAGAIN.
+    #[tokio::test]
+    async fn tcp_stdin_is_blocking_for_the_command() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let mut r = req(&[
+            "sh",
+            "-c",
+            "grep -q 'flags.*[4-7][0-7][0-7][0-7]$' /proc/self/fdinfo/0 && echo nonblocking; wc -c",
+        ]);
+        r.stdin = Stdin::Tcp {
+            token: token.into(),
+        };
+        let (host, agent) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve(agent, r));
+        let (mut rd, _wr) = tokio::io::split(host);
+        let port = match proto::read_msg(&mut rd, proto::MAX_MSG).await.unwrap() {
+            Some((proto::PORT, d)) => u16::from_be_bytes([d[0], d[1]]),
+            other => panic!("expected a port, got {other:?}"),
+        };
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(token.as_bytes()).await.unwrap();
+        // Only once the command runs does data come, in pieces.
+        assert!(matches!(
+            proto::read_msg(&mut rd, proto::MAX_MSG).await.unwrap(),
+            Some((proto::STARTED, _))
+        ));
+        for _ in 0..4 {
+            s.write_all(&[7u8; 1000]).await.unwrap();
+            s.flush().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        s.shutdown().await.unwrap();
+        let (mut out, mut exit) = (Vec::new(), None);
+        while let Some((k, d)) = proto::read_msg(&mut rd, proto::MAX_MSG).await.unwrap() {
+            match k {
+                proto::STDOUT => out.extend(d),
+                proto::EXIT => exit = Some(serde_json::from_slice::<ExitStatus>(&d).unwrap()),
+                _ => {}
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&out).trim(), "4000");
+        assert_eq!(exit.unwrap().shell_code(), 0);
     }
 
     #[tokio::test]
