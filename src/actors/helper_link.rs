@@ -212,8 +212,13 @@ impl Actor for HelperLink {
                 request,
                 reply,
             } => match &state.conn {
-                Some(conn) => dispatch(conn, op_id, *request, reply),
-                None => {
+                // Not one that died a moment ago (its Closed may still be
+                // on the way): the call waits for the next connection.
+                Some(conn) if conn.is_open() => dispatch(conn, op_id, *request, reply),
+                _ => {
+                    if state.conn.take().is_some() {
+                        state.reason = "connection lost".into();
+                    }
                     state.pending.push((op_id, request, reply));
                     self.connect(&myself, state);
                 }

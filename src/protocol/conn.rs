@@ -459,6 +459,18 @@ where
     }
 }
 
+/// A call the helper never answered because the connection went: Busy, so
+/// the daemon reconnects (restarting the helper) and retries what is safe to
+/// retry. Whether the write failed or the reply never came, it is the same
+/// event to the caller.
+fn lost(op_id: &str, reason: &str) -> RpcError {
+    RpcError::new(
+        super::ErrorCode::Busy,
+        format!("lost the connection to bangerd-root during the operation: {reason}"),
+    )
+    .with_op(op_id)
+}
+
 type Pending<P> = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Result<P, RpcError>>>>>>;
 
 /// A client with many calls in flight on one connection (used by the daemon's
@@ -466,6 +478,9 @@ type Pending<P> = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Result<P, Rpc
 pub struct MuxClient<R, P> {
     writer: Mutex<tokio::net::unix::OwnedWriteHalf>,
     pending: Pending<P>,
+    /// Set the moment the connection is known dead (the reader ended or a
+    /// write failed), before anyone is told.
+    closed: Arc<std::sync::atomic::AtomicBool>,
     pub server: ServerInfo,
     _types: std::marker::PhantomData<fn(R)>,
 }
@@ -484,7 +499,8 @@ where
         let (stream, server) = connect_and_greet(path).await?;
         let (mut rd, wr) = stream.into_split();
         let pending: Pending<P> = Arc::new(Mutex::new(Some(HashMap::new())));
-        let p2 = pending.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p2, c2) = (pending.clone(), closed.clone());
         tokio::spawn(async move {
             let reason = loop {
                 match read_frame::<_, Envelope<super::helper::NoEvent, P>>(&mut rd).await {
@@ -502,17 +518,12 @@ where
                     Err(e) => break format!("connection to the helper failed: {e}"),
                 }
             };
+            c2.store(true, std::sync::atomic::Ordering::SeqCst);
             if let Some(map) = p2.lock().await.take() {
                 for (op_id, tx) in map {
                     // Busy: the daemon reconnects (restarting the helper)
                     // and retries what is safe to retry.
-                    let _ = tx.send(Err(RpcError::new(
-                        super::ErrorCode::Busy,
-                        format!(
-                            "lost the connection to bangerd-root during the operation: {reason}"
-                        ),
-                    )
-                    .with_op(&op_id)));
+                    let _ = tx.send(Err(lost(&op_id, &reason)));
                 }
             }
             on_close(reason);
@@ -520,6 +531,7 @@ where
         Ok(Arc::new(MuxClient {
             writer: Mutex::new(wr),
             pending,
+            closed,
             server,
             _types: std::marker::PhantomData,
         }))
@@ -531,9 +543,7 @@ where
         {
             let mut guard = self.pending.lock().await;
             let Some(map) = guard.as_mut() else {
-                return Err(
-                    RpcError::failed("the connection to bangerd-root is closed").with_op(&op_id)
-                );
+                return Err(lost(&op_id, "it was already closed"));
             };
             map.insert(op_id.clone(), tx);
         }
@@ -549,19 +559,19 @@ where
             .await
         };
         if let Err(e) = sent {
+            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
             if let Some(m) = self.pending.lock().await.as_mut() {
                 m.remove(&op_id);
             }
-            return Err(RpcError::failed(format!("sending to bangerd-root: {e}")).with_op(&op_id));
+            return Err(lost(&op_id, &format!("sending failed: {e}")));
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(RpcError::failed("the connection to bangerd-root closed").with_op(&op_id))
-        })
+        rx.await
+            .unwrap_or_else(|_| Err(lost(&op_id, "it closed before the answer")))
     }
 
-    /// Whether the reader still runs.
-    pub async fn is_open(&self) -> bool {
-        self.pending.lock().await.is_some()
+    /// Whether the connection is still believed alive.
+    pub fn is_open(&self) -> bool {
+        !self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -580,5 +590,54 @@ fn owner_hint(path: &Path) -> String {
             "it belongs to uid {uid} and serves only that user (you are uid {me}); run banger as uid {uid}, or use your own daemon (unset XDG_RUNTIME_DIR overrides pointing at theirs)"
         ),
         _ => "check the permissions of the socket and its directory".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A helper that greets and then dies: every call on its connection,
+    /// however the loss shows (the write fails, the reader saw EOF first, or
+    /// the answer never comes), is Busy, the code the daemon retries on.
+    #[tokio::test]
+    async fn a_call_on_a_dead_helper_connection_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("helper.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _: Hello = read_frame(&mut s).await.unwrap();
+            write_frame(
+                &mut s,
+                &HelloReply::Welcome {
+                    protocol_version: super::super::PROTOCOL_VERSION,
+                    server_version: "test".into(),
+                    server_pid: std::process::id(),
+                },
+            )
+            .await
+            .unwrap();
+        });
+        let (tx, rx) = oneshot::channel();
+        let client = MuxClient::<String, String>::connect(&path, move |reason| {
+            let _ = tx.send(reason);
+        })
+        .await
+        .unwrap();
+        server.await.unwrap();
+        let call = || client.call(super::super::new_op_id(), "x".repeat(1 << 20));
+        // Racing the reader's EOF: the write fails or the answer never comes.
+        let e = call().await.unwrap_err();
+        assert_eq!(e.code, super::super::ErrorCode::Busy, "{e:?}");
+        let reason = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(reason.contains("closed"), "{reason}");
+        // After the reader saw it close.
+        assert!(!client.is_open());
+        let e = call().await.unwrap_err();
+        assert_eq!(e.code, super::super::ErrorCode::Busy, "{e:?}");
     }
 }
