@@ -36,6 +36,63 @@ fn commands_run_through_the_agent_with_their_argv_input_output_and_codes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\n");
     assert_eq!(out.status.code(), Some(0));
 
+    // 100 MB of stdin arrive whole, from a file and from a pipe that
+    // writes faster than the guest reads.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    let data: Vec<u8> = (0..100_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(&big, &data).unwrap();
+    let want = banger::digest::sha256_hex(&data);
+    let child = env
+        .banger_cmd(&["vm", "exec", "box", "--", "sha256sum"])
+        .stdin(std::fs::File::open(&big).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, "100 MB into sha256sum", Duration::from_secs(300));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next(),
+        Some(want.as_str()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = env
+        .banger_cmd(&[
+            "vm",
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "cat > /root/big && sha256sum /root/big",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = output_within(
+        child,
+        "100 MB through a pipe into a file",
+        Duration::from_secs(300),
+    );
+    writer.join().unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next(),
+        Some(want.as_str()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // 20 MB of output arrive whole.
     let out = exec_out(
         &env,
