@@ -96,7 +96,7 @@ impl GuestParams {
     }
 }
 
-fn valid_hostname(s: &str) -> bool {
+pub fn valid_hostname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && !s.starts_with('-')

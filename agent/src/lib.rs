@@ -21,6 +21,8 @@ pub mod cmdline;
 #[cfg(target_os = "linux")]
 pub mod exec;
 #[cfg(target_os = "linux")]
+pub mod identity;
+#[cfg(target_os = "linux")]
 pub mod init;
 pub mod mux;
 #[cfg(target_os = "linux")]

@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 const NLMSG_ERROR: u16 = 2;
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const IFLA_ADDRESS: u16 = 1;
 const RTM_NEWROUTE: u16 = 24;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -143,6 +145,33 @@ pub fn link_up(index: u32) -> io::Result<()> {
     body[8..12].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
     body[12..16].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
     s.request(Msg::new(RTM_NEWLINK, 0, &body).finish())
+}
+
+/// Sets a link's hardware (MAC) address; virtio-net takes it while up.
+pub fn set_mac(index: u32, mac: [u8; 6]) -> io::Result<()> {
+    let s = Socket::open()?;
+    let mut body = vec![0u8; 16];
+    body[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+    s.request(
+        Msg::new(RTM_NEWLINK, 0, &body)
+            .attr(IFLA_ADDRESS, &mac)
+            .finish(),
+    )
+}
+
+/// Removes an IPv4 address from a link.
+pub fn del_address(index: u32, ip: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+    let s = Socket::open()?;
+    let mut body = vec![0u8; 8];
+    body[0] = libc::AF_INET as u8;
+    body[1] = prefix_len;
+    body[4..8].copy_from_slice(&index.to_ne_bytes());
+    s.request(
+        Msg::new(RTM_DELADDR, 0, &body)
+            .attr(IFA_LOCAL, &ip.octets())
+            .attr(IFA_ADDRESS, &ip.octets())
+            .finish(),
+    )
 }
 
 /// Sets (replaces) an IPv4 address on a link.

@@ -54,6 +54,31 @@ pub enum Request {
     /// Answers `api::GuestStats` (an agent older than this answers "bad
     /// request": the host says to rebuild the image).
     Stats,
+    /// A VM restored from a snapshot takes its own identity; answers
+    /// `api::Ack` (its detail lists what could not be done).
+    Reidentify(Identity),
+}
+
+/// Who a restored clone is now: everything a snapshot's guest shares with
+/// its other clones and must not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gw: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// `02:xx:xx:xx:xx:xx`.
+    pub mac: String,
+    /// The address the snapshot's guest had (removed).
+    pub old_ip: Option<std::net::Ipv4Addr>,
+    /// Random bytes from the host (hex, 32 to 512 bytes): mixed into the
+    /// kernel's RNG, which then reseeds.
+    pub seed: String,
+    /// The host's clock.
+    pub now_secs: u64,
+    pub now_nanos: u32,
 }
 
 /// The answer to `Ping`.

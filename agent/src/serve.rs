@@ -156,6 +156,12 @@ where
             tokio::task::spawn_blocking(poweroff).await.ok();
         }
         Request::Exec(r) => crate::exec::serve(s, r).await,
+        Request::Reidentify(id) => {
+            let ack = tokio::task::spawn_blocking(move || crate::identity::reidentify(&id))
+                .await
+                .map_err(|e| e.to_string());
+            respond(&mut s, ack).await
+        }
         Request::Stats => {
             let st =
                 tokio::task::spawn_blocking(|| guest_stats(Path::new("/proc"), &["/", "/root"]))
