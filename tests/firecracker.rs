@@ -86,6 +86,7 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
             mac: Some("02:42:ac:10:00:fe".into()),
             kvm: true,
             binary: None,
+            incoming: false,
         };
         let driver = firecracker::Firecracker;
         assert_eq!(driver.kind(), VmmKind::Firecracker);
@@ -104,6 +105,18 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
             .await
             .unwrap();
         assert!(info.contains("\"state\":\"Running\""), "{info}");
+        // A full snapshot (pause, state and memory files, resume), as
+        // `vm snapshot` asks of Firecracker where it can boot guests.
+        let (state, mem) = (paths.state.join("fc.state"), paths.state.join("fc.mem"));
+        firecracker::snapshot_create(&paths.api_socket(), &state, &mem)
+            .await
+            .expect("PUT /snapshot/create");
+        assert_eq!(std::fs::metadata(&mem).unwrap().len(), 512 << 20);
+        assert!(std::fs::metadata(&state).unwrap().len() > 0);
+        let info = firecracker::api(&paths.api_socket(), "GET", "/", None)
+            .await
+            .unwrap();
+        assert!(info.contains("\"state\":\"Running\""), "resumed: {info}");
         driver.powerdown(&paths).await.expect("SendCtrlAltDel");
         // The helper lists it as the owner's banger VMM, and signals it.
         match call(&mut h, PrivRequest::ListVmms).await {
@@ -131,6 +144,48 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
         assert!(
             banger::host::process::wait_exit(pid, Duration::from_secs(10)).await,
             "firecracker exited"
+        );
+        // A fresh Firecracker loads that snapshot (same drives, and a tap of
+        // the same name: made again, as the kernel may keep the old one
+        // attached for a moment after its process is gone).
+        let _ = std::fs::remove_file(paths.api_socket());
+        let _ = std::fs::remove_file(paths.vsock_socket());
+        for req in [
+            PrivRequest::DeleteTap {
+                name: "bgtfc0001".into(),
+            },
+            PrivRequest::CreateTap {
+                name: "bgtfc0001".into(),
+                bridge: "banger0".into(),
+            },
+        ] {
+            call(&mut h, req).await;
+        }
+        let pid = match call(&mut h, PrivRequest::LaunchVmm(driver.launch_spec(&boot))).await {
+            PrivReply::Launched { pid } => pid,
+            other => panic!("{other:?}"),
+        };
+        firecracker::wait_api(&paths.api_socket(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        firecracker::snapshot_load(&paths.api_socket(), &state, &mem)
+            .await
+            .expect("PUT /snapshot/load");
+        let info = firecracker::api(&paths.api_socket(), "GET", "/", None)
+            .await
+            .unwrap();
+        assert!(info.contains("\"state\":\"Running\""), "restored: {info}");
+        call(
+            &mut h,
+            PrivRequest::SignalVmm {
+                pid,
+                signal: Signal::Kill,
+            },
+        )
+        .await;
+        assert!(
+            banger::host::process::wait_exit(pid, Duration::from_secs(10)).await,
+            "the restored firecracker exited"
         );
         call(
             &mut h,

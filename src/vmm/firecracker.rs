@@ -150,6 +150,37 @@ pub async fn api(
     }
 }
 
+/// A full snapshot of a running microVM: paused, its state and memory
+/// written by Firecracker to `state` and `mem` (paths the Firecracker
+/// process can write), then resumed. Nothing of the guest runs meanwhile.
+pub async fn snapshot_create(socket: &Path, state: &Path, mem: &Path) -> Result<(), VmmError> {
+    let paused = serde_json::json!({ "state": "Paused" });
+    api(socket, "PATCH", "/vm", Some(&paused)).await?;
+    let req = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": state,
+        "mem_file_path": mem,
+    });
+    let made = api(socket, "PUT", "/snapshot/create", Some(&req)).await;
+    let resumed = serde_json::json!({ "state": "Resumed" });
+    let back = api(socket, "PATCH", "/vm", Some(&resumed)).await;
+    made?;
+    back.map(drop)
+}
+
+/// Loads a full snapshot into a Firecracker process that has not been
+/// configured (its drives and tap must be where they were), resuming it.
+pub async fn snapshot_load(socket: &Path, state: &Path, mem: &Path) -> Result<(), VmmError> {
+    let req = serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": { "backend_type": "File", "backend_path": mem },
+        "resume_vm": true,
+    });
+    api(socket, "PUT", "/snapshot/load", Some(&req))
+        .await
+        .map(drop)
+}
+
 /// Waits for the API socket to answer.
 pub async fn wait_api(socket: &Path, timeout: Duration) -> Result<(), VmmError> {
     let deadline = tokio::time::Instant::now() + timeout;
