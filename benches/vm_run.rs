@@ -82,6 +82,7 @@ fn baseline(
         // No agent channel: the baseline reaches the guest over SSH only.
         agent_socket: None,
         serial_log: dir.join("serial.log"),
+        incoming: false,
     };
     let mut q = Command::new("ip")
         .args(["netns", "exec", ns, "qemu-system-x86_64"])

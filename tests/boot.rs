@@ -66,6 +66,7 @@ fn boot(ns: &Netns, dir: &Path, name: &str, ip: Ipv4Addr, tap: &str, key: &str) 
         mac: Some(format!("02:42:ac:10:00:{:02x}", ip.octets()[3])),
         agent_socket: Some(dir.join("agent.sock")),
         serial_log: dir.join("serial.log"),
+        incoming: false,
     };
     let qemu = Command::new("ip")
         .args(["netns", "exec", &ns.name, "qemu-system-x86_64"])

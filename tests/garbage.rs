@@ -294,6 +294,7 @@ fn hostile_priv(rng: &mut Rng) -> PrivRequest {
                 mac: None,
                 agent_socket: None,
                 serial_log: "/etc/passwd".into(),
+                incoming: false,
             }),
             control_socket: "/etc/qmp.sock".into(),
             log: "/etc/banger.log".into(),

@@ -14,6 +14,7 @@ mod hardening;
 mod helper_net;
 mod images;
 mod services;
+mod snapshots;
 mod store_crash;
 mod system;
 mod vms;

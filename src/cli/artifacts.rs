@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::progress::ProgressView;
 use super::render::{self, CliError, Table};
 use super::{client, out, Ctx};
-use crate::protocol::cli::{ImageView, KernelView, Reply, Request};
+use crate::protocol::cli::{ImageView, KernelView, Reply, Request, SnapshotView};
 use crate::size::format_size;
 
 pub const KERNEL_LONG: &str = "\
@@ -294,6 +294,90 @@ pub async fn image(ctx: &Ctx, cmd: ImageCommand) -> Result<u8, CliError> {
         Reply::Exported { file, bytes } => {
             out(&format!("wrote {file} ({})\n", format_size(bytes)))?
         }
+        Reply::Done => out("deleted\n")?,
+        other => return Err(client::unexpected(other)),
+    }
+    Ok(0)
+}
+
+pub const SNAPSHOT_LONG: &str = "\
+Snapshots: a VM's memory, devices and disks at one instant. Take one with
+`banger vm snapshot <vm>`; start new VMs from it with `--from`; each clone
+gets its own name, addresses, SSH host key and reseeded RNG.
+
+  banger vm snapshot dev --name warm        pause, save, resume
+  banger vm run --rm --from warm -- make    a new VM restored from it
+  banger snapshot list
+  banger snapshot show warm
+  banger snapshot delete warm               refused while a VM made from it exists";
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List snapshots
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one snapshot
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot no VM was made from
+    #[command(visible_alias = "rm")]
+    Delete { name: String },
+}
+
+fn snapshot_table(ss: &[SnapshotView]) -> String {
+    let mut t = Table::new(["NAME", "VM", "IMAGE", "SHAPE", "SIZE", "CREATED"]);
+    for s in ss {
+        t.row([
+            s.name.clone(),
+            s.source_vm.clone(),
+            s.image.clone(),
+            format!("{} vcpu, {} MiB", s.vcpu, s.memory_mib),
+            format_size(s.size_bytes),
+            render::age(s.created_at_unix),
+        ]);
+    }
+    t.render()
+}
+
+pub fn snapshot_detail(s: &SnapshotView) -> String {
+    let mut t = Table::bare();
+    t.row(["name".to_string(), s.name.clone()]);
+    t.row(["source vm".to_string(), s.source_vm.clone()]);
+    t.row(["image".to_string(), s.image.clone()]);
+    t.row(["kernel".to_string(), s.kernel.clone()]);
+    t.row(["vmm".to_string(), s.vmm.as_str().to_string()]);
+    t.row([
+        "shape".to_string(),
+        format!(
+            "{} vcpu, {} MiB, {} disk",
+            s.vcpu,
+            s.memory_mib,
+            format_size(s.disk_bytes)
+        ),
+    ]);
+    t.row(["size".to_string(), format_size(s.size_bytes)]);
+    t.row(["dir".to_string(), s.dir.clone()]);
+    t.row(["created".to_string(), render::age(s.created_at_unix)]);
+    t.render()
+}
+
+pub async fn snapshot(ctx: &Ctx, cmd: SnapshotCommand) -> Result<u8, CliError> {
+    let (req, json) = match cmd {
+        SnapshotCommand::List { json } => (Request::SnapshotList, json),
+        SnapshotCommand::Show { name, json } => (Request::SnapshotShow { name }, json),
+        SnapshotCommand::Delete { name } => (Request::SnapshotDelete { name }, false),
+    };
+    match call(ctx, req).await? {
+        Reply::Snapshots(ss) if json => out(&render::json(&ss))?,
+        Reply::Snapshots(ss) => out(&snapshot_table(&ss))?,
+        Reply::Snapshot(s) if json => out(&render::json(&s))?,
+        Reply::Snapshot(s) => out(&snapshot_detail(&s))?,
         Reply::Done => out("deleted\n")?,
         other => return Err(client::unexpected(other)),
     }

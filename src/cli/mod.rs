@@ -76,6 +76,9 @@ pub enum Command {
     /// Kernels VMs boot: pull, import
     #[command(long_about = artifacts::KERNEL_LONG, subcommand)]
     Kernel(artifacts::KernelCommand),
+    /// Saved VMs to start new ones from: list, show, delete
+    #[command(long_about = artifacts::SNAPSHOT_LONG, subcommand)]
+    Snapshot(artifacts::SnapshotCommand),
     /// Start, stop and inspect the banger daemon
     #[command(long_about = DAEMON_LONG, subcommand)]
     Daemon(DaemonCommand),
@@ -263,6 +266,7 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         Command::Daemon(c) => daemon(ctx, c).await,
         Command::Image(c) => artifacts::image(ctx, c).await,
         Command::Kernel(c) => artifacts::kernel(ctx, c).await,
+        Command::Snapshot(c) => artifacts::snapshot(ctx, c).await,
         Command::Ps(a) => vm::list(ctx, a.json).await,
         Command::Dns { json } => services::dns(ctx, json).await,
         Command::Doctor { json } => system::doctor(ctx, json).await,

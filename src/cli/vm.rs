@@ -53,6 +53,19 @@ pub enum VmCommand {
     /// Stop then start a VM
     #[command(long_about = "Stop then start a VM (a new boot id).\n\n  banger vm restart dev")]
     Restart { name: String },
+    /// Save a running VM's memory, devices and disks as a snapshot
+    #[command(
+        long_about = "Pause a running VM, save its memory, devices and disks as a snapshot, and resume\nit (or stop it with --stop). New VMs start from it with `vm create|run --from`,\neach with its own name, addresses, SSH host key and reseeded RNG.\n\n  banger vm snapshot dev --name warm\n  banger vm run --rm --from warm -- cargo test\n  banger snapshot list"
+    )]
+    Snapshot {
+        name: String,
+        /// Snapshot name (default: <vm>-<UTC time>)
+        #[arg(long = "name", id = "snapshot_name")]
+        snapshot: Option<String>,
+        /// Stop the VM afterwards instead of resuming it
+        #[arg(long)]
+        stop: bool,
+    },
     /// Force-kill a VM (use when 'vm stop' hangs)
     #[command(
         long_about = "Send a signal to the VM's VMM. KILL (the default) ends it at once; the VM's\ntap and NAT rules are released. Other signals are delivered and not waited on.\n\n  banger vm kill dev\n  banger vm kill dev --signal TERM"
@@ -294,6 +307,9 @@ pub struct CreateArgs {
     /// auto, qemu or firecracker
     #[arg(long)]
     pub vmm: Option<VmmChoice>,
+    /// Restore this snapshot (its image, kernel and shape) instead of booting
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["image", "kernel", "vcpu", "memory", "disk_size"])]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -401,16 +417,21 @@ pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
         },
         nat: a.nat,
         vmm: a.vmm.unwrap_or(cfg.vmm),
+        from: a.from.clone(),
     })
 }
 
 fn spec_line(s: &VmCreateSpec) {
     eprintln!(
-        "spec: {} vcpu | {} MiB | {} disk{}",
+        "spec: {} vcpu | {} MiB | {} disk{}{}",
         s.vcpu,
         s.memory_mib,
         format_size(s.disk_bytes),
-        if s.nat { " | nat" } else { "" }
+        if s.nat { " | nat" } else { "" },
+        s.from
+            .as_deref()
+            .map(|f| format!(" | from snapshot {f}"))
+            .unwrap_or_default()
     );
 }
 
@@ -422,7 +443,16 @@ async fn call(ctx: &Ctx, req: Request) -> Result<Reply, CliError> {
     r
 }
 
-async fn create(ctx: &Ctx, s: VmCreateSpec) -> Result<VmView, CliError> {
+async fn create(ctx: &Ctx, mut s: VmCreateSpec) -> Result<VmView, CliError> {
+    if let Some(from) = &s.from {
+        // A restored VM has its snapshot's shape: the spec line says so.
+        match call(ctx, Request::SnapshotShow { name: from.clone() }).await? {
+            Reply::Snapshot(v) => {
+                (s.vcpu, s.memory_mib, s.disk_bytes) = (v.vcpu, v.memory_mib, v.disk_bytes)
+            }
+            other => return Err(client::unexpected(other)),
+        }
+    }
     spec_line(&s);
     match call(ctx, Request::VmCreate(s)).await? {
         Reply::Vm(v) => Ok(v),
@@ -942,6 +972,32 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
         }
         VmCommand::Restart { name } => {
             simple(ctx, &name, Request::VmRestart { name: name.clone() }).await
+        }
+        VmCommand::Snapshot {
+            name,
+            snapshot,
+            stop,
+        } => {
+            check_name(&name)?;
+            match call(
+                ctx,
+                Request::VmSnapshot {
+                    name,
+                    snapshot,
+                    stop,
+                },
+            )
+            .await?
+            {
+                Reply::Snapshot(v) => out(&format!(
+                    "snapshot {} of {} ({})\n",
+                    v.name,
+                    v.source_vm,
+                    format_size(v.size_bytes)
+                ))?,
+                other => return Err(client::unexpected(other)),
+            }
+            Ok(0)
         }
         VmCommand::Kill { name, signal } => {
             simple(

@@ -154,6 +154,14 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             Request::Dns => services::dns(slots).await,
             Request::SshConfig => services::ssh_config(ctx),
             Request::TestHook(h) => services::test_hook(slots, h).await,
+            Request::VmSnapshot {
+                name,
+                snapshot,
+                stop,
+            } => vms::snapshot(slots, &name, snapshot, stop, events).await,
+            Request::SnapshotList => crate::ops::snapshots::list(ctx),
+            Request::SnapshotShow { name } => crate::ops::snapshots::show(ctx, &name),
+            Request::SnapshotDelete { name } => crate::ops::snapshots::delete(ctx, &name),
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);

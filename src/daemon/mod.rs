@@ -183,6 +183,7 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
     let socket = layout.daemon_socket();
     let slots = Arc::new(Slots::default());
     let ctx = context(layout, config, store, &slots);
+    crate::ops::snapshots::sweep(&ctx);
     let (supervisor, _) = Actor::spawn(
         None,
         DaemonSupervisor {

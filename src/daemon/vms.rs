@@ -109,6 +109,33 @@ pub async fn restart(
     .map(vm_reply)
 }
 
+/// `vm snapshot`: an operation on the VM (nothing else runs on it
+/// meanwhile); with `stop`, the VM is stopped afterwards.
+pub async fn snapshot(
+    slots: &Slots,
+    name: &str,
+    snapshot: Option<String>,
+    stop: bool,
+    events: mpsc::Sender<Event>,
+) -> Result<Reply, RpcError> {
+    run_on_vm(slots, name, "snapshot", move |a| async move {
+        let mut st = Stages::new(events);
+        let agent = a.vm.agent().await;
+        let taken = crate::ops::snapshots::take(&a.ctx, &a.record, agent, snapshot, &mut st).await;
+        let snap = match taken {
+            Ok(s) => s,
+            Err(e) => return (Some(a.record), Err(e)),
+        };
+        if !stop {
+            return (Some(a.record), Ok(snap));
+        }
+        let (rec, r) = lifecycle::stop(&a.ctx, &*a.vm, a.record, &mut st).await;
+        (Some(rec), r.map(|_| snap))
+    })
+    .await
+    .map(|s| Reply::Snapshot(views::snapshot(&s)))
+}
+
 pub async fn kill(slots: &Slots, name: &str, signal: Signal) -> Result<Reply, RpcError> {
     let f = move |a: crate::actors::vm_actor::OpArgs| async move {
         let (rec, r) = lifecycle::kill(&a.ctx, &*a.vm, a.record, signal).await;

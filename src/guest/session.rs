@@ -322,6 +322,15 @@ impl AgentSession {
     pub async fn stats(&self, timeout: Duration) -> Result<GuestStats, AgentError> {
         self.call(&Request::Stats, timeout, SMALL).await
     }
+
+    /// A restored clone takes its own identity.
+    pub async fn reidentify(
+        &self,
+        id: banger_agent::proto::Identity,
+        timeout: Duration,
+    ) -> Result<Ack, AgentError> {
+        self.call(&Request::Reidentify(id), timeout, SMALL).await
+    }
 }
 
 /// The channel of a VM driven by `kind`, under its runtime paths.

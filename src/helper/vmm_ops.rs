@@ -450,6 +450,7 @@ mod tests {
                 tap: None,
                 mac: None,
                 agent_socket: None,
+                incoming: false,
                 serial_log: "/v/serial.log".into(),
             }),
             control_socket: rt.join("vms/0123456789abcdef/qmp.sock"),

@@ -397,7 +397,24 @@ async fn boot(
 
     stages.begin("disks", "root and work disks").await;
     let (vmlinux, initrd, rootfs, seed) = boot_files(ctx, rec)?;
-    let how = if disks::exist(&paths, rec.vmm) {
+    // Made --from a snapshot and not yet restored: its memory is loaded
+    // instead of a boot, over fresh disks at the snapshot's instant.
+    let restore = match (rec.restore_pending, &rec.snapshot) {
+        (true, Some(id)) => {
+            let snap = super::snapshots::by_id(ctx, id)?;
+            super::snapshots::check_restorable(ctx, &snap)?;
+            Some(snap)
+        }
+        _ => None,
+    };
+    let how = if let Some(snap) = &restore {
+        let (s, p) = (snap.clone(), paths.clone());
+        tokio::task::spawn_blocking(move || super::snapshots::clone_disks(&s, &p))
+            .await
+            .map_err(|e| RpcError::failed(e.to_string()))?
+            .map_err(RpcError::failed)?;
+        format!("root: overlay on snapshot {}, work: copy", snap.name)
+    } else if disks::exist(&paths, rec.vmm) {
         "reused".to_string()
     } else {
         let (p, kind, size) = (paths.clone(), rec.vmm, rec.disk_bytes);
@@ -434,7 +451,11 @@ async fn boot(
         memory_mib: rec.memory_mib,
         kernel: vmlinux,
         initrd,
-        cmdline: vmm::qemu::kernel_cmdline(kvm, &params),
+        // A restore passes the command line the saved guest booted with.
+        cmdline: match &restore {
+            Some(snap) => snap.cmdline.clone(),
+            None => vmm::qemu::kernel_cmdline(kvm, &params),
+        },
         disks: vec![
             disks::root_disk(&paths, rec.vmm),
             (paths.work_disk(), vmm::DiskFormat::Raw),
@@ -446,6 +467,7 @@ async fn boot(
             crate::domain::VmmKind::Qemu => ctx.config.qemu_binary.clone(),
             crate::domain::VmmKind::Firecracker => ctx.config.firecracker_binary.clone(),
         },
+        incoming: restore.is_some(),
     };
     let driver = ctx.drivers.driver(rec.vmm);
     let (mut pid, mut agent) = launch(ctx, vm, rec, &b, &*driver).await?;
@@ -458,6 +480,10 @@ async fn boot(
             if kvm { "" } else { " (TCG)" }
         ))
         .await;
+
+    if let Some(snap) = &restore {
+        return restore_guest(ctx, vm, rec, snap, pid, &agent, stages).await;
+    }
 
     stages.begin("agent", "waiting for banger-agent").await;
     let boot_deadline = ctx.timeouts.boot;
@@ -496,6 +522,72 @@ async fn boot(
         .end(format!(
             "guest up {:.1}s, boot {}, init {}",
             health.uptime_s, health.boot_id, health.init
+        ))
+        .await;
+    stages.ready().await;
+    Ok(())
+}
+
+/// The `restore` stage: loads the snapshot's memory into the waiting VMM,
+/// then the guest takes its own identity (RNG reseeded, clock, name,
+/// addresses, machine-id, SSH host key) before anything may run in it.
+async fn restore_guest(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+    snap: &crate::store::SnapshotRecord,
+    pid: u32,
+    agent: &AgentSession,
+    stages: &mut Stages,
+) -> Result<(), RpcError> {
+    let paths = ctx.layout.vm(&rec.id);
+    stages
+        .begin("restore", format!("snapshot {}", snap.name))
+        .await;
+    let exited = || async {
+        crate::host::process::wait_exit_forever(pid).await;
+        RpcError::failed(format!(
+            "{} exited while restoring snapshot {}:\n{}",
+            rec.vmm.as_str(),
+            snap.name,
+            log_tail(&paths.vmm_log(), 5)
+        ))
+    };
+    let load_ms = tokio::select! {
+        biased;
+        e = exited() => return Err(e),
+        r = super::snapshots::load(&paths, snap) => r?,
+    };
+    let identity = super::snapshots::identity(ctx, rec, snap)?;
+    let answered = tokio::select! {
+        e = exited() => return Err(e),
+        r = async {
+            agent.wait_up(Duration::from_secs(30)).await?;
+            let ack = agent.reidentify(identity, Duration::from_secs(60)).await?;
+            let health = agent.health(Duration::from_secs(30)).await?;
+            Ok::<_, crate::guest::session::AgentError>((ack, health))
+        } => r,
+    };
+    let (ack, health) = answered.map_err(|e| {
+        RpcError::failed(format!(
+            "the restored guest's agent did not answer: {e}; is snapshot {} from an image whose agent knows restores? (take it again)",
+            snap.name
+        ))
+    })?;
+    if !ack.ok {
+        // Clones must never share keys or random state: not usable.
+        return Err(RpcError::failed(format!(
+            "the restored guest could not take its own identity: {}",
+            ack.detail
+        )));
+    }
+    rec.restore_pending = false;
+    accept_guest(ctx, vm, rec, health)?;
+    stages
+        .end(format!(
+            "memory loaded in {load_ms} ms; now {} at {}",
+            rec.name,
+            rec.ip.as_deref().unwrap_or("?")
         ))
         .await;
     stages.ready().await;

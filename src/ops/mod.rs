@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod net;
 pub mod progress;
+pub mod snapshots;
 pub mod stats;
 pub mod views;
 pub mod vms;

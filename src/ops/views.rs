@@ -73,6 +73,22 @@ pub fn image(i: &ImageRecord, default: bool) -> ImageView {
     }
 }
 
+pub fn snapshot(s: &crate::store::SnapshotRecord) -> crate::protocol::cli::SnapshotView {
+    crate::protocol::cli::SnapshotView {
+        name: s.name.clone(),
+        source_vm: s.source_vm.clone(),
+        image: s.image.clone(),
+        kernel: s.kernel.clone(),
+        vmm: s.vmm,
+        vcpu: s.vcpu,
+        memory_mib: s.memory_mib,
+        disk_bytes: s.disk_bytes,
+        size_bytes: s.size_bytes,
+        created_at_unix: s.created_at_unix,
+        dir: s.dir.clone(),
+    }
+}
+
 pub fn workspace(w: &WorkspaceState, files: u64) -> WorkspaceView {
     WorkspaceView {
         guest_path: w.guest_path.clone(),

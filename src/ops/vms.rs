@@ -73,6 +73,8 @@ pub struct CreatePlan {
     pub kind: VmmKind,
     pub image: ImageRecord,
     pub kernel: KernelRecord,
+    /// `--from`: restore this rather than boot.
+    pub snapshot: Option<crate::store::SnapshotRecord>,
 }
 
 /// `vm create`, before anything is reserved: validates the spec and makes
@@ -83,6 +85,9 @@ pub async fn plan_create(
     events: &mpsc::Sender<Event>,
 ) -> Result<CreatePlan, RpcError> {
     validate_spec(spec)?;
+    if let Some(from) = &spec.from {
+        return plan_restore(ctx, spec, from);
+    }
     let kind = crate::vmm::choose(spec.vmm).map_err(RpcError::bad_request)?;
     let image_name = match &spec.image {
         Some(i) => {
@@ -119,6 +124,30 @@ pub async fn plan_create(
         kind,
         image,
         kernel,
+        snapshot: None,
+    })
+}
+
+/// `--from SNAP`: the snapshot's image, kernel and VMM, checked to be
+/// restorable now (files whole, kernel and QEMU unchanged).
+fn plan_restore(ctx: &Ctx, spec: &VmCreateSpec, from: &str) -> Result<CreatePlan, RpcError> {
+    let snap = super::snapshots::get(ctx, from)?;
+    if spec.vmm == crate::domain::VmmChoice::Firecracker {
+        return Err(RpcError::bad_request(format!(
+            "snapshot {from} is of a QEMU VM; it restores only under QEMU (drop --vmm firecracker)"
+        )));
+    }
+    if let Some(n) = &spec.name {
+        if ctx.store.find_vm_by_name(n)?.is_some() {
+            return Err(name_taken(n));
+        }
+    }
+    super::snapshots::check_restorable(ctx, &snap)?;
+    Ok(CreatePlan {
+        kind: snap.vmm,
+        image: super::images::get(ctx, &snap.image)?,
+        kernel: super::kernels::get(ctx, &snap.kernel)?,
+        snapshot: Some(snap),
     })
 }
 
@@ -131,7 +160,7 @@ pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRe
             .name
             .clone()
             .unwrap_or_else(crate::names::generate_vm_name);
-        let rec = VmRecord::new(
+        let mut rec = VmRecord::new(
             &name,
             &plan.image.name,
             &plan.kernel.name,
@@ -141,6 +170,9 @@ pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRe
             spec.nat,
             plan.kind,
         );
+        if let Some(snap) = &plan.snapshot {
+            super::snapshots::apply_shape(&mut rec, snap);
+        }
         match ctx.store.reserve_vm(&rec, net.bridge_ip, net.prefix_len)? {
             Some(r) => return Ok(r),
             None if spec.name.is_none() => continue,

@@ -136,10 +136,24 @@ pub enum Request {
     /// Fault injection for tests; refused unless the daemon was started
     /// with `BANGER_TEST_HOOKS=1`. Answers [`Reply::Done`].
     TestHook(TestHook),
+    /// Pauses a running (QEMU) VM, saves its memory, devices and disks as
+    /// snapshot `snapshot` (generated when absent), and resumes it, or with
+    /// `stop` stops it. Streams stages; answers [`Reply::Snapshot`].
+    VmSnapshot {
+        name: String,
+        snapshot: Option<String>,
+        stop: bool,
+    },
+    /// Every snapshot. Answers [`Reply::Snapshots`].
+    SnapshotList,
+    /// One snapshot. Answers [`Reply::Snapshot`].
+    SnapshotShow { name: String },
+    /// Deletes a snapshot no VM was made from. Answers [`Reply::Done`].
+    SnapshotDelete { name: String },
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 37;
+    const COUNT: u32 = 41;
 }
 
 /// What [`Request::TestHook`] breaks.
@@ -215,12 +229,14 @@ pub struct VmCreateSpec {
     pub disk_bytes: u64,
     pub nat: bool,
     pub vmm: VmmChoice,
+    /// Restore this snapshot (its image, kernel and shape) rather than boot.
+    pub from: Option<String>,
 }
 
 impl Request {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> Request {
-        Request::TestHook(TestHook::PanicDns)
+        Request::SnapshotDelete { name: "x".into() }
     }
 
     /// Method name for logs.
@@ -239,6 +255,10 @@ impl Request {
             Request::ImageBuild { .. } => "image.build",
             Request::ImageImport { .. } => "image.import",
             Request::ImageExport { .. } => "image.export",
+            Request::VmSnapshot { .. } => "vm.snapshot",
+            Request::SnapshotList => "snapshot.list",
+            Request::SnapshotShow { .. } => "snapshot.show",
+            Request::SnapshotDelete { .. } => "snapshot.delete",
             Request::ImageList => "image.list",
             Request::ImageShow { .. } => "image.show",
             Request::ImageDelete { .. } => "image.delete",
@@ -310,6 +330,25 @@ pub enum Reply {
     SshConfig {
         path: String,
     },
+    Snapshot(SnapshotView),
+    Snapshots(Vec<SnapshotView>),
+}
+
+/// A snapshot as the CLI sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotView {
+    pub name: String,
+    pub source_vm: String,
+    pub image: String,
+    pub kernel: String,
+    pub vmm: VmmKind,
+    pub vcpu: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    /// Bytes its files take on disk.
+    pub size_bytes: u64,
+    pub created_at_unix: u64,
+    pub dir: String,
 }
 
 /// A listening socket in a guest.

@@ -126,6 +126,10 @@ pub struct QemuMachine {
     /// The agent's virtio-serial port, on this Unix socket (QEMU listens).
     pub agent_socket: Option<std::path::PathBuf>,
     pub serial_log: std::path::PathBuf,
+    /// Start paused, waiting for a migration stream (a snapshot restore):
+    /// the daemon hands it the state file over QMP.
+    #[serde(default)]
+    pub incoming: bool,
 }
 
 /// A banger VMM process found by [`PrivRequest::ListVmms`].

@@ -4,7 +4,7 @@
 
 use redb::WriteTransaction;
 
-use super::{StoreError, IMAGES, KERNELS, META, SETTINGS, VMS};
+use super::{StoreError, IMAGES, KERNELS, META, SETTINGS, SNAPSHOTS, VMS};
 
 /// One schema step.
 pub struct Migration {
@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "settings (default image)",
         apply: settings,
     },
+    Migration {
+        version: 3,
+        name: "snapshots",
+        apply: snapshots,
+    },
 ];
 
 /// The schema version this build writes.
@@ -42,5 +47,10 @@ fn baseline(txn: &WriteTransaction) -> Result<(), StoreError> {
 
 fn settings(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(SETTINGS)?;
+    Ok(())
+}
+
+fn snapshots(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(SNAPSHOTS)?;
     Ok(())
 }

@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use model::{ImageRecord, KernelRecord, VmRecord, WorkspaceState};
+pub use model::{ImageRecord, KernelRecord, SnapshotRecord, VmRecord, WorkspaceState};
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
 pub(crate) const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 pub(crate) const KERNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("kernels");
 pub(crate) const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+pub(crate) const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 
 /// Setting key: the image new VMs use when none is named.
 pub const DEFAULT_IMAGE_KEY: &str = "default_image";
@@ -364,6 +365,19 @@ impl Store {
         self.delete(IMAGES, name)
     }
 
+    pub fn put_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
+        self.put(SNAPSHOTS, &s.name, s)
+    }
+    pub fn get_snapshot(&self, name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        self.get(SNAPSHOTS, name)
+    }
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, StoreError> {
+        self.list(SNAPSHOTS)
+    }
+    pub fn delete_snapshot(&self, name: &str) -> Result<bool, StoreError> {
+        self.delete(SNAPSHOTS, name)
+    }
+
     pub fn put_kernel(&self, k: &KernelRecord) -> Result<(), StoreError> {
         self.put(KERNELS, &k.name, k)
     }
@@ -552,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn a_v1_file_migrates_to_v2_and_read_only_leaves_it_at_v1() {
+    fn a_v1_file_migrates_to_the_latest_and_read_only_leaves_it_at_v1() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("state.redb");
         {
@@ -576,7 +590,7 @@ mod tests {
         drop(ro);
         assert_eq!(before, sha(&p));
         let rw = Store::open(&p).unwrap();
-        assert_eq!(rw.schema_version().unwrap(), 2);
+        assert_eq!(rw.schema_version().unwrap(), migrations::latest_version());
         rw.set_setting(DEFAULT_IMAGE_KEY, "x").unwrap();
         assert_eq!(rw.setting(DEFAULT_IMAGE_KEY).unwrap().as_deref(), Some("x"));
         assert!(
@@ -584,7 +598,8 @@ mod tests {
             "data survived the migration"
         );
         // Idempotent.
-        assert_eq!(rw.migrate_to(2).unwrap(), 2);
+        let latest = migrations::latest_version();
+        assert_eq!(rw.migrate_to(latest).unwrap(), latest);
     }
 
     #[test]
@@ -635,6 +650,8 @@ mod tests {
         assert_eq!(ro.schema_version().unwrap(), 2);
         drop(ro);
         let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), migrations::latest_version());
+        assert!(s.list_snapshots().unwrap().is_empty());
         let mut vms = s.list_vms().unwrap();
         vms.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(vms.len(), 2);

@@ -50,6 +50,14 @@ pub struct VmRecord {
     /// The prepared workspace, if any (survives restarts of VM and daemon).
     #[serde(default)]
     pub workspace: Option<WorkspaceState>,
+    /// Made from this snapshot (its root disk stays backed by the
+    /// snapshot's, so the snapshot is kept while the VM exists).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// The next start restores the snapshot's memory rather than booting
+    /// (set by `--from`, cleared by the first start).
+    #[serde(default)]
+    pub restore_pending: bool,
 }
 
 impl VmRecord {
@@ -86,6 +94,8 @@ impl VmRecord {
             boot_id: None,
             host_key: None,
             workspace: None,
+            snapshot: None,
+            restore_pending: false,
         }
     }
 }
@@ -134,6 +144,36 @@ pub struct ImageRecord {
     pub work_seed_sha256: String,
     /// `built:<cache key>` or `imported:<file>`.
     pub source: String,
+    pub created_at_unix: u64,
+}
+
+/// A VM's saved state, as persisted (the files live in `dir`): its memory
+/// and devices (the VMM's migration stream) and its disks at that instant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub id: String,
+    pub dir: String,
+    /// The VM it was taken of (name at the time) and that VM's address.
+    pub source_vm: String,
+    pub source_ip: Option<String>,
+    pub image: String,
+    pub kernel: String,
+    #[serde(with = "codec::vmm_kind")]
+    pub vmm: VmmKind,
+    pub vcpu: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    pub nat: bool,
+    /// The kernel command line the guest booted with (a restore passes the
+    /// same: the VMM's devices must match the saved ones).
+    pub cmdline: String,
+    /// sha256 of the kernel file and the VMM's version line at the time: a
+    /// restore with either changed is refused.
+    pub vmlinux_sha256: String,
+    pub vmm_version: String,
+    /// Bytes on disk (allocated) of the snapshot's files.
+    pub size_bytes: u64,
     pub created_at_unix: u64,
 }
 

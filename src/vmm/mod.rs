@@ -64,6 +64,8 @@ pub struct BootSpec {
     /// The VMM binary from the config (`qemu_binary`/`firecracker_binary`);
     /// the helper's default locations otherwise.
     pub binary: Option<PathBuf>,
+    /// Wait for a saved state instead of booting (QEMU `-incoming defer`).
+    pub incoming: bool,
 }
 
 /// A VMM driver.

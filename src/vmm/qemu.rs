@@ -108,6 +108,9 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>, tap_fd: Option<i32>) -> Vec<Str
             ),
         ]);
     }
+    if m.incoming {
+        a.extend(["-incoming".into(), "defer".into()]);
+    }
     if let Some(q) = qmp {
         a.extend([
             "-qmp".into(),
@@ -145,6 +148,7 @@ impl Vmm for Qemu {
                 mac: b.mac.clone(),
                 agent_socket: Some(b.paths.agent_socket()),
                 serial_log: b.paths.serial_log(),
+                incoming: b.incoming,
             }),
             control_socket: b.paths.qmp_socket(),
             log: b.paths.vmm_log(),
@@ -159,6 +163,7 @@ impl Vmm for Qemu {
             let st = q.execute("query-status", None).await?;
             match st.get("status").and_then(|s| s.as_str()) {
                 Some("running") => Ok(()),
+                Some("inmigrate") if b.incoming => Ok(()),
                 other => Err(VmmError::Api(format!(
                     "QEMU is not running the guest (status {other:?})"
                 ))),
@@ -194,6 +199,7 @@ mod tests {
             mac: Some("02:00:00:00:00:01".into()),
             agent_socket: Some("/v/agent.sock".into()),
             serial_log: "/v/serial.log".into(),
+            incoming: false,
         }
     }
 

@@ -1,0 +1,528 @@
+//! Snapshots: a running QEMU VM's memory and devices (QEMU's migration
+//! stream, written to a file through a descriptor handed over QMP) and its
+//! disks at that instant, kept under `snapshots/<id>/`:
+//!
+//! ```text
+//! state.bin    the migration stream (RAM, CPU and device state)
+//! base.ext4    the image's root file system (a hard link)
+//! root.qcow2   the VM's root overlay, frozen (its backing file: base.ext4)
+//! work.ext4    the VM's work disk (sparse copy)
+//! ```
+//!
+//! Built in a `.tmp-` directory and published by rename, then recorded: a
+//! snapshot is listed only when whole, and an interrupted one leaves only a
+//! `.tmp-` directory, swept at the next start. A VM made `--from` a
+//! snapshot has its root overlay backed by the snapshot's, so the snapshot
+//! is kept while such a VM exists.
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Ctx, Stages};
+use crate::domain::{VmState, VmmKind};
+use crate::fsutil::IoContext;
+use crate::paths::VmPaths;
+use crate::protocol::cli::Reply;
+use crate::protocol::RpcError;
+use crate::store::model::now_unix;
+use crate::store::{SnapshotRecord, VmRecord};
+use crate::vmm::qmp;
+
+pub const STATE: &str = "state.bin";
+pub const BASE: &str = "base.ext4";
+pub const ROOT: &str = "root.qcow2";
+pub const WORK: &str = "work.ext4";
+/// The QMP name of the state file's descriptor.
+const FD_NAME: &str = "bangersnap";
+/// Saving or loading a guest's memory (a file on a local disk).
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn snapshots_dir(ctx: &Ctx) -> PathBuf {
+    ctx.layout.state_dir.join("snapshots")
+}
+
+fn validate_name(name: &str) -> Result<(), RpcError> {
+    crate::image::validate_image_name(name)
+        .map_err(|e| RpcError::bad_request(e.replace("image", "snapshot")))
+}
+
+/// Looks a snapshot up, or says it does not exist and what does.
+pub fn get(ctx: &Ctx, name: &str) -> Result<SnapshotRecord, RpcError> {
+    validate_name(name)?;
+    ctx.store.get_snapshot(name)?.ok_or_else(|| {
+        RpcError::not_found(format!(
+            "no snapshot named {name:?} (it may have been deleted); see `banger snapshot list`, or make one with `banger vm snapshot <vm> --name {name}`"
+        ))
+    })
+}
+
+/// The snapshot a VM was made from, by id.
+pub fn by_id(ctx: &Ctx, id: &str) -> Result<SnapshotRecord, RpcError> {
+    ctx.store
+        .list_snapshots()?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| {
+            RpcError::not_found(format!(
+                "the snapshot this VM was made from (id {id}) is gone; delete the VM"
+            ))
+        })
+}
+
+/// The first line of `<qemu> --version`: a restore under another QEMU is
+/// refused (its device state may not load, or load wrong).
+pub fn vmm_version(ctx: &Ctx) -> Result<String, RpcError> {
+    let bin = match &ctx.config.qemu_binary {
+        Some(b) => b.clone(),
+        None => crate::host::system_tool("qemu-system-x86_64").ok_or_else(|| {
+            RpcError::failed("qemu-system-x86_64 is not installed; install qemu-system-x86")
+        })?,
+    };
+    let out = crate::host::process::run_bounded(
+        Command::new(&bin).arg("--version"),
+        Duration::from_secs(10),
+        4096,
+    )
+    .map_err(|e| RpcError::failed(format!("{}: {e}", bin.display())))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string())
+}
+
+/// Allocated bytes of the files directly in `dir`.
+fn allocated(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn default_name(vm: &str) -> String {
+    let t = chrono_like(now_unix());
+    format!("{vm}-{t}")
+}
+
+/// `YYYYmmdd-HHMMSS` (UTC) without a date library.
+fn chrono_like(unix: u64) -> String {
+    let (days, secs) = (unix / 86400, unix % 86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// `vm snapshot`: pauses the VM, saves its memory and devices, copies its
+/// disks, and resumes it. On any failure nothing is listed, the staging
+/// directory goes, and the VM runs on.
+pub async fn take(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    agent: Option<crate::guest::session::AgentSession>,
+    name: Option<String>,
+    stages: &mut Stages,
+) -> Result<SnapshotRecord, RpcError> {
+    super::vms::require_running(rec)?;
+    if rec.vmm != VmmKind::Qemu {
+        return Err(RpcError::bad_request(format!(
+            "VM {} runs under Firecracker: snapshots here are QEMU's (Firecracker cannot boot guests on this host); make the VM with --vmm qemu",
+            rec.name
+        )));
+    }
+    let name = name.unwrap_or_else(|| default_name(&rec.name));
+    validate_name(&name)?;
+    if ctx.store.get_snapshot(&name)?.is_some() {
+        return Err(RpcError::new(
+            crate::protocol::ErrorCode::AlreadyExists,
+            format!("a snapshot named {name:?} exists; pick another name or delete it (banger snapshot delete {name})"),
+        ));
+    }
+    let kernel = super::kernels::get(ctx, &rec.kernel)?;
+    let vmm_version = vmm_version(ctx)?;
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", rec.vmm_pid.unwrap_or(0)))
+        .ok()
+        .and_then(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            let at = args.iter().position(|a| *a == b"-append")?;
+            args.get(at + 1)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+        })
+        .ok_or_else(|| RpcError::failed("cannot read the VM's kernel command line"))?;
+    let paths = ctx.layout.vm(&rec.id);
+    let dir = snapshots_dir(ctx);
+    let staged = crate::fsutil::TempDir::new_in(&dir, "snapshot").ctx("creating in", &dir)?;
+
+    stages
+        .begin("pause", "flush the guest, pause the VMM")
+        .await;
+    if let Some(a) = &agent {
+        // The disks as the guest sees them (its page cache is saved with
+        // its memory either way; this makes later cold boots of a clone
+        // closer to what ran).
+        let _ = a
+            .call::<banger_agent::api::Ack>(
+                &banger_agent::proto::Request::Sync,
+                Duration::from_secs(10),
+                64 << 10,
+            )
+            .await;
+    }
+    let mut q = qmp::Qmp::connect(&paths.qmp_socket())
+        .await
+        .map_err(|e| RpcError::failed(format!("QMP: {e}")))?;
+    q.execute("stop", None)
+        .await
+        .map_err(|e| RpcError::failed(e.to_string()))?;
+    stages.end("paused").await;
+
+    let saved = save(ctx, &mut q, &paths, staged.path(), stages).await;
+    // Whatever happened, the VM runs on.
+    let resumed = q.execute("cont", None).await;
+    let (elapsed_state, bytes_state) = saved?;
+    resumed.map_err(|e| {
+        RpcError::failed(format!(
+            "the snapshot was saved but VM {} did not resume: {e}; restart it (banger vm restart {})",
+            rec.name, rec.name
+        ))
+    })?;
+
+    let id = crate::store::model::new_vm_id();
+    let final_dir = dir.join(&id);
+    let size_bytes = allocated(staged.path());
+    crate::fsutil::publish_dir(staged.path(), &final_dir).ctx("publishing", &final_dir)?;
+    staged.keep();
+    let snap = SnapshotRecord {
+        name: name.clone(),
+        id,
+        dir: final_dir.display().to_string(),
+        source_vm: rec.name.clone(),
+        source_ip: rec.ip.clone(),
+        image: rec.image.clone(),
+        kernel: rec.kernel.clone(),
+        vmm: rec.vmm,
+        vcpu: rec.vcpu,
+        memory_mib: rec.memory_mib,
+        disk_bytes: rec.disk_bytes,
+        nat: rec.nat,
+        cmdline,
+        vmlinux_sha256: kernel.vmlinux_sha256,
+        vmm_version,
+        size_bytes,
+        created_at_unix: now_unix(),
+    };
+    if let Err(e) = ctx.store.put_snapshot(&snap) {
+        let _ = crate::fsutil::remove_all(&final_dir);
+        return Err(e.into());
+    }
+    tracing::info!(vm = %rec.name, snapshot = %name, state_bytes = bytes_state, ms = elapsed_state, size_bytes, "snapshot taken");
+    Ok(snap)
+}
+
+/// The state file, then the disks, into `dir` (the VMM is paused).
+/// Returns (ms, bytes) of the state.
+async fn save(
+    ctx: &Ctx,
+    q: &mut qmp::Qmp,
+    paths: &VmPaths,
+    dir: &Path,
+    stages: &mut Stages,
+) -> Result<(u128, u64), RpcError> {
+    stages.begin("memory", "the VMM's state to a file").await;
+    let t = std::time::Instant::now();
+    let state = dir.join(STATE);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&state)
+        .ctx("creating", &state)?;
+    let api = |e: crate::vmm::VmmError| RpcError::failed(format!("saving the VM's state: {e}"));
+    q.send_fd(FD_NAME, f.as_fd()).await.map_err(api)?;
+    drop(f);
+    // Unthrottled: it is a local file.
+    let _ = q
+        .execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
+        )
+        .await;
+    q.execute(
+        "migrate",
+        Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
+    )
+    .await
+    .map_err(api)?;
+    qmp::wait_migration(q, MIGRATION_TIMEOUT)
+        .await
+        .map_err(api)?;
+    let bytes = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+    let ms = t.elapsed().as_millis();
+    stages
+        .end(format!("{} in {ms} ms", crate::size::format_size(bytes)))
+        .await;
+
+    stages.begin("disks", "root overlay and work disk").await;
+    let (vm_dir, dst) = (paths.clone(), dir.to_path_buf());
+    let _ = ctx;
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        crate::fsutil::link_or_copy(&vm_dir.base_disk(), &dst.join(BASE))?;
+        crate::fsutil::copy_synced(&vm_dir.root_qcow2(), &dst.join(ROOT))?;
+        crate::fsutil::copy_synced(&vm_dir.work_disk(), &dst.join(WORK))?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| RpcError::failed(e.to_string()))?
+    .map_err(|e| RpcError::failed(format!("copying the disks: {e}")))?;
+    stages.end(crate::size::format_size(allocated(dir))).await;
+    Ok((ms, bytes))
+}
+
+/// Why `snap` cannot be restored here and now, if it cannot: a file is
+/// missing, or the kernel or the VMM changed since it was taken.
+pub fn check_restorable(ctx: &Ctx, snap: &SnapshotRecord) -> Result<(), RpcError> {
+    let dir = Path::new(&snap.dir);
+    for f in [STATE, BASE, ROOT, WORK] {
+        if !dir.join(f).is_file() {
+            return Err(RpcError::failed(format!(
+                "snapshot {} is damaged: {} is missing; delete it (banger snapshot delete {}) and take it again",
+                snap.name,
+                dir.join(f).display(),
+                snap.name
+            )));
+        }
+    }
+    let kernel = super::kernels::get(ctx, &snap.kernel)?;
+    if kernel.vmlinux_sha256 != snap.vmlinux_sha256 {
+        return Err(RpcError::failed(format!(
+            "kernel {} changed since snapshot {} was taken; a saved guest only runs on its own kernel: take the snapshot again",
+            snap.kernel, snap.name
+        )));
+    }
+    let now = vmm_version(ctx)?;
+    if now != snap.vmm_version {
+        return Err(RpcError::failed(format!(
+            "QEMU changed since snapshot {} was taken ({} then, {now} now); its saved devices may not load: take the snapshot again",
+            snap.name, snap.vmm_version
+        )));
+    }
+    Ok(())
+}
+
+/// A clone's disks: a root overlay backed by the snapshot's frozen one,
+/// and its own copy of the work disk. Made fresh for every restore (a
+/// restore that failed after the guest ran must not leave its writes under
+/// the memory loaded next).
+pub fn clone_disks(snap: &SnapshotRecord, paths: &VmPaths) -> Result<(), String> {
+    let dir = Path::new(&snap.dir);
+    std::fs::create_dir_all(&paths.state)
+        .map_err(|e| format!("creating {}: {e}", paths.state.display()))?;
+    let root = paths.root_qcow2();
+    let tmp = root.with_extension("qcow2.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let qemu_img = crate::host::system_tool("qemu-img")
+        .ok_or_else(|| "qemu-img is not installed; install qemu-utils".to_string())?;
+    let out = crate::host::process::run_bounded(
+        Command::new(qemu_img)
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(dir.join(ROOT))
+            .arg(&tmp)
+            .env("LC_ALL", "C"),
+        Duration::from_secs(60),
+        1 << 16,
+    )
+    .map_err(|e| format!("qemu-img: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "qemu-img failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    std::fs::rename(&tmp, &root).map_err(|e| format!("placing the root overlay: {e}"))?;
+    let work = paths.work_disk();
+    let wtmp = work.with_extension("ext4.tmp");
+    crate::fsutil::copy_synced(&dir.join(WORK), &wtmp).map_err(|e| {
+        let _ = std::fs::remove_file(&wtmp);
+        format!("copying the work disk: {e}")
+    })?;
+    std::fs::rename(&wtmp, &work).map_err(|e| format!("placing the work disk: {e}"))?;
+    Ok(())
+}
+
+/// Loads the snapshot's state into a VMM started with `-incoming defer`
+/// (it runs once loaded). Returns the milliseconds it took.
+pub async fn load(paths: &VmPaths, snap: &SnapshotRecord) -> Result<u128, RpcError> {
+    let t = std::time::Instant::now();
+    let err = |e: crate::vmm::VmmError| {
+        RpcError::failed(format!("restoring snapshot {}: {e}", snap.name))
+    };
+    let mut q = qmp::connect_within(&paths.qmp_socket(), Duration::from_secs(30))
+        .await
+        .map_err(err)?;
+    let state = Path::new(&snap.dir).join(STATE);
+    let f = std::fs::File::open(&state).ctx("opening", &state)?;
+    q.send_fd(FD_NAME, f.as_fd()).await.map_err(err)?;
+    drop(f);
+    q.execute(
+        "migrate-incoming",
+        Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
+    )
+    .await
+    .map_err(err)?;
+    qmp::wait_migration(&mut q, MIGRATION_TIMEOUT)
+        .await
+        .map_err(err)?;
+    // The saved guest was paused (the source stops before saving), and
+    // QEMU keeps a loaded guest in the state it was saved in: run it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = q.execute("query-status", None).await.map_err(err)?;
+        match st.get("status").and_then(|s| s.as_str()) {
+            Some("running") => break,
+            Some("paused") => {
+                q.execute("cont", None).await.map_err(err)?;
+                continue;
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(RpcError::failed(format!(
+                "the restored VM did not run (status {st})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(t.elapsed().as_millis())
+}
+
+/// Who a clone is: its record's name and addresses, fresh randomness and
+/// the host's clock.
+pub fn identity(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    snap: &SnapshotRecord,
+) -> Result<banger_agent::proto::Identity, RpcError> {
+    let net = &ctx.config.network;
+    let ip = rec
+        .ip
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| RpcError::failed("the VM has no address"))?;
+    let seed: [u8; 64] = rand::random();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(banger_agent::proto::Identity {
+        name: rec.name.clone(),
+        ip,
+        prefix_len: net.prefix_len,
+        gw: Some(net.bridge_ip),
+        dns: super::net::guest_dns(net, rec.nat),
+        mac: rec
+            .mac
+            .clone()
+            .ok_or_else(|| RpcError::failed("the VM has no MAC address"))?,
+        old_ip: snap.source_ip.as_deref().and_then(|i| i.parse().ok()),
+        seed: seed.iter().map(|b| format!("{b:02x}")).collect(),
+        now_secs: now.as_secs(),
+        now_nanos: now.subsec_nanos(),
+    })
+}
+
+pub fn list(ctx: &Ctx) -> Result<Reply, RpcError> {
+    let mut v = ctx.store.list_snapshots()?;
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Reply::Snapshots(
+        v.iter().map(super::views::snapshot).collect(),
+    ))
+}
+
+pub fn show(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+    Ok(Reply::Snapshot(super::views::snapshot(&get(ctx, name)?)))
+}
+
+/// `snapshot delete`: refused while a VM made from it exists (its root
+/// disk is backed by the snapshot's). The record goes first: nothing
+/// listed is ever half deleted; a directory left behind is swept.
+pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+    let snap = get(ctx, name)?;
+    let vms = ctx.store.list_vms()?.into_iter();
+    super::refuse_if_used(
+        &format!("snapshot {name}"),
+        "VM(s) made from it",
+        vms.filter(|v| v.snapshot.as_deref() == Some(snap.id.as_str()))
+            .map(|v| v.name),
+    )?;
+    ctx.store.delete_snapshot(name)?;
+    let dir = Path::new(&snap.dir);
+    crate::fsutil::remove_all(dir).ctx("removing", dir)?;
+    Ok(Reply::Done)
+}
+
+/// At daemon start: staging directories of interrupted snapshots, and
+/// directories no record names, go.
+pub fn sweep(ctx: &Ctx) {
+    let dir = snapshots_dir(ctx);
+    for p in crate::fsutil::sweep_temp(&dir) {
+        tracing::info!(path = %p.display(), "removed an interrupted snapshot");
+    }
+    let known: Vec<String> = ctx
+        .store
+        .list_snapshots()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.dir)
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if !known.contains(&p.display().to_string()) && crate::fsutil::remove_all(&p).is_ok() {
+                tracing::info!(path = %p.display(), "removed a snapshot directory no record names");
+            }
+        }
+    }
+}
+
+/// A VM record for `--from`: the snapshot's shape, image and kernel.
+pub fn apply_shape(rec: &mut VmRecord, snap: &SnapshotRecord) {
+    rec.vcpu = snap.vcpu;
+    rec.memory_mib = snap.memory_mib;
+    rec.disk_bytes = snap.disk_bytes;
+    rec.snapshot = Some(snap.id.clone());
+    rec.restore_pending = true;
+    if rec.state != VmState::Created {
+        rec.state = VmState::Created;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_carry_the_utc_time() {
+        assert_eq!(chrono_like(0), "19700101-000000");
+        assert_eq!(chrono_like(1_796_137_771), "20261201-150931");
+        assert_eq!(chrono_like(951_782_400), "20000229-000000");
+    }
+}

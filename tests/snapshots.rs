@@ -1,0 +1,206 @@
+//! Snapshots on real QEMU guests (TCG here): a restore carries the source's
+//! files and processes, every clone takes its own identity (addresses,
+//! MAC, hostname, machine-id, SSH host key, RNG state), parallel restores
+//! of one snapshot work, and a damaged or deleted snapshot is refused with
+//! nothing left behind.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::*;
+use crate::vms::{show, vm_env};
+
+fn exec_ok(env: &TestEnv, vm: &str, script: &str) -> String {
+    let child = env
+        .banger_cmd(&["vm", "exec", vm, "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, script, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What must differ between clones, as the guest itself reports it.
+#[derive(Debug)]
+struct Identity {
+    random: String,
+    host_key: String,
+    addr: String,
+    mac: String,
+    hostname: String,
+    machine_id: String,
+}
+
+fn identity(env: &TestEnv, vm: &str) -> Identity {
+    let out = exec_ok(
+        env,
+        vm,
+        "k=/etc/ssh/ssh_host_ed25519_key.pub; \
+         for i in $(seq 600); do [ -s $k ] && break; sleep 0.2; done; \
+         head -c16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+         cut -d' ' -f2 $k; \
+         ip -4 -o addr show dev eth0 | awk '{print $4}'; \
+         cat /sys/class/net/eth0/address; hostname; cat /etc/machine-id",
+    );
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(l.len(), 6, "{out}");
+    Identity {
+        random: l[0].into(),
+        host_key: l[1].into(),
+        addr: l[2].into(),
+        mac: l[3].into(),
+        hostname: l[4].into(),
+        machine_id: l[5].into(),
+    }
+}
+
+#[test]
+fn restored_clones_keep_state_and_get_their_own_identity() {
+    let _heavy = heavy();
+    let env = vm_env();
+    env.banger_ok(&["vm", "create", "--name", "src"]);
+    // A file and a process that must survive into every clone.
+    exec_ok(
+        &env,
+        "src",
+        "echo kept > /root/file && cp /bin/sleep /root/snapproc && \
+         (setsid /root/snapproc 100000 </dev/null >/dev/null 2>&1 &) && sync",
+    );
+    let src_id = identity(&env, "src");
+
+    let out = env.banger_ok(&["vm", "snapshot", "src", "--name", "s1"]);
+    assert!(out.contains("snapshot s1 of src"), "{out}");
+    let list: serde_json::Value =
+        serde_json::from_str(&env.banger_ok(&["snapshot", "list", "--json"])).unwrap();
+    let s1 = &list.as_array().unwrap()[0];
+    assert_eq!(s1["name"], "s1");
+    assert_eq!(s1["source_vm"], "src");
+    assert!(s1["size_bytes"].as_u64().unwrap() > 10 << 20, "{s1}");
+    // The source runs on.
+    assert_eq!(exec_ok(&env, "src", "cat /root/file"), "kept\n");
+
+    // The round trip: file and process are there in a restored VM.
+    let out = env.banger(&[
+        "vm",
+        "run",
+        "--rm",
+        "--from",
+        "s1",
+        "--",
+        "sh",
+        "-c",
+        "cat /root/file; pgrep -x snapproc >/dev/null && echo alive",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\nalive\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("from snapshot s1"), "{stderr}");
+    assert!(stderr.contains("  restore: "), "{stderr}");
+
+    // Two clones: their own addresses, MAC, name, machine-id, host key
+    // and random state, and each matches its record.
+    env.banger_ok(&["vm", "create", "--from", "s1", "--name", "c1"]);
+    env.banger_ok(&["vm", "create", "--from", "s1", "--name", "c2"]);
+    let (a, b) = (identity(&env, "c1"), identity(&env, "c2"));
+    for (name, id) in [("c1", &a), ("c2", &b)] {
+        let rec = show(&env, name);
+        assert_eq!(
+            id.addr.split('/').next(),
+            rec["ip"].as_str(),
+            "{name}: {id:?}"
+        );
+        assert_eq!(id.hostname, name);
+        assert_ne!(id.machine_id, src_id.machine_id, "{name}");
+        assert_ne!(id.host_key, src_id.host_key, "{name}");
+        assert_ne!(id.mac, src_id.mac, "{name}");
+    }
+    assert_ne!(a.random, b.random);
+    assert_ne!(a.host_key, b.host_key);
+    assert_ne!(a.addr, b.addr);
+    assert_ne!(a.mac, b.mac);
+    assert_ne!(a.machine_id, b.machine_id);
+    // Its network works as itself: SSH to the new address, checked
+    // against the new host key the agent reported.
+    let out = env.banger(&["vm", "ssh", "c1", "--", "cat", "/etc/hostname"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "c1\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Refused while clones exist; then gone.
+    let out = env.banger(&["snapshot", "delete", "s1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("c1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.banger_ok(&["vm", "delete", "c1"]);
+    env.banger_ok(&["vm", "delete", "c2"]);
+
+    // Eight parallel restores of one snapshot.
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            env.banger_cmd(&["vm", "run", "--rm", "--from", "s1", "--", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = output_within(c, "a parallel restore", Duration::from_secs(600));
+        assert!(
+            out.status.success(),
+            "run {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A damaged snapshot is refused and leaves no VM.
+    env.banger_ok(&["vm", "snapshot", "src", "--name", "s2", "--stop"]);
+    assert_eq!(show(&env, "src")["state"], "stopped");
+    let dir: serde_json::Value =
+        serde_json::from_str(&env.banger_ok(&["snapshot", "show", "s2", "--json"])).unwrap();
+    std::fs::remove_file(std::path::Path::new(dir["dir"].as_str().unwrap()).join("state.bin"))
+        .unwrap();
+    let out = env.banger(&["vm", "create", "--from", "s2", "--name", "broken"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is damaged") && err.contains("state.bin"),
+        "{err}"
+    );
+    let vms = env.banger_ok(&["vm", "list", "--json"]);
+    assert!(!vms.contains("broken"), "{vms}");
+
+    env.banger_ok(&["snapshot", "delete", "s1"]);
+    env.banger_ok(&["snapshot", "delete", "s2"]);
+    let out = env.banger(&["vm", "run", "--rm", "--from", "s1", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no snapshot named \"s1\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.banger_ok(&["snapshot", "list", "--json"]).trim(), "[]");
+    env.banger_ok(&["vm", "delete", "src"]);
+    let left = std::fs::read_dir(env.state_dir().join("snapshots"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "snapshot files left behind");
+}
