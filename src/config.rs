@@ -41,6 +41,9 @@ struct RawConfig {
     firecracker_binary: Option<String>,
     /// `error`, `warn`, `info`, `debug` or `trace` (BANGER_LOG wins).
     log_level: Option<String>,
+    /// New VMs restore an automatic snapshot of their image booted to
+    /// "agent ready" (made once, in the background) instead of booting.
+    warm_start: Option<bool>,
     #[serde(default)]
     vm_defaults: RawVmDefaults,
     #[serde(default)]
@@ -174,6 +177,8 @@ pub struct Config {
     pub qemu_binary: Option<PathBuf>,
     pub firecracker_binary: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// `warm_start` (default true).
+    pub warm_start: bool,
 }
 
 impl Config {
@@ -272,6 +277,7 @@ impl Config {
             qemu_binary,
             firecracker_binary,
             log_level: raw.log_level.clone(),
+            warm_start: raw.warm_start.unwrap_or(true),
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
@@ -335,6 +341,11 @@ pub fn describe(cfg: &Config) -> Vec<(String, String, String)> {
         (
             "vmm".into(),
             format!("{:?}", cfg.vmm).to_lowercase(),
+            String::new(),
+        ),
+        (
+            "warm_start".into(),
+            cfg.warm_start.to_string(),
             String::new(),
         ),
         (
@@ -423,6 +434,8 @@ mod tests {
         );
         assert_eq!(c.firecracker_binary, None);
         assert_eq!(c.log_level.as_deref(), Some("debug"));
+        assert!(c.warm_start, "warm starts by default");
+        assert!(!load("warm_start = false\n", host(4, 8)).unwrap().warm_start);
         let e = load("firecracker_binary = \"bin/fc\"\n", host(4, 8))
             .unwrap_err()
             .to_string();

@@ -204,3 +204,72 @@ fn restored_clones_keep_state_and_get_their_own_identity() {
         .unwrap_or(0);
     assert_eq!(left, 0, "snapshot files left behind");
 }
+
+#[test]
+fn warm_start_restores_an_automatic_snapshot_made_after_the_first_boot() {
+    let _heavy = heavy();
+    let env = vm_env();
+    let cfg = env.root().join("config/banger/config.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("warm_start = false", "warm_start = true");
+    std::fs::write(&cfg, text).unwrap();
+    // The daemon reads its config when it starts.
+    env.banger_ok(&["daemon", "stop"]);
+    let stages = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The first run boots; the warm snapshot is made afterwards.
+    let first = stages(&env.banger(&["vm", "run", "--rm", "--", "true"]));
+    assert!(
+        first.contains("  agent: ") && !first.contains("  restore: "),
+        "{first}"
+    );
+    let list = |what: &[&str]| -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&env.banger_ok(what)).unwrap();
+        v.as_array().unwrap().clone()
+    };
+    let warm = wait_for(
+        "the warm-start snapshot, its VM gone",
+        Duration::from_secs(300),
+        || {
+            let snaps = list(&["snapshot", "list", "--json"]);
+            let vms = list(&["vm", "list", "--json"]);
+            snaps
+                .into_iter()
+                .find(|s| s["auto"] == true)
+                .filter(|_| vms.is_empty())
+        },
+    );
+    let name = warm["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("warm-"), "{name}");
+
+    // The next run restores it, as a VM of its own name.
+    let out = env.banger(&["vm", "run", "--rm", "--", "cat", "/etc/hostname"]);
+    let err = stages(&out);
+    assert!(
+        err.contains("  restore: ") && err.contains(&format!("snapshot {name}")),
+        "{err}"
+    );
+    let vm = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("reserve: "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), vm);
+
+    // --cold boots anyway.
+    let cold = stages(&env.banger(&["vm", "run", "--rm", "--cold", "--", "true"]));
+    assert!(
+        cold.contains("  agent: ") && !cold.contains("  restore: "),
+        "{cold}"
+    );
+    assert!(list(&["vm", "list", "--json"]).is_empty());
+    env.banger_ok(&["snapshot", "delete", &name]);
+}

@@ -334,7 +334,11 @@ fn snapshot_table(ss: &[SnapshotView]) -> String {
     let mut t = Table::new(["NAME", "VM", "IMAGE", "SHAPE", "SIZE", "CREATED"]);
     for s in ss {
         t.row([
-            s.name.clone(),
+            if s.auto {
+                format!("{} (auto)", s.name)
+            } else {
+                s.name.clone()
+            },
             s.source_vm.clone(),
             s.image.clone(),
             format!("{} vcpu, {} MiB", s.vcpu, s.memory_mib),

@@ -310,6 +310,9 @@ pub struct CreateArgs {
     /// Restore this snapshot (its image, kernel and shape) instead of booting
     #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["image", "kernel", "vcpu", "memory", "disk_size"])]
     pub from: Option<String>,
+    /// Boot from scratch even when a warm-start snapshot exists
+    #[arg(long, conflicts_with = "from")]
+    pub cold: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -418,6 +421,7 @@ pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
         nat: a.nat,
         vmm: a.vmm.unwrap_or(cfg.vmm),
         from: a.from.clone(),
+        cold: a.cold,
     })
 }
 

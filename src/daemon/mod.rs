@@ -140,6 +140,7 @@ pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Sl
         drivers: Arc::new(RealDrivers),
         timeouts: Timeouts::for_host(),
         guests: Default::default(),
+        warming: Default::default(),
     })
 }
 

@@ -25,6 +25,12 @@ pub async fn create(
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
     let plan = vms::plan_create(&ctx, &spec, &events).await?;
+    let warm = plan.make_warm.clone().map(|name| Warm {
+        name,
+        image: plan.image.name.clone(),
+        kernel: plan.kernel.name.clone(),
+        shape: (spec.vcpu, spec.memory_mib, spec.disk_bytes),
+    });
     // From the reservation on, the work runs on its own task: a client that
     // goes away (Ctrl-C) aborts this handler, and must not leave a reserved
     // row that no actor owns. The VM is then created and started anyway, and
@@ -53,9 +59,86 @@ pub async fn create(
             requests::READ_MS
         )
         .map_err(|e| RpcError::failed(format!("registering the VM: {e}")))??;
-        start(&slots, &reserved.name, events).await
+        let started = start(&slots, &reserved.name, events).await;
+        if let (Ok(_), Some(w)) = (&started, warm) {
+            spawn_warm(ctx.clone(), slots.clone(), w);
+        }
+        started
     });
     task.await?
+}
+
+/// What an automatic snapshot is made of.
+struct Warm {
+    name: String,
+    image: String,
+    kernel: String,
+    shape: (u32, u32, u64),
+}
+
+/// Makes the warm snapshot `w` in the background (one at a time per
+/// name): a VM of its own, booted to "agent ready", snapshotted, deleted.
+fn spawn_warm(ctx: Arc<Ctx>, slots: Arc<Slots>, w: Warm) {
+    if !ctx
+        .warming
+        .lock()
+        .map(|mut s| s.insert(w.name.clone()))
+        .unwrap_or(false)
+    {
+        return;
+    }
+    tokio::spawn(async move {
+        let name = w.name.clone();
+        match make_warm(&ctx, &slots, w).await {
+            Ok(()) => tracing::info!(snapshot = %name, "made the warm-start snapshot"),
+            Err(e) => {
+                tracing::warn!(snapshot = %name, "making the warm-start snapshot failed: {}", e.message)
+            }
+        }
+        if let Ok(mut s) = ctx.warming.lock() {
+            s.remove(&name);
+        }
+    });
+}
+
+async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), RpcError> {
+    if ctx.store.get_snapshot(&w.name)?.is_some() {
+        return Ok(());
+    }
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let spec = VmCreateSpec {
+        name: Some(w.name.clone()),
+        image: Some(w.image),
+        kernel: Some(w.kernel),
+        vcpu: w.shape.0,
+        memory_mib: w.shape.1,
+        disk_bytes: w.shape.2,
+        nat: false,
+        vmm: crate::domain::VmmChoice::Qemu,
+        from: None,
+        cold: true,
+    };
+    // Boxed: `create` starts this task, so its future cannot contain itself.
+    let created: crate::ops::BoxFuture<'static, Result<Reply, RpcError>> =
+        Box::pin(create(ctx.clone(), slots.clone(), spec, tx.clone()));
+    let id = match created.await? {
+        Reply::Vm(v) => v.id,
+        other => return Err(RpcError::failed(format!("unexpected reply {other:?}"))),
+    };
+    let snap_name = w.name.clone();
+    let taken = run_on_vm(slots, &w.name, "snapshot", move |a| async move {
+        let mut st = Stages::new(tx);
+        let agent = a.vm.agent().await;
+        let r =
+            crate::ops::snapshots::take(&a.ctx, &a.record, agent, Some(snap_name), true, &mut st)
+                .await;
+        (Some(a.record), r)
+    })
+    .await;
+    let deleted = delete(slots, &w.name, Some(id)).await;
+    taken?;
+    deleted.map(drop)
 }
 
 /// Maps an operation that returns the record it leaves to the reply `Vm`.
@@ -121,7 +204,8 @@ pub async fn snapshot(
     run_on_vm(slots, name, "snapshot", move |a| async move {
         let mut st = Stages::new(events);
         let agent = a.vm.agent().await;
-        let taken = crate::ops::snapshots::take(&a.ctx, &a.record, agent, snapshot, &mut st).await;
+        let taken =
+            crate::ops::snapshots::take(&a.ctx, &a.record, agent, snapshot, false, &mut st).await;
         let snap = match taken {
             Ok(s) => s,
             Err(e) => return (Some(a.record), Err(e)),

@@ -149,6 +149,9 @@ pub struct Ctx {
     pub timeouts: Timeouts,
     /// Agent answers and helper restarts of running VMs (in memory).
     pub guests: Arc<guests::Board>,
+    /// Automatic (warm) snapshots being made now, by name: one at a time
+    /// for each.
+    pub warming: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Refuses to delete `what` while `users` (of kind `by`) need it.

@@ -95,11 +95,13 @@ pub fn vmm_version(ctx: &Ctx) -> Result<String, RpcError> {
         .to_string())
 }
 
-/// Allocated bytes of the files directly in `dir`.
+/// Allocated bytes of the snapshot's own files in `dir` (the image's root
+/// file system, linked in, is the image's).
 fn allocated(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
+                .filter(|e| e.file_name() != BASE)
                 .filter_map(|e| e.metadata().ok())
                 .map(|m| m.blocks() * 512)
                 .sum()
@@ -141,6 +143,7 @@ pub async fn take(
     rec: &VmRecord,
     agent: Option<crate::guest::session::AgentSession>,
     name: Option<String>,
+    auto: bool,
     stages: &mut Stages,
 ) -> Result<SnapshotRecord, RpcError> {
     super::vms::require_running(rec)?;
@@ -230,6 +233,7 @@ pub async fn take(
         vmm_version,
         size_bytes,
         created_at_unix: now_unix(),
+        auto,
     };
     if let Err(e) = ctx.store.put_snapshot(&snap) {
         let _ = crate::fsutil::remove_all(&final_dir);
@@ -499,6 +503,53 @@ pub fn sweep(ctx: &Ctx) {
             if !known.contains(&p.display().to_string()) && crate::fsutil::remove_all(&p).is_ok() {
                 tracing::info!(path = %p.display(), "removed a snapshot directory no record names");
             }
+        }
+    }
+}
+
+/// The name of the automatic snapshot for VMs of this image, kernel, shape
+/// and QEMU: any change to one of them is another snapshot.
+pub fn warm_name(
+    image: &crate::store::ImageRecord,
+    kernel: &crate::store::KernelRecord,
+    shape: (u32, u32, u64),
+    vmm_version: &str,
+) -> String {
+    let key = crate::digest::sha256_hex(
+        format!(
+            "warm1|{}|{}|{}|{}|{}|{}|{vmm_version}",
+            image.rootfs_sha256,
+            image.work_seed_sha256,
+            kernel.vmlinux_sha256,
+            shape.0,
+            shape.1,
+            shape.2
+        )
+        .as_bytes(),
+    );
+    format!("warm-{}", &key[..16])
+}
+
+/// Whether the automatic snapshot `name` can serve a new VM now. One that
+/// cannot (damaged, its kernel or QEMU changed) is deleted when no VM was
+/// made from it, so it is made again.
+pub fn usable_warm(ctx: &Ctx, name: &str) -> Result<Option<SnapshotRecord>, RpcError> {
+    let Some(snap) = ctx.store.get_snapshot(name)? else {
+        return Ok(None);
+    };
+    match check_restorable(ctx, &snap) {
+        Ok(()) => Ok(Some(snap)),
+        Err(e) => {
+            tracing::warn!(snapshot = %name, "the warm snapshot cannot be used ({}); booting cold", e.message);
+            let used = ctx
+                .store
+                .list_vms()?
+                .iter()
+                .any(|v| v.snapshot.as_deref() == Some(snap.id.as_str()));
+            if !used {
+                let _ = delete(ctx, name);
+            }
+            Ok(None)
         }
     }
 }

@@ -320,6 +320,7 @@ impl Fakes {
                 powerdown: Duration::from_millis(500),
             },
             guests: Default::default(),
+            warming: Default::default(),
         });
         Fakes {
             dir,

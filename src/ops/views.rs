@@ -86,6 +86,7 @@ pub fn snapshot(s: &crate::store::SnapshotRecord) -> crate::protocol::cli::Snaps
         size_bytes: s.size_bytes,
         created_at_unix: s.created_at_unix,
         dir: s.dir.clone(),
+        auto: s.auto,
     }
 }
 

@@ -73,8 +73,11 @@ pub struct CreatePlan {
     pub kind: VmmKind,
     pub image: ImageRecord,
     pub kernel: KernelRecord,
-    /// `--from`: restore this rather than boot.
+    /// `--from` (or a warm start): restore this rather than boot.
     pub snapshot: Option<crate::store::SnapshotRecord>,
+    /// No warm snapshot for this image and shape yet: make this one once
+    /// the VM is up.
+    pub make_warm: Option<String>,
 }
 
 /// `vm create`, before anything is reserved: validates the spec and makes
@@ -120,12 +123,26 @@ pub async fn plan_create(
             crate::size::format_size(image.work_seed_bytes)
         )));
     }
-    Ok(CreatePlan {
+    let mut plan = CreatePlan {
         kind,
         image,
         kernel,
         snapshot: None,
-    })
+        make_warm: None,
+    };
+    // Warm start: the automatic snapshot of this image and shape, booted
+    // to "agent ready", restored instead of a boot; when there is none yet,
+    // this VM boots and one is made afterwards.
+    if ctx.config.warm_start && !spec.cold && kind == VmmKind::Qemu {
+        let version = super::snapshots::vmm_version(ctx)?;
+        let shape = (spec.vcpu, spec.memory_mib, spec.disk_bytes);
+        let name = super::snapshots::warm_name(&plan.image, &plan.kernel, shape, &version);
+        match super::snapshots::usable_warm(ctx, &name)? {
+            Some(snap) => plan.snapshot = Some(snap),
+            None => plan.make_warm = Some(name),
+        }
+    }
+    Ok(plan)
 }
 
 /// `--from SNAP`: the snapshot's image, kernel and VMM, checked to be
@@ -148,6 +165,7 @@ fn plan_restore(ctx: &Ctx, spec: &VmCreateSpec, from: &str) -> Result<CreatePlan
         image: super::images::get(ctx, &snap.image)?,
         kernel: super::kernels::get(ctx, &snap.kernel)?,
         snapshot: Some(snap),
+        make_warm: None,
     })
 }
 

@@ -231,6 +231,8 @@ pub struct VmCreateSpec {
     pub vmm: VmmChoice,
     /// Restore this snapshot (its image, kernel and shape) rather than boot.
     pub from: Option<String>,
+    /// Boot even when a warm snapshot of this image and shape exists.
+    pub cold: bool,
 }
 
 impl Request {
@@ -349,6 +351,8 @@ pub struct SnapshotView {
     pub size_bytes: u64,
     pub created_at_unix: u64,
     pub dir: String,
+    /// An automatic warm-start snapshot.
+    pub auto: bool,
 }
 
 /// A listening socket in a guest.

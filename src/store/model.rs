@@ -175,6 +175,9 @@ pub struct SnapshotRecord {
     /// Bytes on disk (allocated) of the snapshot's files.
     pub size_bytes: u64,
     pub created_at_unix: u64,
+    /// Made by banger for warm starts (`warm-<key>`), not by a user.
+    #[serde(default)]
+    pub auto: bool,
 }
 
 /// A prepared workspace, stored with its VM.
