@@ -263,7 +263,8 @@ fn check_migrations_reads_the_store_and_changes_nothing() {
         !env.state_dir().join("state.redb").exists(),
         "nothing created"
     );
-    // The first release's store: up to date, byte for byte the same after.
+    // The first release's store (schema v2): the snapshots table is
+    // pending, and the file is byte for byte the same after.
     std::fs::create_dir_all(env.state_dir()).unwrap();
     let store = env.state_dir().join("state.redb");
     let fixture =
@@ -272,15 +273,24 @@ fn check_migrations_reads_the_store_and_changes_nothing() {
     let out = check(&env);
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(1),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("schema v2; a start would apply") && said.contains("v3: snapshots"),
+        "{said}"
+    );
     assert_eq!(
         std::fs::read(&store).unwrap(),
         std::fs::read(&fixture).unwrap()
     );
+    // Migrated (as a start would), it is up to date.
+    drop(banger::store::Store::open(&store).unwrap());
+    let out = check(&env);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
     std::fs::write(&store, b"not a database").unwrap();
     assert_eq!(check(&env).status.code(), Some(2));
 }

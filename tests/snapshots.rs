@@ -140,6 +140,37 @@ fn restored_clones_keep_state_and_get_their_own_identity() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A snapshot of a clone (its overlay is backed by s1's) restores too,
+    // and keeps s1 while it exists.
+    env.banger_ok(&["vm", "snapshot", "c1", "--name", "s3"]);
+    let out = env.banger(&[
+        "vm",
+        "run",
+        "--rm",
+        "--from",
+        "s3",
+        "--",
+        "cat",
+        "/etc/hostname",
+        "/root/file",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.ends_with("kept\n") && !stdout.starts_with("c1"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.banger_ok(&["vm", "delete", "c2"]);
+    env.banger_ok(&["vm", "delete", "c1"]);
+    let out = env.banger(&["snapshot", "delete", "s1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("s3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.banger_ok(&["snapshot", "delete", "s3"]);
+    env.banger_ok(&["vm", "create", "--from", "s1", "--name", "c1"]);
+
     // Refused while clones exist; then gone.
     let out = env.banger(&["snapshot", "delete", "s1"]);
     assert!(!out.status.success());
@@ -149,7 +180,6 @@ fn restored_clones_keep_state_and_get_their_own_identity() {
         String::from_utf8_lossy(&out.stderr)
     );
     env.banger_ok(&["vm", "delete", "c1"]);
-    env.banger_ok(&["vm", "delete", "c2"]);
 
     // Eight parallel restores of one snapshot.
     let children: Vec<_> = (0..8)
@@ -272,4 +302,88 @@ fn warm_start_restores_an_automatic_snapshot_made_after_the_first_boot() {
     );
     assert!(list(&["vm", "list", "--json"]).is_empty());
     env.banger_ok(&["snapshot", "delete", &name]);
+}
+
+#[test]
+fn a_warm_workspace_runs_its_setup_once_and_keeps_what_it_built() {
+    let _heavy = heavy();
+    let env = vm_env();
+    let git = crate::workspaces::git;
+    let r = env.root().join("warmrepo");
+    std::fs::create_dir_all(&r).unwrap();
+    git(&r, &["init", "-q", "-b", "main"]);
+    std::fs::write(r.join(".gitignore"), "deps/\n").unwrap();
+    std::fs::write(r.join("lock"), "v1\n").unwrap();
+    std::fs::write(r.join("src.txt"), "first\n").unwrap();
+    git(&r, &["add", "."]);
+    git(&r, &["commit", "-q", "-m", "initial"]);
+    // "Dependencies": a random marker in a gitignored directory.
+    let setup = "mkdir -p deps && head -c8 /dev/urandom | od -An -tx1 | tr -d ' \\n' > deps/marker";
+    let run = |probe: &str| {
+        let out = env.banger(&[
+            "vm",
+            "run",
+            "--rm",
+            "--warm",
+            setup,
+            "--warm-key",
+            "lock",
+            r.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            probe,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    let probe = "cat deps/marker; echo; cat src.txt";
+    let (first, err) = run(probe);
+    assert!(
+        err.contains("saved the warm workspace as snapshot warmws-"),
+        "{err}"
+    );
+    let marker = first.lines().next().unwrap().to_string();
+    assert_eq!(marker.len(), 16, "{first}");
+
+    // Same key: restored (the setup does not run again: same marker), the
+    // repo as it is now.
+    std::fs::write(r.join("src.txt"), "edited\n").unwrap();
+    let (second, err) = run(probe);
+    assert!(
+        err.contains("  restore: ") && !err.contains("saved the warm"),
+        "{err}"
+    );
+    assert_eq!(second, format!("{marker}\nedited\n"));
+
+    // A key file changed: the setup runs again, for a new snapshot.
+    std::fs::write(r.join("lock"), "v2\n").unwrap();
+    let (third, err) = run(probe);
+    assert!(err.contains("saved the warm workspace"), "{err}");
+    assert_ne!(third.lines().next().unwrap(), marker);
+
+    // A failing setup saves nothing and says so.
+    let out = env.banger(&[
+        "vm",
+        "run",
+        "--rm",
+        "--warm",
+        "exit 3",
+        r.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--warm command failed (exit 3)"), "{err}");
+    let snaps: serde_json::Value =
+        serde_json::from_str(&env.banger_ok(&["snapshot", "list", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
+    assert!(env.banger_ok(&["vm", "list", "--json"]).trim() == "[]");
+    // Both were used today: kept; unused ones go with --days 0.
+    assert_eq!(env.banger_ok(&["snapshot", "prune"]), "nothing to prune\n");
+    let out = env.banger_ok(&["snapshot", "prune", "--days", "0"]);
+    assert!(out.starts_with("deleted warmws-"), "{out}");
+    assert_eq!(env.banger_ok(&["snapshot", "list", "--json"]).trim(), "[]");
 }

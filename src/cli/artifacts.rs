@@ -328,6 +328,12 @@ pub enum SnapshotCommand {
     /// Delete a snapshot no VM was made from
     #[command(visible_alias = "rm")]
     Delete { name: String },
+    /// Delete automatic snapshots (warm starts, warm workspaces) unused for N days
+    Prune {
+        /// Unused for this many days (0: every unused automatic snapshot)
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+    },
 }
 
 fn snapshot_table(ss: &[SnapshotView]) -> String {
@@ -376,6 +382,7 @@ pub async fn snapshot(ctx: &Ctx, cmd: SnapshotCommand) -> Result<u8, CliError> {
         SnapshotCommand::List { json } => (Request::SnapshotList, json),
         SnapshotCommand::Show { name, json } => (Request::SnapshotShow { name }, json),
         SnapshotCommand::Delete { name } => (Request::SnapshotDelete { name }, false),
+        SnapshotCommand::Prune { days } => (Request::SnapshotPrune { days }, false),
     };
     match call(ctx, req).await? {
         Reply::Snapshots(ss) if json => out(&render::json(&ss))?,
@@ -383,6 +390,8 @@ pub async fn snapshot(ctx: &Ctx, cmd: SnapshotCommand) -> Result<u8, CliError> {
         Reply::Snapshot(s) if json => out(&render::json(&s))?,
         Reply::Snapshot(s) => out(&snapshot_detail(&s))?,
         Reply::Done => out("deleted\n")?,
+        Reply::Pruned(names) if names.is_empty() => out("nothing to prune\n")?,
+        Reply::Pruned(names) => out(&format!("deleted {}\n", names.join(" ")))?,
         other => return Err(client::unexpected(other)),
     }
     Ok(0)

@@ -30,6 +30,8 @@ Long-lived VMs:
 
 Look around: banger vm list, banger vm show <name>, banger vm logs <name>.";
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Create a VM, boot it, optionally run a command, optionally delete it
@@ -368,6 +370,13 @@ pub struct RunArgs {
     /// Run even though the repo has a .mise.toml and the VM has no network (skips `mise install`)
     #[arg(long)]
     pub no_bootstrap: bool,
+    /// Run CMD once in the workspace (e.g. 'make deps') and snapshot right after; later runs
+    /// with the same key restore that snapshot, ship the repo again and keep its ignored files
+    #[arg(long, value_name = "CMD", requires = "path", conflicts_with = "from")]
+    pub warm: Option<String>,
+    /// A file of the repo whose content is part of the --warm key, e.g. Cargo.lock (repeatable)
+    #[arg(long = "warm-key", value_name = "FILE", requires = "warm")]
+    pub warm_key: Vec<String>,
     /// Delete the VM when the command (or shell) ends
     #[arg(long)]
     pub rm: bool,
@@ -464,6 +473,118 @@ async fn create(ctx: &Ctx, mut s: VmCreateSpec) -> Result<VmView, CliError> {
     }
 }
 
+/// The snapshot name of a warm workspace: the image (its root file
+/// system's digest) and kernel, the VM's shape, the command and the content
+/// of the key files. None while the image is not built yet (there is then
+/// no such snapshot either).
+async fn warm_key(
+    ctx: &Ctx,
+    s: &VmCreateSpec,
+    ws: &WorkspaceSpec,
+    cmd: &str,
+    files: &[String],
+) -> Result<Option<String>, CliError> {
+    let images = match call(ctx, Request::ImageList).await? {
+        Reply::Images(v) => v,
+        other => return Err(client::unexpected(other)),
+    };
+    let Some(image) = images.into_iter().find(|i| match &s.image {
+        Some(n) => &i.name == n,
+        None => i.default,
+    }) else {
+        return Ok(None);
+    };
+    let kernel = s.kernel.clone().unwrap_or(image.kernel_ref.clone());
+    let kernel_sha = match call(
+        ctx,
+        Request::KernelShow {
+            name: kernel.clone(),
+        },
+    )
+    .await
+    {
+        Ok(Reply::Kernel(k)) => k.vmlinux_sha256,
+        _ => return Ok(None),
+    };
+    let mut key = format!(
+        "warmws1|{}|{}|{kernel}|{kernel_sha}|{}|{}|{}|{}|{}",
+        image.name,
+        image.rootfs_sha256,
+        s.vcpu,
+        s.memory_mib,
+        s.disk_bytes,
+        s.nat,
+        cmd.len()
+    );
+    key.push_str(cmd);
+    for f in files {
+        let p = std::path::Path::new(&ws.path).join(f);
+        let sha = crate::digest::sha256_file(&p).map_err(|e| {
+            CliError::usage(
+                "invalid value",
+                format!("--warm-key {f}: {}: {e}", p.display()),
+            )
+        })?;
+        key.push_str(&format!("|{}|{f}|{sha}", f.len()));
+    }
+    let digest = crate::digest::sha256_hex(key.as_bytes());
+    Ok(Some(format!("warmws-{}", &digest[..16])))
+}
+
+/// The first `--warm` run of a key: the command in the fresh workspace,
+/// then the VM saved under the key. A failing command saves nothing.
+async fn save_warm(
+    ctx: &Ctx,
+    vm: &str,
+    create: &CreateArgs,
+    ws: &WorkspaceSpec,
+    cmd: &str,
+    key: Option<String>,
+    files: &[String],
+) -> Result<(), CliError> {
+    let argv = vec!["sh".into(), "-c".into(), cmd.to_string()];
+    let r = exec(ctx, vm, argv, Default::default())
+        .await
+        .map_err(ours)?;
+    if r.code != 0 {
+        return Err(CliError {
+            exit_code: 125,
+            ..CliError::local(
+                "warm",
+                format!(
+                    "the --warm command failed (exit {}); nothing was saved",
+                    r.code
+                ),
+            )
+        });
+    }
+    // The image exists now: the key can be known if it could not before.
+    let key = match key {
+        Some(k) => k,
+        None => warm_key(ctx, &spec(ctx, create)?, ws, cmd, files)
+            .await?
+            .ok_or_else(|| CliError::local("warm", "the VM's image is not listed"))?,
+    };
+    match call(
+        ctx,
+        Request::VmSnapshot {
+            name: vm.to_string(),
+            snapshot: Some(key.clone()),
+            stop: false,
+            auto: true,
+        },
+    )
+    .await
+    .map_err(ours)?
+    {
+        Reply::Snapshot(_) => {
+            eprintln!("banger: saved the warm workspace as snapshot {key}; runs with the same --warm and keys restore it");
+            Ok(())
+        }
+        other => Err(ours(client::unexpected(other))),
+    }
+}
+
 /// Runs a command in a VM, passing its output through; returns its exit
 /// code (and prints why it could not run, for 126 and 127).
 async fn exec(
@@ -557,6 +678,7 @@ fn ws_spec(
         mode,
         include_untracked: ws.include_untracked,
         from,
+        keep_ignored: false,
     })
 }
 
@@ -702,7 +824,29 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
         }
         None => None,
     };
-    let s = spec(ctx, &a.create)?;
+    let mut s = spec(ctx, &a.create)?;
+    let mut ws = ws;
+    // --warm: the workspace snapshot of this key, when there is one, is
+    // restored (its dependencies kept, the repo shipped again); otherwise
+    // the command runs once after the prepare and the VM is saved.
+    let warm = match (&a.warm, &ws) {
+        (Some(cmd), Some((spec, _))) => {
+            let key = warm_key(ctx, &s, spec, cmd, &a.warm_key).await?;
+            let exists = match &key {
+                Some(k) => call(ctx, Request::SnapshotShow { name: k.clone() })
+                    .await
+                    .is_ok(),
+                None => false,
+            };
+            if let (true, Some(k), Some((spec, bootstrap))) = (exists, &key, ws.as_mut()) {
+                s.from = Some(k.clone());
+                spec.keep_ignored = true;
+                *bootstrap = false;
+            }
+            Some((cmd.clone(), key, exists))
+        }
+        _ => None,
+    };
     let name = s.name.clone().unwrap_or_default();
     // From here on a Ctrl-C never leaves a VM behind: before the command
     // runs it only stops what would come next; the command's own Ctrl-C
@@ -766,6 +910,14 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
                     })
                 }
                 Err(e) => prepared = Err(ours(e)),
+            }
+        }
+        if let (Ok(()), Some((cmd, key, false))) = (&prepared, &warm) {
+            if stopped() {
+                prepared = Err(interrupted());
+            } else {
+                prepared =
+                    save_warm(ctx, &name, &a.create, spec, cmd, key.clone(), &a.warm_key).await;
             }
         }
     }
@@ -989,6 +1141,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
                     name,
                     snapshot,
                     stop,
+                    auto: false,
                 },
             )
             .await?

@@ -158,10 +158,12 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 name,
                 snapshot,
                 stop,
-            } => vms::snapshot(slots, &name, snapshot, stop, events).await,
+                auto,
+            } => vms::snapshot(slots, &name, snapshot, stop, auto, events).await,
             Request::SnapshotList => crate::ops::snapshots::list(ctx),
             Request::SnapshotShow { name } => crate::ops::snapshots::show(ctx, &name),
             Request::SnapshotDelete { name } => crate::ops::snapshots::delete(ctx, &name),
+            Request::SnapshotPrune { days } => crate::ops::snapshots::prune(ctx, days),
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);

@@ -199,13 +199,14 @@ pub async fn snapshot(
     name: &str,
     snapshot: Option<String>,
     stop: bool,
+    auto: bool,
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
     run_on_vm(slots, name, "snapshot", move |a| async move {
         let mut st = Stages::new(events);
         let agent = a.vm.agent().await;
         let taken =
-            crate::ops::snapshots::take(&a.ctx, &a.record, agent, snapshot, false, &mut st).await;
+            crate::ops::snapshots::take(&a.ctx, &a.record, agent, snapshot, auto, &mut st).await;
         let snap = match taken {
             Ok(s) => s,
             Err(e) => return (Some(a.record), Err(e)),
@@ -376,6 +377,7 @@ pub async fn exec(
                 mode: ws.mode,
                 include_untracked: ws.include_untracked,
                 from: None,
+                keep_ignored: false,
             };
             prepare(slots, name, spec, events.clone()).await?;
             (rec, agent) = requests::agent(slots, name).await?;

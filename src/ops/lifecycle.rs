@@ -583,6 +583,7 @@ async fn restore_guest(
     }
     rec.restore_pending = false;
     accept_guest(ctx, vm, rec, health)?;
+    super::snapshots::mark_used(ctx, snap);
     stages
         .end(format!(
             "memory loaded in {load_ms} ms; now {} at {}",

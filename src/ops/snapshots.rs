@@ -163,6 +163,16 @@ pub async fn take(
     }
     let kernel = super::kernels::get(ctx, &rec.kernel)?;
     let vmm_version = vmm_version(ctx)?;
+    // A VM made from a snapshot: its overlay is backed by that snapshot's,
+    // and so is this one's copy of it.
+    let parent = match &rec.snapshot {
+        Some(id) => Some(by_id(ctx, id)?),
+        None => None,
+    };
+    let base = match &parent {
+        Some(p) => Path::new(&p.dir).join(BASE),
+        None => ctx.layout.vm(&rec.id).base_disk(),
+    };
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", rec.vmm_pid.unwrap_or(0)))
         .ok()
         .and_then(|c| {
@@ -199,7 +209,7 @@ pub async fn take(
         .map_err(|e| RpcError::failed(e.to_string()))?;
     stages.end("paused").await;
 
-    let saved = save(ctx, &mut q, &paths, staged.path(), stages).await;
+    let saved = save(&mut q, &paths, &base, staged.path(), stages).await;
     // Whatever happened, the VM runs on.
     let resumed = q.execute("cont", None).await;
     let (elapsed_state, bytes_state) = saved?;
@@ -234,6 +244,8 @@ pub async fn take(
         size_bytes,
         created_at_unix: now_unix(),
         auto,
+        last_used_unix: 0,
+        parent: parent.map(|p| p.id),
     };
     if let Err(e) = ctx.store.put_snapshot(&snap) {
         let _ = crate::fsutil::remove_all(&final_dir);
@@ -246,9 +258,9 @@ pub async fn take(
 /// The state file, then the disks, into `dir` (the VMM is paused).
 /// Returns (ms, bytes) of the state.
 async fn save(
-    ctx: &Ctx,
     q: &mut qmp::Qmp,
     paths: &VmPaths,
+    base: &Path,
     dir: &Path,
     stages: &mut Stages,
 ) -> Result<(u128, u64), RpcError> {
@@ -286,10 +298,9 @@ async fn save(
         .await;
 
     stages.begin("disks", "root overlay and work disk").await;
-    let (vm_dir, dst) = (paths.clone(), dir.to_path_buf());
-    let _ = ctx;
+    let (vm_dir, dst, base) = (paths.clone(), dir.to_path_buf(), base.to_path_buf());
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        crate::fsutil::link_or_copy(&vm_dir.base_disk(), &dst.join(BASE))?;
+        crate::fsutil::link_or_copy(&base, &dst.join(BASE))?;
         crate::fsutil::copy_synced(&vm_dir.root_qcow2(), &dst.join(ROOT))?;
         crate::fsutil::copy_synced(&vm_dir.work_disk(), &dst.join(WORK))?;
         Ok(())
@@ -304,6 +315,15 @@ async fn save(
 /// Why `snap` cannot be restored here and now, if it cannot: a file is
 /// missing, or the kernel or the VMM changed since it was taken.
 pub fn check_restorable(ctx: &Ctx, snap: &SnapshotRecord) -> Result<(), RpcError> {
+    if let Some(pid) = &snap.parent {
+        let parent = by_id(ctx, pid).map_err(|_| {
+            RpcError::failed(format!(
+                "snapshot {} is damaged: the snapshot it was built on is gone; delete it (banger snapshot delete {})",
+                snap.name, snap.name
+            ))
+        })?;
+        check_restorable(ctx, &parent)?;
+    }
     let dir = Path::new(&snap.dir);
     for f in [STATE, BASE, ROOT, WORK] {
         if !dir.join(f).is_file() {
@@ -477,10 +497,61 @@ pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
         vms.filter(|v| v.snapshot.as_deref() == Some(snap.id.as_str()))
             .map(|v| v.name),
     )?;
+    let snaps = ctx.store.list_snapshots()?.into_iter();
+    super::refuse_if_used(
+        &format!("snapshot {name}"),
+        "snapshot(s) built on it",
+        snaps
+            .filter(|s| s.parent.as_deref() == Some(snap.id.as_str()))
+            .map(|s| s.name),
+    )?;
     ctx.store.delete_snapshot(name)?;
     let dir = Path::new(&snap.dir);
     crate::fsutil::remove_all(dir).ctx("removing", dir)?;
     Ok(Reply::Done)
+}
+
+/// Notes that `snap` was restored just now (for `snapshot prune`).
+pub fn mark_used(ctx: &Ctx, snap: &SnapshotRecord) {
+    if let Ok(Some(mut s)) = ctx.store.get_snapshot(&snap.name) {
+        if s.id == snap.id {
+            s.last_used_unix = now_unix();
+            if let Err(e) = ctx.store.put_snapshot(&s) {
+                tracing::warn!(snapshot = %s.name, "recording its use: {e}");
+            }
+        }
+    }
+}
+
+/// `snapshot prune`: the automatic snapshots not restored (nor made) in
+/// the last `days` days and that no VM was made from.
+pub fn prune(ctx: &Ctx, days: u32) -> Result<Reply, RpcError> {
+    let cutoff = now_unix().saturating_sub(u64::from(days) * 86_400);
+    let vms = ctx.store.list_vms()?;
+    let mut gone = Vec::new();
+    // Children first: a parent goes once nothing is built on it.
+    loop {
+        let snaps = ctx.store.list_snapshots()?;
+        let doomed = snaps.iter().find(|s| {
+            let last = s.last_used_unix.max(s.created_at_unix);
+            let used = vms
+                .iter()
+                .any(|v| v.snapshot.as_deref() == Some(s.id.as_str()))
+                || snaps
+                    .iter()
+                    .any(|c| c.parent.as_deref() == Some(s.id.as_str()));
+            s.auto && !used && (days == 0 || last < cutoff)
+        });
+        match doomed {
+            Some(s) => {
+                delete(ctx, &s.name)?;
+                gone.push(s.name.clone());
+            }
+            None => break,
+        }
+    }
+    gone.sort();
+    Ok(Reply::Pruned(gone))
 }
 
 /// At daemon start: staging directories of interrupted snapshots, and

@@ -178,7 +178,12 @@ pub async fn ship(
         a?;
         b?;
         let t1 = std::time::Instant::now();
-        guest_step(agent, archive::finish_argv(GUEST_PATH), "finishing").await?;
+        guest_step(
+            agent,
+            archive::finish_argv(GUEST_PATH, spec.keep_ignored),
+            "finishing",
+        )
+        .await?;
         tracing::info!(
             vm = %rec.name,
             begin_ms = t_begin.as_millis() as u64,

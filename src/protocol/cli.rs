@@ -143,6 +143,8 @@ pub enum Request {
         name: String,
         snapshot: Option<String>,
         stop: bool,
+        /// Made by banger (a warm workspace), pruned when unused.
+        auto: bool,
     },
     /// Every snapshot. Answers [`Reply::Snapshots`].
     SnapshotList,
@@ -150,10 +152,14 @@ pub enum Request {
     SnapshotShow { name: String },
     /// Deletes a snapshot no VM was made from. Answers [`Reply::Done`].
     SnapshotDelete { name: String },
+    /// Deletes the automatic snapshots (warm starts, warm workspaces) not
+    /// used for `days` days (0: every unused one) that no VM was made from.
+    /// Answers [`Reply::Pruned`] with their names.
+    SnapshotPrune { days: u32 },
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 41;
+    const COUNT: u32 = 42;
 }
 
 /// What [`Request::TestHook`] breaks.
@@ -201,6 +207,9 @@ pub struct WorkspaceSpec {
     pub include_untracked: bool,
     /// `--from <commit> --branch <name>`.
     pub from: Option<(String, String)>,
+    /// Keep the guest's git-ignored files of an earlier prepare (a warm
+    /// workspace: its dependencies and build outputs).
+    pub keep_ignored: bool,
 }
 
 /// A prepared workspace as the CLI sees it.
@@ -238,7 +247,7 @@ pub struct VmCreateSpec {
 impl Request {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> Request {
-        Request::SnapshotDelete { name: "x".into() }
+        Request::SnapshotPrune { days: 0 }
     }
 
     /// Method name for logs.
@@ -261,6 +270,7 @@ impl Request {
             Request::SnapshotList => "snapshot.list",
             Request::SnapshotShow { .. } => "snapshot.show",
             Request::SnapshotDelete { .. } => "snapshot.delete",
+            Request::SnapshotPrune { .. } => "snapshot.prune",
             Request::ImageList => "image.list",
             Request::ImageShow { .. } => "image.show",
             Request::ImageDelete { .. } => "image.delete",

@@ -175,9 +175,16 @@ pub struct SnapshotRecord {
     /// Bytes on disk (allocated) of the snapshot's files.
     pub size_bytes: u64,
     pub created_at_unix: u64,
-    /// Made by banger for warm starts (`warm-<key>`), not by a user.
+    /// Made by banger (a warm start or a warm workspace), not by a user.
     #[serde(default)]
     pub auto: bool,
+    /// The last restore of it (0: never).
+    #[serde(default)]
+    pub last_used_unix: u64,
+    /// The snapshot its VM was made from (by id): its root overlay is
+    /// backed by that one's, which is kept while this one exists.
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 /// A prepared workspace, stored with its VM.

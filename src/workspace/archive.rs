@@ -24,13 +24,20 @@ exec tar -x --no-same-owner -f -
 
 /// Finishes a transfer: makes git trust the shipped index's stat data
 /// (whole-second mtime and size, which tar preserved), rebuilds the index
-/// when none was shipped (`--from`), then replaces `$1` in one rename.
+/// when none was shipped (`--from`), with `$2` = `keep` moves the old
+/// tree's git-ignored files (build outputs, dependencies) into the new one
+/// where it has nothing of that name, then replaces `$1` in one rename.
 pub const GUEST_FINISH: &str = r#"set -eu
 dst="$1"; new="$1.banger-new"
 cd "$new"
 git config core.checkStat minimal
 git config core.trustctime false
 if [ ! -f .git/index ]; then git reset -q; fi
+if [ "${2:-}" = keep ] && [ -d "$dst/.git" ]; then
+  cd "$dst"
+  git ls-files -z --others --ignored --exclude-standard --directory |
+    xargs -0 -r -n1 sh -c 'p="${1%/}"; t="$0/$p"; [ -e "$t" ] || { mkdir -p "$(dirname "$t")" && mv "$p" "$t"; }' "$new"
+fi
 cd /
 # Swap in the new tree at once; the old one is removed in the background.
 old="$dst.banger-old.$$"
@@ -284,8 +291,12 @@ pub fn begin_argv(guest_path: &str) -> Vec<String> {
 pub fn untar_argv(guest_path: &str, sub: &str) -> Vec<String> {
     sh(GUEST_UNTAR, "banger-prepare", &[guest_path, sub])
 }
-pub fn finish_argv(guest_path: &str) -> Vec<String> {
-    sh(GUEST_FINISH, "banger-prepare", &[guest_path])
+pub fn finish_argv(guest_path: &str, keep_ignored: bool) -> Vec<String> {
+    sh(
+        GUEST_FINISH,
+        "banger-prepare",
+        &[guest_path, if keep_ignored { "keep" } else { "" }],
+    )
 }
 
 /// The guest command that prints the export patch.
