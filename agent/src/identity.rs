@@ -102,9 +102,11 @@ fn new_machine_id(root: &Path) -> Result<(), String> {
     crate::setup::write_atomic(&root.join("etc/machine-id"), format!("{hex}\n").as_bytes())
 }
 
-/// A new ed25519 host key (what the image's keygen unit makes), then sshd
-/// is told to re-read its keys. Without sshd in the image there is nothing
-/// to do.
+/// The snapshot's host keys go at once (nobody may be shown a key another
+/// clone has); a new ed25519 key (what the image's keygen unit makes) is
+/// made on a thread of its own, then sshd is told to re-read its keys.
+/// Until then `HostKeys` answers none, so the host waits before pinning.
+/// Without sshd in the image there is nothing to do.
 fn new_host_key() -> Result<(), String> {
     let keygen = Path::new("/usr/bin/ssh-keygen");
     if !keygen.exists() {
@@ -115,19 +117,41 @@ fn new_host_key() -> Result<(), String> {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.starts_with("ssh_host_") {
-                let _ = std::fs::remove_file(e.path());
+                std::fs::remove_file(e.path())
+                    .map_err(|err| format!("removing {}: {err}", e.path().display()))?;
             }
         }
     }
+    std::thread::spawn(move || {
+        if let Err(e) = generate_host_key(keygen, dir) {
+            eprintln!("banger-agent: reidentify: ssh host key: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// Made under a temporary name and renamed into place, private key first:
+/// a reader of the public key sees none or the whole one.
+fn generate_host_key(keygen: &Path, dir: &Path) -> Result<(), String> {
+    let (key, tmp) = (
+        dir.join("ssh_host_ed25519_key"),
+        dir.join("ssh_host_ed25519_key.banger-new"),
+    );
+    // ssh-keygen -f X writes X and X.pub.
+    let pubs = |p: &Path| std::path::PathBuf::from(format!("{}.pub", p.display()));
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_file(pubs(&tmp));
     let st = std::process::Command::new(keygen)
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(dir.join("ssh_host_ed25519_key"))
+        .arg(&tmp)
         .stdin(std::process::Stdio::null())
         .status()
         .map_err(|e| format!("ssh-keygen: {e}"))?;
     if !st.success() {
         return Err(format!("ssh-keygen failed ({st})"));
     }
+    std::fs::rename(&tmp, &key).map_err(|e| format!("placing the key: {e}"))?;
+    std::fs::rename(pubs(&tmp), pubs(&key)).map_err(|e| format!("placing the key: {e}"))?;
     // The listening sshd (its parent is init) re-executes on SIGHUP and
     // loads the new key; sessions keep running.
     for pid in listeners_named(Path::new("/proc"), "sshd") {
