@@ -45,14 +45,11 @@ fn commands_run_through_the_agent_with_their_argv_input_output_and_codes() {
         .collect();
     std::fs::write(&big, &data).unwrap();
     let want = banger::digest::sha256_hex(&data);
-    let child = env
-        .banger_cmd(&["vm", "exec", "box", "--", "sha256sum"])
-        .stdin(std::fs::File::open(&big).unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, "100 MB into sha256sum", Duration::from_secs(300));
+    let out = env.banger_within(
+        &["vm", "exec", "box", "--", "sha256sum"],
+        std::fs::File::open(&big).unwrap().into(),
+        Duration::from_secs(300),
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()

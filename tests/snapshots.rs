@@ -11,14 +11,11 @@ use crate::support::*;
 use crate::vms::{show, vm_env};
 
 fn exec_ok(env: &TestEnv, vm: &str, script: &str) -> String {
-    let child = env
-        .banger_cmd(&["vm", "exec", vm, "--", "sh", "-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, script, Duration::from_secs(300));
+    let out = env.banger_within(
+        &["vm", "exec", vm, "--", "sh", "-c", script],
+        Stdio::null(),
+        Duration::from_secs(300),
+    );
     assert!(
         out.status.success(),
         "{script}: {}",

@@ -70,14 +70,11 @@ fn doctor_passes_what_can_pass_here_and_names_a_missing_tool() {
 
 /// `banger vm exec <vm> -- sh -c <script>` with `stdin` from a file.
 fn exec_with_stdin(env: &TestEnv, vm: &str, script: &str, file: &std::path::Path) {
-    let child = env
-        .banger_cmd(&["vm", "exec", vm, "--", "sh", "-c", script])
-        .stdin(std::fs::File::open(file).unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, script, Duration::from_secs(300));
+    let out = env.banger_within(
+        &["vm", "exec", vm, "--", "sh", "-c", script],
+        std::fs::File::open(file).unwrap().into(),
+        Duration::from_secs(300),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -88,14 +85,7 @@ fn exec_with_stdin(env: &TestEnv, vm: &str, script: &str, file: &std::path::Path
 fn guest(env: &TestEnv, vm: &str, argv: &[&str]) -> std::process::Output {
     let mut a = vec!["vm", "exec", vm, "--"];
     a.extend_from_slice(argv);
-    let child = env
-        .banger_cmd(&a)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    output_within(child, &argv.join(" "), Duration::from_secs(300))
+    env.banger_within(&a, Stdio::null(), Duration::from_secs(300))
 }
 
 fn guest_ok(env: &TestEnv, vm: &str, argv: &[&str]) -> String {

@@ -562,13 +562,16 @@ async fn restore_guest(
     let answered = tokio::select! {
         e = exited() => return Err(e),
         r = async {
+            let t = Instant::now();
             agent.wait_up(Duration::from_secs(30)).await?;
+            let session_ms = t.elapsed().as_millis();
             let ack = agent.reidentify(identity, Duration::from_secs(60)).await?;
+            let identity_ms = t.elapsed().as_millis() - session_ms;
             let health = agent.health(Duration::from_secs(30)).await?;
-            Ok::<_, crate::guest::session::AgentError>((ack, health))
+            Ok::<_, crate::guest::session::AgentError>((ack, health, session_ms, identity_ms))
         } => r,
     };
-    let (ack, health) = answered.map_err(|e| {
+    let (ack, health, session_ms, identity_ms) = answered.map_err(|e| {
         RpcError::failed(format!(
             "the restored guest's agent did not answer: {e}; is snapshot {} from an image whose agent knows restores? (take it again)",
             snap.name
@@ -586,7 +589,7 @@ async fn restore_guest(
     super::snapshots::mark_used(ctx, snap);
     stages
         .end(format!(
-            "memory loaded in {load_ms} ms; now {} at {}",
+            "memory {load_ms} ms, agent {session_ms} ms, identity {identity_ms} ms; now {} at {}",
             rec.name,
             rec.ip.as_deref().unwrap_or("?")
         ))

@@ -374,6 +374,21 @@ pub fn interrupt_expecting_130(child: std::process::Child) -> Output {
     out
 }
 
+impl TestEnv {
+    /// `banger <args>` with `stdin`, its output collected, failing the test
+    /// (not hanging it) past `timeout`.
+    pub fn banger_within(&self, args: &[&str], stdin: Stdio, timeout: Duration) -> Output {
+        let child = self
+            .banger_cmd(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        output_within(child, &args.join(" "), timeout)
+    }
+}
+
 /// Waits for `child` with a deadline, collecting its output; on the
 /// deadline it is killed and the test fails with what it printed so far
 /// (a hang is a failure, not an overtime CI run).
