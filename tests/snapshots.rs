@@ -4,7 +4,7 @@
 //! of one snapshot work, and a damaged or deleted snapshot is refused with
 //! nothing left behind.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
@@ -71,6 +71,31 @@ fn restored_clones_keep_state_and_get_their_own_identity() {
          (setsid /root/snapproc 100000 </dev/null >/dev/null 2>&1 &) && sync",
     );
     let src_id = identity(&env, "src");
+
+    // The disk fills up mid-snapshot: nothing is listed, nothing is left,
+    // and the VM runs on. (A small tmpfs on the snapshots directory; the
+    // daemon starts after it is mounted, so its namespace has it.)
+    let snaps_dir = env.state_dir().join("snapshots");
+    std::fs::create_dir_all(&snaps_dir).unwrap();
+    env.banger_ok(&["daemon", "stop"]);
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(&snaps_dir),
+    );
+    let full = env.banger(&["vm", "snapshot", "src", "--name", "full"]);
+    let err = String::from_utf8_lossy(&full.stderr).into_owned();
+    env.banger_ok(&["daemon", "stop"]);
+    let left = std::fs::read_dir(&snaps_dir).unwrap().count();
+    run_ok(Command::new("umount").arg(&snaps_dir));
+    assert!(!full.status.success());
+    assert!(
+        err.contains("No space left") || err.contains("saving the VM's state"),
+        "{err}"
+    );
+    assert_eq!(left, 0, "a partial snapshot was left");
+    assert_eq!(env.banger_ok(&["snapshot", "list", "--json"]).trim(), "[]");
+    assert_eq!(exec_ok(&env, "src", "cat /root/file"), "kept\n");
 
     let out = env.banger_ok(&["vm", "snapshot", "src", "--name", "s1"]);
     assert!(out.contains("snapshot s1 of src"), "{out}");
