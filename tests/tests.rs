@@ -13,6 +13,7 @@ mod garbage;
 mod hardening;
 mod helper_net;
 mod images;
+mod oci;
 mod services;
 mod snapshots;
 mod store_crash;

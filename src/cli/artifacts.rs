@@ -87,6 +87,17 @@ pub enum ImageCommand {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Pull an image from an OCI registry (linux/amd64), e.g. docker.io/library/alpine:3.20
+    Pull {
+        /// registry/repository[:tag|@digest]
+        reference: String,
+        /// Name to store it under (default: repository-tag)
+        #[arg(long)]
+        name: Option<String>,
+        /// Plain HTTP to a registry that is not on a loopback address
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Import an image bundle (.tar.zst)
     Import {
         /// Bundle file
@@ -267,6 +278,18 @@ pub async fn kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<u8, CliError> {
 pub async fn image(ctx: &Ctx, cmd: ImageCommand) -> Result<u8, CliError> {
     let (req, json) = match cmd {
         ImageCommand::Build { name, rebuild } => (Request::ImageBuild { name, rebuild }, false),
+        ImageCommand::Pull {
+            reference,
+            name,
+            insecure,
+        } => (
+            Request::ImagePull {
+                reference,
+                name,
+                insecure,
+            },
+            false,
+        ),
         ImageCommand::Import { bundle, name } => (
             Request::ImageImport {
                 file: abs(&bundle)?,

@@ -164,6 +164,11 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             Request::SnapshotShow { name } => crate::ops::snapshots::show(ctx, &name),
             Request::SnapshotDelete { name } => crate::ops::snapshots::delete(ctx, &name),
             Request::SnapshotPrune { days } => crate::ops::snapshots::prune(ctx, days),
+            Request::ImagePull {
+                reference,
+                name,
+                insecure,
+            } => images::pull(ctx.clone(), reference, name, insecure, events).await,
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);

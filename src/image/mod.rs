@@ -4,6 +4,8 @@
 
 pub mod build;
 pub mod bundle;
+pub mod layers;
+pub mod oci;
 pub mod recipe;
 
 use serde::{Deserialize, Serialize};

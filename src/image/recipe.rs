@@ -61,6 +61,9 @@ pub const RECIPES: &[Recipe] = &[Recipe {
 /// The default image name.
 pub const DEFAULT_IMAGE: &str = "debian-bookworm";
 
+/// The kernel pulled images pair with.
+pub const DEFAULT_KERNEL: &str = "debian-cloud";
+
 /// Finds a recipe by name.
 pub fn find(name: &str) -> Option<&'static Recipe> {
     RECIPES.iter().find(|r| r.name == name)

@@ -478,3 +478,131 @@ pub fn promote(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
     ctx.store.set_setting(DEFAULT_IMAGE_KEY, name)?;
     Ok(Reply::Image(views::image(&rec, true)))
 }
+
+/// `image pull <reference> [--name N] [--insecure]`: the registry's image
+/// for linux/amd64, its layers verified and applied, the agent added, an
+/// ext4 root and a work seed published as image `name`. Concurrent pulls
+/// of one name share one job.
+pub async fn pull(
+    ctx: Arc<Ctx>,
+    reference: String,
+    name: Option<String>,
+    insecure: bool,
+    events: mpsc::Sender<Event>,
+) -> Result<Reply, RpcError> {
+    let r = image::oci::parse(&reference).map_err(|e| RpcError::bad_request(e.to_string()))?;
+    let name = name.unwrap_or_else(|| image::oci::default_name(&r));
+    validate_name(&name)?;
+    if recipe::find(&name).is_some() {
+        return Err(RpcError::bad_request(format!(
+            "{name} is the name of a recipe image; pull under another name (--name)"
+        )));
+    }
+    let jobs = ctx.images.clone();
+    jobs.run(
+        &name.clone(),
+        events,
+        Box::new(move |p| {
+            Box::pin(async move {
+                let rec = pull_work(&ctx, &reference, &name, insecure, p).await?;
+                view(&ctx, &rec)
+            })
+        }),
+    )
+    .await
+}
+
+async fn pull_work(
+    ctx: &Arc<Ctx>,
+    reference: &str,
+    name: &str,
+    insecure: bool,
+    progress: Progress,
+) -> Result<ImageRecord, RpcError> {
+    let failed = |e: image::oci::OciError| RpcError::failed(e.to_string());
+    progress.stage("pull", reference.to_string(), false);
+    let blobs = cache_dir(ctx).join("oci-blobs");
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let p2 = progress.clone();
+    let fetched = image::oci::fetch(reference, insecure, home.as_deref(), &blobs, &move |l| {
+        p2.log(l)
+    })
+    .await
+    .map_err(failed)?;
+    progress.stage(
+        "pull",
+        format!(
+            "{} layers, manifest {}",
+            fetched.layers.len(),
+            fetched.digest
+        ),
+        true,
+    );
+    progress.stage("assemble", "layers into an ext4 root", false);
+    let cache = cache_dir(ctx);
+    let dir = images_dir(ctx);
+    let (m, stage) = {
+        let (name, fetched) = (name.to_string(), fetched.clone());
+        tokio::task::spawn_blocking(
+            move || -> Result<(ImageManifest, crate::fsutil::TempDir), RpcError> {
+                let work =
+                    crate::fsutil::TempDir::new_in(&cache, "oci").ctx("staging in", &cache)?;
+                let root = work.path().join("root");
+                std::fs::create_dir(&root).ctx("creating", &root)?;
+                let tree = image::oci::assemble(&fetched, &root)
+                    .map_err(|e| RpcError::failed(e.to_string()))?;
+                let stage =
+                    crate::fsutil::TempDir::new_in(&dir, &name).ctx("staging an image in", &dir)?;
+                let content = image::layers::tree_bytes(&root);
+                let root_mib = (content + content / 2 + (256 << 20)).div_ceil(64 << 20) * 64;
+                let (rootfs, seed) = (stage.path().join(ROOTFS), stage.path().join(WORK_SEED));
+                let lerr = |e: image::layers::LayerError| RpcError::failed(e.0);
+                image::layers::make_ext4(
+                    &root,
+                    &tree,
+                    &rootfs,
+                    root_mib,
+                    "banger-root",
+                    work.path(),
+                )
+                .map_err(lerr)?;
+                let empty = work.path().join("seed");
+                std::fs::create_dir(&empty).ctx("creating", &empty)?;
+                image::layers::make_ext4(
+                    &empty,
+                    &image::layers::Tree::default(),
+                    &seed,
+                    64,
+                    "banger-work",
+                    work.path(),
+                )
+                .map_err(lerr)?;
+                let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                let m = ImageManifest {
+                    name: name.clone(),
+                    distro: "oci".into(),
+                    arch: "x86_64".into(),
+                    kernel_ref: recipe::DEFAULT_KERNEL.into(),
+                    rootfs_bytes: size(&rootfs),
+                    work_seed_bytes: size(&seed),
+                    rootfs_sha256: sha256_file(&rootfs).ctx("hashing", &rootfs)?,
+                    work_seed_sha256: sha256_file(&seed).ctx("hashing", &seed)?,
+                };
+                Ok((m, stage))
+            },
+        )
+        .await??
+    };
+    progress.stage(
+        "assemble",
+        format!("root {}", crate::size::format_size(m.rootfs_bytes)),
+        true,
+    );
+    // The kernel it pairs with is there before the image is listed.
+    super::kernels::ensure(ctx, &m.kernel_ref, &m.kernel_ref, &progress).await?;
+    let source = format!("oci:{reference}@{}", fetched.digest);
+    let ctx2 = ctx.clone();
+    let rec = tokio::task::spawn_blocking(move || publish(&ctx2, stage, &m, source)).await??;
+    progress.stage("publish", format!("image {}", rec.name), true);
+    Ok(rec)
+}

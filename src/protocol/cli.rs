@@ -156,10 +156,20 @@ pub enum Request {
     /// used for `days` days (0: every unused one) that no VM was made from.
     /// Answers [`Reply::Pruned`] with their names.
     SnapshotPrune { days: u32 },
+    /// Pulls an image from an OCI registry (linux/amd64), verifies and
+    /// applies its layers, adds the agent, and publishes it as `name`
+    /// (default: from the reference). HTTPS, except for loopback
+    /// registries or with `insecure`. Concurrent pulls of one name share
+    /// one job. Streams stages; answers [`Reply::Image`].
+    ImagePull {
+        reference: String,
+        name: Option<String>,
+        insecure: bool,
+    },
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 42;
+    const COUNT: u32 = 43;
 }
 
 /// What [`Request::TestHook`] breaks.
@@ -247,7 +257,11 @@ pub struct VmCreateSpec {
 impl Request {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> Request {
-        Request::SnapshotPrune { days: 0 }
+        Request::ImagePull {
+            reference: "x".into(),
+            name: None,
+            insecure: false,
+        }
     }
 
     /// Method name for logs.
@@ -271,6 +285,7 @@ impl Request {
             Request::SnapshotShow { .. } => "snapshot.show",
             Request::SnapshotDelete { .. } => "snapshot.delete",
             Request::SnapshotPrune { .. } => "snapshot.prune",
+            Request::ImagePull { .. } => "image.pull",
             Request::ImageList => "image.list",
             Request::ImageShow { .. } => "image.show",
             Request::ImageDelete { .. } => "image.delete",

@@ -1,0 +1,642 @@
+//! OCI layers into an ext4 root file system, without root. Layers are
+//! applied in order to a staging tree the daemon (the owner) writes: files,
+//! directories, symlinks, hard links; whiteouts (`.wh.<name>`) and opaque
+//! directories (`.wh..wh..opq`) remove what lower layers put there. What
+//! the owner cannot set on its own files — owners, the real modes (setuid,
+//! directories without write permission), device nodes, xattrs — is kept in
+//! a [`Tree`] of metadata and written into the image after `mkfs.ext4 -d`
+//! by a `debugfs` script. Nothing here runs as root, and the layer is
+//! hostile data: every path is resolved inside the staging root (a symlink
+//! in a parent is followed as the image would see it, never out of the
+//! tree), `..` is refused, and names that cannot be written safely into the
+//! script are refused.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path};
+
+/// Layer failures: the message names the entry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LayerError(pub String);
+
+fn err(what: impl Into<String>) -> LayerError {
+    LayerError(what.into())
+}
+
+/// What an entry is, beyond what the staging tree can hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Char(u32, u32),
+    Block(u32, u32),
+    Fifo,
+}
+
+/// The metadata of one path as the image has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits with setuid, setgid and sticky.
+    pub mode: u32,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Every path of the image (relative, `/`-separated; "" is the root).
+#[derive(Debug, Default)]
+pub struct Tree {
+    pub meta: BTreeMap<String, Meta>,
+}
+
+/// A relative path made of normal components only, or an error.
+fn clean(p: &Path) -> Result<Vec<String>, LayerError> {
+    let mut out = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(
+                s.to_str()
+                    .ok_or_else(|| err(format!("{}: a path that is not UTF-8", p.display())))?
+                    .to_string(),
+            ),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(err(format!("{}: '..' in a layer path", p.display())))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses names the debugfs script could not carry safely.
+fn check_name(rel: &str) -> Result<(), LayerError> {
+    if rel
+        .bytes()
+        .any(|b| b < 0x20 || b == 0x7f || b == b'"' || b == b'\\')
+    {
+        return Err(err(format!(
+            "{rel:?}: a path with control characters, quotes or backslashes"
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves `parts` (a directory path of the image) inside `root`,
+/// following symlinks the way the guest will (absolute targets from the
+/// image's root), never leaving the tree. Returns the path relative to the
+/// root. Missing directories are made (0755, root's).
+fn resolve_dir(root: &Path, tree: &mut Tree, parts: &[String]) -> Result<Vec<String>, LayerError> {
+    let mut todo: Vec<String> = parts.iter().rev().cloned().collect();
+    let mut at: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        let p = root.join(at.join("/")).join(&part);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(err(format!("{}: too many symlinks", parts.join("/"))));
+                }
+                let target = std::fs::read_link(&p).map_err(|e| err(e.to_string()))?;
+                if target.is_absolute() {
+                    at.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(s) => todo.push(s.to_string_lossy().into_owned()),
+                        Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(m) if m.is_dir() => at.push(part),
+            Ok(_) => {
+                return Err(err(format!(
+                    "{}: a file where a directory should be",
+                    parts.join("/")
+                )))
+            }
+            Err(_) if part == ".." => {
+                at.pop();
+            }
+            Err(_) => {
+                std::fs::create_dir(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
+                at.push(part);
+                tree.meta.insert(
+                    at.join("/"),
+                    Meta {
+                        kind: Kind::Dir,
+                        uid: 0,
+                        gid: 0,
+                        mode: 0o755,
+                        xattrs: vec![],
+                    },
+                );
+            }
+        }
+        // ".." as a component name (from a symlink target) goes up, at
+        // most to the root.
+        if at.last().map(String::as_str) == Some("..") {
+            at.pop();
+            at.pop();
+        }
+    }
+    Ok(at)
+}
+
+/// Removes `rel` (and everything below it) from the tree and the disk.
+fn remove(root: &Path, tree: &mut Tree, rel: &str) {
+    let p = root.join(rel);
+    if let Ok(m) = std::fs::symlink_metadata(&p) {
+        if m.is_dir() {
+            let _ = std::fs::remove_dir_all(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let prefix = format!("{rel}/");
+    tree.meta.retain(|k, _| k != rel && !k.starts_with(&prefix));
+}
+
+/// Applies one (decompressed) layer to `root`.
+pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), LayerError> {
+    let mut ar = tar::Archive::new(layer);
+    // Paths created by this layer (an opaque marker spares them).
+    let mut ours: HashSet<String> = HashSet::new();
+    tree.meta.entry(String::new()).or_insert(Meta {
+        kind: Kind::Dir,
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+        xattrs: vec![],
+    });
+    for entry in ar
+        .entries()
+        .map_err(|e| err(format!("reading the layer: {e}")))?
+    {
+        let mut e = entry.map_err(|e| err(format!("reading the layer: {e}")))?;
+        let path = e
+            .path()
+            .map_err(|e| err(format!("a layer path: {e}")))?
+            .into_owned();
+        let mut parts = clean(&path)?;
+        let Some(name) = parts.pop() else {
+            // The root itself: take its metadata.
+            let h = e.header();
+            if let Some(m) = tree.meta.get_mut("") {
+                m.mode = h.mode().unwrap_or(0o755) & 0o7777;
+                m.uid = h.uid().unwrap_or(0) as u32;
+                m.gid = h.gid().unwrap_or(0) as u32;
+            }
+            continue;
+        };
+        let dir = resolve_dir(root, tree, &parts)?;
+        let rel_of = |n: &str| {
+            if dir.is_empty() {
+                n.to_string()
+            } else {
+                format!("{}/{n}", dir.join("/"))
+            }
+        };
+        if name == ".wh..wh..opq" {
+            let d = dir.join("/");
+            let prefix = if d.is_empty() {
+                String::new()
+            } else {
+                format!("{d}/")
+            };
+            let children: Vec<String> = tree
+                .meta
+                .keys()
+                .filter(|k| {
+                    !k.is_empty()
+                        && k.starts_with(&prefix)
+                        && !k[prefix.len()..].contains('/')
+                        && !ours.contains(*k)
+                })
+                .cloned()
+                .collect();
+            for c in children {
+                remove(root, tree, &c);
+            }
+            continue;
+        }
+        if let Some(gone) = name.strip_prefix(".wh.") {
+            remove(root, tree, &rel_of(gone));
+            continue;
+        }
+        let rel = rel_of(&name);
+        check_name(&rel)?;
+        let target = root.join(&rel);
+        let h = e.header().clone();
+        let et = h.entry_type();
+        let existing = std::fs::symlink_metadata(&target).ok();
+        let is_dir = et.is_dir();
+        if let Some(m) = &existing {
+            if !(m.is_dir() && is_dir) {
+                remove(root, tree, &rel);
+            }
+        }
+        let mut xattrs = Vec::new();
+        if let Ok(Some(exts)) = e.pax_extensions() {
+            for x in exts.flatten() {
+                if let (Ok(k), v) = (x.key(), x.value_bytes()) {
+                    if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
+                        if name.len() <= 255 && v.len() <= 64 << 10 {
+                            xattrs.push((name.to_string(), v.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        let dev = || {
+            (
+                h.device_major().ok().flatten().unwrap_or(0),
+                h.device_minor().ok().flatten().unwrap_or(0),
+            )
+        };
+        let kind = if et.is_dir() {
+            if existing.as_ref().is_none_or(|m| !m.is_dir()) {
+                std::fs::create_dir(&target).map_err(|e| err(format!("{rel}: {e}")))?;
+            }
+            Kind::Dir
+        } else if et.is_file() || et == tar::EntryType::Continuous {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)
+                .map_err(|e| err(format!("{rel}: {e}")))?;
+            std::io::copy(&mut e, &mut f).map_err(|e| err(format!("{rel}: {e}")))?;
+            Kind::File
+        } else if et.is_symlink() {
+            let to = h
+                .link_name()
+                .ok()
+                .flatten()
+                .ok_or_else(|| err(format!("{rel}: a symlink without a target")))?;
+            std::os::unix::fs::symlink(&*to, &target).map_err(|e| err(format!("{rel}: {e}")))?;
+            Kind::Symlink
+        } else if et.is_hard_link() {
+            let to = h
+                .link_name()
+                .ok()
+                .flatten()
+                .ok_or_else(|| err(format!("{rel}: a hard link without a target")))?;
+            let mut tp = clean(&to)?;
+            let tname = tp
+                .pop()
+                .ok_or_else(|| err(format!("{rel}: a hard link to the root")))?;
+            let tdir = resolve_dir(root, tree, &tp)?;
+            let trel = if tdir.is_empty() {
+                tname
+            } else {
+                format!("{}/{tname}", tdir.join("/"))
+            };
+            let src = root.join(&trel);
+            match std::fs::symlink_metadata(&src) {
+                Ok(m) if m.is_file() => {}
+                _ => {
+                    return Err(err(format!(
+                        "{rel}: a hard link to {trel}, which is not a file"
+                    )))
+                }
+            }
+            std::fs::hard_link(&src, &target).map_err(|e| err(format!("{rel}: {e}")))?;
+            // One inode: the link has the target's metadata.
+            if let Some(m) = tree.meta.get(&trel).cloned() {
+                tree.meta.insert(rel.clone(), m);
+            }
+            ours.insert(rel);
+            continue;
+        } else if et.is_character_special() || et.is_block_special() || et.is_fifo() {
+            // A placeholder; debugfs makes the node.
+            std::fs::File::create(&target).map_err(|e| err(format!("{rel}: {e}")))?;
+            let (ma, mi) = dev();
+            if et.is_character_special() {
+                Kind::Char(ma, mi)
+            } else if et.is_block_special() {
+                Kind::Block(ma, mi)
+            } else {
+                Kind::Fifo
+            }
+        } else {
+            // PAX/GNU headers are consumed by the tar crate; others skipped.
+            continue;
+        };
+        // What the owner needs to keep working in the tree; the real mode
+        // goes into the image afterwards.
+        if kind != Kind::Symlink {
+            let m = if kind == Kind::Dir { 0o755 } else { 0o644 };
+            let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(m));
+        }
+        tree.meta.insert(
+            rel.clone(),
+            Meta {
+                kind,
+                uid: h.uid().unwrap_or(0) as u32,
+                gid: h.gid().unwrap_or(0) as u32,
+                mode: h.mode().unwrap_or(0o644) & 0o7777,
+                xattrs,
+            },
+        );
+        ours.insert(rel);
+    }
+    Ok(())
+}
+
+fn file_type_bits(k: &Kind) -> u32 {
+    match k {
+        Kind::File => 0o100000,
+        Kind::Dir => 0o040000,
+        Kind::Symlink => 0o120000,
+        Kind::Char(..) => 0o020000,
+        Kind::Block(..) => 0o060000,
+        Kind::Fifo => 0o010000,
+    }
+}
+
+/// The debugfs commands that give every path its owner, mode, xattrs and
+/// (for nodes) its kind. `xattr_dir` receives the values of xattrs (debugfs
+/// reads binary values from files).
+pub fn debugfs_script(tree: &Tree, xattr_dir: &Path) -> Result<String, LayerError> {
+    let mut s = String::new();
+    let mut n = 0;
+    for (rel, m) in &tree.meta {
+        check_name(rel)?;
+        let p = format!("\"/{rel}\"");
+        // debugfs makes a node in its current directory, by base name.
+        let (dir, base) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let node = |args: String| format!("rm {p}\ncd \"/{dir}\"\nmknod \"{base}\" {args}\ncd /\n");
+        match m.kind {
+            Kind::Char(ma, mi) => s.push_str(&node(format!("c {ma} {mi}"))),
+            Kind::Block(ma, mi) => s.push_str(&node(format!("b {ma} {mi}"))),
+            Kind::Fifo => s.push_str(&node("p".into())),
+            _ => {}
+        }
+        s.push_str(&format!(
+            "sif {p} mode 0{:o}\nsif {p} uid {}\nsif {p} gid {}\n",
+            file_type_bits(&m.kind) | m.mode,
+            m.uid,
+            m.gid
+        ));
+        for (k, v) in &m.xattrs {
+            if k.bytes()
+                .any(|b| b <= 0x20 || b == b'"' || b == b'\\' || b >= 0x7f)
+            {
+                return Err(err(format!("/{rel}: an xattr name debugfs cannot take")));
+            }
+            n += 1;
+            let f = xattr_dir.join(format!("x{n}"));
+            std::fs::write(&f, v).map_err(|e| err(format!("{}: {e}", f.display())))?;
+            s.push_str(&format!("ea_set -f \"{}\" {p} {k}\n", f.display()));
+        }
+    }
+    Ok(s)
+}
+
+/// Makes `image` (ext4, `size_mib`) from the staged tree and its metadata.
+pub fn make_ext4(
+    root: &Path,
+    tree: &Tree,
+    image: &Path,
+    size_mib: u64,
+    label: &str,
+    scratch: &Path,
+) -> Result<(), LayerError> {
+    let tool = |n: &str| {
+        crate::host::system_tool(n)
+            .ok_or_else(|| err(format!("{n} is not installed; install e2fsprogs")))
+    };
+    let run = |c: &mut std::process::Command, what: &str| -> Result<String, LayerError> {
+        let out = c
+            .env("LC_ALL", "C")
+            .output()
+            .map_err(|e| err(format!("{what}: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    run(
+        std::process::Command::new(tool("mkfs.ext4")?)
+            .args(["-F", "-q", "-m", "1", "-L", label, "-d"])
+            .arg(root)
+            .arg(image)
+            .arg(format!("{size_mib}M")),
+        "mkfs.ext4",
+    )?;
+    let xdir = scratch.join("xattrs");
+    std::fs::create_dir_all(&xdir).map_err(|e| err(e.to_string()))?;
+    let script = scratch.join("fixup.debugfs");
+    std::fs::write(&script, debugfs_script(tree, &xdir)?).map_err(|e| err(e.to_string()))?;
+    let errs = run(
+        std::process::Command::new(tool("debugfs")?)
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(image),
+        "debugfs",
+    )?;
+    // debugfs exits 0 even when a command fails; it says so on stderr.
+    if let Some(l) = errs
+        .lines()
+        .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+    {
+        return Err(err(format!("writing the image's metadata: {l}")));
+    }
+    Ok(())
+}
+
+/// Bytes the staged tree takes (for sizing the file system).
+pub fn tree_bytes(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            total += md.len().div_ceil(4096) * 4096 + 256;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// A decompressing reader for a layer of `media_type`.
+pub fn decoder<'a>(media_type: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>, LayerError> {
+    let m = media_type;
+    if m.ends_with("+gzip") || m.ends_with(".tar.gzip") || m.ends_with("tar.gz") {
+        Ok(Box::new(flate2::read::GzDecoder::new(r)))
+    } else if m.ends_with("+zstd") || m.ends_with(".tar.zstd") {
+        Ok(Box::new(
+            zstd::stream::read::Decoder::new(r).map_err(|e| err(format!("zstd: {e}")))?,
+        ))
+    } else if m.ends_with(".tar") || m.ends_with("layer.v1.tar") || m.ends_with(".diff.tar") {
+        Ok(Box::new(r))
+    } else {
+        Err(err(format!(
+            "layer media type {m} is not supported (tar, tar+gzip, tar+zstd are)"
+        )))
+    }
+}
+
+/// The relative paths of the tree, for tests and logs.
+pub fn paths(tree: &Tree) -> Vec<&str> {
+    tree.meta.keys().map(String::as_str).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer built with the tar crate: (path, kind, data/target, mode, uid).
+    fn layer(entries: &[(&str, char, &str, u32, u64)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, mode, uid) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(*mode);
+            h.set_uid(*uid);
+            h.set_gid(*uid);
+            h.set_mtime(0);
+            match kind {
+                'd' => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+                'f' if path.contains("..") => {
+                    // The tar crate refuses to write such a name: a
+                    // hostile archive has it in the raw header.
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    let raw = &mut h.as_old_mut().name;
+                    raw[..path.len()].copy_from_slice(path.as_bytes());
+                    h.set_cksum();
+                    b.append(&h, data.as_bytes()).unwrap();
+                }
+                'f' => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, path, data.as_bytes()).unwrap();
+                }
+                'l' => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, data).unwrap();
+                }
+                'h' => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, data).unwrap();
+                }
+                'c' => {
+                    h.set_entry_type(tar::EntryType::Char);
+                    h.set_size(0);
+                    h.set_device_major(1).unwrap();
+                    h.set_device_minor(3).unwrap();
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+                _ => unreachable!(),
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn debugfs(image: &Path, cmd: &str) -> String {
+        let out = std::process::Command::new(crate::host::system_tool("debugfs").unwrap())
+            .args(["-R", cmd])
+            .arg(image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn layers_apply_with_whiteouts_opaque_dirs_links_and_metadata() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let mut tree = Tree::default();
+        let l1 = layer(&[
+            ("etc", 'd', "", 0o755, 0),
+            ("etc/os-release", 'f', "ID=test\n", 0o644, 0),
+            ("etc/gone", 'f', "x", 0o644, 0),
+            ("usr/bin", 'd', "", 0o755, 0),
+            ("usr/bin/su", 'f', "suid", 0o4755, 0),
+            ("bin", 'l', "usr/bin", 0o777, 0),
+            ("opt/old", 'd', "", 0o700, 1000),
+            ("opt/old/a", 'f', "a", 0o600, 1000),
+            ("dev/null", 'c', "", 0o666, 0),
+            ("ro", 'd', "", 0o555, 0),
+            ("ro/f", 'f', "in a read-only dir", 0o444, 0),
+        ]);
+        apply(&l1[..], &root, &mut tree).unwrap();
+        let l2 = layer(&[
+            ("etc/.wh.gone", 'f', "", 0o644, 0),
+            ("opt/old/.wh..wh..opq", 'f', "", 0o644, 0),
+            ("opt/old/b", 'f', "b", 0o644, 0),
+            // Through the symlink: lands in usr/bin.
+            ("bin/tool", 'f', "tool", 0o755, 0),
+            ("usr/bin/su-link", 'h', "usr/bin/su", 0o4755, 0),
+        ]);
+        apply(&l2[..], &root, &mut tree).unwrap();
+        let p = paths(&tree);
+        assert!(!p.contains(&"etc/gone") && !root.join("etc/gone").exists());
+        assert!(!p.contains(&"opt/old/a") && p.contains(&"opt/old/b"));
+        assert!(
+            p.contains(&"usr/bin/tool") && !p.contains(&"bin/tool"),
+            "{p:?}"
+        );
+        assert_eq!(tree.meta["usr/bin/su"].mode, 0o4755);
+        assert_eq!(tree.meta["opt/old"].uid, 1000);
+        // Hostile: out of the tree, and names debugfs cannot take.
+        for bad in [
+            layer(&[("../x", 'f', "", 0o644, 0)]),
+            layer(&[
+                ("evil", 'l', "/", 0o777, 0),
+                ("evil/../../x", 'f', "", 0o644, 0),
+            ]),
+            layer(&[("a\"b", 'f', "", 0o644, 0)]),
+        ] {
+            assert!(apply(&bad[..], &root, &mut tree).is_err());
+        }
+        // A symlink to / is followed inside the tree only.
+        let l3 = layer(&[
+            ("up", 'l', "/../../..", 0o777, 0),
+            ("up/etc/escaped", 'f', "x", 0o644, 0),
+        ]);
+        apply(&l3[..], &root, &mut tree).unwrap();
+        assert!(root.join("etc/escaped").exists());
+        assert!(!d.path().join("etc").exists());
+
+        // The image: owners, modes, the device, the hard link.
+        let img = d.path().join("root.ext4");
+        make_ext4(&root, &tree, &img, 32, "test", d.path()).unwrap();
+        let su = debugfs(&img, "stat /usr/bin/su");
+        assert!(
+            su.contains("Mode:  04755") && su.contains("Links: 2"),
+            "{su}"
+        );
+        let old = debugfs(&img, "stat /opt/old");
+        assert!(old.contains("User:  1000"), "{old}");
+        let null = debugfs(&img, "stat /dev/null");
+        assert!(null.contains("Type: character special"), "{null}");
+        let ro = debugfs(&img, "stat /ro");
+        assert!(ro.contains("Mode:  0555"), "{ro}");
+        assert_eq!(debugfs(&img, "cat /etc/os-release"), "ID=test\n");
+        assert!(debugfs(&img, "stat /bin").contains("Type: symlink"));
+    }
+}

@@ -1,0 +1,311 @@
+//! Pulling an image from an OCI registry (the distribution v2 API, through
+//! the `oci-client` crate: anonymous, bearer-token and basic auth; Docker v2
+//! and OCI manifests; an image index resolved to linux/amd64), and making
+//! it a banger image: its layers applied in order ([`super::layers`]), the
+//! agent added, an ext4 root and a work seed.
+//!
+//! The registry is untrusted: every blob is verified against its digest
+//! (by `oci-client` while it streams) before it is renamed into the cache,
+//! digests are checked for shape before they name a file, and the layers
+//! are applied as hostile data.
+
+use std::path::{Path, PathBuf};
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+/// Pull failures, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{0:?} is not an image reference (registry/repository[:tag|@digest], e.g. docker.io/library/alpine:3.20)")]
+    BadReference(String),
+    #[error("the registry {registry}: {message}")]
+    Registry { registry: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A reference, parsed.
+pub fn parse(reference: &str) -> Result<Reference, OciError> {
+    reference
+        .parse::<Reference>()
+        .map_err(|_| OciError::BadReference(reference.to_string()))
+}
+
+/// Whether the registry host is a loopback address (plain HTTP is allowed
+/// there, as Docker allows 127.0.0.0/8).
+pub fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Basic auth for `registry` from `~/.docker/config.json`, when present.
+fn docker_auth(home: Option<&Path>, registry: &str) -> RegistryAuth {
+    use base64::Engine;
+    let Some(home) = home else {
+        return RegistryAuth::Anonymous;
+    };
+    let Ok(text) = std::fs::read_to_string(home.join(".docker/config.json")) else {
+        return RegistryAuth::Anonymous;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return RegistryAuth::Anonymous;
+    };
+    let auths = &v["auths"];
+    let entry = [
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("https://{registry}/v1/"),
+    ]
+    .iter()
+    .find_map(|k| {
+        auths
+            .get(k)
+            .and_then(|e| e["auth"].as_str())
+            .map(str::to_string)
+    });
+    let decoded = entry
+        .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    match decoded.as_deref().and_then(|d| d.split_once(':')) {
+        Some((u, p)) => RegistryAuth::Basic(u.to_string(), p.to_string()),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+/// `sha256:<64 hex>` as the file name `sha256-<hex>`, or an error (a
+/// registry's digest never names a file unchecked).
+pub fn blob_name(digest: &str) -> Result<String, OciError> {
+    match digest.split_once(':') {
+        Some(("sha256", hex))
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+        {
+            Ok(format!("sha256-{hex}"))
+        }
+        _ => Err(OciError::Other(format!(
+            "the registry sent a digest banger does not take: {digest:?} (sha256 only)"
+        ))),
+    }
+}
+
+/// One layer of a pulled image, in the blob cache.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    pub path: PathBuf,
+}
+
+/// What a pull fetched.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The manifest's digest (of the platform's manifest).
+    pub digest: String,
+    pub layers: Vec<Layer>,
+}
+
+/// Fetches the manifest (an index resolved to linux/amd64) and every layer
+/// into `blobs` (verified; cached by digest). `progress` hears each layer.
+pub async fn fetch(
+    reference: &str,
+    insecure: bool,
+    home: Option<&Path>,
+    blobs: &Path,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<Fetched, OciError> {
+    let r = parse(reference)?;
+    let registry = r.resolve_registry().to_string();
+    let config = ClientConfig {
+        protocol: if insecure || is_loopback(&registry) {
+            ClientProtocol::HttpsExcept(vec![registry.clone()])
+        } else {
+            ClientProtocol::Https
+        },
+        platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        ..Default::default()
+    };
+    let client = Client::new(config);
+    let auth = docker_auth(home, &registry);
+    let reg_err = |e: oci_client::errors::OciDistributionError| OciError::Registry {
+        registry: registry.clone(),
+        message: e.to_string(),
+    };
+    let (manifest, digest) = client
+        .pull_image_manifest(&r, &auth)
+        .await
+        .map_err(reg_err)?;
+    std::fs::create_dir_all(blobs)
+        .map_err(|e| OciError::Other(format!("creating {}: {e}", blobs.display())))?;
+    let mut layers = Vec::new();
+    let n = manifest.layers.len();
+    for (i, l) in manifest.layers.iter().enumerate() {
+        let path = blobs.join(blob_name(&l.digest)?);
+        if path.is_file() {
+            progress(format!(
+                "layer {}/{n}: {} (cached)",
+                i + 1,
+                short(&l.digest)
+            ));
+        } else {
+            progress(format!(
+                "layer {}/{n}: {} ({})",
+                i + 1,
+                short(&l.digest),
+                crate::size::format_size(l.size.max(0) as u64)
+            ));
+            let tmp = path.with_extension("tmp");
+            let f = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| OciError::Other(format!("creating {}: {e}", tmp.display())))?;
+            let pulled = client.pull_blob(&r, l, f).await;
+            if let Err(e) = pulled {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(reg_err(e));
+            }
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| OciError::Other(format!("placing {}: {e}", path.display())))?;
+        }
+        layers.push(Layer {
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+            path,
+        });
+    }
+    Ok(Fetched { digest, layers })
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// The staged root of a pulled image and its metadata: the layers in
+/// order, then what banger adds (the agent, the mount points it uses).
+pub fn assemble(fetched: &Fetched, root: &Path) -> Result<super::layers::Tree, OciError> {
+    use super::layers;
+    let mut tree = layers::Tree::default();
+    for l in &fetched.layers {
+        let f = std::fs::File::open(&l.path)
+            .map_err(|e| OciError::Other(format!("{}: {e}", l.path.display())))?;
+        let r = layers::decoder(&l.media_type, std::io::BufReader::new(f))
+            .map_err(|e| OciError::Other(e.0))?;
+        layers::apply(r, root, &mut tree)
+            .map_err(|e| OciError::Other(format!("layer {}: {}", short(&l.digest), e.0)))?;
+    }
+    // What banger adds, as one more layer.
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        b.append_data(&mut h, p, &[][..])
+    };
+    let io = |e: std::io::Error| OciError::Other(e.to_string());
+    for (p, m) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("root", 0o700),
+        ("usr", 0o755),
+        ("usr/local", 0o755),
+        ("usr/local/bin", 0o755),
+    ] {
+        if !root.join(p).exists() {
+            dir(&mut b, p, m).map_err(io)?;
+        }
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(super::recipe::AGENT.len() as u64);
+    b.append_data(
+        &mut h,
+        crate::kernel::initramfs::AGENT_PATH.trim_start_matches('/'),
+        super::recipe::AGENT,
+    )
+    .map_err(io)?;
+    let extra = b.into_inner().map_err(io)?;
+    layers::apply(&extra[..], root, &mut tree).map_err(|e| OciError::Other(e.0))?;
+    Ok(tree)
+}
+
+/// A name for the image from its reference: `alpine:3.20` → `alpine-3.20`.
+pub fn default_name(r: &Reference) -> String {
+    let repo = r.repository().rsplit('/').next().unwrap_or("image");
+    let tag = r.tag().unwrap_or("latest");
+    let raw = format!("{repo}-{tag}");
+    let mut s: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.truncate(40);
+    s.trim_matches('-').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_loopback_and_digests() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost:5000"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(!is_loopback("registry.example.com"));
+        assert!(!is_loopback("10.0.0.1:5000"));
+        assert!(parse("not a reference!").is_err());
+        let r = parse("127.0.0.1:5000/banger/tiny:v1").unwrap();
+        assert_eq!(default_name(&r), "tiny-v1");
+        assert_eq!(
+            blob_name(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+            format!("sha256-{}", "a".repeat(64))
+        );
+        for bad in [
+            "sha256:../../etc",
+            "md5:abc",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
+            assert!(blob_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn docker_config_gives_basic_auth() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join(".docker")).unwrap();
+        std::fs::write(
+            d.path().join(".docker/config.json"),
+            r#"{"auths":{"127.0.0.1:5000":{"auth":"dXNlcjpwYXNz"}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            docker_auth(Some(d.path()), "127.0.0.1:5000"),
+            RegistryAuth::Basic(u, p) if u == "user" && p == "pass"
+        ));
+        assert!(matches!(
+            docker_auth(Some(d.path()), "other:5000"),
+            RegistryAuth::Anonymous
+        ));
+    }
+}
