@@ -531,23 +531,7 @@ impl Drop for Work {
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0u64;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(md) = std::fs::symlink_metadata(e.path()) else {
-                continue;
-            };
-            total += md.len().div_ceil(4096) * 4096 + 256;
-            if md.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
+    super::layers::tree_bytes(dir)
 }
 
 const MIB: u64 = 1 << 20;
