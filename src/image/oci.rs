@@ -249,17 +249,19 @@ pub fn default_name(r: &Reference) -> String {
     let repo = r.repository().rsplit('/').next().unwrap_or("image");
     let tag = r.tag().unwrap_or("latest");
     let raw = format!("{repo}-{tag}");
-    let mut s: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    s.truncate(40);
+    // The VM-name grammar: lowercase letters, digits, single '-'.
+    let mut s = String::new();
+    for c in raw.chars() {
+        let c = if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '-'
+        };
+        if !(c == '-' && s.ends_with('-')) {
+            s.push(c);
+        }
+    }
+    s.truncate(crate::names::MAX_NAME_LEN);
     s.trim_matches('-').to_string()
 }
 
@@ -277,6 +279,9 @@ mod tests {
         assert!(parse("not a reference!").is_err());
         let r = parse("127.0.0.1:5000/banger/tiny:v1").unwrap();
         assert_eq!(default_name(&r), "tiny-v1");
+        let r = parse("docker.io/library/alpine:3.20").unwrap();
+        assert_eq!(default_name(&r), "alpine-3-20");
+        crate::image::validate_image_name(&default_name(&r)).unwrap();
         assert_eq!(
             blob_name(&format!("sha256:{}", "a".repeat(64))).unwrap(),
             format!("sha256-{}", "a".repeat(64))
