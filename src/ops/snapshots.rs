@@ -641,6 +641,65 @@ pub fn apply_shape(rec: &mut VmRecord, snap: &SnapshotRecord) {
 mod tests {
     use super::*;
 
+    fn record(dir: &Path, ctx: &Ctx) -> SnapshotRecord {
+        SnapshotRecord {
+            name: "s".into(),
+            id: "0123456789abcdef".into(),
+            dir: dir.display().to_string(),
+            source_vm: "src".into(),
+            source_ip: Some("172.16.0.2".into()),
+            image: "img".into(),
+            kernel: "krn".into(),
+            vmm: VmmKind::Qemu,
+            vcpu: 1,
+            memory_mib: 512,
+            disk_bytes: 1 << 30,
+            nat: false,
+            cmdline: "console=ttyS0".into(),
+            vmlinux_sha256: String::new(),
+            vmm_version: vmm_version(ctx).unwrap(),
+            size_bytes: 0,
+            created_at_unix: 0,
+            auto: false,
+            last_used_unix: 0,
+            parent: None,
+        }
+    }
+
+    /// A snapshot is restored only whole, on its own kernel and QEMU, with
+    /// its parent present.
+    #[test]
+    fn changed_kernels_or_qemu_and_missing_files_are_refused() {
+        let f = crate::ops::testing::Fakes::new();
+        f.artifacts();
+        let dir = f.dir.path().join("snap");
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in [STATE, BASE, ROOT, WORK] {
+            std::fs::write(dir.join(n), b"x").unwrap();
+        }
+        let ok = record(&dir, &f.ctx);
+        check_restorable(&f.ctx, &ok).unwrap();
+        let mut k = ok.clone();
+        k.vmlinux_sha256 = "another".into();
+        let e = check_restorable(&f.ctx, &k).unwrap_err();
+        assert!(e.message.contains("kernel krn changed"), "{}", e.message);
+        let mut q = ok.clone();
+        q.vmm_version = "QEMU emulator version 1.0".into();
+        let e = check_restorable(&f.ctx, &q).unwrap_err();
+        assert!(e.message.contains("QEMU changed"), "{}", e.message);
+        let mut p = ok.clone();
+        p.parent = Some("fedcba9876543210".into());
+        let e = check_restorable(&f.ctx, &p).unwrap_err();
+        assert!(e.message.contains("built on is gone"), "{}", e.message);
+        std::fs::remove_file(dir.join(ROOT)).unwrap();
+        let e = check_restorable(&f.ctx, &ok).unwrap_err();
+        assert!(
+            e.message.contains("is damaged") && e.message.contains(ROOT),
+            "{}",
+            e.message
+        );
+    }
+
     #[test]
     fn default_names_carry_the_utc_time() {
         assert_eq!(chrono_like(0), "19700101-000000");
