@@ -69,6 +69,10 @@ pub fn recover(ctx: &Ctx, rec: &mut VmRecord) -> Recovery {
         return Recovery::Idle;
     }
     match live_vmm(ctx, rec) {
+        // An interrupted restore is done again from the start (fresh disks,
+        // the memory loaded again): a guest that may not have taken its own
+        // identity yet is never accepted as it is.
+        Some(_) if rec.state == VmState::Starting && rec.restore_pending => Recovery::Restart,
         Some(pid) if rec.state == VmState::Starting => Recovery::Booting(pid),
         None if rec.state == VmState::Starting => Recovery::Restart,
         Some(pid) => {
@@ -579,9 +583,14 @@ async fn restore_guest(
     })?;
     if !ack.ok {
         // Clones must never share keys or random state: not usable.
+        let detail: String = ack
+            .detail
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(300)
+            .collect();
         return Err(RpcError::failed(format!(
-            "the restored guest could not take its own identity: {}",
-            ack.detail
+            "the restored guest could not take its own identity: {detail}"
         )));
     }
     rec.restore_pending = false;
