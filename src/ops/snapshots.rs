@@ -111,7 +111,10 @@ fn allocated(dir: &Path) -> u64 {
 
 fn default_name(vm: &str) -> String {
     let t = chrono_like(now_unix());
-    format!("{vm}-{t}")
+    // Within the name limit whatever the VM's name.
+    let keep = crate::names::MAX_NAME_LEN - t.len() - 1;
+    let vm: String = vm.chars().take(keep).collect();
+    format!("{}-{t}", vm.trim_end_matches('-'))
 }
 
 /// `YYYYmmdd-HHMMSS` (UTC) without a date library.
@@ -210,15 +213,32 @@ pub async fn take(
     stages.end("paused").await;
 
     let saved = save(&mut q, &paths, &base, staged.path(), stages).await;
-    // Whatever happened, the VM runs on.
-    let resumed = q.execute("cont", None).await;
-    let (elapsed_state, bytes_state) = saved?;
-    resumed.map_err(|e| {
-        RpcError::failed(format!(
-            "the snapshot was saved but VM {} did not resume: {e}; restart it (banger vm restart {})",
+    drop(q);
+    // Whatever happened, the VM runs on: a migration still going is
+    // cancelled first, over a fresh connection (this one may be what broke).
+    let resumed = resume(&paths, saved.is_err()).await;
+    let not_resumed = |r: crate::vmm::VmmError| {
+        format!(
+            "VM {} did not resume: {r}; restart it (banger vm restart {})",
             rec.name, rec.name
-        ))
-    })?;
+        )
+    };
+    let (elapsed_state, bytes_state) = match (saved, resumed) {
+        (Ok(v), Ok(())) => v,
+        (Ok(_), Err(r)) => {
+            return Err(RpcError::failed(format!(
+                "the snapshot was not kept: {}",
+                not_resumed(r)
+            )))
+        }
+        (Err(e), Ok(())) => return Err(e),
+        (Err(e), Err(r)) => {
+            return Err(RpcError {
+                message: format!("{}; and {}", e.message, not_resumed(r)),
+                ..e
+            })
+        }
+    };
 
     let id = crate::store::model::new_vm_id();
     let final_dir = dir.join(&id);
@@ -247,12 +267,46 @@ pub async fn take(
         last_used_unix: 0,
         parent: parent.map(|p| p.id),
     };
-    if let Err(e) = ctx.store.put_snapshot(&snap) {
-        let _ = crate::fsutil::remove_all(&final_dir);
-        return Err(e.into());
+    // Recorded only if the name is still free (another snapshot of that
+    // name may have been taken meanwhile): never replaced under a clone.
+    match ctx.store.insert_snapshot(&snap) {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = crate::fsutil::remove_all(&final_dir);
+            return Err(RpcError::new(
+                crate::protocol::ErrorCode::AlreadyExists,
+                format!("a snapshot named {name:?} was taken meanwhile; pick another name"),
+            ));
+        }
+        Err(e) => {
+            let _ = crate::fsutil::remove_all(&final_dir);
+            return Err(e.into());
+        }
     }
     tracing::info!(vm = %rec.name, snapshot = %name, state_bytes = bytes_state, ms = elapsed_state, size_bytes, "snapshot taken");
     Ok(snap)
+}
+
+/// Runs a paused VM again; with `cancel`, a migration still going is
+/// cancelled (and waited for) first, so it cannot stop the guest later.
+async fn resume(paths: &VmPaths, cancel: bool) -> Result<(), crate::vmm::VmmError> {
+    let mut q = qmp::connect_within(&paths.qmp_socket(), Duration::from_secs(10)).await?;
+    if cancel {
+        let _ = q.execute("migrate_cancel", None).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = q.execute("query-migrate", None).await?;
+            let st = m.get("status").and_then(|s| s.as_str()).unwrap_or("none");
+            if !["setup", "active", "cancelling", "pre-switchover", "device"].contains(&st) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(crate::vmm::VmmError::Timeout(Duration::from_secs(30)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    q.execute("cont", None).await.map(drop)
 }
 
 /// The state file, then the disks, into `dir` (the VMM is paused).
@@ -425,7 +479,6 @@ pub async fn load(paths: &VmPaths, snap: &SnapshotRecord) -> Result<u128, RpcErr
             Some("running") => break,
             Some("paused") => {
                 q.execute("cont", None).await.map_err(err)?;
-                continue;
             }
             _ => {}
         }
@@ -561,17 +614,19 @@ pub fn sweep(ctx: &Ctx) {
     for p in crate::fsutil::sweep_temp(&dir) {
         tracing::info!(path = %p.display(), "removed an interrupted snapshot");
     }
-    let known: Vec<String> = ctx
-        .store
-        .list_snapshots()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| s.dir)
-        .collect();
+    // Without the records nothing is known to be unused: keep everything.
+    let known: Vec<String> = match ctx.store.list_snapshots() {
+        Ok(v) => v.into_iter().map(|s| s.id).collect(),
+        Err(e) => {
+            tracing::warn!("not sweeping snapshots: the store cannot be read: {e}");
+            return;
+        }
+    };
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
             let p = e.path();
-            if !known.contains(&p.display().to_string()) && crate::fsutil::remove_all(&p).is_ok() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&id) && crate::fsutil::remove_all(&p).is_ok() {
                 tracing::info!(path = %p.display(), "removed a snapshot directory no record names");
             }
         }

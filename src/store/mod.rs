@@ -368,6 +368,21 @@ impl Store {
     pub fn put_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
         self.put(SNAPSHOTS, &s.name, s)
     }
+    /// Records `s` unless a snapshot of its name exists (one transaction);
+    /// false when it did.
+    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec(s).map_err(|e| StoreError::Db(e.to_string()))?;
+        let txn = self.rw()?.begin_write()?;
+        {
+            let mut t = txn.open_table(SNAPSHOTS)?;
+            if t.get(s.name.as_str())?.is_some() {
+                return Ok(false);
+            }
+            t.insert(s.name.as_str(), bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
     pub fn get_snapshot(&self, name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
         self.get(SNAPSHOTS, name)
     }
