@@ -122,9 +122,18 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Rp
     // Boxed: `create` starts this task, so its future cannot contain itself.
     let created: crate::ops::BoxFuture<'static, Result<Reply, RpcError>> =
         Box::pin(create(ctx.clone(), slots.clone(), spec, tx.clone()));
-    let id = match created.await? {
-        Reply::Vm(v) => v.id,
-        other => return Err(RpcError::failed(format!("unexpected reply {other:?}"))),
+    let id = match created.await {
+        Ok(Reply::Vm(v)) => v.id,
+        // Someone's own VM of that name: not ours to delete.
+        Err(e) if e.code == crate::protocol::ErrorCode::AlreadyExists => return Err(e),
+        other => {
+            // The VM it reserved (a failed boot leaves it in error) goes.
+            let _ = delete(slots, &w.name, None).await;
+            return Err(match other {
+                Err(e) => e,
+                Ok(r) => RpcError::failed(format!("unexpected reply {r:?}")),
+            });
+        }
     };
     let snap_name = w.name.clone();
     let taken = run_on_vm(slots, &w.name, "snapshot", move |a| async move {
