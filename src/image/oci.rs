@@ -164,14 +164,32 @@ pub async fn fetch(
                 short(&l.digest),
                 crate::size::format_size(l.size.max(0) as u64)
             ));
-            let tmp = path.with_extension("tmp");
-            let f = tokio::fs::File::create(&tmp)
+            // Its own temporary file: two pulls sharing a layer never write
+            // into one file.
+            use rand::RngExt;
+            let tmp = path.with_extension(format!("{:08x}.tmp", rand::rng().random::<u32>()));
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
                 .await
                 .map_err(|e| OciError::Other(format!("creating {}: {e}", tmp.display())))?;
-            let pulled = client.pull_blob(&r, l, f).await;
+            let mut capped = Capped {
+                inner: f,
+                left: l.size.max(0) as u64,
+            };
+            let pulled = client.pull_blob(&r, l, &mut capped).await;
+            let synced = match &pulled {
+                Ok(()) => capped.inner.sync_all().await,
+                Err(_) => Ok(()),
+            };
             if let Err(e) = pulled {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(reg_err(e));
+            }
+            if let Err(e) = synced {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(OciError::Other(format!("writing {}: {e}", tmp.display())));
             }
             std::fs::rename(&tmp, &path)
                 .map_err(|e| OciError::Other(format!("placing {}: {e}", path.display())))?;
@@ -184,6 +202,45 @@ pub async fn fetch(
         });
     }
     Ok(Fetched { digest, layers })
+}
+
+/// A blob writer that refuses more bytes than the manifest announced (a
+/// registry cannot stream without end).
+struct Capped {
+    inner: tokio::fs::File,
+    left: u64,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the registry sent more bytes than the manifest announced",
+            )));
+        }
+        let me = &mut *self;
+        let r = std::pin::Pin::new(&mut me.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            me.left -= *n as u64;
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn short(digest: &str) -> &str {
