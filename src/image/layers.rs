@@ -226,12 +226,20 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
             continue;
         }
         if let Some(gone) = name.strip_prefix(".wh.") {
+            if gone.is_empty() || gone == "." || gone == ".." || gone.contains('/') {
+                return Err(err(format!("{}: a whiteout of nothing", path.display())));
+            }
             remove(root, tree, &rel_of(gone));
             continue;
         }
         let rel = rel_of(&name);
         check_name(&rel)?;
         let target = root.join(&rel);
+        // From the entry, not the raw header: PAX and GNU long link names.
+        let link = e
+            .link_name()
+            .map_err(|e| err(format!("{rel}: a link name: {e}")))?
+            .map(|c| c.into_owned());
         let h = e.header().clone();
         let et = h.entry_type();
         let existing = std::fs::symlink_metadata(&target).ok();
@@ -273,18 +281,14 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
             std::io::copy(&mut e, &mut f).map_err(|e| err(format!("{rel}: {e}")))?;
             Kind::File
         } else if et.is_symlink() {
-            let to = h
-                .link_name()
-                .ok()
-                .flatten()
+            let to = link
+                .clone()
                 .ok_or_else(|| err(format!("{rel}: a symlink without a target")))?;
-            std::os::unix::fs::symlink(&*to, &target).map_err(|e| err(format!("{rel}: {e}")))?;
+            std::os::unix::fs::symlink(&to, &target).map_err(|e| err(format!("{rel}: {e}")))?;
             Kind::Symlink
         } else if et.is_hard_link() {
-            let to = h
-                .link_name()
-                .ok()
-                .flatten()
+            let to = link
+                .clone()
                 .ok_or_else(|| err(format!("{rel}: a hard link without a target")))?;
             let mut tp = clean(&to)?;
             let tname = tp
@@ -593,6 +597,18 @@ mod tests {
             ("usr/bin/su-link", 'h', "usr/bin/su", 0o4755, 0),
         ]);
         apply(&l2[..], &root, &mut tree).unwrap();
+        // A link target longer than a tar header holds (a GNU long link).
+        let long = format!("/usr/share/{}", "x".repeat(150));
+        apply(
+            &layer(&[("etc/long", 'l', &long, 0o777, 0)])[..],
+            &root,
+            &mut tree,
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_link(root.join("etc/long")).unwrap(),
+            std::path::PathBuf::from(&long)
+        );
         let p = paths(&tree);
         assert!(!p.contains(&"etc/gone") && !root.join("etc/gone").exists());
         assert!(!p.contains(&"opt/old/a") && p.contains(&"opt/old/b"));
@@ -610,6 +626,8 @@ mod tests {
                 ("evil/../../x", 'f', "", 0o644, 0),
             ]),
             layer(&[("a\"b", 'f', "", 0o644, 0)]),
+            layer(&[(".wh...", 'f', "", 0o644, 0)]),
+            layer(&[("etc/.wh.", 'f', "", 0o644, 0)]),
         ] {
             assert!(apply(&bad[..], &root, &mut tree).is_err());
         }
