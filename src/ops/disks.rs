@@ -128,6 +128,37 @@ pub fn prepare_root(
     }
 }
 
+/// A restored clone's disks: a qcow2 overlay backed by `snapshot_root`
+/// (the snapshot's frozen overlay) and a sparse copy of `snapshot_work`,
+/// each built under `.tmp` and renamed into place.
+pub fn prepare_clone(
+    snapshot_root: &Path,
+    snapshot_work: &Path,
+    paths: &VmPaths,
+) -> Result<(), DiskError> {
+    std::fs::create_dir_all(&paths.state)
+        .map_err(|e| format!("creating {}: {e}", paths.state.display()))?;
+    let root = paths.root_qcow2();
+    let tmp = tmp_name(&root);
+    let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = run(Command::new(tool("qemu-img", "qemu-utils")?)
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(snapshot_root)
+        .arg(&tmp))
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    publish(&tmp, &root)?;
+    let work = paths.work_disk();
+    let wtmp = tmp_name(&work);
+    crate::fsutil::copy_synced(snapshot_work, &wtmp).map_err(|e| {
+        let _ = std::fs::remove_file(&wtmp);
+        format!("copying the work disk: {e}")
+    })?;
+    Ok(publish(&wtmp, &work)?)
+}
+
 /// `<path>.tmp`: where a disk is built before it gets its name.
 fn tmp_name(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();

@@ -412,39 +412,7 @@ pub fn check_restorable(ctx: &Ctx, snap: &SnapshotRecord) -> Result<(), RpcError
 /// the memory loaded next).
 pub fn clone_disks(snap: &SnapshotRecord, paths: &VmPaths) -> Result<(), String> {
     let dir = Path::new(&snap.dir);
-    std::fs::create_dir_all(&paths.state)
-        .map_err(|e| format!("creating {}: {e}", paths.state.display()))?;
-    let root = paths.root_qcow2();
-    let tmp = root.with_extension("qcow2.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let qemu_img = crate::host::system_tool("qemu-img")
-        .ok_or_else(|| "qemu-img is not installed; install qemu-utils".to_string())?;
-    let out = crate::host::process::run_bounded(
-        Command::new(qemu_img)
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(dir.join(ROOT))
-            .arg(&tmp)
-            .env("LC_ALL", "C"),
-        Duration::from_secs(60),
-        1 << 16,
-    )
-    .map_err(|e| format!("qemu-img: {e}"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "qemu-img failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    std::fs::rename(&tmp, &root).map_err(|e| format!("placing the root overlay: {e}"))?;
-    let work = paths.work_disk();
-    let wtmp = work.with_extension("ext4.tmp");
-    crate::fsutil::copy_synced(&dir.join(WORK), &wtmp).map_err(|e| {
-        let _ = std::fs::remove_file(&wtmp);
-        format!("copying the work disk: {e}")
-    })?;
-    std::fs::rename(&wtmp, &work).map_err(|e| format!("placing the work disk: {e}"))?;
-    Ok(())
+    super::disks::prepare_clone(&dir.join(ROOT), &dir.join(WORK), paths).map_err(|e| e.0)
 }
 
 /// Loads the snapshot's state into a VMM started with `-incoming defer`
