@@ -541,24 +541,7 @@ fn round_mib(bytes: u64, multiple: u64) -> u64 {
 }
 
 fn mkfs(dir: &Path, image: &Path, size_mib: u64, label: &str) -> Result<(), BuildError> {
-    let mkfs = crate::host::system_tool("mkfs.ext4").ok_or_else(|| {
-        BuildError::Failed("mkfs.ext4 is not installed; install e2fsprogs".into())
-    })?;
-    let out = std::process::Command::new(mkfs)
-        .args(["-F", "-q", "-m", "1", "-L", label, "-d"])
-        .arg(dir)
-        .arg(image)
-        .arg(format!("{size_mib}M"))
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| failed("running mkfs.ext4", e))?;
-    if !out.status.success() {
-        return Err(BuildError::Failed(format!(
-            "mkfs.ext4 for {label} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    super::mkfs_ext4(dir, image, size_mib, label).map_err(BuildError::Failed)
 }
 
 /// Moves (or copies, across filesystems) `src` into the directory `dir_fd`

@@ -428,14 +428,7 @@ pub fn make_ext4(
         }
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    run(
-        std::process::Command::new(tool("mkfs.ext4")?)
-            .args(["-F", "-q", "-m", "1", "-L", label, "-d"])
-            .arg(root)
-            .arg(image)
-            .arg(format!("{size_mib}M")),
-        "mkfs.ext4",
-    )?;
+    super::mkfs_ext4(root, image, size_mib, label).map_err(err)?;
     let xdir = scratch.join("xattrs");
     std::fs::create_dir_all(&xdir).map_err(|e| err(e.to_string()))?;
     let script = scratch.join("fixup.debugfs");

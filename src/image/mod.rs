@@ -29,6 +29,33 @@ pub const ROOTFS: &str = "rootfs.ext4";
 pub const WORK_SEED: &str = "work-seed.ext4";
 pub const MANIFEST: &str = "manifest.json";
 
+/// `mkfs.ext4 -d dir`: an ext4 file system of `size_mib` holding `dir`.
+/// The error names the tool's complaint.
+pub fn mkfs_ext4(
+    dir: &std::path::Path,
+    image: &std::path::Path,
+    size_mib: u64,
+    label: &str,
+) -> Result<(), String> {
+    let mkfs = crate::host::system_tool("mkfs.ext4")
+        .ok_or_else(|| "mkfs.ext4 is not installed; install e2fsprogs".to_string())?;
+    let out = std::process::Command::new(mkfs)
+        .args(["-F", "-q", "-m", "1", "-L", label, "-d"])
+        .arg(dir)
+        .arg(image)
+        .arg(format!("{size_mib}M"))
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("running mkfs.ext4: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mkfs.ext4 for {label} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an image name: the VM-name grammar (it becomes a path and a label).
 pub fn validate_image_name(name: &str) -> Result<(), String> {
     crate::names::validate_vm_name(name).map_err(|e| e.to_string().replace("VM name", "image name"))
