@@ -50,14 +50,18 @@ fn commands_run_through_the_agent_with_their_argv_input_output_and_codes() {
         std::fs::File::open(&big).unwrap().into(),
         Duration::from_secs(300),
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next(),
-        Some(want.as_str()),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The guest's sha256sum of what it got.
+    let summed = |out: &std::process::Output| {
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next(),
+            Some(want.as_str()),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    summed(&out);
     let mut child = env
         .banger_cmd(&[
             "vm",
@@ -81,14 +85,7 @@ fn commands_run_through_the_agent_with_their_argv_input_output_and_codes() {
         Duration::from_secs(300),
     );
     writer.join().unwrap().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next(),
-        Some(want.as_str()),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    summed(&out);
 
     // 20 MB of output arrive whole.
     let out = exec_out(
