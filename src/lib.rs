@@ -4,6 +4,7 @@
 //! See `docs/ARCHITECTURE.md` for the map and what may import what.
 
 pub mod actors;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod bundle;
+pub mod download;
 pub mod layers;
 pub mod oci;
 pub mod recipe;
