@@ -275,6 +275,30 @@ pub fn root_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bytes `path` (a file or a whole tree, links not followed) occupies on
+/// disk: allocated blocks, so sparse images count what they use.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        total += md.blocks() * 512;
+        if md.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

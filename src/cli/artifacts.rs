@@ -20,6 +20,7 @@ extracts the vmlinux and builds an initramfs. You rarely need it by hand:
 `banger image build` and `banger vm run` pull the kernel they need.
 
 Also:
+  banger kernel catalog                       named kernels; `kernel pull <name>`
   banger kernel list                          what is here
   banger kernel import mykernel --from ./dir  vmlinux|vmlinuz [+ initrd] [+ lib/modules/<ver>]
   banger kernel delete mykernel               refused while an image or VM uses it";
@@ -33,17 +34,49 @@ builds the default image with mmdebstrap (through bangerd-root), pulling its
 kernel first. Builds are cached by their inputs: a second build takes seconds.
 
 Also:
+  banger image pull docker.io/library/alpine:3.20   from an OCI registry (linux/amd64)
+  banger image catalog                              named images; `image pull <name>`
+  banger image cache prune --dry-run                caches no image uses
   banger image list                                 what is here (* = default)
   banger image export debian-bookworm -o img.tar.zst
   banger image import img.tar.zst --name copy       every sha256 is verified
   banger image promote copy                         make it the default
   banger image delete copy                          refused while a VM uses it";
 
+/// A catalog name or anything else: completion offers the catalog's names
+/// (read when the completion script is made), parsing takes any string.
+#[derive(Clone)]
+pub struct CatalogNames {
+    kernels: bool,
+}
+
+impl clap::builder::TypedValueParser for CatalogNames {
+    type Value = String;
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let layout = crate::paths::Layout::from_process();
+        let names = crate::catalog::completion_names(Some(&layout.config_dir), self.kernels);
+        Some(Box::new(
+            names.into_iter().map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KernelCommand {
-    /// Fetch a kernel (source: debian-cloud)
+    /// Fetch a kernel by its catalog name (banger kernel catalog), e.g. debian-cloud
     Pull {
-        /// Where from: debian-cloud (Debian's cloud kernel via this host's apt)
+        /// A catalog name: debian-cloud (Debian's cloud kernel via this host's apt) or a user catalog's
+        #[arg(value_parser = CatalogNames { kernels: true }, hide_possible_values = true)]
         source: String,
         /// Name to store it under (default: the source name)
         #[arg(long)]
@@ -75,7 +108,36 @@ pub enum KernelCommand {
     /// Delete a kernel no image or VM uses
     #[command(visible_alias = "rm")]
     Delete { name: String },
+    /// The kernels `kernel pull` knows by name (built-in and your catalog.toml)
+    #[command(long_about = CATALOG_LONG)]
+    Catalog {
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+pub const CATALOG_LONG: &str = "\
+Named images and kernels with pinned sources: the built-in catalog plus
+entries of your own in <config dir>/catalog.toml (~/.config/banger/catalog.toml),
+which are bundles at a URL pinned by sha256 (make one with `banger image export`):
+
+  [[image]]
+  name = \"team-base\"
+  description = \"our CI image\"
+  url = \"https://files.example.com/team-base.tar.zst\"
+  sha256 = \"<64 hex digits>\"
+  size = 123456789          # bytes; a download is capped at it
+  kernel = \"debian-cloud\"   # optional
+
+  [[kernel]]
+  name = \"team-kernel\"
+  url = \"https://files.example.com/kernel.tar.zst\"   # vmlinux|vmlinuz [+ initrd] [+ lib/modules/<ver>]
+  sha256 = \"<64 hex digits>\"
+  size = 12345678
+
+Downloads are verified before anything is published and kept by their sha256
+in the cache. Pull one with `banger image pull <name>` / `banger kernel pull
+<name>`, or just `banger vm run --image <name> -- ...`.";
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -87,9 +149,10 @@ pub enum ImageCommand {
         #[arg(long)]
         rebuild: bool,
     },
-    /// Pull an image from an OCI registry (linux/amd64), e.g. docker.io/library/alpine:3.20
+    /// Pull an image from an OCI registry (linux/amd64) or by its catalog name
     Pull {
-        /// registry/repository[:tag|@digest]
+        /// registry/repository[:tag|@digest] (e.g. docker.io/library/alpine:3.20), or a catalog name (banger image catalog)
+        #[arg(value_parser = CatalogNames { kernels: false }, hide_possible_values = true)]
         reference: String,
         /// Name to store it under (default: repository-tag)
         #[arg(long)]
@@ -130,6 +193,25 @@ pub enum ImageCommand {
     Delete { name: String },
     /// Make an image the default for new VMs
     Promote { name: String },
+    /// The images `image pull` knows by name (built-in and your catalog.toml)
+    #[command(long_about = CATALOG_LONG)]
+    Catalog {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The build and pull caches
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Remove build entries, OCI blobs and downloads no image here uses
+    Prune {
+        /// Only print what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn abs(p: &str) -> Result<String, CliError> {
@@ -263,6 +345,7 @@ pub async fn kernel(ctx: &Ctx, cmd: KernelCommand) -> Result<u8, CliError> {
         KernelCommand::List { json } => (Request::KernelList, json),
         KernelCommand::Show { name, json } => (Request::KernelShow { name }, json),
         KernelCommand::Delete { name } => (Request::KernelDelete { name }, false),
+        KernelCommand::Catalog { json } => return catalog(ctx, true, json).await,
     };
     match call(ctx, req).await? {
         Reply::Kernels(ks) if json => out(&render::json(&ks))?,
@@ -308,6 +391,10 @@ pub async fn image(ctx: &Ctx, cmd: ImageCommand) -> Result<u8, CliError> {
         ImageCommand::Show { name, json } => (Request::ImageShow { name }, json),
         ImageCommand::Delete { name } => (Request::ImageDelete { name }, false),
         ImageCommand::Promote { name } => (Request::ImagePromote { name }, false),
+        ImageCommand::Catalog { json } => return catalog(ctx, false, json).await,
+        ImageCommand::Cache(CacheCommand::Prune { dry_run }) => {
+            (Request::ImageCachePrune { dry_run }, false)
+        }
     };
     match call(ctx, req).await? {
         Reply::Images(is) if json => out(&render::json(&is))?,
@@ -318,7 +405,96 @@ pub async fn image(ctx: &Ctx, cmd: ImageCommand) -> Result<u8, CliError> {
             out(&format!("wrote {file} ({})\n", format_size(bytes)))?
         }
         Reply::Done => out("deleted\n")?,
+        Reply::CachePruned(entries) => out(&pruned_text(&entries))?,
         other => return Err(client::unexpected(other)),
+    }
+    Ok(0)
+}
+
+fn pruned_text(entries: &[(String, u64)]) -> String {
+    if entries.is_empty() {
+        return "nothing to prune: every cache entry belongs to an image here\n".into();
+    }
+    let mut s = String::new();
+    for (path, bytes) in entries {
+        s.push_str(&format!("{:>10}  {path}\n", format_size(*bytes)));
+    }
+    let total: u64 = entries.iter().map(|e| e.1).sum();
+    s.push_str(&format!(
+        "freed {} in {} entries\n",
+        format_size(total),
+        entries.len()
+    ));
+    s
+}
+
+/// `image catalog` / `kernel catalog`: read here (the daemon reads the
+/// same files); a row says whether it is pulled already.
+async fn catalog(ctx: &Ctx, kernels: bool, json: bool) -> Result<u8, CliError> {
+    let c = crate::catalog::load(&ctx.layout.config_dir)
+        .map_err(|e| CliError::usage("invalid catalog", e.to_string()))?;
+    let here: Vec<String> = match call(
+        ctx,
+        if kernels {
+            Request::KernelList
+        } else {
+            Request::ImageList
+        },
+    )
+    .await?
+    {
+        Reply::Images(is) => is.into_iter().map(|i| i.name).collect(),
+        Reply::Kernels(ks) => ks.into_iter().map(|k| k.name).collect(),
+        other => return Err(client::unexpected(other)),
+    };
+    let mark = |n: &str| {
+        if here.iter().any(|h| h == n) {
+            "yes"
+        } else {
+            "no"
+        }
+        .to_string()
+    };
+    let size = |b: u64| {
+        if b == 0 {
+            "-".to_string()
+        } else {
+            format_size(b)
+        }
+    };
+    if kernels {
+        if json {
+            out(&render::json(&c.kernels))?;
+            return Ok(0);
+        }
+        let mut t = Table::new(["NAME", "HERE", "SIZE", "SOURCE", "DESCRIPTION"]);
+        for k in &c.kernels {
+            t.row([
+                k.name.clone(),
+                mark(&k.name),
+                size(k.size),
+                k.source.describe(),
+                k.description.clone(),
+            ]);
+        }
+        out(&t.render())?;
+    } else {
+        if json {
+            out(&render::json(&c.images))?;
+            return Ok(0);
+        }
+        let mut t = Table::new(["NAME", "HERE", "SIZE", "KERNEL", "SOURCE", "DESCRIPTION"]);
+        for i in &c.images {
+            t.row([
+                i.name.clone(),
+                mark(&i.name),
+                size(i.size),
+                i.kernel.clone(),
+                i.source.describe(),
+                i.description.clone(),
+            ]);
+        }
+        out(&t.render())?;
     }
     Ok(0)
 }

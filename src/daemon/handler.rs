@@ -169,6 +169,9 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 name,
                 insecure,
             } => images::pull(ctx.clone(), reference, name, insecure, events).await,
+            Request::ImageCachePrune { dry_run } => images::cache_prune(ctx.clone(), dry_run)
+                .await
+                .map(Reply::CachePruned),
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);

@@ -451,6 +451,24 @@ pub fn make_ext4(
     Ok(())
 }
 
+/// Whether the staged tree has an sshd at /usr/sbin or /usr/bin, looked
+/// up without following any symlink (a link in the tree names a path of
+/// the guest, never of this host).
+pub fn has_sshd(root: &Path) -> bool {
+    ["usr/sbin/sshd", "usr/bin/sshd"].iter().any(|rel| {
+        let mut p = root.to_path_buf();
+        let parts: Vec<&str> = rel.split('/').collect();
+        parts.iter().enumerate().all(|(i, c)| {
+            p.push(c);
+            match std::fs::symlink_metadata(&p) {
+                Ok(md) if i + 1 < parts.len() => md.is_dir(),
+                Ok(md) => md.is_file(),
+                Err(_) => false,
+            }
+        })
+    })
+}
+
 /// Bytes the staged tree takes (for sizing the file system).
 pub fn tree_bytes(root: &Path) -> u64 {
     let mut total = 0;

@@ -490,7 +490,22 @@ pub async fn pull(
     insecure: bool,
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
-    let r = image::oci::parse(&reference).map_err(|e| RpcError::bad_request(e.to_string()))?;
+    if let Some(entry) = catalog(&ctx)?.image(&reference).cloned() {
+        return pull_entry(ctx, entry, name, events).await;
+    }
+    let r = image::oci::parse(&reference).map_err(|e| {
+        RpcError::bad_request(format!(
+            "{e}; or a catalog name ({})",
+            catalog(&ctx)
+                .map(|c| c
+                    .images
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        ))
+    })?;
     let name = name.unwrap_or_else(|| image::oci::default_name(&r));
     validate_name(&name)?;
     if recipe::find(&name).is_some() {
@@ -504,7 +519,8 @@ pub async fn pull(
         events,
         Box::new(move |p| {
             Box::pin(async move {
-                let rec = pull_work(&ctx, &reference, &name, insecure, p).await?;
+                let kernel = recipe::DEFAULT_KERNEL;
+                let rec = pull_work(&ctx, &reference, &name, kernel, insecure, p).await?;
                 view(&ctx, &rec)
             })
         }),
@@ -516,6 +532,7 @@ async fn pull_work(
     ctx: &Arc<Ctx>,
     reference: &str,
     name: &str,
+    kernel: &str,
     insecure: bool,
     progress: Progress,
 ) -> Result<ImageRecord, RpcError> {
@@ -542,7 +559,7 @@ async fn pull_work(
     let cache = cache_dir(ctx);
     let dir = images_dir(ctx);
     let (m, stage) = {
-        let (name, fetched) = (name.to_string(), fetched.clone());
+        let (name, fetched, kernel) = (name.to_string(), fetched.clone(), kernel.to_string());
         tokio::task::spawn_blocking(
             move || -> Result<(ImageManifest, crate::fsutil::TempDir), RpcError> {
                 let work =
@@ -577,12 +594,26 @@ async fn pull_work(
                     work.path(),
                 )
                 .map_err(lerr)?;
+                // No SSH server: `vm ssh` says so at once rather than wait.
+                if !image::layers::has_sshd(&root) {
+                    let marker = stage.path().join(NO_SSHD);
+                    crate::fsutil::write_synced(&marker, b"").ctx("writing", &marker)?;
+                }
+                // The blobs this image came from: `image cache prune` keeps them.
+                let used = OciBlobs {
+                    manifest: fetched.digest.clone(),
+                    blobs: fetched.layers.iter().map(|l| l.digest.clone()).collect(),
+                };
+                let upath = stage.path().join(OCI_BLOBS);
+                let json = serde_json::to_vec_pretty(&used).map_err(std::io::Error::other);
+                crate::fsutil::write_synced(&upath, &json.ctx("encoding", &upath)?)
+                    .ctx("writing", &upath)?;
                 let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
                 let m = ImageManifest {
                     name: name.clone(),
                     distro: "oci".into(),
                     arch: "x86_64".into(),
-                    kernel_ref: recipe::DEFAULT_KERNEL.into(),
+                    kernel_ref: kernel,
                     rootfs_bytes: size(&rootfs),
                     work_seed_bytes: size(&seed),
                     rootfs_sha256: sha256_file(&rootfs).ctx("hashing", &rootfs)?,
@@ -605,4 +636,306 @@ async fn pull_work(
     let rec = tokio::task::spawn_blocking(move || publish(&ctx2, stage, &m, source)).await??;
     progress.stage("publish", format!("image {}", rec.name), true);
     Ok(rec)
+}
+
+/// Present in a pulled image's directory when the image has no sshd.
+pub const NO_SSHD: &str = "no-sshd";
+
+/// Whether image `rec` is known to have no SSH server.
+pub fn lacks_sshd(rec: &ImageRecord) -> bool {
+    Path::new(&rec.dir).join(NO_SSHD).exists()
+}
+
+/// The file in a pulled image's directory naming the blobs it came from.
+const OCI_BLOBS: &str = "oci-blobs.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OciBlobs {
+    manifest: String,
+    blobs: Vec<String>,
+}
+
+/// The catalog as it is now (the user's file is read on every call).
+pub fn catalog(ctx: &Ctx) -> Result<crate::catalog::Catalog, RpcError> {
+    crate::catalog::load(&ctx.layout.config_dir).map_err(|e| RpcError::bad_request(e.to_string()))
+}
+
+/// `image pull <catalog name>`: a recipe is built, an OCI entry pulled by
+/// its pinned digest, a bundle downloaded, verified and imported.
+async fn pull_entry(
+    ctx: Arc<Ctx>,
+    entry: crate::catalog::ImageEntry,
+    name: Option<String>,
+    events: mpsc::Sender<Event>,
+) -> Result<Reply, RpcError> {
+    use crate::catalog::ImageSource;
+    let name = name.unwrap_or_else(|| entry.name.clone());
+    validate_name(&name)?;
+    match entry.source.clone() {
+        ImageSource::Recipe { recipe } => {
+            if name != recipe {
+                return Err(RpcError::bad_request(format!(
+                    "{} is built from its recipe under its own name; drop --name",
+                    entry.name
+                )));
+            }
+            build(ctx, recipe, false, events).await
+        }
+        ImageSource::Oci { reference } => {
+            if recipe::find(&name).is_some() {
+                return Err(RpcError::bad_request(format!(
+                    "{name} is the name of a recipe image; pull under another name (--name)"
+                )));
+            }
+            let jobs = ctx.images.clone();
+            jobs.run(
+                &name.clone(),
+                events,
+                Box::new(move |p| {
+                    Box::pin(async move {
+                        let rec = match up_to_date(&ctx, &name, &format!("oci:{reference}@"))? {
+                            Some(r) => r,
+                            None => {
+                                pull_work(&ctx, &reference, &name, &entry.kernel, false, p).await?
+                            }
+                        };
+                        view(&ctx, &rec)
+                    })
+                }),
+            )
+            .await
+        }
+        ImageSource::Bundle { url, sha256 } => {
+            let jobs = ctx.images.clone();
+            jobs.run(
+                &name.clone(),
+                events,
+                Box::new(move |p| {
+                    Box::pin(async move {
+                        let rec = bundle_work(&ctx, &entry, &url, &sha256, &name, p).await?;
+                        view(&ctx, &rec)
+                    })
+                }),
+            )
+            .await
+        }
+    }
+}
+
+/// The image `name` when it came from `source_prefix` (nothing to pull);
+/// an error when that name holds some other image.
+fn up_to_date(ctx: &Ctx, name: &str, source_prefix: &str) -> Result<Option<ImageRecord>, RpcError> {
+    match ctx.store.get_image(name)? {
+        Some(i) if i.source.starts_with(source_prefix) => Ok(Some(i)),
+        Some(i) => Err(RpcError::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "an image named {name:?} exists (from {}); delete it first (banger image delete {name}) or pull with --name",
+                i.source
+            ),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// A user catalog's bundle: downloaded (verified against the pinned sha256,
+/// content-addressed in the cache), then imported like `image import`.
+async fn bundle_work(
+    ctx: &Arc<Ctx>,
+    entry: &crate::catalog::ImageEntry,
+    url: &str,
+    sha256: &str,
+    name: &str,
+    progress: Progress,
+) -> Result<ImageRecord, RpcError> {
+    let source = format!("catalog:{}@sha256:{sha256}", entry.name);
+    if let Some(r) = up_to_date(ctx, name, &source)? {
+        progress.log(format!("image {name} is up to date"));
+        return Ok(r);
+    }
+    progress.stage("download", url.to_string(), false);
+    let dir = cache_dir(ctx).join("bundles");
+    let p2 = progress.clone();
+    let file = image::download::fetch_verified(url, sha256, entry.size, &dir, &move |l| p2.log(l))
+        .await
+        .map_err(RpcError::failed)?;
+    progress.stage("download", "sha256 verified", true);
+    super::kernels::ensure(ctx, &entry.kernel, &entry.kernel, &progress).await?;
+    let (ctx2, name, kernel) = (ctx.clone(), name.to_string(), entry.kernel.clone());
+    let rec = tokio::task::spawn_blocking(move || -> Result<ImageRecord, RpcError> {
+        let dir = images_dir(&ctx2);
+        let stage =
+            crate::fsutil::TempDir::new_in(&dir, "import").ctx("staging an import in", &dir)?;
+        let mut m = bundle::import(&file, stage.path())?;
+        m.name = name;
+        m.kernel_ref = kernel;
+        publish(&ctx2, stage, &m, source)
+    })
+    .await??;
+    progress.stage("publish", format!("image {}", rec.name), true);
+    Ok(rec)
+}
+
+/// What `vm create --image X` boots: an image here, a recipe (built), a
+/// catalog entry or an OCI reference (pulled on first use, coalesced with
+/// every other create asking for it). Returns the image's name.
+pub async fn ensure_for_vm(
+    ctx: &Arc<Ctx>,
+    wanted: &str,
+    progress: &Progress,
+) -> Result<ImageRecord, RpcError> {
+    if image::validate_image_name(wanted).is_ok() {
+        if recipe::find(wanted).is_some() || ctx.store.get_image(wanted)?.is_some() {
+            return ensure(ctx, wanted, progress).await;
+        }
+        if catalog(ctx)?.image(wanted).is_some() {
+            progress.log(format!(
+                "image {wanted} is not here yet; pulling it from the catalog"
+            ));
+            let (tx, fwd) = progress.forwarder("");
+            let r = pull(ctx.clone(), wanted.to_string(), None, false, tx).await;
+            let _ = fwd.await;
+            r?;
+            return get(ctx, wanted);
+        }
+        if !wanted.contains(['/', ':', '@']) {
+            return get(ctx, wanted);
+        }
+    }
+    let r = image::oci::parse(wanted).map_err(|e| {
+        RpcError::bad_request(format!(
+            "--image {wanted:?} is not an image here, a catalog name or an image reference: {e}"
+        ))
+    })?;
+    let name = image::oci::default_name(&r);
+    validate_name(&name)?;
+    if let Some(i) = ctx.store.get_image(&name)? {
+        if i.source.starts_with(&format!("oci:{wanted}@")) {
+            return Ok(i);
+        }
+        return Err(RpcError::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "--image {wanted} would be stored as {name:?}, which holds another image ({}); pull it under another name: banger image pull {wanted} --name <name>",
+                i.source
+            ),
+        ));
+    }
+    progress.log(format!(
+        "image {wanted} is not here yet; pulling it as {name}"
+    ));
+    let (tx, fwd) = progress.forwarder("");
+    let r = pull(
+        ctx.clone(),
+        wanted.to_string(),
+        Some(name.clone()),
+        false,
+        tx,
+    )
+    .await;
+    let _ = fwd.await;
+    r?;
+    get(ctx, &name)
+}
+
+/// `image cache prune [--dry-run]`: the paths and sizes of build entries, OCI blobs and bundle
+/// downloads no image here came from. Entries of a build in progress are
+/// skipped (its key's lock is held), and so is everything in flight
+/// (`.tmp` names). Images pulled before banger recorded their blobs keep
+/// every blob.
+pub async fn cache_prune(ctx: Arc<Ctx>, dry_run: bool) -> Result<Vec<(String, u64)>, RpcError> {
+    let images = ctx.store.list_images()?;
+    let kernels = ctx.store.list_kernels()?;
+    let cache = cache_dir(&ctx);
+    tokio::task::spawn_blocking(move || -> Result<Vec<(String, u64)>, RpcError> {
+        let mut keys = std::collections::HashSet::new();
+        let mut blobs = std::collections::HashSet::new();
+        let mut bundles = std::collections::HashSet::new();
+        let mut all_blobs = false;
+        for i in &images {
+            if let Some(k) = i.source.strip_prefix("built:") {
+                keys.insert(k.to_string());
+            }
+            if let Some((_, sha)) = i.source.rsplit_once("@sha256:") {
+                if i.source.starts_with("catalog:") {
+                    bundles.insert(format!("sha256-{sha}.tar.zst"));
+                }
+            }
+            if i.source.starts_with("oci:") {
+                let p = Path::new(&i.dir).join(OCI_BLOBS);
+                match std::fs::read(&p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<OciBlobs>(&b).ok())
+                {
+                    Some(u) => {
+                        blobs.extend(u.blobs.iter().filter_map(|d| image::oci::blob_name(d).ok()))
+                    }
+                    None => all_blobs = true,
+                }
+            }
+        }
+        for k in &kernels {
+            if let Some((_, sha)) = k.source.rsplit_once("@sha256:") {
+                bundles.insert(format!("sha256-{sha}.tar.zst"));
+            }
+        }
+        let mut out = Vec::new();
+        let consider = |path: PathBuf, out: &mut Vec<(String, u64)>| -> Result<(), RpcError> {
+            let bytes = crate::fsutil::disk_usage(&path);
+            if !dry_run {
+                crate::fsutil::remove_all(&path).ctx("removing", &path)?;
+            }
+            out.push((path.display().to_string(), bytes));
+            Ok(())
+        };
+        let names = |d: &Path| -> Vec<(String, PathBuf)> {
+            let mut v: Vec<_> = std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .filter(|(n, _)| !n.starts_with('.') && !n.ends_with(".tmp"))
+                .collect();
+            v.sort();
+            v
+        };
+        for (n, path) in names(&cache) {
+            let is_key = n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_key || keys.contains(&n) || !path.is_dir() {
+                continue;
+            }
+            // A build of this key in progress holds its lock: skip it.
+            let lock_path = cache.join(format!("{n}.lock"));
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .ctx("opening", &lock_path)?;
+            let Ok(held) =
+                nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            else {
+                continue;
+            };
+            consider(path, &mut out)?;
+            if !dry_run {
+                let _ = std::fs::remove_file(&lock_path);
+            }
+            drop(held);
+        }
+        if !all_blobs {
+            for (n, path) in names(&cache.join("oci-blobs")) {
+                if !blobs.contains(&n) {
+                    consider(path, &mut out)?;
+                }
+            }
+        }
+        for (n, path) in names(&cache.join("bundles")) {
+            if !bundles.contains(&n) {
+                consider(path, &mut out)?;
+            }
+        }
+        Ok(out)
+    })
+    .await?
 }

@@ -13,9 +13,6 @@ use crate::protocol::{ErrorCode, RpcError};
 use crate::store::model::now_unix;
 use crate::store::KernelRecord;
 
-/// Kernel sources `kernel pull` knows.
-pub const SOURCES: &[&str] = &["debian-cloud"];
-
 pub fn kernels_dir(ctx: &Ctx) -> PathBuf {
     ctx.layout.state_dir.join("kernels")
 }
@@ -43,12 +40,13 @@ pub async fn pull(
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
     validate_name(&name)?;
-    if !SOURCES.contains(&source.as_str()) {
-        return Err(RpcError::not_found(format!(
-            "unknown kernel source {source:?}; known sources: {}; or use `banger kernel import <name> --from <dir>`",
-            SOURCES.join(", ")
-        )));
-    }
+    let catalog = super::images::catalog(&ctx)?;
+    let entry = catalog.kernel(&source).cloned().ok_or_else(|| {
+        RpcError::not_found(format!(
+            "unknown kernel source {source:?}; the catalog has: {} (banger kernel catalog); or use `banger kernel import <name> --from <dir>`",
+            catalog.kernels.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+    })?;
     let jobs = ctx.kernels.clone();
     let key = name.clone();
     jobs.run(
@@ -56,13 +54,92 @@ pub async fn pull(
         events,
         Box::new(move |p| {
             Box::pin(async move {
-                pull_work(ctx, name, version, p)
-                    .await
-                    .map(|k| Reply::Kernel(views::kernel(&k)))
+                let k = match entry.source {
+                    crate::catalog::KernelSource::Apt => pull_work(ctx, name, version, p).await,
+                    crate::catalog::KernelSource::Bundle { url, sha256 } => {
+                        bundle_work(ctx, &entry.name, &url, &sha256, entry.size, name, p).await
+                    }
+                };
+                k.map(|k| Reply::Kernel(views::kernel(&k)))
             })
         }),
     )
     .await
+}
+
+/// A user catalog's kernel bundle: a `.tar.zst` of a directory as `kernel
+/// import` takes it, downloaded and verified against its pinned sha256,
+/// unpacked (bounded, nothing outside the staging directory), imported.
+async fn bundle_work(
+    ctx: Arc<Ctx>,
+    entry: &str,
+    url: &str,
+    sha256: &str,
+    size: u64,
+    name: String,
+    progress: Progress,
+) -> Result<KernelRecord, RpcError> {
+    let source = format!("catalog:{entry}@sha256:{sha256}");
+    if let Some(k) = ctx.store.get_kernel(&name)? {
+        if k.source == source {
+            progress.log(format!("kernel {name} is up to date"));
+            return Ok(k);
+        }
+    }
+    progress.stage("download", url.to_string(), false);
+    let cache = ctx.layout.cache_dir.join("images/bundles");
+    let p2 = progress.clone();
+    let file =
+        crate::image::download::fetch_verified(url, sha256, size, &cache, &move |l| p2.log(l))
+            .await
+            .map_err(RpcError::failed)?;
+    progress.stage("download", "sha256 verified", true);
+    let dir = kernels_dir(&ctx);
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || -> Result<KernelRecord, RpcError> {
+        let unpacked = crate::fsutil::TempDir::new_in(&dir, "unpack").ctx("unpacking in", &dir)?;
+        unpack_bounded(&file, unpacked.path())
+            .map_err(|e| RpcError::bad_request(format!("the kernel bundle from {url}: {e}")))?;
+        let src = kernel::discover(unpacked.path())?;
+        let stage = crate::fsutil::TempDir::new_in(&dir, &name).ctx("staging a kernel in", &dir)?;
+        let version = kernel::stage_import(&src, stage.path())?;
+        let m = kernel::write_manifest(stage.path(), &name, &version, &source)?;
+        publish(&ctx, stage, &dir.join(&name), &m)
+    })
+    .await?
+}
+
+/// Unpacks a `.tar.zst` into `dst`: at most 8 GiB and 200,000 entries,
+/// regular files, directories and symlinks only, no path leaving `dst`
+/// (the tar crate refuses `..` and writes through no symlink outside).
+fn unpack_bounded(file: &Path, dst: &Path) -> Result<(), String> {
+    const MAX_BYTES: u64 = 8 << 30;
+    const MAX_ENTRIES: usize = 200_000;
+    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
+    let z = zstd::stream::read::Decoder::new(f).map_err(|e| format!("not zstd: {e}"))?;
+    let mut a = tar::Archive::new(std::io::Read::take(z, MAX_BYTES));
+    a.set_preserve_permissions(false);
+    a.set_preserve_ownerships(false);
+    a.set_unpack_xattrs(false);
+    for (i, e) in a
+        .entries()
+        .map_err(|e| format!("not a tar: {e}"))?
+        .enumerate()
+    {
+        if i >= MAX_ENTRIES {
+            return Err(format!("more than {MAX_ENTRIES} entries"));
+        }
+        let mut e = e.map_err(|e| format!("not a tar: {e}"))?;
+        use tar::EntryType as T;
+        if !matches!(
+            e.header().entry_type(),
+            T::Regular | T::Directory | T::Symlink
+        ) {
+            continue;
+        }
+        e.unpack_in(dst).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Makes sure kernel `name` exists, pulling it from `source` (coalesced with

@@ -92,11 +92,10 @@ pub async fn plan_create(
         return plan_restore(ctx, spec, from);
     }
     let kind = crate::vmm::choose(spec.vmm).map_err(RpcError::bad_request)?;
+    // An image here, a recipe, a catalog name or an OCI reference (the
+    // last two are pulled on first use): resolved to an image's name.
     let image_name = match &spec.image {
-        Some(i) => {
-            crate::image::validate_image_name(i).map_err(RpcError::bad_request)?;
-            i.clone()
-        }
+        Some(i) => i.clone(),
         None => super::images::default_image(ctx)?,
     };
     if let Some(n) = &spec.name {
@@ -105,7 +104,7 @@ pub async fn plan_create(
         }
     }
     let progress = Progress::to(events.clone());
-    let image = super::images::ensure(ctx, &image_name, &progress).await?;
+    let image = super::images::ensure_for_vm(ctx, &image_name, &progress).await?;
     let kernel_name = spec
         .kernel
         .clone()
@@ -241,6 +240,16 @@ pub async fn ssh_target(
     rec: &mut VmRecord,
 ) -> Result<SshTarget, RpcError> {
     require_running(rec)?;
+    if ctx
+        .store
+        .get_image(&rec.image)?
+        .is_some_and(|i| super::images::lacks_sshd(&i))
+    {
+        return Err(RpcError::bad_request(format!(
+                "SSH is unavailable: image {} has no SSH server; use `banger vm exec -t {} -- sh` (or `banger vm run`)",
+                rec.image, rec.name
+        )));
+    }
     let f = SshFiles::of(&ctx.layout);
     // Every time: sshd may still be starting (a VM just booted), and the
     // pin follows the key the agent reports. With a key pinned already, an

@@ -166,10 +166,13 @@ pub enum Request {
         name: Option<String>,
         insecure: bool,
     },
+    /// Removes build and pull caches no image here came from (or, with
+    /// `dry_run`, only says which). Answers [`Reply::CachePruned`].
+    ImageCachePrune { dry_run: bool },
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 43;
+    const COUNT: u32 = 44;
 }
 
 /// What [`Request::TestHook`] breaks.
@@ -257,11 +260,7 @@ pub struct VmCreateSpec {
 impl Request {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> Request {
-        Request::ImagePull {
-            reference: "x".into(),
-            name: None,
-            insecure: false,
-        }
+        Request::ImageCachePrune { dry_run: true }
     }
 
     /// Method name for logs.
@@ -286,6 +285,7 @@ impl Request {
             Request::SnapshotDelete { .. } => "snapshot.delete",
             Request::SnapshotPrune { .. } => "snapshot.prune",
             Request::ImagePull { .. } => "image.pull",
+            Request::ImageCachePrune { .. } => "image.cache.prune",
             Request::ImageList => "image.list",
             Request::ImageShow { .. } => "image.show",
             Request::ImageDelete { .. } => "image.delete",
@@ -359,6 +359,9 @@ pub enum Reply {
     },
     Snapshot(SnapshotView),
     Snapshots(Vec<SnapshotView>),
+    /// Cache entries removed (or, in a dry run, that would be), with their
+    /// bytes on disk.
+    CachePruned(Vec<(String, u64)>),
 }
 
 /// A snapshot as the CLI sees it.
