@@ -138,6 +138,8 @@ pub struct TestEnv {
     /// Run the stack in the test's namespace (false: the host's, for image
     /// builds that download packages).
     pub isolated: bool,
+    /// A cache of its own (under the tree) rather than the shared one.
+    pub own_cache: bool,
 }
 
 impl TestEnv {
@@ -150,6 +152,34 @@ impl TestEnv {
             dir,
             netns: Netns::new(),
             isolated: true,
+            own_cache: false,
+        }
+    }
+
+    /// A tree with a cache of its own (for tests that inspect or prune
+    /// it), seeded with the shared cache's downloaded packages so a kernel
+    /// pull needs no network.
+    pub fn with_own_cache() -> TestEnv {
+        let mut e = TestEnv::new();
+        e.own_cache = true;
+        let to = e.cache_dir().join("banger/downloads");
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(shared_cache().join("banger/downloads"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+        e
+    }
+
+    /// `$XDG_CACHE_HOME` of this tree.
+    pub fn cache_dir(&self) -> PathBuf {
+        if self.own_cache {
+            self.root().join("cache")
+        } else {
+            shared_cache()
         }
     }
 
@@ -186,7 +216,7 @@ impl TestEnv {
             ("XDG_STATE_HOME".into(), format!("{r}/state")),
             (
                 "XDG_CACHE_HOME".into(),
-                shared_cache().display().to_string(),
+                self.cache_dir().display().to_string(),
             ),
             ("XDG_RUNTIME_DIR".into(), format!("{r}/run")),
             ("BANGER_SYSTEM".into(), "0".into()),
