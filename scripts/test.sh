@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs banger's test suite on a fresh Debian 12 machine: installs what the
-# tests drive (apt), checks formatting and lints, then `cargo test`. Needs
+# tests drive (apt), checks formatting and lints, `cargo test`, then the
+# smoke suite (smoke/) with its self-test. Needs
 # root: the tests create network namespaces, bridges and taps (all inside
 # namespaces they delete afterwards).
 #
@@ -68,3 +69,26 @@ echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace -- --test-threads="${BANGER_TEST_THREADS:-4}"
+
+# The smoke suite: every user-visible scenario through the real binaries
+# (the ones cargo test just built), two at a time.
+echo "== smoke"
+cargo build --locked --bins --workspace
+SMOKE="$CARGO_TARGET_DIR/debug/smoke --bin-dir $CARGO_TARGET_DIR/debug --cache $BANGER_TEST_CACHE"
+$SMOKE --jobs 2
+# Its self-test: a scenario made to fail must fail the run and print its log.
+echo "== smoke self-test (one scenario broken on purpose)"
+set +e
+BANGER_SMOKE_BREAK=invalid-name $SMOKE --scenario invalid-name > "$CACHE/smoke-selftest.log" 2>&1
+code=$?
+set -e
+if [ "$code" -ne 1 ] || ! grep -q "^FAIL invalid-name" "$CACHE/smoke-selftest.log" \
+   || ! grep -q -- "----- log of " "$CACHE/smoke-selftest.log"; then
+  cat "$CACHE/smoke-selftest.log"
+  echo "scripts/test.sh: the smoke self-test expected exit 1 with the broken scenario's log (got $code)" >&2
+  exit 1
+fi
+# A failed run keeps its directory for debugging; this one failed on purpose.
+run_dir=$(sed -n 's/.*run directory \(\/tmp\/banger-smoke-[0-9]*\).*/\1/p' "$CACHE/smoke-selftest.log" | head -1)
+[ -n "$run_dir" ] && rm -rf "$run_dir"
+echo "smoke self-test ok: a broken scenario exits 1 and prints its log"
