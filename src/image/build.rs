@@ -541,7 +541,7 @@ fn round_mib(bytes: u64, multiple: u64) -> u64 {
 }
 
 fn mkfs(dir: &Path, image: &Path, size_mib: u64, label: &str) -> Result<(), BuildError> {
-    super::mkfs_ext4(dir, image, size_mib, label).map_err(BuildError::Failed)
+    super::mkfs_ext4(dir, image, size_mib, label, 0).map_err(BuildError::Failed)
 }
 
 /// Moves (or copies, across filesystems) `src` into the directory `dir_fd`

@@ -51,7 +51,16 @@ pub struct Meta {
 #[derive(Debug, Default)]
 pub struct Tree {
     pub meta: BTreeMap<String, Meta>,
+    /// File bytes written by every layer so far (counted against
+    /// [`MAX_IMAGE_BYTES`]).
+    pub bytes: u64,
 }
+
+/// The most an image may unpack to, and the most paths it may have: a
+/// registry's layers are hostile data (a few KB of gzip can expand to
+/// terabytes), and the staging tree lives on the owner's cache disk.
+pub const MAX_IMAGE_BYTES: u64 = 64 << 30;
+pub const MAX_IMAGE_ENTRIES: usize = 4_000_000;
 
 /// A relative path made of normal components only, or an error.
 fn clean(p: &Path) -> Result<Vec<String>, LayerError> {
@@ -234,6 +243,11 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
         }
         let rel = rel_of(&name);
         check_name(&rel)?;
+        if tree.meta.len() >= MAX_IMAGE_ENTRIES {
+            return Err(err(format!(
+                "the image has more than {MAX_IMAGE_ENTRIES} paths; refused"
+            )));
+        }
         let target = root.join(&rel);
         // From the entry, not the raw header: PAX and GNU long link names.
         let link = e
@@ -273,6 +287,14 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
             }
             Kind::Dir
         } else if et.is_file() || et == tar::EntryType::Continuous {
+            // The header's size is what the archive reader yields.
+            tree.bytes = tree.bytes.saturating_add(h.size().unwrap_or(u64::MAX));
+            if tree.bytes > MAX_IMAGE_BYTES {
+                return Err(err(format!(
+                    "the image unpacks to more than {}; refused",
+                    crate::size::format_size(MAX_IMAGE_BYTES)
+                )));
+            }
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -428,7 +450,7 @@ pub fn make_ext4(
         }
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    super::mkfs_ext4(root, image, size_mib, label).map_err(err)?;
+    super::mkfs_ext4(root, image, size_mib, label, tree.meta.len() as u64).map_err(err)?;
     let xdir = scratch.join("xattrs");
     std::fs::create_dir_all(&xdir).map_err(|e| err(e.to_string()))?;
     let script = scratch.join("fixup.debugfs");
@@ -577,6 +599,47 @@ mod tests {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_tree_of_many_small_files_gets_the_inodes_it_needs() {
+        // 64 MiB gets 16,384 inodes by mke2fs's ratio for small file
+        // systems: 20,000 files do not fit without -N.
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        for i in 0..20_000 {
+            std::fs::write(root.join(format!("f{i}")), b"").unwrap();
+        }
+        let img = d.path().join("x.ext4");
+        crate::image::mkfs_ext4(&root, &img, 64, "t", 20_001).unwrap();
+        let stat = debugfs(&img, "stat /f19999");
+        assert!(stat.contains("Type: regular"), "{stat}");
+    }
+
+    #[test]
+    fn an_image_that_unpacks_past_the_bound_is_refused_across_layers() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        // Earlier layers wrote all but 10 bytes of the budget.
+        let mut tree = Tree {
+            bytes: MAX_IMAGE_BYTES - 10,
+            ..Tree::default()
+        };
+        apply(
+            &layer(&[("a", 'f', "0123456789", 0o644, 0)])[..],
+            &root,
+            &mut tree,
+        )
+        .unwrap();
+        assert_eq!(tree.bytes, MAX_IMAGE_BYTES);
+        let e = apply(&layer(&[("b", 'f', "x", 0o644, 0)])[..], &root, &mut tree).unwrap_err();
+        assert!(e.0.contains("unpacks to more than"), "{}", e.0);
+        assert!(
+            !root.join("b").exists(),
+            "nothing of the refused file is written"
+        );
     }
 
     #[test]

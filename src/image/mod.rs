@@ -30,18 +30,28 @@ pub const ROOTFS: &str = "rootfs.ext4";
 pub const WORK_SEED: &str = "work-seed.ext4";
 pub const MANIFEST: &str = "manifest.json";
 
-/// `mkfs.ext4 -d dir`: an ext4 file system of `size_mib` holding `dir`.
-/// The error names the tool's complaint.
+/// `mkfs.ext4 -d dir`: an ext4 file system of `size_mib` holding `dir`
+/// (`paths` entries). The default ratio gives one inode per 16 KiB, too few
+/// for a tree of many small files: a tree that would fill more than half of
+/// them gets twice its count. The error names the tool's complaint.
 pub fn mkfs_ext4(
     dir: &std::path::Path,
     image: &std::path::Path,
     size_mib: u64,
     label: &str,
+    paths: u64,
 ) -> Result<(), String> {
     let mkfs = crate::host::system_tool("mkfs.ext4")
         .ok_or_else(|| "mkfs.ext4 is not installed; install e2fsprogs".to_string())?;
-    let out = std::process::Command::new(mkfs)
-        .args(["-F", "-q", "-m", "1", "-L", label, "-d"])
+    let mut cmd = std::process::Command::new(mkfs);
+    cmd.args(["-F", "-q", "-m", "1", "-L", label]);
+    let by_ratio = size_mib * 64;
+    let wanted = paths.saturating_mul(2);
+    if wanted > by_ratio {
+        cmd.arg("-N").arg(wanted.to_string());
+    }
+    let out = cmd
+        .arg("-d")
         .arg(dir)
         .arg(image)
         .arg(format!("{size_mib}M"))
