@@ -110,34 +110,81 @@ async fn bundle_work(
 }
 
 /// Unpacks a `.tar.zst` into `dst`: at most 8 GiB and 200,000 entries,
-/// regular files, directories and symlinks only, no path leaving `dst`
-/// (the tar crate refuses `..` and writes through no symlink outside).
+/// regular files and directories only — no symlink or hard link is made,
+/// so nothing read from the tree afterwards (`kernel import`'s discovery
+/// and copies) can lead outside it — and only plain relative paths.
+/// Directories get 0755 and files 0644 (0755 if executable), whatever the
+/// archive says.
 fn unpack_bounded(file: &Path, dst: &Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
     const MAX_BYTES: u64 = 8 << 30;
     const MAX_ENTRIES: usize = 200_000;
     let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
     let z = zstd::stream::read::Decoder::new(f).map_err(|e| format!("not zstd: {e}"))?;
-    let mut a = tar::Archive::new(std::io::Read::take(z, MAX_BYTES));
-    a.set_preserve_permissions(false);
-    a.set_preserve_ownerships(false);
-    a.set_unpack_xattrs(false);
-    for (i, e) in a
-        .entries()
-        .map_err(|e| format!("not a tar: {e}"))?
-        .enumerate()
-    {
-        if i >= MAX_ENTRIES {
+    // One byte more than allowed: a bundle that reaches it is refused,
+    // never cut short at an entry boundary and taken as complete.
+    let mut a = tar::Archive::new(z.take(MAX_BYTES + 1));
+    let mut n = 0usize;
+    for e in a.entries().map_err(|e| format!("not a tar: {e}"))? {
+        n += 1;
+        if n > MAX_ENTRIES {
             return Err(format!("more than {MAX_ENTRIES} entries"));
         }
         let mut e = e.map_err(|e| format!("not a tar: {e}"))?;
-        use tar::EntryType as T;
-        if !matches!(
-            e.header().entry_type(),
-            T::Regular | T::Directory | T::Symlink
-        ) {
+        let path = e
+            .path()
+            .map_err(|e| format!("an entry's path: {e}"))?
+            .into_owned();
+        let mut rel = PathBuf::new();
+        for c in path.components() {
+            match c {
+                std::path::Component::Normal(s) => rel.push(s),
+                std::path::Component::CurDir => {}
+                _ => {
+                    return Err(format!(
+                        "{}: only plain relative paths are allowed",
+                        path.display()
+                    ))
+                }
+            }
+        }
+        if rel.as_os_str().is_empty() {
             continue;
         }
-        e.unpack_in(dst).map_err(|e| e.to_string())?;
+        let to = dst.join(&rel);
+        use tar::EntryType as T;
+        match e.header().entry_type() {
+            T::Directory => {
+                std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", rel.display()))?;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("{}: {e}", rel.display()))?;
+            }
+            T::Regular | T::Continuous => {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| format!("{}: {e}", rel.display()))?;
+                }
+                let exec = e.header().mode().unwrap_or(0) & 0o111 != 0;
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&to)
+                    .map_err(|e| format!("{}: {e}", rel.display()))?;
+                std::io::copy(&mut e, &mut out).map_err(|e| format!("{}: {e}", rel.display()))?;
+                let mode = if exec { 0o755 } else { 0o644 };
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("{}: {e}", rel.display()))?;
+            }
+            // Links (and devices, FIFOs) are not part of a kernel bundle.
+            _ => {}
+        }
+    }
+    if a.into_inner().limit() == 0 {
+        return Err(format!(
+            "it unpacks to more than {}",
+            crate::size::format_size(MAX_BYTES)
+        ));
     }
     Ok(())
 }
@@ -298,4 +345,72 @@ pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
     let dir = Path::new(&k.dir);
     crate::fsutil::remove_all(dir).ctx("removing", dir)?;
     Ok(Reply::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(dir: &Path, entries: &[(&str, tar::EntryType, &str, u32)]) -> PathBuf {
+        let p = dir.join("b.tar.zst");
+        let z = zstd::stream::write::Encoder::new(std::fs::File::create(&p).unwrap(), 3).unwrap();
+        let mut t = tar::Builder::new(z);
+        for (path, kind, data, mode) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            if *kind == tar::EntryType::Symlink {
+                h.set_size(0);
+                t.append_link(&mut h, path, data).unwrap();
+            } else {
+                h.set_size(data.len() as u64);
+                if path.contains("..") {
+                    // The tar crate will not write such a name: put it in the raw header.
+                    let raw = &mut h.as_old_mut().name;
+                    raw[..path.len()].copy_from_slice(path.as_bytes());
+                    h.set_cksum();
+                    t.append(&h, data.as_bytes()).unwrap();
+                } else {
+                    t.append_data(&mut h, path, data.as_bytes()).unwrap();
+                }
+            }
+        }
+        t.into_inner().unwrap().finish().unwrap();
+        p
+    }
+
+    #[test]
+    fn a_kernel_bundle_makes_no_link_and_no_path_outside() {
+        use std::os::unix::fs::PermissionsExt;
+        use tar::EntryType as T;
+        let d = tempfile::tempdir().unwrap();
+        let b = bundle(
+            d.path(),
+            &[
+                ("vmlinux", T::Regular, "ELF", 0o000),
+                ("initrd.img", T::Symlink, "/etc/passwd", 0o777),
+                ("modules", T::Directory, "", 0o500),
+                ("modules/6.1.0", T::Symlink, "/root/.ssh", 0o777),
+            ],
+        );
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        unpack_bounded(&b, &out).unwrap();
+        assert_eq!(std::fs::read(out.join("vmlinux")).unwrap(), b"ELF");
+        let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("vmlinux"), 0o644);
+        assert_eq!(mode("modules"), 0o755);
+        for link in ["initrd.img", "modules/6.1.0"] {
+            assert!(
+                std::fs::symlink_metadata(out.join(link)).is_err(),
+                "{link} was made"
+            );
+        }
+        let bad = bundle(d.path(), &[("../escape", T::Regular, "x", 0o644)]);
+        let out2 = d.path().join("out2");
+        std::fs::create_dir(&out2).unwrap();
+        let e = unpack_bounded(&bad, &out2).unwrap_err();
+        assert!(e.contains("plain relative paths"), "{e}");
+        assert!(!d.path().join("escape").exists());
+    }
 }
