@@ -287,8 +287,9 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
             }
             Kind::Dir
         } else if et.is_file() || et == tar::EntryType::Continuous {
-            // The header's size is what the archive reader yields.
-            tree.bytes = tree.bytes.saturating_add(h.size().unwrap_or(u64::MAX));
+            // The entry's size (a PAX `size` record overrides the raw
+            // header's) is what the archive reader yields.
+            tree.bytes = tree.bytes.saturating_add(e.size());
             if tree.bytes > MAX_IMAGE_BYTES {
                 return Err(err(format!(
                     "the image unpacks to more than {}; refused",
@@ -640,6 +641,22 @@ mod tests {
             !root.join("b").exists(),
             "nothing of the refused file is written"
         );
+        // A PAX `size` record counts, not the raw header's 0.
+        let mut tree = Tree {
+            bytes: MAX_IMAGE_BYTES - 10,
+            ..Tree::default()
+        };
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", &b"11"[..])]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_path("c").unwrap();
+        h.set_cksum();
+        b.append(&h, &b"01234567890"[..]).unwrap();
+        let e = apply(&b.into_inner().unwrap()[..], &root, &mut tree).unwrap_err();
+        assert!(e.0.contains("unpacks to more than"), "{}", e.0);
     }
 
     #[test]
