@@ -185,6 +185,9 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
     let slots = Arc::new(Slots::default());
     let ctx = context(layout, config, store, &slots);
     crate::ops::snapshots::sweep(&ctx);
+    for p in crate::ops::images::sweep_cache(&ctx) {
+        tracing::info!(path = %p.display(), "removed leftovers of an interrupted pull");
+    }
     let (supervisor, _) = Actor::spawn(
         None,
         DaemonSupervisor {

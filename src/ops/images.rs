@@ -152,19 +152,74 @@ fn current_key(ctx: &Ctx, recipe: &recipe::Recipe) -> Result<Option<String>, Rpc
 /// Takes the cache lock of `key` (one builder per key across processes
 /// sharing the cache).
 async fn lock_cache(cache: &Path, key: &str) -> Result<nix::fcntl::Flock<std::fs::File>, IoError> {
-    let lock_path = cache.join(format!("{key}.lock"));
-    tokio::task::spawn_blocking(move || {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .ctx("opening", &lock_path)?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| IoError::new("locking", &lock_path, e.into()))
-    })
+    lock_file(
+        cache.join(format!("{key}.lock")),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
     .await
-    .unwrap_or_else(|e| Err(IoError::new("locking", cache, std::io::Error::other(e))))
+}
+
+async fn lock_file(
+    lock_path: PathBuf,
+    how: nix::fcntl::FlockArg,
+) -> Result<nix::fcntl::Flock<std::fs::File>, IoError> {
+    let at = lock_path.clone();
+    tokio::task::spawn_blocking(move || open_and_lock(&lock_path, how))
+        .await
+        .unwrap_or_else(|e| Err(IoError::new("locking", &at, std::io::Error::other(e))))
+}
+
+fn open_and_lock(
+    lock_path: &Path,
+    how: nix::fcntl::FlockArg,
+) -> Result<nix::fcntl::Flock<std::fs::File>, IoError> {
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).ctx("creating", dir)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .ctx("opening", lock_path)?;
+    nix::fcntl::Flock::lock(f, how).map_err(|(_, e)| IoError::new("locking", lock_path, e.into()))
+}
+
+/// Held shared by every build and pull for as long as it uses the cache,
+/// and exclusively by `image cache prune` and the start-up sweep: neither
+/// removes what a job in flight (of any daemon sharing the cache) is about
+/// to read.
+const IN_USE: &str = ".in-use.lock";
+
+pub(super) async fn cache_in_use(ctx: &Ctx) -> Result<nix::fcntl::Flock<std::fs::File>, IoError> {
+    lock_file(
+        cache_dir(ctx).join(IN_USE),
+        nix::fcntl::FlockArg::LockShared,
+    )
+    .await
+}
+
+/// At start: temporary files of interrupted pulls and downloads, when no
+/// job of any daemon sharing the cache is running.
+pub fn sweep_cache(ctx: &Ctx) -> Vec<PathBuf> {
+    let cache = cache_dir(ctx);
+    let Ok(_held) = open_and_lock(
+        &cache.join(IN_USE),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    ) else {
+        return Vec::new();
+    };
+    let mut removed = crate::fsutil::sweep_temp(&cache);
+    removed.extend(crate::fsutil::sweep_temp(&cache.join("bundles")));
+    let blobs = cache.join("oci-blobs");
+    for e in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".tmp")
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 async fn build_work(
@@ -173,6 +228,7 @@ async fn build_work(
     rebuild: bool,
     progress: Progress,
 ) -> Result<ImageRecord, RpcError> {
+    let _in_use = cache_in_use(ctx).await?;
     let kernel =
         super::kernels::ensure(ctx, recipe.kernel_ref, recipe.kernel_source, &progress).await?;
     let km = crate::kernel::read_manifest(Path::new(&kernel.dir))?;
@@ -536,6 +592,7 @@ async fn pull_work(
     insecure: bool,
     progress: Progress,
 ) -> Result<ImageRecord, RpcError> {
+    let _in_use = cache_in_use(ctx).await?;
     let failed = |e: image::oci::OciError| RpcError::failed(e.to_string());
     progress.stage("pull", reference.to_string(), false);
     let blobs = cache_dir(ctx).join("oci-blobs");
@@ -788,7 +845,7 @@ pub async fn ensure_for_vm(
         if recipe::find(wanted).is_some() || ctx.store.get_image(wanted)?.is_some() {
             return ensure(ctx, wanted, progress).await;
         }
-        if catalog(ctx)?.image(wanted).is_some() {
+        if catalog_for(ctx, wanted)?.image(wanted).is_some() {
             progress.log(format!(
                 "image {wanted} is not here yet; pulling it from the catalog"
             ));

@@ -86,6 +86,7 @@ async fn bundle_work(
             return Ok(k);
         }
     }
+    let _in_use = super::images::cache_in_use(&ctx).await?;
     progress.stage("download", url.to_string(), false);
     let cache = ctx.layout.cache_dir.join("images/bundles");
     let p2 = progress.clone();
