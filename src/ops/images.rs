@@ -961,24 +961,11 @@ pub async fn cache_prune(ctx: Arc<Ctx>, dry_run: bool) -> Result<Vec<(String, u6
             if !is_key || keys.contains(&n) || !path.is_dir() {
                 continue;
             }
-            // A build of this key in progress holds its lock: skip it.
-            let lock_path = cache.join(format!("{n}.lock"));
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .ctx("opening", &lock_path)?;
-            let Ok(held) =
-                nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            else {
-                continue;
-            };
+            // (No build runs: the in-use lock is ours.)
             consider(path, &mut out)?;
             if !dry_run {
-                let _ = std::fs::remove_file(&lock_path);
+                let _ = std::fs::remove_file(cache.join(format!("{n}.lock")));
             }
-            drop(held);
         }
         if !all_blobs {
             for (n, path) in names(&cache.join("oci-blobs")) {
