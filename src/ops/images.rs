@@ -627,7 +627,9 @@ async fn pull_work(
                     .map_err(|e| RpcError::failed(e.to_string()))?;
                 let stage =
                     crate::fsutil::TempDir::new_in(&dir, &name).ctx("staging an image in", &dir)?;
-                let content = image::layers::tree_bytes(&root);
+                // Room for the inode tables of a tree of many small files
+                // too (mkfs_ext4 gives it twice its count of inodes).
+                let content = image::layers::tree_bytes(&root) + tree.meta.len() as u64 * 512;
                 let root_mib = (content + content / 2 + (256 << 20)).div_ceil(64 << 20) * 64;
                 let (rootfs, seed) = (stage.path().join(ROOTFS), stage.path().join(WORK_SEED));
                 let lerr = |e: image::layers::LayerError| RpcError::failed(e.0);
