@@ -252,6 +252,17 @@ pub fn parse_user(text: &str, path: &Path) -> Result<Catalog, CatalogError> {
                 ),
             ));
         }
+        if let Some(k) = &e.kernel {
+            crate::names::validate_vm_name(k).map_err(|err| {
+                invalid(
+                    path,
+                    format!(
+                        "{what}: kernel: {}",
+                        err.to_string().replace("VM name", "name")
+                    ),
+                )
+            })?;
+        }
         if e.arch.as_deref().is_some_and(|a| a != "x86_64") {
             return Err(invalid(
                 path,
@@ -388,6 +399,7 @@ mod tests {
             (ok.replace("size = 10", "size = 0"), "size must be"),
             (ok.replace("name = \"team\"", "name = \"../x\""), "image \"../x\""),
             (ok.replace("size = 10", "size = 10\nmirror = 1"), "unknown field"),
+            (ok.replace("size = 10", "size = 10\nkernel = \"../k\""), "kernel: name"),
             (format!("{ok}\n[[image]]\nname = \"team\"\nurl = \"http://a/b\"\nsha256 = \"{SHA}\"\nsize = 1\n"), "listed twice"),
         ] {
             let e = parse_user(&bad, p).unwrap_err().to_string();

@@ -44,7 +44,7 @@ pub fn get(ctx: &Ctx, name: &str) -> Result<ImageRecord, RpcError> {
             format!("build it with `banger image build {name}`")
         } else {
             format!(
-                "see `banger image list`; buildable images: {}",
+                "see `banger image list`; buildable images: {}; or a catalog name (banger image catalog) or a reference such as docker.io/library/{name}:latest",
                 recipe::names()
             )
         };
@@ -546,7 +546,7 @@ pub async fn pull(
     insecure: bool,
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
-    if let Some(entry) = catalog(&ctx)?.image(&reference).cloned() {
+    if let Some(entry) = catalog_for(&ctx, &reference)?.image(&reference).cloned() {
         return pull_entry(ctx, entry, name, events).await;
     }
     let r = image::oci::parse(&reference).map_err(|e| {
@@ -564,11 +564,7 @@ pub async fn pull(
     })?;
     let name = name.unwrap_or_else(|| image::oci::default_name(&r));
     validate_name(&name)?;
-    if recipe::find(&name).is_some() {
-        return Err(RpcError::bad_request(format!(
-            "{name} is the name of a recipe image; pull under another name (--name)"
-        )));
-    }
+    refuse_recipe_name(&name)?;
     let jobs = ctx.images.clone();
     jobs.run(
         &name.clone(),
@@ -719,6 +715,24 @@ pub fn catalog(ctx: &Ctx) -> Result<crate::catalog::Catalog, RpcError> {
     crate::catalog::load(&ctx.layout.config_dir).map_err(|e| RpcError::bad_request(e.to_string()))
 }
 
+/// The catalog for looking up `name`: a broken user file fails only the
+/// names it could hold — a built-in name or an OCI reference still works
+/// (with the file's error in the log).
+pub fn catalog_for(ctx: &Ctx, name: &str) -> Result<crate::catalog::Catalog, RpcError> {
+    match catalog(ctx) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let b = crate::catalog::builtin();
+            if b.image(name).is_some() || b.kernel(name).is_some() || name.contains('/') {
+                tracing::warn!("ignoring the user catalog for {name}: {}", e.message);
+                Ok(b)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// `image pull <catalog name>`: a recipe is built, an OCI entry pulled by
 /// its pinned digest, a bundle downloaded, verified and imported.
 async fn pull_entry(
@@ -730,55 +744,54 @@ async fn pull_entry(
     use crate::catalog::ImageSource;
     let name = name.unwrap_or_else(|| entry.name.clone());
     validate_name(&name)?;
-    match entry.source.clone() {
-        ImageSource::Recipe { recipe } => {
-            if name != recipe {
-                return Err(RpcError::bad_request(format!(
-                    "{} is built from its recipe under its own name; drop --name",
-                    entry.name
-                )));
-            }
-            build(ctx, recipe, false, events).await
+    if let ImageSource::Recipe { recipe } = entry.source.clone() {
+        if name != recipe {
+            return Err(RpcError::bad_request(format!(
+                "{} is built from its recipe under its own name; drop --name",
+                entry.name
+            )));
         }
-        ImageSource::Oci { reference } => {
-            if recipe::find(&name).is_some() {
-                return Err(RpcError::bad_request(format!(
-                    "{name} is the name of a recipe image; pull under another name (--name)"
-                )));
-            }
-            let jobs = ctx.images.clone();
-            jobs.run(
-                &name.clone(),
-                events,
-                Box::new(move |p| {
-                    Box::pin(async move {
-                        let rec = match up_to_date(&ctx, &name, &format!("oci:{reference}@"))? {
+        return build(ctx, recipe, false, events).await;
+    }
+    refuse_recipe_name(&name)?;
+    let jobs = ctx.images.clone();
+    jobs.run(
+        &name.clone(),
+        events,
+        Box::new(move |p| {
+            Box::pin(async move {
+                let rec = match entry.source.clone() {
+                    ImageSource::Oci { reference } => {
+                        match up_to_date(&ctx, &name, &format!("oci:{reference}@"))? {
                             Some(r) => r,
                             None => {
                                 pull_work(&ctx, &reference, &name, &entry.kernel, false, p).await?
                             }
-                        };
-                        view(&ctx, &rec)
-                    })
-                }),
-            )
-            .await
-        }
-        ImageSource::Bundle { url, sha256 } => {
-            let jobs = ctx.images.clone();
-            jobs.run(
-                &name.clone(),
-                events,
-                Box::new(move |p| {
-                    Box::pin(async move {
-                        let rec = bundle_work(&ctx, &entry, &url, &sha256, &name, p).await?;
-                        view(&ctx, &rec)
-                    })
-                }),
-            )
-            .await
-        }
+                        }
+                    }
+                    ImageSource::Bundle { url, sha256 } => {
+                        bundle_work(&ctx, &entry, &url, &sha256, &name, p).await?
+                    }
+                    ImageSource::Recipe { .. } => {
+                        return Err(RpcError::failed("a recipe entry is built, not pulled"))
+                    }
+                };
+                view(&ctx, &rec)
+            })
+        }),
+    )
+    .await
+}
+
+/// A pull may not take a recipe image's name (the next build would
+/// replace it).
+fn refuse_recipe_name(name: &str) -> Result<(), RpcError> {
+    if recipe::find(name).is_some() {
+        return Err(RpcError::bad_request(format!(
+            "{name} is the name of a recipe image; pull under another name (--name)"
+        )));
     }
+    Ok(())
 }
 
 /// The image `name` when it came from `source_prefix` (nothing to pull);
@@ -812,6 +825,17 @@ async fn bundle_work(
         progress.log(format!("image {name} is up to date"));
         return Ok(r);
     }
+    // The kernel it pairs with must be one banger can get, before the
+    // download.
+    if ctx.store.get_kernel(&entry.kernel)?.is_none()
+        && catalog(ctx)?.kernel(&entry.kernel).is_none()
+    {
+        return Err(RpcError::bad_request(format!(
+            "catalog image {} pairs with kernel {:?}, which is neither here nor in the catalog (banger kernel catalog); fix its `kernel` in {}",
+            entry.name, entry.kernel, entry.origin
+        )));
+    }
+    let _in_use = cache_in_use(ctx).await?;
     progress.stage("download", url.to_string(), false);
     let dir = cache_dir(ctx).join("bundles");
     let p2 = progress.clone();
@@ -866,10 +890,20 @@ pub async fn ensure_for_vm(
             "--image {wanted:?} is not an image here, a catalog name or an image reference: {e}"
         ))
     })?;
-    let name = image::oci::default_name(&r);
+    let mut name = image::oci::default_name(&r);
+    // A recipe's or catalog entry's name stays theirs: the reference gets
+    // the name with a short digest of itself (the same every time).
+    if recipe::find(&name).is_some() || catalog_for(ctx, wanted)?.image(&name).is_some() {
+        let tag = &crate::digest::sha256_hex(wanted.as_bytes())[..8];
+        name = format!(
+            "{}-{tag}",
+            &name[..name.len().min(crate::names::MAX_NAME_LEN - 9)]
+        );
+    }
     validate_name(&name)?;
+    let source_prefix = format!("oci:{wanted}@");
     if let Some(i) = ctx.store.get_image(&name)? {
-        if i.source.starts_with(&format!("oci:{wanted}@")) {
+        if i.source.starts_with(&source_prefix) {
             return Ok(i);
         }
         return Err(RpcError::new(
@@ -894,19 +928,40 @@ pub async fn ensure_for_vm(
     .await;
     let _ = fwd.await;
     r?;
-    get(ctx, &name)
+    // Pulls of one name share a job: make sure it was this reference's.
+    let i = get(ctx, &name)?;
+    if !i.source.starts_with(&source_prefix) {
+        return Err(RpcError::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "another reference was pulled as {name:?} at the same time ({}); pull {wanted} under a name of its own: banger image pull {wanted} --name <name>",
+                i.source
+            ),
+        ));
+    }
+    Ok(i)
 }
 
 /// `image cache prune [--dry-run]`: the paths and sizes of build entries, OCI blobs and bundle
-/// downloads no image here came from. Entries of a build in progress are
-/// skipped (its key's lock is held), and so is everything in flight
-/// (`.tmp` names). Images pulled before banger recorded their blobs keep
-/// every blob.
+/// downloads no image (or kernel) here came from. Refused while any build
+/// or pull sharing the cache runs (what it fetched is not recorded yet).
+/// Images pulled before banger recorded their blobs keep every blob.
 pub async fn cache_prune(ctx: Arc<Ctx>, dry_run: bool) -> Result<Vec<(String, u64)>, RpcError> {
-    let images = ctx.store.list_images()?;
-    let kernels = ctx.store.list_kernels()?;
     let cache = cache_dir(&ctx);
     tokio::task::spawn_blocking(move || -> Result<Vec<(String, u64)>, RpcError> {
+        // No build or pull may be running: what it fetched is not
+        // recorded until it publishes. (The records are read after.)
+        let _alone = match open_and_lock(&cache.join(IN_USE), nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err(e) if e.is(std::io::ErrorKind::WouldBlock) => {
+                return Err(RpcError::failed(
+                    "an image build or pull is running (of this or another banger sharing the cache); run `banger image cache prune` again when it is done",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let images = ctx.store.list_images()?;
+        let kernels = ctx.store.list_kernels()?;
         let mut keys = std::collections::HashSet::new();
         let mut blobs = std::collections::HashSet::new();
         let mut bundles = std::collections::HashSet::new();

@@ -40,7 +40,7 @@ pub async fn pull(
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
     validate_name(&name)?;
-    let catalog = super::images::catalog(&ctx)?;
+    let catalog = super::images::catalog_for(&ctx, &source)?;
     let entry = catalog.kernel(&source).cloned().ok_or_else(|| {
         RpcError::not_found(format!(
             "unknown kernel source {source:?}; the catalog has: {} (banger kernel catalog); or use `banger kernel import <name> --from <dir>`",
