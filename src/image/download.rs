@@ -32,8 +32,35 @@ pub async fn fetch_verified(
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::limited(5))
         .build()
         .map_err(|e| format!("an HTTP client: {e}"))?;
+    // A whole-download deadline too: a server that drips a byte a minute
+    // never trips the read timeout. Ten minutes plus 256 KiB/s of its size.
+    let deadline = Duration::from_secs(600 + max_bytes / (256 << 10));
+    match tokio::time::timeout(
+        deadline,
+        fetch_into(&client, url, sha256, max_bytes, dir, &dst, log),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "downloading {url} took longer than {}s; refused (nothing was kept)",
+            deadline.as_secs()
+        )),
+    }
+}
+
+async fn fetch_into(
+    client: &reqwest::Client,
+    url: &str,
+    sha256: &str,
+    max_bytes: u64,
+    dir: &Path,
+    dst: &Path,
+    log: &(dyn Fn(String) + Send + Sync),
+) -> Result<PathBuf, String> {
     let mut resp = client
         .get(url)
         .send()
@@ -88,8 +115,8 @@ pub async fn fetch_verified(
     }
     out.sync_all()
         .map_err(|e| format!("syncing the download: {e}"))?;
-    std::fs::rename(&part, &dst)
+    std::fs::rename(&part, dst)
         .map_err(|e| format!("storing the download as {}: {e}", dst.display()))?;
     log(format!("{} verified", crate::size::format_size(got)));
-    Ok(dst)
+    Ok(dst.to_path_buf())
 }
