@@ -240,15 +240,23 @@ pub async fn ssh_target(
     rec: &mut VmRecord,
 ) -> Result<SshTarget, RpcError> {
     require_running(rec)?;
+    // An image pulled without sshd: say so at once rather than wait for
+    // one — unless the guest listens on 22 now (the user installed one).
     if ctx
         .store
         .get_image(&rec.image)?
         .is_some_and(|i| super::images::lacks_sshd(&i))
     {
-        return Err(RpcError::bad_request(format!(
+        let listening = agent
+            .ports(Duration::from_secs(5))
+            .await
+            .is_ok_and(|ps| ps.iter().any(|p| p.port == 22));
+        if !listening {
+            return Err(RpcError::bad_request(format!(
                 "SSH is unavailable: image {} has no SSH server; use `banger vm exec -t {} -- sh` (or `banger vm run`)",
                 rec.image, rec.name
-        )));
+            )));
+        }
     }
     let f = SshFiles::of(&ctx.layout);
     // Every time: sshd may still be starting (a VM just booted), and the
