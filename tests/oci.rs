@@ -572,12 +572,30 @@ fn token_auth_multi_arch_zstd_catalog_bundles_create_by_reference_and_cache_prun
         5002,
         &env.root().join("http.log"),
     );
+    // A kernel bundle: the pulled kernel's directory as `kernel import`
+    // takes it (vmlinux, initrd.img, modules/<version>), as a .tar.zst.
+    let kbundle = files.join("kernel.tar.zst");
+    {
+        let kdir = env.state_dir().join("kernels/debian-cloud");
+        let z =
+            zstd::stream::write::Encoder::new(std::fs::File::create(&kbundle).unwrap(), 3).unwrap();
+        let mut t = tar::Builder::new(z);
+        t.append_path_with_name(kdir.join("vmlinux"), "vmlinux")
+            .unwrap();
+        t.append_path_with_name(kdir.join("initrd.img"), "initrd.img")
+            .unwrap();
+        t.append_dir_all("modules", kdir.join("modules")).unwrap();
+        t.into_inner().unwrap().finish().unwrap();
+    }
+    let ksha = banger::digest::sha256_file(&kbundle).unwrap();
+    let ksize = std::fs::metadata(&kbundle).unwrap().len();
     let wrong = "0".repeat(64);
     std::fs::write(
         cfg.join("catalog.toml"),
         format!(
             "[[image]]\nname = \"team-tiny\"\ndescription = \"a team's image\"\nurl = \"http://127.0.0.1:5002/team.tar.zst\"\nsha256 = \"{sha}\"\nsize = {size}\n\n\
-             [[image]]\nname = \"team-bad\"\nurl = \"http://127.0.0.1:5002/team.tar.zst\"\nsha256 = \"{wrong}\"\nsize = {size}\n"
+             [[image]]\nname = \"team-bad\"\nurl = \"http://127.0.0.1:5002/team.tar.zst\"\nsha256 = \"{wrong}\"\nsize = {size}\n\n\
+             [[kernel]]\nname = \"team-kernel\"\nurl = \"http://127.0.0.1:5002/kernel.tar.zst\"\nsha256 = \"{ksha}\"\nsize = {ksize}\n"
         ),
     )
     .unwrap();
@@ -610,6 +628,16 @@ fn token_auth_multi_arch_zstd_catalog_bundles_create_by_reference_and_cache_prun
         entries_in(&bundles_dir),
         vec![format!("sha256-{sha}.tar.zst")]
     );
+    // The kernel entry: pulled, verified, imported.
+    assert!(env
+        .banger_ok(&["kernel", "catalog"])
+        .contains("team-kernel"));
+    env.banger_ok(&["kernel", "pull", "team-kernel"]);
+    let k: serde_json::Value =
+        serde_json::from_str(&env.banger_ok(&["kernel", "show", "team-kernel", "--json"])).unwrap();
+    assert_eq!(k["source"], format!("catalog:team-kernel@sha256:{ksha}"));
+    assert_eq!(k["has_initrd"], true, "{k}");
+    assert_eq!(k["has_modules"], true, "{k}");
     let catalog: serde_json::Value =
         serde_json::from_str(&env.banger_ok(&["image", "catalog", "--json"])).unwrap();
     assert!(catalog
@@ -726,9 +754,16 @@ fn token_auth_multi_arch_zstd_catalog_bundles_create_by_reference_and_cache_prun
     assert!(multi_layers.iter().all(|m| left.contains(m)), "{left:?}");
     assert!(!stale_build.exists());
     assert_eq!(
-        entries_in(&bundles_dir).len(),
-        1,
-        "team-tiny's bundle must stay"
+        entries_in(&bundles_dir),
+        {
+            let mut v = vec![
+                format!("sha256-{sha}.tar.zst"),
+                format!("sha256-{ksha}.tar.zst"),
+            ];
+            v.sort();
+            v
+        },
+        "team-tiny's and team-kernel's bundles must stay"
     );
     assert!(env
         .banger_ok(&["image", "cache", "prune"])
@@ -737,8 +772,11 @@ fn token_auth_multi_arch_zstd_catalog_bundles_create_by_reference_and_cache_prun
     assert!(env
         .banger_ok(&["image", "cache", "prune"])
         .contains(&format!("sha256-{sha}.tar.zst")));
-    assert_eq!(entries_in(&bundles_dir), Vec::<String>::new());
-    // The images still here boot from what stayed.
+    assert_eq!(
+        entries_in(&bundles_dir),
+        vec![format!("sha256-{ksha}.tar.zst")]
+    );
+    // What stayed boots: the pulled image with the catalog's kernel.
     let out = env.banger_within(
         &[
             "vm",
@@ -746,6 +784,8 @@ fn token_auth_multi_arch_zstd_catalog_bundles_create_by_reference_and_cache_prun
             "--rm",
             "--image",
             "multi-v1",
+            "--kernel",
+            "team-kernel",
             "--",
             "cat",
             "/etc/arch",
