@@ -121,6 +121,7 @@ pub fn run(opts: Opts, registry: Vec<Scenario>) -> i32 {
         env.bin_dir.display(),
         run_dir.display()
     );
+    watch_interrupts(env.clone());
     if let Err(e) = make_tree(&env) {
         eprintln!("smoke: setting up {}: {e}", run_dir.display());
         return EXIT_FAILED;
@@ -372,6 +373,61 @@ fn netns_pids(ns: &str) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Ctrl-C or SIGTERM: everything of the run is killed — whatever runs in
+/// its namespace, and any process whose arguments or environment name its
+/// directory (the preflight's daemon runs outside the namespace) — and the
+/// namespace deleted; the run directory is kept for its logs. Called
+/// before any other thread exists, so every thread inherits the blocked
+/// signals and only this one takes them (children start with an empty
+/// mask: std resets it).
+fn watch_interrupts(env: Arc<Env>) {
+    // SAFETY: plain sigset manipulation on a local, then this thread's mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: waits for one of the signals blocked above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        eprintln!("smoke: interrupted; stopping everything of this run");
+        let me = std::process::id();
+        let root = env.run_dir.display().to_string();
+        for pid in netns_pids(&env.netns)
+            .into_iter()
+            .chain(procs_naming(&root))
+        {
+            if pid != me {
+                ctx::kill(pid, libc::SIGKILL);
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &env.netns])
+            .status();
+        eprintln!("smoke: run directory kept for its logs: {root}");
+        std::process::exit(128 + sig);
+    });
+}
+
+/// Processes whose command line or environment contains `needle`.
+fn procs_naming(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+            let hay = [read("cmdline"), read("environ")].concat();
+            String::from_utf8_lossy(&hay).contains(needle)
+        })
+        .collect()
 }
 
 /// Kills whatever still runs in the namespace, then deletes it.
