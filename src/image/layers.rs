@@ -173,7 +173,7 @@ fn remove(root: &Path, tree: &mut Tree, rel: &str) {
 
 /// Applies one (decompressed) layer to `root`.
 pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), LayerError> {
-    let mut ar = tar::Archive::new(layer);
+    let mut ar = tar::Archive::new(TarGuard::new(layer));
     // Paths created by this layer (an opaque marker spares them).
     let mut ours: HashSet<String> = HashSet::new();
     tree.meta.entry(String::new()).or_insert(Meta {
@@ -275,6 +275,10 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
                 }
             }
         }
+        // (Their record is at most MAX_META_RECORD; they count as bytes.)
+        tree.bytes = tree
+            .bytes
+            .saturating_add(xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum());
         let dev = || {
             (
                 h.device_major().ok().flatten().unwrap_or(0),
@@ -513,6 +517,97 @@ pub fn tree_bytes(root: &Path) -> u64 {
     total
 }
 
+/// The largest GNU long-name or PAX record a layer may carry: the tar
+/// crate reads such a record whole into memory before the entry it
+/// describes, so without this a few KB of gzip could claim gigabytes.
+pub const MAX_META_RECORD: u64 = 1 << 20;
+
+/// A pass-through reader that follows the tar stream's 512-byte blocks and
+/// refuses a long-name (`L`, `K`) or PAX (`x`, `g`) record over
+/// [`MAX_META_RECORD`] before any of it is read.
+struct TarGuard<R> {
+    inner: R,
+    header: [u8; 512],
+    filled: usize,
+    /// Bytes of the current entry's data (padded to blocks) still to pass.
+    data_left: u64,
+}
+
+impl<R: Read> TarGuard<R> {
+    fn new(inner: R) -> Self {
+        TarGuard {
+            inner,
+            header: [0; 512],
+            filled: 0,
+            data_left: 0,
+        }
+    }
+
+    /// A header's size field: octal, or base-256 when the high bit is set.
+    fn size(h: &[u8; 512]) -> Option<u64> {
+        let f = &h[124..136];
+        if f[0] & 0x80 != 0 {
+            let mut v: u64 = (f[0] & 0x7f) as u64;
+            for &b in &f[1..] {
+                v = v.checked_mul(256)?.checked_add(b as u64)?;
+            }
+            return Some(v);
+        }
+        let text = std::str::from_utf8(f).ok()?;
+        let t = text.trim_matches(|c: char| c == '\0' || c == ' ');
+        if t.is_empty() {
+            return Some(0);
+        }
+        u64::from_str_radix(t, 8).ok()
+    }
+
+    fn pass(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            if self.data_left > 0 {
+                let n = (self.data_left.min(bytes.len() as u64)) as usize;
+                self.data_left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (512 - self.filled).min(bytes.len());
+            self.header[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
+            self.filled += n;
+            bytes = &bytes[n..];
+            if self.filled < 512 {
+                continue;
+            }
+            self.filled = 0;
+            if self.header.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let size = Self::size(&self.header).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a tar header with an unreadable size",
+                )
+            })?;
+            if matches!(self.header[156], b'L' | b'K' | b'x' | b'g') && size > MAX_META_RECORD {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "a long-name or PAX record of {size} bytes (at most {MAX_META_RECORD})"
+                    ),
+                ));
+            }
+            self.data_left = size.div_ceil(512).saturating_mul(512);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pass(&buf[..n])?;
+        Ok(n)
+    }
+}
+
 /// A decompressing reader for a layer of `media_type`.
 pub fn decoder<'a>(media_type: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>, LayerError> {
     let m = media_type;
@@ -600,6 +695,37 @@ mod tests {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_long_name_record_past_the_bound_is_refused_before_it_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        // A GNU long-name record claiming 2 MiB (its data present: the
+        // guard refuses on the header, before the tar crate reads it).
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_path("././@LongLink").unwrap();
+        h.set_size(2 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend(std::iter::repeat_n(b'a', 2 << 20));
+        raw.extend(layer(&[("after", 'f', "x", 0o644, 0)]));
+        let e = apply(&raw[..], &root, &mut Tree::default()).unwrap_err();
+        assert!(
+            e.0.contains("long-name or PAX record of 2097152 bytes"),
+            "{}",
+            e.0
+        );
+        // One within the bound is an ordinary long name.
+        let dir = "d".repeat(150);
+        let name = format!("{dir}/{}", "n".repeat(150));
+        let ok = layer(&[(&dir, 'd', "", 0o755, 0), (&name, 'f', "x", 0o644, 0)]);
+        let mut tree = Tree::default();
+        apply(&ok[..], &root, &mut tree).unwrap();
+        assert!(root.join(&name).is_file());
     }
 
     #[test]
