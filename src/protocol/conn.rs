@@ -418,6 +418,9 @@ where
         )
         .await?;
         let (mut rd, mut wr) = self.stream.split();
+        // Read through a buffer: the select below drops the read whenever an
+        // input is ready first, which must not lose part of a frame.
+        let mut frames = super::frame::BufferedFrames::default();
         loop {
             let next_input = async {
                 match inputs.as_mut() {
@@ -426,7 +429,7 @@ where
                 }
             };
             tokio::select! {
-                env = read_frame::<_, Envelope<E, P>>(&mut rd) => {
+                env = frames.next::<_, Envelope<E, P>>(&mut rd) => {
                     let env = match env {
                         Ok(env) => env,
                         Err(FrameError::Closed) => return Err(FrameError::Truncated.into()),
