@@ -18,6 +18,8 @@ use crate::proto::{self, ExecError, ExecErrorKind, ExecRequest, ExitStatus, Stdi
 /// How long output is still forwarded after the command exited (a
 /// background process may keep its pipes open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// The most output is forwarded for after the exit, however it flows.
+const DRAIN_CAP: Duration = Duration::from_secs(30);
 /// How long the agent waits for the TCP stdin connection.
 pub const TCP_ACCEPT: Duration = Duration::from_secs(30);
 
@@ -71,17 +73,29 @@ async fn fail<S: AsyncWrite>(
 }
 
 /// Copies `from` into frames of `kind` until it ends.
-async fn pump<R: AsyncRead + Unpin, S: AsyncWrite>(mut from: R, w: Writer<S>, kind: u8) {
+/// Forwards `from` as `kind` frames until it ends or `stop` is set. A stop
+/// is taken only between frames (the read is cancelled, never a write), so
+/// the stream never carries half a frame; `sent` counts the frames.
+async fn pump<R: AsyncRead + Unpin, S: AsyncWrite>(
+    mut from: R,
+    w: Writer<S>,
+    kind: u8,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if send(&w, kind, &buf[..n]).await.is_err() {
-                    return;
-                }
-            }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if send(&w, kind, &buf[..n]).await.is_err() {
+            return;
         }
+        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -301,27 +315,45 @@ where
     drop(slave);
     let mut stdin = child.stdin.take();
     let mut outputs = Vec::new();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     if let Some(m) = &master {
         let (m, w) = (m.clone(), w.clone());
+        let (mut stop, sent) = (stop.clone(), sent.clone());
         outputs.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 64 << 10];
             loop {
-                match m.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if send(&w, proto::STDOUT, &buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
+                let n = tokio::select! {
+                    r = m.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    },
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                if send(&w, proto::STDOUT, &buf[..n]).await.is_err() {
+                    return;
                 }
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }));
     }
     if let Some(o) = child.stdout.take() {
-        outputs.push(tokio::spawn(pump(o, w.clone(), proto::STDOUT)));
+        outputs.push(tokio::spawn(pump(
+            o,
+            w.clone(),
+            proto::STDOUT,
+            stop.clone(),
+            sent.clone(),
+        )));
     }
     if let Some(e) = child.stderr.take() {
-        outputs.push(tokio::spawn(pump(e, w.clone(), proto::STDERR)));
+        outputs.push(tokio::spawn(pump(
+            e,
+            w.clone(),
+            proto::STDERR,
+            stop.clone(),
+            sent.clone(),
+        )));
     }
     // Frames from the host until the command exits.
     let status = loop {
@@ -370,12 +402,28 @@ where
     drop(stdin);
     // Output written before the exit still arrives; a background process
     // that keeps the pipes open does not hold the answer back.
-    let deadline = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
-    for t in outputs {
-        let abort = t.abort_handle();
-        if tokio::time::timeout_at(deadline, t).await.is_err() {
-            abort.abort();
+    // Forwarding goes on while output flows (under emulation the last
+    // pipeful can take a while), until it has been idle DRAIN_AFTER_EXIT or
+    // DRAIN_CAP passed; then the pumps stop at a frame boundary (aborting
+    // one mid-write put half a frame before EXIT: "early eof" on the host).
+    let cap = tokio::time::Instant::now() + DRAIN_CAP;
+    let (mut seen, mut idle_since) = (
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        tokio::time::Instant::now(),
+    );
+    while !outputs.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+        if now != seen {
+            (seen, idle_since) = (now, tokio::time::Instant::now());
         }
+        if idle_since.elapsed() >= DRAIN_AFTER_EXIT || tokio::time::Instant::now() >= cap {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    for t in outputs {
+        let _ = t.await;
     }
     let exit = ExitStatus {
         code: status.code(),
