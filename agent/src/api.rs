@@ -66,3 +66,20 @@ pub struct DiskUse {
     pub total_bytes: u64,
     pub used_bytes: u64,
 }
+
+/// Answer of `Request::Ready`: how far the guest's boot is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Readiness {
+    /// The readiness point is reached (`ready.rs`): a command may run.
+    pub ready: bool,
+    /// Ready, and the boot has no job left (only when asked for).
+    pub settled: bool,
+    /// The guest's uptime when the readiness unit ran (systemd images).
+    #[serde(default)]
+    pub ready_at_s: Option<f64>,
+    /// `systemctl is-system-running` when settling was asked for.
+    #[serde(default)]
+    pub system_state: String,
+    /// How long the agent waited before answering.
+    pub waited_ms: u64,
+}

@@ -22,6 +22,9 @@ pub struct BootReport {
     pub errors: Vec<String>,
     /// `systemd` (or whatever `/sbin/init` is) or `banger`.
     pub init: String,
+    /// The readiness unit was installed (`ready.rs`): commands wait for it.
+    #[serde(default)]
+    pub ready_unit: bool,
 }
 
 fn mount(
@@ -120,9 +123,16 @@ fn exec_init(path: &str) -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// This binary's path in the guest.
+fn agent_path() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "/usr/local/bin/banger-agent".into())
+}
+
 /// Runs the agent (`--serve`) and starts it again whenever it ends.
 fn supervise_agent() -> ! {
-    let me = std::env::current_exe().unwrap_or_else(|_| "/usr/local/bin/banger-agent".into());
+    let me = agent_path();
     let mut delay = Duration::from_millis(100);
     loop {
         let started = std::time::Instant::now();
@@ -222,12 +232,25 @@ pub fn run() -> ! {
                 .ok()
                 .is_some_and(|real| Some(real) != std::env::current_exe().ok())
         });
+    let init_name = init
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "banger".into());
+    // systemd reads runtime units from /run (mounted above) when it
+    // starts: the readiness unit tells the agent when the boot can no
+    // longer change a command's world.
+    let ready_unit = init_name == "systemd"
+        && match crate::ready::install_unit(Path::new("/"), &agent_path()) {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push(format!("readiness unit: {e}"));
+                false
+            }
+        };
     let report = BootReport {
         errors,
-        init: init
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "banger".into()),
+        init: init_name,
+        ready_unit,
     };
     let _ = std::fs::create_dir_all("/run/banger");
     let _ = std::fs::write(SETUP_FILE, serde_json::to_vec(&report).unwrap_or_default());

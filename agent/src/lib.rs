@@ -30,6 +30,8 @@ pub mod netlink;
 pub mod ports;
 pub mod proto;
 #[cfg(target_os = "linux")]
+pub mod ready;
+#[cfg(target_os = "linux")]
 pub mod serve;
 pub mod setup;
 #[cfg(target_os = "linux")]

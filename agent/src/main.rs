@@ -8,8 +8,17 @@ use std::sync::Arc;
 use banger_agent::serve::{self, AgentState};
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--init") {
-        banger_agent::init::run();
+    match std::env::args().nth(1).as_deref() {
+        Some("--init") => banger_agent::init::run(),
+        // Run by the readiness unit (banger-ready.service).
+        Some("--mark-ready") => match banger_agent::ready::mark_ready(std::path::Path::new("/")) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("banger-agent: marking the guest ready: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => {}
     }
     // The guest's OOM killer must never take the host's way in.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
@@ -21,6 +30,11 @@ fn main() {
         Some(r) => AgentState {
             setup_errors: r.errors,
             init: r.init,
+            ready: if r.ready_unit {
+                banger_agent::ready::Hook::Unit
+            } else {
+                banger_agent::ready::Hook::None
+            },
         },
         // Started on its own: set the guest up first.
         None => {
@@ -33,6 +47,9 @@ fn main() {
                     .unwrap_or_default()
                     .trim()
                     .to_string(),
+                // Started on its own (not by banger's initramfs): no unit
+                // to wait for.
+                ready: banger_agent::ready::Hook::None,
             }
         }
     };

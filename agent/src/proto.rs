@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped on any incompatible change to what follows.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Largest message either side sends or accepts.
 pub const MAX_MSG: usize = 1 << 20;
@@ -57,6 +57,10 @@ pub enum Request {
     /// A VM restored from a snapshot takes its own identity; answers
     /// `api::Ack` (its detail lists what could not be done).
     Reidentify(Identity),
+    /// Waits (at most `wait_ms`) until the guest is ready for commands
+    /// and, with `settled`, until its boot is over; answers
+    /// `api::Readiness` (`ready.rs` says what each means).
+    Ready { settled: bool, wait_ms: u64 },
 }
 
 /// Who a restored clone is now: everything a snapshot's guest shares with

@@ -17,6 +17,8 @@ use crate::proto::{self, Pong, Request};
 pub struct AgentState {
     pub setup_errors: Vec<String>,
     pub init: String,
+    /// How readiness is known (`ready.rs`).
+    pub ready: crate::ready::Hook,
 }
 
 /// Health facts, read now.
@@ -161,6 +163,12 @@ where
                 .await
                 .map_err(|e| e.to_string());
             respond(&mut s, ack).await
+        }
+        Request::Ready { settled, wait_ms } => {
+            // Bounded: a host asking for hours gets ten minutes.
+            let wait = Duration::from_millis(wait_ms.min(600_000));
+            let r = crate::ready::wait(Path::new("/"), state.ready, settled, wait).await;
+            respond(&mut s, Ok::<_, String>(r)).await
         }
         Request::Stats => {
             let st =

@@ -36,7 +36,14 @@ pub enum AgentError {
     Protocol(String),
     #[error("the agent refused: {0}")]
     Refused(String),
+    /// The guest stopped answering while a command ran in it.
+    #[error("the guest stopped answering: its agent was silent for {0:?} (a busy command never causes this: the agent answers beside it)")]
+    Unresponsive(Duration),
 }
+
+/// How long a guest may be silent while a command runs in it before the
+/// command is given up (`Timeouts::unresponsive` sets it per daemon).
+pub const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(60);
 
 /// Where a VM's agent is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +68,8 @@ struct Inner {
     link: watch::Receiver<Link>,
     task: tokio::task::AbortHandle,
     channel: AgentChannel,
+    /// Milliseconds of silence after which a running command is given up.
+    unresponsive_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -202,6 +211,7 @@ impl AgentSession {
             link,
             task,
             channel,
+            unresponsive_ms: (UNRESPONSIVE_AFTER.as_millis() as u64).into(),
         }))
     }
 
@@ -218,6 +228,22 @@ impl AgentSession {
     /// Test hook: kills the task driving the session, as a crash would.
     pub fn kill_task(&self) {
         self.0.task.abort();
+    }
+
+    /// How long the guest may be silent while a command runs.
+    pub fn unresponsive_after(&self) -> Duration {
+        Duration::from_millis(
+            self.0
+                .unresponsive_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    pub fn set_unresponsive_after(&self, d: Duration) -> &Self {
+        self.0
+            .unresponsive_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     pub fn link(&self) -> Link {
@@ -323,6 +349,21 @@ impl AgentSession {
         self.call(&Request::Stats, timeout, SMALL).await
     }
 
+    /// Waits (the guest bounds it by `wait`) until the guest is ready for
+    /// commands and, with `settled`, until its boot is over.
+    pub async fn ready(
+        &self,
+        settled: bool,
+        wait: Duration,
+    ) -> Result<banger_agent::api::Readiness, AgentError> {
+        let req = Request::Ready {
+            settled,
+            wait_ms: wait.as_millis() as u64,
+        };
+        // The answer comes when the guest is ready or its wait is over.
+        self.call(&req, wait + Duration::from_secs(10), SMALL).await
+    }
+
     /// A restored clone takes its own identity.
     pub async fn reidentify(
         &self,
@@ -363,6 +404,7 @@ mod tests {
                 let state = Arc::new(banger_agent::serve::AgentState {
                     setup_errors: vec![],
                     init: "test".into(),
+                    ready: banger_agent::ready::Hook::None,
                 });
                 banger_agent::serve::serve_channel(rd, wr, state).await;
             }

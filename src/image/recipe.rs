@@ -99,10 +99,15 @@ pub enum OverlayEntry {
     },
 }
 
+// Early (no default dependencies: it needs only a writable /etc), so the
+// key is made while sysinit runs rather than after basic.target, where it
+// held sshd — and with it the readiness point — back by ~0.9 s under TCG.
 const KEYGEN_UNIT: &str = "\
 [Unit]
 Description=Generate this VM's own SSH host keys
-Before=ssh.service
+DefaultDependencies=no
+After=systemd-remount-fs.service local-fs.target
+Before=ssh.service shutdown.target
 ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
@@ -227,6 +232,11 @@ pub const MASK_UNITS: &[&str] = &[
     "systemd-pcrphase-sysinit.service",
     "dpkg-db-backup.timer",
     "systemd-tmpfiles-clean.timer",
+    // Boot and runlevel records for `who`/`last` (utmp, wtmp): nothing a
+    // throwaway VM needs, and on the readiness point's critical path
+    // (sysinit.target waits for it, ~0.2 s under TCG).
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
 ];
 
 /// The cache key of an image built from `recipe` with a kernel whose modules

@@ -135,9 +135,18 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     if lines.is_empty() {
         return "  (nothing)".into();
     }
+    // The console is the guest's: no escape sequence or control byte of
+    // it reaches the owner's terminal, and no line is endless.
     lines[lines.len().saturating_sub(n)..]
         .iter()
-        .map(|l| format!("  {l}"))
+        .map(|l| {
+            let clean: String = l
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .take(240)
+                .collect();
+            format!("  {clean}")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -521,15 +530,90 @@ async fn boot(
             }
         }
     };
-    let health = accept_guest(ctx, vm, rec, health)?;
+    check_protocol(rec, &health)?;
     stages
         .end(format!(
             "guest up {:.1}s, boot {}, init {}",
-            health.uptime_s, health.boot_id, health.init
+            health.uptime_s,
+            sanitize_token(&health.boot_id, 64),
+            sanitize_token(&health.init, 32)
         ))
         .await;
+    stages
+        .begin("boot", "waiting for the guest's boot to reach banger-ready")
+        .await;
+    let r = wait_ready(ctx, rec, &agent, pid, deadline).await?;
+    accept_guest(ctx, vm, rec, health)?;
+    stages.end(ready_detail(&r)).await;
     stages.ready().await;
     Ok(())
+}
+
+/// What the `boot` stage says about a readiness answer.
+fn ready_detail(r: &banger_agent::api::Readiness) -> String {
+    match r.ready_at_s {
+        Some(at) if at.is_finite() && at >= 0.0 => {
+            format!("ready at guest uptime {at:.1}s (waited {} ms)", r.waited_ms)
+        }
+        _ => format!("ready (no boot to wait for; waited {} ms)", r.waited_ms),
+    }
+}
+
+/// Waits until the guest is ready for commands (the readiness contract:
+/// its boot can no longer change a command's world), until `deadline`.
+/// A VMM that exits meanwhile, or a guest that does not get there in time,
+/// is an error with the serial console's last lines.
+pub async fn wait_ready(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    agent: &AgentSession,
+    pid: u32,
+    deadline: tokio::time::Instant,
+) -> Result<banger_agent::api::Readiness, RpcError> {
+    let paths = ctx.layout.vm(&rec.id);
+    let not_ready = |why: String| {
+        RpcError::failed(format!(
+            "the guest of {} did not finish booting: {why}; the serial console ended with:\n{}",
+            rec.name,
+            log_tail(&paths.serial_log(), 15)
+        ))
+    };
+    loop {
+        // One answer per at most 30 s, so a session lost meanwhile is
+        // noticed and asked again.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(not_ready(format!(
+                "banger-ready.service had not run after {:?}",
+                ctx.timeouts.boot
+            )));
+        }
+        let ask = left.min(Duration::from_secs(30));
+        let r = tokio::select! {
+            r = agent.ready(false, ask) => r,
+            _ = crate::host::process::wait_exit_forever(pid) => {
+                return Err(not_ready(format!("the {} process exited", rec.vmm.as_str())));
+            }
+        };
+        match r {
+            Ok(r) if r.ready => return Ok(r),
+            Ok(_) => {}
+            Err(crate::guest::session::AgentError::Refused(e)) => {
+                return Err(not_ready(format!(
+                "its agent cannot say ({}); rebuild the image (banger image build {} --rebuild)",
+                sanitize_token(&e, 80),
+                rec.image
+            )))
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(not_ready(e.to_string()))
+            }
+            Err(e) => {
+                tracing::debug!(vm = %rec.name, "asking the agent for readiness: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// The `restore` stage: loads the snapshot's memory into the waiting VMM,
@@ -593,12 +677,24 @@ async fn restore_guest(
             "the restored guest could not take its own identity: {detail}"
         )));
     }
+    check_protocol(rec, &health)?;
+    // A snapshot of a settled guest is ready at once; one taken while the
+    // guest still booted (a user's `vm snapshot`) finishes its boot first.
+    let ready = wait_ready(
+        ctx,
+        rec,
+        agent,
+        pid,
+        tokio::time::Instant::now() + ctx.timeouts.boot,
+    )
+    .await?;
     rec.restore_pending = false;
     accept_guest(ctx, vm, rec, health)?;
     super::snapshots::mark_used(ctx, snap);
     stages
         .end(format!(
-            "memory {load_ms} ms, agent {session_ms} ms, identity {identity_ms} ms; now {} at {}",
+            "memory {load_ms} ms, agent {session_ms} ms, identity {identity_ms} ms, ready {} ms; now {} at {}",
+            ready.waited_ms,
             rec.name,
             rec.ip.as_deref().unwrap_or("?")
         ))
@@ -617,6 +713,18 @@ fn accept_guest(
     rec: &mut VmRecord,
     mut health: banger_agent::api::Healthz,
 ) -> Result<banger_agent::api::Healthz, RpcError> {
+    check_protocol(rec, &health)?;
+    health.boot_id = sanitize_token(&health.boot_id, 64);
+    health.init = sanitize_token(&health.init, 32);
+    rec.boot_id = Some(health.boot_id.clone());
+    rec.state = VmState::Running;
+    persist(ctx, vm, rec)?;
+    refresh_ssh_config(ctx);
+    Ok(health)
+}
+
+/// The image's agent must speak this banger's protocol.
+fn check_protocol(rec: &VmRecord, health: &banger_agent::api::Healthz) -> Result<(), RpcError> {
     if health.protocol != banger_agent::proto::VERSION {
         return Err(RpcError::failed(format!(
             "the image's agent speaks protocol {}, banger {}; rebuild the image (banger image build {} --rebuild)",
@@ -625,13 +733,7 @@ fn accept_guest(
             rec.image
         )));
     }
-    health.boot_id = sanitize_token(&health.boot_id, 64);
-    health.init = sanitize_token(&health.init, 32);
-    rec.boot_id = Some(health.boot_id.clone());
-    rec.state = VmState::Running;
-    persist(ctx, vm, rec)?;
-    refresh_ssh_config(ctx);
-    Ok(health)
+    Ok(())
 }
 
 /// At most `max` characters of `s` that are ASCII letters, digits or `-`
@@ -690,6 +792,8 @@ pub async fn resume_boot(
                 return Err(RpcError::failed("the VMM exited during the resumed boot"));
             }
         };
+        check_protocol(&rec, &health)?;
+        wait_ready(ctx, &rec, &agent, pid, tokio::time::Instant::now() + ctx.timeouts.boot).await?;
         accept_guest(ctx, vm, &mut rec, health).map(drop)
     }
     .await;

@@ -189,6 +189,9 @@ pub async fn take(
     let dir = snapshots_dir(ctx);
     let staged = crate::fsutil::TempDir::new_in(&dir, "snapshot").ctx("creating in", &dir)?;
 
+    if let Some(a) = &agent {
+        settle(ctx, a, auto, stages).await?;
+    }
     stages
         .begin("pause", "flush the guest, pause the VMM")
         .await;
@@ -285,6 +288,69 @@ pub async fn take(
     }
     tracing::info!(vm = %rec.name, snapshot = %name, state_bytes = bytes_state, ms = elapsed_state, size_bytes, "snapshot taken");
     Ok(snap)
+}
+
+/// How long `vm snapshot` waits for a booting guest to settle.
+const SETTLE_WAIT: Duration = Duration::from_secs(120);
+
+/// The `settle` stage: waits (bounded) until the guest's boot is over, so
+/// clones have nothing of it left to replay. An automatic snapshot is
+/// refused when the boot does not finish; a user's is taken anyway, and
+/// its clones finish the boot (they wait for the readiness point on
+/// restore) before anything runs in them.
+async fn settle(
+    ctx: &Ctx,
+    agent: &crate::guest::session::AgentSession,
+    auto: bool,
+    stages: &mut Stages,
+) -> Result<(), RpcError> {
+    stages
+        .begin("settle", "waiting for the guest's boot to finish")
+        .await;
+    let wait = if auto { ctx.timeouts.boot } else { SETTLE_WAIT };
+    let r = agent.ready(true, wait).await;
+    let state = |r: &banger_agent::api::Readiness| {
+        if r.system_state.is_empty() {
+            "no init to wait for".to_string()
+        } else {
+            format!(
+                "systemd: {}",
+                super::lifecycle::sanitize_token(&r.system_state, 32)
+            )
+        }
+    };
+    match r {
+        Ok(r) if r.settled => {
+            stages
+                .end(format!("settled ({}, waited {} ms)", state(&r), r.waited_ms))
+                .await;
+            Ok(())
+        }
+        Ok(r) if auto => Err(RpcError::failed(format!(
+            "the guest's boot did not finish within {wait:?} ({}): no warm snapshot of a booting guest",
+            state(&r)
+        ))),
+        Err(e) if auto => Err(RpcError::failed(format!(
+            "cannot tell whether the guest's boot is over ({e}): no warm snapshot"
+        ))),
+        Ok(r) => {
+            stages
+                .end(format!(
+                    "still booting after {wait:?} ({}): its clones finish the boot before commands run",
+                    state(&r)
+                ))
+                .await;
+            Ok(())
+        }
+        Err(e) => {
+            stages
+                .end(format!(
+                    "cannot tell ({e}): its clones wait for their boot before commands run"
+                ))
+                .await;
+            Ok(())
+        }
+    }
 }
 
 /// Runs a paused VM again; with `cancel`, a migration still going is
@@ -611,7 +677,9 @@ pub fn warm_name(
 ) -> String {
     let key = crate::digest::sha256_hex(
         format!(
-            "warm1|{}|{}|{}|{}|{}|{}|{vmm_version}",
+            // warm2: taken of a settled guest (warm1 was "agent ready",
+            // mid-boot): a new name, so the old ones are never restored.
+            "warm2|{}|{}|{}|{}|{}|{}|{vmm_version}",
             image.rootfs_sha256,
             image.work_seed_sha256,
             kernel.vmlinux_sha256,

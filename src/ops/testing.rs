@@ -318,6 +318,7 @@ impl Fakes {
                 boot_stall: Duration::from_millis(600),
                 poweroff: Duration::from_millis(500),
                 powerdown: Duration::from_millis(500),
+                unresponsive: Duration::from_secs(2),
             },
             guests: Default::default(),
             warming: Default::default(),
@@ -445,6 +446,14 @@ pub fn hostile_agent(path: PathBuf, how: Hostile) -> tokio::task::JoinHandle<()>
                         let ok =
                             |v: serde_json::Value| serde_json::to_vec(&Ok::<_, String>(v)).unwrap();
                         let body = match (&how, req) {
+                            // Its words are hostile; it does say it is ready.
+                            (Hostile::Health(_), proto::Request::Ready { .. }) => {
+                                ok(serde_json::to_value(banger_agent::api::Readiness {
+                                    ready: true,
+                                    ..Default::default()
+                                })
+                                .unwrap())
+                            }
                             (Hostile::Health(h), _) => ok(serde_json::to_value(h).unwrap()),
                             (Hostile::HostKeys(k), proto::Request::HostKeys) => {
                                 ok(serde_json::to_value(k).unwrap())
