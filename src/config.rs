@@ -44,6 +44,9 @@ struct RawConfig {
     /// New VMs restore an automatic snapshot of their image booted to
     /// "agent ready" (made once, in the background) instead of booting.
     warm_start: Option<bool>,
+    /// Seconds a guest's agent may be silent while a command runs in it
+    /// before the command is given up (exit 125); default 60.
+    unresponsive_after_secs: Option<u64>,
     #[serde(default)]
     vm_defaults: RawVmDefaults,
     #[serde(default)]
@@ -179,6 +182,8 @@ pub struct Config {
     pub log_level: Option<String>,
     /// `warm_start` (default true).
     pub warm_start: bool,
+    /// `unresponsive_after_secs` (default 60 s).
+    pub unresponsive_after: std::time::Duration,
 }
 
 impl Config {
@@ -268,6 +273,16 @@ impl Config {
                 ));
             }
         }
+        let unresponsive_after = match raw.unresponsive_after_secs {
+            None => crate::guest::session::UNRESPONSIVE_AFTER,
+            Some(s) if (5..=86_400).contains(&s) => std::time::Duration::from_secs(s),
+            Some(s) => {
+                return Err(invalid(
+                    "unresponsive_after_secs",
+                    format!("{s} is out of range: give 5 to 86400 seconds (a silent guest is given up after it)"),
+                ))
+            }
+        };
         let vmm = match &raw.vmm {
             Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,
             None => Default::default(),
@@ -278,6 +293,7 @@ impl Config {
             firecracker_binary,
             log_level: raw.log_level.clone(),
             warm_start: raw.warm_start.unwrap_or(true),
+            unresponsive_after,
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
@@ -346,6 +362,11 @@ pub fn describe(cfg: &Config) -> Vec<(String, String, String)> {
         (
             "warm_start".into(),
             cfg.warm_start.to_string(),
+            String::new(),
+        ),
+        (
+            "unresponsive_after_secs".into(),
+            cfg.unresponsive_after.as_secs().to_string(),
             String::new(),
         ),
         (

@@ -20,6 +20,9 @@ pub enum VmState {
     /// Running, but its agent has not answered for a while. Only in views
     /// (the store never holds it): a record stays `running`.
     Degraded,
+    /// Running, but its agent has been silent past the bound a running
+    /// command is given up at (`unresponsive_after_secs`). Only in views.
+    Unresponsive,
 }
 
 impl VmState {
@@ -32,6 +35,7 @@ impl VmState {
             VmState::Stopped => "stopped",
             VmState::Error => "error",
             VmState::Degraded => "degraded",
+            VmState::Unresponsive => "unresponsive",
         }
     }
 
@@ -39,7 +43,11 @@ impl VmState {
     pub fn may_have_vmm(self) -> bool {
         matches!(
             self,
-            VmState::Running | VmState::Starting | VmState::Stopping | VmState::Degraded
+            VmState::Running
+                | VmState::Starting
+                | VmState::Stopping
+                | VmState::Degraded
+                | VmState::Unresponsive
         )
     }
 

@@ -9,6 +9,11 @@ use crate::support::*;
 /// A namespaced tree with the kernel and default image in place (from the
 /// shared cache: no network needed inside the namespace).
 pub fn vm_env() -> TestEnv {
+    vm_env_with("")
+}
+
+/// [`vm_env`] with more top-level config lines.
+pub fn vm_env_with(extra: &str) -> TestEnv {
     artifacts();
     let env = TestEnv::new();
     // Small guests: two may run at once on two cores. Cold boots: a test
@@ -20,7 +25,7 @@ pub fn vm_env() -> TestEnv {
     std::fs::create_dir_all(&cfg).unwrap();
     std::fs::write(
         cfg.join("config.toml"),
-        "warm_start = false\n[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = \"2G\"\n",
+        format!("warm_start = false\n{extra}[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = \"2G\"\n"),
     )
     .unwrap();
     env.banger_ok(&["kernel", "pull", "debian-cloud"]);
@@ -188,5 +193,138 @@ fn bad_specs_are_refused_before_anything_is_created() {
             .map(|d| d.count())
             .unwrap_or(0)
             == 0
+    );
+}
+
+/// Sends `sig` to every VMM of the test's tree.
+fn signal_vmms(env: &TestEnv, sig: nix::sys::signal::Signal) -> Vec<u32> {
+    let pids = vmm_pids(env);
+    for p in &pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), sig).unwrap();
+    }
+    pids
+}
+
+/// Starts `args` and waits (bounded) until its stdout has a line `started`.
+fn start_until_started(env: &TestEnv, args: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = env
+        .banger_cmd(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if l == "started" {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(400)).is_err() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "{} never printed `started`:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child
+}
+
+/// A guest that stops answering while a command runs in it (its VMM frozen
+/// with SIGSTOP: the guest is stuck as in a soft lockup) is not waited on
+/// forever: `vm exec` gives up after `unresponsive_after_secs` with exit
+/// 125 and a message naming the VM, `vm show` says `unresponsive`, the VM
+/// answers again once thawed; `vm run --rm` gives up the same way and
+/// leaves nothing behind.
+#[test]
+fn a_guest_that_stops_answering_mid_command_is_given_up() {
+    use nix::sys::signal::Signal;
+    let _heavy = heavy();
+    let env = vm_env_with("unresponsive_after_secs = 10\n");
+    let bound = Duration::from_secs(10);
+
+    // vm exec into a long-lived VM.
+    env.banger_ok(&["vm", "create", "--name", "frozen"]);
+    let child = start_until_started(
+        &env,
+        &[
+            "vm",
+            "exec",
+            "frozen",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600",
+        ],
+    );
+    let stopped = signal_vmms(&env, Signal::SIGSTOP);
+    assert_eq!(stopped.len(), 1, "one VMM: {stopped:?}");
+    let t = std::time::Instant::now();
+    let out = output_within(child, "vm exec on a frozen guest", Duration::from_secs(120));
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("VM frozen is unresponsive"), "{err}");
+    assert!(err.contains("serial console ended with"), "{err}");
+    assert!(
+        took >= bound && took < bound * 4,
+        "given up after {took:?} (bound {bound:?})"
+    );
+    wait_for(
+        "vm show to say unresponsive",
+        Duration::from_secs(60),
+        || (show(&env, "frozen")["state"] == "unresponsive").then_some(()),
+    );
+    signal_vmms(&env, Signal::SIGCONT);
+    wait_for(
+        "the thawed VM to answer again",
+        Duration::from_secs(120),
+        || (show(&env, "frozen")["state"] == "running").then_some(()),
+    );
+    assert_eq!(
+        env.banger_ok(&["vm", "exec", "frozen", "--", "echo", "back"]),
+        "back\n"
+    );
+    env.banger_ok(&["vm", "delete", "frozen"]);
+
+    // vm run --rm: given up, and the VM, its VMM and its directory go.
+    let child = start_until_started(
+        &env,
+        &[
+            "vm",
+            "run",
+            "--rm",
+            "--name",
+            "stall",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600",
+        ],
+    );
+    let id = show(&env, "stall")["id"].as_str().unwrap().to_string();
+    assert_eq!(signal_vmms(&env, Signal::SIGSTOP).len(), 1);
+    let out = output_within(
+        child,
+        "vm run --rm on a frozen guest",
+        Duration::from_secs(120),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("VM stall is unresponsive"), "{err}");
+    assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
+    assert!(vmm_pids(&env).is_empty(), "{:?}", vmm_pids(&env));
+    assert!(
+        !env.state_dir().join("vms").join(&id).exists(),
+        "the VM's directory is gone"
     );
 }

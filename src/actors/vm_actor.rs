@@ -218,7 +218,9 @@ fn revive_session(state: &mut VmActorState) -> bool {
         return false;
     };
     tracing::warn!(vm = %state.record.name, "the agent session's task ended; a fresh session");
-    state.agent = Some(AgentSession::start(old.channel().clone()));
+    let fresh = AgentSession::start(old.channel().clone());
+    fresh.set_unresponsive_after(old.unresponsive_after());
+    state.agent = Some(fresh);
     true
 }
 
@@ -405,10 +407,12 @@ impl Actor for VmActor {
                 tracing::info!(vm = %state.record.name, pid, "re-attached to a running VM");
                 let _ = myself.cast(VmMsg::AttachVmm(pid));
                 let paths = self.ctx.layout.vm(&self.id);
-                state.agent = Some(AgentSession::start(crate::guest::session::channel_of(
+                let s = AgentSession::start(crate::guest::session::channel_of(
                     state.record.vmm,
                     &paths,
-                )));
+                ));
+                s.set_unresponsive_after(self.ctx.timeouts.unresponsive);
+                state.agent = Some(s);
             }
             Recovery::Dead => {
                 tracing::info!(vm = %state.record.name, "its VMM is gone; releasing its resources");
@@ -512,6 +516,7 @@ impl Actor for VmActor {
             VmMsg::StartAgent(channel, reply) => {
                 // Dropping the old session closes it.
                 let s = AgentSession::start(channel);
+                s.set_unresponsive_after(self.ctx.timeouts.unresponsive);
                 state.agent = Some(s.clone());
                 let _ = reply.send(s);
             }

@@ -431,6 +431,7 @@ pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
         vmm: a.vmm.unwrap_or(cfg.vmm),
         from: a.from.clone(),
         cold: a.cold,
+        delete_on_failure: false,
     })
 }
 
@@ -825,6 +826,8 @@ async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
         None => None,
     };
     let mut s = spec(ctx, &a.create)?;
+    // --rm: a VM whose start fails goes too (the daemon deletes it).
+    s.delete_on_failure = a.rm;
     let mut ws = ws;
     // --warm: the workspace snapshot of this key, when there is one, is
     // restored (its dependencies kept, the repo shipped again); otherwise

@@ -62,7 +62,7 @@ impl DaemonHandler {
         let board = &self.ctx.guests;
         Ok(Reply::Vms(
             vms.iter()
-                .map(|r| views::vm_seen(r, &board.get(&r.id)))
+                .map(|r| views::vm_seen(r, &board.get(&r.id), self.ctx.timeouts.unresponsive))
                 .collect(),
         ))
     }
@@ -138,7 +138,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                     stdin: stdin.then_some(inputs),
                     auto_prepare,
                 };
-                vms::exec(slots, &name, argv, how, events).await
+                vms::exec(ctx, slots, &name, argv, how, events).await
             }
             Request::VmPing { name } => vms::ping(slots, &name).await,
             Request::WorkspacePrepare { name, spec } => {

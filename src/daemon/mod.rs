@@ -130,6 +130,10 @@ struct Running {
 /// The daemon's context, its seams backed by the actors in `slots`.
 pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Slots>) -> Arc<Ctx> {
     Arc::new(Ctx {
+        timeouts: Timeouts {
+            unresponsive: config.unresponsive_after,
+            ..Timeouts::for_host()
+        },
         store,
         layout,
         config,
@@ -138,7 +142,6 @@ pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Sl
         images: Arc::new(ActorJobs(slots.clone(), JobKind::Images)),
         kernels: Arc::new(ActorJobs(slots.clone(), JobKind::Kernels)),
         drivers: Arc::new(RealDrivers),
-        timeouts: Timeouts::for_host(),
         guests: Default::default(),
         warming: Default::default(),
     })

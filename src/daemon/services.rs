@@ -52,7 +52,7 @@ pub async fn health(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcEr
     let board = ctx.guests.get(&rec.id);
     let mut v = VmHealthView {
         name: rec.name.clone(),
-        state: crate::ops::views::vm_seen(&rec, &board).state,
+        state: crate::ops::views::vm_seen(&rec, &board, ctx.timeouts.unresponsive).state,
         agent_ok: false,
         rtt_us: None,
         agent_error: None,

@@ -35,6 +35,7 @@ pub async fn create(
     // goes away (Ctrl-C) aborts this handler, and must not leave a reserved
     // row that no actor owns. The VM is then created and started anyway, and
     // can be deleted like any other.
+    let delete_on_failure = spec.delete_on_failure;
     let task = tokio::spawn(async move {
         let reserved = vms::reserve(&ctx, &spec, &plan)?;
         let _ = events
@@ -63,7 +64,20 @@ pub async fn create(
         if let (Ok(_), Some(w)) = (&started, warm) {
             spawn_warm(ctx.clone(), slots.clone(), w);
         }
-        started
+        match started {
+            Err(e) if delete_on_failure => {
+                // `vm run --rm`: the failed VM goes now (its logs with it);
+                // its console's end is in the message already.
+                let gone = delete(&slots, &reserved.name, Some(reserved.id.clone())).await;
+                let hint = format!(" (see `banger vm logs {}`)", reserved.name);
+                let message = match gone {
+                    Ok(_) => format!("{}; the VM was removed", e.message.replace(&hint, "")),
+                    Err(d) => format!("{}; removing the VM failed: {}", e.message, d.message),
+                };
+                Err(RpcError { message, ..e })
+            }
+            other => other,
+        }
     });
     task.await?
 }
@@ -118,6 +132,8 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Rp
         vmm: crate::domain::VmmChoice::Qemu,
         from: None,
         cold: true,
+        // Deleted below, whatever happened.
+        delete_on_failure: false,
     };
     // Boxed: `create` starts this task, so its future cannot contain itself.
     let created: crate::ops::BoxFuture<'static, Result<Reply, RpcError>> =
@@ -327,7 +343,11 @@ pub async fn set(
 
 pub async fn show(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {
     let rec = requests::record(slots, name).await?;
-    Ok(Reply::Vm(views::vm_seen(&rec, &ctx.guests.get(&rec.id))))
+    Ok(Reply::Vm(views::vm_seen(
+        &rec,
+        &ctx.guests.get(&rec.id),
+        ctx.timeouts.unresponsive,
+    )))
 }
 
 pub async fn logs(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {
@@ -371,6 +391,7 @@ pub async fn ping(slots: &Slots, name: &str) -> Result<Reply, RpcError> {
 /// `vm exec`: in a workspace, warns when the host repo moved on since the
 /// prepare, or re-syncs first with `auto_prepare`.
 pub async fn exec(
+    ctx: &Ctx,
     slots: &Slots,
     name: &str,
     argv: Vec<String>,
@@ -401,16 +422,18 @@ pub async fn exec(
                 .await;
         }
     }
-    Ok(match vms::exec(&rec, &agent, argv, how, &events).await? {
-        Outcome::Exited(s) => Reply::Exit {
-            code: s.shell_code(),
-            message: None,
+    Ok(
+        match vms::exec(ctx, &rec, &agent, argv, how, &events).await? {
+            Outcome::Exited(s) => Reply::Exit {
+                code: s.shell_code(),
+                message: None,
+            },
+            Outcome::Failed(e) => Reply::Exit {
+                code: e.kind.exit_code(),
+                message: Some(e.message),
+            },
         },
-        Outcome::Failed(e) => Reply::Exit {
-            code: e.kind.exit_code(),
-            message: Some(e.message),
-        },
-    })
+    )
 }
 
 /// `vm workspace prepare`: an operation on the VM (it waits for the others

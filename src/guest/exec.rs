@@ -188,10 +188,44 @@ where
                 }
             }
         }
-    }
-    .await;
+    };
+    // The guest must keep answering while the command runs (the agent
+    // answers beside it, however busy the command is): a silent one is
+    // given up rather than waited on forever.
+    let result = tokio::select! {
+        r = result => r,
+        silent = silent_for(session, session.unresponsive_after()) => {
+            Err(AgentError::Unresponsive(silent))
+        }
+    };
     feeder.abort();
     result
+}
+
+/// How often a running command's guest is asked whether it answers.
+const ALIVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Resolves once the agent has not answered a ping for `bound`; the pings
+/// go on their own streams, one at a time, each bounded.
+pub async fn silent_for(session: &AgentSession, bound: Duration) -> Duration {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        let since = last.elapsed();
+        if since >= bound {
+            return since;
+        }
+        let left = bound - since;
+        let t = tokio::time::Instant::now();
+        match session.ping(left.min(ALIVE_EVERY * 3)).await {
+            Ok(_) => {
+                last = tokio::time::Instant::now();
+                tokio::time::sleep(ALIVE_EVERY.saturating_sub(t.elapsed())).await;
+            }
+            // A failure that comes at once (the channel is reconnecting)
+            // is asked again after a pause, not in a tight loop.
+            Err(_) => tokio::time::sleep(ALIVE_EVERY.saturating_sub(t.elapsed())).await,
+        }
+    }
 }
 
 /// Runs `req` without stdin and returns (outcome, stdout, stderr), each kept

@@ -49,6 +49,13 @@ impl GuestHealth {
         matches!(self.agent, AgentSeen::Silent { failures, .. } if failures >= DEGRADED_AFTER)
     }
 
+    /// Running, but its agent has been silent since more than `bound`
+    /// before `now_unix`.
+    pub fn unresponsive(&self, bound: std::time::Duration, now_unix: u64) -> bool {
+        matches!(self.agent, AgentSeen::Silent { since_unix, failures, .. }
+            if failures >= DEGRADED_AFTER && now_unix.saturating_sub(since_unix) >= bound.as_secs())
+    }
+
     pub fn restarts(&self) -> u32 {
         self.helpers.values().map(|r| r.count).sum()
     }

@@ -118,6 +118,9 @@ pub struct Timeouts {
     pub poweroff: Duration,
     /// How long after the VMM's power button before the VMM is killed.
     pub powerdown: Duration,
+    /// A guest whose agent is silent this long while a command runs in it
+    /// is given up (config `unresponsive_after_secs`).
+    pub unresponsive: Duration,
 }
 
 impl Timeouts {
@@ -129,6 +132,7 @@ impl Timeouts {
             boot_stall: Duration::from_secs(if kvm { 20 } else { 45 }),
             poweroff: Duration::from_secs(60),
             powerdown: Duration::from_secs(20),
+            unresponsive: crate::guest::session::UNRESPONSIVE_AFTER,
         }
     }
 }

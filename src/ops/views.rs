@@ -5,10 +5,16 @@ use crate::protocol::cli::{ImageView, KernelView, VmView, WorkspaceView};
 use crate::store::{ImageRecord, KernelRecord, VmRecord, WorkspaceState};
 
 /// A record as the CLI sees it, with what the guest watch knows.
-pub fn vm_seen(r: &VmRecord, g: &crate::ops::guests::GuestHealth) -> VmView {
+pub fn vm_seen(
+    r: &VmRecord,
+    g: &crate::ops::guests::GuestHealth,
+    unresponsive_after: std::time::Duration,
+) -> VmView {
     let mut v = vm(r);
     if r.state == crate::domain::VmState::Running {
-        if g.degraded() {
+        if g.unresponsive(unresponsive_after, crate::store::model::now_unix()) {
+            v.state = crate::domain::VmState::Unresponsive;
+        } else if g.degraded() {
             v.state = crate::domain::VmState::Degraded;
         }
         v.agent_error = g.agent_error();

@@ -44,8 +44,30 @@ fn validate_resources(vcpu: u32, memory_mib: u32, disk_bytes: u64) -> Result<(),
     if memory_mib > 1 << 20 {
         return Err(RpcError::bad_request("--memory is larger than 1 TiB"));
     }
+    fits_host(vcpu, memory_mib, crate::config::HostFacts::probe())?;
     if disk_bytes < 256 << 20 {
         return Err(RpcError::bad_request("--disk-size must be at least 256M"));
+    }
+    Ok(())
+}
+
+/// A VM larger than the host could never start (QEMU would fail to
+/// allocate its memory): refused before anything is made, saying what fits.
+fn fits_host(vcpu: u32, memory_mib: u32, host: crate::config::HostFacts) -> Result<(), RpcError> {
+    if host.cpus > 0 && vcpu > host.cpus {
+        return Err(RpcError::bad_request(format!(
+            "--vcpu {vcpu} is more than this host's {} CPUs: use 1 to {}",
+            host.cpus, host.cpus
+        )));
+    }
+    let host_mib = host.memory_bytes >> 20;
+    if host_mib > 0 && u64::from(memory_mib) > host_mib {
+        return Err(RpcError::bad_request(format!(
+            "--memory {} is more than this host's {} of memory: use at most {}M",
+            crate::size::format_size(u64::from(memory_mib) << 20),
+            crate::size::format_size(host.memory_bytes),
+            host_mib
+        )));
     }
     Ok(())
 }
@@ -315,6 +337,7 @@ pub struct ExecHow {
 /// Runs a command in a running VM through its agent, streaming its output;
 /// in a VM with a workspace it runs there (else in `/root`).
 pub async fn exec(
+    ctx: &Ctx,
     rec: &VmRecord,
     agent: &AgentSession,
     argv: Vec<String>,
@@ -344,5 +367,43 @@ pub async fn exec(
     };
     crate::guest::exec::run(agent, req, feed, events)
         .await
-        .map_err(|e| RpcError::failed(format!("running the command in {}: {e}", rec.name)))
+        .map_err(|e| guest_error(ctx, rec, "running the command", e))
+}
+
+/// An agent error of a step in `rec`'s guest, as the CLI shows it: a guest
+/// that stopped answering gets what to do and its console's last lines.
+pub fn guest_error(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    what: &str,
+    e: crate::guest::session::AgentError,
+) -> RpcError {
+    match e {
+        crate::guest::session::AgentError::Unresponsive(d) => RpcError::failed(format!(
+            "VM {name} is unresponsive: {what} was given up after its guest did not answer for {}s (a stalled or locked-up guest; `banger vm logs {name}` has its console); delete it (banger vm delete {name}) or restart it; the serial console ended with:\n{}",
+            d.as_secs(),
+            super::lifecycle::log_tail(&ctx.layout.vm(&rec.id).serial_log(), 15),
+            name = rec.name,
+        )),
+        e => RpcError::failed(format!("{what} in {}: {e}", rec.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_larger_than_the_host_is_refused_saying_what_fits() {
+        let host = crate::config::HostFacts {
+            cpus: 2,
+            memory_bytes: 24 << 30,
+        };
+        assert!(fits_host(2, 1024, host).is_ok());
+        let e = fits_host(3, 1024, host).unwrap_err();
+        assert!(e.message.contains("use 1 to 2"), "{}", e.message);
+        let e = fits_host(1, 200 << 10, host).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("at most 24576M"), "{}", e.message);
+    }
 }

@@ -255,6 +255,9 @@ pub struct VmCreateSpec {
     pub from: Option<String>,
     /// Boot even when a warm snapshot of this image and shape exists.
     pub cold: bool,
+    /// A VM whose start fails is deleted rather than left in `error`
+    /// (`vm run --rm`: nothing of the run may be left).
+    pub delete_on_failure: bool,
 }
 
 impl Request {
