@@ -253,6 +253,11 @@ fn warm_inner(c: &mut Ctx, warm_name: &mut Option<String>) -> Res {
             o.err_line()
         ),
     )?;
+    // The warm path keeps the readiness contract: the snapshot is of a
+    // settled guest, so nothing of the boot is left in a clone.
+    crate::scenarios::ready::tmp_runs(c, "warm", &[])?;
+    crate::scenarios::ready::gcc_first(c, "wgcc", &[])?;
+    crate::scenarios::ready::detached_reachable(c, "wdet", &[])?;
     let cold = c.vm_name("cold");
     let o = run_rm(c, &cold, &["--cold"], &["true"])?;
     c.check(

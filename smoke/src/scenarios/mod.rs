@@ -5,6 +5,7 @@
 mod daemon;
 mod images;
 mod net;
+mod ready;
 mod vm;
 mod workspace;
 
@@ -80,6 +81,8 @@ pub fn registry() -> Vec<Scenario> {
         s("restart-boot-id", Pure, "vm restart gives a new boot id", |c| outcome(vm::restart_boot_id(c))),
         s("kill-signal", Pure, "vm kill --signal KILL stops the VM and its VMM; STOP is not allowed", |c| outcome(vm::kill_signal(c))),
         s("prune-keeps-running", Global, "vm prune needs -f, deletes stopped VMs, keeps running ones", |c| outcome(vm::prune_keeps_running(c))),
+        s("ready-cold", Pure, "cold: 4 runs at once keep /tmp written first; gcc first compiles; vm run -d then at once ssh and port 22", |c| outcome(ready::cold(c))),
+        s("ready-from", Pure, "--from a snapshot: 4 runs at once keep /tmp written first; vm run -d then at once ssh and port 22", |c| outcome(ready::from_snapshot(c))),
         s("concurrent-runs", Pure, "three vm run --rm at once: all succeed, distinct boots, none left", |c| outcome(vm::concurrent_runs(c))),
         // Workspaces (the fixture repository)
         s("workspace-run", Repodir, "vm run --rm REPO: tracked files in /root/repo, the untracked notice", |c| outcome(workspace::workspace_run(c))),
@@ -100,7 +103,7 @@ pub fn registry() -> Vec<Scenario> {
         s("ssh-config", Pure, "ssh-config --install adds one Include (ssh -G sees the VM), --uninstall restores the file", |c| outcome(net::ssh_config(c))),
         // Snapshots and images
         s("snapshot-restore", Pure, "snapshot, restore keeps files and processes, clones differ in identity", |c| outcome(images::snapshot_restore(c))),
-        s("warm-run", Global, "warm_start: the automatic snapshot is made, the next vm run restores it", |c| outcome(images::warm_run(c))),
+        s("warm-run", Global, "warm_start: the automatic snapshot is made, the next vm run restores it; warm runs keep /tmp, compile, are reachable at once", |c| outcome(images::warm_run(c))),
         s("oci-pull-run", Pure, "image pull from a local registry; vm run of an image without an init", |c| outcome(images::oci_pull_run(c))),
         s("catalog", Pure, "image pull of a user catalog entry (a bundle over HTTP), then a run", |c| outcome(images::catalog(c))),
         // The stack

@@ -108,7 +108,8 @@ pub fn ports(c: &mut Ctx) -> Res {
     c.create(&n, &[])?;
     let endpoint = format!("{n}.vm:22");
     let mut ssh: Option<Value> = None;
-    // Ready means the agent answers; sshd may come a little later.
+    // Ready means sshd listens too (the readiness unit is ordered after
+    // it); the wait only covers a slow `vm ports`.
     c.wait_for("sshd in vm ports", Duration::from_secs(120), |c| {
         ssh = list_ports(c, &n)?
             .into_iter()

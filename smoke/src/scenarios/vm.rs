@@ -221,6 +221,23 @@ pub fn invalid_spec(c: &mut Ctx) -> Res {
             "no image named \"nope\"",
             125,
         ),
+        // More memory than the host has: refused before anything is made
+        // (QEMU failing to allocate it left a VM in `error` behind).
+        (
+            vec![
+                "vm",
+                "run",
+                "--rm",
+                "--name",
+                n.as_str(),
+                "--memory",
+                "900G",
+                "--",
+                "true",
+            ],
+            "of memory: use at most",
+            125,
+        ),
     ];
     for (args, want, code) in cases {
         let o = c.banger(&args)?;
