@@ -1272,7 +1272,10 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             command,
         } => {
             check_name(&name)?;
-            let r = exec(ctx, &name, command, e.opts(auto_prepare)).await?;
+            // As with `vm run`: 125 when banger failed around the command.
+            let r = exec(ctx, &name, command, e.opts(auto_prepare))
+                .await
+                .map_err(ours)?;
             Ok(r.code.clamp(0, 255) as u8)
         }
         VmCommand::Ports { name, json } => {
