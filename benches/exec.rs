@@ -93,7 +93,41 @@ fn main() {
         s.arg(&cmd);
         tp_ssh.push(timed(s));
     }
+    // Right after `vm run -d` (restored from the warm snapshot, which is
+    // of a settled guest): the first calls, with nothing of the boot left.
+    let t0 = Instant::now();
+    while !run(&mut b.cmd(&["snapshot", "list", "--json"])).contains("\"auto\": true")
+        || run(&mut b.cmd(&["vm", "list", "--json"])).contains("warm-")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(600), "no warm snapshot");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (mut first, mut first6) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        let name = format!("fresh{i}");
+        let err = String::from_utf8_lossy(
+            &b.cmd(&["vm", "run", "-d", "--name", &name])
+                .output()
+                .unwrap()
+                .stderr,
+        )
+        .into_owned();
+        assert!(
+            err.contains("  restore: "),
+            "restored from the warm snapshot: {err}"
+        );
+        for k in 0..6 {
+            let d = timed(b.cmd(&["vm", "exec", &name, "--", "true"]));
+            if k == 0 {
+                first.push(d);
+            }
+            first6.push(d);
+        }
+        b.banger(&["vm", "delete", &name]);
+    }
     println!("guest: QEMU TCG, 2 vcpu, 1 GiB; host: this machine");
+    report("vm exec -- true, first call after vm run -d", &mut first);
+    report("vm exec -- true, first 6 calls after run -d", &mut first6);
     report("banger vm exec dev -- true", &mut ours);
     report("baseline: ssh dev.vm true (fresh connection)", &mut base);
     report("banger vm ping dev (whole CLI call)", &mut ping_wall);

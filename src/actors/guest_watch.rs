@@ -30,6 +30,9 @@ pub enum Probe {
     /// The session's task is gone (it panicked or was killed).
     DeadSession,
     Answered(Duration),
+    /// Heard from within the last interval (a command's frames or stdin):
+    /// no ping is sent, so a busy transfer gets no extra streams beside it.
+    Heard,
     Silent(String),
 }
 
@@ -53,6 +56,7 @@ async fn probe(vm: ActorRef<VmMsg>) -> Probe {
         _ if !running => Probe::NotRunning,
         None => Probe::DeadSession,
         Some(s) if s.is_dead() => Probe::DeadSession,
+        Some(s) if s.silent() < EVERY => Probe::Heard,
         Some(s) => match s.ping(PING_TIMEOUT).await {
             Ok(rtt) => Probe::Answered(rtt),
             Err(e) => Probe::Silent(e.to_string()),
@@ -103,6 +107,7 @@ impl Actor for GuestWatch {
                             .cast(VmMsg::ReviveAgent("the agent session's task ended".into()));
                     }
                     Probe::Answered(rtt) => board.answered(&self.id, rtt.as_micros() as u64),
+                    Probe::Heard => board.heard(&self.id),
                     Probe::Silent(e) => {
                         let n = board.silent(&self.id, e.clone());
                         if n == crate::ops::guests::DEGRADED_AFTER {

@@ -130,29 +130,34 @@ where
                 s.shutdown().await
             })
         }
-        Feed::Inputs(mut rx) => tokio::spawn(async move {
-            while let Some(i) = rx.recv().await {
-                let r = match i {
-                    Input::Stdin(d) => proto::write_msg(&mut wr, proto::STDIN, &d).await,
-                    Input::StdinEof => proto::write_msg(&mut wr, proto::STDIN_EOF, &[]).await,
-                    Input::Signal(s) => {
-                        proto::write_msg(&mut wr, proto::SIGNAL, &signal_frame(s)).await
-                    }
-                    Input::Resize { rows, cols } => {
-                        let mut d = rows.to_be_bytes().to_vec();
-                        d.extend(cols.to_be_bytes());
-                        proto::write_msg(&mut wr, proto::RESIZE, &d).await
-                    }
-                };
-                r?;
+        Feed::Inputs(mut rx) => {
+            let session = session.clone();
+            tokio::spawn(async move {
+                while let Some(i) = rx.recv().await {
+                    let r = match i {
+                        Input::Stdin(d) => proto::write_msg(&mut wr, proto::STDIN, &d).await,
+                        Input::StdinEof => proto::write_msg(&mut wr, proto::STDIN_EOF, &[]).await,
+                        Input::Signal(s) => {
+                            proto::write_msg(&mut wr, proto::SIGNAL, &signal_frame(s)).await
+                        }
+                        Input::Resize { rows, cols } => {
+                            let mut d = rows.to_be_bytes().to_vec();
+                            d.extend(cols.to_be_bytes());
+                            proto::write_msg(&mut wr, proto::RESIZE, &d).await
+                        }
+                    };
+                    r?;
+                    wr.flush().await?;
+                    // Taken by the guest (the stream's window moved on).
+                    session.heard();
+                }
+                // The caller is gone without an EOF: the command gets one.
+                proto::write_msg(&mut wr, proto::STDIN_EOF, &[]).await?;
                 wr.flush().await?;
-            }
-            // The caller is gone without an EOF: the command gets one.
-            proto::write_msg(&mut wr, proto::STDIN_EOF, &[]).await?;
-            wr.flush().await?;
-            // Keep the write half open: closing it would end the command.
-            std::future::pending::<std::io::Result<()>>().await
-        }),
+                // Keep the write half open: closing it would end the command.
+                std::future::pending::<std::io::Result<()>>().await
+            })
+        }
         Feed::None => tokio::spawn(async move {
             let _keep_open = wr;
             std::future::pending::<std::io::Result<()>>().await
@@ -160,7 +165,11 @@ where
     };
     let result = async {
         loop {
-            match proto::read_msg(&mut rd, proto::MAX_MSG).await? {
+            let msg = proto::read_msg(&mut rd, proto::MAX_MSG).await?;
+            if msg.is_some() {
+                session.heard();
+            }
+            match msg {
                 Some((proto::STARTED, _)) | Some((proto::PORT, _)) => {}
                 Some((proto::STDOUT, d)) => {
                     let _ = events.send(Event::Stdout(d)).await;
@@ -205,26 +214,20 @@ where
 /// How often a running command's guest is asked whether it answers.
 const ALIVE_EVERY: Duration = Duration::from_secs(2);
 
-/// Resolves once the agent has not answered a ping for `bound`; the pings
-/// go on their own streams, one at a time, each bounded.
+/// Resolves once the guest has not been heard from for `bound`: no answer
+/// on its session (the VM's guest watch pings it every 2 s when nothing
+/// else was heard), no exec frame, no stdin taken. It opens no stream of
+/// its own: pings that time out beside a saturated transfer (streams
+/// opened and dropped under it) were seen to wedge the session.
 pub async fn silent_for(session: &AgentSession, bound: Duration) -> Duration {
-    let mut last = tokio::time::Instant::now();
+    let started = tokio::time::Instant::now();
     loop {
-        let since = last.elapsed();
-        if since >= bound {
-            return since;
+        // Counted from this command's start at the earliest.
+        let silent = session.silent().min(started.elapsed());
+        if silent >= bound {
+            return silent;
         }
-        let left = bound - since;
-        let t = tokio::time::Instant::now();
-        match session.ping(left.min(ALIVE_EVERY * 3)).await {
-            Ok(_) => {
-                last = tokio::time::Instant::now();
-                tokio::time::sleep(ALIVE_EVERY.saturating_sub(t.elapsed())).await;
-            }
-            // A failure that comes at once (the channel is reconnecting)
-            // is asked again after a pause, not in a tight loop.
-            Err(_) => tokio::time::sleep(ALIVE_EVERY.saturating_sub(t.elapsed())).await,
-        }
+        tokio::time::sleep(ALIVE_EVERY / 2).await;
     }
 }
 

@@ -70,6 +70,10 @@ struct Inner {
     channel: AgentChannel,
     /// Milliseconds of silence after which a running command is given up.
     unresponsive_ms: std::sync::atomic::AtomicU64,
+    /// When the session started, and when the guest was last heard from
+    /// (ms after `born`): an answer, an exec frame, stdin it took.
+    born: std::time::Instant,
+    heard_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -212,6 +216,8 @@ impl AgentSession {
             task,
             channel,
             unresponsive_ms: (UNRESPONSIVE_AFTER.as_millis() as u64).into(),
+            born: std::time::Instant::now(),
+            heard_ms: 0.into(),
         }))
     }
 
@@ -244,6 +250,25 @@ impl AgentSession {
             .unresponsive_ms
             .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
         self
+    }
+
+    /// The guest did something that needs it alive (answered, sent an
+    /// exec frame, took stdin).
+    pub fn heard(&self) {
+        let now = self.0.born.elapsed().as_millis() as u64;
+        self.0
+            .heard_ms
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the guest was last heard from (since the session
+    /// started, when never).
+    pub fn silent(&self) -> Duration {
+        let heard = self.0.heard_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .born
+            .elapsed()
+            .saturating_sub(Duration::from_millis(heard))
     }
 
     pub fn link(&self) -> Link {
@@ -307,6 +332,7 @@ impl AgentSession {
             proto::write_json(&mut s, proto::REQUEST, req).await?;
             match proto::read_msg(&mut s, max).await? {
                 Some((proto::RESPONSE, d)) => {
+                    self.heard();
                     let r: Result<T, String> = serde_json::from_slice(&d)
                         .map_err(|e| AgentError::Protocol(e.to_string()))?;
                     r.map_err(AgentError::Refused)

@@ -100,6 +100,16 @@ impl Board {
         self.with(id, |g| g.agent = AgentSeen::Answering { rtt_us });
     }
 
+    /// The guest was heard from without a ping: answering (its last round
+    /// trip kept; 0 when it had none).
+    pub fn heard(&self, id: &str) {
+        self.with(id, |g| {
+            if !matches!(g.agent, AgentSeen::Answering { .. }) {
+                g.agent = AgentSeen::Answering { rtt_us: 0 };
+            }
+        });
+    }
+
     /// A ping failed; returns the consecutive failures.
     pub fn silent(&self, id: &str, error: String) -> u32 {
         self.with(id, |g| {
