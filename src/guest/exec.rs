@@ -45,6 +45,10 @@ pub enum Feed<R> {
     Inputs(mpsc::Receiver<Input>),
     /// Bulk data over TCP to the guest's address.
     Tcp(IpAddr, R),
+    /// Inputs from the caller, their bytes over TCP to the guest's address
+    /// (bulk stdin never rides the agent channel's flow control: a 100 MB
+    /// stream there was seen to stall for good), signals on the stream.
+    InputsTcp(IpAddr, mpsc::Receiver<Input>),
 }
 
 fn signal_frame(s: crate::domain::Signal) -> [u8; 4] {
@@ -62,7 +66,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let token = match &feed {
-        Feed::Tcp(..) => {
+        Feed::Tcp(..) | Feed::InputsTcp(..) => {
             let bytes: [u8; 16] = rand::random();
             let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             req.stdin = Stdin::Tcp { token: t.clone() };
@@ -128,6 +132,57 @@ where
             tokio::spawn(async move {
                 tokio::io::copy(&mut data, &mut s).await?;
                 s.shutdown().await
+            })
+        }
+        Feed::InputsTcp(ip, mut rx) => {
+            let (Some(port), Some(token)) = (port, token) else {
+                return Err(AgentError::Protocol(
+                    "the agent offered no stdin port".into(),
+                ));
+            };
+            let mut s = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect((ip, port)),
+            )
+            .await
+            .map_err(|_| AgentError::Timeout(Duration::from_secs(10)))??;
+            s.set_nodelay(true)?;
+            s.write_all(token.as_bytes()).await?;
+            let session = session.clone();
+            tokio::spawn(async move {
+                let mut data = Some(s);
+                while let Some(i) = rx.recv().await {
+                    match i {
+                        Input::Stdin(d) => {
+                            if let Some(s) = data.as_mut() {
+                                // A command that stopped reading: the rest
+                                // of its input goes nowhere.
+                                if s.write_all(&d).await.is_err() {
+                                    data = None;
+                                } else {
+                                    session.heard();
+                                }
+                            }
+                        }
+                        Input::StdinEof => {
+                            if let Some(mut s) = data.take() {
+                                let _ = s.shutdown().await;
+                            }
+                        }
+                        Input::Signal(sig) => {
+                            proto::write_msg(&mut wr, proto::SIGNAL, &signal_frame(sig)).await?;
+                            wr.flush().await?;
+                        }
+                        // No terminal on this path.
+                        Input::Resize { .. } => {}
+                    }
+                }
+                // The caller is gone without an EOF: the command gets one.
+                if let Some(mut s) = data.take() {
+                    let _ = s.shutdown().await;
+                }
+                // Keep the write half open: closing it would end the command.
+                std::future::pending::<std::io::Result<()>>().await
             })
         }
         Feed::Inputs(mut rx) => {

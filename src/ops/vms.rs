@@ -361,9 +361,13 @@ pub async fn exec(
         rows: t.rows,
         cols: t.cols,
     });
-    let feed = match how.stdin {
-        Some(rx) => Feed::<tokio::io::Empty>::Inputs(rx),
-        None => Feed::None,
+    let ip: Option<std::net::IpAddr> = rec.ip.as_deref().and_then(|i| i.parse().ok());
+    let feed = match (how.stdin, ip) {
+        // Without a terminal, stdin's bytes go over TCP on the bridge;
+        // a terminal's keystrokes and resizes stay on the agent stream.
+        (Some(rx), Some(ip)) if req.tty.is_none() => Feed::<tokio::io::Empty>::InputsTcp(ip, rx),
+        (Some(rx), _) => Feed::Inputs(rx),
+        (None, _) => Feed::None,
     };
     crate::guest::exec::run(agent, req, feed, events)
         .await
