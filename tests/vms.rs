@@ -330,3 +330,80 @@ fn a_guest_that_stops_answering_mid_command_is_given_up() {
         "the VM's directory is gone"
     );
 }
+
+/// A second daemon of the same uid in the same network namespace, with
+/// another state directory (a second checkout, a test run): it used to
+/// delete the first one's taps as orphans (`keepme` stayed "running" but
+/// unreachable). Now it refuses to start, naming the first daemon's pid
+/// and state; the first one's VM keeps its tap and network, and its next
+/// `vm run` succeeds.
+#[test]
+fn a_second_daemon_in_the_same_namespace_refuses_and_breaks_nothing() {
+    let _heavy = heavy();
+    let env = vm_env();
+    env.banger_ok(&["vm", "create", "--name", "keepme"]);
+    let taps_before = taps(&env);
+    let first = env.pid_of("bangerd").expect("the first daemon runs");
+
+    let other = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        env.root().display().to_string(),
+        other.path().display().to_string(),
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &env.netns.name])
+        .arg(bin("banger"))
+        .args(["vm", "list"])
+        .envs(env.envs().into_iter().map(|(k, v)| {
+            // The same cache, another everything else.
+            if k == "XDG_CACHE_HOME" {
+                (k, v)
+            } else {
+                (k, v.replace(&a, &b))
+            }
+        }))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second daemon started: {err}");
+    assert!(
+        err.contains(&format!(
+            "another bangerd (pid {first}, state {}",
+            env.state_dir().display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("banger daemon stop"), "{err}");
+    // It left nothing running.
+    let second_daemons: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|p| {
+            String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default(),
+            )
+            .contains(&b)
+        })
+        .collect();
+    assert!(second_daemons.is_empty(), "{second_daemons:?}");
+
+    // The first daemon's VM keeps its tap and network.
+    assert_eq!(taps(&env), taps_before);
+    assert_eq!(show(&env, "keepme")["state"], "running");
+    assert_eq!(ssh(&env, "keepme", &["echo", "reachable"]), "reachable\n");
+    // And its next run gets a working tap.
+    let out = env.banger_within(
+        &["vm", "run", "--rm", "--", "echo", "next"],
+        std::process::Stdio::null(),
+        Duration::from_secs(400),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "next\n");
+    env.banger_ok(&["vm", "delete", "keepme"]);
+}

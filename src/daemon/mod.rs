@@ -8,6 +8,7 @@
 //! `requests.rs`; everything else calls `ops` directly.
 
 pub mod handler;
+pub mod instance;
 pub mod reconcile;
 pub mod requests;
 pub mod services;
@@ -51,6 +52,9 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Another daemon of this uid serves this network namespace.
+    #[error("{0}")]
+    Instance(String),
 }
 
 /// Starts `bangerd-root` as a detached service (user mode, as root).
@@ -125,6 +129,7 @@ struct Running {
     stop_helper: bool,
     started: Instant,
     _lock: LockFile,
+    _claim: instance::Claim,
 }
 
 /// The daemon's context, its seams backed by the actors in `slots`.
@@ -157,6 +162,12 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
         tracing::info!("another bangerd holds the lock; exiting");
         return Ok(None);
     };
+    // One daemon per owner per network namespace (`instance.rs`), claimed
+    // before anything is reconciled: a second one would delete the first
+    // one's taps as orphans.
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut claim = instance::claim(uid, Duration::from_secs(5)).map_err(DaemonError::Instance)?;
+    claim.serve(uid, &layout.state_dir);
     let config = Config::load(&layout.config_file(), HostFacts::probe())?;
     let store = Arc::new(Store::open(&layout.store_file())?);
     let owner_uid = nix::unistd::geteuid().as_raw();
@@ -221,6 +232,7 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
         stop_helper,
         started: Instant::now(),
         _lock: lock,
+        _claim: claim,
     }))
 }
 
