@@ -115,19 +115,7 @@ where
     };
     let feeder = match feed {
         Feed::Tcp(ip, mut data) => {
-            let (Some(port), Some(token)) = (port, token) else {
-                return Err(AgentError::Protocol(
-                    "the agent offered no stdin port".into(),
-                ));
-            };
-            let mut s = tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio::net::TcpStream::connect((ip, port)),
-            )
-            .await
-            .map_err(|_| AgentError::Timeout(Duration::from_secs(10)))??;
-            s.set_nodelay(true)?;
-            s.write_all(token.as_bytes()).await?;
+            let mut s = connect_stdin(ip, port, token).await?;
             // The command then starts: its STARTED frame follows.
             tokio::spawn(async move {
                 tokio::io::copy(&mut data, &mut s).await?;
@@ -135,19 +123,7 @@ where
             })
         }
         Feed::InputsTcp(ip, mut rx) => {
-            let (Some(port), Some(token)) = (port, token) else {
-                return Err(AgentError::Protocol(
-                    "the agent offered no stdin port".into(),
-                ));
-            };
-            let mut s = tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio::net::TcpStream::connect((ip, port)),
-            )
-            .await
-            .map_err(|_| AgentError::Timeout(Duration::from_secs(10)))??;
-            s.set_nodelay(true)?;
-            s.write_all(token.as_bytes()).await?;
+            let s = connect_stdin(ip, port, token).await?;
             let session = session.clone();
             tokio::spawn(async move {
                 let mut data = Some(s);
@@ -264,6 +240,27 @@ where
     };
     feeder.abort();
     result
+}
+
+/// The command's stdin connection: the port the agent offered, the token
+/// first.
+async fn connect_stdin(
+    ip: IpAddr,
+    port: Option<u16>,
+    token: Option<String>,
+) -> Result<tokio::net::TcpStream, AgentError> {
+    let (Some(port), Some(token)) = (port, token) else {
+        return Err(AgentError::Protocol(
+            "the agent offered no stdin port".into(),
+        ));
+    };
+    let limit = Duration::from_secs(10);
+    let mut s = tokio::time::timeout(limit, tokio::net::TcpStream::connect((ip, port)))
+        .await
+        .map_err(|_| AgentError::Timeout(limit))??;
+    s.set_nodelay(true)?;
+    s.write_all(token.as_bytes()).await?;
+    Ok(s)
 }
 
 /// How often a running command's guest is asked whether it answers.
