@@ -506,43 +506,63 @@ async fn boot(
     // gets it going. A guest that is slow but printing is left alone.
     let mut relaunch = true;
     let serial_log = paths.serial_log();
-    let health = loop {
-        tokio::select! {
-            h = async {
-                agent.wait_up(deadline - tokio::time::Instant::now()).await?;
-                agent.health(Duration::from_secs(30)).await
-            } => break h.map_err(|e| RpcError::failed(format!(
-                "the guest agent did not answer within {boot_deadline:?}: {e}; the serial console ended with:\n{}",
-                log_tail(&paths.serial_log(), 15)
-            )))?,
-            _ = crate::host::process::wait_exit_forever(pid) => {
-                return Err(RpcError::failed(format!(
-                    "the {} process exited during boot; the serial console ended with:\n{}",
-                    rec.vmm.as_str(),
+    let (health, r) = loop {
+        let health = loop {
+            tokio::select! {
+                h = async {
+                    agent.wait_up(deadline - tokio::time::Instant::now()).await?;
+                    agent.health(Duration::from_secs(30)).await
+                } => break h.map_err(|e| RpcError::failed(format!(
+                    "the guest agent did not answer within {boot_deadline:?}: {e}; the serial console ended with:\n{}",
                     log_tail(&paths.serial_log(), 15)
-                )));
+                )))?,
+                _ = crate::host::process::wait_exit_forever(pid) => {
+                    return Err(RpcError::failed(format!(
+                        "the {} process exited during boot; the serial console ended with:\n{}",
+                        rec.vmm.as_str(),
+                        log_tail(&paths.serial_log(), 15)
+                    )));
+                }
+                _ = console_stalls(&serial_log, ctx.timeouts.boot_stall), if relaunch => {
+                    relaunch = false;
+                    tracing::warn!(vm = %rec.name, stall = ?ctx.timeouts.boot_stall, "the guest looks hung in boot (no agent, a silent console); relaunching its VMM once; the console ended with:\n{}", log_tail(&paths.serial_log(), 5));
+                    kill_vmm(ctx, rec).await?;
+                    (pid, agent) = launch(ctx, vm, rec, &b, &*driver).await?;
+                }
             }
-            _ = console_stalls(&serial_log, ctx.timeouts.boot_stall), if relaunch => {
+        };
+        check_protocol(rec, &health)?;
+        stages
+            .end(format!(
+                "guest up {:.1}s, boot {}, init {}",
+                health.uptime_s,
+                sanitize_token(&health.boot_id, 64),
+                sanitize_token(&health.init, 32)
+            ))
+            .await;
+        stages
+            .begin("boot", "waiting for the guest's boot to reach banger-ready")
+            .await;
+        match wait_ready(ctx, rec, &agent, pid, deadline).await {
+            Ok(r) => break (health, r),
+            // Nothing has run in it yet: a guest stuck mid-boot (seen under an
+            // overloaded TCG host) gets one fresh VMM, like one hung before
+            // its agent started.
+            Err(ReadyError::Stuck(e)) if relaunch => {
                 relaunch = false;
-                tracing::warn!(vm = %rec.name, stall = ?ctx.timeouts.boot_stall, "the guest looks hung in boot (no agent, a silent console); relaunching its VMM once; the console ended with:\n{}", log_tail(&paths.serial_log(), 5));
+                tracing::warn!(vm = %rec.name, "the guest stopped answering mid-boot; relaunching its VMM once: {}", e.message);
+                stages
+                    .end("the guest stopped answering mid-boot; a fresh VMM")
+                    .await;
                 kill_vmm(ctx, rec).await?;
                 (pid, agent) = launch(ctx, vm, rec, &b, &*driver).await?;
+                stages
+                    .begin("agent", "waiting for banger-agent (relaunched)")
+                    .await;
             }
+            Err(e) => return Err(e.into()),
         }
     };
-    check_protocol(rec, &health)?;
-    stages
-        .end(format!(
-            "guest up {:.1}s, boot {}, init {}",
-            health.uptime_s,
-            sanitize_token(&health.boot_id, 64),
-            sanitize_token(&health.init, 32)
-        ))
-        .await;
-    stages
-        .begin("boot", "waiting for the guest's boot to reach banger-ready")
-        .await;
-    let r = wait_ready(ctx, rec, &agent, pid, deadline).await?;
     accept_guest(ctx, vm, rec, health)?;
     stages.end(ready_detail(&r)).await;
     stages.ready().await;
@@ -563,13 +583,28 @@ fn ready_detail(r: &banger_agent::api::Readiness) -> String {
 /// its boot can no longer change a command's world), until `deadline`.
 /// A VMM that exits meanwhile, or a guest that does not get there in time,
 /// is an error with the serial console's last lines.
+/// Why the readiness point was not reached.
+pub enum ReadyError {
+    /// The agent stopped answering altogether (a stuck guest).
+    Stuck(RpcError),
+    Failed(RpcError),
+}
+
+impl From<ReadyError> for RpcError {
+    fn from(e: ReadyError) -> RpcError {
+        match e {
+            ReadyError::Stuck(e) | ReadyError::Failed(e) => e,
+        }
+    }
+}
+
 pub async fn wait_ready(
     ctx: &Ctx,
     rec: &VmRecord,
     agent: &AgentSession,
     pid: u32,
     deadline: tokio::time::Instant,
-) -> Result<banger_agent::api::Readiness, RpcError> {
+) -> Result<banger_agent::api::Readiness, ReadyError> {
     let paths = ctx.layout.vm(&rec.id);
     let not_ready = |why: String| {
         RpcError::failed(format!(
@@ -583,30 +618,37 @@ pub async fn wait_ready(
         // noticed and asked again.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            return Err(not_ready(format!(
+            return Err(ReadyError::Failed(not_ready(format!(
                 "banger-ready.service had not run after {:?}",
                 ctx.timeouts.boot
-            )));
+            ))));
         }
         let ask = left.min(Duration::from_secs(30));
         let r = tokio::select! {
             r = agent.ready(false, ask) => r,
             _ = crate::host::process::wait_exit_forever(pid) => {
-                return Err(not_ready(format!("the {} process exited", rec.vmm.as_str())));
+                return Err(ReadyError::Failed(not_ready(format!("the {} process exited", rec.vmm.as_str()))));
             }
         };
         match r {
             Ok(r) if r.ready => return Ok(r),
             Ok(_) => {}
             Err(crate::guest::session::AgentError::Refused(e)) => {
-                return Err(not_ready(format!(
-                "its agent cannot say ({}); rebuild the image (banger image build {} --rebuild)",
-                sanitize_token(&e, 80),
-                rec.image
-            )))
+                return Err(ReadyError::Failed(not_ready(format!(
+                    "its agent cannot say ({}); rebuild the image (banger image build {} --rebuild)",
+                    sanitize_token(&e, 80),
+                    rec.image
+                ))))
+            }
+            // Silent through its whole wait and the grace after it: the
+            // guest is stuck, not slow (a slow one answers "not yet").
+            Err(e @ crate::guest::session::AgentError::Timeout(_)) => {
+                return Err(ReadyError::Stuck(not_ready(format!(
+                    "its agent stopped answering ({e})"
+                ))))
             }
             Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(not_ready(e.to_string()))
+                return Err(ReadyError::Failed(not_ready(e.to_string())))
             }
             Err(e) => {
                 tracing::debug!(vm = %rec.name, "asking the agent for readiness: {e}");
