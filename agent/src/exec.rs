@@ -20,6 +20,9 @@ use crate::proto::{self, ExecError, ExecErrorKind, ExecRequest, ExitStatus, Stdi
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 /// The most output is forwarded for after the exit, however it flows.
 const DRAIN_CAP: Duration = Duration::from_secs(30);
+/// The byte the agent answers a TCP stdin connection's token with.
+pub const TCP_ACK: u8 = 0x06;
+
 /// How long the agent waits for the TCP stdin connection.
 pub const TCP_ACCEPT: Duration = Duration::from_secs(30);
 
@@ -117,6 +120,9 @@ async fn tcp_stdin<S: AsyncWrite>(w: &Writer<S>, token: &str) -> io::Result<toki
             let presented =
                 tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await;
             if matches!(presented, Ok(Ok(_))) && constant_time_eq(&got, token.as_bytes()) {
+                // Told so: a host whose connection reached somewhere else
+                // (a stale neighbour entry just after a restore) tries again.
+                let _ = s.write_all(&[TCP_ACK]).await;
                 return Ok::<_, io::Error>(s);
             }
         }

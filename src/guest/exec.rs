@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::session::{AgentError, AgentSession};
@@ -254,13 +254,33 @@ async fn connect_stdin(
             "the agent offered no stdin port".into(),
         ));
     };
-    let limit = Duration::from_secs(10);
-    let mut s = tokio::time::timeout(limit, tokio::net::TcpStream::connect((ip, port)))
-        .await
-        .map_err(|_| AgentError::Timeout(limit))??;
-    s.set_nodelay(true)?;
-    s.write_all(token.as_bytes()).await?;
-    Ok(s)
+    // The agent accepts for 30 s and acknowledges the token; a connection
+    // that gets no acknowledgement (it reached somewhere else, e.g. through
+    // a stale neighbour entry right after a restore) is tried again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
+            s.set_nodelay(true)?;
+            s.write_all(token.as_bytes()).await?;
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).await?;
+            if ack[0] != banger_agent::exec::TCP_ACK {
+                return Err(std::io::Error::other("a wrong acknowledgement"));
+            }
+            Ok::<_, std::io::Error>(s)
+        };
+        match tokio::time::timeout(Duration::from_secs(4), attempt).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "no acknowledgement within 4s".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(AgentError::Protocol(format!(
+        "the guest's stdin port {port} at {ip} did not take the connection: {last}"
+    )))
 }
 
 /// How often a running command's guest is asked whether it answers.
