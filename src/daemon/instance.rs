@@ -16,9 +16,10 @@ use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The claim; released when dropped (or when the process ends).
+/// The claim: held until it is served (then for as long as the process
+/// lives) or dropped.
 pub struct Claim {
-    listener: Option<UnixListener>,
+    listener: UnixListener,
 }
 
 fn name(uid: u32) -> String {
@@ -40,7 +41,7 @@ fn claim_name(name: &str, uid: u32, wait: Duration) -> Result<Claim, String> {
     let deadline = Instant::now() + wait;
     loop {
         match UnixListener::bind_addr(&addr) {
-            Ok(l) => return Ok(Claim { listener: Some(l) }),
+            Ok(listener) => return Ok(Claim { listener }),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 if Instant::now() >= deadline {
                     return Err(held_by(&addr, uid));
@@ -86,11 +87,10 @@ fn held_by(addr: &SocketAddr, uid: u32) -> String {
 
 impl Claim {
     /// Answers who holds the name — this pid and `state_dir` — to callers
-    /// of the same uid, on a thread, for as long as the claim lives.
-    pub fn serve(&mut self, uid: u32, state_dir: &Path) {
-        let Some(l) = self.listener.take() else {
-            return;
-        };
+    /// of the same uid, on a thread that keeps the claim until the process
+    /// ends.
+    pub fn serve(self, uid: u32, state_dir: &Path) {
+        let l = self.listener;
         let info = format!(
             "pid={}\nstate={}\n",
             std::process::id(),
@@ -118,7 +118,7 @@ mod tests {
     fn a_second_claim_of_a_held_name_is_refused_naming_the_holder() {
         let uid = nix::unistd::geteuid().as_raw();
         let n = format!("banger-test-instance-{}", std::process::id());
-        let mut first = claim_name(&n, uid, Duration::ZERO).unwrap();
+        let first = claim_name(&n, uid, Duration::ZERO).unwrap();
         first.serve(uid, Path::new("/state/one"));
         let e = claim_name(&n, uid, Duration::from_millis(300))
             .err()

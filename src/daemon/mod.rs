@@ -129,7 +129,6 @@ struct Running {
     stop_helper: bool,
     started: Instant,
     _lock: LockFile,
-    _claim: instance::Claim,
 }
 
 /// The daemon's context, its seams backed by the actors in `slots`.
@@ -166,8 +165,9 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
     // before anything is reconciled: a second one would delete the first
     // one's taps as orphans.
     let uid = nix::unistd::geteuid().as_raw();
-    let mut claim = instance::claim(uid, Duration::from_secs(5)).map_err(DaemonError::Instance)?;
-    claim.serve(uid, &layout.state_dir);
+    instance::claim(uid, Duration::from_secs(5))
+        .map_err(DaemonError::Instance)?
+        .serve(uid, &layout.state_dir);
     let config = Config::load(&layout.config_file(), HostFacts::probe())?;
     let store = Arc::new(Store::open(&layout.store_file())?);
     let owner_uid = nix::unistd::geteuid().as_raw();
@@ -232,7 +232,6 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
         stop_helper,
         started: Instant::now(),
         _lock: lock,
-        _claim: claim,
     }))
 }
 
