@@ -7,11 +7,16 @@ use std::net::Ipv4Addr;
 
 use super::{run_tool, system_tool, HostError};
 
-/// The `resolvectl` runs that route `~vm` to `addr:port` on `bridge`.
+/// The `resolvectl` runs that route `~vm` to `addr:port` on `bridge`, in
+/// order. The routing domain goes first: a link with a DNS server and no
+/// routing-only domain is a default route for *every* name, so setting the
+/// server first would, for a moment, send all the host's lookups to the
+/// bridge (where a guest could answer them).
 pub fn route_argv(bridge: &str, addr: Ipv4Addr, port: u16) -> Vec<Vec<String>> {
     vec![
-        vec!["dns".into(), bridge.into(), format!("{addr}:{port}")],
         vec!["domain".into(), bridge.into(), "~vm".into()],
+        vec!["default-route".into(), bridge.into(), "false".into()],
+        vec!["dns".into(), bridge.into(), format!("{addr}:{port}")],
     ]
 }
 
@@ -38,6 +43,8 @@ pub fn route(bridge: &str, addr: Ipv4Addr, port: u16) -> Result<(bool, String), 
     for argv in route_argv(bridge, addr, port) {
         let a: Vec<&str> = argv.iter().map(String::as_str).collect();
         if let Err(e) = run_tool("resolvectl", "systemd-resolved", &a) {
+            // Nothing half-set stays behind (a domain without its server).
+            let _ = run_tool("resolvectl", "systemd-resolved", &["revert", bridge]);
             return Ok((
                 false,
                 format!(
@@ -72,8 +79,14 @@ mod tests {
     #[test]
     fn routes_the_vm_domain_to_the_bridge_address_and_port() {
         let a = route_argv("banger0", Ipv4Addr::new(172, 16, 0, 1), 42069);
-        assert_eq!(a[0], ["dns", "banger0", "172.16.0.1:42069"]);
-        assert_eq!(a[1], ["domain", "banger0", "~vm"]);
+        // At every step the link is never a default DNS route: the routing
+        // domain and default-route=false come before the server.
+        assert_eq!(a[0], ["domain", "banger0", "~vm"]);
+        assert_eq!(a[1], ["default-route", "banger0", "false"]);
+        assert_eq!(a[2], ["dns", "banger0", "172.16.0.1:42069"]);
+        let dns_at = a.iter().position(|x| x[0] == "dns").unwrap();
+        let domain_at = a.iter().position(|x| x[0] == "domain").unwrap();
+        assert!(domain_at < dns_at);
         assert!(manual_hint(Ipv4Addr::new(172, 16, 0, 1), 42069)
             .contains("server=/vm/172.16.0.1#42069"));
     }
