@@ -42,6 +42,58 @@ pub type Inputs = mpsc::Receiver<Input>;
 /// How many inputs of one call may wait.
 pub const INPUT_QUEUE: usize = 64;
 
+/// Events of one call waiting to be framed (each at most one guest
+/// message, 1 MiB).
+pub const EVENT_QUEUE: usize = 16;
+
+/// Bytes of framed replies one connection may have waiting for a slow or
+/// suspended client; past them the calls wait, and with them the guest
+/// (its stream is not read, so its window closes).
+pub const OUT_BYTES: usize = 8 << 20;
+
+/// A queue of frames bounded by bytes: `send` waits while more than the
+/// bound is queued (a frame larger than the bound waits for an empty
+/// queue).
+#[derive(Clone)]
+pub struct ByteQueue {
+    tx: mpsc::UnboundedSender<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+    cap: usize,
+}
+
+/// The receiving end of a [`ByteQueue`].
+pub struct ByteQueueRx(mpsc::UnboundedReceiver<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>);
+
+impl ByteQueue {
+    pub fn new(cap: usize) -> (ByteQueue, ByteQueueRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cap = cap.clamp(1, u32::MAX as usize);
+        (
+            ByteQueue {
+                tx,
+                room: Arc::new(Semaphore::new(cap)),
+                cap,
+            },
+            ByteQueueRx(rx),
+        )
+    }
+
+    /// Queues `frame` once there is room; `Err` when the receiver is gone.
+    pub async fn send(&self, frame: Vec<u8>) -> Result<(), ()> {
+        let n = frame.len().clamp(1, self.cap) as u32;
+        let permit = self.room.clone().acquire_many_owned(n).await.map_err(drop)?;
+        self.tx.send((frame, permit)).map_err(drop)
+    }
+}
+
+impl ByteQueueRx {
+    /// The next frame; its room is given back when the frame is dropped
+    /// (after it was written).
+    pub async fn recv(&mut self) -> Option<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
+        self.0.recv().await
+    }
+}
+
 /// Serves requests of type `R`, streaming events `E`, answering `P`.
 pub trait Handler<R, E, P>: Clone + Send + Sync + 'static {
     fn handle(
@@ -123,9 +175,9 @@ pub async fn serve_connection<R, E, P, H>(
     }
 
     let (mut rd, mut wr) = stream.into_split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
+    let (out_tx, mut out_rx) = ByteQueue::new(OUT_BYTES);
     let writer = tokio::spawn(async move {
-        while let Some(buf) = out_rx.recv().await {
+        while let Some((buf, _room)) = out_rx.recv().await {
             if write_raw(&mut wr, &buf).await.is_err() {
                 break;
             }
@@ -199,7 +251,7 @@ pub async fn serve_connection<R, E, P, H>(
         in_flight.spawn(async move {
             let _permit = permit;
             let op_id = call.op_id.clone();
-            let (tx, mut rx) = mpsc::channel::<E>(256);
+            let (tx, mut rx) = mpsc::channel::<E>(EVENT_QUEUE);
             let fut = handler.handle(peer, call, tx, in_rx);
             tokio::pin!(fut);
             let result = loop {
@@ -599,6 +651,35 @@ fn owner_hint(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that stops reading holds at most [`OUT_BYTES`] of replies:
+    /// past them the sender waits (and with it the guest stream behind it).
+    #[tokio::test]
+    async fn replies_for_a_client_that_stops_reading_are_bounded_by_bytes() {
+        let (q, mut rx) = ByteQueue::new(3 << 20);
+        let mb = || vec![0u8; 1 << 20];
+        for _ in 0..3 {
+            q.send(mb()).await.unwrap();
+        }
+        // Full: the fourth MiB waits...
+        let waiting = tokio::time::timeout(Duration::from_millis(200), q.send(mb())).await;
+        assert!(waiting.is_err(), "a fourth MiB was queued past the bound");
+        // ...until one is written (its room comes back when dropped).
+        let (frame, room) = rx.recv().await.unwrap();
+        assert_eq!(frame.len(), 1 << 20);
+        drop(room);
+        tokio::time::timeout(Duration::from_secs(5), q.send(mb()))
+            .await
+            .expect("room again after a write")
+            .unwrap();
+        // A frame larger than the bound still goes, alone.
+        let (q, mut rx) = ByteQueue::new(10);
+        q.send(vec![1; 100]).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().0.len(), 100);
+        // A gone receiver is an error, not a hang.
+        drop(rx);
+        assert!(q.send(vec![1]).await.is_err());
+    }
 
     /// A helper that greets and then dies: every call on its connection,
     /// however the loss shows (the write fails, the reader saw EOF first, or
