@@ -72,12 +72,19 @@ pub async fn health(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcEr
                 Ok(h) => {
                     v.agent_ok = true;
                     v.rtt_us = Some(t.elapsed().as_micros() as u64);
-                    v.boot_id = Some(h.boot_id);
+                    // Guest text: bounded and escaped for the terminal.
+                    use crate::guest::text::shown;
+                    v.boot_id = Some(shown(&h.boot_id, 64, false));
                     v.uptime_s = Some(h.uptime_s.max(0.0) as u64);
-                    v.init = Some(h.init);
-                    v.setup_errors = h.setup_errors;
+                    v.init = Some(shown(&h.init, 64, false));
+                    v.setup_errors = h
+                        .setup_errors
+                        .iter()
+                        .take(32)
+                        .map(|e| shown(e, 400, false))
+                        .collect();
                 }
-                Err(e) => v.agent_error = Some(e.to_string()),
+                Err(e) => v.agent_error = Some(crate::guest::text::shown(&e.to_string(), 400, false)),
             }
         }
     }

@@ -5,3 +5,4 @@
 pub mod exec;
 pub mod session;
 pub mod ssh;
+pub mod text;

@@ -113,11 +113,11 @@ pub fn port_views(ctx: &Ctx, rec: &VmRecord, ports: Vec<Port>) -> Vec<PortView> 
                 } else {
                     format!("{host}:{}", p.port)
                 },
-                proto: p.proto,
-                address: p.address,
+                proto: crate::guest::text::shown(&p.proto, 8, false),
+                address: crate::guest::text::shown(&p.address, 64, false),
                 port: p.port,
                 pid: p.pid,
-                process: p.process,
+                process: p.process.map(|x| crate::guest::text::shown(&x, 64, false)),
             }
         })
         .collect();

@@ -2,6 +2,7 @@
 //! runs it as an operation on the VM, so it waits for the others and they
 //! for it) and exporting the guest's edits as a patch.
 
+use crate::guest::text::shown;
 use tokio::sync::mpsc;
 
 use super::vms::require_running;
@@ -40,8 +41,8 @@ async fn guest_step(agent: &AgentSession, argv: Vec<String>, what: &str) -> Resu
         return Err(RpcError::failed(format!(
             "{what} in the guest failed (exit {}): {}{}",
             outcome.code(),
-            String::from_utf8_lossy(&err).trim(),
-            String::from_utf8_lossy(&out).trim()
+            shown(String::from_utf8_lossy(&err).trim(), 4000, true),
+            shown(String::from_utf8_lossy(&out).trim(), 4000, true)
         )));
     }
     Ok(())
@@ -86,9 +87,11 @@ where
     )));
     drop(tx);
     let produced = producer.await?;
-    let guest_err = String::from_utf8_lossy(&errors.await.unwrap_or_default())
-        .trim()
-        .to_string();
+    let guest_err = shown(
+        String::from_utf8_lossy(&errors.await.unwrap_or_default()).trim(),
+        4000,
+        true,
+    );
     let outcome =
         outcome.map_err(|e| RpcError::failed(format!("transfer to the guest failed: {e}")))?;
     produced?;
@@ -286,9 +289,11 @@ pub async fn export(
         ))),
     };
     drop(tx);
-    let err = String::from_utf8_lossy(&forward.await.unwrap_or_default())
-        .trim()
-        .to_string();
+    let err = shown(
+        String::from_utf8_lossy(&forward.await.unwrap_or_default()).trim(),
+        4000,
+        true,
+    );
     match outcome.map_err(|e| RpcError::failed(format!("export: {e}")))? {
         Outcome::Exited(s) if s.shell_code() == 0 => Ok(()),
         o => Err(RpcError::failed(format!(
