@@ -116,6 +116,8 @@ async fn serve(
         });
     }
     let mut buf = vec![0u8; crate::ops::dns::MAX_PACKET + 1];
+    let mut limit = crate::ops::dns::Limiter::new(crate::ops::dns::PER_SOURCE_PER_SEC);
+    let started = std::time::Instant::now();
     loop {
         let got = tokio::select! {
             r = sock.recv_from(&mut buf) => r,
@@ -128,6 +130,9 @@ async fn serve(
                 continue;
             }
         };
+        if !limit.allow(from.ip(), started.elapsed().as_secs()) {
+            continue;
+        }
         let packet = &buf[..n];
         // The store read is short; off the runtime's worker all the same.
         let (c, p) = (ctx.clone(), packet.to_vec());

@@ -100,8 +100,59 @@ fn encode(m: Message) -> Option<Vec<u8>> {
     m.to_vec().ok()
 }
 
+/// Answers per source address per second: a guest that floods the server
+/// is dropped past it, and the others are still answered.
+pub const PER_SOURCE_PER_SEC: u32 = 200;
+
+/// A per-source budget of answers per second.
+pub struct Limiter {
+    per_sec: u32,
+    second: u64,
+    counts: std::collections::HashMap<std::net::IpAddr, u32>,
+}
+
+impl Limiter {
+    pub fn new(per_sec: u32) -> Limiter {
+        Limiter {
+            per_sec,
+            second: 0,
+            counts: Default::default(),
+        }
+    }
+
+    /// Whether `src` may have another answer in second `now_secs`.
+    pub fn allow(&mut self, src: std::net::IpAddr, now_secs: u64) -> bool {
+        if now_secs != self.second {
+            self.second = now_secs;
+            self.counts.clear();
+        }
+        // Sources are the bridge's guests (each sends only as itself) and
+        // the host: a few; a map past this is refused rather than grown.
+        if self.counts.len() >= 4096 && !self.counts.contains_key(&src) {
+            return false;
+        }
+        let c = self.counts.entry(src).or_insert(0);
+        if *c >= self.per_sec {
+            return false;
+        }
+        *c += 1;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_flooding_source_is_cut_off_and_the_others_still_answered() {
+        let mut l = super::Limiter::new(3);
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("172.16.0.2".parse().unwrap(), "172.16.0.3".parse().unwrap());
+        let got: Vec<bool> = (0..5).map(|_| l.allow(a, 10)).collect();
+        assert_eq!(got, [true, true, true, false, false]);
+        assert!(l.allow(b, 10), "another guest is not starved");
+        assert!(l.allow(a, 11), "the next second starts afresh");
+    }
+
     use super::*;
     use hickory_proto::rr::Name;
 
