@@ -255,15 +255,14 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
         }
         VmmKind::Firecracker => {
             let bin = match &spec.binary {
-                Some(b) => {
-                    let real = crate::vmm::firecracker::check_root_owned(b).map_err(|e| {
-                        RpcError::failed(format!(
-                            "{e}; bangerd-root runs only a root-owned VMM nobody else can write"
-                        ))
-                    })?;
-                    crate::vmm::firecracker::version(&real).map_err(RpcError::failed)?;
-                    real
-                }
+                // Checked, never run here: a probe (`--version`) would run
+                // the owner's choice of root-owned program as root. The VMM
+                // itself runs as the owner.
+                Some(b) => crate::vmm::firecracker::check_root_owned(b).map_err(|e| {
+                    RpcError::failed(format!(
+                        "{e}; bangerd-root runs only a root-owned VMM nobody else can write"
+                    ))
+                })?,
                 None => crate::vmm::firecracker::binary().ok_or_else(|| {
                     RpcError::failed("no usable firecracker (a root-owned, non-writable binary in /usr/local/bin or /usr/bin)")
                 })?,
@@ -469,5 +468,42 @@ mod tests {
             }
             Err(e) => assert_ne!(owner, 0, "{}", e.message),
         }
+    }
+
+    #[test]
+    fn a_vmm_binary_is_checked_without_running_it_and_its_directories_too() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return; // root-owned files need root; the integration suite runs as root
+        }
+        let d = tempfile::tempdir().unwrap();
+        let rt = Path::new("/run/banger");
+        let marker = d.path().join("ran");
+        let bin = d.path().join("firecracker");
+        std::fs::write(
+            &bin,
+            format!("#!/bin/sh\ntouch {}\necho Firecracker v1.12.1\n", marker.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let spec = LaunchSpec {
+            vm_id: "0123456789abcdef".into(),
+            kind: VmmKind::Firecracker,
+            qemu: None,
+            control_socket: rt.join("vms/0123456789abcdef/fc.sock"),
+            log: "/v/vmm.log".into(),
+            binary: Some(bin.clone()),
+        };
+        let (b, _) = plan(&spec, rt).unwrap();
+        assert_eq!(b, std::fs::canonicalize(&bin).unwrap());
+        assert!(!marker.exists(), "the helper ran the binary as root");
+        // In a directory others may write (not sticky): refused.
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = plan(&spec, rt).unwrap_err().message;
+        assert!(e.contains("world-writable"), "{e}");
+        // Sticky, like /tmp: only the file's owner (root) may rename it.
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        plan(&spec, rt).unwrap();
+        assert!(!marker.exists());
     }
 }

@@ -44,6 +44,27 @@ pub fn check_root_owned(path: &Path) -> Result<PathBuf, String> {
     if md.mode() & 0o111 == 0 {
         return Err(format!("{} is not executable", real.display()));
     }
+    // Nobody but root can swap it between this check and the exec: every
+    // directory above it belongs to root and is writable by nobody else
+    // (or is sticky, like /tmp, where only a file's owner may rename it).
+    for dir in real.ancestors().skip(1) {
+        let md = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if md.uid() != 0 {
+            return Err(format!(
+                "{} is in {}, owned by uid {}, not root",
+                real.display(),
+                dir.display(),
+                md.uid()
+            ));
+        }
+        if md.mode() & 0o022 != 0 && md.mode() & 0o1000 == 0 {
+            return Err(format!(
+                "{} is in {}, which is group- or world-writable",
+                real.display(),
+                dir.display()
+            ));
+        }
+    }
     Ok(real)
 }
 
