@@ -275,6 +275,54 @@ impl LockFile {
 
 #[cfg(test)]
 mod tests {
+    /// Every tool the code runs has a deadline: no `.output()` (which
+    /// waits forever) outside tests and the test-support module.
+    #[test]
+    fn no_tool_runs_without_a_deadline() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![src.clone()];
+        let mut offenders = Vec::new();
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let rel = p.strip_prefix(&src).unwrap().display().to_string();
+                if !rel.ends_with(".rs") || rel == "ops/testing.rs" {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                let lines: Vec<&str> = text.lines().collect();
+                // Test modules (`#[cfg(test)] mod …`) are skipped by their
+                // braces.
+                let (mut depth, mut in_test) = (0i64, false);
+                for (n, l) in lines.iter().enumerate() {
+                    if !in_test
+                        && l.trim() == "#[cfg(test)]"
+                        && lines.get(n + 1).is_some_and(|x| x.trim_start().starts_with("mod "))
+                    {
+                        in_test = true;
+                        depth = 0;
+                        continue;
+                    }
+                    if in_test {
+                        depth += l.matches('{').count() as i64 - l.matches('}').count() as i64;
+                        if depth <= 0 && l.contains('}') {
+                            in_test = false;
+                        }
+                        continue;
+                    }
+                    if l.contains(".output()") && !l.trim_start().starts_with("//") {
+                        offenders.push(format!("src/{rel}:{}", n + 1));
+                    }
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "use run_bounded: {offenders:?}");
+    }
+
     use super::*;
 
     #[test]

@@ -443,10 +443,12 @@ pub fn make_ext4(
             .ok_or_else(|| err(format!("{n} is not installed; install e2fsprogs")))
     };
     let run = |c: &mut std::process::Command, what: &str| -> Result<String, LayerError> {
-        let out = c
-            .env("LC_ALL", "C")
-            .output()
-            .map_err(|e| err(format!("{what}: {e}")))?;
+        let out = crate::host::process::run_bounded(
+            c.env("LC_ALL", "C"),
+            super::TOOL_DEADLINE,
+            4 << 20,
+        )
+        .map_err(|e| err(format!("{what}: {e}")))?;
         if !out.status.success() {
             return Err(err(format!(
                 "{what} failed: {}",

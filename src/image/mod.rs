@@ -50,14 +50,17 @@ pub fn mkfs_ext4(
     if wanted > by_ratio {
         cmd.arg("-N").arg(wanted.to_string());
     }
-    let out = cmd
-        .arg("-d")
-        .arg(dir)
-        .arg(image)
-        .arg(format!("{size_mib}M"))
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| format!("running mkfs.ext4: {e}"))?;
+    // Bounded: a tree of hostile content must not hold the build forever.
+    let out = crate::host::process::run_bounded(
+        cmd.arg("-d")
+            .arg(dir)
+            .arg(image)
+            .arg(format!("{size_mib}M"))
+            .env("LC_ALL", "C"),
+        TOOL_DEADLINE,
+        1 << 20,
+    )
+    .map_err(|e| format!("running mkfs.ext4: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "mkfs.ext4 for {label} failed: {}",
@@ -66,6 +69,9 @@ pub fn mkfs_ext4(
     }
     Ok(())
 }
+
+/// How long one filesystem tool (mkfs.ext4, debugfs) may run on an image.
+pub const TOOL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1800);
 
 /// Checks an image name: the VM-name grammar (it becomes a path and a label).
 pub fn validate_image_name(name: &str) -> Result<(), String> {

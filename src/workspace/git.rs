@@ -20,6 +20,26 @@ fn git_cmd(dir: &Path) -> Command {
     c
 }
 
+/// How long one git run may take: a hung git (a held lock, a stalled
+/// network filesystem) must not hold an operation forever.
+pub const GIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+/// The most of a git run's output kept (file lists of big repositories).
+pub const GIT_OUTPUT_MAX: usize = 256 << 20;
+
+/// Runs a git command to completion within [`GIT_DEADLINE`], its output
+/// bounded by [`GIT_OUTPUT_MAX`].
+pub fn run_git(cmd: &mut Command) -> Result<crate::host::process::Ran, WorkspaceError> {
+    let r = crate::host::process::run_bounded(cmd, GIT_DEADLINE, GIT_OUTPUT_MAX)
+        .map_err(|e| WorkspaceError::Git(format!("git: {e}")))?;
+    if r.truncated {
+        return Err(WorkspaceError::Git(format!(
+            "git wrote more than {} MiB; refusing to go on",
+            GIT_OUTPUT_MAX >> 20
+        )));
+    }
+    Ok(r)
+}
+
 fn split_z(out: &[u8]) -> Vec<String> {
     out.split(|&b| b == 0)
         .filter(|s| !s.is_empty())
@@ -41,10 +61,12 @@ impl Git {
         } else {
             path.parent().unwrap_or(path).to_path_buf()
         };
-        let out = git_cmd(&dir)
-            .args(["rev-parse", "--show-toplevel"])
-            .output()
-            .map_err(|e| WorkspaceError::Git(format!("cannot run git: {e}; install git")))?;
+        let out = crate::host::process::run_bounded(
+            git_cmd(&dir).args(["rev-parse", "--show-toplevel"]),
+            GIT_DEADLINE,
+            1 << 20,
+        )
+        .map_err(|e| WorkspaceError::Git(format!("cannot run git: {e}; install git")))?;
         if !out.status.success() {
             return Err(WorkspaceError::NotARepo(path.display().to_string()));
         }
@@ -55,10 +77,7 @@ impl Git {
 
     /// Runs git in the root; stdout on success.
     pub fn run(&self, args: &[&str]) -> Result<Vec<u8>, WorkspaceError> {
-        let out = git_cmd(&self.root)
-            .args(args)
-            .output()
-            .map_err(|e| WorkspaceError::Git(e.to_string()))?;
+        let out = run_git(git_cmd(&self.root).args(args))?;
         if !out.status.success() {
             return Err(WorkspaceError::Git(format!(
                 "git {}: {}",
