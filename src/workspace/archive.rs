@@ -85,8 +85,72 @@ fn add_files<W: Write>(
     Ok(())
 }
 
+/// A git config without secrets: no `[credential]` sections, no
+/// `extraheader` keys (in any section: `http.extraheader`,
+/// `http.<url>.extraheader`), and the user information taken out of every
+/// URL value (`https://user:token@host/x` → `https://host/x`).
+pub fn clean_git_config(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_credential = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            let section = t[1..]
+                .split(|c: char| c == ']' || c == '"' || c.is_whitespace() || c == '.')
+                .next()
+                .unwrap_or("");
+            in_credential = section.eq_ignore_ascii_case("credential");
+            if !in_credential {
+                out.push_str(line);
+                out.push('\n');
+            }
+            continue;
+        }
+        if in_credential {
+            continue;
+        }
+        let key = t.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+        if key == "extraheader" {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if v.contains("://") && v.contains('@') => {
+                out.push_str(k);
+                out.push('=');
+                out.push_str(&strip_userinfo(v));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `scheme://user:pass@host/path` → `scheme://host/path` (in a config
+/// value, which may hold one URL).
+fn strip_userinfo(v: &str) -> String {
+    let Some(i) = v.find("://") else {
+        return v.to_string();
+    };
+    let (head, rest) = v.split_at(i + 3);
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{head}{}", &rest[at + 1..]),
+        None => v.to_string(),
+    }
+}
+
 /// Appends the contents of directory `dir` (not the directory itself).
 fn add_tree<W: Write>(t: &mut tar::Builder<W>, dir: &Path) -> std::io::Result<()> {
+    add_tree_except(t, dir, &[])
+}
+
+/// [`add_tree`] without the top-level entries named in `skip`.
+fn add_tree_except<W: Write>(
+    t: &mut tar::Builder<W>,
+    dir: &Path,
+    skip: &[&str],
+) -> std::io::Result<()> {
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, n)) = stack.pop() {
         if !n.is_empty() {
@@ -96,6 +160,9 @@ fn add_tree<W: Write>(t: &mut tar::Builder<W>, dir: &Path) -> std::io::Result<()
             let e = e?;
             let ft = e.file_type()?;
             let name = e.file_name().to_string_lossy().into_owned();
+            if n.is_empty() && skip.contains(&name.as_str()) {
+                continue;
+            }
             let child = if n.is_empty() {
                 name.clone()
             } else {
@@ -183,11 +250,7 @@ fn git_in(g: &Git, git_dir: &Path, args: &[&str]) -> Result<(), WorkspaceError> 
 fn build_shallow_git_dir(plan: &Plan, dir: &Path) -> Result<(), WorkspaceError> {
     let g = Git::at(&plan.root)?;
     let gd = dir.display().to_string();
-    let init = g
-        .command()
-        .args(["init", "-q", "--bare", &gd])
-        .output()
-        .map_err(|e| WorkspaceError::Git(e.to_string()))?;
+    let init = super::git::run_git(g.command().args(["init", "-q", "--bare", &gd]))?;
     if !init.status.success() {
         return Err(WorkspaceError::Git(
             String::from_utf8_lossy(&init.stderr).into_owned(),
@@ -240,14 +303,13 @@ fn build_shallow_git_dir(plan: &Plan, dir: &Path) -> Result<(), WorkspaceError> 
         let index = dir.join("index");
         let root = plan.root.display().to_string();
         let idx = |args: &[&str]| -> Result<(), WorkspaceError> {
-            let out = g
-                .command()
-                .env("GIT_DIR", dir)
-                .env("GIT_WORK_TREE", &root)
-                .env("GIT_INDEX_FILE", &index)
-                .args(args)
-                .output()
-                .map_err(|e| WorkspaceError::Git(e.to_string()))?;
+            let out = super::git::run_git(
+                g.command()
+                    .env("GIT_DIR", dir)
+                    .env("GIT_WORK_TREE", &root)
+                    .env("GIT_INDEX_FILE", &index)
+                    .args(args),
+            )?;
             // `update-index --refresh` exits 1 when files differ: that is expected.
             if !out.status.success() && args[0] != "update-index" {
                 return Err(WorkspaceError::Git(
@@ -269,7 +331,20 @@ pub fn write_git_dir(plan: &Plan, out: impl Write, scratch: &Path) -> Result<(),
     let g = Git::at(&plan.root)?;
     if plan.opts.mode == Mode::FullCopy && plan.opts.from.is_none() {
         let gd = g.git_dir()?;
-        return tar_into(out, |t| add_tree(t, &gd));
+        // The repository's own config carries what must not enter a
+        // guest (tokens in remote URLs, `http.extraheader`, credential
+        // helpers): the guest gets a cleaned copy.
+        let config = std::fs::read_to_string(gd.join("config")).unwrap_or_default();
+        let clean = clean_git_config(&config);
+        return tar_into(out, |t| {
+            add_tree_except(t, &gd, &["config"])?;
+            let mut h = tar::Header::new_gnu();
+            h.set_size(clean.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            t.append_data(&mut h, "config", clean.as_bytes())
+        });
     }
     use rand::RngExt;
     std::fs::create_dir_all(scratch)?;
@@ -321,4 +396,30 @@ pub fn exec_argv(user: &[String]) -> Vec<String> {
     ];
     v.extend(user.iter().cloned());
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shipped_git_config_keeps_remotes_and_loses_secrets() {
+        let config = "[core]\n\trepositoryformatversion = 0\n[remote \"origin\"]\n\turl = https://user:ghp_tok@github.com/o/r.git\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n[http]\n\textraHeader = AUTHORIZATION: basic c2VjcmV0\n[http \"https://x.example/\"]\n\textraheader = X-Token: abc\n[credential \"https://github.com\"]\n\thelper = store\n[credential]\n\thelper = cache\n[branch \"main\"]\n\tremote = origin\n";
+        let clean = clean_git_config(config);
+        for gone in ["ghp_tok", "user:", "c2VjcmV0", "X-Token", "helper", "credential"] {
+            assert!(!clean.contains(gone), "{gone} left in:\n{clean}");
+        }
+        for kept in [
+            "url = https://github.com/o/r.git",
+            "fetch = +refs/heads/*:refs/remotes/origin/*",
+            "[branch \"main\"]",
+            "remote = origin",
+            "repositoryformatversion = 0",
+        ] {
+            assert!(clean.contains(kept), "{kept} missing from:\n{clean}");
+        }
+        // A URL without user information and an scp-like address stay.
+        assert_eq!(strip_userinfo(" https://h/x@y"), " https://h/x@y");
+        assert_eq!(clean_git_config("\turl = git@github.com:o/r.git\n"), "\turl = git@github.com:o/r.git\n");
+    }
 }

@@ -195,6 +195,14 @@ pub fn full_copy(c: &mut Ctx) -> Res {
         ],
     )?;
     git_in(c, &r, &["commit", "-q", "-m", "add submodule"])?;
+    // Secrets a repository's config may hold never reach the guest.
+    for (k, v) in [
+        ("remote.tokened.url", "https://user:s3cret-token@example.invalid/r.git"),
+        ("http.extraheader", "AUTHORIZATION: bearer s3cret-header"),
+        ("credential.helper", "store --file /tmp/s3cret-store"),
+    ] {
+        git_in(c, &r, &["config", k, v])?;
+    }
     let n = c.vm_name("vm");
     c.create(&n, &[])?;
     let o = prepare(c, &n, &r, &[])?;
@@ -217,6 +225,11 @@ pub fn full_copy(c: &mut Ctx) -> Res {
     c.check(
         log.contains("initial") && log.contains("add submodule"),
         format!("the full history: {log:?}"),
+    )?;
+    let config = c.exec(&n, &["cat", ".git/config"])?.out();
+    c.check(
+        !config.contains("s3cret") && config.contains("url = https://example.invalid/r.git"),
+        format!("the guest's .git/config holds no token, header or credential helper: {config:?}"),
     )?;
     Ok(())
 }
