@@ -98,7 +98,7 @@ fn rule_exists(bin: &str, table: &str, chain: &str, spec: &[String]) -> bool {
 }
 
 /// Installs the rules (those already present are left alone) and enables
-/// forwarding.
+/// forwarding for the bridge and the uplinks.
 pub fn enable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> {
     let bin = iptables()?;
     super::firewall::guard_bridge(bridge)?;
@@ -114,8 +114,98 @@ pub fn enable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> 
             run_tool(bin, "iptables", &args)?;
         }
     }
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| HostError::Other(format!("enabling IPv4 forwarding: {e}")))?;
+    forward_for(bridge)
+}
+
+/// The forwarding switch of one interface.
+fn forwarding_path(iface: &str) -> Option<std::path::PathBuf> {
+    let ok = !iface.is_empty()
+        && iface.len() <= 15
+        && iface != "."
+        && iface != ".."
+        && !iface.contains('/')
+        && iface != "all"
+        && iface != "default";
+    ok.then(|| format!("/proc/sys/net/ipv4/conf/{iface}/forwarding").into())
+}
+
+/// Where the interfaces whose forwarding banger switched on are written
+/// (one per line), per network namespace, so the last NAT VM's going can
+/// switch them back.
+fn forwarding_record() -> Result<std::path::PathBuf, HostError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::path::Path::new("/run/banger-root");
+    crate::fsutil::root_private_dir(dir)
+        .map_err(|e| HostError::Other(format!("creating {}: {e}", dir.display())))?;
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| HostError::Other(format!("reading our network namespace: {e}")))?
+        .ino();
+    Ok(dir.join(format!("net-{ns}.forwarding")))
+}
+
+/// The interfaces of the default routes (where NAT'd traffic leaves).
+pub fn uplinks() -> Result<Vec<String>, HostError> {
+    #[derive(serde::Deserialize)]
+    struct R {
+        #[serde(default)]
+        dev: Option<String>,
+    }
+    let out = run_tool("ip", "iproute2", &["-j", "-4", "route", "show", "default"])?;
+    let rs: Vec<R> = serde_json::from_str(&out)
+        .map_err(|e| HostError::Other(format!("unexpected `ip -j route` output: {e}")))?;
+    let mut v: Vec<String> = rs.into_iter().filter_map(|r| r.dev).collect();
+    v.dedup();
+    Ok(v)
+}
+
+/// Forwarding for the bridge and the uplinks only (IPv4 decides by the
+/// interface a packet came in on: out through the bridge, back through
+/// the uplink), never the host-wide `ip_forward`. What was off is
+/// recorded and switched back by [`restore_forwarding`].
+fn forward_for(bridge: &str) -> Result<(), HostError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut ifaces = vec![bridge.to_string()];
+    ifaces.extend(uplinks()?);
+    let record = forwarding_record()?;
+    for i in ifaces {
+        let Some(p) = forwarding_path(&i) else { continue };
+        let now = std::fs::read_to_string(&p)
+            .map_err(|e| HostError::Other(format!("reading {}: {e}", p.display())))?;
+        if now.trim() == "1" {
+            continue;
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&record)
+            .and_then(|mut f| writeln!(f, "{i}"))
+            .map_err(|e| HostError::Other(format!("writing {}: {e}", record.display())))?;
+        std::fs::write(&p, "1")
+            .map_err(|e| HostError::Other(format!("enabling forwarding on {i}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Switches off the forwarding banger switched on (interfaces since
+/// deleted are skipped).
+pub fn restore_forwarding() -> Result<(), HostError> {
+    let record = forwarding_record()?;
+    let text = match std::fs::read_to_string(&record) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(HostError::Other(format!("reading {}: {e}", record.display()))),
+    };
+    for i in text.lines().take(64) {
+        if let Some(p) = forwarding_path(i.trim()) {
+            if p.exists() {
+                let _ = std::fs::write(&p, "0");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&record);
     Ok(())
 }
 
@@ -131,6 +221,10 @@ pub fn disable(vm_id: &str) -> Result<(), HostError> {
             args.extend(rule.iter().map(String::as_str));
             run_tool(bin, "iptables", &args)?;
         }
+    }
+    // The last NAT VM gone: forwarding back as it was.
+    if tagged_vms()?.is_empty() {
+        restore_forwarding()?;
     }
     Ok(())
 }
