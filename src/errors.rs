@@ -109,6 +109,7 @@ impl From<crate::host::net::NetError> for RpcError {
         use crate::host::net::NetError as N;
         match e {
             N::Policy(p) => RpcError::bad_request(p.to_string()),
+            N::Missing(_) => RpcError::not_found(e.to_string()),
             N::Host(h) => h.into(),
         }
     }

@@ -153,13 +153,6 @@ fn netns_exec(env: &TestEnv, args: &[&str]) -> String {
 fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
     let _heavy = heavy();
     let env = vm_env();
-    // Port 53 on the bridge address is the guests' DNS; with banger's own
-    // server off, nothing redirects it and this test's listener gets it.
-    env.banger_ok(&["daemon", "stop"]);
-    let cfg = env.root().join("config/banger/config.toml");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("[network]\ndns_port = 0\n");
-    std::fs::write(&cfg, text).unwrap();
     env.banger_ok(&["vm", "create", "--name", "edge", "--nat"]);
     let vm = show(&env, "edge");
     let ip = vm["ip"].as_str().unwrap().to_string();
@@ -175,13 +168,12 @@ fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
         })
         .expect("a guarded tap");
 
-    // Anti-spoofing: a datagram from a borrowed address never arrives; the
-    // guest's own (sent after it, on the same path) does.
-    let listener = format!(
-        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(({gw:?},53))\nprint('ready',flush=True)\nwhile True:\n  d,a=s.recvfrom(100)\n  print(a[0],d.decode(),flush=True)\n  if d==b'honest': break"
-    );
-    let mut l = python_as(0, Some(&env.netns.name), &listener);
-    // A deadline: a datagram that never comes fails the test, not hangs it.
+    // Anti-spoofing: an echo request from a borrowed address never
+    // arrives; the guest's own (sent after it, on the same path) does. A
+    // raw ICMP socket on the host sees every echo request that gets in.
+    let listener = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP)\nprint('ready',flush=True)\nwhile True:\n  d,a=s.recvfrom(2000)\n  h=(d[0]&15)*4\n  if d[h]!=8: continue\n  p=d[h+8:]\n  if p in (b'spoofed',b'honest'):\n    print(a[0],p.decode(),flush=True)\n  if p==b'honest': break";
+    let mut l = python_as(0, Some(&env.netns.name), listener);
+    // A deadline: a packet that never comes fails the test, not hangs it.
     let lpid = l.id();
     let (heard_tx, heard_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -196,15 +188,44 @@ fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut lout, &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
+    env.banger_ok(&["vm", "exec", "edge", "--", "ip", "addr", "add", "172.16.0.99/24", "dev", "eth0"]);
     let send = format!(
-        "ip addr add 172.16.0.99/24 dev eth0 && python3 -c \"\nimport socket\nfor src,msg in [('172.16.0.99',b'spoofed'),('{ip}',b'honest')]:\n  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind((src,0)); s.sendto(msg,('{gw}',53))\n\""
+        "import socket,struct\ndef ck(b):\n  t=sum(struct.unpack('!%dH'%(len(b)//2),b))\n  t=(t>>16)+(t&0xffff); t+=t>>16\n  return ~t&0xffff\nfor src,msg in [('172.16.0.99',b'spoofed'),('{ip}',b'honest')]:\n  s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP); s.bind((src,0))\n  p=struct.pack('!BBHHH',8,0,0,7,1)+msg+b'\\0'*(len(msg)%2)\n  p=struct.pack('!BBHHH',8,0,ck(p),7,1)+msg\n  s.sendto(p,('{gw}',0))\n"
     );
-    env.banger_ok(&["vm", "exec", "edge", "--", "sh", "-c", &send]);
+    env.banger_ok(&["vm", "exec", "edge", "--", "python3", "-c", &send]);
     let mut heard = String::new();
     std::io::Read::read_to_string(&mut lout, &mut heard).unwrap();
     let _ = l.wait();
     let _ = heard_tx.send(());
     assert_eq!(heard.trim(), format!("{ip} honest"), "{heard}");
+
+    // DNS is reached only at the bridge's own address (where the daemon
+    // answers): a resolver on another host address is out of reach.
+    run_ok(Command::new("ip").args(["-n", &env.netns.name, "link", "add", "res0", "type", "bridge"]));
+    run_ok(Command::new("ip").args(["-n", &env.netns.name, "addr", "add", "10.53.0.1/24", "dev", "res0"]));
+    run_ok(Command::new("ip").args(["-n", &env.netns.name, "link", "set", "res0", "up"]));
+    let mut dns = python_as(
+        0,
+        Some(&env.netns.name),
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('10.53.0.1',53))\ns.settimeout(8)\nprint('ready',flush=True)\ntry:\n  d,a=s.recvfrom(100)\n  print('heard',a[0],flush=True)\nexcept socket.timeout:\n  print('nothing',flush=True)",
+    );
+    let mut dout = std::io::BufReader::new(dns.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut dout, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    env.banger_ok(&[
+        "vm",
+        "exec",
+        "edge",
+        "--",
+        "python3",
+        "-c",
+        "import socket\nfor i in range(5):\n  socket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto(b'q',('10.53.0.1',53))",
+    ]);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut dout, &mut rest).unwrap();
+    let _ = dns.wait();
+    assert_eq!(rest.trim(), "nothing", "a guest reached port 53 of another host address");
 
     // The host's other services are out of reach: a listener that would
     // accept (a refusal would mean the packet got there) sees nothing.

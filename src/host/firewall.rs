@@ -7,8 +7,10 @@
 //! - **Per bridge (iptables)**: `<bridge>-in` for traffic to the host (only
 //!   DNS, ping and replies to connections the host opened) and `<bridge>-fwd`
 //!   for routed traffic (never link-local/cloud metadata; out of the host
-//!   only for VMs with NAT, whose accept rules `nat::enable` inserts; VM to
-//!   VM on the bridge stays open). Installed idempotently by `EnsureBridge`.
+//!   only for VMs with NAT, whose accept rules `nat::enable` inserts; never
+//!   back onto the bridge). Installed idempotently by `EnsureBridge`.
+//! - **Per port (bridge)**: every tap is an isolated bridge port
+//!   (`net::NetOps::isolate_port`): guests reach the host, not each other.
 //!
 //! Every rule is built from typed values (names checked by `net::is_banger_*`,
 //! an `Ipv4Addr`, a MAC checked here); nothing comes from a shell string.
@@ -130,14 +132,9 @@ pub fn bridge_rules(bridge: &str) -> Vec<(String, Vec<String>)> {
                 "ACCEPT",
             ]),
         ),
-        (
-            inp.clone(),
-            s(&["-p", "udp", "--dport", "53", "-j", "ACCEPT"]),
-        ),
-        (
-            inp.clone(),
-            s(&["-p", "tcp", "--dport", "53", "-j", "ACCEPT"]),
-        ),
+        // DNS is admitted only by `dns_rules` (the bridge address, after the
+        // redirect): no blanket port 53, which let guests ask any resolver
+        // listening on any host address.
         (
             inp.clone(),
             s(&["-p", "icmp", "--icmp-type", "echo-request", "-j", "ACCEPT"]),
@@ -145,7 +142,9 @@ pub fn bridge_rules(bridge: &str) -> Vec<(String, Vec<String>)> {
         (inp, s(&["-j", "DROP"])),
         // Position 1 of the forward chain; NAT'd VMs' accepts go at 2.
         (fwd.clone(), s(&["-d", "169.254.0.0/16", "-j", "DROP"])),
-        (fwd.clone(), s(&["-o", bridge, "-j", "ACCEPT"])),
+        // Nothing routed back onto the bridge: a guest that sends a
+        // sibling's address to the gateway would get round the ports'
+        // isolation (`net::NetOps::isolate_port`).
         (fwd, s(&["-j", "DROP"])),
     ]
 }
@@ -185,6 +184,14 @@ pub fn guard_bridge(bridge: &str) -> Result<(), HostError> {
                 a.extend(r.iter().map(String::as_str));
                 ipt(&a)?;
             }
+        }
+    }
+    // Rules of an older banger that are no longer wanted go.
+    for c in [&inp, &fwd] {
+        for rule in stale_rules(&ipt(&["-S", c])?, bridge, c) {
+            let mut a = vec!["-D", c.as_str()];
+            a.extend(rule.iter().map(String::as_str));
+            ipt(&a)?;
         }
     }
     for (hook, dir, chain) in [("INPUT", "-i", &inp), ("FORWARD", "-i", &fwd)] {
@@ -262,6 +269,37 @@ pub fn dns_rules(
                 "ACCEPT",
             ]),
         ),
+        // The daemon binds the bridge address, which other interfaces reach
+        // too (the weak host model): only the bridge and the host itself
+        // may ask it.
+        (
+            "filter",
+            "INPUT".into(),
+            s(&[
+                "-d",
+                &addr,
+                "!",
+                "-i",
+                bridge,
+                "-p",
+                "udp",
+                "-m",
+                "udp",
+                "--dport",
+                &port,
+                "-m",
+                "addrtype",
+                "!",
+                "--src-type",
+                "LOCAL",
+                "-m",
+                "comment",
+                "--comment",
+                DNS_TAG,
+                "-j",
+                "DROP",
+            ]),
+        ),
     ]
 }
 
@@ -275,12 +313,16 @@ pub fn guard_dns(bridge: &str, addr: Ipv4Addr, port: u16) -> Result<(), HostErro
     };
     let (inp, _) = chains(bridge);
     // Stale rules of this bridge (another port or address) go first.
-    for (table, chain) in [("nat", "PREROUTING".to_string()), ("filter", inp.clone())] {
+    for (table, chain) in [
+        ("nat", "PREROUTING".to_string()),
+        ("filter", inp.clone()),
+        ("filter", "INPUT".to_string()),
+    ] {
         let listed = ipt(&["-t", table, "-S", &chain])?;
         for line in listed.lines().filter(|l| l.contains(DNS_TAG)) {
             let args: Vec<&str> = line.split_whitespace().collect();
             let Some(rule) = args.get(2..) else { continue };
-            let ours = chain != "PREROUTING" || rule.windows(2).any(|w| w == ["-i", bridge]);
+            let ours = chain == inp || rule.windows(2).any(|w| w == ["-i", bridge]);
             let wanted = want.iter().any(|(t, c, r)| {
                 *t == table && *c == chain && r.iter().map(String::as_str).eq(rule.iter().copied())
             });
@@ -297,9 +339,11 @@ pub fn guard_dns(bridge: &str, addr: Ipv4Addr, port: u16) -> Result<(), HostErro
         if ipt(&check).is_ok() {
             continue;
         }
-        // Before the input chain's final drop.
+        // Before the input chain's final drop; first in INPUT.
         let mut a = if chain == &inp {
             vec!["-t", *table, "-I", chain.as_str(), "2"]
+        } else if chain == "INPUT" {
+            vec!["-t", *table, "-I", chain.as_str(), "1"]
         } else {
             vec!["-t", *table, "-A", chain.as_str()]
         };
@@ -307,6 +351,31 @@ pub fn guard_dns(bridge: &str, addr: Ipv4Addr, port: u16) -> Result<(), HostErro
         ipt(&a)?;
     }
     Ok(())
+}
+
+/// Rules older bangers put in a bridge's chains and this one no longer
+/// wants, as `iptables -S` prints them.
+fn obsolete(bridge: &str) -> [String; 3] {
+    [
+        // Blanket DNS: any host address's port 53.
+        "-p udp -m udp --dport 53 -j ACCEPT".into(),
+        "-p tcp -m tcp --dport 53 -j ACCEPT".into(),
+        // Routed VM-to-VM traffic.
+        format!("-o {bridge} -j ACCEPT"),
+    ]
+}
+
+/// The obsolete rules of `chain` (a chain of `bridge`) in an `iptables -S`
+/// listing.
+fn stale_rules(listing: &str, bridge: &str, chain: &str) -> Vec<Vec<String>> {
+    let prefix = format!("-A {chain} ");
+    let old = obsolete(bridge);
+    listing
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| old.iter().any(|o| o == l.trim()))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
 }
 
 fn has_vm_rules(chain: &str) -> Result<bool, HostError> {
@@ -344,6 +413,39 @@ mod tests {
         assert_eq!(inp.last().unwrap().1, ["-j", "DROP"]);
         assert_eq!(fwd.last().unwrap().1, ["-j", "DROP"]);
         assert_eq!(fwd[0].1, ["-d", "169.254.0.0/16", "-j", "DROP"]);
+        // Nothing is routed from the bridge back onto it (VM to VM).
+        assert!(
+            !fwd.iter().any(|(_, r)| r.windows(2).any(|w| w == ["-o", "banger0"])
+                && r.last().is_some_and(|j| j == "ACCEPT")),
+            "{fwd:?}"
+        );
+        let listing = "-A banger0-fwd -d 169.254.0.0/16 -j DROP\n-A banger0-fwd -o banger0 -j ACCEPT\n-A banger0-fwd -j DROP\n";
+        assert_eq!(
+            stale_rules(listing, "banger0", "banger0-fwd"),
+            vec![vec!["-o".to_string(), "banger0".into(), "-j".into(), "ACCEPT".into()]]
+        );
+    }
+
+    #[test]
+    fn guests_reach_port_53_only_on_the_bridge_address() {
+        let r = bridge_rules("banger0");
+        for (_, rule) in &r {
+            let opens_53 = rule.windows(2).any(|w| w == ["--dport", "53"]);
+            assert!(!opens_53, "a blanket port-53 accept: {rule:?}");
+        }
+        // An older chain's blanket rules are found as stale, and only them.
+        let listing = "-N banger0-in\n\
+            -A banger0-in -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            -A banger0-in -d 172.16.0.1/32 -p udp -m udp --dport 42069 -m comment --comment banger-dns -j ACCEPT\n\
+            -A banger0-in -p udp -m udp --dport 53 -j ACCEPT\n\
+            -A banger0-in -p tcp -m tcp --dport 53 -j ACCEPT\n\
+            -A banger0-in -p icmp -m icmp --icmp-type 8 -j ACCEPT\n\
+            -A banger0-in -j DROP\n";
+        let stale = stale_rules(listing, "banger0", "banger0-in");
+        let joined: Vec<String> = stale.iter().map(|r| r.join(" ")).collect();
+        assert!(joined.contains(&"-p udp -m udp --dport 53 -j ACCEPT".to_string()), "{joined:?}");
+        assert!(joined.contains(&"-p tcp -m tcp --dport 53 -j ACCEPT".to_string()), "{joined:?}");
+        assert!(!joined.iter().any(|r| r.contains("DROP") || r.contains("banger-dns") || r.contains("conntrack")), "{joined:?}");
     }
 
     #[test]
@@ -358,5 +460,11 @@ mod tests {
         assert_eq!(chain, "banger0-in");
         assert!(accept.windows(2).any(|w| w == ["--dport", "42069"]));
         assert!(accept.windows(2).any(|w| w == ["-d", "172.16.0.1/32"]));
+        // Other interfaces do not reach the daemon's port; the host does.
+        let (_, chain, drop) = &r[2];
+        assert_eq!(chain, "INPUT");
+        assert!(drop.windows(3).any(|w| w == ["!", "-i", "banger0"]), "{drop:?}");
+        assert!(drop.windows(3).any(|w| w == ["!", "--src-type", "LOCAL"]), "{drop:?}");
+        assert_eq!(drop.last().unwrap(), "DROP");
     }
 }

@@ -29,11 +29,19 @@ pub struct LinkInfo {
 pub trait NetOps: Send + Sync + 'static {
     fn list_links(&self) -> Result<Vec<LinkInfo>, HostError>;
     fn addresses(&self, name: &str) -> Result<Vec<(Ipv4Addr, u8)>, HostError>;
+    /// Every IPv4 subnet the host already uses, with the interface holding
+    /// it: its addresses and its routes (all tables; default routes left
+    /// out).
+    fn used_subnets(&self) -> Result<Vec<UsedSubnet>, HostError>;
     fn add_bridge(&self, name: &str) -> Result<(), HostError>;
     fn add_address(&self, name: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<(), HostError>;
     fn set_up(&self, name: &str) -> Result<(), HostError>;
     fn add_tap(&self, name: &str, owner_uid: u32) -> Result<(), HostError>;
     fn set_master(&self, name: &str, bridge: &str) -> Result<(), HostError>;
+    /// Makes a bridge port isolated: it reaches the bridge (the host) and
+    /// non-isolated ports, never another isolated port, so guests do not
+    /// reach their siblings.
+    fn isolate_port(&self, name: &str) -> Result<(), HostError>;
     fn delete_link(&self, name: &str) -> Result<(), HostError>;
     /// The bridge's filter chains (`host::firewall::guard_bridge`).
     fn guard_bridge(&self, bridge: &str) -> Result<(), HostError>;
@@ -42,6 +50,53 @@ pub trait NetOps: Send + Sync + 'static {
     /// Binds a tap to one VM's addresses (`host::firewall::guard_tap`).
     fn guard_tap(&self, tap: &str, ip: Ipv4Addr, mac: &str) -> Result<(), HostError>;
     fn unguard_tap(&self, tap: &str) -> Result<(), HostError>;
+}
+
+/// A subnet in use on the host: an address or a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedSubnet {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The interface (`None` for routes without a device, e.g. blackholes).
+    pub dev: Option<String>,
+    /// `address` or `route`.
+    pub what: &'static str,
+}
+
+/// Whether two IPv4 subnets share an address.
+pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let p = a.1.min(b.1).min(32);
+    let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+    (u32::from(a.0) & mask) == (u32::from(b.0) & mask)
+}
+
+#[derive(Deserialize)]
+struct IpRoute {
+    dst: String,
+    #[serde(default)]
+    dev: Option<String>,
+}
+
+/// Parses `ip -j -4 route show table all`: destinations with their device,
+/// default routes left out.
+pub fn parse_routes(json: &str) -> Result<Vec<UsedSubnet>, HostError> {
+    let routes: Vec<IpRoute> = serde_json::from_str(json)
+        .map_err(|e| HostError::Other(format!("unexpected `ip -j route` output: {e}")))?;
+    Ok(routes
+        .into_iter()
+        .filter(|r| r.dst != "default")
+        .filter_map(|r| {
+            let (a, p) = r.dst.split_once('/').unwrap_or((&r.dst, "32"));
+            let addr = a.parse().ok()?;
+            let prefix_len: u8 = p.parse().ok().filter(|p| *p <= 32)?;
+            (prefix_len > 0).then_some(UsedSubnet {
+                addr,
+                prefix_len,
+                dev: r.dev,
+                what: "route",
+            })
+        })
+        .collect())
 }
 
 /// [`NetOps`] through iproute2's `ip`, each call an argv (never a shell).
@@ -68,6 +123,8 @@ struct IpLinkInfo {
 
 #[derive(Deserialize)]
 struct IpAddrs {
+    #[serde(default)]
+    ifname: String,
     #[serde(default)]
     addr_info: Vec<IpAddrInfo>,
 }
@@ -126,6 +183,30 @@ impl NetOps for IpCommand {
             .filter_map(|a| a.local.parse().ok().map(|ip| (ip, a.prefixlen)))
             .collect())
     }
+    fn used_subnets(&self) -> Result<Vec<UsedSubnet>, HostError> {
+        let out = ip(&["-j", "-4", "addr", "show"])?;
+        let v: Vec<IpAddrs> = serde_json::from_str(&out)
+            .map_err(|e| HostError::Other(format!("unexpected `ip -j addr` output: {e}")))?;
+        let mut used: Vec<UsedSubnet> = v
+            .into_iter()
+            .flat_map(|a| {
+                let dev = a.ifname;
+                a.addr_info
+                    .into_iter()
+                    .filter(|i| i.family == "inet")
+                    .filter_map(move |i| {
+                        Some(UsedSubnet {
+                            addr: i.local.parse().ok()?,
+                            prefix_len: i.prefixlen,
+                            dev: Some(dev.clone()),
+                            what: "address",
+                        })
+                    })
+            })
+            .collect();
+        used.extend(parse_routes(&ip(&["-j", "-4", "route", "show", "table", "all"])?)?);
+        Ok(used)
+    }
     fn add_bridge(&self, name: &str) -> Result<(), HostError> {
         ip(&["link", "add", "name", name, "type", "bridge"]).map(drop)
     }
@@ -142,6 +223,9 @@ impl NetOps for IpCommand {
     }
     fn set_master(&self, name: &str, bridge: &str) -> Result<(), HostError> {
         ip(&["link", "set", "dev", name, "master", bridge]).map(drop)
+    }
+    fn isolate_port(&self, name: &str) -> Result<(), HostError> {
+        ip(&["link", "set", "dev", name, "type", "bridge_slave", "isolated", "on"]).map(drop)
     }
     fn delete_link(&self, name: &str) -> Result<(), HostError> {
         ip(&["link", "del", "dev", name]).map(drop)
@@ -173,6 +257,21 @@ pub enum NetPolicyError {
     OtherOwner(String, u32),
     #[error("{0}/{1} is not a usable private subnet address")]
     BadAddress(Ipv4Addr, u8),
+    #[error("{addr}/{prefix_len} overlaps {what} {other} on {dev}: a banger bridge there would take traffic meant for it; set another [network] bridge_address (and pool) in banger's config.toml")]
+    Overlap {
+        addr: Ipv4Addr,
+        prefix_len: u8,
+        what: &'static str,
+        other: String,
+        dev: String,
+    },
+    #[error("{ip} is not a guest address of {bridge} ({net}); refusing to bind tap {tap} to it")]
+    OutsideBridge {
+        ip: Ipv4Addr,
+        tap: String,
+        bridge: String,
+        net: String,
+    },
 }
 
 fn valid_ifname(name: &str, prefix: &str) -> bool {
@@ -199,6 +298,8 @@ pub fn is_banger_bridge(name: &str) -> bool {
 pub enum NetError {
     #[error(transparent)]
     Policy(#[from] NetPolicyError),
+    #[error("tap {0} does not exist")]
+    Missing(String),
     #[error(transparent)]
     Host(#[from] HostError),
 }
@@ -220,12 +321,31 @@ pub fn ensure_bridge(
     if !address.is_private() || !(8..=29).contains(&prefix_len) {
         return Err(NetPolicyError::BadAddress(address, prefix_len).into());
     }
-    match find(ops, name)? {
-        Some(l) if l.kind.as_deref() != Some("bridge") => {
-            return Err(NetPolicyError::WrongKind(name.into(), "bridge").into())
+    let existing = find(ops, name)?;
+    if let Some(l) = &existing {
+        if l.kind.as_deref() != Some("bridge") {
+            return Err(NetPolicyError::WrongKind(name.into(), "bridge").into());
         }
-        Some(_) => {}
-        None => ops.add_bridge(name)?,
+    }
+    // Nobody else's subnet: no address or route of another interface may
+    // share an address with the bridge's (the owner's config is not a check).
+    for u in ops.used_subnets()? {
+        if u.dev.as_deref() == Some(name) {
+            continue;
+        }
+        if overlaps((address, prefix_len), (u.addr, u.prefix_len)) {
+            return Err(NetPolicyError::Overlap {
+                addr: address,
+                prefix_len,
+                what: u.what,
+                other: format!("{}/{}", u.addr, u.prefix_len),
+                dev: u.dev.unwrap_or_else(|| "no device".into()),
+            }
+            .into());
+        }
+    }
+    if existing.is_none() {
+        ops.add_bridge(name)?;
     }
     if !ops.addresses(name)?.contains(&(address, prefix_len)) {
         ops.add_address(name, address, prefix_len)?;
@@ -258,6 +378,7 @@ pub fn create_tap(
         None => ops.add_tap(name, owner_uid)?,
     }
     ops.set_master(name, bridge)?;
+    ops.isolate_port(name)?;
     ops.set_up(name)?;
     Ok(())
 }
@@ -298,7 +419,39 @@ pub fn owned_tap(ops: &dyn NetOps, name: &str, owner_uid: u32) -> Result<(), Net
             Err(NetPolicyError::OtherOwner(name.into(), tap_owner(&l)).into())
         }
         Some(_) => Err(NetPolicyError::WrongKind(name.into(), "tap").into()),
-        None => Err(HostError::Other(format!("tap {name} does not exist")).into()),
+        None => Err(NetError::Missing(name.into())),
+    }
+}
+
+/// Checks that `ip` is a guest address of the bridge `tap` is on: inside
+/// the bridge's subnet, not the bridge's own, not the network or broadcast
+/// address.
+pub fn tap_address_ok(ops: &dyn NetOps, tap: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+    let bridge = find(ops, tap)?
+        .and_then(|l| l.master)
+        .filter(|m| is_banger_bridge(m))
+        .ok_or_else(|| HostError::Other(format!("tap {tap} is on no banger bridge")))?;
+    let nets = ops.addresses(&bridge)?;
+    let fits = nets.iter().any(|&(addr, p)| {
+        let host_bits = 32 - u32::from(p);
+        let mask = if p == 0 { 0 } else { u32::MAX << host_bits };
+        let (net, ipu) = (u32::from(addr) & mask, u32::from(ip));
+        ipu & mask == net && ip != addr && ipu != net && ipu != net | !mask
+    });
+    if fits {
+        Ok(())
+    } else {
+        Err(NetPolicyError::OutsideBridge {
+            ip,
+            tap: tap.into(),
+            net: nets
+                .iter()
+                .map(|(a, p)| format!("{a}/{p}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            bridge,
+        }
+        .into())
     }
 }
 
@@ -352,6 +505,9 @@ mod tests {
         fn addresses(&self, _: &str) -> Result<Vec<(Ipv4Addr, u8)>, HostError> {
             Ok(vec![])
         }
+        fn used_subnets(&self) -> Result<Vec<UsedSubnet>, HostError> {
+            Ok(vec![])
+        }
         fn add_bridge(&self, _: &str) -> Result<(), HostError> {
             Err(HostError::Other("no bridges".into()))
         }
@@ -368,6 +524,9 @@ mod tests {
             Err(HostError::Other("no".into()))
         }
         fn delete_link(&self, _: &str) -> Result<(), HostError> {
+            Err(HostError::Other("no".into()))
+        }
+        fn isolate_port(&self, _: &str) -> Result<(), HostError> {
             Err(HostError::Other("no".into()))
         }
         fn guard_bridge(&self, _: &str) -> Result<(), HostError> {
@@ -402,6 +561,25 @@ mod tests {
             ensure_bridge(&ops, "banger0", Ipv4Addr::new(8, 8, 8, 8), 24),
             Err(NetError::Policy(NetPolicyError::BadAddress(..)))
         ));
+    }
+
+    #[test]
+    fn subnets_overlap_when_they_share_an_address() {
+        let a = |s: &str, p| (s.parse::<Ipv4Addr>().unwrap(), p);
+        assert!(overlaps(a("10.99.0.50", 26), a("10.99.0.1", 24)));
+        assert!(overlaps(a("10.99.0.1", 24), a("10.99.0.53", 32)));
+        assert!(overlaps(a("10.0.0.1", 8), a("10.99.0.0", 24)));
+        assert!(!overlaps(a("172.16.0.1", 24), a("172.17.0.1", 16)));
+        assert!(!overlaps(a("10.99.0.129", 26), a("10.99.0.1", 25)));
+        let r = parse_routes(
+            r#"[{"dst":"default","gateway":"10.0.0.1","dev":"eth0"},
+                {"dst":"10.99.0.0/24","dev":"eth1"},{"type":"local","dst":"10.99.0.1","dev":"eth1"},
+                {"type":"blackhole","dst":"192.168.7.0/24"}]"#,
+        )
+        .unwrap();
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert_eq!((r[1].addr, r[1].prefix_len), ("10.99.0.1".parse().unwrap(), 32));
+        assert_eq!(r[2].dev, None);
     }
 
     #[test]

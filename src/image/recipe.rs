@@ -35,6 +35,7 @@ pub const OPINION: &[&str] = &[
     "python3",
     "less",
     "vim-tiny",
+    "netcat-openbsd",
 ];
 
 /// A buildable image.
