@@ -12,7 +12,7 @@ use crate::ops::{net, Privileged};
 use crate::protocol::RpcError;
 
 /// Taps kept ready.
-pub const WARM: usize = 2;
+pub const WARM: usize = crate::ops::net::WARM_TAPS;
 
 /// Messages to the [`TapPool`].
 pub enum TapPoolMsg {

@@ -13,7 +13,7 @@ use crate::guest::session::{channel_of, AgentSession};
 use crate::guest::ssh::SshFiles;
 use crate::host::process::pid_alive;
 use crate::protocol::helper::{PrivReply, PrivRequest};
-use crate::protocol::RpcError;
+use crate::protocol::{ErrorCode, RpcError};
 use crate::store::model::now_unix;
 use crate::store::VmRecord;
 use crate::vmm::{self, BootSpec, Vmm};
@@ -372,25 +372,38 @@ async fn boot(
     persist(ctx, vm, rec)?;
 
     stages.begin("network", "tap and bridge").await;
-    let tap = ctx.taps.lease().await?;
-    rec.tap = Some(tap.clone());
-    persist(ctx, vm, rec)?;
     let ip: Ipv4Addr = rec
         .ip
         .as_deref()
         .and_then(|i| i.parse().ok())
         .ok_or_else(|| RpcError::failed("the VM has no address"))?;
-    // The guest may send only as itself on the bridge.
-    ctx.helper
-        .call(PrivRequest::GuardTap {
+    let mac = rec
+        .mac
+        .clone()
+        .ok_or_else(|| RpcError::failed("the VM has no MAC address"))?;
+    // The guest may send only as itself on the bridge. A leased tap that
+    // vanished while it waited warm (deleted by hand or by another
+    // program) is replaced: every warm one may be gone, the one made after
+    // them is fresh.
+    let mut tries = 0;
+    let tap = loop {
+        let tap = ctx.taps.lease().await?;
+        rec.tap = Some(tap.clone());
+        persist(ctx, vm, rec)?;
+        let guard = PrivRequest::GuardTap {
             name: tap.clone(),
             ip,
-            mac: rec
-                .mac
-                .clone()
-                .ok_or_else(|| RpcError::failed("the VM has no MAC address"))?,
-        })
-        .await?;
+            mac: mac.clone(),
+        };
+        match ctx.helper.call(guard).await {
+            Ok(_) => break tap,
+            Err(e) if e.code == ErrorCode::NotFound && tries <= super::net::WARM_TAPS => {
+                tracing::warn!(vm = %rec.name, %tap, "the leased tap is gone; taking another");
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     if rec.nat {
         ctx.helper
             .call(PrivRequest::EnableNat {

@@ -28,6 +28,10 @@ pub fn created_here(tap: &str) -> bool {
         .any(|t| t == tap)
 }
 
+/// Taps the daemon's pool keeps ready (a start that finds them all gone
+/// tries that many plus one).
+pub const WARM_TAPS: usize = 2;
+
 /// Ensures the bridge and creates one tap on it.
 pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<String, RpcError> {
     helper

@@ -18,9 +18,28 @@ pub fn vm_seen(
             v.state = crate::domain::VmState::Degraded;
         }
         v.agent_error = g.agent_error();
+        // Its agent may answer (that channel is not the network), but
+        // without its tap the VM is off the bridge: not healthy.
+        if let Some(tap) = r.tap.as_deref().filter(|t| !interface_exists(t)) {
+            if v.state == crate::domain::VmState::Running {
+                v.state = crate::domain::VmState::Degraded;
+            }
+            v.last_error = Some(format!(
+                "its tap {tap} is gone: the VM is off the network; restart it: banger vm restart {}",
+                r.name
+            ));
+        }
     }
     v.helper_restarts = g.restarts();
     v
+}
+
+/// Whether a network interface of that name exists in our namespace.
+fn interface_exists(name: &str) -> bool {
+    !matches!(
+        nix::net::if_::if_nametoindex(name),
+        Err(nix::errno::Errno::ENODEV)
+    )
 }
 
 /// A record as the CLI sees it (without the guest watch).
