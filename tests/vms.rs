@@ -407,3 +407,80 @@ fn a_second_daemon_in_the_same_namespace_refuses_and_breaks_nothing() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "next\n");
     env.banger_ok(&["vm", "delete", "keepme"]);
 }
+
+#[test]
+fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
+    let _heavy = heavy();
+    let env = vm_env();
+    for n in ["sib1", "sib2"] {
+        env.banger_ok(&["vm", "create", "--name", n, "--vcpu", "1"]);
+    }
+    let ip1 = show(&env, "sib1")["ip"].as_str().unwrap().to_string();
+    // The sibling's sshd is up (reachable from the host)...
+    assert_eq!(ssh(&env, "sib1", &["echo", "up"]), "up\n");
+    // ...but not from the other guest: neither on the bridge nor routed
+    // through the host.
+    let probe = |extra: &str| {
+        env.banger(&[
+            "vm",
+            "exec",
+            "sib2",
+            "--",
+            "sh",
+            "-c",
+            &format!("{extra}nc -zw2 {ip1} 22"),
+        ])
+    };
+    let out = probe("");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "nc from one guest to its sibling must fail: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = probe(&format!("ip neigh flush all; ip route add {ip1}/32 via 172.16.0.1; "));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "nor through the host's routing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each VMM runs under QEMU's seccomp sandbox.
+    let pids = vmm_pids(&env);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for pid in pids {
+        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+            .replace('\0', " ");
+        assert!(cmd.contains(&format!("-sandbox {}", banger::vmm::qemu::SANDBOX)), "{cmd}");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.contains("Seccomp:\t2"), "no seccomp filter on {pid}: {status}");
+    }
+
+    // A VM whose tap vanishes is shown unhealthy, with what to do.
+    // A VM's tap is the one whose guard chain names its address.
+    let tap_of = |ip: &str| {
+        taps(&env).into_iter().find(|t| {
+            let (chain, _) = env.netns.exec(&["ebtables", "-L", t]);
+            chain.contains(&format!("--ip-src {ip} "))
+        })
+    };
+    let ip2 = show(&env, "sib2")["ip"].as_str().unwrap().to_string();
+    let tap1 = tap_of(&ip1).expect("sib1's tap");
+    let vm_taps = [tap1.clone(), tap_of(&ip2).expect("sib2's tap")];
+    run_ok(Command::new("ip").args(["-n", &env.netns.name, "link", "del", &tap1]));
+    let v = show(&env, "sib1");
+    assert_eq!(v["state"], "degraded", "{v}");
+    let err = v["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains(&tap1) && err.contains("vm restart"), "{v}");
+    // The warm taps vanish too: the next start takes a dead one from the
+    // pool, sees it is gone and replaces it.
+    for t in taps(&env).into_iter().filter(|t| !vm_taps.contains(t)) {
+        run_ok(Command::new("ip").args(["-n", &env.netns.name, "link", "del", &t]));
+    }
+    env.banger_ok(&["vm", "restart", "sib1"]);
+    assert_eq!(show(&env, "sib1")["state"], "running");
+    assert_eq!(ssh(&env, "sib1", &["echo", "back"]), "back\n");
+    for n in ["sib1", "sib2"] {
+        env.banger_ok(&["vm", "delete", n]);
+    }
+}

@@ -38,6 +38,10 @@ fn opt_path(p: &std::path::Path) -> String {
 /// QMP socket at `qmp`.
 /// QEMU's argv for `m`; with `tap_fd`, the tap is the inherited file
 /// descriptor of that number rather than opened by name.
+/// QEMU's seccomp policy for every VMM.
+pub const SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 pub fn argv(m: &QemuMachine, qmp: Option<&Path>, tap_fd: Option<i32>) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "-M".into(),
@@ -55,6 +59,11 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>, tap_fd: Option<i32>) -> Vec<Str
         "-nodefaults".into(),
         "-no-user-config".into(),
         "-no-reboot".into(),
+        // seccomp: no obsolete syscalls, no setuid, no fork/exec, no
+        // scheduler or affinity changes. Migration goes through an fd the
+        // daemon passes, so nothing here needs to spawn.
+        "-sandbox".into(),
+        SANDBOX.into(),
         "-kernel".into(),
         m.kernel.display().to_string(),
         "-append".into(),
@@ -213,6 +222,10 @@ mod tests {
         let work = a.find("file=/v/work.ext4,format=raw").unwrap();
         assert!(root < work);
         assert!(a.contains("-accel tcg -cpu max"));
+        assert!(
+            a.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"),
+            "{a}"
+        );
         assert!(a.contains("socket,id=agent,path=/v/agent.sock,server=on,wait=off"));
         assert!(a.contains("virtserialport,chardev=agent,name=banger.agent"));
         assert!(a.contains("-m 1024M"));
