@@ -62,7 +62,10 @@ Before={DAEMON_UNIT}
 
 [Service]
 Type=simple
-ExecStartPre=/usr/bin/install -d -m 0700 -o {uid} -g {gid} {RUNTIME_DIR}
+# `+`: outside the sandbox below, where /run is read-only.
+ExecStartPre=+/usr/bin/install -d -m 0700 -o {uid} -g {gid} {RUNTIME_DIR}
+# iptables (legacy) takes this lock; it must exist to be writable below.
+ExecStartPre=+/usr/bin/touch /run/xtables.lock
 ExecStart={bin}/bangerd-root --owner-uid {uid} --runtime-dir {RUNTIME_DIR}
 Restart=on-failure
 RestartSec=1
@@ -73,9 +76,18 @@ UMask=0077
 CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_ADMIN CAP_SYS_CHROOT CAP_CHOWN CAP_FOWNER CAP_FSETID CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_SETUID CAP_SETGID CAP_SETFCAP CAP_KILL CAP_MKNOD
 NoNewPrivileges=yes
 ProtectSystem=strict
-ReadWritePaths=/run -/var/lib/banger -/var/cache/banger
+# Writable: the owner's runtime directory (sockets, VMMs), its own
+# (network claims, forwarding record), iptables' lock, the system-mode
+# daemon's state and cache, its own state and package cache. Not the rest
+# of /run.
+ReadWritePaths={RUNTIME_DIR} -/run/xtables.lock -/var/lib/banger -/var/cache/banger
+RuntimeDirectory=banger-root
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
 StateDirectory=banger-root
 StateDirectoryMode=0700
+CacheDirectory=banger-root
+CacheDirectoryMode=0700
 ProtectHome=yes
 PrivateTmp=yes
 ProtectKernelModules=yes

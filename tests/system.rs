@@ -206,7 +206,8 @@ fn system_install_under_real_systemd_in_a_guest() {
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)
     );
-    for (unit, max) in [("bangerd-root.service", 4.0), ("bangerd.service", 2.5)] {
+    // No worse than when the walls issue was filed (helper 3.9, daemon 1.5).
+    for (unit, max) in [("bangerd-root.service", 3.9), ("bangerd.service", 1.5)] {
         let out = guest(
             &env,
             "sys",
