@@ -524,24 +524,32 @@ pub fn tree_bytes(root: &Path) -> u64 {
 /// describes, so without this a few KB of gzip could claim gigabytes.
 pub const MAX_META_RECORD: u64 = 1 << 20;
 
-/// A pass-through reader that follows the tar stream's 512-byte blocks and
-/// refuses a long-name (`L`, `K`) or PAX (`x`, `g`) record over
-/// [`MAX_META_RECORD`] before any of it is read.
-struct TarGuard<R> {
+/// A pass-through reader that follows the tar stream's 512-byte blocks as
+/// the tar crate will (a PAX `size` record overrides the next entry's raw
+/// header size, so the guard reads PAX records too) and refuses a
+/// long-name (`L`, `K`) or PAX (`x`, `g`) record over [`MAX_META_RECORD`]
+/// before any of it is read.
+pub(crate) struct TarGuard<R> {
     inner: R,
     header: [u8; 512],
     filled: usize,
     /// Bytes of the current entry's data (padded to blocks) still to pass.
     data_left: u64,
+    /// A PAX record being collected: its bytes and its unpadded size.
+    pax: Option<(Vec<u8>, u64)>,
+    /// The `size` of the last PAX record, for the next real entry.
+    pending_size: Option<u64>,
 }
 
 impl<R: Read> TarGuard<R> {
-    fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         TarGuard {
             inner,
             header: [0; 512],
             filled: 0,
             data_left: 0,
+            pax: None,
+            pending_size: None,
         }
     }
 
@@ -563,12 +571,45 @@ impl<R: Read> TarGuard<R> {
         u64::from_str_radix(t, 8).ok()
     }
 
+    /// The `size` record of a PAX extended header (`<len> size=<n>\n`),
+    /// as the tar crate reads it; a malformed record is refused.
+    fn pax_size(data: &[u8]) -> std::io::Result<Option<u64>> {
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "a malformed PAX record");
+        let mut rest = data;
+        let mut size = None;
+        while !rest.is_empty() && rest.iter().any(|&b| b != 0) {
+            let sp = rest.iter().position(|&b| b == b' ').ok_or_else(bad)?;
+            let len: usize = std::str::from_utf8(&rest[..sp])
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .filter(|&l| l > sp && l <= rest.len())
+                .ok_or_else(bad)?;
+            let record = &rest[sp + 1..len];
+            let record = record.strip_suffix(b"\n").unwrap_or(record);
+            if let Some(v) = record.strip_prefix(b"size=") {
+                let v = std::str::from_utf8(v).ok().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+                size = Some(v);
+            }
+            rest = &rest[len..];
+        }
+        Ok(size)
+    }
+
     fn pass(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
             if self.data_left > 0 {
                 let n = (self.data_left.min(bytes.len() as u64)) as usize;
+                if let Some((buf, want)) = self.pax.as_mut() {
+                    let take = (*want as usize).saturating_sub(buf.len()).min(n);
+                    buf.extend_from_slice(&bytes[..take]);
+                }
                 self.data_left -= n as u64;
                 bytes = &bytes[n..];
+                if self.data_left == 0 {
+                    if let Some((buf, _)) = self.pax.take() {
+                        self.pending_size = Self::pax_size(&buf)?;
+                    }
+                }
                 continue;
             }
             let n = (512 - self.filled).min(bytes.len());
@@ -582,19 +623,35 @@ impl<R: Read> TarGuard<R> {
             if self.header.iter().all(|&b| b == 0) {
                 continue;
             }
-            let size = Self::size(&self.header).ok_or_else(|| {
+            let raw = Self::size(&self.header).ok_or_else(|| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     "a tar header with an unreadable size",
                 )
             })?;
-            if matches!(self.header[156], b'L' | b'K' | b'x' | b'g') && size > MAX_META_RECORD {
+            let kind = self.header[156];
+            let meta = matches!(kind, b'L' | b'K' | b'x' | b'g');
+            if meta && raw > MAX_META_RECORD {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
-                        "a long-name or PAX record of {size} bytes (at most {MAX_META_RECORD})"
+                        "a long-name or PAX record of {raw} bytes (at most {MAX_META_RECORD})"
                     ),
                 ));
+            }
+            // The size the tar crate uses: a PAX `size` for the entry the
+            // records describe, the raw one for the records themselves.
+            let size = if meta {
+                raw
+            } else {
+                self.pending_size.take().unwrap_or(raw)
+            };
+            if kind == b'x' {
+                self.pax = Some((Vec::with_capacity(raw as usize), raw));
+                if raw == 0 {
+                    self.pax = None;
+                    self.pending_size = None;
+                }
             }
             self.data_left = size.div_ceil(512).saturating_mul(512);
         }
@@ -728,6 +785,42 @@ mod tests {
         let mut tree = Tree::default();
         apply(&ok[..], &root, &mut tree).unwrap();
         assert!(root.join(&name).is_file());
+    }
+
+    /// A PAX `size=0` before an entry whose raw header claims 3 blocks:
+    /// the tar crate reads the next header at once (an `L` record of 2
+    /// MiB), where a guard following raw sizes saw data.
+    #[test]
+    fn a_pax_size_cannot_hide_a_long_name_record_from_the_guard() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let block = |kind: tar::EntryType, path: &str, size: u64| {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_path(path).unwrap();
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            h.as_bytes().to_vec()
+        };
+        let pad = |v: &mut Vec<u8>| v.resize(v.len().div_ceil(512) * 512, 0);
+        let mut raw = Vec::new();
+        let rec = b"10 size=0\n".to_vec();
+        raw.extend(block(tar::EntryType::XHeader, "pax", rec.len() as u64));
+        raw.extend(&rec);
+        pad(&mut raw);
+        raw.extend(block(tar::EntryType::Regular, "cover", 1536));
+        raw.extend(block(tar::EntryType::GNULongName, "././@LongLink", 2 << 20));
+        raw.extend(std::iter::repeat_n(b'a', 2 << 20));
+        pad(&mut raw);
+        raw.extend(layer(&[("after", 'f', "x", 0o644, 0)]));
+        let e = apply(&raw[..], &root, &mut Tree::default()).unwrap_err();
+        assert!(e.0.contains("long-name or PAX record of 2097152 bytes"), "{}", e.0);
+        // PAX records parse as the crate reads them.
+        assert_eq!(TarGuard::<&[u8]>::pax_size(b"11 size=42\n19 path=some/thing\n").unwrap(), Some(42));
+        assert_eq!(TarGuard::<&[u8]>::pax_size(b"19 path=some/thing\n").unwrap(), None);
+        assert!(TarGuard::<&[u8]>::pax_size(b"99 size=1\n").is_err());
     }
 
     #[test]
