@@ -42,6 +42,58 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
+/// Reads a whole file of at most `max` bytes; a longer one is an error
+/// that says so (a manifest, a kernel, a module: never read unbounded).
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut v = Vec::new();
+    f.take(max + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is larger than {max} bytes", path.display()),
+        ));
+    }
+    Ok(v)
+}
+
+/// Reads all of `r` up to `max` bytes; more is an error (a decompressor
+/// fed a bomb stops there).
+pub fn read_all_capped(mut r: impl std::io::Read, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    (&mut r).take(max + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("decompresses to more than {max} bytes"),
+        ));
+    }
+    Ok(v)
+}
+
+/// A writer into memory that refuses to grow past a bound.
+pub struct CappedVec {
+    pub data: Vec<u8>,
+    pub max: usize,
+}
+
+impl std::io::Write for CappedVec {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.data.len() + buf.len() > self.max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("decompresses to more than {} bytes", self.max),
+            ));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes `data` to `path` and fsyncs it.
 pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(path)?;
@@ -301,6 +353,21 @@ pub fn disk_usage(path: &Path) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_are_capped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, vec![1u8; 100]).unwrap();
+        assert_eq!(read_capped(&p, 100).unwrap().len(), 100);
+        assert!(read_capped(&p, 99).unwrap_err().to_string().contains("larger than 99"));
+        assert!(read_all_capped(&[0u8; 10][..], 9).is_err());
+        assert_eq!(read_all_capped(&[0u8; 10][..], 10).unwrap().len(), 10);
+        let mut w = CappedVec { data: vec![], max: 4 };
+        use std::io::Write;
+        w.write_all(b"abcd").unwrap();
+        assert!(w.write_all(b"e").is_err());
+    }
+
     use super::*;
     use std::os::unix::fs::MetadataExt;
 

@@ -111,7 +111,9 @@ pub fn import(file: &Path, stage: &Path) -> Result<ImageManifest, BundleError> {
     }
     (&f).seek(SeekFrom::Start(0)).ctx("reading", file)?;
     let dec = zstd::stream::read::Decoder::new(f).ctx("decompressing", file)?;
-    let mut archive = tar::Archive::new(dec);
+    // The same guard as OCI layers: no long-name or PAX record of
+    // gigabytes read into memory.
+    let mut archive = tar::Archive::new(super::layers::TarGuard::new(dec));
     let mut manifest: Option<ImageManifest> = None;
     let mut seen = std::collections::HashMap::new();
     let entries = archive.entries().map_err(|e| not_bundle(e.to_string()))?;
@@ -124,16 +126,40 @@ pub fn import(file: &Path, stage: &Path) -> Result<ImageManifest, BundleError> {
             .into_owned();
         match path.as_str() {
             MANIFEST => {
-                let mut s = Vec::new();
-                entry
-                    .read_to_end(&mut s)
-                    .map_err(|e| corrupt(e.to_string()))?;
+                let s = crate::fsutil::read_all_capped(&mut entry, crate::kernel::MAX_MANIFEST)
+                    .map_err(|e| corrupt(format!("{MANIFEST}: {e}")))?;
                 manifest = Some(
                     serde_json::from_slice(&s)
                         .map_err(|e| not_bundle(format!("{MANIFEST}: {e}")))?,
                 );
             }
             ROOTFS | WORK_SEED => {
+                // The manifest comes first and says how big each file is:
+                // nothing larger is written, nor more than the disk holds.
+                let m = manifest
+                    .as_ref()
+                    .ok_or_else(|| not_bundle(format!("{path} before {MANIFEST}")))?;
+                let want = if path == ROOTFS { m.rootfs_bytes } else { m.work_seed_bytes };
+                let size = entry.size();
+                if size != want {
+                    return Err(corrupt(format!(
+                        "{path} is {size} bytes, the manifest says {want}"
+                    )));
+                }
+                let free = nix::sys::statvfs::statvfs(stage)
+                    .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+                    .unwrap_or(u64::MAX);
+                if size > free {
+                    return Err(BundleError::Corrupt {
+                        file: fname.clone(),
+                        why: format!(
+                            "{path} needs {} MiB and {} has {} MiB free; free some space and retry",
+                            size >> 20,
+                            stage.display(),
+                            free >> 20
+                        ),
+                    });
+                }
                 let (sum, len) = write_sparse(&mut entry, &stage.join(&path))
                     .map_err(|e| corrupt(format!("extracting {path}: {e}")))?;
                 seen.insert(path, (sum, len));

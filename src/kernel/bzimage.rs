@@ -5,7 +5,6 @@
 //! protected-mode code after `setup_sects`). The payload's magic tells the
 //! compression: LZ4 legacy frames, gzip, xz or zstd.
 
-use std::io::Read;
 
 /// Why a vmlinux could not be extracted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,6 +78,10 @@ pub fn payload(image: &[u8]) -> Result<&[u8], BzImageError> {
     })
 }
 
+/// The largest vmlinux a payload may decompress to (distribution kernels
+/// are 30-70 MiB): a bomb stops here.
+pub const MAX_VMLINUX: usize = 512 << 20;
+
 /// Decompresses a kernel payload.
 pub fn decompress(payload: &[u8]) -> Result<(Compression, Vec<u8>), BzImageError> {
     let c = Compression::detect(payload).ok_or_else(|| {
@@ -87,29 +90,28 @@ pub fn decompress(payload: &[u8]) -> Result<(Compression, Vec<u8>), BzImageError
     let err = |e: String| BzImageError::Decompress(c.name(), e);
     let out = match c {
         Compression::Lz4Legacy => lz4_legacy(payload).map_err(err)?,
-        Compression::Gzip => {
-            let mut v = Vec::new();
-            flate2::read::GzDecoder::new(payload)
-                .read_to_end(&mut v)
-                .map_err(|e| err(e.to_string()))?;
-            v
-        }
+        Compression::Gzip => crate::fsutil::read_all_capped(
+            flate2::read::GzDecoder::new(payload),
+            MAX_VMLINUX as u64,
+        )
+        .map_err(|e| err(e.to_string()))?,
         Compression::Xz => {
-            let mut v = Vec::new();
+            let mut v = crate::fsutil::CappedVec {
+                data: Vec::new(),
+                max: MAX_VMLINUX,
+            };
             // The kernel appends the uncompressed size after the stream.
             let stream = &payload[..payload.len().saturating_sub(4)];
             let mut input = std::io::BufReader::new(stream);
             lzma_rs::xz_decompress(&mut input, &mut v).map_err(|e| err(format!("{e:?}")))?;
-            v
+            v.data
         }
         Compression::Zstd => {
-            let mut v = Vec::new();
             // One frame only: the kernel appends the size after it.
-            zstd::stream::read::Decoder::new(payload)
+            let d = zstd::stream::read::Decoder::new(payload)
                 .map(|d| d.single_frame())
-                .and_then(|mut d| d.read_to_end(&mut v))
                 .map_err(|e| err(e.to_string()))?;
-            v
+            crate::fsutil::read_all_capped(d, MAX_VMLINUX as u64).map_err(|e| err(e.to_string()))?
         }
     };
     Ok((c, out))
@@ -136,6 +138,9 @@ fn lz4_legacy(data: &[u8]) -> Result<Vec<u8>, String> {
         }
         let block = lz4_flex::block::decompress(&data[pos..pos + size], BLOCK)
             .map_err(|e| e.to_string())?;
+        if out.len() + block.len() > MAX_VMLINUX {
+            return Err(format!("decompresses to more than {MAX_VMLINUX} bytes"));
+        }
         out.extend_from_slice(&block);
         pos += size;
     }

@@ -95,10 +95,15 @@ pub fn write_manifest(
     Ok(m)
 }
 
+/// The largest manifest read.
+pub const MAX_MANIFEST: u64 = 1 << 20;
+/// The largest kernel file (bzImage or vmlinux) imported.
+pub const MAX_KERNEL_FILE: u64 = 512 << 20;
+
 /// Reads a bundle's manifest.
 pub fn read_manifest(dir: &Path) -> Result<KernelManifest, KernelError> {
     let p = BundlePaths::new(dir).manifest();
-    let bytes = std::fs::read(&p).ctx("reading", &p)?;
+    let bytes = crate::fsutil::read_capped(&p, MAX_MANIFEST).ctx("reading", &p)?;
     serde_json::from_slice(&bytes).map_err(|e| KernelError::Failed(format!("{}: {e}", p.display())))
 }
 
@@ -188,7 +193,7 @@ pub fn discover(dir: &Path) -> Result<ImportSource, KernelError> {
 pub fn stage_import(src: &ImportSource, stage: &Path) -> Result<String, KernelError> {
     let b = BundlePaths::new(stage);
     std::fs::create_dir_all(stage).ctx("creating", stage)?;
-    let image = std::fs::read(&src.kernel).ctx("reading", &src.kernel)?;
+    let image = crate::fsutil::read_capped(&src.kernel, MAX_KERNEL_FILE).ctx("reading", &src.kernel)?;
     let vmlinux = bzimage::extract_vmlinux(&image)
         .map_err(|e| KernelError::BadInput(format!("{}: {e}", src.kernel.display())))?;
     crate::fsutil::write_synced(&b.vmlinux(), &vmlinux).ctx("writing", &b.vmlinux())?;

@@ -48,22 +48,29 @@ pub fn index(dir: &Path) -> BTreeMap<String, PathBuf> {
     out
 }
 
-/// Reads a module's bytes, decompressing `.ko.xz` / `.ko.zst` / `.ko.gz`.
+/// The largest module read or decompressed (the biggest Debian modules
+/// are a few tens of MiB): a bomb stops here.
+pub const MAX_MODULE: u64 = 128 << 20;
+
+/// Reads a module's bytes, decompressing `.ko.xz` / `.ko.zst` / `.ko.gz`,
+/// at most [`MAX_MODULE`] read and made.
 pub fn read_module(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let raw = std::fs::read(path)?;
+    let raw = crate::fsutil::read_capped(path, MAX_MODULE)?;
     let name = path.to_string_lossy();
     let io = |e: String| std::io::Error::other(format!("{}: {e}", path.display()));
     if name.ends_with(".xz") {
-        let mut v = Vec::new();
+        let mut v = crate::fsutil::CappedVec {
+            data: Vec::new(),
+            max: MAX_MODULE as usize,
+        };
         lzma_rs::xz_decompress(&mut &raw[..], &mut v).map_err(|e| io(format!("{e:?}")))?;
-        Ok(v)
+        Ok(v.data)
     } else if name.ends_with(".zst") {
-        zstd::decode_all(&raw[..]).map_err(|e| io(e.to_string()))
+        let d = zstd::stream::read::Decoder::new(&raw[..]).map_err(|e| io(e.to_string()))?;
+        crate::fsutil::read_all_capped(d, MAX_MODULE).map_err(|e| io(e.to_string()))
     } else if name.ends_with(".gz") {
-        let mut v = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut v)?;
-        Ok(v)
+        crate::fsutil::read_all_capped(flate2::read::GzDecoder::new(&raw[..]), MAX_MODULE)
+            .map_err(|e| io(e.to_string()))
     } else {
         Ok(raw)
     }

@@ -473,7 +473,7 @@ pub async fn export(ctx: Arc<Ctx>, name: String, file: String) -> Result<Reply, 
         let dir = PathBuf::from(&rec.dir);
         let mpath = dir.join(MANIFEST);
         let m: ImageManifest =
-            serde_json::from_slice(&std::fs::read(&mpath).ctx("reading", &mpath)?)
+            serde_json::from_slice(&crate::fsutil::read_capped(&mpath, crate::kernel::MAX_MANIFEST).ctx("reading", &mpath)?)
                 .map_err(|e| RpcError::failed(format!("{}: {e}", mpath.display())))?;
         let parent = out
             .parent()
