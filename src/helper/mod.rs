@@ -280,9 +280,36 @@ fn claim_network(owner: u32) -> Result<LockFile, HelperError> {
         .ok_or_else(|| HelperError("the network claim changed hands; retry".into()))
 }
 
+/// Root-filesystem builds bangerd-root runs at once: each copies up to
+/// gigabytes as root (outside the owner's quotas) and runs mmdebstrap.
+pub const MAX_BUILDS: usize = 1;
+
+/// The build slots: a build that finds none is refused at once (Busy),
+/// never queued behind the others as root.
+#[derive(Clone)]
+pub struct BuildSlots(Arc<tokio::sync::Semaphore>);
+
+impl BuildSlots {
+    pub fn new(n: usize) -> BuildSlots {
+        BuildSlots(Arc::new(tokio::sync::Semaphore::new(n)))
+    }
+
+    pub fn take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RpcError> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            RpcError::new(
+                crate::protocol::ErrorCode::Busy,
+                format!(
+                    "bangerd-root is already building {MAX_BUILDS} root filesystem(s); wait for it to finish and retry"
+                ),
+            )
+        })
+    }
+}
+
 #[derive(Clone)]
 struct PrivHandler {
     build: BuildEnv,
+    builds: BuildSlots,
     runtime_dir: PathBuf,
     owner_gid: u32,
     owner_uid: u32,
@@ -310,6 +337,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
                 Ok(PrivReply::Done)
             }
             PrivRequest::BuildRootfs(spec) => {
+                let _slot = self.builds.take()?;
                 /// Flags the build as cancelled when the request is dropped
                 /// (the daemon went away).
                 struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
@@ -383,6 +411,7 @@ impl Running {
             .unwrap_or(owner);
         let handler = PrivHandler {
             build: self.build.clone(),
+            builds: BuildSlots::new(MAX_BUILDS),
             runtime_dir: self.runtime_dir.clone(),
             owner_gid,
             owner_uid: owner,
@@ -406,5 +435,21 @@ impl Running {
         // Our work area is empty unless a build is still being torn down.
         let _ = std::fs::remove_dir(&self.build.work_root);
         self.supervisor.stop(Some("shutdown".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_beyond_the_slots_is_refused_at_once_and_a_slot_comes_back() {
+        let slots = BuildSlots::new(MAX_BUILDS);
+        let held: Vec<_> = (0..MAX_BUILDS).map(|_| slots.take().unwrap()).collect();
+        let e = slots.take().unwrap_err();
+        assert_eq!(e.code, crate::protocol::ErrorCode::Busy);
+        assert!(e.message.contains("wait for it"), "{}", e.message);
+        drop(held);
+        let _slot = slots.take().expect("a slot again once a build ended");
     }
 }
