@@ -48,8 +48,24 @@ pub fn cap_file(path: &Path, cap: u64, keep: u64) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// One pass over every VM that may be running.
+/// The daemon's own log (its stdout and stderr, appended) is cut back past
+/// this...
+pub const DAEMON_CAP: u64 = 32 << 20;
+/// ...to its last this many bytes.
+pub const DAEMON_KEEP: u64 = 4 << 20;
+
+/// Cuts the daemon's log (`bangerd.log`) back when it passed its cap.
+pub fn cap_daemon_log(layout: &crate::paths::Layout) -> std::io::Result<bool> {
+    cap_file(&layout.daemon_log(), DAEMON_CAP, DAEMON_KEEP)
+}
+
+/// One pass over every VM that may be running, and the daemon's own log.
 pub fn cap_vm_logs(ctx: &Ctx) {
+    match cap_daemon_log(&ctx.layout) {
+        Ok(true) => tracing::info!("cut bangerd.log back to its last {} MiB", DAEMON_KEEP >> 20),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("capping bangerd.log: {e}"),
+    }
     let Ok(vms) = ctx.store.list_vms() else {
         return;
     };
@@ -80,6 +96,34 @@ pub async fn run(ctx: std::sync::Arc<Ctx>, every: std::time::Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemons_own_log_is_capped_too() {
+        let d = tempfile::tempdir().unwrap();
+        let env = crate::paths::Env {
+            uid: 1000,
+            home: Some(d.path().join("home")),
+            xdg_state_home: Some(d.path().join("state")),
+            xdg_cache_home: Some(d.path().join("cache")),
+            xdg_config_home: Some(d.path().join("config")),
+            xdg_runtime_dir: Some(d.path().join("run")),
+            system: false,
+        };
+        let layout = crate::paths::Layout::resolve(&env);
+        std::fs::create_dir_all(layout.daemon_log().parent().unwrap()).unwrap();
+        let line = "2026-12-05T00:00:00Z INFO a line of the daemon's log\n";
+        let mut text = String::new();
+        while (text.len() as u64) < DAEMON_CAP + 1 {
+            text.push_str(line);
+        }
+        text.push_str("the last line\n");
+        std::fs::write(layout.daemon_log(), &text).unwrap();
+        assert!(cap_daemon_log(&layout).unwrap());
+        let after = std::fs::read_to_string(layout.daemon_log()).unwrap();
+        assert!(after.len() as u64 <= DAEMON_KEEP + 200, "{}", after.len());
+        assert!(after.ends_with("the last line\n"));
+        assert!(!cap_daemon_log(&layout).unwrap(), "under the cap now");
+    }
 
     #[test]
     fn a_log_past_its_cap_keeps_its_last_lines() {
