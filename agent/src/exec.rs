@@ -103,26 +103,33 @@ async fn pump<R: AsyncRead + Unpin, S: AsyncWrite>(
 }
 
 /// Listens on an ephemeral TCP port, reports it, and returns the first
-/// connection that presents `token` (each attempt bounded in time).
+/// connection that presents the first half of `token` (each attempt
+/// bounded in time); that connection is answered [`TCP_ACK`] and the second
+/// half, so the host knows it reached this agent (the token came over the
+/// VM's own channel) and not whoever else answers at the address.
 async fn tcp_stdin<S: AsyncWrite>(w: &Writer<S>, token: &str) -> io::Result<tokio::net::TcpStream> {
-    if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if token.len() < 64 || token.len() % 2 != 0 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(io::Error::other(
-            "a stdin token needs at least 32 hex digits",
+            "a stdin token needs an even number of hex digits, at least 64",
         ));
     }
+    let (ask, answer) = token.split_at(token.len() / 2);
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", 0)).await?;
     let port = listener.local_addr()?.port();
     send(w, proto::PORT, &port.to_be_bytes()).await?;
     let accept = async {
         loop {
             let (mut s, _) = listener.accept().await?;
-            let mut got = vec![0u8; token.len()];
+            let mut got = vec![0u8; ask.len()];
             let presented =
                 tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await;
-            if matches!(presented, Ok(Ok(_))) && constant_time_eq(&got, token.as_bytes()) {
+            if matches!(presented, Ok(Ok(_))) && constant_time_eq(&got, ask.as_bytes()) {
                 // Told so: a host whose connection reached somewhere else
-                // (a stale neighbour entry just after a restore) tries again.
-                let _ = s.write_all(&[TCP_ACK]).await;
+                // (a stale neighbour entry just after a restore, another
+                // guest at the address) tries again.
+                let mut reply = vec![TCP_ACK];
+                reply.extend_from_slice(answer.as_bytes());
+                let _ = s.write_all(&reply).await;
                 return Ok::<_, io::Error>(s);
             }
         }
@@ -506,7 +513,7 @@ mod tests {
     /// that gets ahead of the sender waits instead of failing with EAGAIN.
     #[tokio::test]
     async fn tcp_stdin_is_blocking_for_the_command() {
-        let token = "0123456789abcdef0123456789abcdef";
+        let token = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let mut r = req(&[
             "sh",
             "-c",
@@ -525,7 +532,12 @@ mod tests {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
-        s.write_all(token.as_bytes()).await.unwrap();
+        s.write_all(token[..32].as_bytes()).await.unwrap();
+        // The agent proves it knows the rest of the token.
+        let mut ack = [0u8; 33];
+        s.read_exact(&mut ack).await.unwrap();
+        assert_eq!(ack[0], TCP_ACK);
+        assert_eq!(&ack[1..], token[32..].as_bytes());
         // Only once the command runs does data come, in pieces.
         assert!(matches!(
             proto::read_msg(&mut rd, proto::MAX_MSG).await.unwrap(),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped on any incompatible change to what follows.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Largest message either side sends or accepts.
 pub const MAX_MSG: usize = 1 << 20;
@@ -136,8 +136,9 @@ pub enum Stdin {
     Null,
     /// [`STDIN`] frames on the stream, then [`STDIN_EOF`].
     Stream,
-    /// The first TCP connection to the reported [`PORT`] that presents this
-    /// token (hex, at least 32 digits): bulk data at virtio-net speed.
+    /// The first TCP connection to the reported [`PORT`] that presents the
+    /// first half of this token (hex, at least 64 digits), answered with
+    /// the second half: bulk data at virtio-net speed.
     Tcp { token: String },
 }
 

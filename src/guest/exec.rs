@@ -67,7 +67,7 @@ where
 {
     let token = match &feed {
         Feed::Tcp(..) | Feed::InputsTcp(..) => {
-            let bytes: [u8; 16] = rand::random();
+            let bytes: [u8; 32] = rand::random();
             let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             req.stdin = Stdin::Tcp { token: t.clone() };
             Some(t)
@@ -263,11 +263,17 @@ async fn connect_stdin(
         let attempt = async {
             let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
             s.set_nodelay(true)?;
-            s.write_all(token.as_bytes()).await?;
-            let mut ack = [0u8; 1];
+            // The first half goes out; the guest's agent answers with the
+            // second, which only it has (it came over the VM's channel):
+            // whoever else answers at this address gets nothing to send.
+            let (ask, answer) = token.split_at(token.len() / 2);
+            s.write_all(ask.as_bytes()).await?;
+            let mut ack = vec![0u8; 1 + answer.len()];
             s.read_exact(&mut ack).await?;
-            if ack[0] != banger_agent::exec::TCP_ACK {
-                return Err(std::io::Error::other("a wrong acknowledgement"));
+            if ack[0] != banger_agent::exec::TCP_ACK || &ack[1..] != answer.as_bytes() {
+                return Err(std::io::Error::other(
+                    "a wrong acknowledgement (not this VM's agent)",
+                ));
             }
             Ok::<_, std::io::Error>(s)
         };
