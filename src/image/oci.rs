@@ -115,9 +115,30 @@ pub struct Fetched {
     pub layers: Vec<Layer>,
 }
 
+/// [`fetch_unbounded`] within [`PULL_DEADLINE`].
+pub async fn fetch(
+    reference: &str,
+    insecure: bool,
+    home: Option<&Path>,
+    blobs: &Path,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<Fetched, OciError> {
+    tokio::time::timeout(
+        PULL_DEADLINE,
+        fetch_unbounded(reference, insecure, home, blobs, progress),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(OciError::Other(format!(
+            "the pull of {reference} did not finish within {} minutes; try again, or a closer registry",
+            PULL_DEADLINE.as_secs() / 60
+        )))
+    })
+}
+
 /// Fetches the manifest (an index resolved to linux/amd64) and every layer
 /// into `blobs` (verified; cached by digest). `progress` hears each layer.
-pub async fn fetch(
+async fn fetch_unbounded(
     reference: &str,
     insecure: bool,
     home: Option<&Path>,
@@ -133,6 +154,9 @@ pub async fn fetch(
             ClientProtocol::Https
         },
         platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        // A registry that stops answering is dropped, not waited on.
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
         ..Default::default()
     };
     let client = Client::new(config);
@@ -147,6 +171,7 @@ pub async fn fetch(
         .map_err(reg_err)?;
     std::fs::create_dir_all(blobs)
         .map_err(|e| OciError::Other(format!("creating {}: {e}", blobs.display())))?;
+    check_layer_sizes(&manifest.layers, blobs)?;
     let mut layers = Vec::new();
     let n = manifest.layers.len();
     for (i, l) in manifest.layers.iter().enumerate() {
@@ -202,6 +227,71 @@ pub async fn fetch(
         });
     }
     Ok(Fetched { digest, layers })
+}
+
+/// How long a registry may take to accept a connection...
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// ...and to send the next bytes.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// The whole pull (manifest and every layer), whatever the registry does.
+pub const PULL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+/// The largest layer banger downloads, whatever a manifest announces.
+pub const MAX_LAYER: u64 = 16 << 30;
+/// The most layers of one image, and their sum.
+pub const MAX_LAYERS: usize = 256;
+pub const MAX_IMAGE: u64 = 64 << 30;
+
+/// Refuses a manifest whose layers are too many, too large, or more than
+/// the cache's disk has room for (counting what is not cached yet) —
+/// before any download. A registry's own numbers are not a bound.
+pub fn check_layer_sizes(
+    layers: &[oci_client::manifest::OciDescriptor],
+    blobs: &Path,
+) -> Result<(), OciError> {
+    if layers.len() > MAX_LAYERS {
+        return Err(OciError::Other(format!(
+            "the image has {} layers; banger takes at most {MAX_LAYERS}",
+            layers.len()
+        )));
+    }
+    let mut total: u64 = 0;
+    let mut missing: u64 = 0;
+    for l in layers {
+        let size = u64::try_from(l.size).map_err(|_| {
+            OciError::Other(format!("layer {} has a negative size", short(&l.digest)))
+        })?;
+        if size > MAX_LAYER {
+            return Err(OciError::Other(format!(
+                "layer {} is {} GiB; banger takes layers of at most {} GiB",
+                short(&l.digest),
+                size >> 30,
+                MAX_LAYER >> 30
+            )));
+        }
+        total = total.saturating_add(size);
+        if !blobs.join(blob_name(&l.digest)?).is_file() {
+            missing = missing.saturating_add(size);
+        }
+    }
+    if total > MAX_IMAGE {
+        return Err(OciError::Other(format!(
+            "the image's layers add up to {} GiB; banger takes at most {} GiB",
+            total >> 30,
+            MAX_IMAGE >> 30
+        )));
+    }
+    let free = nix::sys::statvfs::statvfs(blobs)
+        .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+        .unwrap_or(u64::MAX);
+    if missing > free {
+        return Err(OciError::Other(format!(
+            "the layers to download need {} MiB and {} has {} MiB free; free some space (banger image prune) and retry",
+            missing >> 20,
+            blobs.display(),
+            free >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// A blob writer that refuses more bytes than the manifest announced (a
@@ -325,6 +415,30 @@ pub fn default_name(r: &Reference) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_announcing_too_much_is_refused_before_any_download() {
+        let d = tempfile::tempdir().unwrap();
+        let layer = |size: i64, n: u8| oci_client::manifest::OciDescriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: format!("sha256:{}", format!("{n:02x}").repeat(32)),
+            size,
+            ..Default::default()
+        };
+        check_layer_sizes(&[layer(1 << 20, 1)], d.path()).unwrap();
+        for (layers, why) in [
+            (vec![layer((MAX_LAYER + 1) as i64, 1)], "layers of at most"),
+            (vec![layer(-1, 1)], "negative size"),
+            (
+                (0..5).map(|n| layer((15u64 << 30) as i64, n)).collect::<Vec<_>>(),
+                "add up to",
+            ),
+            ((0..=MAX_LAYERS).map(|n| layer(1, n as u8)).collect::<Vec<_>>(), "layers;"),
+        ] {
+            let e = check_layer_sizes(&layers, d.path()).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
 
     #[test]
     fn references_loopback_and_digests() {
