@@ -573,6 +573,10 @@ pub fn snapshot_detail(s: &SnapshotView) -> String {
     t.row(["size".to_string(), format_size(s.size_bytes)]);
     t.row(["dir".to_string(), s.dir.clone()]);
     t.row(["created".to_string(), render::age(s.created_at_unix)]);
+    if let Some(scope) = &s.scope {
+        // A warm workspace: what it was made for, and so serves.
+        t.row(["scope".to_string(), scope.clone()]);
+    }
     t.render()
 }
 

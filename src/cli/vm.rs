@@ -507,9 +507,13 @@ async fn warm_key(
         Ok(Reply::Kernel(k)) => k.vmlinux_sha256,
         _ => return Ok(None),
     };
+    // Scoped to the tree: the warm command runs the repository's own code,
+    // so one branch's set-up must never be restored into another's runs.
+    let scope = warm_scope(&ws.path).unwrap_or_default();
     let mut key = format!(
-        "warmws1|{}|{}|{kernel}|{kernel_sha}|{}|{}|{}|{}|{}",
+        "warmws2|{}|{}:{scope}|{}|{kernel}|{kernel_sha}|{}|{}|{}|{}|{}",
         image.name,
+        scope.len(),
         image.rootfs_sha256,
         s.vcpu,
         s.memory_mib,
@@ -530,6 +534,20 @@ async fn warm_key(
     }
     let digest = crate::digest::sha256_hex(key.as_bytes());
     Ok(Some(format!("warmws-{}", &digest[..16])))
+}
+
+/// What a warm workspace snapshot serves: the repository's root and its
+/// branch (`detached <commit>` without one). None outside a repository.
+fn warm_scope(path: &str) -> Option<String> {
+    let g = crate::workspace::git::Git::at(std::path::Path::new(path)).ok()?;
+    let branch = match g.run(&["symbolic-ref", "--short", "-q", "HEAD"]) {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
+        _ => format!(
+            "detached {}",
+            String::from_utf8_lossy(&g.run(&["rev-parse", "HEAD"]).ok()?).trim()
+        ),
+    };
+    Some(format!("{} on {branch}", g.root.display()))
 }
 
 /// The first `--warm` run of a key: the command in the fresh workspace,
@@ -573,6 +591,7 @@ async fn save_warm(
             snapshot: Some(key.clone()),
             stop: false,
             auto: true,
+            scope: warm_scope(&ws.path),
         },
     )
     .await
@@ -1145,6 +1164,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
                     snapshot,
                     stop,
                     auto: false,
+                    scope: None,
                 },
             )
             .await?

@@ -156,7 +156,7 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Rp
         let mut st = Stages::new(tx);
         let agent = a.vm.agent().await;
         let r =
-            crate::ops::snapshots::take(&a.ctx, &a.record, agent, Some(snap_name), true, &mut st)
+            crate::ops::snapshots::take(&a.ctx, &a.record, agent, Some(snap_name), true, None, &mut st)
                 .await;
         (Some(a.record), r)
     })
@@ -225,13 +225,15 @@ pub async fn snapshot(
     snapshot: Option<String>,
     stop: bool,
     auto: bool,
+    scope: Option<String>,
     events: mpsc::Sender<Event>,
 ) -> Result<Reply, RpcError> {
     run_on_vm(slots, name, "snapshot", move |a| async move {
         let mut st = Stages::new(events);
         let agent = a.vm.agent().await;
         let taken =
-            crate::ops::snapshots::take(&a.ctx, &a.record, agent, snapshot, auto, &mut st).await;
+            crate::ops::snapshots::take(&a.ctx, &a.record, agent, snapshot, auto, scope, &mut st)
+                .await;
         let snap = match taken {
             Ok(s) => s,
             Err(e) => return (Some(a.record), Err(e)),

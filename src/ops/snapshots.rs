@@ -147,6 +147,7 @@ pub async fn take(
     agent: Option<crate::guest::session::AgentSession>,
     name: Option<String>,
     auto: bool,
+    scope: Option<String>,
     stages: &mut Stages,
 ) -> Result<SnapshotRecord, RpcError> {
     super::vms::require_running(rec)?;
@@ -269,6 +270,7 @@ pub async fn take(
         auto,
         last_used_unix: 0,
         parent: parent.map(|p| p.id),
+        scope: scope.map(|s| crate::guest::text::shown(&s, 512, false)),
     };
     // Recorded only if the name is still free (another snapshot of that
     // name may have been taken meanwhile): never replaced under a clone.
@@ -754,6 +756,7 @@ mod tests {
             auto: false,
             last_used_unix: 0,
             parent: None,
+            scope: None,
         }
     }
 

@@ -112,6 +112,7 @@ pub fn snapshot(s: &crate::store::SnapshotRecord) -> crate::protocol::cli::Snaps
         created_at_unix: s.created_at_unix,
         dir: s.dir.clone(),
         auto: s.auto,
+        scope: s.scope.clone(),
     }
 }
 

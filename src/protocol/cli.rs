@@ -145,6 +145,8 @@ pub enum Request {
         stop: bool,
         /// Made by banger (a warm workspace), pruned when unused.
         auto: bool,
+        /// What a warm workspace snapshot serves (repository and branch).
+        scope: Option<String>,
     },
     /// Every snapshot. Answers [`Reply::Snapshots`].
     SnapshotList,
@@ -384,6 +386,8 @@ pub struct SnapshotView {
     pub dir: String,
     /// An automatic warm-start snapshot.
     pub auto: bool,
+    /// What a warm workspace snapshot serves (repository and branch).
+    pub scope: Option<String>,
 }
 
 /// A listening socket in a guest.

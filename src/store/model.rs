@@ -185,6 +185,10 @@ pub struct SnapshotRecord {
     /// backed by that one's, which is kept while this one exists.
     #[serde(default)]
     pub parent: Option<String>,
+    /// What a warm workspace snapshot was made for (the repository's root
+    /// and branch): its clones serve only that tree.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// A prepared workspace, stored with its VM.
