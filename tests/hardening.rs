@@ -142,6 +142,27 @@ fn the_helper_serves_one_owner_per_network_and_only_a_real_runtime_dir() {
     }
     let _ = running.wait();
     let _ = other.wait();
+    // The first owner's helper has stopped, but its taps (its VMs) are
+    // still there: the second owner is still refused, naming them.
+    run_ok(Command::new("ip").args([
+        "-n",
+        &a.name,
+        "tuntap",
+        "add",
+        "dev",
+        "bgtleft01",
+        "mode",
+        "tap",
+        "user",
+        &OTHER_UID.to_string(),
+    ]));
+    let out = helper(&a, SECOND_OWNER, &second).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("still has banger taps of uid {OTHER_UID}")) && err.contains("bgtleft01"),
+        "{err}"
+    );
 }
 
 fn netns_exec(env: &TestEnv, args: &[&str]) -> String {

@@ -213,6 +213,23 @@ fn open_runtime_dir(dir: &Path, owner: u32) -> Result<OwnedFd, HelperError> {
     Ok(fd)
 }
 
+/// Banger taps in this namespace that belong to another uid: (tap, uid).
+fn foreign_taps(owner: u32) -> Result<Vec<(String, u32)>, HelperError> {
+    use crate::host::net::{is_banger_tap, tap_owner, IpCommand, NetOps};
+    let links = IpCommand
+        .list_links()
+        .map_err(|e| HelperError(format!("listing the network interfaces: {e}")))?;
+    Ok(links
+        .into_iter()
+        .filter(|l| is_banger_tap(&l.name) && l.kind.as_deref() == Some("tun"))
+        .filter(|l| tap_owner(l) != owner)
+        .map(|l| {
+            let uid = tap_owner(&l);
+            (l.name, uid)
+        })
+        .collect())
+}
+
 /// Where helpers record which owner a network namespace belongs to.
 const NET_CLAIMS: &str = "/run/banger-root";
 
@@ -250,7 +267,14 @@ fn claim_network(owner: u32) -> Result<LockFile, HelperError> {
     let claim = open("owner")?;
     let claim = match Flock::lock(claim, FlockArg::LockExclusiveNonblock) {
         Ok(mut f) => {
-            // Nobody holds it: it is ours.
+            // Nobody holds it, but another owner's helper may have stopped
+            // with its VMs running: their taps (and addresses, NAT rules)
+            // are still here, and this owner would hand out the same ones.
+            if let Some((tap, uid)) = foreign_taps(owner)?.into_iter().next() {
+                return Err(HelperError(format!(
+                    "this host's network (namespace {ns}) still has banger taps of uid {uid} (e.g. {tap}): that user's VMs may be running; banger serves one user per host, so stop them first (as uid {uid}: banger vm stop --all, or banger daemon stop) or run yours in another network namespace"
+                )));
+            }
             f.set_len(0).map_err(|e| err("writing the claim", e))?;
             f.rewind().map_err(|e| err("writing the claim", e))?;
             write!(f, "{owner}").map_err(|e| err("writing the claim", e))?;
