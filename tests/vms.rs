@@ -1,6 +1,7 @@
 //! VM lifecycle end to end on real QEMU (TCG here), inside the test's
 //! network namespace.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,8 +15,12 @@ pub fn vm_env() -> TestEnv {
 
 /// [`vm_env`] with more top-level config lines.
 pub fn vm_env_with(extra: &str) -> TestEnv {
+    vm_env_from(TestEnv::new(), extra)
+}
+
+/// [`vm_env_with`] for a tree made elsewhere.
+pub fn vm_env_from(env: TestEnv, extra: &str) -> TestEnv {
     artifacts();
-    let env = TestEnv::new();
     // Small guests: two may run at once on two cores. Cold boots: a test
     // counts what runs, and a warm-start snapshot made in the background
     // would be one more VM (the warm path has its own test in
@@ -411,7 +416,9 @@ fn a_second_daemon_in_the_same_namespace_refuses_and_breaks_nothing() {
 #[test]
 fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
     let _heavy = heavy();
-    let env = vm_env();
+    // The tree under /root, the owner's (root's) home: the VMMs' mount
+    // namespace covers it and binds banger's own directories back.
+    let env = vm_env_from(TestEnv::under(Path::new("/root")), "");
     for n in ["sib1", "sib2"] {
         env.banger_ok(&["vm", "create", "--name", n, "--vcpu", "1"]);
     }
@@ -454,6 +461,23 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
         assert!(cmd.contains(&format!("-sandbox {}", banger::vmm::qemu::SANDBOX)), "{cmd}");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(status.contains("Seccomp:\t2"), "no seccomp filter on {pid}: {status}");
+        // From inside its mount namespace the owner's home holds only the
+        // path down to banger's directories (the host's /root has more).
+        let seen: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root/root"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let tree = env.root().file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(seen, vec![tree.clone()], "the VMM sees the owner's home");
+        assert!(std::fs::read_dir("/root").unwrap().count() > 1, "the host's /root has more");
+        let inside: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root/root/{tree}"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!inside.contains(&"config".to_string()), "only banger's roots: {inside:?}");
+        assert!(inside.contains(&"state".to_string()), "{inside:?}");
     }
 
     // A VM whose tap vanishes is shown unhealthy, with what to do.

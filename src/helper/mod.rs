@@ -10,6 +10,7 @@
 
 pub mod net_actor;
 pub mod supervisor;
+pub mod vmm_ns;
 pub mod vmm_ops;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};

@@ -311,19 +311,44 @@ pub fn launch(
     // Only root switches identity (a helper run as the owner for tests is
     // the owner already).
     let as_root = nix::unistd::geteuid().is_root();
+    // The VMM's view of the files: the owner's home covered, banger's own
+    // directories it uses bound back (planned before fork).
+    let mounts = if as_root {
+        let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+            .ok()
+            .flatten()
+            .map(|u| u.dir);
+        let mut paths: Vec<&Path> = vec![&spec.log, &spec.control_socket];
+        if let Some(m) = &spec.qemu {
+            paths.push(&m.kernel);
+            paths.push(&m.serial_log);
+            paths.extend(m.initrd.as_deref());
+            paths.extend(m.agent_socket.as_deref());
+            paths.extend(m.disks.iter().map(|(d, _)| d.as_path()));
+        }
+        Some(
+            super::vmm_ns::plan(&paths, home.as_deref())
+                .map_err(|e| RpcError::failed(format!("planning the VMM's mounts: {e}")))?,
+        )
+    } else {
+        None
+    };
     let mut cmd = std::process::Command::new(&bin);
     cmd.args(&argv)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(std::process::Stdio::null())
         .current_dir("/");
-    // SAFETY: setsid, setgroups, setgid, setuid, open, dup2 and close are
-    // async-signal-safe; the CString and the group list were built before
-    // fork. The log is opened after the switch to the owner.
+    // SAFETY: setsid, unshare, mount, mkdir, setgroups, setgid, setuid,
+    // open, dup2 and close are async-signal-safe; the C strings, fds and
+    // the group list were built before fork. The log is opened after the switch to the owner.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(m) = &mounts {
+                m.apply()?;
             }
             if as_root
                 && (libc::setgroups(groups.len(), groups.as_ptr()) < 0

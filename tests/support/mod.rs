@@ -144,9 +144,15 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> TestEnv {
+        TestEnv::under(&std::env::temp_dir())
+    }
+
+    /// A tree made in `parent` (e.g. under a home directory the VMM's
+    /// mount namespace covers).
+    pub fn under(parent: &Path) -> TestEnv {
         let dir = tempfile::Builder::new()
             .prefix("banger-test-")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         TestEnv {
             dir,
