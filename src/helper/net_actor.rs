@@ -53,10 +53,12 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
                     "refusing to bind tap {name:?} to {ip} {mac:?}: needs a private address and a MAC"
                 )));
             }
-            net::owned_tap(ops, &name, owner_uid).map_err(RpcError::from)?;
-            net::tap_address_ok(ops, &name, ip).map_err(RpcError::from)?;
+            let link = net::owned_tap(ops, &name, owner_uid).map_err(RpcError::from)?;
+            net::tap_address_ok(ops, &link, ip).map_err(RpcError::from)?;
             // Taps made by an older banger were not isolated.
-            ops.isolate_port(&name).map_err(RpcError::from)?;
+            if !link.isolated {
+                ops.isolate_port(&name).map_err(RpcError::from)?;
+            }
             ops.guard_tap(&name, ip, &mac).map_err(RpcError::from)?;
             Ok(PrivReply::Done)
         }

@@ -23,6 +23,8 @@ pub struct LinkInfo {
     pub master: Option<String>,
     pub up: bool,
     pub owner_uid: Option<u32>,
+    /// An isolated bridge port (`bridge_slave isolated on`).
+    pub isolated: bool,
 }
 
 /// Low-level link operations.
@@ -119,6 +121,8 @@ struct IpLinkInfo {
     info_kind: Option<String>,
     #[serde(default)]
     info_data: Option<serde_json::Value>,
+    #[serde(default)]
+    info_slave_data: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +166,13 @@ pub fn parse_links(json: &str) -> Result<Vec<LinkInfo>, HostError> {
                             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
                     })
                     .map(|v| v as u32),
+                isolated: l
+                    .linkinfo
+                    .as_ref()
+                    .and_then(|i| i.info_slave_data.as_ref())
+                    .and_then(|d| d.get("isolated"))
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
                 master: l.master,
                 name: l.ifname,
             }
@@ -408,13 +419,13 @@ pub fn delete_tap(ops: &dyn NetOps, name: &str, owner_uid: u32) -> Result<(), Ne
     }
 }
 
-/// Checks that `name` is one of `owner_uid`'s banger taps.
-pub fn owned_tap(ops: &dyn NetOps, name: &str, owner_uid: u32) -> Result<(), NetError> {
+/// Checks that `name` is one of `owner_uid`'s banger taps; returns it.
+pub fn owned_tap(ops: &dyn NetOps, name: &str, owner_uid: u32) -> Result<LinkInfo, NetError> {
     if !is_banger_tap(name) {
         return Err(NetPolicyError::NotBangerTap(name.into()).into());
     }
     match find(ops, name)? {
-        Some(l) if l.kind.as_deref() == Some("tun") && tap_owner(&l) == owner_uid => Ok(()),
+        Some(l) if l.kind.as_deref() == Some("tun") && tap_owner(&l) == owner_uid => Ok(l),
         Some(l) if l.kind.as_deref() == Some("tun") => {
             Err(NetPolicyError::OtherOwner(name.into(), tap_owner(&l)).into())
         }
@@ -426,9 +437,11 @@ pub fn owned_tap(ops: &dyn NetOps, name: &str, owner_uid: u32) -> Result<(), Net
 /// Checks that `ip` is a guest address of the bridge `tap` is on: inside
 /// the bridge's subnet, not the bridge's own, not the network or broadcast
 /// address.
-pub fn tap_address_ok(ops: &dyn NetOps, tap: &str, ip: Ipv4Addr) -> Result<(), NetError> {
-    let bridge = find(ops, tap)?
-        .and_then(|l| l.master)
+pub fn tap_address_ok(ops: &dyn NetOps, link: &LinkInfo, ip: Ipv4Addr) -> Result<(), NetError> {
+    let tap = link.name.as_str();
+    let bridge = link
+        .master
+        .clone()
         .filter(|m| is_banger_bridge(m))
         .ok_or_else(|| HostError::Other(format!("tap {tap} is on no banger bridge")))?;
     let nets = ops.addresses(&bridge)?;
@@ -485,12 +498,14 @@ mod tests {
     fn parses_ip_json() {
         let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP"]},
           {"ifindex":5,"ifname":"bgt1","flags":["BROADCAST","UP"],"master":"banger0",
-           "linkinfo":{"info_kind":"tun","info_data":{"type":"tap","pi":false,"user":1000}}},
+           "linkinfo":{"info_kind":"tun","info_data":{"type":"tap","pi":false,"user":1000},
+             "info_slave_kind":"bridge","info_slave_data":{"isolated":true}}},
           {"ifindex":4,"ifname":"banger0","flags":["UP"],"linkinfo":{"info_kind":"bridge","info_data":{}}}]"#;
         let links = parse_links(json).unwrap();
         assert_eq!(links.len(), 3);
         assert_eq!(links[1].tun_type.as_deref(), Some("tap"));
         assert_eq!(links[1].owner_uid, Some(1000));
+        assert!(links[1].isolated && !links[2].isolated);
         assert_eq!(links[1].master.as_deref(), Some("banger0"));
         assert_eq!(links[2].kind.as_deref(), Some("bridge"));
     }
