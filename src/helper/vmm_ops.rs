@@ -171,6 +171,24 @@ pub fn open_tap(name: &str, owner: u32) -> Result<std::os::fd::OwnedFd, RpcError
     Ok(fd)
 }
 
+/// Refuses a VM larger than the host: more vCPUs than it has CPUs, more
+/// memory than it has.
+pub fn fits(vcpu: u32, memory_mib: u32, host: crate::config::HostFacts) -> Result<(), RpcError> {
+    if host.cpus > 0 && vcpu > host.cpus {
+        return Err(refuse(format!(
+            "{vcpu} vCPUs is more than this host's {} CPUs",
+            host.cpus
+        )));
+    }
+    let host_mib = host.memory_bytes >> 20;
+    if host_mib > 0 && u64::from(memory_mib) > host_mib {
+        return Err(refuse(format!(
+            "{memory_mib} MiB of memory is more than this host's {host_mib} MiB"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a launch request and returns (binary, argv).
 pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<String>), RpcError> {
     if !is_vm_id(&spec.vm_id) {
@@ -196,6 +214,8 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
             if !(1..=64).contains(&m.vcpu) || !(128..=1 << 20).contains(&m.memory_mib) {
                 return Err(refuse("vcpu or memory out of range"));
             }
+            // The host's own size, whatever the daemon (the owner's) checked.
+            fits(m.vcpu, m.memory_mib, crate::config::HostFacts::probe())?;
             let paths = [
                 Some(&m.kernel),
                 m.initrd.as_ref(),
@@ -493,6 +513,20 @@ mod tests {
             }
             Err(e) => assert_ne!(owner, 0, "{}", e.message),
         }
+    }
+
+    #[test]
+    fn the_helper_refuses_a_vm_larger_than_the_host_whatever_the_daemon_said() {
+        let host = crate::config::HostFacts {
+            cpus: 2,
+            memory_bytes: 4 << 30,
+        };
+        fits(2, 4096, host).unwrap();
+        let e = fits(3, 1024, host).unwrap_err();
+        assert_eq!(e.code, crate::protocol::ErrorCode::BadRequest);
+        assert!(e.message.contains("2 CPUs"), "{}", e.message);
+        let e = fits(1, 200 << 10, host).unwrap_err();
+        assert!(e.message.contains("4096 MiB"), "{}", e.message);
     }
 
     #[test]
