@@ -359,10 +359,16 @@ mod tests {
         let p = d.path().join("f");
         std::fs::write(&p, vec![1u8; 100]).unwrap();
         assert_eq!(read_capped(&p, 100).unwrap().len(), 100);
-        assert!(read_capped(&p, 99).unwrap_err().to_string().contains("larger than 99"));
+        assert!(read_capped(&p, 99)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than 99"));
         assert!(read_all_capped(&[0u8; 10][..], 9).is_err());
         assert_eq!(read_all_capped(&[0u8; 10][..], 10).unwrap().len(), 10);
-        let mut w = CappedVec { data: vec![], max: 4 };
+        let mut w = CappedVec {
+            data: vec![],
+            max: 4,
+        };
         use std::io::Write;
         w.write_all(b"abcd").unwrap();
         assert!(w.write_all(b"e").is_err());

@@ -160,7 +160,8 @@ fn the_helper_serves_one_owner_per_network_and_only_a_real_runtime_dir() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains(&format!("still has banger taps of uid {OTHER_UID}")) && err.contains("bgtleft01"),
+        err.contains(&format!("still has banger taps of uid {OTHER_UID}"))
+            && err.contains("bgtleft01"),
         "{err}"
     );
 }
@@ -209,7 +210,18 @@ fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut lout, &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    env.banger_ok(&["vm", "exec", "edge", "--", "ip", "addr", "add", "172.16.0.99/24", "dev", "eth0"]);
+    env.banger_ok(&[
+        "vm",
+        "exec",
+        "edge",
+        "--",
+        "ip",
+        "addr",
+        "add",
+        "172.16.0.99/24",
+        "dev",
+        "eth0",
+    ]);
     let send = format!(
         "import socket,struct\ndef ck(b):\n  t=sum(struct.unpack('!%dH'%(len(b)//2),b))\n  t=(t>>16)+(t&0xffff); t+=t>>16\n  return ~t&0xffff\nfor src,msg in [('172.16.0.99',b'spoofed'),('{ip}',b'honest')]:\n  s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP); s.bind((src,0))\n  p=struct.pack('!BBHHH',8,0,0,7,1)+msg+b'\\0'*(len(msg)%2)\n  p=struct.pack('!BBHHH',8,0,ck(p),7,1)+msg\n  s.sendto(p,('{gw}',0))\n"
     );
@@ -222,8 +234,24 @@ fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
 
     // DNS is reached only at the bridge's own address (where the daemon
     // answers): a resolver on another host address is out of reach.
-    run_ok(Command::new("ip").args(["-n", &env.netns.name, "link", "add", "res0", "type", "bridge"]));
-    run_ok(Command::new("ip").args(["-n", &env.netns.name, "addr", "add", "10.53.0.1/24", "dev", "res0"]));
+    run_ok(Command::new("ip").args([
+        "-n",
+        &env.netns.name,
+        "link",
+        "add",
+        "res0",
+        "type",
+        "bridge",
+    ]));
+    run_ok(Command::new("ip").args([
+        "-n",
+        &env.netns.name,
+        "addr",
+        "add",
+        "10.53.0.1/24",
+        "dev",
+        "res0",
+    ]));
     run_ok(Command::new("ip").args(["-n", &env.netns.name, "link", "set", "res0", "up"]));
     let mut dns = python_as(
         0,
@@ -246,7 +274,11 @@ fn a_guest_sends_only_as_itself_and_reaches_only_dns_on_the_host() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut dout, &mut rest).unwrap();
     let _ = dns.wait();
-    assert_eq!(rest.trim(), "nothing", "a guest reached port 53 of another host address");
+    assert_eq!(
+        rest.trim(),
+        "nothing",
+        "a guest reached port 53 of another host address"
+    );
 
     // The host's other services are out of reach: a listener that would
     // accept (a refusal would mean the packet got there) sees nothing.

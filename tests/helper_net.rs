@@ -219,10 +219,29 @@ fn a_bridge_that_overlaps_another_interfaces_subnet_or_route_is_refused() {
     env.start();
     let ns = &env.netns;
     // Another interface on 10.99.0.1/24, and a route to 192.168.77.0/24.
-    run_ok(std::process::Command::new("ip").args(["-n", &ns.name, "link", "add", "lan0", "type", "bridge"]));
-    run_ok(std::process::Command::new("ip").args(["-n", &ns.name, "addr", "add", "10.99.0.1/24", "dev", "lan0"]));
+    run_ok(
+        std::process::Command::new("ip")
+            .args(["-n", &ns.name, "link", "add", "lan0", "type", "bridge"]),
+    );
+    run_ok(std::process::Command::new("ip").args([
+        "-n",
+        &ns.name,
+        "addr",
+        "add",
+        "10.99.0.1/24",
+        "dev",
+        "lan0",
+    ]));
     run_ok(std::process::Command::new("ip").args(["-n", &ns.name, "link", "set", "lan0", "up"]));
-    run_ok(std::process::Command::new("ip").args(["-n", &ns.name, "route", "add", "192.168.77.0/24", "via", "10.99.0.254"]));
+    run_ok(std::process::Command::new("ip").args([
+        "-n",
+        &ns.name,
+        "route",
+        "add",
+        "192.168.77.0/24",
+        "via",
+        "10.99.0.254",
+    ]));
     rt().block_on(async {
         let mut c = HelperClient::connect(&env.helper_socket()).await.unwrap();
         for (address, prefix_len) in [
@@ -241,10 +260,21 @@ fn a_bridge_that_overlaps_another_interfaces_subnet_or_route_is_refused() {
             )
             .await
             .expect_err("overlapping subnet");
-            assert_eq!(e.code, ErrorCode::BadRequest, "{address}/{prefix_len}: {e:?}");
-            assert!(e.message.contains("bridge_address"), "says what to change: {}", e.message);
+            assert_eq!(
+                e.code,
+                ErrorCode::BadRequest,
+                "{address}/{prefix_len}: {e:?}"
+            );
+            assert!(
+                e.message.contains("bridge_address"),
+                "says what to change: {}",
+                e.message
+            );
         }
-        assert!(link(&ns.links_json(), "banger7").is_none(), "nothing was created");
+        assert!(
+            link(&ns.links_json(), "banger7").is_none(),
+            "nothing was created"
+        );
         let route = ns.ip(&["route", "get", "10.99.0.53"]);
         assert!(route.contains("dev lan0"), "{route}");
         // A subnet of its own is fine, and again (its own routes are not
@@ -272,7 +302,11 @@ fn nat_forwards_for_the_bridge_and_uplink_only_and_restores_when_the_last_vm_goe
         &["link", "set", "up0", "up"],
         &["route", "add", "default", "via", "10.77.0.1"],
     ] {
-        run_ok(std::process::Command::new("ip").args(["-n", &ns.name]).args(args));
+        run_ok(
+            std::process::Command::new("ip")
+                .args(["-n", &ns.name])
+                .args(args),
+        );
     }
     let fwd = |what: &str| {
         let (out, _) = ns.exec(&["cat", &format!("/proc/sys/net/ipv4/{what}")]);
@@ -314,13 +348,25 @@ fn nat_forwards_for_the_bridge_and_uplink_only_and_restores_when_the_last_vm_goe
             assert_eq!(fwd("conf/up0/forwarding"), want, "after {} gone", n + 1);
         }
         // Forwarding that was on before banger stays on.
-        ns.exec(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/up0/forwarding"]);
+        ns.exec(&[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/conf/up0/forwarding",
+        ]);
         let (id, last) = vms[0];
         for on in [true, false] {
             let req = if on {
-                PrivRequest::EnableNat { vm_id: id.into(), ip: Ipv4Addr::new(172, 16, 0, last), bridge: "banger0".into() }
+                PrivRequest::EnableNat {
+                    vm_id: id.into(),
+                    ip: Ipv4Addr::new(172, 16, 0, last),
+                    bridge: "banger0".into(),
+                }
             } else {
-                PrivRequest::DisableNat { vm_id: id.into(), ip: Ipv4Addr::new(172, 16, 0, last), bridge: "banger0".into() }
+                PrivRequest::DisableNat {
+                    vm_id: id.into(),
+                    ip: Ipv4Addr::new(172, 16, 0, last),
+                    bridge: "banger0".into(),
+                }
             };
             assert_eq!(call(&mut c, req).await.unwrap(), PrivReply::Done);
         }

@@ -445,7 +445,9 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
         "nc from one guest to its sibling must fail: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = probe(&format!("ip neigh flush all; ip route add {ip1}/32 via 172.16.0.1; "));
+    let out = probe(&format!(
+        "ip neigh flush all; ip route add {ip1}/32 via 172.16.0.1; "
+    ));
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -458,9 +460,15 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
     for pid in pids {
         let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
             .replace('\0', " ");
-        assert!(cmd.contains(&format!("-sandbox {}", banger::vmm::qemu::SANDBOX)), "{cmd}");
+        assert!(
+            cmd.contains(&format!("-sandbox {}", banger::vmm::qemu::SANDBOX)),
+            "{cmd}"
+        );
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        assert!(status.contains("Seccomp:\t2"), "no seccomp filter on {pid}: {status}");
+        assert!(
+            status.contains("Seccomp:\t2"),
+            "no seccomp filter on {pid}: {status}"
+        );
         // From inside its mount namespace the owner's home holds only the
         // path down to banger's directories (the host's /root has more).
         let seen: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root/root"))
@@ -468,15 +476,26 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        let tree = env.root().file_name().unwrap().to_string_lossy().into_owned();
+        let tree = env
+            .root()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         assert_eq!(seen, vec![tree.clone()], "the VMM sees the owner's home");
-        assert!(std::fs::read_dir("/root").unwrap().count() > 1, "the host's /root has more");
+        assert!(
+            std::fs::read_dir("/root").unwrap().count() > 1,
+            "the host's /root has more"
+        );
         let inside: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root/root/{tree}"))
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(!inside.contains(&"config".to_string()), "only banger's roots: {inside:?}");
+        assert!(
+            !inside.contains(&"config".to_string()),
+            "only banger's roots: {inside:?}"
+        );
         assert!(inside.contains(&"state".to_string()), "{inside:?}");
     }
 

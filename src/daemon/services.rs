@@ -84,7 +84,9 @@ pub async fn health(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcEr
                         .map(|e| shown(e, 400, false))
                         .collect();
                 }
-                Err(e) => v.agent_error = Some(crate::guest::text::shown(&e.to_string(), 400, false)),
+                Err(e) => {
+                    v.agent_error = Some(crate::guest::text::shown(&e.to_string(), 400, false))
+                }
             }
         }
     }

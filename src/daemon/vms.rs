@@ -155,9 +155,16 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Rp
     let taken = run_on_vm(slots, &w.name, "snapshot", move |a| async move {
         let mut st = Stages::new(tx);
         let agent = a.vm.agent().await;
-        let r =
-            crate::ops::snapshots::take(&a.ctx, &a.record, agent, Some(snap_name), true, None, &mut st)
-                .await;
+        let r = crate::ops::snapshots::take(
+            &a.ctx,
+            &a.record,
+            agent,
+            Some(snap_name),
+            true,
+            None,
+            &mut st,
+        )
+        .await;
         (Some(a.record), r)
     })
     .await;

@@ -82,7 +82,10 @@ pub fn plan(paths: &[&Path], owner_home: Option<&Path>) -> std::io::Result<Mount
     }
     let mut keep = Vec::new();
     for dir in keep_dirs {
-        let top = cover.iter().find(|c| dir.starts_with(c)).expect("under a cover");
+        let top = cover
+            .iter()
+            .find(|c| dir.starts_with(c))
+            .expect("under a cover");
         let mut mkdirs = Vec::new();
         let mut at = top.clone();
         for part in dir.strip_prefix(top).expect("under it").components() {
@@ -213,7 +216,10 @@ mod tests {
         );
         // A home that is a system directory is never covered.
         for h in ["/", "/var", "/usr"] {
-            assert!(!covered(Some(Path::new(h))).contains(&PathBuf::from(h)), "{h}");
+            assert!(
+                !covered(Some(Path::new(h))).contains(&PathBuf::from(h)),
+                "{h}"
+            );
         }
         let d = tempfile::tempdir().unwrap();
         let home = d.path().join("owner");
@@ -232,7 +238,10 @@ mod tests {
         fd_path(0, &mut b);
         assert_eq!(&b[..16], b"/proc/self/fd/0\0");
         let made: Vec<&[u8]> = p.keep[0].mkdirs.iter().map(|c| c.to_bytes()).collect();
-        assert_eq!(made.first().copied(), Some(home.join(".local").as_os_str().as_bytes()));
+        assert_eq!(
+            made.first().copied(),
+            Some(home.join(".local").as_os_str().as_bytes())
+        );
         assert_eq!(made.last().copied(), Some(state.as_os_str().as_bytes()));
     }
 }

@@ -541,7 +541,10 @@ mod tests {
         let bin = d.path().join("firecracker");
         std::fs::write(
             &bin,
-            format!("#!/bin/sh\ntouch {}\necho Firecracker v1.12.1\n", marker.display()),
+            format!(
+                "#!/bin/sh\ntouch {}\necho Firecracker v1.12.1\n",
+                marker.display()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -415,14 +415,20 @@ mod tests {
         assert_eq!(fwd[0].1, ["-d", "169.254.0.0/16", "-j", "DROP"]);
         // Nothing is routed from the bridge back onto it (VM to VM).
         assert!(
-            !fwd.iter().any(|(_, r)| r.windows(2).any(|w| w == ["-o", "banger0"])
-                && r.last().is_some_and(|j| j == "ACCEPT")),
+            !fwd.iter()
+                .any(|(_, r)| r.windows(2).any(|w| w == ["-o", "banger0"])
+                    && r.last().is_some_and(|j| j == "ACCEPT")),
             "{fwd:?}"
         );
         let listing = "-A banger0-fwd -d 169.254.0.0/16 -j DROP\n-A banger0-fwd -o banger0 -j ACCEPT\n-A banger0-fwd -j DROP\n";
         assert_eq!(
             stale_rules(listing, "banger0", "banger0-fwd"),
-            vec![vec!["-o".to_string(), "banger0".into(), "-j".into(), "ACCEPT".into()]]
+            vec![vec![
+                "-o".to_string(),
+                "banger0".into(),
+                "-j".into(),
+                "ACCEPT".into()
+            ]]
         );
     }
 
@@ -443,9 +449,20 @@ mod tests {
             -A banger0-in -j DROP\n";
         let stale = stale_rules(listing, "banger0", "banger0-in");
         let joined: Vec<String> = stale.iter().map(|r| r.join(" ")).collect();
-        assert!(joined.contains(&"-p udp -m udp --dport 53 -j ACCEPT".to_string()), "{joined:?}");
-        assert!(joined.contains(&"-p tcp -m tcp --dport 53 -j ACCEPT".to_string()), "{joined:?}");
-        assert!(!joined.iter().any(|r| r.contains("DROP") || r.contains("banger-dns") || r.contains("conntrack")), "{joined:?}");
+        assert!(
+            joined.contains(&"-p udp -m udp --dport 53 -j ACCEPT".to_string()),
+            "{joined:?}"
+        );
+        assert!(
+            joined.contains(&"-p tcp -m tcp --dport 53 -j ACCEPT".to_string()),
+            "{joined:?}"
+        );
+        assert!(
+            !joined
+                .iter()
+                .any(|r| r.contains("DROP") || r.contains("banger-dns") || r.contains("conntrack")),
+            "{joined:?}"
+        );
     }
 
     #[test]
@@ -463,8 +480,14 @@ mod tests {
         // Other interfaces do not reach the daemon's port; the host does.
         let (_, chain, drop) = &r[2];
         assert_eq!(chain, "INPUT");
-        assert!(drop.windows(3).any(|w| w == ["!", "-i", "banger0"]), "{drop:?}");
-        assert!(drop.windows(3).any(|w| w == ["!", "--src-type", "LOCAL"]), "{drop:?}");
+        assert!(
+            drop.windows(3).any(|w| w == ["!", "-i", "banger0"]),
+            "{drop:?}"
+        );
+        assert!(
+            drop.windows(3).any(|w| w == ["!", "--src-type", "LOCAL"]),
+            "{drop:?}"
+        );
         assert_eq!(drop.last().unwrap(), "DROP");
     }
 }

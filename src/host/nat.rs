@@ -169,7 +169,9 @@ fn forward_for(bridge: &str) -> Result<(), HostError> {
     ifaces.extend(uplinks()?);
     let record = forwarding_record()?;
     for i in ifaces {
-        let Some(p) = forwarding_path(&i) else { continue };
+        let Some(p) = forwarding_path(&i) else {
+            continue;
+        };
         let now = std::fs::read_to_string(&p)
             .map_err(|e| HostError::Other(format!("reading {}: {e}", p.display())))?;
         if now.trim() == "1" {
@@ -196,7 +198,12 @@ pub fn restore_forwarding() -> Result<(), HostError> {
     let text = match std::fs::read_to_string(&record) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(HostError::Other(format!("reading {}: {e}", record.display()))),
+        Err(e) => {
+            return Err(HostError::Other(format!(
+                "reading {}: {e}",
+                record.display()
+            )))
+        }
     };
     for i in text.lines().take(64) {
         if let Some(p) = forwarding_path(i.trim()) {

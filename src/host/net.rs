@@ -215,7 +215,9 @@ impl NetOps for IpCommand {
                     })
             })
             .collect();
-        used.extend(parse_routes(&ip(&["-j", "-4", "route", "show", "table", "all"])?)?);
+        used.extend(parse_routes(&ip(&[
+            "-j", "-4", "route", "show", "table", "all",
+        ])?)?);
         Ok(used)
     }
     fn add_bridge(&self, name: &str) -> Result<(), HostError> {
@@ -236,7 +238,17 @@ impl NetOps for IpCommand {
         ip(&["link", "set", "dev", name, "master", bridge]).map(drop)
     }
     fn isolate_port(&self, name: &str) -> Result<(), HostError> {
-        ip(&["link", "set", "dev", name, "type", "bridge_slave", "isolated", "on"]).map(drop)
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            name,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "on",
+        ])
+        .map(drop)
     }
     fn delete_link(&self, name: &str) -> Result<(), HostError> {
         ip(&["link", "del", "dev", name]).map(drop)
@@ -593,7 +605,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.len(), 3, "{r:?}");
-        assert_eq!((r[1].addr, r[1].prefix_len), ("10.99.0.1".parse().unwrap(), 32));
+        assert_eq!(
+            (r[1].addr, r[1].prefix_len),
+            ("10.99.0.1".parse().unwrap(), 32)
+        );
         assert_eq!(r[2].dev, None);
     }
 

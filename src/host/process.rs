@@ -301,7 +301,9 @@ mod tests {
                 for (n, l) in lines.iter().enumerate() {
                     if !in_test
                         && l.trim() == "#[cfg(test)]"
-                        && lines.get(n + 1).is_some_and(|x| x.trim_start().starts_with("mod "))
+                        && lines
+                            .get(n + 1)
+                            .is_some_and(|x| x.trim_start().starts_with("mod "))
                     {
                         in_test = true;
                         depth = 0;

@@ -139,7 +139,11 @@ pub fn import(file: &Path, stage: &Path) -> Result<ImageManifest, BundleError> {
                 let m = manifest
                     .as_ref()
                     .ok_or_else(|| not_bundle(format!("{path} before {MANIFEST}")))?;
-                let want = if path == ROOTFS { m.rootfs_bytes } else { m.work_seed_bytes };
+                let want = if path == ROOTFS {
+                    m.rootfs_bytes
+                } else {
+                    m.work_seed_bytes
+                };
                 let size = entry.size();
                 if size != want {
                     return Err(corrupt(format!(

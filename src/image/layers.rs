@@ -443,12 +443,9 @@ pub fn make_ext4(
             .ok_or_else(|| err(format!("{n} is not installed; install e2fsprogs")))
     };
     let run = |c: &mut std::process::Command, what: &str| -> Result<String, LayerError> {
-        let out = crate::host::process::run_bounded(
-            c.env("LC_ALL", "C"),
-            super::TOOL_DEADLINE,
-            4 << 20,
-        )
-        .map_err(|e| err(format!("{what}: {e}")))?;
+        let out =
+            crate::host::process::run_bounded(c.env("LC_ALL", "C"), super::TOOL_DEADLINE, 4 << 20)
+                .map_err(|e| err(format!("{what}: {e}")))?;
         if !out.status.success() {
             return Err(err(format!(
                 "{what} failed: {}",
@@ -587,7 +584,10 @@ impl<R: Read> TarGuard<R> {
             let record = &rest[sp + 1..len];
             let record = record.strip_suffix(b"\n").unwrap_or(record);
             if let Some(v) = record.strip_prefix(b"size=") {
-                let v = std::str::from_utf8(v).ok().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+                let v = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(bad)?;
                 size = Some(v);
             }
             rest = &rest[len..];
@@ -634,9 +634,7 @@ impl<R: Read> TarGuard<R> {
             if meta && raw > MAX_META_RECORD {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!(
-                        "a long-name or PAX record of {raw} bytes (at most {MAX_META_RECORD})"
-                    ),
+                    format!("a long-name or PAX record of {raw} bytes (at most {MAX_META_RECORD})"),
                 ));
             }
             // The size the tar crate uses: a PAX `size` for the entry the
@@ -816,10 +814,20 @@ mod tests {
         pad(&mut raw);
         raw.extend(layer(&[("after", 'f', "x", 0o644, 0)]));
         let e = apply(&raw[..], &root, &mut Tree::default()).unwrap_err();
-        assert!(e.0.contains("long-name or PAX record of 2097152 bytes"), "{}", e.0);
+        assert!(
+            e.0.contains("long-name or PAX record of 2097152 bytes"),
+            "{}",
+            e.0
+        );
         // PAX records parse as the crate reads them.
-        assert_eq!(TarGuard::<&[u8]>::pax_size(b"11 size=42\n19 path=some/thing\n").unwrap(), Some(42));
-        assert_eq!(TarGuard::<&[u8]>::pax_size(b"19 path=some/thing\n").unwrap(), None);
+        assert_eq!(
+            TarGuard::<&[u8]>::pax_size(b"11 size=42\n19 path=some/thing\n").unwrap(),
+            Some(42)
+        );
+        assert_eq!(
+            TarGuard::<&[u8]>::pax_size(b"19 path=some/thing\n").unwrap(),
+            None
+        );
         assert!(TarGuard::<&[u8]>::pax_size(b"99 size=1\n").is_err());
     }
 

@@ -430,12 +430,21 @@ mod tests {
             (vec![layer((MAX_LAYER + 1) as i64, 1)], "layers of at most"),
             (vec![layer(-1, 1)], "negative size"),
             (
-                (0..5).map(|n| layer((15u64 << 30) as i64, n)).collect::<Vec<_>>(),
+                (0..5)
+                    .map(|n| layer((15u64 << 30) as i64, n))
+                    .collect::<Vec<_>>(),
                 "add up to",
             ),
-            ((0..=MAX_LAYERS).map(|n| layer(1, n as u8)).collect::<Vec<_>>(), "layers;"),
+            (
+                (0..=MAX_LAYERS)
+                    .map(|n| layer(1, n as u8))
+                    .collect::<Vec<_>>(),
+                "layers;",
+            ),
         ] {
-            let e = check_layer_sizes(&layers, d.path()).unwrap_err().to_string();
+            let e = check_layer_sizes(&layers, d.path())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why), "{why}: {e}");
         }
     }

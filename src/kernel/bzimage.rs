@@ -5,7 +5,6 @@
 //! protected-mode code after `setup_sects`). The payload's magic tells the
 //! compression: LZ4 legacy frames, gzip, xz or zstd.
 
-
 /// Why a vmlinux could not be extracted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BzImageError {

@@ -193,7 +193,8 @@ pub fn discover(dir: &Path) -> Result<ImportSource, KernelError> {
 pub fn stage_import(src: &ImportSource, stage: &Path) -> Result<String, KernelError> {
     let b = BundlePaths::new(stage);
     std::fs::create_dir_all(stage).ctx("creating", stage)?;
-    let image = crate::fsutil::read_capped(&src.kernel, MAX_KERNEL_FILE).ctx("reading", &src.kernel)?;
+    let image =
+        crate::fsutil::read_capped(&src.kernel, MAX_KERNEL_FILE).ctx("reading", &src.kernel)?;
     let vmlinux = bzimage::extract_vmlinux(&image)
         .map_err(|e| KernelError::BadInput(format!("{}: {e}", src.kernel.display())))?;
     crate::fsutil::write_synced(&b.vmlinux(), &vmlinux).ctx("writing", &b.vmlinux())?;

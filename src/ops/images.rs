@@ -472,9 +472,11 @@ pub async fn export(ctx: Arc<Ctx>, name: String, file: String) -> Result<Reply, 
     tokio::task::spawn_blocking(move || -> Result<Reply, RpcError> {
         let dir = PathBuf::from(&rec.dir);
         let mpath = dir.join(MANIFEST);
-        let m: ImageManifest =
-            serde_json::from_slice(&crate::fsutil::read_capped(&mpath, crate::kernel::MAX_MANIFEST).ctx("reading", &mpath)?)
-                .map_err(|e| RpcError::failed(format!("{}: {e}", mpath.display())))?;
+        let m: ImageManifest = serde_json::from_slice(
+            &crate::fsutil::read_capped(&mpath, crate::kernel::MAX_MANIFEST)
+                .ctx("reading", &mpath)?,
+        )
+        .map_err(|e| RpcError::failed(format!("{}: {e}", mpath.display())))?;
         let parent = out
             .parent()
             .filter(|p| !p.as_os_str().is_empty())

@@ -81,7 +81,12 @@ impl ByteQueue {
     /// Queues `frame` once there is room; `Err` when the receiver is gone.
     pub async fn send(&self, frame: Vec<u8>) -> Result<(), ()> {
         let n = frame.len().clamp(1, self.cap) as u32;
-        let permit = self.room.clone().acquire_many_owned(n).await.map_err(drop)?;
+        let permit = self
+            .room
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(drop)?;
         self.tx.send((frame, permit)).map_err(drop)
     }
 }

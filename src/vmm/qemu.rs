@@ -39,8 +39,7 @@ fn opt_path(p: &std::path::Path) -> String {
 /// QEMU's argv for `m`; with `tap_fd`, the tap is the inherited file
 /// descriptor of that number rather than opened by name.
 /// QEMU's seccomp policy for every VMM.
-pub const SANDBOX: &str =
-    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 pub fn argv(m: &QemuMachine, qmp: Option<&Path>, tap_fd: Option<i32>) -> Vec<String> {
     let mut a: Vec<String> = vec![
@@ -223,7 +222,9 @@ mod tests {
         assert!(root < work);
         assert!(a.contains("-accel tcg -cpu max"));
         assert!(
-            a.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"),
+            a.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
             "{a}"
         );
         assert!(a.contains("socket,id=agent,path=/v/agent.sock,server=on,wait=off"));

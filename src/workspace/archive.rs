@@ -109,7 +109,12 @@ pub fn clean_git_config(text: &str) -> String {
         if in_credential {
             continue;
         }
-        let key = t.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+        let key = t
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if key == "extraheader" {
             continue;
         }
@@ -406,7 +411,14 @@ mod tests {
     fn a_shipped_git_config_keeps_remotes_and_loses_secrets() {
         let config = "[core]\n\trepositoryformatversion = 0\n[remote \"origin\"]\n\turl = https://user:ghp_tok@github.com/o/r.git\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n[http]\n\textraHeader = AUTHORIZATION: basic c2VjcmV0\n[http \"https://x.example/\"]\n\textraheader = X-Token: abc\n[credential \"https://github.com\"]\n\thelper = store\n[credential]\n\thelper = cache\n[branch \"main\"]\n\tremote = origin\n";
         let clean = clean_git_config(config);
-        for gone in ["ghp_tok", "user:", "c2VjcmV0", "X-Token", "helper", "credential"] {
+        for gone in [
+            "ghp_tok",
+            "user:",
+            "c2VjcmV0",
+            "X-Token",
+            "helper",
+            "credential",
+        ] {
             assert!(!clean.contains(gone), "{gone} left in:\n{clean}");
         }
         for kept in [
@@ -420,6 +432,9 @@ mod tests {
         }
         // A URL without user information and an scp-like address stay.
         assert_eq!(strip_userinfo(" https://h/x@y"), " https://h/x@y");
-        assert_eq!(clean_git_config("\turl = git@github.com:o/r.git\n"), "\turl = git@github.com:o/r.git\n");
+        assert_eq!(
+            clean_git_config("\turl = git@github.com:o/r.git\n"),
+            "\turl = git@github.com:o/r.git\n"
+        );
     }
 }

@@ -197,7 +197,10 @@ pub fn full_copy(c: &mut Ctx) -> Res {
     git_in(c, &r, &["commit", "-q", "-m", "add submodule"])?;
     // Secrets a repository's config may hold never reach the guest.
     for (k, v) in [
-        ("remote.tokened.url", "https://user:s3cret-token@example.invalid/r.git"),
+        (
+            "remote.tokened.url",
+            "https://user:s3cret-token@example.invalid/r.git",
+        ),
         ("http.extraheader", "AUTHORIZATION: bearer s3cret-header"),
         ("credential.helper", "store --file /tmp/s3cret-store"),
     ] {
