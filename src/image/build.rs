@@ -341,9 +341,9 @@ fn extract_modules(stream: impl std::io::Read, dest: &Path) -> Result<u64, Build
 }
 
 /// Installs the collected modules as `/usr/lib/modules/<version>` of the
-/// bootstrapped tree and runs `depmod` there as `nobody` in the chroot
+/// bootstrapped tree and runs `depmod` there as an id of its own in the chroot
 /// (bookworm's depmod has no `--outdir`, so the module directory is lent to
-/// `nobody` for the run): the owner's bytes are parsed by an unprivileged
+/// that id for the run): the owner's bytes are parsed by an unprivileged
 /// process only. Afterwards the tree is taken back ([`normalize_tree`]):
 /// whatever that process did, only root-owned directories and plain files
 /// remain.
@@ -361,23 +361,24 @@ fn install_modules(root: &Path, staged: &Path, version: &str) -> Result<(), Buil
     let target = lib.join(version);
     let _ = std::fs::remove_dir(&target); // an empty one from a package
     std::fs::rename(staged, &target).map_err(io("installing the modules"))?;
-    std::os::unix::fs::lchown(&target, Some(NOBODY), Some(NOBODY))
+    std::os::unix::fs::lchown(&target, Some(DEPMOD_ID), Some(DEPMOD_ID))
         .map_err(io("lending the module directory to depmod"))?;
     let chroot = crate::host::system_tool("chroot")
         .ok_or_else(|| BuildError::Failed("chroot is not installed; install coreutils".into()))?;
-    let ran = crate::host::process::run_bounded(
-        std::process::Command::new(chroot)
-            .arg(format!("--userspec={NOBODY}:{NOBODY}"))
-            .arg("--groups=")
-            .arg(root)
-            .args(["/usr/sbin/depmod", "-a"])
-            .arg(version)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("LC_ALL", "C"),
-        Duration::from_secs(600),
-        64 << 10,
-    );
+    let mut cmd = depmod_command(&chroot, root, version);
+    // No network, no host IPC, its own host name: depmod needs none of
+    // them. Where the helper may not make namespaces (its systemd unit
+    // restricts them to mount namespaces) it runs without; the unit's own
+    // sandbox applies then.
+    // SAFETY: unshare is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let _ = libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS);
+            Ok(())
+        });
+    }
+    let ran = crate::host::process::run_bounded(&mut cmd, Duration::from_secs(600), 64 << 10);
     // Nothing it started outlives it, and the tree is root's again before
     // any error is looked at.
     kill_processes_in(root);
@@ -425,11 +426,29 @@ fn normalize_tree(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `chroot` running the tree's depmod as [`DEPMOD_ID`], with no
+/// supplementary groups and a clean environment.
+fn depmod_command(chroot: &Path, root: &Path, version: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(chroot);
+    cmd.arg(format!("--userspec={DEPMOD_ID}:{DEPMOD_ID}"))
+        .arg("--groups=")
+        .arg(root)
+        .args(["/usr/sbin/depmod", "-a"])
+        .arg(version)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C");
+    cmd
+}
+
 /// How long mmdebstrap may take (a slow mirror, a cold package cache).
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
-/// The uid and gid `depmod` runs as over the owner's modules.
-const NOBODY: u32 = 65534;
+/// The uid and gid `depmod` runs as over the owner's modules: an id no
+/// account uses (not the shared `nobody`, whose other processes it could
+/// signal and whose files it could write), so a subverted depmod owns
+/// nothing and can signal nothing but itself.
+const DEPMOD_ID: u32 = 2_147_483_000;
 
 /// Kills a process group and waits (bounded) until no live member remains.
 fn kill_group(pgid: i32) {
@@ -800,6 +819,26 @@ pub fn build_rootfs(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn depmod_runs_as_an_id_of_its_own_not_the_shared_nobody() {
+        let c = depmod_command(Path::new("/usr/sbin/chroot"), Path::new("/t"), "6.1.0");
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[0], format!("--userspec={DEPMOD_ID}:{DEPMOD_ID}"));
+        assert_eq!(args[1], "--groups=");
+        assert_ne!(DEPMOD_ID, 65534, "not nobody");
+        assert!(
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(DEPMOD_ID))
+                .ok()
+                .flatten()
+                .is_none(),
+            "no account uses it"
+        );
+        assert_eq!(c.get_envs().count(), 2, "a clean environment");
+    }
+
     use super::*;
 
     fn spec(out: &Path) -> RootfsSpec {
@@ -1008,11 +1047,12 @@ mod tests {
     fn a_tree_lent_to_depmod_is_taken_back_whole() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let (_d, _src, dest) = owner_tree();
-        // What a subverted depmod (as nobody) could leave behind.
+        // What a subverted depmod (as its own id) could leave behind.
         std::fs::create_dir(dest.join("kernel")).unwrap();
         std::fs::write(dest.join("kernel/a.ko"), b"ko").unwrap();
         std::fs::write(dest.join("modules.dep"), b"dep").unwrap();
-        std::os::unix::fs::lchown(dest.join("modules.dep"), Some(NOBODY), Some(NOBODY)).unwrap();
+        std::os::unix::fs::lchown(dest.join("modules.dep"), Some(DEPMOD_ID), Some(DEPMOD_ID))
+            .unwrap();
         std::fs::set_permissions(
             dest.join("modules.dep"),
             std::fs::Permissions::from_mode(0o4777),
@@ -1021,8 +1061,8 @@ mod tests {
         std::os::unix::fs::symlink("/etc/shadow", dest.join("modules.alias")).unwrap();
         nix::unistd::mkfifo(&dest.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         std::fs::create_dir(dest.join("evil")).unwrap();
-        std::os::unix::fs::lchown(dest.join("evil"), Some(NOBODY), Some(NOBODY)).unwrap();
-        std::os::unix::fs::lchown(&dest, Some(NOBODY), Some(NOBODY)).unwrap();
+        std::os::unix::fs::lchown(dest.join("evil"), Some(DEPMOD_ID), Some(DEPMOD_ID)).unwrap();
+        std::os::unix::fs::lchown(&dest, Some(DEPMOD_ID), Some(DEPMOD_ID)).unwrap();
         normalize_tree(&dest).unwrap();
         assert_eq!(
             listing(&dest),
