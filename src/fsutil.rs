@@ -42,6 +42,14 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
+/// Bytes free for unprivileged use on the filesystem of `path` (unknown:
+/// as good as unlimited, the write itself will say).
+pub fn free_bytes(path: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+        .unwrap_or(u64::MAX)
+}
+
 /// Reads a whole file of at most `max` bytes; a longer one is an error
 /// that says so (a manifest, a kernel, a module: never read unbounded).
 pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {

@@ -108,7 +108,10 @@ async fn pump<R: AsyncRead + Unpin, S: AsyncWrite>(
 /// half, so the host knows it reached this agent (the token came over the
 /// VM's own channel) and not whoever else answers at the address.
 async fn tcp_stdin<S: AsyncWrite>(w: &Writer<S>, token: &str) -> io::Result<tokio::net::TcpStream> {
-    if token.len() < 64 || token.len() % 2 != 0 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if token.len() < 64
+        || !token.len().is_multiple_of(2)
+        || !token.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(io::Error::other(
             "a stdin token needs an even number of hex digits, at least 64",
         ));
@@ -532,12 +535,12 @@ mod tests {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
-        s.write_all(token[..32].as_bytes()).await.unwrap();
+        s.write_all(&token.as_bytes()[..32]).await.unwrap();
         // The agent proves it knows the rest of the token.
         let mut ack = [0u8; 33];
         s.read_exact(&mut ack).await.unwrap();
         assert_eq!(ack[0], TCP_ACK);
-        assert_eq!(&ack[1..], token[32..].as_bytes());
+        assert_eq!(&ack[1..], &token.as_bytes()[32..]);
         // Only once the command runs does data come, in pieces.
         assert!(matches!(
             proto::read_msg(&mut rd, proto::MAX_MSG).await.unwrap(),

@@ -150,9 +150,7 @@ pub fn import(file: &Path, stage: &Path) -> Result<ImageManifest, BundleError> {
                         "{path} is {size} bytes, the manifest says {want}"
                     )));
                 }
-                let free = nix::sys::statvfs::statvfs(stage)
-                    .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
-                    .unwrap_or(u64::MAX);
+                let free = crate::fsutil::free_bytes(stage);
                 if size > free {
                     return Err(BundleError::Corrupt {
                         file: fname.clone(),

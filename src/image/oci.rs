@@ -280,9 +280,7 @@ pub fn check_layer_sizes(
             MAX_IMAGE >> 30
         )));
     }
-    let free = nix::sys::statvfs::statvfs(blobs)
-        .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
-        .unwrap_or(u64::MAX);
+    let free = crate::fsutil::free_bytes(blobs);
     if missing > free {
         return Err(OciError::Other(format!(
             "the layers to download need {} MiB and {} has {} MiB free; free some space (banger image prune) and retry",

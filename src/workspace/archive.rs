@@ -94,8 +94,8 @@ pub fn clean_git_config(text: &str) -> String {
     let mut in_credential = false;
     for line in text.lines() {
         let t = line.trim();
-        if t.starts_with('[') {
-            let section = t[1..]
+        if let Some(header) = t.strip_prefix('[') {
+            let section = header
                 .split(|c: char| c == ']' || c == '"' || c.is_whitespace() || c == '.')
                 .next()
                 .unwrap_or("");
