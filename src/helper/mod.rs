@@ -273,7 +273,7 @@ fn claim_network(owner: u32) -> Result<LockFile, HelperError> {
             // are still here, and this owner would hand out the same ones.
             if let Some((tap, uid)) = foreign_taps(owner)?.into_iter().next() {
                 return Err(HelperError(format!(
-                    "this host's network (namespace {ns}) still has banger taps of uid {uid} (e.g. {tap}): that user's VMs may be running; banger serves one user per host, so stop them first (as uid {uid}: banger vm stop --all, or banger daemon stop) or run yours in another network namespace"
+                    "this host's network (namespace {ns}) still has banger taps of uid {uid} (e.g. {tap}): that user's VMs may be running; banger serves one user per host, so stop them first (as uid {uid}: banger vm list, then banger vm stop NAME), or if none runs remove the leftovers (as root: ip link del {tap}), or run yours in another network namespace"
                 )));
             }
             f.set_len(0).map_err(|e| err("writing the claim", e))?;
