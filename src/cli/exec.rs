@@ -90,7 +90,9 @@ fn stdin_is_null() -> bool {
     match nix::sys::stat::fstat(std::io::stdin().as_fd()) {
         Err(nix::errno::Errno::EBADF) => true,
         Err(_) => false,
-        Ok(st) => (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == null.rdev(),
+        Ok(st) => {
+            (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == null.rdev()
+        }
     }
 }
 
