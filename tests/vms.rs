@@ -454,12 +454,6 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
         "nor through the host's routing: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A CLI whose stdin is /dev/null (as here) gives the command
-    // /dev/null, with no TCP connection for no bytes.
-    assert_eq!(
-        env.banger_ok(&["vm", "exec", "sib2", "--", "readlink", "/proc/self/fd/0"]),
-        "/dev/null\n"
-    );
     // Each VMM runs under QEMU's seccomp sandbox.
     let pids = vmm_pids(&env);
     assert_eq!(pids.len(), 2, "{pids:?}");

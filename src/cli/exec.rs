@@ -81,21 +81,6 @@ pub fn window_size() -> Option<TtySize> {
     None
 }
 
-/// Whether stdin is closed or is `/dev/null` (the same character device).
-fn stdin_is_null() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(null) = std::fs::metadata("/dev/null") else {
-        return false;
-    };
-    match nix::sys::stat::fstat(std::io::stdin().as_fd()) {
-        Err(nix::errno::Errno::EBADF) => true,
-        Err(_) => false,
-        Ok(st) => {
-            (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == null.rdev()
-        }
-    }
-}
-
 /// Reads stdin on a thread (it blocks) into `tx`, then says EOF.
 fn pump_stdin(tx: mpsc::Sender<Input>) {
     std::thread::spawn(move || {
@@ -176,9 +161,7 @@ pub async fn exec(
             "-t needs a terminal on stdin; drop -t to pipe input",
         ));
     }
-    // /dev/null (or no stdin at all) has nothing to send: the command
-    // gets /dev/null in the guest, without a TCP connection for no bytes.
-    let forward = opts.tty || opts.interactive || (!stdin_tty && !stdin_is_null());
+    let forward = opts.tty || opts.interactive || !stdin_tty;
     let tty = opts
         .tty
         .then(|| window_size().unwrap_or(TtySize { rows: 24, cols: 80 }));
