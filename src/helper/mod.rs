@@ -232,7 +232,7 @@ fn foreign_taps(owner: u32) -> Result<Vec<(String, u32)>, HelperError> {
 }
 
 /// Where helpers record which owner a network namespace belongs to.
-const NET_CLAIMS: &str = "/run/banger-root";
+const NET_CLAIMS: &str = crate::host::ROOT_RUNTIME_DIR;
 
 /// Claims this network namespace for `owner`: every banger owner uses the
 /// same bridge name, subnet and MAC range, so two owners in one namespace

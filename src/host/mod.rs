@@ -43,6 +43,10 @@ pub enum HostError {
     Other(String),
 }
 
+/// bangerd-root's own runtime directory: network claims and the
+/// forwarding record, per network namespace.
+pub const ROOT_RUNTIME_DIR: &str = "/run/banger-root";
+
 /// How long one `ip`/`iptables`/`ebtables` run may take before it is
 /// killed: a hung tool must not wedge the network actor.
 pub const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

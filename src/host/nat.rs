@@ -134,7 +134,7 @@ fn forwarding_path(iface: &str) -> Option<std::path::PathBuf> {
 /// switch them back.
 fn forwarding_record() -> Result<std::path::PathBuf, HostError> {
     use std::os::unix::fs::MetadataExt;
-    let dir = std::path::Path::new("/run/banger-root");
+    let dir = std::path::Path::new(super::ROOT_RUNTIME_DIR);
     crate::fsutil::root_private_dir(dir)
         .map_err(|e| HostError::Other(format!("creating {}: {e}", dir.display())))?;
     let ns = std::fs::metadata("/proc/self/ns/net")
