@@ -130,15 +130,24 @@ impl Taps for ActorTaps {
         })
     }
 
-    fn release(&self, tap: String) {
-        match self.0.taps.get() {
-            Some(pool) => {
-                let _ = pool.cast(tap_pool::TapPoolMsg::Release(tap));
+    fn release(&self, tap: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match self.0.taps.get() {
+                Some(pool) => {
+                    let asked = ractor::call_t!(
+                        pool,
+                        |r| tap_pool::TapPoolMsg::Release(tap.clone(), Some(r)),
+                        30_000
+                    );
+                    if let Err(e) = asked {
+                        tracing::warn!(%tap, "the tap pool did not confirm deleting this tap ({e}); its orphan pass will");
+                    }
+                }
+                None => {
+                    tracing::warn!(%tap, "the tap pool is restarting; its orphan pass will delete this tap")
+                }
             }
-            None => {
-                tracing::warn!(%tap, "the tap pool is restarting; its orphan pass will delete this tap")
-            }
-        }
+        })
     }
 }
 

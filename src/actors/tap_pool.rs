@@ -18,8 +18,8 @@ pub const WARM: usize = crate::ops::net::WARM_TAPS;
 pub enum TapPoolMsg {
     /// A tap on the bridge, owned by the owner uid: warm when one is ready.
     Lease(RpcReplyPort<Result<String, RpcError>>),
-    /// Deletes a tap that is no longer used.
-    Release(String),
+    /// Deletes a tap that is no longer used; answers once it is gone.
+    Release(String, Option<RpcReplyPort<()>>),
     /// Deletes the warm taps and stops warming (daemon shutdown); answers
     /// once they are gone.
     Drain(RpcReplyPort<()>),
@@ -97,7 +97,7 @@ impl Actor for TapPool {
                             let r = net::create_tap(&*helper, &net).await;
                             // A caller that gave up waiting: not leaked.
                             if let Err(ractor::MessagingErr::SendErr(Ok(t))) = reply.send(r) {
-                                let _ = me.cast(TapPoolMsg::Release(t));
+                                let _ = me.cast(TapPoolMsg::Release(t, None));
                             }
                         });
                     }
@@ -133,7 +133,11 @@ impl Actor for TapPool {
                     let _ = reply.send(());
                 });
             }
-            TapPoolMsg::Release(name) => self.delete(vec![name], || {}),
+            TapPoolMsg::Release(name, reply) => self.delete(vec![name], move || {
+                if let Some(r) = reply {
+                    let _ = r.send(());
+                }
+            }),
         }
         Ok(())
     }

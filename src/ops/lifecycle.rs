@@ -118,7 +118,7 @@ pub async fn release(ctx: &Ctx, vm: &dyn VmChildren, rec: &mut VmRecord) {
         }
     }
     if let Some(tap) = rec.tap.take() {
-        ctx.taps.release(tap);
+        ctx.taps.release(tap).await;
     }
     rec.vmm_pid = None;
 }

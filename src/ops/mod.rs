@@ -57,8 +57,9 @@ pub trait Privileged: Send + Sync {
 pub trait Taps: Send + Sync {
     /// A tap on the bridge, owned by the owner uid.
     fn lease(&self) -> BoxFuture<'_, Result<String, RpcError>>;
-    /// Gives a tap back (it is deleted).
-    fn release(&self, tap: String);
+    /// Gives a tap back; done once it is deleted (a stopped VM holds no
+    /// tap).
+    fn release(&self, tap: String) -> BoxFuture<'_, ()>;
 }
 
 /// The work of a shared job.

@@ -175,8 +175,9 @@ impl Taps for FakeTaps {
             Ok(t)
         })
     }
-    fn release(&self, tap: String) {
+    fn release(&self, tap: String) -> BoxFuture<'_, ()> {
         self.released.lock().unwrap().push(tap);
+        Box::pin(async {})
     }
 }
 
