@@ -3,7 +3,6 @@
 //! InstanceStart, SendCtrlAltDel, signals and cleanup work; the guest kernel
 //! itself cannot boot, which the test name says.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use banger::domain::{Signal, VmmKind};
@@ -195,9 +194,9 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
         )
         .await;
     });
-    // Cleanup of its files is banger's (the process cannot unlink on KILL).
+    // A killed firecracker cannot unlink its socket: removing the VM's
+    // directories is banger's (`ops::lifecycle::delete`, tested there).
     assert!(paths.api_socket().exists());
     banger::fsutil::remove_all(&paths.run).unwrap();
     banger::fsutil::remove_all(&paths.state).unwrap();
-    assert!(!PathBuf::from(&paths.run).exists());
 }

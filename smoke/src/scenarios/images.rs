@@ -404,10 +404,6 @@ pub fn oci_pull_run(c: &mut Ctx) -> Res {
 /// in the namespace) pulled by its name, then booted.
 pub fn catalog(c: &mut Ctx) -> Res {
     const PORT: u16 = 5056;
-    let o = c.banger(&["image", "catalog", "--help"])?;
-    if !o.ok() {
-        return Err(skip("no catalog support in this banger"));
-    }
     let python = need_tool("python3")?;
     let sha256sum = need_tool("sha256sum")?;
     let dir = c.dir.clone();
