@@ -211,7 +211,7 @@ fn signal_vmms(env: &TestEnv, sig: nix::sys::signal::Signal) -> Vec<u32> {
 }
 
 /// Starts `args` and waits (bounded) until its stdout has a line `started`.
-fn start_until_started(env: &TestEnv, args: &[&str]) -> std::process::Child {
+pub fn start_until_started(env: &TestEnv, args: &[&str]) -> std::process::Child {
     use std::io::BufRead;
     let mut child = env
         .banger_cmd(args)

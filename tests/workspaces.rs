@@ -83,3 +83,56 @@ fn export_patch_keeps_an_interrupted_runs_edits_and_the_vm_goes() {
         .contains("+edited"));
     assert_eq!(env.banger_ok(&["vm", "list", "--json"]).trim(), "[]");
 }
+
+/// The CLI killed (SIGKILL) while the command runs: the run is the
+/// daemon's operation, so the command is killed, the patch is still written
+/// where it was asked, the VM deleted, and no tap, VMM or kept patch is
+/// left.
+#[test]
+fn a_run_whose_client_is_killed_still_writes_its_patch_and_deletes_its_vm() {
+    let _heavy = heavy();
+    let env = crate::vms::vm_env();
+    let r = repo(env.root());
+    let patch = env.root().join("killed.patch");
+    let mut child = crate::vms::start_until_started(
+        &env,
+        &[
+            "vm",
+            "run",
+            "--rm",
+            "--name",
+            "orphan",
+            r.to_str().unwrap(),
+            "--export-patch",
+            patch.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo edited >> smoke-file.txt; echo started; exec sleep 600",
+        ],
+    );
+    assert_eq!(crate::vms::vmm_pids(&env).len(), 1);
+    // The pool's warm taps and the VM's.
+    let during = crate::vms::taps(&env);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for(
+        "the run to delete its VM",
+        std::time::Duration::from_secs(180),
+        || (env.banger_ok(&["vm", "list", "--json"]).trim() == "[]").then_some(()),
+    );
+    let written = std::fs::read_to_string(&patch).unwrap_or_default();
+    assert!(written.contains("+edited"), "the patch: {written:?}");
+    assert!(crate::vms::vmm_pids(&env).is_empty());
+    // The VM's tap went with it (the pool keeps its warm ones).
+    let after = crate::vms::taps(&env);
+    assert!(
+        after.len() < during.len() && after.iter().all(|t| during.contains(t)),
+        "taps during the run {during:?}, after {after:?}"
+    );
+    let kept = std::fs::read_dir(env.state_dir().join("patches"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(kept, 0, "the daemon's own copy is removed once written");
+    assert!(env.daemon_log().contains("the client went away"));
+}

@@ -38,12 +38,12 @@ pub struct ExecResult {
 }
 
 /// Restores the terminal's settings on drop.
-struct RawMode {
+pub(super) struct RawMode {
     saved: nix::sys::termios::Termios,
 }
 
 impl RawMode {
-    fn enter() -> Result<RawMode, CliError> {
+    pub(super) fn enter() -> Result<RawMode, CliError> {
         use nix::sys::termios;
         let stdin = std::io::stdin();
         let saved = termios::tcgetattr(stdin.as_fd())
@@ -82,7 +82,7 @@ pub fn window_size() -> Option<TtySize> {
 }
 
 /// Reads stdin on a thread (it blocks) into `tx`, then says EOF.
-fn pump_stdin(tx: mpsc::Sender<Input>) {
+pub(super) fn pump_stdin(tx: mpsc::Sender<Input>) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; 64 << 10];
@@ -102,12 +102,21 @@ fn pump_stdin(tx: mpsc::Sender<Input>) {
     });
 }
 
+/// Which phase a run is in, for Ctrl-C: before its command starts a
+/// Ctrl-C stops the run after its current step (`before` is said once);
+/// then it goes to the command.
+pub(super) struct Phase {
+    pub started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub before: &'static str,
+}
+
 /// Forwards Ctrl-C (INT, then KILL), SIGTERM and SIGHUP to the guest, and
 /// window size changes; marks `interrupted`.
-fn forward_signals(
+pub(super) fn forward_signals(
     tx: mpsc::Sender<Input>,
     tty: bool,
     interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    phase: Option<Phase>,
 ) {
     use std::sync::atomic::Ordering;
     use tokio::signal::unix::{signal, SignalKind};
@@ -116,6 +125,7 @@ fn forward_signals(
         let mut term = signal(SignalKind::terminate()).ok();
         let mut hup = signal(SignalKind::hangup()).ok();
         let mut winch = signal(SignalKind::window_change()).ok();
+        let mut noted = false;
         async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
             match s {
                 Some(s) => {
@@ -126,13 +136,21 @@ fn forward_signals(
         }
         loop {
             let input = tokio::select! {
-                _ = next(&mut int) => {
-                    let again = interrupted.swap(true, Ordering::SeqCst);
-                    if !again {
-                        eprintln!("\r\nbanger: interrupting the command (Ctrl-C again kills it)");
+                _ = next(&mut int) => match &phase {
+                    Some(p) if !p.started.load(Ordering::SeqCst) => {
+                        if !std::mem::replace(&mut noted, true) {
+                            eprintln!("banger: interrupted; {}", p.before);
+                        }
+                        Input::Signal(Signal::Int)
                     }
-                    Input::Signal(if again { Signal::Kill } else { Signal::Int })
-                }
+                    _ => {
+                        let again = interrupted.swap(true, Ordering::SeqCst);
+                        if !again {
+                            eprintln!("\r\nbanger: interrupting the command (Ctrl-C again kills it)");
+                        }
+                        Input::Signal(if again { Signal::Kill } else { Signal::Int })
+                    }
+                },
                 _ = next(&mut term) => Input::Signal(Signal::Term),
                 _ = next(&mut hup) => Input::Signal(Signal::Hup),
                 _ = next(&mut winch), if tty => match window_size() {
@@ -168,7 +186,7 @@ pub async fn exec(
     let mut c = client::connect(&ctx.layout, true).await?;
     let (tx, rx) = mpsc::channel(64);
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    forward_signals(tx.clone(), opts.tty, interrupted.clone());
+    forward_signals(tx.clone(), opts.tty, interrupted.clone(), None);
     let _raw = match opts.tty {
         true => Some(RawMode::enter()?),
         false => None,

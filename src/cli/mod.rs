@@ -7,6 +7,7 @@ pub mod client;
 pub mod exec;
 pub mod progress;
 pub mod render;
+pub mod run;
 pub mod services;
 pub mod style;
 pub mod system;

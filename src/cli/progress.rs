@@ -77,6 +77,8 @@ impl ProgressView {
                     let _ = o.flush();
                 });
             }
+            // `vm run`'s own events are handled by its client.
+            Event::Spec { .. } | Event::CommandStarted | Event::Patch(_) | Event::PatchDone => {}
             Event::Stderr(d) => {
                 self.suspend(|| {
                     let mut e = std::io::stderr().lock();
@@ -84,6 +86,14 @@ impl ProgressView {
                     let _ = e.flush();
                 });
             }
+        }
+    }
+
+    /// One line on stderr as it is (no indent), above the spinner.
+    pub fn suspend_line(&self, line: String) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
         }
     }
 

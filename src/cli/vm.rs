@@ -235,7 +235,7 @@ pub struct ExecArgs {
 }
 
 impl ExecArgs {
-    fn opts(&self, auto_prepare: bool) -> super::exec::ExecOpts {
+    pub(super) fn opts(&self, auto_prepare: bool) -> super::exec::ExecOpts {
         super::exec::ExecOpts {
             tty: self.tty,
             interactive: self.interactive,
@@ -474,137 +474,6 @@ async fn create(ctx: &Ctx, mut s: VmCreateSpec) -> Result<VmView, CliError> {
     }
 }
 
-/// The snapshot name of a warm workspace: the image (its root file
-/// system's digest) and kernel, the VM's shape, the command and the content
-/// of the key files. None while the image is not built yet (there is then
-/// no such snapshot either).
-async fn warm_key(
-    ctx: &Ctx,
-    s: &VmCreateSpec,
-    ws: &WorkspaceSpec,
-    cmd: &str,
-    files: &[String],
-) -> Result<Option<String>, CliError> {
-    let images = match call(ctx, Request::ImageList).await? {
-        Reply::Images(v) => v,
-        other => return Err(client::unexpected(other)),
-    };
-    let Some(image) = images.into_iter().find(|i| match &s.image {
-        Some(n) => &i.name == n,
-        None => i.default,
-    }) else {
-        return Ok(None);
-    };
-    let kernel = s.kernel.clone().unwrap_or(image.kernel_ref.clone());
-    let kernel_sha = match call(
-        ctx,
-        Request::KernelShow {
-            name: kernel.clone(),
-        },
-    )
-    .await
-    {
-        Ok(Reply::Kernel(k)) => k.vmlinux_sha256,
-        _ => return Ok(None),
-    };
-    // Scoped to the tree: the warm command runs the repository's own code,
-    // so one branch's set-up must never be restored into another's runs.
-    let scope = warm_scope(&ws.path).unwrap_or_default();
-    let mut key = format!(
-        "warmws2|{}|{}:{scope}|{}|{kernel}|{kernel_sha}|{}|{}|{}|{}|{}",
-        image.name,
-        scope.len(),
-        image.rootfs_sha256,
-        s.vcpu,
-        s.memory_mib,
-        s.disk_bytes,
-        s.nat,
-        cmd.len()
-    );
-    key.push_str(cmd);
-    for f in files {
-        let p = std::path::Path::new(&ws.path).join(f);
-        let sha = crate::digest::sha256_file(&p).map_err(|e| {
-            CliError::usage(
-                "invalid value",
-                format!("--warm-key {f}: {}: {e}", p.display()),
-            )
-        })?;
-        key.push_str(&format!("|{}|{f}|{sha}", f.len()));
-    }
-    let digest = crate::digest::sha256_hex(key.as_bytes());
-    Ok(Some(format!("warmws-{}", &digest[..16])))
-}
-
-/// What a warm workspace snapshot serves: the repository's root and its
-/// branch (`detached <commit>` without one). None outside a repository.
-fn warm_scope(path: &str) -> Option<String> {
-    let g = crate::workspace::git::Git::at(std::path::Path::new(path)).ok()?;
-    let branch = match g.run(&["symbolic-ref", "--short", "-q", "HEAD"]) {
-        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
-        _ => format!(
-            "detached {}",
-            String::from_utf8_lossy(&g.run(&["rev-parse", "HEAD"]).ok()?).trim()
-        ),
-    };
-    Some(format!("{} on {branch}", g.root.display()))
-}
-
-/// The first `--warm` run of a key: the command in the fresh workspace,
-/// then the VM saved under the key. A failing command saves nothing.
-async fn save_warm(
-    ctx: &Ctx,
-    vm: &str,
-    create: &CreateArgs,
-    ws: &WorkspaceSpec,
-    cmd: &str,
-    key: Option<String>,
-    files: &[String],
-) -> Result<(), CliError> {
-    let argv = vec!["sh".into(), "-c".into(), cmd.to_string()];
-    let r = exec(ctx, vm, argv, Default::default())
-        .await
-        .map_err(ours)?;
-    if r.code != 0 {
-        return Err(CliError {
-            exit_code: 125,
-            ..CliError::local(
-                "warm",
-                format!(
-                    "the --warm command failed (exit {}); nothing was saved",
-                    r.code
-                ),
-            )
-        });
-    }
-    // The image exists now: the key can be known if it could not before.
-    let key = match key {
-        Some(k) => k,
-        None => warm_key(ctx, &spec(ctx, create)?, ws, cmd, files)
-            .await?
-            .ok_or_else(|| CliError::local("warm", "the VM's image is not listed"))?,
-    };
-    match call(
-        ctx,
-        Request::VmSnapshot {
-            name: vm.to_string(),
-            snapshot: Some(key.clone()),
-            stop: false,
-            auto: true,
-            scope: warm_scope(&ws.path),
-        },
-    )
-    .await
-    .map_err(ours)?
-    {
-        Reply::Snapshot(_) => {
-            eprintln!("banger: saved the warm workspace as snapshot {key}; runs with the same --warm and keys restore it");
-            Ok(())
-        }
-        other => Err(ours(client::unexpected(other))),
-    }
-}
-
 /// Runs a command in a VM, passing its output through; returns its exit
 /// code (and prints why it could not run, for 126 and 127).
 async fn exec(
@@ -618,21 +487,6 @@ async fn exec(
         eprintln!("banger: {m}");
     }
     Ok(r)
-}
-
-async fn delete(ctx: &Ctx, name: &str, id: Option<String>) -> Result<(), CliError> {
-    match call(
-        ctx,
-        Request::VmDelete {
-            name: name.into(),
-            id,
-        },
-    )
-    .await?
-    {
-        Reply::Done => Ok(()),
-        other => Err(client::unexpected(other)),
-    }
 }
 
 /// The system `ssh` into a VM; returns its exit code.
@@ -674,52 +528,6 @@ fn run_ssh(t: &SshTarget, command: &[String]) -> Result<i32, CliError> {
     Ok(st.code().unwrap_or(255))
 }
 
-/// `vm run`.
-/// The wire spec of a workspace from flags (path made absolute).
-fn ws_spec(
-    path: &str,
-    ws: &WorkspaceArgs,
-    from: Option<(String, String)>,
-) -> Result<WorkspaceSpec, CliError> {
-    let mode = ws
-        .mode
-        .parse()
-        .map_err(|e: String| CliError::usage("invalid value", format!("--mode: {e}")))?;
-    let p = std::path::Path::new(path);
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| CliError::usage("invalid path", e.to_string()))?
-            .join(p)
-    };
-    Ok(WorkspaceSpec {
-        path: abs.display().to_string(),
-        mode,
-        include_untracked: ws.include_untracked,
-        from,
-        keep_ignored: false,
-    })
-}
-
-fn ws_error(e: crate::workspace::WorkspaceError) -> CliError {
-    CliError::local("workspace", e.to_string())
-}
-
-/// `--dry-run`: inspect on the host only (no daemon, no VM) and print the plan.
-fn dry_run(ctx: &Ctx, spec: &WorkspaceSpec) -> Result<u8, CliError> {
-    let plan = crate::workspace::inspect(
-        std::path::Path::new(&spec.path),
-        &crate::workspace::Options::of(spec),
-    )
-    .map_err(ws_error)?;
-    if let Some(n) = crate::workspace::untracked_notice(&plan) {
-        eprintln!("{}", style::yellow(ctx.style.stderr, &n));
-    }
-    out(&crate::workspace::dry_run_text(&plan))?;
-    Ok(0)
-}
-
 async fn prepare(ctx: &Ctx, name: &str, spec: WorkspaceSpec) -> Result<WorkspaceView, CliError> {
     match call(
         ctx,
@@ -735,282 +543,12 @@ async fn prepare(ctx: &Ctx, name: &str, spec: WorkspaceSpec) -> Result<Workspace
     }
 }
 
-/// Whether the repo's tools come from mise (`.mise.toml` / `mise.toml`).
-fn uses_mise(spec: &WorkspaceSpec) -> bool {
-    crate::workspace::git::Git::at(std::path::Path::new(&spec.path))
-        .map(|g| g.root.join(".mise.toml").exists() || g.root.join("mise.toml").exists())
-        .unwrap_or(false)
-}
-
-/// An interactive shell: bash when the image has it, else sh.
-const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
-
 /// Marks an error of `vm run` as banger's, not the command's (exit 125).
-fn ours(mut e: CliError) -> CliError {
+pub(super) fn ours(mut e: CliError) -> CliError {
     if e.exit_code == 1 {
         e.exit_code = 125;
     }
     e
-}
-
-/// Writes the guest's workspace changes to `file`: a temporary name next to
-/// it, fsync, rename. Only then may the VM go.
-async fn export_patch(ctx: &Ctx, name: &str, file: &str) -> Result<u64, CliError> {
-    use std::io::Write;
-    let path = std::path::Path::new(file);
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = parent.join(format!(
-        ".{}.partial",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let mut f = std::fs::File::create(&tmp)
-        .map_err(|e| CliError::local("cannot write", format!("{}: {e}", tmp.display())))?;
-    let mut c = client::connect(&ctx.layout, true).await?;
-    let (mut bytes, mut write_err) = (0u64, None);
-    let req = Request::WorkspaceExport {
-        name: name.into(),
-        base_commit: None,
-    };
-    let r = client::request(&mut c, &ctx.layout, req, |e| {
-        if let crate::protocol::cli::Event::Stdout(d) = e {
-            bytes += d.len() as u64;
-            if let Err(err) = f.write_all(&d) {
-                write_err.get_or_insert(err);
-            }
-        }
-    })
-    .await;
-    let done = match (r, write_err) {
-        (Err(e), _) => Err(e),
-        (Ok(_), Some(e)) => Err(CliError::local(
-            "cannot write",
-            format!("{}: {e}", tmp.display()),
-        )),
-        (Ok(_), None) => f
-            .sync_all()
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .and_then(|_| crate::fsutil::sync_dir(parent))
-            .map_err(|e| CliError::local("cannot write", format!("{file}: {e}"))),
-    };
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    done.map(|_| bytes)
-}
-
-/// `vm run`.
-async fn run_cmd(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    if a.detach && a.rm {
-        return Err(CliError::usage(
-            "invalid flags",
-            "-d (leave running) and --rm (delete afterwards) contradict each other; pick one",
-        ));
-    }
-    if a.detach && !a.command.is_empty() {
-        return Err(CliError::usage("invalid flags", "-d does not take a command; use `banger vm run -d` then `banger vm exec <name> -- <cmd>`"));
-    }
-    if a.export_patch.is_some() && (a.path.is_none() || a.detach) {
-        return Err(CliError::usage(
-            "invalid flags",
-            "--export-patch needs a repository path and a command (it writes the workspace's changes when the command ends)",
-        ));
-    }
-    let ws = match &a.path {
-        Some(p) => {
-            let spec = ws_spec(p, &a.ws, None)?;
-            if a.ws.dry_run {
-                return dry_run(ctx, &spec);
-            }
-            // Fail before creating anything.
-            crate::workspace::git::Git::at(std::path::Path::new(&spec.path)).map_err(ws_error)?;
-            let mise = uses_mise(&spec);
-            if mise && !a.create.nat && !a.no_bootstrap {
-                return Err(CliError::usage(
-                    "needs network",
-                    "this repo has a .mise.toml: its tools are downloaded at bootstrap, which needs --nat; or pass --no-bootstrap to skip it",
-                ));
-            }
-            Some((spec, mise && a.create.nat && !a.no_bootstrap))
-        }
-        None if a.ws.dry_run => {
-            return Err(CliError::usage(
-                "invalid flags",
-                "--dry-run needs a repository path",
-            ))
-        }
-        None => None,
-    };
-    let mut s = spec(ctx, &a.create)?;
-    // --rm: a VM whose start fails goes too (the daemon deletes it).
-    s.delete_on_failure = a.rm;
-    let mut ws = ws;
-    // --warm: the workspace snapshot of this key, when there is one, is
-    // restored (its dependencies kept, the repo shipped again); otherwise
-    // the command runs once after the prepare and the VM is saved.
-    let warm = match (&a.warm, &ws) {
-        (Some(cmd), Some((spec, _))) => {
-            let key = warm_key(ctx, &s, spec, cmd, &a.warm_key).await?;
-            let exists = match &key {
-                Some(k) => call(ctx, Request::SnapshotShow { name: k.clone() })
-                    .await
-                    .is_ok(),
-                None => false,
-            };
-            if let (true, Some(k), Some((spec, bootstrap))) = (exists, &key, ws.as_mut()) {
-                s.from = Some(k.clone());
-                spec.keep_ignored = true;
-                *bootstrap = false;
-            }
-            Some((cmd.clone(), key, exists))
-        }
-        _ => None,
-    };
-    let name = s.name.clone().unwrap_or_default();
-    // From here on a Ctrl-C never leaves a VM behind: before the command
-    // runs it only stops what would come next; the command's own Ctrl-C
-    // goes to the guest (exec), and the VM is removed (--rm) after.
-    const SETUP: u8 = 0;
-    const STOPPED: u8 = 1;
-    const RUNNING: u8 = 2;
-    let phase = std::sync::Arc::new(AtomicU8::new(SETUP));
-    {
-        let phase = phase.clone();
-        let rm = a.rm;
-        tokio::spawn(async move {
-            loop {
-                if tokio::signal::ctrl_c().await.is_err() {
-                    return;
-                }
-                if phase
-                    .compare_exchange(SETUP, STOPPED, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    eprintln!(
-                        "banger: interrupted; {}",
-                        if rm {
-                            "the VM is removed as soon as it is created"
-                        } else {
-                            "stopping after this step"
-                        }
-                    );
-                }
-            }
-        });
-    }
-    let stopped = || phase.load(Ordering::SeqCst) == STOPPED;
-    let interrupted = || CliError {
-        exit_code: 130,
-        ..CliError::new(
-            super::render::ErrorKind::Interrupted,
-            "interrupted",
-            "stopped before the command ran",
-        )
-    };
-    let created = create(ctx, s).await.map_err(ours);
-    let mut prepared: Result<(), CliError> = Ok(());
-    if let (Ok(_), Some((spec, bootstrap))) = (&created, &ws) {
-        if stopped() {
-            prepared = Err(interrupted());
-        } else if let Err(e) = prepare(ctx, &name, spec.clone()).await {
-            prepared = Err(ours(e));
-        } else if *bootstrap && !stopped() {
-            let script = "if command -v mise >/dev/null 2>&1; then mise trust -q . && mise install; else echo 'mise is not installed in this image; skipping the bootstrap' >&2; fi";
-            let argv = vec!["sh".into(), "-c".into(), script.into()];
-            match exec(ctx, &name, argv, Default::default()).await {
-                Ok(r) if r.code == 0 => {}
-                Ok(r) => {
-                    prepared = Err(CliError {
-                        exit_code: 125,
-                        ..CliError::local(
-                            "bootstrap",
-                            format!("mise install failed (exit {})", r.code),
-                        )
-                    })
-                }
-                Err(e) => prepared = Err(ours(e)),
-            }
-        }
-        if let (Ok(()), Some((cmd, key, false))) = (&prepared, &warm) {
-            if stopped() {
-                prepared = Err(interrupted());
-            } else {
-                prepared =
-                    save_warm(ctx, &name, &a.create, spec, cmd, key.clone(), &a.warm_key).await;
-            }
-        }
-    }
-    let created_id = created.as_ref().ok().map(|v| v.id.clone());
-    let result: Result<u8, CliError> = match (created, prepared) {
-        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-        (Ok(_), Ok(())) if stopped() => Err(interrupted()),
-        (Ok(v), Ok(())) if a.detach => {
-            out(&format!(
-                "VM {} is running at {}\n  shell:  banger vm exec -t {} -- bash   (or banger vm ssh {})\n  stop:   banger vm stop {}\n  delete: banger vm delete {}\n",
-                v.name,
-                v.ip.clone().unwrap_or_default(),
-                v.name,
-                v.name,
-                v.name,
-                v.name
-            ))?;
-            Ok(0)
-        }
-        (Ok(_), Ok(())) => {
-            phase.store(RUNNING, Ordering::SeqCst);
-            let (argv, opts) = if a.command.is_empty() {
-                // An interactive shell, through the agent (no wait for sshd).
-                let mut o = a.exec.opts(false);
-                o.tty = o.tty || std::io::stdin().is_terminal();
-                (vec!["sh".into(), "-c".into(), SHELL.into()], o)
-            } else {
-                (a.command.clone(), a.exec.opts(false))
-            };
-            exec(ctx, &name, argv, opts)
-                .await
-                .map(|r| r.code.clamp(0, 255) as u8)
-                .map_err(ours)
-        }
-    };
-    let mut keep = false;
-    if let (Some(file), Some(_)) = (&a.export_patch, &created_id) {
-        match export_patch(ctx, &name, file).await {
-            Ok(bytes) => {
-                eprintln!("banger: wrote the workspace's changes to {file} ({bytes} bytes)")
-            }
-            Err(e) => {
-                keep = true;
-                eprintln!("{}", e.render(ctx.style.stderr));
-                eprintln!(
-                    "banger: VM {name} is kept so its changes are not lost: banger vm workspace export {name} -o {file}; then banger vm delete {name}"
-                );
-            }
-        }
-    }
-    if a.rm && !keep {
-        // Only the VM this invocation created (by id); a create that failed
-        // because the name was taken leaves that VM alone.
-        if let Some(id) = created_id {
-            match delete(ctx, &name, Some(id)).await {
-                Ok(()) => {}
-                Err(e) if e.is_rpc(crate::protocol::ErrorCode::NotFound) => {}
-                Err(e) => eprintln!("{}", e.render(ctx.style.stderr)),
-            }
-        }
-    }
-    match (result, keep) {
-        (Ok(_), true) => Err(CliError {
-            exit_code: 125,
-            ..CliError::local(
-                "export failed",
-                format!("the patch of {name} was not written"),
-            )
-        }),
-        (r, _) => r,
-    }
 }
 
 fn vm_table(vms: &[VmView]) -> String {
@@ -1131,7 +669,7 @@ async fn simple(ctx: &Ctx, name: &str, req: Request) -> Result<u8, CliError> {
 
 pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
     match cmd {
-        VmCommand::Run(a) => run_cmd(ctx, a).await.map_err(ours),
+        VmCommand::Run(a) => super::run::run(ctx, a).await.map_err(ours),
         VmCommand::Create(a) => {
             let s = spec(ctx, &a)?;
             let v = create(ctx, s).await?;
@@ -1341,9 +879,9 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             branch,
         }) => {
             check_name(&name)?;
-            let spec = ws_spec(&path, &ws, from.zip(branch))?;
+            let spec = super::run::ws_spec(&path, &ws, from.zip(branch))?;
             if ws.dry_run {
-                return dry_run(ctx, &spec);
+                return super::run::dry_run(ctx, &spec);
             }
             let w = prepare(ctx, &name, spec).await?;
             out(&format!(

@@ -170,6 +170,9 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 name,
                 insecure,
             } => images::pull(ctx.clone(), reference, name, insecure, events).await,
+            Request::VmRun(spec) => {
+                super::run::run(ctx.clone(), slots.clone(), *spec, events, inputs).await
+            }
             Request::ImageCachePrune { dry_run } => images::cache_prune(ctx.clone(), dry_run)
                 .await
                 .map(Reply::CachePruned),

@@ -11,6 +11,7 @@ pub mod handler;
 pub mod instance;
 pub mod reconcile;
 pub mod requests;
+pub mod run;
 pub mod services;
 pub mod vms;
 

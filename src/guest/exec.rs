@@ -149,8 +149,8 @@ where
                             proto::write_msg(&mut wr, proto::SIGNAL, &signal_frame(sig)).await?;
                             wr.flush().await?;
                         }
-                        // No terminal on this path.
-                        Input::Resize { .. } => {}
+                        // No terminal on this path; not the command's.
+                        Input::Resize { .. } | Input::PatchSaved { .. } => {}
                     }
                 }
                 // The caller is gone without an EOF: the command gets one.
@@ -176,6 +176,8 @@ where
                             d.extend(cols.to_be_bytes());
                             proto::write_msg(&mut wr, proto::RESIZE, &d).await
                         }
+                        // Not the command's.
+                        Input::PatchSaved { .. } => continue,
                     };
                     r?;
                     wr.flush().await?;

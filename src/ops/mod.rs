@@ -20,6 +20,7 @@ pub mod snapshots;
 pub mod stats;
 pub mod views;
 pub mod vms;
+pub mod warm;
 pub mod workspace;
 
 #[cfg(test)]

@@ -171,10 +171,57 @@ pub enum Request {
     /// Removes build and pull caches no image here came from (or, with
     /// `dry_run`, only says which). Answers [`Reply::CachePruned`].
     ImageCachePrune { dry_run: bool },
+    /// `vm run`, whole: create (or restore) a VM, ship the workspace,
+    /// bootstrap and warm it, run the command, write the patch, delete it.
+    /// Streams [`Event::Spec`] first, the stages, [`Event::CommandStarted`]
+    /// when the command runs (from then on the client's [`Input`]s feed it;
+    /// before, a signal stops the run after its current step), and the
+    /// command's output. The run finishes on its own task: a client that
+    /// goes away is treated as interrupted (the command is killed, the patch
+    /// still written, `rm` still deletes). Answers [`Reply::Exit`] (130
+    /// when interrupted before the command ran), or [`Reply::Vm`] when there
+    /// is no command (`-d`).
+    VmRun(Box<RunSpec>),
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 44;
+    const COUNT: u32 = 45;
+}
+
+/// What `vm run` asks for. Paths are absolute (the client's view).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSpec {
+    /// Its `delete_on_failure` is set by the daemon from `rm`.
+    pub create: VmCreateSpec,
+    pub workspace: Option<WorkspaceSpec>,
+    /// Skip `mise install` in a repository that has a `.mise.toml`.
+    pub no_bootstrap: bool,
+    pub warm: Option<WarmSpec>,
+    /// None: leave the VM running and answer its view (`-d`).
+    pub command: Option<RunCommand>,
+    /// Delete the VM when the run ends, however it ends.
+    pub rm: bool,
+    /// Write the guest's workspace changes here before the VM goes.
+    pub export_patch: Option<String>,
+}
+
+/// `--warm CMD --warm-key FILE...`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WarmSpec {
+    pub command: String,
+    /// Files of the repository whose content is part of the key.
+    pub key_files: Vec<String>,
+}
+
+/// The command of a `vm run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunCommand {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub tty: Option<TtySize>,
+    /// The client's stdin feeds it (after [`Event::CommandStarted`]).
+    pub stdin: bool,
 }
 
 /// What [`Request::TestHook`] breaks.
@@ -210,6 +257,11 @@ pub enum Input {
     Resize {
         rows: u16,
         cols: u16,
+    },
+    /// `vm run`: the client wrote the patch of [`Event::Patch`] where it
+    /// asked (or why not).
+    PatchSaved {
+        error: Option<String>,
     },
 }
 
@@ -265,7 +317,27 @@ pub struct VmCreateSpec {
 impl Request {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> Request {
-        Request::ImageCachePrune { dry_run: true }
+        Request::VmRun(Box::new(RunSpec {
+            create: VmCreateSpec {
+                name: None,
+                image: None,
+                kernel: None,
+                vcpu: 1,
+                memory_mib: 512,
+                disk_bytes: 1 << 30,
+                nat: false,
+                vmm: VmmChoice::Qemu,
+                from: None,
+                cold: false,
+                delete_on_failure: false,
+            },
+            workspace: None,
+            no_bootstrap: false,
+            warm: None,
+            command: None,
+            rm: false,
+            export_patch: None,
+        }))
     }
 
     /// Method name for logs.
@@ -315,6 +387,7 @@ impl Request {
             Request::Dns => "dns",
             Request::SshConfig => "ssh_config",
             Request::TestHook(_) => "test_hook",
+            Request::VmRun(_) => "vm.run",
         }
     }
 }
@@ -546,6 +619,21 @@ pub enum Event {
     Log(String),
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
+    /// `vm run`: the shape of the VM it makes (a snapshot's, with `from`).
+    Spec {
+        vcpu: u32,
+        memory_mib: u32,
+        disk_bytes: u64,
+        nat: bool,
+        from: Option<String>,
+    },
+    /// `vm run`: the command runs now; the client's inputs feed it.
+    CommandStarted,
+    /// `vm run --export-patch`: a piece of the patch, for the client to
+    /// write where it asked; [`Event::PatchDone`] ends it, and the client
+    /// answers with [`Input::PatchSaved`].
+    Patch(Vec<u8>),
+    PatchDone,
 }
 
 /// What `banger daemon status` shows.
