@@ -49,7 +49,13 @@ fn ser<T: Stored, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
         .iter()
         .find(|(x, _)| x == v)
         .map(|(_, n)| *n)
-        .ok_or_else(|| serde::ser::Error::custom(format!("{} has no stored name", T::WHAT)))?;
+        .ok_or_else(|| {
+            let why = match T::VIEW_ONLY.contains(v) {
+                true => "is only shown, never stored",
+                false => "has no stored name",
+            };
+            serde::ser::Error::custom(format!("this {} {why}", T::WHAT))
+        })?;
     s.serialize_str(name)
 }
 

@@ -1,0 +1,200 @@
+//! Images: build (coalesced per name, cached by inputs), import, export,
+//! list, show, delete, promote.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{views, Ctx, Progress};
+use crate::digest::sha256_file;
+use crate::fsutil::{IoContext, IoError};
+use crate::image::{self, bundle, recipe, ImageManifest, MANIFEST, ROOTFS, WORK_SEED};
+use crate::protocol::cli::{Event, Reply};
+use crate::protocol::helper::{PrivReply, PrivRequest, RootfsSpec};
+use crate::protocol::{ErrorCode, RpcError};
+use crate::store::model::now_unix;
+use crate::store::{ImageRecord, DEFAULT_IMAGE_KEY};
+
+mod build;
+mod bundles;
+mod cache;
+mod pull;
+
+pub use build::*;
+pub use bundles::*;
+pub use cache::*;
+pub use pull::*;
+
+pub fn images_dir(ctx: &Ctx) -> PathBuf {
+    ctx.layout.state_dir.join("images")
+}
+
+fn cache_dir(ctx: &Ctx) -> PathBuf {
+    ctx.layout.cache_dir.join("images")
+}
+
+fn validate_name(name: &str) -> Result<(), RpcError> {
+    image::validate_image_name(name).map_err(RpcError::bad_request)
+}
+
+/// The default image name.
+pub fn default_image(ctx: &Ctx) -> Result<String, RpcError> {
+    Ok(ctx
+        .store
+        .setting(DEFAULT_IMAGE_KEY)?
+        .unwrap_or_else(|| recipe::DEFAULT_IMAGE.to_string()))
+}
+
+/// Looks an image up or says how to get it.
+pub fn get(ctx: &Ctx, name: &str) -> Result<ImageRecord, RpcError> {
+    ctx.store.get_image(name)?.ok_or_else(|| {
+        let hint = if recipe::find(name).is_some() {
+            format!("build it with `banger image build {name}`")
+        } else {
+            format!(
+                "see `banger image list`; buildable images: {}; or a catalog name (banger image catalog) or a reference such as docker.io/library/{name}:latest",
+                recipe::names()
+            )
+        };
+        RpcError::not_found(format!("no image named {name:?}; {hint}"))
+    })
+}
+
+fn view(ctx: &Ctx, rec: &ImageRecord) -> Result<Reply, RpcError> {
+    Ok(Reply::Image(views::image(
+        rec,
+        default_image(ctx)? == rec.name,
+    )))
+}
+
+pub fn list(ctx: &Ctx) -> Result<Reply, RpcError> {
+    let default = default_image(ctx)?;
+    let mut v = ctx.store.list_images()?;
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Reply::Images(
+        v.iter()
+            .map(|i| views::image(i, i.name == default))
+            .collect(),
+    ))
+}
+
+pub fn show(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+    validate_name(name)?;
+    view(ctx, &get(ctx, name)?)
+}
+
+/// `image delete`: refused while a VM uses the image.
+pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+    validate_name(name)?;
+    let rec = get(ctx, name)?;
+    let vms = ctx.store.list_vms()?.into_iter();
+    super::refuse_if_used(
+        &format!("image {name}"),
+        "VM(s)",
+        vms.filter(|v| v.image == name).map(|v| v.name),
+    )?;
+    ctx.store.delete_image(name)?;
+    let dir = Path::new(&rec.dir);
+    crate::fsutil::remove_all(dir).ctx("removing", dir)?;
+    Ok(Reply::Done)
+}
+
+pub fn promote(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+    validate_name(name)?;
+    let rec = get(ctx, name)?;
+    ctx.store.set_setting(DEFAULT_IMAGE_KEY, name)?;
+    Ok(Reply::Image(views::image(&rec, true)))
+}
+
+/// Present in a pulled image's directory when the image has no sshd.
+pub const NO_SSHD: &str = "no-sshd";
+
+/// Whether image `rec` is known to have no SSH server.
+pub fn lacks_sshd(rec: &ImageRecord) -> bool {
+    Path::new(&rec.dir).join(NO_SSHD).exists()
+}
+
+/// What `vm create --image X` boots: an image here, a recipe (built), a
+/// catalog entry or an OCI reference (pulled on first use, coalesced with
+/// every other create asking for it). Returns the image's name.
+pub async fn ensure_for_vm(
+    ctx: &Arc<Ctx>,
+    wanted: &str,
+    progress: &Progress,
+) -> Result<ImageRecord, RpcError> {
+    if image::validate_image_name(wanted).is_ok() {
+        if recipe::find(wanted).is_some() || ctx.store.get_image(wanted)?.is_some() {
+            return ensure(ctx, wanted, progress).await;
+        }
+        if catalog_for(ctx, wanted)?.image(wanted).is_some() {
+            progress.log(format!(
+                "image {wanted} is not here yet; pulling it from the catalog"
+            ));
+            let (tx, fwd) = progress.forwarder("");
+            let r = pull(ctx.clone(), wanted.to_string(), None, false, tx).await;
+            let _ = fwd.await;
+            r?;
+            return get(ctx, wanted);
+        }
+        if !wanted.contains(['/', ':', '@']) {
+            return get(ctx, wanted);
+        }
+    }
+    let r = image::oci::parse(wanted).map_err(|e| {
+        RpcError::bad_request(format!(
+            "--image {wanted:?} is not an image here, a catalog name or an image reference: {e}"
+        ))
+    })?;
+    let mut name = image::oci::default_name(&r);
+    // A recipe's or catalog entry's name stays theirs: the reference gets
+    // the name with a short digest of itself (the same every time).
+    if recipe::find(&name).is_some() || catalog_for(ctx, wanted)?.image(&name).is_some() {
+        let tag = &crate::digest::sha256_hex(wanted.as_bytes())[..8];
+        name = format!(
+            "{}-{tag}",
+            &name[..name.len().min(crate::names::MAX_NAME_LEN - 9)]
+        );
+    }
+    validate_name(&name)?;
+    let source_prefix = format!("oci:{wanted}@");
+    if let Some(i) = ctx.store.get_image(&name)? {
+        if i.source.starts_with(&source_prefix) {
+            return Ok(i);
+        }
+        return Err(RpcError::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "--image {wanted} would be stored as {name:?}, which holds another image ({}); pull it under another name: banger image pull {wanted} --name <name>",
+                i.source
+            ),
+        ));
+    }
+    progress.log(format!(
+        "image {wanted} is not here yet; pulling it as {name}"
+    ));
+    let (tx, fwd) = progress.forwarder("");
+    let r = pull(
+        ctx.clone(),
+        wanted.to_string(),
+        Some(name.clone()),
+        false,
+        tx,
+    )
+    .await;
+    let _ = fwd.await;
+    r?;
+    // Pulls of one name share a job: make sure it was this reference's.
+    let i = get(ctx, &name)?;
+    if !i.source.starts_with(&source_prefix) {
+        return Err(RpcError::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "another reference was pulled as {name:?} at the same time ({}); pull {wanted} under a name of its own: banger image pull {wanted} --name <name>",
+                i.source
+            ),
+        ));
+    }
+    Ok(i)
+}

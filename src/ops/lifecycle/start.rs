@@ -1,0 +1,399 @@
+//! Boot: network → disks → vmm → agent → boot (the readiness point).
+
+use super::*;
+
+/// Boots a VM (created or stopped). On failure everything acquired is
+/// released and the VM is left in state `error` with the reason.
+pub async fn start(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    mut rec: VmRecord,
+    stages: &mut Stages,
+) -> (VmRecord, Result<(), RpcError>) {
+    if vmm_alive(&rec) {
+        if rec.state == VmState::Running {
+            return (rec, Ok(()));
+        }
+        // A VMM left by an interrupted start or stop: never two VMMs on
+        // one disk.
+        tracing::warn!(vm = %rec.name, state = %rec.state, "a VMM is still alive; killing it before starting");
+        if let Err(e) = kill_vmm(ctx, &rec).await {
+            return (rec, Err(e));
+        }
+        release(ctx, vm, &mut rec).await;
+    }
+    let mut booted = boot(ctx, vm, &mut rec, stages).await;
+    if let Err(e) = &booted {
+        if e.code == crate::protocol::ErrorCode::Busy {
+            // bangerd-root died under the boot and is back: what the first
+            // attempt launched or took goes, then one more try.
+            tracing::warn!(vm = %rec.name, "{}; booting once more", e.message);
+            if kill_vmm(ctx, &rec).await.is_ok() {
+                release(ctx, vm, &mut rec).await;
+                booted = boot(ctx, vm, &mut rec, stages).await;
+            }
+        }
+    }
+    match booted {
+        Ok(()) => (rec, Ok(())),
+        Err(e) => {
+            tracing::warn!(vm = %rec.name, "start failed: {}", e.message);
+            fail_and_release(ctx, vm, &mut rec, &e).await;
+            let hint = format!("{} (see `banger vm logs {}`)", e.message, rec.name);
+            (rec, Err(RpcError { message: hint, ..e }))
+        }
+    }
+}
+
+/// Leaves a VM whose boot failed in `error`, its VMM killed and what it
+/// held released; a VMM that outlives the kill (the helper is down) keeps
+/// its pid and resources on the record until its exit is seen.
+pub(super) async fn fail_and_release(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+    e: &RpcError,
+) {
+    rec.state = VmState::Error;
+    rec.last_error = Some(e.message.clone());
+    match kill_vmm(ctx, rec).await {
+        Ok(()) => release(ctx, vm, rec).await,
+        Err(k) => rec.last_error = Some(format!("{}; {}", e.message, k.message)),
+    }
+    let _ = persist(ctx, vm, rec);
+}
+
+/// Launches the VMM for `b` and waits until the driver says it is booting;
+/// returns its pid and the VM's fresh agent session.
+pub(super) async fn launch(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+    b: &BootSpec,
+    driver: &dyn Vmm,
+) -> Result<(u32, AgentSession), RpcError> {
+    let paths = &b.paths;
+    for s in [
+        paths.qmp_socket(),
+        paths.api_socket(),
+        paths.vsock_socket(),
+        paths.agent_socket(),
+    ] {
+        let _ = std::fs::remove_file(s);
+    }
+    let _ = std::fs::write(paths.serial_log(), b"");
+    let _ = std::fs::write(paths.vmm_log(), b"");
+    vm.stop_agent().await;
+    let pid = match ctx
+        .helper
+        .call(PrivRequest::LaunchVmm(driver.launch_spec(b)))
+        .await?
+    {
+        PrivReply::Launched { pid } => pid,
+        other => {
+            return Err(RpcError::failed(format!(
+                "unexpected helper reply {other:?}"
+            )))
+        }
+    };
+    rec.vmm_pid = Some(pid);
+    rec.started_at_unix = Some(now_unix());
+    persist(ctx, vm, rec)?;
+    vm.watch_vmm(pid);
+    // The exit is checked first: a VMM that is gone says why in its log.
+    tokio::select! {
+        biased;
+        _ = crate::host::process::wait_exit_forever(pid) => {
+            return Err(RpcError::failed(format!(
+                "{} exited at once:\n{}",
+                rec.vmm.as_str(),
+                log_tail(&paths.vmm_log(), 5)
+            )));
+        }
+        r = driver.boot(b) => r.map_err(|e| RpcError::failed(format!("{} did not boot: {e}", rec.vmm.as_str())))?,
+    }
+    let agent = vm.start_agent(channel_of(rec.vmm, paths)).await?;
+    Ok((pid, agent))
+}
+
+/// Resolves once `log` has not grown for `stall` (checked each second).
+pub(super) async fn console_stalls(log: &Path, stall: Duration) {
+    let size = || std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    let tick = stall.min(Duration::from_secs(1));
+    let (mut last, mut since) = (size(), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = size();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= stall {
+            return;
+        }
+    }
+}
+
+/// The kernel and image files a boot needs, checked before anything runs
+/// so a missing file is named rather than discovered by the VMM.
+pub(super) fn boot_files(
+    ctx: &Ctx,
+    rec: &VmRecord,
+) -> Result<(PathBuf, Option<PathBuf>, PathBuf, PathBuf), RpcError> {
+    let image = crate::ops::images::get(ctx, &rec.image)?;
+    let kernel = crate::ops::kernels::get(ctx, &rec.kernel)?;
+    let kdir = PathBuf::from(&kernel.dir);
+    let vmlinux = kdir.join("vmlinux");
+    let initrd = kernel.has_initrd.then(|| kdir.join("initrd.img"));
+    let idir = PathBuf::from(&image.dir);
+    let (rootfs, seed) = (
+        idir.join(crate::image::ROOTFS),
+        idir.join(crate::image::WORK_SEED),
+    );
+    let missing = |what: &str, p: &Path, fix: String| {
+        RpcError::not_found(format!("{what} {} is missing; {fix}", p.display()))
+    };
+    for p in std::iter::once(&vmlinux).chain(initrd.as_ref()) {
+        if !p.is_file() {
+            return Err(missing(
+                &format!("the file of kernel {}", kernel.name),
+                p,
+                format!(
+                    "get the kernel again: banger kernel delete {0} && banger kernel pull debian-cloud --name {0}",
+                    kernel.name
+                ),
+            ));
+        }
+    }
+    for p in [&rootfs, &seed] {
+        if !p.is_file() {
+            return Err(missing(
+                &format!("the file of image {}", image.name),
+                p,
+                format!("rebuild it: banger image build {} --rebuild", image.name),
+            ));
+        }
+    }
+    Ok((vmlinux, initrd, rootfs, seed))
+}
+
+pub(super) async fn boot(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+    stages: &mut Stages,
+) -> Result<(), RpcError> {
+    let paths = ctx.layout.vm(&rec.id);
+    let net = ctx.config.network.clone();
+    rec.state = VmState::Starting;
+    rec.last_error = None;
+    persist(ctx, vm, rec)?;
+
+    stages.begin("network", "tap and bridge").await;
+    let ip: Ipv4Addr = rec
+        .ip
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| RpcError::failed("the VM has no address"))?;
+    let mac = rec
+        .mac
+        .clone()
+        .ok_or_else(|| RpcError::failed("the VM has no MAC address"))?;
+    // The guest may send only as itself on the bridge. A leased tap that
+    // vanished while it waited warm (deleted by hand or by another
+    // program) is replaced: every warm one may be gone, the one made after
+    // them is fresh.
+    let mut tries = 0;
+    let tap = loop {
+        let tap = ctx.taps.lease().await?;
+        rec.tap = Some(tap.clone());
+        persist(ctx, vm, rec)?;
+        let guard = PrivRequest::GuardTap {
+            name: tap.clone(),
+            ip,
+            mac: mac.clone(),
+        };
+        match ctx.helper.call(guard).await {
+            Ok(_) => break tap,
+            Err(e) if e.code == ErrorCode::NotFound && tries <= crate::ops::net::WARM_TAPS => {
+                tracing::warn!(vm = %rec.name, %tap, "the leased tap is gone; taking another");
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if rec.nat {
+        ctx.helper
+            .call(PrivRequest::EnableNat {
+                vm_id: rec.id.clone(),
+                ip,
+                bridge: net.bridge.clone(),
+            })
+            .await?;
+    }
+    stages
+        .end(format!(
+            "{tap} on {} ({ip}{})",
+            net.bridge,
+            if rec.nat { ", NAT" } else { "" }
+        ))
+        .await;
+
+    stages.begin("disks", "root and work disks").await;
+    let (vmlinux, initrd, rootfs, seed) = boot_files(ctx, rec)?;
+    // Made --from a snapshot and not yet restored: its memory is loaded
+    // instead of a boot, over fresh disks at the snapshot's instant.
+    let restore = match (rec.restore_pending, &rec.snapshot) {
+        (true, Some(id)) => {
+            let snap = crate::ops::snapshots::by_id(ctx, id)?;
+            crate::ops::snapshots::check_restorable(ctx, &snap)?;
+            Some(snap)
+        }
+        _ => None,
+    };
+    let how = if let Some(snap) = &restore {
+        let (s, p) = (snap.clone(), paths.clone());
+        tokio::task::spawn_blocking(move || crate::ops::snapshots::clone_disks(&s, &p))
+            .await
+            .map_err(|e| RpcError::failed(e.to_string()))?
+            .map_err(RpcError::failed)?;
+        format!("root: overlay on snapshot {}, work: copy", snap.name)
+    } else if disks::exist(&paths, rec.vmm) {
+        "reused".to_string()
+    } else {
+        let (p, kind, size) = (paths.clone(), rec.vmm, rec.disk_bytes);
+        tokio::task::spawn_blocking(move || -> Result<String, disks::DiskError> {
+            let how = disks::prepare_root(&rootfs, &p, kind)?;
+            disks::prepare_work(&seed, &p, size)?;
+            Ok(format!(
+                "root: {how}, work: {}",
+                crate::size::format_size(size)
+            ))
+        })
+        .await??
+    };
+    stages.end(how).await;
+
+    stages.begin("vmm", rec.vmm.as_str()).await;
+    std::fs::create_dir_all(&paths.run)
+        .map_err(|e| crate::fsutil::IoError::new("creating", &paths.run, e))?;
+    let pubkey = SshFiles::of(&ctx.layout)
+        .ensure_key()
+        .map_err(RpcError::failed)?;
+    let kvm = crate::host::cpu::hardware_kvm();
+    let params = banger_agent::cmdline::GuestParams {
+        name: Some(rec.name.clone()),
+        ip: Some((ip, net.prefix_len)),
+        gw: Some(net.bridge_ip),
+        dns: crate::ops::net::guest_dns(&net, rec.nat),
+        ssh_key: Some(pubkey),
+    };
+    let b = BootSpec {
+        vm_id: rec.id.clone(),
+        paths: paths.clone(),
+        vcpu: rec.vcpu,
+        memory_mib: rec.memory_mib,
+        kernel: vmlinux,
+        initrd,
+        // A restore passes the command line the saved guest booted with.
+        cmdline: match &restore {
+            Some(snap) => snap.cmdline.clone(),
+            None => vmm::qemu::kernel_cmdline(kvm, &params),
+        },
+        disks: vec![
+            disks::root_disk(&paths, rec.vmm),
+            (paths.work_disk(), vmm::DiskFormat::Raw),
+        ],
+        tap: Some(tap),
+        mac: rec.mac.clone(),
+        kvm,
+        binary: match rec.vmm {
+            crate::domain::VmmKind::Qemu => ctx.config.qemu_binary.clone(),
+            crate::domain::VmmKind::Firecracker => ctx.config.firecracker_binary.clone(),
+        },
+        incoming: restore.is_some(),
+    };
+    let driver = ctx.drivers.driver(rec.vmm);
+    let (mut pid, mut agent) = launch(ctx, vm, rec, &b, &*driver).await?;
+    stages
+        .end(format!(
+            "{} pid {pid}, {} vcpu, {} MiB{}",
+            rec.vmm.as_str(),
+            rec.vcpu,
+            rec.memory_mib,
+            if kvm { "" } else { " (TCG)" }
+        ))
+        .await;
+
+    if let Some(snap) = &restore {
+        return restore_guest(ctx, vm, rec, snap, pid, &agent, stages).await;
+    }
+
+    stages.begin("agent", "waiting for banger-agent").await;
+    let boot_deadline = ctx.timeouts.boot;
+    let deadline = tokio::time::Instant::now() + boot_deadline;
+    // A TCG guest on an overloaded host has been seen to hang for good in
+    // early boot (the console stops, the agent never starts); one fresh VMM
+    // gets it going. A guest that is slow but printing is left alone.
+    let mut relaunch = true;
+    let serial_log = paths.serial_log();
+    let (health, r) = loop {
+        let health = loop {
+            tokio::select! {
+                h = async {
+                    agent.wait_up(deadline - tokio::time::Instant::now()).await?;
+                    agent.health(Duration::from_secs(30)).await
+                } => break h.map_err(|e| RpcError::failed(format!(
+                    "the guest agent did not answer within {boot_deadline:?}: {e}; the serial console ended with:\n{}",
+                    log_tail(&paths.serial_log(), 15)
+                )))?,
+                _ = crate::host::process::wait_exit_forever(pid) => {
+                    return Err(RpcError::failed(format!(
+                        "the {} process exited during boot; the serial console ended with:\n{}",
+                        rec.vmm.as_str(),
+                        log_tail(&paths.serial_log(), 15)
+                    )));
+                }
+                _ = console_stalls(&serial_log, ctx.timeouts.boot_stall), if relaunch => {
+                    relaunch = false;
+                    tracing::warn!(vm = %rec.name, stall = ?ctx.timeouts.boot_stall, "the guest looks hung in boot (no agent, a silent console); relaunching its VMM once; the console ended with:\n{}", log_tail(&paths.serial_log(), 5));
+                    kill_vmm(ctx, rec).await?;
+                    (pid, agent) = launch(ctx, vm, rec, &b, &*driver).await?;
+                }
+            }
+        };
+        check_protocol(rec, &health)?;
+        stages
+            .end(format!(
+                "guest up {:.1}s, boot {}, init {}",
+                health.uptime_s,
+                sanitize_token(&health.boot_id, 64),
+                sanitize_token(&health.init, 32)
+            ))
+            .await;
+        stages
+            .begin("boot", "waiting for the guest's boot to reach banger-ready")
+            .await;
+        match wait_ready(ctx, rec, &agent, pid, deadline).await {
+            Ok(r) => break (health, r),
+            // Nothing has run in it yet: a guest stuck mid-boot (seen under an
+            // overloaded TCG host) gets one fresh VMM, like one hung before
+            // its agent started.
+            Err(ReadyError::Stuck(e)) if relaunch => {
+                relaunch = false;
+                tracing::warn!(vm = %rec.name, "the guest stopped answering mid-boot; relaunching its VMM once: {}", e.message);
+                stages
+                    .end("the guest stopped answering mid-boot; a fresh VMM")
+                    .await;
+                kill_vmm(ctx, rec).await?;
+                (pid, agent) = launch(ctx, vm, rec, &b, &*driver).await?;
+                stages
+                    .begin("agent", "waiting for banger-agent (relaunched)")
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    accept_guest(ctx, vm, rec, health)?;
+    stages.end(ready_detail(&r)).await;
+    stages.ready().await;
+    Ok(())
+}
