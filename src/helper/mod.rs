@@ -351,6 +351,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
         _inputs: crate::protocol::conn::Inputs,
     ) -> Result<PrivReply, RpcError> {
         let method = call.request.method();
+        let started = std::time::Instant::now();
         let res = match call.request {
             PrivRequest::Ping => Ok(PrivReply::Pong {
                 pid: std::process::id(),
@@ -417,7 +418,12 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             }
         };
         match &res {
-            Ok(_) => tracing::info!(op_id = %call.op_id, method, "done"),
+            Ok(_) => tracing::info!(
+                op_id = %call.op_id,
+                method,
+                took_ms = started.elapsed().as_millis() as u64,
+                "done"
+            ),
             Err(e) => {
                 tracing::warn!(op_id = %call.op_id, method, "refused or failed: {}", e.message)
             }
