@@ -54,17 +54,28 @@ pub const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 /// Runs a tool with arguments (no shell, bounded in time and output),
 /// returning stdout or a [`HostError::Command`] carrying stderr.
 pub fn run_tool(tool: &str, package: &str, args: &[&str]) -> Result<String, HostError> {
+    run_tool_with(tool, package, args, None)
+}
+
+/// [`run_tool`] with `input` on its stdin.
+pub fn run_tool_with(
+    tool: &str,
+    package: &str,
+    args: &[&str],
+    input: Option<Vec<u8>>,
+) -> Result<String, HostError> {
     let path = system_tool(tool).ok_or_else(|| HostError::MissingTool {
         tool: tool.into(),
         package: package.into(),
     })?;
     let command = || format!("{tool} {}", args.join(" "));
-    let out = process::run_bounded(
+    let out = process::run_bounded_with(
         std::process::Command::new(&path)
             .args(args)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LC_ALL", "C"),
+        input,
         TOOL_TIMEOUT,
         16 << 20,
     )

@@ -406,12 +406,32 @@ pub fn die_with_parent(cmd: &mut Command) {
 /// deadline. The child dies with us ([`die_with_parent`]). Readers run on
 /// their own threads, so a grandchild holding a pipe cannot wedge the call.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration, cap: usize) -> Result<Ran, RunError> {
+    run_bounded_with(cmd, None, timeout, cap)
+}
+
+/// [`run_bounded`] with `input` written to its stdin (on a thread: a
+/// child that does not read cannot wedge the call; the deadline holds).
+pub fn run_bounded_with(
+    cmd: &mut Command,
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+    cap: usize,
+) -> Result<Ran, RunError> {
     die_with_parent(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(match input {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&data);
+        });
+    }
     let pump = |mut r: Box<dyn Read + Send>, keep_tail: bool| {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::spawn(move || {
