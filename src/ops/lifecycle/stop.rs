@@ -148,15 +148,23 @@ pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result
         persist(ctx, vm, &rec)?;
         return Err(e);
     }
-    release(ctx, vm, &mut rec).await;
-    let paths = ctx.layout.vm(&rec.id);
-    for d in [&paths.state, &paths.run] {
-        crate::fsutil::remove_all(d).map_err(|e| crate::fsutil::IoError::new("removing", d, e))?;
-    }
-    if let Some(ip) = &rec.ip {
-        let _ = SshFiles::of(&ctx.layout).unpin(&rec.name, ip);
-    }
-    ctx.store.delete_vm(&rec.id)?;
+    // The tap, NAT rules and agent go while the files and the record do
+    // (a crash in between leaves an orphan tap, which the next start
+    // deletes); the delete returns when both are done.
+    let (id, name, ip) = (rec.id.clone(), rec.name.clone(), rec.ip.clone());
+    let files = async {
+        let paths = ctx.layout.vm(&id);
+        for d in [&paths.state, &paths.run] {
+            crate::fsutil::remove_all(d)
+                .map_err(|e| crate::fsutil::IoError::new("removing", d, e))?;
+        }
+        if let Some(ip) = &ip {
+            let _ = SshFiles::of(&ctx.layout).unpin(&name, ip);
+        }
+        ctx.store.delete_vm(&id).map_err(RpcError::from)
+    };
+    let (_, removed) = tokio::join!(release(ctx, vm, &mut rec), files);
+    removed?;
     refresh_ssh_config(ctx);
     Ok(())
 }
