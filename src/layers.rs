@@ -187,3 +187,59 @@ fn a_circle_is_found_when_there_is_one() {
     g.entry("d".into()).or_default().insert("a".into());
     assert_eq!(circles(&g), vec![vec!["a", "b", "c"]]);
 }
+
+/// Every source file is named in docs/ARCHITECTURE.md's code map, in the
+/// section of its directory (a directory module by `name/`).
+#[test]
+fn the_code_map_names_every_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let map = &map[map.find("## Code map").expect("a code map")..];
+    // Section header → its text.
+    let sections: Vec<(&str, &str)> = map
+        .split("\n### ")
+        .skip(1)
+        .map(|s| s.split_once('\n').unwrap_or((s, "")))
+        .collect();
+    let mut missing = Vec::new();
+    for base in ["src", "agent/src", "smoke/src"] {
+        for f in rs_files(&root.join(base)) {
+            let rel = f.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            let parent = f.parent().unwrap();
+            if name == "tests.rs" || name == "testing.rs" {
+                continue;
+            }
+            // The section: the deepest header naming an ancestor directory
+            // (or the file itself, for top-level files).
+            let top = rel
+                .split('/')
+                .take(if base == "src" { 2 } else { 1 })
+                .collect::<Vec<_>>()
+                .join("/");
+            let key = if rel.matches('/').count() == 1 && base == "src" {
+                format!("`{rel}`")
+            } else if base == "src" {
+                format!("`{top}/`")
+            } else {
+                format!("`{}/`", base.split('/').next().unwrap())
+            };
+            let text = match sections.iter().find(|(h, _)| h.contains(&key)) {
+                Some((h, t)) => format!("{h}\n{t}"),
+                None => {
+                    missing.push(format!("{rel}: no section {key}"));
+                    continue;
+                }
+            };
+            let wanted = if name == "mod.rs" {
+                format!("{}/", parent.file_name().unwrap().to_string_lossy())
+            } else {
+                name.clone()
+            };
+            if !text.contains(&wanted) {
+                missing.push(format!("{rel}: {wanted} not named under {key}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
+}
