@@ -317,30 +317,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             name,
             snapshot,
             stop,
-        } => {
-            check_name(&name)?;
-            match call(
-                ctx,
-                Request::VmSnapshot {
-                    name,
-                    snapshot,
-                    stop,
-                    auto: false,
-                    scope: None,
-                },
-            )
-            .await?
-            {
-                Reply::Snapshot(v) => out(&format!(
-                    "snapshot {} of {} ({})\n",
-                    v.name,
-                    v.source_vm,
-                    format_size(v.size_bytes)
-                ))?,
-                other => return Err(client::unexpected(other)),
-            }
-            Ok(0)
-        }
+        } => snapshot_cmd(ctx, name, snapshot, stop).await,
         VmCommand::Kill { name, signal } => {
             simple(
                 ctx,
@@ -363,42 +340,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             )
             .await
         }
-        VmCommand::Prune { force } => {
-            if !force {
-                let vms = match call(ctx, Request::VmList).await? {
-                    Reply::Vms(v) => v,
-                    other => return Err(client::unexpected(other)),
-                };
-                let doomed: Vec<VmView> = vms.into_iter().filter(|v| v.state.prunable()).collect();
-                if doomed.is_empty() {
-                    out("nothing to prune: every VM is running\n")?;
-                    return Ok(0);
-                }
-                out(&vm_table(&doomed))?;
-                if !std::io::stdin().is_terminal() {
-                    return Err(CliError::usage(
-                        "confirmation needed",
-                        "these VMs would be deleted; run again with -f to confirm",
-                    ));
-                }
-                eprint!(
-                    "Delete these {} VM(s) and their disks? [y/N] ",
-                    doomed.len()
-                );
-                let mut line = String::new();
-                let _ = std::io::stdin().read_line(&mut line);
-                if !matches!(line.trim(), "y" | "Y" | "yes") {
-                    out("nothing deleted\n")?;
-                    return Ok(0);
-                }
-            }
-            match call(ctx, Request::VmPrune).await? {
-                Reply::Pruned(names) if names.is_empty() => out("nothing to prune\n")?,
-                Reply::Pruned(names) => out(&format!("deleted {}\n", names.join(" ")))?,
-                other => return Err(client::unexpected(other)),
-            }
-            Ok(0)
-        }
+        VmCommand::Prune { force } => prune(ctx, force).await,
         VmCommand::List(a) => list(ctx, a.json).await,
         VmCommand::Show { name, json } => {
             check_name(&name)?;
@@ -472,36 +414,120 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             check_name(&name)?;
             super::services::health(ctx, name, json).await
         }
-        VmCommand::Ping { name, count } => {
+        VmCommand::Ping { name, count } => ping(ctx, name, count).await,
+        VmCommand::Workspace(w) => workspace(ctx, w).await,
+        VmCommand::Ssh { name, command } => {
             check_name(&name)?;
-            let mut c = client::connect(&ctx.layout, true).await?;
-            for _ in 0..count.max(1) {
-                let t = std::time::Instant::now();
-                match client::request(
-                    &mut c,
-                    &ctx.layout,
-                    Request::VmPing { name: name.clone() },
-                    |_| {},
-                )
-                .await?
-                {
-                    Reply::Ping { rtt_us } => out(&format!(
-                        "{name}: agent round trip {:.3} ms (request {:.3} ms)\n",
-                        rtt_us as f64 / 1000.0,
-                        t.elapsed().as_secs_f64() * 1000.0
-                    ))?,
-                    other => return Err(client::unexpected(other)),
-                }
-            }
-            Ok(0)
+            let code = system_ssh(ctx, &name, &command).await?;
+            Ok(code.clamp(0, 255) as u8)
         }
-        VmCommand::Workspace(WorkspaceCommand::Prepare {
+    }
+}
+
+/// `vm snapshot`.
+async fn snapshot_cmd(
+    ctx: &Ctx,
+    name: String,
+    snapshot: Option<String>,
+    stop: bool,
+) -> Result<u8, CliError> {
+    check_name(&name)?;
+    match call(
+        ctx,
+        Request::VmSnapshot {
+            name,
+            snapshot,
+            stop,
+            auto: false,
+            scope: None,
+        },
+    )
+    .await?
+    {
+        Reply::Snapshot(v) => out(&format!(
+            "snapshot {} of {} ({})\n",
+            v.name,
+            v.source_vm,
+            format_size(v.size_bytes)
+        ))?,
+        other => return Err(client::unexpected(other)),
+    }
+    Ok(0)
+}
+
+/// `vm prune [-f]`: lists what would go and asks, unless forced.
+async fn prune(ctx: &Ctx, force: bool) -> Result<u8, CliError> {
+    if !force {
+        let vms = match call(ctx, Request::VmList).await? {
+            Reply::Vms(v) => v,
+            other => return Err(client::unexpected(other)),
+        };
+        let doomed: Vec<VmView> = vms.into_iter().filter(|v| v.state.prunable()).collect();
+        if doomed.is_empty() {
+            out("nothing to prune: every VM is running\n")?;
+            return Ok(0);
+        }
+        out(&vm_table(&doomed))?;
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                "confirmation needed",
+                "these VMs would be deleted; run again with -f to confirm",
+            ));
+        }
+        eprint!(
+            "Delete these {} VM(s) and their disks? [y/N] ",
+            doomed.len()
+        );
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            out("nothing deleted\n")?;
+            return Ok(0);
+        }
+    }
+    match call(ctx, Request::VmPrune).await? {
+        Reply::Pruned(names) if names.is_empty() => out("nothing to prune\n")?,
+        Reply::Pruned(names) => out(&format!("deleted {}\n", names.join(" ")))?,
+        other => return Err(client::unexpected(other)),
+    }
+    Ok(0)
+}
+
+/// `vm ping`: agent round trips.
+async fn ping(ctx: &Ctx, name: String, count: u32) -> Result<u8, CliError> {
+    check_name(&name)?;
+    let mut c = client::connect(&ctx.layout, true).await?;
+    for _ in 0..count.max(1) {
+        let t = std::time::Instant::now();
+        match client::request(
+            &mut c,
+            &ctx.layout,
+            Request::VmPing { name: name.clone() },
+            |_| {},
+        )
+        .await?
+        {
+            Reply::Ping { rtt_us } => out(&format!(
+                "{name}: agent round trip {:.3} ms (request {:.3} ms)\n",
+                rtt_us as f64 / 1000.0,
+                t.elapsed().as_secs_f64() * 1000.0
+            ))?,
+            other => return Err(client::unexpected(other)),
+        }
+    }
+    Ok(0)
+}
+
+/// `vm workspace prepare|export`.
+async fn workspace(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<u8, CliError> {
+    match cmd {
+        WorkspaceCommand::Prepare {
             name,
             path,
             ws,
             from,
             branch,
-        }) => {
+        } => {
             check_name(&name)?;
             let spec = super::run::ws_spec(&path, &ws, from.zip(branch))?;
             if ws.dry_run {
@@ -519,11 +545,11 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             ))?;
             Ok(0)
         }
-        VmCommand::Workspace(WorkspaceCommand::Export {
+        WorkspaceCommand::Export {
             name,
             base_commit,
             output,
-        }) => {
+        } => {
             check_name(&name)?;
             let mut c = client::connect(&ctx.layout, true).await?;
             let mut sink: Box<dyn std::io::Write> = match &output {
@@ -551,11 +577,6 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
                 Reply::Done => Ok(0),
                 other => Err(client::unexpected(other)),
             }
-        }
-        VmCommand::Ssh { name, command } => {
-            check_name(&name)?;
-            let code = system_ssh(ctx, &name, &command).await?;
-            Ok(code.clamp(0, 255) as u8)
         }
     }
 }
