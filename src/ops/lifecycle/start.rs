@@ -182,12 +182,59 @@ pub(super) async fn boot(
     stages: &mut Stages,
 ) -> Result<(), RpcError> {
     let paths = ctx.layout.vm(&rec.id);
-    let net = ctx.config.network.clone();
     rec.state = VmState::Starting;
     rec.last_error = None;
     persist(ctx, vm, rec)?;
 
     stages.begin("network", "tap and bridge").await;
+    let (tap, ip) = network(ctx, vm, rec).await?;
+    let bridge = &ctx.config.network.bridge;
+    let nat = if rec.nat { ", NAT" } else { "" };
+    stages.end(format!("{tap} on {bridge} ({ip}{nat})")).await;
+
+    stages.begin("disks", "root and work disks").await;
+    let (files, restore, how) = disks_stage(ctx, rec, &paths).await?;
+    stages.end(how).await;
+
+    stages.begin("vmm", rec.vmm.as_str()).await;
+    let b = boot_spec(ctx, rec, &paths, files, tap, ip, restore.as_ref())?;
+    let driver = ctx.drivers.driver(rec.vmm);
+    let (pid, agent) = launch(ctx, vm, rec, &b, &*driver).await?;
+    stages
+        .end(format!(
+            "{} pid {pid}, {} vcpu, {} MiB{}",
+            rec.vmm.as_str(),
+            rec.vcpu,
+            rec.memory_mib,
+            if b.kvm { "" } else { " (TCG)" }
+        ))
+        .await;
+
+    if let Some(snap) = &restore {
+        return restore_guest(ctx, vm, rec, snap, pid, &agent, stages).await;
+    }
+    let launched = Launched {
+        spec: &b,
+        driver: &*driver,
+        pid,
+        agent,
+    };
+    let (health, r) = agent_and_ready(ctx, vm, rec, launched, stages).await?;
+    accept_guest(ctx, vm, rec, health)?;
+    stages.end(ready_detail(&r)).await;
+    stages.ready().await;
+    Ok(())
+}
+
+/// The `network` stage: a tap bound to the guest's addresses (and NAT when
+/// asked). A leased tap that vanished while it waited warm (deleted by
+/// hand or by another program) is replaced: every warm one may be gone,
+/// the one made after them is fresh.
+async fn network(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+) -> Result<(String, Ipv4Addr), RpcError> {
     let ip: Ipv4Addr = rec
         .ip
         .as_deref()
@@ -197,10 +244,6 @@ pub(super) async fn boot(
         .mac
         .clone()
         .ok_or_else(|| RpcError::failed("the VM has no MAC address"))?;
-    // The guest may send only as itself on the bridge. A leased tap that
-    // vanished while it waited warm (deleted by hand or by another
-    // program) is replaced: every warm one may be gone, the one made after
-    // them is fresh.
     let mut tries = 0;
     let tap = loop {
         let tap = ctx.taps.lease().await?;
@@ -225,22 +268,29 @@ pub(super) async fn boot(
             .call(PrivRequest::EnableNat {
                 vm_id: rec.id.clone(),
                 ip,
-                bridge: net.bridge.clone(),
+                bridge: ctx.config.network.bridge.clone(),
             })
             .await?;
     }
-    stages
-        .end(format!(
-            "{tap} on {} ({ip}{})",
-            net.bridge,
-            if rec.nat { ", NAT" } else { "" }
-        ))
-        .await;
+    Ok((tap, ip))
+}
 
-    stages.begin("disks", "root and work disks").await;
+/// The kernel and initrd a VM boots.
+pub(super) struct BootFiles {
+    vmlinux: PathBuf,
+    initrd: Option<PathBuf>,
+}
+
+/// The `disks` stage: fresh clone disks for a VM made `--from` a snapshot
+/// and not yet restored (its memory is loaded instead of a boot), the VM's
+/// own disks when it has them, else new ones from the image. Answers the
+/// boot files, the snapshot to restore, and what was done.
+async fn disks_stage(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    paths: &crate::paths::VmPaths,
+) -> Result<(BootFiles, Option<crate::store::SnapshotRecord>, String), RpcError> {
     let (vmlinux, initrd, rootfs, seed) = boot_files(ctx, rec)?;
-    // Made --from a snapshot and not yet restored: its memory is loaded
-    // instead of a boot, over fresh disks at the snapshot's instant.
     let restore = match (rec.restore_pending, &rec.snapshot) {
         (true, Some(id)) => {
             let snap = crate::ops::snapshots::by_id(ctx, id)?;
@@ -256,7 +306,7 @@ pub(super) async fn boot(
             .map_err(|e| RpcError::failed(e.to_string()))?
             .map_err(RpcError::failed)?;
         format!("root: overlay on snapshot {}, work: copy", snap.name)
-    } else if disks::exist(&paths, rec.vmm) {
+    } else if disks::exist(paths, rec.vmm) {
         "reused".to_string()
     } else {
         let (p, kind, size) = (paths.clone(), rec.vmm, rec.disk_bytes);
@@ -270,9 +320,21 @@ pub(super) async fn boot(
         })
         .await??
     };
-    stages.end(how).await;
+    Ok((BootFiles { vmlinux, initrd }, restore, how))
+}
 
-    stages.begin("vmm", rec.vmm.as_str()).await;
+/// What the VMM is started with. A restore passes the command line the
+/// saved guest booted with.
+fn boot_spec(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    paths: &crate::paths::VmPaths,
+    files: BootFiles,
+    tap: String,
+    ip: Ipv4Addr,
+    restore: Option<&crate::store::SnapshotRecord>,
+) -> Result<BootSpec, RpcError> {
+    let net = &ctx.config.network;
     std::fs::create_dir_all(&paths.run)
         .map_err(|e| crate::fsutil::IoError::new("creating", &paths.run, e))?;
     let pubkey = SshFiles::of(&ctx.layout)
@@ -283,23 +345,22 @@ pub(super) async fn boot(
         name: Some(rec.name.clone()),
         ip: Some((ip, net.prefix_len)),
         gw: Some(net.bridge_ip),
-        dns: crate::ops::net::guest_dns(&net, rec.nat),
+        dns: crate::ops::net::guest_dns(net, rec.nat),
         ssh_key: Some(pubkey),
     };
-    let b = BootSpec {
+    Ok(BootSpec {
         vm_id: rec.id.clone(),
         paths: paths.clone(),
         vcpu: rec.vcpu,
         memory_mib: rec.memory_mib,
-        kernel: vmlinux,
-        initrd,
-        // A restore passes the command line the saved guest booted with.
-        cmdline: match &restore {
+        kernel: files.vmlinux,
+        initrd: files.initrd,
+        cmdline: match restore {
             Some(snap) => snap.cmdline.clone(),
             None => vmm::qemu::kernel_cmdline(kvm, &params),
         },
         disks: vec![
-            disks::root_disk(&paths, rec.vmm),
+            disks::root_disk(paths, rec.vmm),
             (paths.work_disk(), vmm::DiskFormat::Raw),
         ],
         tap: Some(tap),
@@ -310,32 +371,42 @@ pub(super) async fn boot(
             crate::domain::VmmKind::Firecracker => ctx.config.firecracker_binary.clone(),
         },
         incoming: restore.is_some(),
-    };
-    let driver = ctx.drivers.driver(rec.vmm);
-    let (mut pid, mut agent) = launch(ctx, vm, rec, &b, &*driver).await?;
-    stages
-        .end(format!(
-            "{} pid {pid}, {} vcpu, {} MiB{}",
-            rec.vmm.as_str(),
-            rec.vcpu,
-            rec.memory_mib,
-            if kvm { "" } else { " (TCG)" }
-        ))
-        .await;
+    })
+}
 
-    if let Some(snap) = &restore {
-        return restore_guest(ctx, vm, rec, snap, pid, &agent, stages).await;
-    }
+/// A VMM just launched, and how to launch it again.
+struct Launched<'a> {
+    spec: &'a BootSpec,
+    driver: &'a dyn Vmm,
+    pid: u32,
+    agent: AgentSession,
+}
 
+/// The `agent` and `boot` stages: the agent answers, then the guest's boot
+/// reaches the readiness point. A TCG guest on an overloaded host has been
+/// seen to hang for good in early boot (the console stops, the agent never
+/// starts) or mid-boot (the agent stops answering): one fresh VMM gets it
+/// going. A guest that is slow but printing is left alone.
+async fn agent_and_ready(
+    ctx: &Ctx,
+    vm: &dyn VmChildren,
+    rec: &mut VmRecord,
+    l: Launched<'_>,
+    stages: &mut Stages,
+) -> Result<(banger_agent::api::Healthz, banger_agent::api::Readiness), RpcError> {
+    let Launched {
+        spec: b,
+        driver,
+        mut pid,
+        mut agent,
+    } = l;
+    let paths = ctx.layout.vm(&rec.id);
     stages.begin("agent", "waiting for banger-agent").await;
     let boot_deadline = ctx.timeouts.boot;
     let deadline = tokio::time::Instant::now() + boot_deadline;
-    // A TCG guest on an overloaded host has been seen to hang for good in
-    // early boot (the console stops, the agent never starts); one fresh VMM
-    // gets it going. A guest that is slow but printing is left alone.
     let mut relaunch = true;
     let serial_log = paths.serial_log();
-    let (health, r) = loop {
+    loop {
         let health = loop {
             tokio::select! {
                 h = async {
@@ -356,7 +427,7 @@ pub(super) async fn boot(
                     relaunch = false;
                     tracing::warn!(vm = %rec.name, stall = ?ctx.timeouts.boot_stall, "the guest looks hung in boot (no agent, a silent console); relaunching its VMM once; the console ended with:\n{}", log_tail(&paths.serial_log(), 5));
                     kill_vmm(ctx, rec).await?;
-                    (pid, agent) = launch(ctx, vm, rec, &b, &*driver).await?;
+                    (pid, agent) = launch(ctx, vm, rec, b, driver).await?;
                 }
             }
         };
@@ -373,10 +444,9 @@ pub(super) async fn boot(
             .begin("boot", "waiting for the guest's boot to reach banger-ready")
             .await;
         match wait_ready(ctx, rec, &agent, pid, deadline).await {
-            Ok(r) => break (health, r),
-            // Nothing has run in it yet: a guest stuck mid-boot (seen under an
-            // overloaded TCG host) gets one fresh VMM, like one hung before
-            // its agent started.
+            Ok(r) => return Ok((health, r)),
+            // Nothing has run in it yet: a guest stuck mid-boot gets one
+            // fresh VMM, like one hung before its agent started.
             Err(ReadyError::Stuck(e)) if relaunch => {
                 relaunch = false;
                 tracing::warn!(vm = %rec.name, "the guest stopped answering mid-boot; relaunching its VMM once: {}", e.message);
@@ -384,16 +454,12 @@ pub(super) async fn boot(
                     .end("the guest stopped answering mid-boot; a fresh VMM")
                     .await;
                 kill_vmm(ctx, rec).await?;
-                (pid, agent) = launch(ctx, vm, rec, &b, &*driver).await?;
+                (pid, agent) = launch(ctx, vm, rec, b, driver).await?;
                 stages
                     .begin("agent", "waiting for banger-agent (relaunched)")
                     .await;
             }
             Err(e) => return Err(e.into()),
         }
-    };
-    accept_guest(ctx, vm, rec, health)?;
-    stages.end(ready_detail(&r)).await;
-    stages.ready().await;
-    Ok(())
+    }
 }
