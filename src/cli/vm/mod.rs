@@ -368,27 +368,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             memory,
             nat,
             no_nat,
-        } => {
-            let memory_mib = memory.as_deref().map(memory_mib).transpose()?;
-            let nat = if nat {
-                Some(true)
-            } else if no_nat {
-                Some(false)
-            } else {
-                None
-            };
-            simple(
-                ctx,
-                &name,
-                Request::VmSet {
-                    name: name.clone(),
-                    vcpu,
-                    memory_mib,
-                    nat,
-                },
-            )
-            .await
-        }
+        } => set(ctx, name, vcpu, memory, nat, no_nat).await,
         VmCommand::Exec {
             name,
             exec: e,
@@ -579,4 +559,34 @@ async fn workspace(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<u8, CliError> {
             }
         }
     }
+}
+
+/// `vm set NAME [--vcpu N] [--memory M] [--nat|--no-nat]`.
+async fn set(
+    ctx: &Ctx,
+    name: String,
+    vcpu: Option<u32>,
+    memory: Option<String>,
+    nat: bool,
+    no_nat: bool,
+) -> Result<u8, CliError> {
+    let memory_mib = memory.as_deref().map(memory_mib).transpose()?;
+    let nat = if nat {
+        Some(true)
+    } else if no_nat {
+        Some(false)
+    } else {
+        None
+    };
+    simple(
+        ctx,
+        &name,
+        Request::VmSet {
+            name: name.clone(),
+            vcpu,
+            memory_mib,
+            nat,
+        },
+    )
+    .await
 }
