@@ -212,26 +212,7 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
             }
         };
         if name == ".wh..wh..opq" {
-            let d = dir.join("/");
-            let prefix = if d.is_empty() {
-                String::new()
-            } else {
-                format!("{d}/")
-            };
-            let children: Vec<String> = tree
-                .meta
-                .keys()
-                .filter(|k| {
-                    !k.is_empty()
-                        && k.starts_with(&prefix)
-                        && !k[prefix.len()..].contains('/')
-                        && !ours.contains(*k)
-                })
-                .cloned()
-                .collect();
-            for c in children {
-                remove(root, tree, &c);
-            }
+            opaque(root, tree, &dir, &ours);
             continue;
         }
         if let Some(gone) = name.strip_prefix(".wh.") {
@@ -263,98 +244,17 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
                 remove(root, tree, &rel);
             }
         }
-        let mut xattrs = Vec::new();
-        if let Ok(Some(exts)) = e.pax_extensions() {
-            for x in exts.flatten() {
-                if let (Ok(k), v) = (x.key(), x.value_bytes()) {
-                    if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
-                        if name.len() <= 255 && v.len() <= 64 << 10 {
-                            xattrs.push((name.to_string(), v.to_vec()));
-                        }
-                    }
-                }
-            }
-        }
+        let xattrs = pax_xattrs(&mut e);
         // (Their record is at most MAX_META_RECORD; they count as bytes.)
         tree.bytes = tree
             .bytes
             .saturating_add(xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum());
-        let dev = || {
-            (
-                h.device_major().ok().flatten().unwrap_or(0),
-                h.device_minor().ok().flatten().unwrap_or(0),
-            )
-        };
-        let kind = if et.is_dir() {
-            if existing.as_ref().is_none_or(|m| !m.is_dir()) {
-                std::fs::create_dir(&target).map_err(|e| err(format!("{rel}: {e}")))?;
-            }
-            Kind::Dir
-        } else if et.is_file() || et == tar::EntryType::Continuous {
-            // The entry's size (a PAX `size` record overrides the raw
-            // header's) is what the archive reader yields.
-            tree.bytes = tree.bytes.saturating_add(e.size());
-            if tree.bytes > MAX_IMAGE_BYTES {
-                return Err(err(format!(
-                    "the image unpacks to more than {}; refused",
-                    crate::size::format_size(MAX_IMAGE_BYTES)
-                )));
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&target)
-                .map_err(|e| err(format!("{rel}: {e}")))?;
-            std::io::copy(&mut e, &mut f).map_err(|e| err(format!("{rel}: {e}")))?;
-            Kind::File
-        } else if et.is_symlink() {
-            let to = link
-                .clone()
-                .ok_or_else(|| err(format!("{rel}: a symlink without a target")))?;
-            std::os::unix::fs::symlink(&to, &target).map_err(|e| err(format!("{rel}: {e}")))?;
-            Kind::Symlink
-        } else if et.is_hard_link() {
-            let to = link
-                .clone()
-                .ok_or_else(|| err(format!("{rel}: a hard link without a target")))?;
-            let mut tp = clean(&to)?;
-            let tname = tp
-                .pop()
-                .ok_or_else(|| err(format!("{rel}: a hard link to the root")))?;
-            let tdir = resolve_dir(root, tree, &tp)?;
-            let trel = if tdir.is_empty() {
-                tname
-            } else {
-                format!("{}/{tname}", tdir.join("/"))
-            };
-            let src = root.join(&trel);
-            match std::fs::symlink_metadata(&src) {
-                Ok(m) if m.is_file() => {}
-                _ => {
-                    return Err(err(format!(
-                        "{rel}: a hard link to {trel}, which is not a file"
-                    )))
-                }
-            }
-            std::fs::hard_link(&src, &target).map_err(|e| err(format!("{rel}: {e}")))?;
-            // One inode: the link has the target's metadata.
-            if let Some(m) = tree.meta.get(&trel).cloned() {
-                tree.meta.insert(rel.clone(), m);
-            }
+        if et.is_hard_link() {
+            hard_link(root, tree, &rel, link, &target)?;
             ours.insert(rel);
             continue;
-        } else if et.is_character_special() || et.is_block_special() || et.is_fifo() {
-            // A placeholder; debugfs makes the node.
-            std::fs::File::create(&target).map_err(|e| err(format!("{rel}: {e}")))?;
-            let (ma, mi) = dev();
-            if et.is_character_special() {
-                Kind::Char(ma, mi)
-            } else if et.is_block_special() {
-                Kind::Block(ma, mi)
-            } else {
-                Kind::Fifo
-            }
-        } else {
+        }
+        let Some(kind) = create(&mut e, &h, existing.as_ref(), &target, &rel, link, tree)? else {
             // PAX/GNU headers are consumed by the tar crate; others skipped.
             continue;
         };
@@ -377,6 +277,144 @@ pub fn apply(layer: impl Read, root: &Path, tree: &mut Tree) -> Result<(), Layer
         ours.insert(rel);
     }
     Ok(())
+}
+
+/// `.wh..wh..opq` in `dir`: its children from earlier layers go (those
+/// this layer made stay).
+fn opaque(root: &Path, tree: &mut Tree, dir: &[String], ours: &HashSet<String>) {
+    let d = dir.join("/");
+    let prefix = if d.is_empty() {
+        String::new()
+    } else {
+        format!("{d}/")
+    };
+    let children: Vec<String> = tree
+        .meta
+        .keys()
+        .filter(|k| {
+            !k.is_empty()
+                && k.starts_with(&prefix)
+                && !k[prefix.len()..].contains('/')
+                && !ours.contains(*k)
+        })
+        .cloned()
+        .collect();
+    for c in children {
+        remove(root, tree, &c);
+    }
+}
+
+/// An entry's extended attributes (PAX `SCHILY.xattr.*`), each bounded.
+fn pax_xattrs<R: Read>(e: &mut tar::Entry<R>) -> Vec<(String, Vec<u8>)> {
+    let mut xattrs = Vec::new();
+    if let Ok(Some(exts)) = e.pax_extensions() {
+        for x in exts.flatten() {
+            if let (Ok(k), v) = (x.key(), x.value_bytes()) {
+                if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
+                    if name.len() <= 255 && v.len() <= 64 << 10 {
+                        xattrs.push((name.to_string(), v.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    xattrs
+}
+
+/// A hard link `rel` to a file already in the tree (resolved inside it);
+/// the link takes the target's metadata (one inode).
+fn hard_link(
+    root: &Path,
+    tree: &mut Tree,
+    rel: &str,
+    link: Option<std::path::PathBuf>,
+    target: &Path,
+) -> Result<(), LayerError> {
+    let to = link.ok_or_else(|| err(format!("{rel}: a hard link without a target")))?;
+    let mut tp = clean(&to)?;
+    let tname = tp
+        .pop()
+        .ok_or_else(|| err(format!("{rel}: a hard link to the root")))?;
+    let tdir = resolve_dir(root, tree, &tp)?;
+    let trel = if tdir.is_empty() {
+        tname
+    } else {
+        format!("{}/{tname}", tdir.join("/"))
+    };
+    let src = root.join(&trel);
+    match std::fs::symlink_metadata(&src) {
+        Ok(m) if m.is_file() => {}
+        _ => {
+            return Err(err(format!(
+                "{rel}: a hard link to {trel}, which is not a file"
+            )))
+        }
+    }
+    std::fs::hard_link(&src, target).map_err(|e| err(format!("{rel}: {e}")))?;
+    if let Some(m) = tree.meta.get(&trel).cloned() {
+        tree.meta.insert(rel.to_string(), m);
+    }
+    Ok(())
+}
+
+/// Makes the node of a directory, file, symlink or device entry at
+/// `target`; None for entries that make nothing.
+fn create<R: Read>(
+    e: &mut tar::Entry<R>,
+    h: &tar::Header,
+    existing: Option<&std::fs::Metadata>,
+    target: &Path,
+    rel: &str,
+    link: Option<std::path::PathBuf>,
+    tree: &mut Tree,
+) -> Result<Option<Kind>, LayerError> {
+    let et = h.entry_type();
+    let dev = || {
+        (
+            h.device_major().ok().flatten().unwrap_or(0),
+            h.device_minor().ok().flatten().unwrap_or(0),
+        )
+    };
+    Ok(Some(if et.is_dir() {
+        if existing.is_none_or(|m| !m.is_dir()) {
+            std::fs::create_dir(target).map_err(|e| err(format!("{rel}: {e}")))?;
+        }
+        Kind::Dir
+    } else if et.is_file() || et == tar::EntryType::Continuous {
+        // The entry's size (a PAX `size` record overrides the raw
+        // header's) is what the archive reader yields.
+        tree.bytes = tree.bytes.saturating_add(e.size());
+        if tree.bytes > MAX_IMAGE_BYTES {
+            return Err(err(format!(
+                "the image unpacks to more than {}; refused",
+                crate::size::format_size(MAX_IMAGE_BYTES)
+            )));
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(target)
+            .map_err(|e| err(format!("{rel}: {e}")))?;
+        std::io::copy(e, &mut f).map_err(|e| err(format!("{rel}: {e}")))?;
+        Kind::File
+    } else if et.is_symlink() {
+        let to = link.ok_or_else(|| err(format!("{rel}: a symlink without a target")))?;
+        std::os::unix::fs::symlink(&to, target).map_err(|e| err(format!("{rel}: {e}")))?;
+        Kind::Symlink
+    } else if et.is_character_special() || et.is_block_special() || et.is_fifo() {
+        // A placeholder; debugfs makes the node.
+        std::fs::File::create(target).map_err(|e| err(format!("{rel}: {e}")))?;
+        let (ma, mi) = dev();
+        if et.is_character_special() {
+            Kind::Char(ma, mi)
+        } else if et.is_block_special() {
+            Kind::Block(ma, mi)
+        } else {
+            Kind::Fifo
+        }
+    } else {
+        return Ok(None);
+    }))
 }
 
 fn file_type_bits(k: &Kind) -> u32 {
