@@ -84,14 +84,38 @@ where
     let stream = session.open(START_TIMEOUT).await?;
     let (mut rd, mut wr) = tokio::io::split(stream);
     proto::write_json(&mut wr, proto::REQUEST, &Request::Exec(req)).await?;
-    // Until STARTED (or ERROR), bounded in time.
-    enum First {
-        Port(u16),
-        Started,
-        Failed(ExecError),
-    }
-    let first = tokio::time::timeout(START_TIMEOUT, async {
-        match proto::read_msg(&mut rd, proto::MAX_MSG).await? {
+    let port = match first_frame(&mut rd).await? {
+        // A command that could not start is an answer, not a failure.
+        First::Failed(e) => return Ok(Outcome::Failed(e)),
+        First::Port(p) => Some(p),
+        First::Started => None,
+    };
+    let feeder = spawn_feeder(feed, wr, session, port, token).await?;
+    let result = stream_output(&mut rd, session, events);
+    // The guest must keep answering while the command runs (the agent
+    // answers beside it, however busy the command is): a silent one is
+    // given up rather than waited on forever.
+    let result = tokio::select! {
+        r = result => r,
+        silent = silent_for(session, session.unresponsive_after()) => {
+            Err(AgentError::Unresponsive(silent))
+        }
+    };
+    feeder.abort();
+    result
+}
+
+/// The agent's first answer to an exec.
+enum First {
+    Port(u16),
+    Started,
+    Failed(ExecError),
+}
+
+/// Until STARTED (or PORT, or ERROR), bounded in time.
+async fn first_frame<Rd: AsyncRead + Unpin>(rd: &mut Rd) -> Result<First, AgentError> {
+    tokio::time::timeout(START_TIMEOUT, async {
+        match proto::read_msg(rd, proto::MAX_MSG).await? {
             Some((proto::PORT, d)) if d.len() == 2 => {
                 Ok(First::Port(u16::from_be_bytes([d[0], d[1]])))
             }
@@ -106,14 +130,24 @@ where
         }
     })
     .await
-    .map_err(|_| AgentError::Timeout(START_TIMEOUT))??;
-    let port = match first {
-        // A command that could not start is an answer, not a failure.
-        First::Failed(e) => return Ok(Outcome::Failed(e)),
-        First::Port(p) => Some(p),
-        First::Started => None,
-    };
-    let feeder = match feed {
+    .map_err(|_| AgentError::Timeout(START_TIMEOUT))?
+}
+
+/// Feeds the command: stdin over TCP (bytes, EOF) or on the stream, the
+/// caller's signals and resizes; keeps the write half open until aborted
+/// (closing it would end the command).
+async fn spawn_feeder<R, W>(
+    feed: Feed<R>,
+    mut wr: W,
+    session: &AgentSession,
+    port: Option<u16>,
+    token: Option<String>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, AgentError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    Ok(match feed {
         Feed::Tcp(ip, mut data) => {
             let mut s = connect_stdin(ip, port, token).await?;
             // The command then starts: its STARTED frame follows.
@@ -195,53 +229,48 @@ where
             let _keep_open = wr;
             std::future::pending::<std::io::Result<()>>().await
         }),
-    };
-    let result = async {
-        loop {
-            let msg = proto::read_msg(&mut rd, proto::MAX_MSG).await?;
-            if msg.is_some() {
-                session.heard();
+    })
+}
+
+/// The command's output, streamed as events, until its exit status.
+async fn stream_output<Rd: AsyncRead + Unpin>(
+    rd: &mut Rd,
+    session: &AgentSession,
+    events: &mpsc::Sender<Event>,
+) -> Result<Outcome, AgentError> {
+    loop {
+        let msg = proto::read_msg(rd, proto::MAX_MSG).await?;
+        if msg.is_some() {
+            session.heard();
+        }
+        match msg {
+            Some((proto::STARTED, _)) | Some((proto::PORT, _)) => {}
+            Some((proto::STDOUT, d)) => {
+                let _ = events.send(Event::Stdout(d)).await;
             }
-            match msg {
-                Some((proto::STARTED, _)) | Some((proto::PORT, _)) => {}
-                Some((proto::STDOUT, d)) => {
-                    let _ = events.send(Event::Stdout(d)).await;
-                }
-                Some((proto::STDERR, d)) => {
-                    let _ = events.send(Event::Stderr(d)).await;
-                }
-                Some((proto::EXIT, d)) => {
-                    let st: ExitStatus = serde_json::from_slice(&d)
-                        .map_err(|e| AgentError::Protocol(format!("exit status: {e}")))?;
-                    return Ok(Outcome::Exited(st));
-                }
-                Some((proto::ERROR, d)) => {
-                    let e: ExecError = serde_json::from_slice(&d)
-                        .map_err(|e| AgentError::Protocol(format!("exec error: {e}")))?;
-                    return Ok(Outcome::Failed(e));
-                }
-                Some((k, _)) => {
-                    return Err(AgentError::Protocol(format!("unexpected message kind {k}")))
-                }
-                None => {
-                    return Err(AgentError::Protocol(
-                        "the guest closed the exec stream before the exit status".into(),
-                    ))
-                }
+            Some((proto::STDERR, d)) => {
+                let _ = events.send(Event::Stderr(d)).await;
+            }
+            Some((proto::EXIT, d)) => {
+                let st: ExitStatus = serde_json::from_slice(&d)
+                    .map_err(|e| AgentError::Protocol(format!("exit status: {e}")))?;
+                return Ok(Outcome::Exited(st));
+            }
+            Some((proto::ERROR, d)) => {
+                let e: ExecError = serde_json::from_slice(&d)
+                    .map_err(|e| AgentError::Protocol(format!("exec error: {e}")))?;
+                return Ok(Outcome::Failed(e));
+            }
+            Some((k, _)) => {
+                return Err(AgentError::Protocol(format!("unexpected message kind {k}")))
+            }
+            None => {
+                return Err(AgentError::Protocol(
+                    "the guest closed the exec stream before the exit status".into(),
+                ))
             }
         }
-    };
-    // The guest must keep answering while the command runs (the agent
-    // answers beside it, however busy the command is): a silent one is
-    // given up rather than waited on forever.
-    let result = tokio::select! {
-        r = result => r,
-        silent = silent_for(session, session.unresponsive_after()) => {
-            Err(AgentError::Unresponsive(silent))
-        }
-    };
-    feeder.abort();
-    result
+    }
 }
 
 /// The command's stdin connection: the port the agent offered, the token
