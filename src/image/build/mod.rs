@@ -351,14 +351,16 @@ pub fn build_rootfs(
     let root = dir.join("root");
     let overlay = dir.join("overlay.tar");
     let debs_out = dir.join("debs-out");
-    std::fs::create_dir_all(&debs_out).map_err(|e| failed("mkdir", e))?;
+    std::fs::create_dir_all(&debs_out)
+        .map_err(|e| failed(&format!("creating {}", debs_out.display()), e))?;
     write_overlay(&overlay)?;
     // The owner's modules are read (as the owner) before anything runs, and
     // installed only after mmdebstrap's hooks are done.
     let staged_modules = match &spec.kernel_modules {
         Some(m) => {
             let staged = dir.join("modules");
-            std::fs::create_dir(&staged).map_err(|e| failed("mkdir modules", e))?;
+            std::fs::create_dir(&staged)
+                .map_err(|e| failed(&format!("creating {}", staged.display()), e))?;
             let bytes = collect_modules(m, env.owner_uid, env.owner_gid, &staged)?;
             tracing::info!(build = %spec.build_id, bytes, "collected the kernel modules");
             Some(staged)
@@ -366,6 +368,53 @@ pub fn build_rootfs(
         None => None,
     };
 
+    let log_path = dir.join("mmdebstrap.log");
+    let mut cmd = mmdebstrap(env, spec, recipe, &dir, &log_path)?;
+    let started = Instant::now();
+    tracing::info!(build = %spec.build_id, recipe = recipe.name, "running mmdebstrap");
+    let mut child = cmd.spawn().map_err(|e| failed("starting mmdebstrap", e))?;
+    work.pgid = Some(child.id() as i32);
+    let status = wait_bootstrap(&mut child, cancel, started, &log_path)?;
+    if group_alive(child.id() as i32) {
+        kill_group(child.id() as i32);
+    }
+    work.pgid = None;
+    if !status.success() {
+        return Err(BuildError::Failed(format!(
+            "mmdebstrap failed ({status}); last lines of its log:\n{}",
+            tail(&log_path, 15)
+        )));
+    }
+    if let (Some(staged), Some(v)) = (&staged_modules, &spec.kernel_version) {
+        install_modules(&root, staged, v)?;
+    }
+    let bootstrap_ms = started.elapsed().as_millis() as u64;
+
+    keep_packages(env, spec, &debs_out);
+
+    let started = Instant::now();
+    assemble(env, &dir, &root, &out_fd)?;
+    let assemble_ms = started.elapsed().as_millis() as u64;
+    drop(work);
+    let _ = out_fd.as_raw_fd();
+    Ok(BuiltRootfs {
+        rootfs: spec.out_dir.join("rootfs.ext4"),
+        work_seed: spec.out_dir.join("work-seed.ext4"),
+        bootstrap_ms,
+        assemble_ms,
+    })
+}
+
+/// The mmdebstrap run of a build: the recipe's packages, banger's overlay
+/// and units, no host keys; its output to `log_path`; in its own process
+/// group and mount namespace, dying with the helper.
+fn mmdebstrap(
+    env: &BuildEnv,
+    spec: &RootfsSpec,
+    recipe: &Recipe,
+    dir: &Path,
+    log_path: &Path,
+) -> Result<std::process::Command, BuildError> {
     let mmdebstrap = crate::host::system_tool("mmdebstrap").ok_or_else(|| {
         BuildError::Failed(
             "mmdebstrap is not installed; install it (apt-get install mmdebstrap)".into(),
@@ -382,7 +431,10 @@ pub fn build_rootfs(
             env.package_cache.display()
         ));
     }
-    cmd.arg(format!("--customize-hook=tar-in {} /", overlay.display()));
+    cmd.arg(format!(
+        "--customize-hook=tar-in {} /",
+        dir.join("overlay.tar").display()
+    ));
     cmd.arg(format!(
         "--customize-hook=chroot \"$1\" systemctl enable --quiet {}",
         recipe::ENABLE_UNITS.join(" ")
@@ -394,12 +446,12 @@ pub fn build_rootfs(
     .arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*")
     .arg(format!(
         "--customize-hook=sync-out /var/cache/apt/archives {}",
-        debs_out.display()
+        dir.join("debs-out").display()
     ))
     .arg(recipe.suite)
-    .arg(&root);
-    let log_path = dir.join("mmdebstrap.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| failed("log", e))?;
+    .arg(dir.join("root"));
+    let log = std::fs::File::create(log_path)
+        .map_err(|e| failed(&format!("creating {}", log_path.display()), e))?;
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(|e| failed("log", e))?)
         .stderr(log)
@@ -431,18 +483,24 @@ pub fn build_rootfs(
             Ok(())
         });
     }
-    let started = Instant::now();
-    tracing::info!(build = %spec.build_id, recipe = recipe.name, "running mmdebstrap");
-    let mut child = cmd.spawn().map_err(|e| failed("starting mmdebstrap", e))?;
-    work.pgid = Some(child.id() as i32);
-    let status = loop {
+    Ok(cmd)
+}
+
+/// Waits for the bootstrap, polling `cancel`, within BOOTSTRAP_TIMEOUT.
+fn wait_bootstrap(
+    child: &mut std::process::Child,
+    cancel: &std::sync::atomic::AtomicBool,
+    started: Instant,
+    log_path: &Path,
+) -> Result<std::process::ExitStatus, BuildError> {
+    Ok(loop {
         if cancel.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(BuildError::Failed("build cancelled".into()));
         }
         if started.elapsed() > BOOTSTRAP_TIMEOUT {
             return Err(BuildError::Failed(format!(
                 "mmdebstrap did not finish within {BOOTSTRAP_TIMEOUT:?}; last lines of its log:\n{}",
-                tail(&log_path, 15)
+                tail(log_path, 15)
             )));
         }
         match child.try_wait() {
@@ -450,25 +508,14 @@ pub fn build_rootfs(
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => return Err(failed("waiting for mmdebstrap", e)),
         }
-    };
-    if group_alive(child.id() as i32) {
-        kill_group(child.id() as i32);
-    }
-    work.pgid = None;
-    if !status.success() {
-        return Err(BuildError::Failed(format!(
-            "mmdebstrap failed ({status}); last lines of its log:\n{}",
-            tail(&log_path, 15)
-        )));
-    }
-    if let (Some(staged), Some(v)) = (&staged_modules, &spec.kernel_version) {
-        install_modules(&root, staged, v)?;
-    }
-    let bootstrap_ms = started.elapsed().as_millis() as u64;
+    })
+}
 
-    // Keep new packages for next time (each file appears atomically).
+/// Keeps the packages a build downloaded for the next one (each file
+/// appears atomically).
+fn keep_packages(env: &BuildEnv, spec: &RootfsSpec, debs_out: &Path) {
     if spec.package_cache && std::fs::create_dir_all(&env.package_cache).is_ok() {
-        if let Ok(rd) = std::fs::read_dir(&debs_out) {
+        if let Ok(rd) = std::fs::read_dir(debs_out) {
             for e in rd.flatten() {
                 let to = env.package_cache.join(e.file_name());
                 if e.path().extension().is_some_and(|x| x == "deb") && !to.exists() {
@@ -477,10 +524,13 @@ pub fn build_rootfs(
             }
         }
     }
+}
 
-    let started = Instant::now();
+/// `/root` split off into the work seed, both file systems made and
+/// handed over into the owner's directory.
+fn assemble(env: &BuildEnv, dir: &Path, root: &Path, out_fd: &OwnedFd) -> Result<(), BuildError> {
     let seed = dir.join("seed");
-    std::fs::create_dir(&seed).map_err(|e| failed("mkdir seed", e))?;
+    std::fs::create_dir(&seed).map_err(|e| failed(&format!("creating {}", seed.display()), e))?;
     for e in std::fs::read_dir(root.join("root"))
         .map_err(|e| failed("reading /root", e))?
         .flatten()
@@ -489,24 +539,16 @@ pub fn build_rootfs(
             .map_err(|e| failed("moving /root", e))?;
     }
     let out = dir.join("out");
-    std::fs::create_dir(&out).map_err(|e| failed("mkdir out", e))?;
+    std::fs::create_dir(&out).map_err(|e| failed(&format!("creating {}", out.display()), e))?;
     let (rootfs, work_seed) = (out.join("rootfs.ext4"), out.join("work-seed.ext4"));
     let seed_mib = round_mib(dir_bytes(&seed) * 2 + 32 * MIB, 16).max(64);
     mkfs(&seed, &work_seed, seed_mib, "banger-work")?;
-    let content = dir_bytes(&root);
+    let content = dir_bytes(root);
     let root_mib = round_mib(content + content / 2 + 512 * MIB, 64);
-    mkfs(&root, &rootfs, root_mib, "banger-root")?;
-    hand_over(&rootfs, &out_fd, "rootfs.ext4", env.owner_uid)?;
-    hand_over(&work_seed, &out_fd, "work-seed.ext4", env.owner_uid)?;
-    let assemble_ms = started.elapsed().as_millis() as u64;
-    drop(work);
-    let _ = out_fd.as_raw_fd();
-    Ok(BuiltRootfs {
-        rootfs: spec.out_dir.join("rootfs.ext4"),
-        work_seed: spec.out_dir.join("work-seed.ext4"),
-        bootstrap_ms,
-        assemble_ms,
-    })
+    mkfs(root, &rootfs, root_mib, "banger-root")?;
+    hand_over(&rootfs, out_fd, "rootfs.ext4", env.owner_uid)?;
+    hand_over(&work_seed, out_fd, "work-seed.ext4", env.owner_uid)?;
+    Ok(())
 }
 
 #[cfg(test)]
