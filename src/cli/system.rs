@@ -63,110 +63,8 @@ fn local(e: String) -> CliError {
 
 pub async fn system(ctx: &Ctx, c: SystemCommand) -> Result<u8, CliError> {
     match c {
-        SystemCommand::Install { owner } => {
-            need_root("install")?;
-            let user =
-                system::resolve_owner(owner.as_deref()).map_err(|e| CliError::usage("owner", e))?;
-            let info = InstallInfo {
-                owner: user.name.clone(),
-                owner_uid: user.uid.as_raw(),
-                owner_gid: user.gid.as_raw(),
-                version: crate::version::VERSION.into(),
-                commit: crate::version::COMMIT.into(),
-                bin_dir: system::BIN_DIR.into(),
-                installed_at_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            };
-            let systemd = system::systemd_running();
-            out("banger system install will:\n")?;
-            for l in system::plan(&info, systemd) {
-                out(&format!("  {l}\n"))?;
-            }
-            let exe = std::env::current_exe().map_err(|e| local(e.to_string()))?;
-            let from = exe.parent().unwrap_or(std::path::Path::new("."));
-            let changed = system::install(&info, from).map_err(local)?;
-            if changed.is_empty() {
-                out("nothing to change: already installed\n")?;
-            }
-            for l in &changed {
-                out(&format!(
-                    "{} {l}\n",
-                    style::green(ctx.style.stdout, "done:")
-                ))?;
-            }
-            if !systemd {
-                out(&format!("{}\n", system::manual_equivalent(&info)))?;
-            } else {
-                out(&format!(
-                    "{} can now run banger without sudo: banger vm run --rm -- uname -a\n",
-                    info.owner
-                ))?;
-            }
-            Ok(0)
-        }
-        SystemCommand::Status { json } => {
-            let info = InstallInfo::read().map_err(local)?;
-            let services: Vec<(String, String)> = [system::HELPER_UNIT, system::DAEMON_UNIT]
-                .iter()
-                .map(|u| {
-                    let s = if system::systemd_running() {
-                        system::unit_state(u)
-                    } else {
-                        "no systemd".into()
-                    };
-                    (u.to_string(), s)
-                })
-                .collect();
-            let daemon = daemon_version(ctx).await;
-            if json {
-                out(&render::json(&serde_json::json!({
-                    "installed": info,
-                    "services": services,
-                    "cli_version": crate::version::VERSION,
-                    "daemon_version": daemon,
-                    "daemon_socket": ctx.layout.daemon_socket(),
-                    "helper_socket": ctx.layout.helper_socket(),
-                })))?;
-                return Ok(0);
-            }
-            let mut t = Table::bare();
-            match &info {
-                Some(i) => {
-                    t.row([
-                        "owner".to_string(),
-                        format!("{} (uid {})", i.owner, i.owner_uid),
-                    ]);
-                    t.row([
-                        "installed".to_string(),
-                        format!("{} ({})", i.version, render::age(i.installed_at_unix)),
-                    ]);
-                }
-                None => t.row([
-                    "installed".to_string(),
-                    "no (sudo banger system install --owner USER)".to_string(),
-                ]),
-            }
-            for (u, s) in &services {
-                t.row([u.clone(), s.clone()]);
-            }
-            t.row(["cli".to_string(), crate::version::VERSION.to_string()]);
-            t.row([
-                "daemon".to_string(),
-                daemon.unwrap_or_else(|| "not reachable".into()),
-            ]);
-            t.row([
-                "sockets".to_string(),
-                format!(
-                    "{} {}",
-                    ctx.layout.daemon_socket().display(),
-                    ctx.layout.helper_socket().display()
-                ),
-            ]);
-            out(&t.render())?;
-            Ok(0)
-        }
+        SystemCommand::Install { owner } => install(ctx, owner).await,
+        SystemCommand::Status { json } => status(ctx, json).await,
         SystemCommand::Restart => {
             need_root("restart")?;
             if !system::systemd_running() {
@@ -180,49 +78,159 @@ pub async fn system(ctx: &Ctx, c: SystemCommand) -> Result<u8, CliError> {
             out("restarted bangerd-root and bangerd (running VMs keep running)\n")?;
             Ok(0)
         }
-        SystemCommand::Uninstall { purge, yes } => {
-            need_root("uninstall")?;
-            if purge && !yes {
-                use std::io::IsTerminal;
-                if !std::io::stdin().is_terminal() {
-                    return Err(CliError::usage(
-                        "confirm",
-                        "--purge deletes every VM, image and kernel; add --yes to confirm without a terminal",
-                    ));
-                }
-                eprint!("delete every VM, image, kernel and cache of banger? [y/N] ");
-                let mut a = String::new();
-                let _ = std::io::stdin().read_line(&mut a);
-                if !matches!(a.trim(), "y" | "Y" | "yes") {
-                    out("nothing removed\n")?;
-                    return Ok(1);
-                }
-            }
-            // VMs first, while the daemon still runs: each is stopped and said so.
-            if let Ok(mut c) = client::connect(&ctx.layout, false).await {
-                if let Ok(Reply::Vms(vms)) =
-                    client::request(&mut c, &ctx.layout, Request::VmList, |_| {}).await
-                {
-                    for v in vms.iter().filter(|v| v.state.may_have_vmm()) {
-                        out(&format!("stopping VM {}\n", v.name))?;
-                        let _ = client::request(
-                            &mut c,
-                            &ctx.layout,
-                            Request::VmStop {
-                                name: v.name.clone(),
-                            },
-                            |_| {},
-                        )
-                        .await;
-                    }
-                }
-            }
-            for l in system::uninstall(purge).map_err(local)? {
-                out(&format!("{l}\n"))?;
-            }
-            Ok(0)
+        SystemCommand::Uninstall { purge, yes } => uninstall(ctx, purge, yes).await,
+    }
+}
+
+/// `system install [--owner USER]`.
+async fn install(ctx: &Ctx, owner: Option<String>) -> Result<u8, CliError> {
+    need_root("install")?;
+    let user = system::resolve_owner(owner.as_deref()).map_err(|e| CliError::usage("owner", e))?;
+    let info = InstallInfo {
+        owner: user.name.clone(),
+        owner_uid: user.uid.as_raw(),
+        owner_gid: user.gid.as_raw(),
+        version: crate::version::VERSION.into(),
+        commit: crate::version::COMMIT.into(),
+        bin_dir: system::BIN_DIR.into(),
+        installed_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let systemd = system::systemd_running();
+    out("banger system install will:\n")?;
+    for l in system::plan(&info, systemd) {
+        out(&format!("  {l}\n"))?;
+    }
+    let exe = std::env::current_exe().map_err(|e| local(e.to_string()))?;
+    let from = exe.parent().unwrap_or(std::path::Path::new("."));
+    let changed = system::install(&info, from).map_err(local)?;
+    if changed.is_empty() {
+        out("nothing to change: already installed\n")?;
+    }
+    for l in &changed {
+        out(&format!(
+            "{} {l}\n",
+            style::green(ctx.style.stdout, "done:")
+        ))?;
+    }
+    if !systemd {
+        out(&format!("{}\n", system::manual_equivalent(&info)))?;
+    } else {
+        out(&format!(
+            "{} can now run banger without sudo: banger vm run --rm -- uname -a\n",
+            info.owner
+        ))?;
+    }
+    Ok(0)
+}
+
+/// `system status [--json]`.
+async fn status(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
+    let info = InstallInfo::read().map_err(local)?;
+    let services: Vec<(String, String)> = [system::HELPER_UNIT, system::DAEMON_UNIT]
+        .iter()
+        .map(|u| {
+            let s = if system::systemd_running() {
+                system::unit_state(u)
+            } else {
+                "no systemd".into()
+            };
+            (u.to_string(), s)
+        })
+        .collect();
+    let daemon = daemon_version(ctx).await;
+    if json {
+        out(&render::json(&serde_json::json!({
+            "installed": info,
+            "services": services,
+            "cli_version": crate::version::VERSION,
+            "daemon_version": daemon,
+            "daemon_socket": ctx.layout.daemon_socket(),
+            "helper_socket": ctx.layout.helper_socket(),
+        })))?;
+        return Ok(0);
+    }
+    let mut t = Table::bare();
+    match &info {
+        Some(i) => {
+            t.row([
+                "owner".to_string(),
+                format!("{} (uid {})", i.owner, i.owner_uid),
+            ]);
+            t.row([
+                "installed".to_string(),
+                format!("{} ({})", i.version, render::age(i.installed_at_unix)),
+            ]);
+        }
+        None => t.row([
+            "installed".to_string(),
+            "no (sudo banger system install --owner USER)".to_string(),
+        ]),
+    }
+    for (u, s) in &services {
+        t.row([u.clone(), s.clone()]);
+    }
+    t.row(["cli".to_string(), crate::version::VERSION.to_string()]);
+    t.row([
+        "daemon".to_string(),
+        daemon.unwrap_or_else(|| "not reachable".into()),
+    ]);
+    t.row([
+        "sockets".to_string(),
+        format!(
+            "{} {}",
+            ctx.layout.daemon_socket().display(),
+            ctx.layout.helper_socket().display()
+        ),
+    ]);
+    out(&t.render())?;
+    Ok(0)
+}
+
+/// `system uninstall [--purge [--yes]]`: running VMs are stopped first.
+async fn uninstall(ctx: &Ctx, purge: bool, yes: bool) -> Result<u8, CliError> {
+    need_root("uninstall")?;
+    if purge && !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                "confirm",
+                "--purge deletes every VM, image and kernel; add --yes to confirm without a terminal",
+            ));
+        }
+        eprint!("delete every VM, image, kernel and cache of banger? [y/N] ");
+        let mut a = String::new();
+        let _ = std::io::stdin().read_line(&mut a);
+        if !matches!(a.trim(), "y" | "Y" | "yes") {
+            out("nothing removed\n")?;
+            return Ok(1);
         }
     }
+    // VMs first, while the daemon still runs: each is stopped and said so.
+    if let Ok(mut c) = client::connect(&ctx.layout, false).await {
+        if let Ok(Reply::Vms(vms)) =
+            client::request(&mut c, &ctx.layout, Request::VmList, |_| {}).await
+        {
+            for v in vms.iter().filter(|v| v.state.may_have_vmm()) {
+                out(&format!("stopping VM {}\n", v.name))?;
+                let _ = client::request(
+                    &mut c,
+                    &ctx.layout,
+                    Request::VmStop {
+                        name: v.name.clone(),
+                    },
+                    |_| {},
+                )
+                .await;
+            }
+        }
+    }
+    for l in system::uninstall(purge).map_err(local)? {
+        out(&format!("{l}\n"))?;
+    }
+    Ok(0)
 }
 
 async fn daemon_version(ctx: &Ctx) -> Option<String> {
