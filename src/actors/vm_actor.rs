@@ -329,6 +329,71 @@ impl VmActor {
     }
 
     /// Queues the release of a VM whose VMM is gone.
+    /// An operation ended: its record (or the store's) is taken, its
+    /// caller told, and the next one starts, unless the VM is gone or its
+    /// VMM exited meanwhile.
+    fn op_done(
+        &self,
+        myself: &ActorRef<VmMsg>,
+        state: &mut VmActorState,
+        record: Option<Box<VmRecord>>,
+        deliver: Option<Deliver>,
+    ) {
+        state.running = None;
+        state.abort = None;
+        match record {
+            Some(r) => state.record = *r,
+            None => match self.ctx.store.get_vm(&self.id) {
+                Ok(Some(r)) => state.record = r,
+                Ok(None) => state.deleted = true,
+                Err(e) => tracing::warn!(vm = %state.record.name, "re-reading record: {e}"),
+            },
+        }
+        // Only now, with the record in place, does the caller hear.
+        if let Some(d) = deliver {
+            d();
+        }
+        if state.deleted {
+            // Drain the queue with clear errors, then stop; the registry
+            // forgets us on termination.
+            while let Some(o) = state.queue.pop_front() {
+                o.reject(RpcError::not_found(format!(
+                    "VM {} was deleted",
+                    state.record.name
+                )));
+            }
+            myself.stop(Some("deleted".into()));
+            return;
+        }
+        // The VMM may have exited while the operation ran (its exit
+        // is not acted on mid-operation): release what it held now.
+        let r = &state.record;
+        if r.state == crate::domain::VmState::Running
+            && r.vmm_pid
+                .is_some_and(|p| !crate::host::process::pid_alive(p))
+        {
+            tracing::info!(vm = %r.name, "the VMM exited during the last operation; releasing");
+            self.queue_reap(myself, state);
+            return;
+        }
+        self.start_next(myself, state);
+    }
+
+    /// Watches the VMM `pid` (replacing an earlier watch).
+    async fn attach_vmm(&self, myself: &ActorRef<VmMsg>, state: &mut VmActorState, pid: u32) {
+        if let Some(m) = state.monitor.take() {
+            m.stop(None);
+        }
+        let mon = VmmMonitor {
+            pid,
+            vm: myself.clone(),
+        };
+        match Actor::spawn_linked(None, mon, (), myself.get_cell()).await {
+            Ok((m, _)) => state.monitor = Some(m),
+            Err(e) => tracing::error!(vm = %state.record.name, "cannot watch the VMM: {e}"),
+        }
+    }
+
     fn queue_reap(&self, myself: &ActorRef<VmMsg>, state: &mut VmActorState) {
         let (o, _rx) = op("reap", |a: OpArgs| async move {
             let rec = lifecycle::reap(&a.ctx, &*a.vm, a.record).await;
@@ -449,59 +514,8 @@ impl Actor for VmActor {
                     state.record = *r;
                 }
             }
-            VmMsg::OpDone(record, deliver) => {
-                state.running = None;
-                state.abort = None;
-                match record {
-                    Some(r) => state.record = *r,
-                    None => match self.ctx.store.get_vm(&self.id) {
-                        Ok(Some(r)) => state.record = r,
-                        Ok(None) => state.deleted = true,
-                        Err(e) => tracing::warn!(vm = %state.record.name, "re-reading record: {e}"),
-                    },
-                }
-                // Only now, with the record in place, does the caller hear.
-                if let Some(d) = deliver {
-                    d();
-                }
-                if state.deleted {
-                    // Drain the queue with clear errors, then stop; the registry
-                    // forgets us on termination.
-                    while let Some(o) = state.queue.pop_front() {
-                        o.reject(RpcError::not_found(format!(
-                            "VM {} was deleted",
-                            state.record.name
-                        )));
-                    }
-                    myself.stop(Some("deleted".into()));
-                    return Ok(());
-                }
-                // The VMM may have exited while the operation ran (its exit
-                // is not acted on mid-operation): release what it held now.
-                let r = &state.record;
-                if r.state == crate::domain::VmState::Running
-                    && r.vmm_pid
-                        .is_some_and(|p| !crate::host::process::pid_alive(p))
-                {
-                    tracing::info!(vm = %r.name, "the VMM exited during the last operation; releasing");
-                    self.queue_reap(&myself, state);
-                    return Ok(());
-                }
-                self.start_next(&myself, state);
-            }
-            VmMsg::AttachVmm(pid) => {
-                if let Some(m) = state.monitor.take() {
-                    m.stop(None);
-                }
-                let mon = VmmMonitor {
-                    pid,
-                    vm: myself.clone(),
-                };
-                match Actor::spawn_linked(None, mon, (), myself.get_cell()).await {
-                    Ok((m, _)) => state.monitor = Some(m),
-                    Err(e) => tracing::error!(vm = %state.record.name, "cannot watch the VMM: {e}"),
-                }
-            }
+            VmMsg::OpDone(record, deliver) => self.op_done(&myself, state, record, deliver),
+            VmMsg::AttachVmm(pid) => self.attach_vmm(&myself, state, pid).await,
             VmMsg::VmmExited(pid) => {
                 state.monitor = None;
                 if let Ok(Some(r)) = self.ctx.store.get_vm(&self.id) {
@@ -556,27 +570,7 @@ impl Actor for VmActor {
                     self.spawn_watch(&myself, state).await;
                 }
             }
-            VmMsg::Hook(h) => {
-                use crate::protocol::cli::TestHook;
-                match h {
-                    TestHook::PanicWatch { .. } => {
-                        if let Some(w) = &state.watch {
-                            let _ = w.cast(WatchMsg::Panic);
-                        }
-                    }
-                    TestHook::PanicMonitor { .. } => {
-                        if let Some(m) = &state.monitor {
-                            let _ = m.cast(MonitorMsg::Panic);
-                        }
-                    }
-                    TestHook::KillSession { .. } => {
-                        if let Some(a) = &state.agent {
-                            a.kill_task();
-                        }
-                    }
-                    TestHook::PanicDns | TestHook::PanicDnsTask => {}
-                }
-            }
+            VmMsg::Hook(h) => hook(state, h),
             #[cfg(test)]
             VmMsg::Panic => panic!("test-induced panic in VmActor {}", self.id),
         }
@@ -658,4 +652,27 @@ where
     // reports it.
     let _ = actor.cast(VmMsg::Run(o));
     await_op(rx).await
+}
+
+/// A test hook: breaks one of this VM's helpers.
+fn hook(state: &mut VmActorState, h: crate::protocol::cli::TestHook) {
+    use crate::protocol::cli::TestHook;
+    match h {
+        TestHook::PanicWatch { .. } => {
+            if let Some(w) = &state.watch {
+                let _ = w.cast(WatchMsg::Panic);
+            }
+        }
+        TestHook::PanicMonitor { .. } => {
+            if let Some(m) = &state.monitor {
+                let _ = m.cast(MonitorMsg::Panic);
+            }
+        }
+        TestHook::KillSession { .. } => {
+            if let Some(a) = &state.agent {
+                a.kill_task();
+            }
+        }
+        TestHook::PanicDns | TestHook::PanicDnsTask => {}
+    }
 }
