@@ -420,60 +420,8 @@ pub fn run(layout: &Layout, inventory: Option<Inventory>) -> Vec<Check> {
     });
     rows.push(kvm_row());
     let loaded = Config::load(&layout.config_file(), HostFacts::probe());
-    let configured = |tool: &str| {
-        let c = loaded.as_ref().ok()?;
-        match tool {
-            "qemu-system-x86_64" => c.qemu_binary.clone(),
-            "firecracker" => c.firecracker_binary.clone(),
-            _ => None,
-        }
-    };
-    let mut can_build = true;
-    for (tool, pkg, flag, _) in TOOLS {
-        let r = match configured(tool) {
-            // The owner's choice: run only if root owns it (as the helper will).
-            Some(p) => match crate::vmm::firecracker::check_root_owned(&p)
-                .and_then(|real| tool_version(&real, flag))
-            {
-                Ok(v) => row(tool, Status::Pass, format!("{v} ({} from config)", p.display()), None),
-                Err(e) => row(
-                    tool,
-                    Status::Fail,
-                    format!("{} (from config): {e}", p.display()),
-                    Some("bangerd-root runs only a root-owned binary nobody else can write; fix it or drop qemu_binary from config.toml".into()),
-                ),
-            },
-            None => tool_row(tool, pkg, flag),
-        };
-        if r.status == Status::Fail
-            && matches!(*tool, "mmdebstrap" | "mkfs.ext4" | "apt-get" | "dpkg-deb")
-        {
-            can_build = false;
-        }
-        if *tool == "iptables" && r.status == Status::Pass {
-            let flavour = crate::host::nat::iptables().unwrap_or("iptables");
-            let mut r = r;
-            r.detail = format!("{} (banger uses {flavour})", r.detail);
-            rows.push(r);
-            continue;
-        }
-        rows.push(r);
-    }
-    let fc_configured = configured("firecracker");
-    let fc = fc_configured
-        .as_deref()
-        .into_iter()
-        .chain(
-            ["/usr/local/bin/firecracker", "/usr/bin/firecracker"]
-                .iter()
-                .map(Path::new),
-        )
-        .find(|p| p.exists() || fc_configured.as_deref() == Some(*p))
-        .map(|p| {
-            crate::vmm::firecracker::check_root_owned(p)
-                .and_then(|real| crate::vmm::firecracker::version(&real))
-        });
-    rows.push(firecracker_row(fc, crate::host::cpu::hardware_kvm()));
+    let (tool_rows, can_build) = tool_rows(loaded.as_ref().ok());
+    rows.extend(tool_rows);
     let cfg = match loaded {
         Ok(c) => {
             let d = &c.vm_defaults;
@@ -524,27 +472,7 @@ pub fn run(layout: &Layout, inventory: Option<Inventory>) -> Vec<Check> {
     };
     rows.extend(image_rows(inv.as_ref(), can_build));
     if let Some(c) = &cfg {
-        let n = &c.network;
-        let routes = crate::host::process::run_bounded(
-            std::process::Command::new(
-                crate::host::system_tool("ip").unwrap_or_else(|| "ip".into()),
-            )
-            .args(["-j", "-4", "route", "show", "table", "all"]),
-            Duration::from_secs(10),
-            1 << 20,
-        )
-        .map(|o| parse_routes(&String::from_utf8_lossy(&o.stdout)))
-        .unwrap_or_default();
-        rows.push(subnet_row(&n.bridge, n.bridge_ip, n.prefix_len, &routes));
-        rows.push(row(
-            "dns",
-            Status::Pass,
-            match n.dns_port {
-                0 => "off (network.dns_port = 0)".to_string(),
-                p => format!("<name>.vm on {}:{p}", n.bridge_ip),
-            },
-            None,
-        ));
+        rows.extend(network_rows(c));
     }
     rows.push(space_row(
         "free space (state)",
@@ -559,6 +487,91 @@ pub fn run(layout: &Layout, inventory: Option<Inventory>) -> Vec<Check> {
         ));
     }
     rows
+}
+
+/// The external tools' rows (a configured VMM binary checked as the helper
+/// will run it), and whether images can be built.
+fn tool_rows(loaded: Option<&Config>) -> (Vec<Check>, bool) {
+    let configured = |tool: &str| {
+        let c = loaded?;
+        match tool {
+            "qemu-system-x86_64" => c.qemu_binary.clone(),
+            "firecracker" => c.firecracker_binary.clone(),
+            _ => None,
+        }
+    };
+    let (mut rows, mut can_build) = (vec![], true);
+    for (tool, pkg, flag, _) in TOOLS {
+        let r = match configured(tool) {
+            // The owner's choice: run only if root owns it (as the helper will).
+            Some(p) => match crate::vmm::firecracker::check_root_owned(&p)
+                .and_then(|real| tool_version(&real, flag))
+            {
+                Ok(v) => row(tool, Status::Pass, format!("{v} ({} from config)", p.display()), None),
+                Err(e) => row(
+                    tool,
+                    Status::Fail,
+                    format!("{} (from config): {e}", p.display()),
+                    Some("bangerd-root runs only a root-owned binary nobody else can write; fix it or drop qemu_binary from config.toml".into()),
+                ),
+            },
+            None => tool_row(tool, pkg, flag),
+        };
+        if r.status == Status::Fail
+            && matches!(*tool, "mmdebstrap" | "mkfs.ext4" | "apt-get" | "dpkg-deb")
+        {
+            can_build = false;
+        }
+        if *tool == "iptables" && r.status == Status::Pass {
+            let flavour = crate::host::nat::iptables().unwrap_or("iptables");
+            let mut r = r;
+            r.detail = format!("{} (banger uses {flavour})", r.detail);
+            rows.push(r);
+            continue;
+        }
+        rows.push(r);
+    }
+    let fc_configured = configured("firecracker");
+    let fc = fc_configured
+        .as_deref()
+        .into_iter()
+        .chain(
+            ["/usr/local/bin/firecracker", "/usr/bin/firecracker"]
+                .iter()
+                .map(Path::new),
+        )
+        .find(|p| p.exists() || fc_configured.as_deref() == Some(*p))
+        .map(|p| {
+            crate::vmm::firecracker::check_root_owned(p)
+                .and_then(|real| crate::vmm::firecracker::version(&real))
+        });
+    rows.push(firecracker_row(fc, crate::host::cpu::hardware_kvm()));
+    (rows, can_build)
+}
+
+/// The bridge's subnet against the host's routes, and the DNS server.
+fn network_rows(c: &Config) -> Vec<Check> {
+    let n = &c.network;
+    let routes = crate::host::process::run_bounded(
+        std::process::Command::new(crate::host::system_tool("ip").unwrap_or_else(|| "ip".into()))
+            .args(["-j", "-4", "route", "show", "table", "all"]),
+        Duration::from_secs(10),
+        1 << 20,
+    )
+    .map(|o| parse_routes(&String::from_utf8_lossy(&o.stdout)))
+    .unwrap_or_default();
+    vec![
+        subnet_row(&n.bridge, n.bridge_ip, n.prefix_len, &routes),
+        row(
+            "dns",
+            Status::Pass,
+            match n.dns_port {
+                0 => "off (network.dns_port = 0)".to_string(),
+                p => format!("<name>.vm on {}:{p}", n.bridge_ip),
+            },
+            None,
+        ),
+    ]
 }
 
 #[cfg(test)]
