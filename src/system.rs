@@ -541,9 +541,20 @@ pub fn doctor_rows(layout: &Layout) -> Vec<Check> {
             info.as_ref().map(manual_equivalent),
         ));
     }
+    rows.extend(unit_rows(info.as_ref()));
+    if let Some(i) = &info {
+        rows.extend(socket_rows(layout, i));
+    }
+    rows
+}
+
+/// The installed units against the hardening they must have and what this
+/// banger would write.
+fn unit_rows(info: Option<&InstallInfo>) -> Vec<Check> {
+    let mut rows = vec![];
     for (unit, text) in [
-        (HELPER_UNIT, info.as_ref().map(helper_unit)),
-        (DAEMON_UNIT, info.as_ref().map(daemon_unit)),
+        (HELPER_UNIT, info.map(helper_unit)),
+        (DAEMON_UNIT, info.map(daemon_unit)),
     ] {
         let path = Path::new(UNIT_DIR).join(unit);
         let Ok(have) = std::fs::read_to_string(&path) else {
@@ -576,55 +587,59 @@ pub fn doctor_rows(layout: &Layout) -> Vec<Check> {
             row(&name, Status::Pass, "as installed by banger", None)
         });
     }
-    if let Some(i) = &info {
-        use std::os::unix::fs::MetadataExt;
-        for (sock, owner) in [
-            (layout.daemon_socket(), i.owner_uid),
-            (layout.helper_socket(), i.owner_uid),
-        ] {
-            let name = format!(
-                "socket {}",
-                sock.file_name().unwrap_or_default().to_string_lossy()
-            );
-            rows.push(match std::fs::symlink_metadata(&sock) {
-                Ok(m) if m.uid() == owner && m.mode() & 0o077 == 0 => row(
-                    &name,
-                    Status::Pass,
-                    format!("{} (uid {owner}, 0{:o})", sock.display(), m.mode() & 0o777),
-                    None,
-                ),
-                Ok(m) => row(
-                    &name,
-                    Status::Fail,
-                    format!(
-                        "{} is uid {}, mode 0{:o}; want uid {owner}, no group or other access",
-                        sock.display(),
-                        m.uid(),
-                        m.mode() & 0o777
-                    ),
-                    Some("restart the services: sudo banger system restart".into()),
-                ),
-                Err(e) => row(
-                    &name,
-                    Status::Fail,
-                    format!("{}: {e}", sock.display()),
-                    Some("start the services: sudo banger system restart".into()),
-                ),
-            });
-        }
-        let dev = crate::version::VERSION == "dev";
-        if !dev && i.version != crate::version::VERSION {
-            rows.push(row(
-                "versions",
-                Status::Warn,
+    rows
+}
+
+/// The sockets' owner and mode; the installed version against this one.
+fn socket_rows(layout: &Layout, i: &InstallInfo) -> Vec<Check> {
+    use std::os::unix::fs::MetadataExt;
+    let mut rows = vec![];
+    for (sock, owner) in [
+        (layout.daemon_socket(), i.owner_uid),
+        (layout.helper_socket(), i.owner_uid),
+    ] {
+        let name = format!(
+            "socket {}",
+            sock.file_name().unwrap_or_default().to_string_lossy()
+        );
+        rows.push(match std::fs::symlink_metadata(&sock) {
+            Ok(m) if m.uid() == owner && m.mode() & 0o077 == 0 => row(
+                &name,
+                Status::Pass,
+                format!("{} (uid {owner}, 0{:o})", sock.display(), m.mode() & 0o777),
+                None,
+            ),
+            Ok(m) => row(
+                &name,
+                Status::Fail,
                 format!(
-                    "this banger is {}, the installed services {}",
-                    crate::version::VERSION,
-                    i.version
+                    "{} is uid {}, mode 0{:o}; want uid {owner}, no group or other access",
+                    sock.display(),
+                    m.uid(),
+                    m.mode() & 0o777
                 ),
-                Some("reinstall from this build: sudo banger system install".into()),
-            ));
-        }
+                Some("restart the services: sudo banger system restart".into()),
+            ),
+            Err(e) => row(
+                &name,
+                Status::Fail,
+                format!("{}: {e}", sock.display()),
+                Some("start the services: sudo banger system restart".into()),
+            ),
+        });
+    }
+    let dev = crate::version::VERSION == "dev";
+    if !dev && i.version != crate::version::VERSION {
+        rows.push(row(
+            "versions",
+            Status::Warn,
+            format!(
+                "this banger is {}, the installed services {}",
+                crate::version::VERSION,
+                i.version
+            ),
+            Some("reinstall from this build: sudo banger system install".into()),
+        ));
     }
     rows
 }
