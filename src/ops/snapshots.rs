@@ -150,21 +150,7 @@ pub async fn take(
     scope: Option<String>,
     stages: &mut Stages,
 ) -> Result<SnapshotRecord, RpcError> {
-    super::vms::require_running(rec)?;
-    if rec.vmm != VmmKind::Qemu {
-        return Err(RpcError::bad_request(format!(
-            "VM {} runs under Firecracker: snapshots here are QEMU's (Firecracker cannot boot guests on this host); make the VM with --vmm qemu",
-            rec.name
-        )));
-    }
-    let name = name.unwrap_or_else(|| default_name(&rec.name));
-    validate_name(&name)?;
-    if ctx.store.get_snapshot(&name)?.is_some() {
-        return Err(RpcError::new(
-            crate::protocol::ErrorCode::AlreadyExists,
-            format!("a snapshot named {name:?} exists; pick another name or delete it (banger snapshot delete {name})"),
-        ));
-    }
+    let name = check_new(ctx, rec, name)?;
     let kernel = super::kernels::get(ctx, &rec.kernel)?;
     let vmm_version = vmm_version(ctx)?;
     // A VM made from a snapshot: its overlay is backed by that snapshot's,
@@ -177,72 +163,19 @@ pub async fn take(
         Some(p) => Path::new(&p.dir).join(BASE),
         None => ctx.layout.vm(&rec.id).base_disk(),
     };
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", rec.vmm_pid.unwrap_or(0)))
-        .ok()
-        .and_then(|c| {
-            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-            let at = args.iter().position(|a| *a == b"-append")?;
-            args.get(at + 1)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-        })
-        .ok_or_else(|| RpcError::failed("cannot read the VM's kernel command line"))?;
+    let cmdline = kernel_cmdline_of(rec.vmm_pid)?;
     let paths = ctx.layout.vm(&rec.id);
     let dir = snapshots_dir(ctx);
     let staged = crate::fsutil::TempDir::new_in(&dir, "snapshot").ctx("creating in", &dir)?;
 
-    if let Some(a) = &agent {
-        settle(ctx, a, auto, stages).await?;
-    }
-    stages
-        .begin("pause", "flush the guest, pause the VMM")
-        .await;
-    if let Some(a) = &agent {
-        // The disks as the guest sees them (its page cache is saved with
-        // its memory either way; this makes later cold boots of a clone
-        // closer to what ran).
-        let _ = a
-            .call::<banger_agent::api::Ack>(
-                &banger_agent::proto::Request::Sync,
-                Duration::from_secs(10),
-                64 << 10,
-            )
-            .await;
-    }
-    let mut q = qmp::Qmp::connect(&paths.qmp_socket())
-        .await
-        .map_err(|e| RpcError::failed(format!("QMP: {e}")))?;
-    q.execute("stop", None)
-        .await
-        .map_err(|e| RpcError::failed(e.to_string()))?;
-    stages.end("paused").await;
+    let mut q = pause(ctx, &paths, agent.as_ref(), auto, stages).await?;
 
     let saved = save(&mut q, &paths, &base, staged.path(), stages).await;
     drop(q);
     // Whatever happened, the VM runs on: a migration still going is
     // cancelled first, over a fresh connection (this one may be what broke).
     let resumed = resume(&paths, saved.is_err()).await;
-    let not_resumed = |r: crate::vmm::VmmError| {
-        format!(
-            "VM {} did not resume: {r}; restart it (banger vm restart {})",
-            rec.name, rec.name
-        )
-    };
-    let (elapsed_state, bytes_state) = match (saved, resumed) {
-        (Ok(v), Ok(())) => v,
-        (Ok(_), Err(r)) => {
-            return Err(RpcError::failed(format!(
-                "the snapshot was not kept: {}",
-                not_resumed(r)
-            )))
-        }
-        (Err(e), Ok(())) => return Err(e),
-        (Err(e), Err(r)) => {
-            return Err(RpcError {
-                message: format!("{}; and {}", e.message, not_resumed(r)),
-                ..e
-            })
-        }
-    };
+    let (elapsed_state, bytes_state) = saved_and_resumed(rec, saved, resumed)?;
 
     let id = crate::store::model::new_vm_id();
     let final_dir = dir.join(&id);
@@ -290,6 +223,104 @@ pub async fn take(
     }
     tracing::info!(vm = %rec.name, snapshot = %name, state_bytes = bytes_state, ms = elapsed_state, size_bytes, "snapshot taken");
     Ok(snap)
+}
+
+/// A snapshot can be taken of `rec` under `name` (default: generated).
+fn check_new(ctx: &Ctx, rec: &VmRecord, name: Option<String>) -> Result<String, RpcError> {
+    super::vms::require_running(rec)?;
+    if rec.vmm != VmmKind::Qemu {
+        return Err(RpcError::bad_request(format!(
+            "VM {} runs under Firecracker: snapshots here are QEMU's (Firecracker cannot boot guests on this host); make the VM with --vmm qemu",
+            rec.name
+        )));
+    }
+    let name = name.unwrap_or_else(|| default_name(&rec.name));
+    validate_name(&name)?;
+    if ctx.store.get_snapshot(&name)?.is_some() {
+        return Err(RpcError::new(
+            crate::protocol::ErrorCode::AlreadyExists,
+            format!("a snapshot named {name:?} exists; pick another name or delete it (banger snapshot delete {name})"),
+        ));
+    }
+    Ok(name)
+}
+
+/// The kernel command line the VMM `pid` was started with (`-append`).
+fn kernel_cmdline_of(pid: Option<u32>) -> Result<String, RpcError> {
+    std::fs::read(format!("/proc/{}/cmdline", pid.unwrap_or(0)))
+        .ok()
+        .and_then(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            let at = args.iter().position(|a| *a == b"-append")?;
+            args.get(at + 1)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+        })
+        .ok_or_else(|| RpcError::failed("cannot read the VM's kernel command line"))
+}
+
+/// Settles the guest (automatic snapshots), flushes its disks and pauses
+/// the VMM; answers the QMP connection it was paused over.
+async fn pause(
+    ctx: &Ctx,
+    paths: &crate::paths::VmPaths,
+    agent: Option<&crate::guest::session::AgentSession>,
+    auto: bool,
+    stages: &mut Stages,
+) -> Result<qmp::Qmp, RpcError> {
+    if let Some(a) = agent {
+        settle(ctx, a, auto, stages).await?;
+    }
+    stages
+        .begin("pause", "flush the guest, pause the VMM")
+        .await;
+    if let Some(a) = agent {
+        // The disks as the guest sees them (its page cache is saved with
+        // its memory either way; this makes later cold boots of a clone
+        // closer to what ran).
+        let _ = a
+            .call::<banger_agent::api::Ack>(
+                &banger_agent::proto::Request::Sync,
+                Duration::from_secs(10),
+                64 << 10,
+            )
+            .await;
+    }
+    let mut q = qmp::Qmp::connect(&paths.qmp_socket())
+        .await
+        .map_err(|e| RpcError::failed(format!("QMP: {e}")))?;
+    q.execute("stop", None)
+        .await
+        .map_err(|e| RpcError::failed(e.to_string()))?;
+    stages.end("paused").await;
+
+    Ok(q)
+}
+
+/// The save's figures when the state was saved and the VM resumed; else
+/// what went wrong (both, when both did).
+fn saved_and_resumed(
+    rec: &VmRecord,
+    saved: Result<(u128, u64), RpcError>,
+    resumed: Result<(), crate::vmm::VmmError>,
+) -> Result<(u128, u64), RpcError> {
+    let not_resumed = |r: crate::vmm::VmmError| {
+        format!(
+            "VM {} did not resume: {r}; restart it (banger vm restart {})",
+            rec.name, rec.name
+        )
+    };
+    match (saved, resumed) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(r)) => Err(RpcError::failed(format!(
+            "the snapshot was not kept: {}",
+            not_resumed(r)
+        ))),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(r)) => Err(RpcError {
+            message: format!("{}; and {}", e.message, not_resumed(r)),
+            ..e
+        }),
+    }
 }
 
 /// How long `vm snapshot` waits for a booting guest to settle.
