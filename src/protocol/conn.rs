@@ -137,47 +137,9 @@ pub async fn serve_connection<R, E, P, H>(
     P: Serialize + Send + 'static,
     H: Handler<R, E, P>,
 {
-    let peer = match stream.peer_cred() {
-        Ok(c) => Peer {
-            uid: c.uid(),
-            gid: c.gid(),
-            pid: c.pid(),
-        },
-        Err(e) => {
-            tracing::warn!("cannot read peer credentials: {e}");
-            return;
-        }
-    };
-    let hello: Hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(FrameError::Closed)) | Ok(Err(FrameError::Truncated)) | Err(_) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(uid = peer.uid, "bad hello: {e}");
-            let reply = HelloReply::Error(RpcError::bad_request(format!(
-                "expected a hello frame: {e}"
-            )));
-            let _ = write_frame(&mut stream, &reply).await;
-            return;
-        }
-    };
-    if !allowed(peer.uid) {
-        tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused a connection from another uid");
-        let reply = HelloReply::Error(RpcError::new(
-            ErrorCode::Unauthorized,
-            format!(
-                "uid {} may not use this socket: it serves only its owner (uid {}); run banger as that user or start your own daemon",
-                peer.uid,
-                nix::unistd::geteuid()
-            ),
-        ));
-        let _ = write_frame(&mut stream, &reply).await;
+    let Some(peer) = handshake(&mut stream, allowed).await else {
         return;
-    }
-    let reply = answer_hello(&hello);
-    let welcomed = matches!(reply, HelloReply::Welcome { .. });
-    if write_frame(&mut stream, &reply).await.is_err() || !welcomed {
-        return;
-    }
+    };
 
     let (mut rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = ByteQueue::new(OUT_BYTES);
@@ -252,38 +214,107 @@ pub async fn serve_connection<R, E, P, H>(
             break;
         };
         let handler = handler.clone();
-        let out = out_tx.clone();
-        in_flight.spawn(async move {
-            let _permit = permit;
-            let op_id = call.op_id.clone();
-            let (tx, mut rx) = mpsc::channel::<E>(EVENT_QUEUE);
-            let fut = handler.handle(peer, call, tx, in_rx);
-            tokio::pin!(fut);
-            let result = loop {
-                tokio::select! {
-                    Some(ev) = rx.recv() => {
-                        if let Some(b) = envelope::<E, P>(&op_id, Response::Event(ev)) {
-                            let _ = out.send(b).await;
-                        }
-                    }
-                    res = &mut fut => break res,
-                }
-            };
-            while let Ok(ev) = rx.try_recv() {
-                if let Some(b) = envelope::<E, P>(&op_id, Response::Event(ev)) {
-                    let _ = out.send(b).await;
-                }
-            }
-            let result = result.map_err(|e| e.with_op(&op_id));
-            if let Some(b) = envelope::<E, P>(&op_id, Response::Final(result)) {
-                let _ = out.send(b).await;
-            }
-        });
+        in_flight.spawn(serve_call::<R, E, P, H>(
+            handler,
+            peer,
+            call,
+            in_rx,
+            out_tx.clone(),
+            permit,
+        ));
     }
     in_flight.abort_all();
     while in_flight.join_next().await.is_some() {}
     drop(out_tx);
     let _ = writer.await;
+}
+
+/// Reads the peer's credentials and hello; answers it, refusing uids
+/// `allowed` does not take and mismatched versions. The peer when welcome.
+async fn handshake(stream: &mut UnixStream, allowed: impl Fn(u32) -> bool) -> Option<Peer> {
+    let peer = match stream.peer_cred() {
+        Ok(c) => Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
+        Err(e) => {
+            tracing::warn!("cannot read peer credentials: {e}");
+            return None;
+        }
+    };
+    let hello: Hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(FrameError::Closed)) | Ok(Err(FrameError::Truncated)) | Err(_) => return None,
+        Ok(Err(e)) => {
+            tracing::debug!(uid = peer.uid, "bad hello: {e}");
+            let reply = HelloReply::Error(RpcError::bad_request(format!(
+                "expected a hello frame: {e}"
+            )));
+            let _ = write_frame(stream, &reply).await;
+            return None;
+        }
+    };
+    if !allowed(peer.uid) {
+        tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused a connection from another uid");
+        let reply = HelloReply::Error(RpcError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "uid {} may not use this socket: it serves only its owner (uid {}); run banger as that user or start your own daemon",
+                peer.uid,
+                nix::unistd::geteuid()
+            ),
+        ));
+        let _ = write_frame(stream, &reply).await;
+        return None;
+    }
+    let reply = answer_hello(&hello);
+    let welcomed = matches!(reply, HelloReply::Welcome { .. });
+    if write_frame(stream, &reply).await.is_err() || !welcomed {
+        return None;
+    }
+
+    Some(peer)
+}
+
+/// One call: the handler's events streamed as they come, then its answer.
+async fn serve_call<R, E, P, H>(
+    handler: H,
+    peer: Peer,
+    call: Call<R>,
+    in_rx: Inputs,
+    out: ByteQueue,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    R: Methods + Send + std::fmt::Debug + 'static,
+    E: Serialize + Send + 'static,
+    P: Serialize + Send + 'static,
+    H: Handler<R, E, P>,
+{
+    let _permit = permit;
+    let op_id = call.op_id.clone();
+    let (tx, mut rx) = mpsc::channel::<E>(EVENT_QUEUE);
+    let fut = handler.handle(peer, call, tx, in_rx);
+    tokio::pin!(fut);
+    let result = loop {
+        tokio::select! {
+            Some(ev) = rx.recv() => {
+                if let Some(b) = envelope::<E, P>(&op_id, Response::Event(ev)) {
+                    let _ = out.send(b).await;
+                }
+            }
+            res = &mut fut => break res,
+        }
+    };
+    while let Ok(ev) = rx.try_recv() {
+        if let Some(b) = envelope::<E, P>(&op_id, Response::Event(ev)) {
+            let _ = out.send(b).await;
+        }
+    }
+    let result = result.map_err(|e| e.with_op(&op_id));
+    if let Some(b) = envelope::<E, P>(&op_id, Response::Final(result)) {
+        let _ = out.send(b).await;
+    }
 }
 
 /// Accepts connections on `listener` and serves each with `handler` (peers
