@@ -260,6 +260,59 @@ where
         },
         _ => None,
     };
+    let pty = match req.tty {
+        Some(t) => Some(openpty(t.rows.max(1), t.cols.max(1))?),
+        None => None,
+    };
+    let mut cmd = command(&req, prog, args, pty.as_ref().map(|(_, s)| s), tcp)?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let kind = classify(&e);
+            let what = match kind {
+                ExecErrorKind::NotFound => format!("{prog}: command not found"),
+                _ => format!("{prog}: cannot run it: {e}"),
+            };
+            return fail(w, kind, what).await;
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    send(w, proto::STARTED, &pid.to_be_bytes()).await?;
+    let (master, slave) = match pty {
+        Some((m, s)) => (Some(Arc::new(PtyMaster::new(m)?)), Some(s)),
+        None => (None, None),
+    };
+    // The command holds its own copies; ours would keep the pty open.
+    drop(slave);
+    let stdin = child.stdin.take();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let outputs = forward_output(&mut child, master.as_ref(), w, &stop, &sent);
+    let Some(status) = host_frames(rd, &mut child, master.as_ref(), stdin, pid).await? else {
+        // The host went away: the command went too.
+        return Ok(());
+    };
+    drain(outputs, &sent, stop_tx).await;
+    let exit = ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+    };
+    let data = serde_json::to_vec(&exit).map_err(io::Error::other)?;
+    send(w, proto::EXIT, &data).await?;
+    w.lock().await.shutdown().await
+}
+
+/// The command as asked: argv (no shell), a clean environment, its cwd;
+/// on the pty `slave` in a session of its own, or with pipes (stdin the
+/// host's TCP connection, the stream, or nothing) in a process group of
+/// its own.
+fn command(
+    req: &ExecRequest,
+    prog: &str,
+    args: &[String],
+    slave: Option<&OwnedFd>,
+    tcp: Option<tokio::net::TcpStream>,
+) -> io::Result<tokio::process::Command> {
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args)
         .env_clear()
@@ -267,12 +320,8 @@ where
         .envs(req.env.iter().cloned())
         .kill_on_drop(true);
     cmd.current_dir(req.cwd.as_deref().unwrap_or("/root"));
-    let pty = match req.tty {
-        Some(t) => Some(openpty(t.rows.max(1), t.cols.max(1))?),
-        None => None,
-    };
-    match &pty {
-        Some((_, slave)) => {
+    match slave {
+        Some(slave) => {
             cmd.stdin(Stdio::from(slave.try_clone()?))
                 .stdout(Stdio::from(slave.try_clone()?))
                 .stderr(Stdio::from(slave.try_clone()?));
@@ -293,7 +342,7 @@ where
             .stderr(Stdio::piped());
         }
     }
-    if pty.is_some() {
+    if slave.is_some() {
         // A session of its own with the pty as its controlling terminal.
         // SAFETY: setsid and ioctl are async-signal-safe.
         unsafe {
@@ -310,30 +359,23 @@ where
         // under emulation (a fork copies the agent's address space).
         cmd.process_group(0);
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let kind = classify(&e);
-            let what = match kind {
-                ExecErrorKind::NotFound => format!("{prog}: command not found"),
-                _ => format!("{prog}: cannot run it: {e}"),
-            };
-            return fail(w, kind, what).await;
-        }
-    };
-    let pid = child.id().unwrap_or(0);
-    send(w, proto::STARTED, &pid.to_be_bytes()).await?;
-    let (master, slave) = match pty {
-        Some((m, s)) => (Some(Arc::new(PtyMaster::new(m)?)), Some(s)),
-        None => (None, None),
-    };
-    // The command holds its own copies; ours would keep the pty open.
-    drop(slave);
-    let mut stdin = child.stdin.take();
+    Ok(cmd)
+}
+
+/// Forwards the command's output (the pty, or its stdout and stderr) as
+/// frames until it ends or `stop`; `sent` counts frames.
+fn forward_output<S>(
+    child: &mut tokio::process::Child,
+    master: Option<&Arc<PtyMaster>>,
+    w: &Writer<S>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    sent: &Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let mut outputs = Vec::new();
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    if let Some(m) = &master {
+    if let Some(m) = master {
         let (m, w) = (m.clone(), w.clone());
         let (mut stop, sent) = (stop.clone(), sent.clone());
         outputs.push(tokio::spawn(async move {
@@ -371,13 +413,28 @@ where
             sent.clone(),
         )));
     }
+    outputs
+}
+
+/// Frames from the host (stdin, EOF, signals, resizes) until the command
+/// exits; None when the host went away (the command is then killed).
+async fn host_frames<S>(
+    rd: &mut tokio::io::ReadHalf<S>,
+    child: &mut tokio::process::Child,
+    master: Option<&Arc<PtyMaster>>,
+    mut stdin: Option<tokio::process::ChildStdin>,
+    pid: u32,
+) -> io::Result<Option<std::process::ExitStatus>>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     // Frames from the host until the command exits.
-    let status = loop {
+    Ok(Some(loop {
         tokio::select! {
             st = child.wait() => break st?,
             msg = proto::read_msg(rd, proto::MAX_MSG) => match msg {
                 Ok(Some((proto::STDIN, data))) => {
-                    if let Some(m) = &master {
+                    if let Some(m) = master {
                         let _ = m.write_all(&data).await;
                     } else if let Some(s) = stdin.as_mut() {
                         if s.write_all(&data).await.is_err() {
@@ -387,7 +444,7 @@ where
                 }
                 Ok(Some((proto::STDIN_EOF, _))) => {
                     stdin = None;
-                    if let Some(m) = &master {
+                    if let Some(m) = master {
                         // Ctrl-D: the terminal's end of input.
                         let _ = m.write_all(&[4]).await;
                     }
@@ -400,7 +457,7 @@ where
                     }
                 }
                 Ok(Some((proto::RESIZE, d))) if d.len() == 4 => {
-                    if let Some(m) = &master {
+                    if let Some(m) = master {
                         set_winsize(m.0.get_ref().as_raw_fd(), u16::from_be_bytes([d[0], d[1]]), u16::from_be_bytes([d[2], d[3]]));
                     }
                 }
@@ -410,12 +467,19 @@ where
                     // SAFETY: as above.
                     unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
                     let _ = child.wait().await;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
-    };
-    drop(stdin);
+    }))
+}
+
+/// Lets the output forwarding finish after the exit, bounded; then stops it.
+async fn drain(
+    outputs: Vec<tokio::task::JoinHandle<()>>,
+    sent: &std::sync::atomic::AtomicU64,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+) {
     // Output written before the exit still arrives; a background process
     // that keeps the pipes open does not hold the answer back.
     // Forwarding goes on while output flows (under emulation the last
@@ -441,13 +505,6 @@ where
     for t in outputs {
         let _ = t.await;
     }
-    let exit = ExitStatus {
-        code: status.code(),
-        signal: status.signal(),
-    };
-    let data = serde_json::to_vec(&exit).map_err(io::Error::other)?;
-    send(w, proto::EXIT, &data).await?;
-    w.lock().await.shutdown().await
 }
 
 #[cfg(test)]
