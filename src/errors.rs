@@ -131,6 +131,16 @@ impl From<crate::image::build::BuildError> for RpcError {
     }
 }
 
+impl From<crate::ops::warm::WarmKeyError> for RpcError {
+    fn from(e: crate::ops::warm::WarmKeyError) -> Self {
+        use crate::ops::warm::WarmKeyError as W;
+        match e {
+            k @ W::KeyFile { .. } => RpcError::bad_request(k.to_string()),
+            W::Store(s) => s.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

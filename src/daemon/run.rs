@@ -233,10 +233,7 @@ impl Run {
             command: &w.command,
             key_files: &w.key_files,
         };
-        warm::key(&self.ctx, Path::new(&ws.path), &inputs).map_err(|e| match e {
-            warm::WarmKeyError::KeyFile { .. } => RpcError::bad_request(e.to_string()),
-            warm::WarmKeyError::Store(s) => s.into(),
-        })
+        Ok(warm::key(&self.ctx, Path::new(&ws.path), &inputs)?)
     }
 
     /// The shape of the VM about to be made: a snapshot's when restoring.
