@@ -165,13 +165,9 @@ pub(super) fn forward_signals(
     });
 }
 
-/// Runs `argv` in the VM `name`, output to our stdout and stderr.
-pub async fn exec(
-    ctx: &Ctx,
-    name: &str,
-    argv: Vec<String>,
-    opts: ExecOpts,
-) -> Result<ExecResult, CliError> {
+/// Whether stdin is forwarded (a pipe or file, or `-i`/`-t`), and the
+/// terminal's size with `-t` (which needs one on stdin).
+pub(super) fn terminal(opts: &ExecOpts) -> Result<(bool, Option<TtySize>), CliError> {
     let stdin_tty = std::io::stdin().is_terminal();
     if opts.tty && !stdin_tty {
         return Err(CliError::usage(
@@ -183,6 +179,17 @@ pub async fn exec(
     let tty = opts
         .tty
         .then(|| window_size().unwrap_or(TtySize { rows: 24, cols: 80 }));
+    Ok((forward, tty))
+}
+
+/// Runs `argv` in the VM `name`, output to our stdout and stderr.
+pub async fn exec(
+    ctx: &Ctx,
+    name: &str,
+    argv: Vec<String>,
+    opts: ExecOpts,
+) -> Result<ExecResult, CliError> {
+    let (forward, tty) = terminal(&opts)?;
     let mut c = client::connect(&ctx.layout, true).await?;
     let (tx, rx) = mpsc::channel(64);
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::exec::{forward_signals, pump_stdin, window_size, Phase, RawMode};
+use super::exec::{forward_signals, pump_stdin, terminal, Phase, RawMode};
 use super::progress::ProgressView;
 use super::render::CliError;
 use super::vm::{ours, spec, RunArgs, WorkspaceArgs};
 use super::{client, out, style, Ctx};
 use crate::protocol::cli::{
-    Event, Input, Reply, Request, RunCommand, RunSpec, TtySize, WarmSpec, WorkspaceSpec,
+    Event, Input, Reply, Request, RunCommand, RunSpec, WarmSpec, WorkspaceSpec,
 };
 use crate::size::format_size;
 
@@ -87,17 +87,7 @@ fn command(a: &RunArgs) -> Result<(Option<RunCommand>, bool), CliError> {
     } else {
         a.command.clone()
     };
-    let stdin_tty = std::io::stdin().is_terminal();
-    if o.tty && !stdin_tty {
-        return Err(CliError::usage(
-            "invalid flags",
-            "-t needs a terminal on stdin; drop -t to pipe input",
-        ));
-    }
-    let forward = o.tty || o.interactive || !stdin_tty;
-    let tty = o
-        .tty
-        .then(|| window_size().unwrap_or(TtySize { rows: 24, cols: 80 }));
+    let (forward, tty) = terminal(&o)?;
     Ok((
         Some(RunCommand {
             argv,
