@@ -148,9 +148,9 @@ pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result
         persist(ctx, vm, &rec)?;
         return Err(e);
     }
-    // The tap, NAT rules and agent go while the files and the record do
-    // (a crash in between leaves an orphan tap, which the next start
-    // deletes); the delete returns when both are done.
+    // The tap, NAT rules and agent go while the files do; the record goes
+    // last, so a VM missing from the list holds nothing any more (its
+    // address is free only once its tap is gone).
     let (id, name, ip) = (rec.id.clone(), rec.name.clone(), rec.ip.clone());
     let files = async {
         let paths = ctx.layout.vm(&id);
@@ -161,10 +161,11 @@ pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result
         if let Some(ip) = &ip {
             let _ = SshFiles::of(&ctx.layout).unpin(&name, ip);
         }
-        ctx.store.delete_vm(&id).map_err(RpcError::from)
+        Ok::<(), RpcError>(())
     };
     let (_, removed) = tokio::join!(release(ctx, vm, &mut rec), files);
     removed?;
+    ctx.store.delete_vm(&id)?;
     refresh_ssh_config(ctx);
     Ok(())
 }
