@@ -206,7 +206,9 @@ fn built_kernel_and_image_boot_under_qemu_tcg_with_agent_ssh_and_own_host_keys()
                     .ports(Duration::from_secs(5))
                     .await
                     .unwrap_or_default();
-                if p.iter().any(|p| p.port == 22) {
+                // Listed with its process: the socket can show before its
+                // owner does (sshd re-executes itself at start).
+                if p.iter().any(|p| p.port == 22 && p.process.is_some()) {
                     break p;
                 }
                 assert!(
