@@ -243,3 +243,45 @@ fn the_code_map_names_every_file() {
     }
     assert!(missing.is_empty(), "{missing:#?}");
 }
+
+/// No global mutable state in the code (tests aside): what a process
+/// remembers lives in a context passed in. Write-once caches (`OnceLock`,
+/// `LazyLock`) and a lock that guards nothing (`Mutex<()>`) are allowed.
+#[test]
+fn no_global_mutable_state() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for base in ["src", "agent/src"] {
+        for f in rs_files(&root.join(base)) {
+            if f.file_name()
+                .is_some_and(|n| n == "tests.rs" || n == "testing.rs")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).unwrap();
+            let code = match text.find("#[cfg(test)]\nmod tests") {
+                Some(i) => &text[..i],
+                None => &text[..],
+            };
+            for (i, l) in code.lines().enumerate() {
+                let t = l.trim_start();
+                let t = t
+                    .strip_prefix("pub(crate) ")
+                    .or_else(|| t.strip_prefix("pub "))
+                    .unwrap_or(t);
+                if !t.starts_with("static ") {
+                    continue;
+                }
+                let mutable = t.starts_with("static mut ")
+                    || ["Atomic", "RwLock", "RefCell", "Cell<"]
+                        .iter()
+                        .any(|k| t.contains(k))
+                    || (t.contains("Mutex<") && !t.contains("Mutex<()>"));
+                if mutable {
+                    found.push(format!("{}:{}: {t}", f.display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "global mutable state: {found:#?}");
+}

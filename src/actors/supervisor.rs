@@ -81,6 +81,7 @@ impl DaemonSupervisor {
                     super::tap_pool::TapPool {
                         helper: self.ctx.helper.clone(),
                         net: self.ctx.config.network.clone(),
+                        ledger: self.ctx.tap_ledger.clone(),
                     },
                     (),
                     myself.get_cell(),

@@ -33,6 +33,8 @@ pub enum TapPoolMsg {
 pub struct TapPool {
     pub helper: Arc<dyn Privileged>,
     pub net: NetworkConfig,
+    /// The daemon's record of the taps it made.
+    pub ledger: Arc<net::TapLedger>,
 }
 
 /// The warm taps, how many are being made, and whether the pool drains.
@@ -45,10 +47,10 @@ pub struct TapPoolState {
 impl TapPool {
     /// Deletes `taps` on a task, then calls `done`.
     fn delete(&self, taps: Vec<String>, done: impl FnOnce() + Send + 'static) {
-        let helper = self.helper.clone();
+        let (helper, ledger) = (self.helper.clone(), self.ledger.clone());
         tokio::spawn(async move {
             for t in taps {
-                if let Err(e) = net::delete_tap(&*helper, t.clone()).await {
+                if let Err(e) = net::delete_tap(&*helper, t.clone(), &ledger).await {
                     tracing::warn!(tap = %t, "deleting a tap: {}", e.message);
                 }
             }
@@ -92,9 +94,10 @@ impl Actor for TapPool {
                     None => {
                         // Nothing warm: create one for this caller off the mailbox.
                         let (helper, net) = (self.helper.clone(), self.net.clone());
+                        let ledger = self.ledger.clone();
                         let me = myself.clone();
                         tokio::spawn(async move {
-                            let r = net::create_tap(&*helper, &net).await;
+                            let r = net::create_tap(&*helper, &net, &ledger).await;
                             // A caller that gave up waiting: not leaked.
                             if let Err(ractor::MessagingErr::SendErr(Ok(t))) = reply.send(r) {
                                 let _ = me.cast(TapPoolMsg::Release(t, None));
@@ -108,9 +111,10 @@ impl Actor for TapPool {
                 while !state.draining && state.warm.len() + state.creating < WARM {
                     state.creating += 1;
                     let (helper, net) = (self.helper.clone(), self.net.clone());
+                    let ledger = self.ledger.clone();
                     let me = myself.clone();
                     tokio::spawn(async move {
-                        let r = net::create_tap(&*helper, &net).await;
+                        let r = net::create_tap(&*helper, &net, &ledger).await;
                         if let Err(e) = &r {
                             tracing::warn!("warming a tap: {}", e.message);
                         }

@@ -149,6 +149,7 @@ pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Sl
         drivers: Arc::new(RealDrivers),
         guests: Default::default(),
         warming: Default::default(),
+        tap_ledger: Default::default(),
     })
 }
 

@@ -86,9 +86,9 @@ pub async fn orphans(ctx: &Ctx) {
                 .values()
                 .chain(now.iter())
                 .any(|r| r.tap.as_deref() == Some(t.name.as_str()));
-            if !owned && !crate::ops::net::created_here(&t.name) {
+            if !owned && !ctx.tap_ledger.created_here(&t.name) {
                 tracing::warn!(tap = %t.name, "deleting an orphan tap no VM uses");
-                let _ = crate::ops::net::delete_tap(&*ctx.helper, t.name).await;
+                let _ = crate::ops::net::delete_tap(&*ctx.helper, t.name, &ctx.tap_ledger).await;
             }
         }
     }

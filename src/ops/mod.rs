@@ -158,6 +158,8 @@ pub struct Ctx {
     /// Automatic (warm) snapshots being made now, by name: one at a time
     /// for each.
     pub warming: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The taps this daemon made (shared with its tap pool).
+    pub tap_ledger: Arc<net::TapLedger>,
 }
 
 /// Refuses to delete `what` while `users` (of kind `by`) need it.

@@ -14,18 +14,22 @@ pub fn new_tap_name() -> String {
     format!("bgt{:08x}", rand::rng().random::<u32>())
 }
 
-/// Taps this daemon process created and has not deleted: never orphans of
-/// an earlier run, whatever the store says yet (a warm tap, one a resumed
-/// start just leased). The orphan pass at start-up spares them.
-static CREATED_HERE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Taps this daemon created and has not deleted: never orphans of an
+/// earlier run, whatever the store says yet (a warm tap, one a resumed
+/// start just leased). The orphan pass at start-up spares them. One per
+/// daemon, shared by its context and its tap pool.
+#[derive(Default)]
+pub struct TapLedger(std::sync::Mutex<std::collections::HashSet<String>>);
 
-/// Whether this process created `tap` (and has not deleted it).
-pub fn created_here(tap: &str) -> bool {
-    CREATED_HERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|t| t == tap)
+impl TapLedger {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this daemon created `tap` (and has not deleted it).
+    pub fn created_here(&self, tap: &str) -> bool {
+        self.set().contains(tap)
+    }
 }
 
 /// Taps the daemon's pool keeps ready (a start that finds them all gone
@@ -33,7 +37,11 @@ pub fn created_here(tap: &str) -> bool {
 pub const WARM_TAPS: usize = 2;
 
 /// Ensures the bridge and creates one tap on it.
-pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<String, RpcError> {
+pub async fn create_tap(
+    helper: &dyn Privileged,
+    net: &NetworkConfig,
+    ledger: &TapLedger,
+) -> Result<String, RpcError> {
     helper
         .call(PrivRequest::EnsureBridge {
             name: net.bridge.clone(),
@@ -43,10 +51,7 @@ pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<
         })
         .await?;
     let name = new_tap_name();
-    CREATED_HERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(name.clone());
+    ledger.set().insert(name.clone());
     helper
         .call(PrivRequest::CreateTap {
             name: name.clone(),
@@ -57,16 +62,17 @@ pub async fn create_tap(helper: &dyn Privileged, net: &NetworkConfig) -> Result<
 }
 
 /// Deletes a tap (absent is fine).
-pub async fn delete_tap(helper: &dyn Privileged, name: String) -> Result<(), RpcError> {
+pub async fn delete_tap(
+    helper: &dyn Privileged,
+    name: String,
+    ledger: &TapLedger,
+) -> Result<(), RpcError> {
     let r = helper
         .call(PrivRequest::DeleteTap { name: name.clone() })
         .await
         .map(drop);
     if r.is_ok() {
-        CREATED_HERE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|t| *t != name);
+        ledger.set().remove(&name);
     }
     r
 }

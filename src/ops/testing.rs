@@ -323,6 +323,7 @@ impl Fakes {
             },
             guests: Default::default(),
             warming: Default::default(),
+            tap_ledger: Default::default(),
         });
         Fakes {
             dir,
