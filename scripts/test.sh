@@ -66,9 +66,11 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test"
-cargo test --locked --workspace -- --test-threads="${BANGER_TEST_THREADS:-4}"
+# With the test hooks (fault injection over the socket); the smoke suite
+# below runs the binaries as released, without them.
+cargo test --locked --workspace --features banger/test-hooks -- --test-threads="${BANGER_TEST_THREADS:-4}"
 
 # The smoke suite: every user-visible scenario through the real binaries
 # (the ones cargo test just built), two at a time.

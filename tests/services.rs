@@ -82,6 +82,10 @@ fn start_with_fake_resolvectl(env: &TestEnv) -> std::path::PathBuf {
 /// restarted, the guest agent frozen and killed (the smoke suite's `dns`,
 /// `ports`, `stats` and `ssh-config` scenarios cover the rest).
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "breaks helpers through `banger debug`: run with --features test-hooks (scripts/test.sh does)"
+)]
 fn dns_routing_and_helper_and_agent_restarts_on_real_guests() {
     let _heavy = heavy();
     let env = vm_env();

@@ -180,6 +180,7 @@ pub enum VmMsg {
     /// Internal: (re)start the GuestWatch after its backoff.
     SpawnWatch,
     /// Test hook (`Request::TestHook`): break one of this VM's helpers.
+    #[cfg(feature = "test-hooks")]
     Hook(crate::protocol::cli::TestHook),
     /// Test hook: the handler panics, as a bug would.
     #[cfg(test)]
@@ -570,6 +571,7 @@ impl Actor for VmActor {
                     self.spawn_watch(&myself, state).await;
                 }
             }
+            #[cfg(feature = "test-hooks")]
             VmMsg::Hook(h) => hook(state, h),
             #[cfg(test)]
             VmMsg::Panic => panic!("test-induced panic in VmActor {}", self.id),
@@ -655,6 +657,7 @@ where
 }
 
 /// A test hook: breaks one of this VM's helpers.
+#[cfg(feature = "test-hooks")]
 fn hook(state: &mut VmActorState, h: crate::protocol::cli::TestHook) {
     use crate::protocol::cli::TestHook;
     match h {

@@ -109,6 +109,7 @@ pub enum Command {
     /// Print version, commit and build time
     Version,
     /// Fault injection for tests (needs BANGER_TEST_HOOKS=1 on the daemon)
+    #[cfg(feature = "test-hooks")]
     #[command(subcommand, hide = true)]
     Debug(services::DebugCommand),
     /// Print a shell completion script
@@ -273,6 +274,7 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         Command::Doctor { json } => system::doctor(ctx, json).await,
         Command::System(c) => system::system(ctx, c).await,
         Command::SshConfig(a) => services::ssh_config(ctx, a).await,
+        #[cfg(feature = "test-hooks")]
         Command::Debug(c) => services::debug(ctx, c).await,
         Command::Vm(c) => vm::run(ctx, c).await,
     }

@@ -1,11 +1,9 @@
 //! `vm ports`, `vm stats`, `vm health`, `banger dns`, `banger ssh-config`
 //! and the hidden `banger debug` test hooks.
 
-use clap::Subcommand;
-
 use super::render::{self, CliError, Table};
 use super::{client, out, style, Ctx};
-use crate::protocol::cli::{Reply, Request, TestHook, VmHealthView, VmStatsView};
+use crate::protocol::cli::{Reply, Request, VmHealthView, VmStatsView};
 
 async fn call(ctx: &Ctx, req: Request) -> Result<Reply, CliError> {
     let mut c = client::connect(&ctx.layout, true).await?;
@@ -380,9 +378,10 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<u8, CliError> {
     Ok(0)
 }
 
-/// Fault injection for tests (needs a daemon started with
-/// `BANGER_TEST_HOOKS=1`).
-#[derive(Debug, Subcommand)]
+/// Fault injection for tests (built with the `test-hooks` feature; needs a
+/// daemon started with `BANGER_TEST_HOOKS=1`).
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, clap::Subcommand)]
 pub enum DebugCommand {
     /// Make the DnsServer actor panic
     PanicDns,
@@ -396,7 +395,9 @@ pub enum DebugCommand {
     KillSession { name: String },
 }
 
+#[cfg(feature = "test-hooks")]
 pub async fn debug(ctx: &Ctx, c: DebugCommand) -> Result<u8, CliError> {
+    use crate::protocol::cli::TestHook;
     let hook = match c {
         DebugCommand::PanicDns => TestHook::PanicDns,
         DebugCommand::PanicDnsTask => TestHook::PanicDnsTask,

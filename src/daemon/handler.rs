@@ -153,6 +153,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             Request::VmHealth { name } => services::health(ctx, slots, &name).await,
             Request::Dns => services::dns(slots).await,
             Request::SshConfig => services::ssh_config(ctx),
+            #[cfg(feature = "test-hooks")]
             Request::TestHook(h) => services::test_hook(slots, h).await,
             Request::VmSnapshot {
                 name,

@@ -8,7 +8,7 @@ use crate::actors::dns_server::DnsMsg;
 use crate::actors::vm_actor::VmMsg;
 use crate::actors::Slots;
 use crate::ops::{stats, Ctx};
-use crate::protocol::cli::{Reply, TestHook, VmHealthView, VmStatsView};
+use crate::protocol::cli::{Reply, VmHealthView, VmStatsView};
 use crate::protocol::RpcError;
 
 fn agent_err(name: &str, e: impl std::fmt::Display) -> RpcError {
@@ -119,13 +119,19 @@ pub fn ssh_config(ctx: &Ctx) -> Result<Reply, RpcError> {
     })
 }
 
-/// Whether the daemon honours [`TestHook`]s: set in its environment by
+/// Whether the daemon honours test hooks: set in its environment by
 /// whoever started it (tests), never by a request.
+#[cfg(feature = "test-hooks")]
 pub fn hooks_enabled() -> bool {
     std::env::var("BANGER_TEST_HOOKS").is_ok_and(|v| v == "1")
 }
 
-pub async fn test_hook(slots: &Slots, hook: TestHook) -> Result<Reply, RpcError> {
+#[cfg(feature = "test-hooks")]
+pub async fn test_hook(
+    slots: &Slots,
+    hook: crate::protocol::cli::TestHook,
+) -> Result<Reply, RpcError> {
+    use crate::protocol::cli::TestHook;
     if !hooks_enabled() {
         return Err(RpcError::bad_request(
             "test hooks are off (start bangerd with BANGER_TEST_HOOKS=1)",

@@ -133,9 +133,6 @@ pub enum Request {
     /// Rewrites banger's ssh_config (every VM with an address) and answers
     /// its path. Answers [`Reply::SshConfig`].
     SshConfig,
-    /// Fault injection for tests; refused unless the daemon was started
-    /// with `BANGER_TEST_HOOKS=1`. Answers [`Reply::Done`].
-    TestHook(TestHook),
     /// Pauses a running (QEMU) VM, saves its memory, devices and disks as
     /// snapshot `snapshot` (generated when absent), and resumes it, or with
     /// `stop` stops it. Streams stages; answers [`Reply::Snapshot`].
@@ -182,10 +179,15 @@ pub enum Request {
     /// when interrupted before the command ran), or [`Reply::Vm`] when there
     /// is no command (`-d`).
     VmRun(Box<RunSpec>),
+    /// Fault injection for tests: only in builds with the `test-hooks`
+    /// feature (the test suite's), and refused unless the daemon was
+    /// started with `BANGER_TEST_HOOKS=1`. Answers [`Reply::Done`].
+    #[cfg(feature = "test-hooks")]
+    TestHook(TestHook),
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 45;
+    const COUNT: u32 = 44 + cfg!(feature = "test-hooks") as u32;
 }
 
 /// What `vm run` asks for. Paths are absolute (the client's view).
@@ -224,7 +226,8 @@ pub struct RunCommand {
     pub stdin: bool,
 }
 
-/// What [`Request::TestHook`] breaks.
+/// What `Request::TestHook` breaks.
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum TestHook {
     /// The DnsServer actor panics.
@@ -317,6 +320,9 @@ pub struct VmCreateSpec {
 impl Request {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> Request {
+        #[cfg(feature = "test-hooks")]
+        return Request::TestHook(TestHook::PanicDns);
+        #[cfg(not(feature = "test-hooks"))]
         Request::VmRun(Box::new(RunSpec {
             create: VmCreateSpec {
                 name: None,
@@ -386,6 +392,7 @@ impl Request {
             Request::VmHealth { .. } => "vm.health",
             Request::Dns => "dns",
             Request::SshConfig => "ssh_config",
+            #[cfg(feature = "test-hooks")]
             Request::TestHook(_) => "test_hook",
             Request::VmRun(_) => "vm.run",
         }
