@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::vms;
@@ -479,21 +479,24 @@ impl Run {
         if self.events.is_closed() {
             return Err("the client went away".into());
         }
-        let data = tokio::fs::read(kept)
+        // In pieces: a patch is as large as what the guest changed, and
+        // never held whole in the daemon's memory.
+        let mut f = tokio::fs::File::open(kept)
             .await
             .map_err(|e| format!("reading {}: {e}", kept.display()))?;
-        for chunk in data.chunks(PATCH_CHUNK) {
-            if self
-                .events
-                .send(Event::Patch(chunk.to_vec()))
+        loop {
+            let mut chunk = Vec::with_capacity(PATCH_CHUNK);
+            let n = (&mut f)
+                .take(PATCH_CHUNK as u64)
+                .read_to_end(&mut chunk)
                 .await
-                .is_err()
-            {
+                .map_err(|e| format!("reading {}: {e}", kept.display()))?;
+            if n == 0 {
+                break;
+            }
+            if self.events.send(Event::Patch(chunk)).await.is_err() {
                 return Err("the client went away".into());
             }
-        }
-        if data.is_empty() {
-            let _ = self.events.send(Event::Patch(Vec::new())).await;
         }
         let _ = self.events.send(Event::PatchDone).await;
         tokio::select! {
