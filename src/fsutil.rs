@@ -125,6 +125,21 @@ pub fn read_tail(path: &Path, max: u64) -> String {
 }
 
 /// fsyncs a directory (so renames inside it are durable).
+/// Where a file is written before it is renamed to `to`: its directory
+/// and a hidden `.<name>.partial` in it.
+pub fn partial_path(to: &Path) -> (PathBuf, PathBuf) {
+    let parent = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let tmp = parent.join(format!(
+        ".{}.partial",
+        to.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    (parent, tmp)
+}
+
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }

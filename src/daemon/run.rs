@@ -513,21 +513,14 @@ impl Run {
 
 /// Copies `from` to `to` (temporary name next to it, fsync, rename).
 fn copy_durably(from: &Path, to: &Path) -> std::io::Result<()> {
-    let parent = to
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(
-        ".{}.partial",
-        to.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    let (parent, tmp) = crate::fsutil::partial_path(to);
     let r = (|| {
         let mut src = std::fs::File::open(from)?;
         let mut dst = std::fs::File::create(&tmp)?;
         std::io::copy(&mut src, &mut dst)?;
         dst.sync_all()?;
         std::fs::rename(&tmp, to)?;
-        crate::fsutil::sync_dir(parent)
+        crate::fsutil::sync_dir(&parent)
     })();
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);

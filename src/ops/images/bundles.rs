@@ -50,14 +50,7 @@ pub async fn export(ctx: Arc<Ctx>, name: String, file: String) -> Result<Reply, 
                 .ctx("reading", &mpath)?,
         )
         .map_err(|e| RpcError::failed(format!("{}: {e}", mpath.display())))?;
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = parent.join(format!(
-            ".{}.partial",
-            out.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        let (_, tmp) = crate::fsutil::partial_path(&out);
         let bytes = match bundle::export(&dir, &m, &tmp) {
             Ok(b) => b,
             Err(e) => {
