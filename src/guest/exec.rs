@@ -14,7 +14,7 @@ use super::session::{AgentError, AgentSession};
 use banger_agent::proto::{self, Request};
 pub use banger_agent::proto::{ExecError, ExecErrorKind, ExecRequest, ExitStatus, Stdin, Tty};
 
-use crate::protocol::cli::{Event, Input};
+use crate::domain::{Event, Input};
 
 /// How long the agent may take to start the command (or report the port
 /// for TCP stdin).

@@ -12,8 +12,8 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::ChannelMsg;
 use tokio::sync::mpsc;
 
+use crate::domain::Event;
 use crate::paths::Layout;
-use crate::protocol::cli::Event;
 
 /// banger's SSH files.
 #[derive(Debug, Clone)]

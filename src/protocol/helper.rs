@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::Methods;
-use crate::domain::{Signal, VmmKind};
+use crate::domain::Signal;
+pub use crate::image::build::{BuiltRootfs, RootfsSpec};
+pub use crate::vmm::{LaunchSpec, QemuMachine};
 
 /// A privileged operation. Append new variants at the end and bump COUNT.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,65 +94,11 @@ impl Methods for PrivRequest {
     const COUNT: u32 = 15;
 }
 
-/// A VMM to start (see [`PrivRequest::LaunchVmm`]).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LaunchSpec {
-    /// 16 hex digits.
-    pub vm_id: String,
-    pub kind: VmmKind,
-    /// QEMU: the machine; ignored for Firecracker (configured over its API).
-    pub qemu: Option<QemuMachine>,
-    /// The control socket: QMP (QEMU) or API (Firecracker). Must lie in
-    /// `<runtime dir>/vms/<vm_id>/`.
-    pub control_socket: std::path::PathBuf,
-    /// stdout/stderr of the VMM (opened as the owner).
-    pub log: std::path::PathBuf,
-    /// The VMM binary the owner configured; run only when root owns it and
-    /// nobody else can write it. The helper's default locations otherwise.
-    pub binary: Option<std::path::PathBuf>,
-}
-
-/// QEMU microvm parameters for [`LaunchSpec`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct QemuMachine {
-    pub kvm: bool,
-    pub vcpu: u32,
-    pub memory_mib: u32,
-    pub kernel: std::path::PathBuf,
-    pub initrd: Option<std::path::PathBuf>,
-    pub cmdline: String,
-    /// In order (`/dev/vda` first), with their formats (`raw`, `qcow2`).
-    pub disks: Vec<(std::path::PathBuf, String)>,
-    pub tap: Option<String>,
-    pub mac: Option<String>,
-    /// The agent's virtio-serial port, on this Unix socket (QEMU listens).
-    pub agent_socket: Option<std::path::PathBuf>,
-    pub serial_log: std::path::PathBuf,
-    /// Start paused, waiting for a migration stream (a snapshot restore):
-    /// the daemon hands it the state file over QMP.
-    #[serde(default)]
-    pub incoming: bool,
-}
-
 /// A banger VMM process found by [`PrivRequest::ListVmms`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VmmProcess {
     pub pid: u32,
     pub vm_id: String,
-}
-
-/// What to build in [`PrivRequest::BuildRootfs`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RootfsSpec {
-    /// `[a-z0-9-]{1,40}`; names the helper's work directory.
-    pub build_id: String,
-    /// A recipe name from `image::recipe` (e.g. `debian-bookworm`).
-    pub recipe: String,
-    pub kernel_modules: Option<std::path::PathBuf>,
-    pub kernel_version: Option<String>,
-    pub out_dir: std::path::PathBuf,
-    /// Reuse downloaded packages from the helper's package cache.
-    pub package_cache: bool,
 }
 
 impl PrivRequest {
@@ -232,15 +180,6 @@ pub enum PrivReply {
         routed: bool,
         detail: String,
     },
-}
-
-/// The result of [`PrivRequest::BuildRootfs`]: files now in `out_dir`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BuiltRootfs {
-    pub rootfs: std::path::PathBuf,
-    pub work_seed: std::path::PathBuf,
-    pub bootstrap_ms: u64,
-    pub assemble_ms: u64,
 }
 
 /// A tap device as the helper reports it.

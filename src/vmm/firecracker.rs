@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use super::LaunchSpec;
 use super::{BootFut, BootSpec, Vmm, VmmError};
 use crate::domain::VmmKind;
 use crate::paths::VmPaths;
-use crate::protocol::helper::LaunchSpec;
 
 /// Oldest Firecracker banger will start.
 pub const MIN_VERSION: (u32, u32, u32) = (1, 5, 0);

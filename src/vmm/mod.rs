@@ -12,7 +12,7 @@ use std::pin::Pin;
 
 use crate::domain::{VmmChoice, VmmKind};
 use crate::paths::VmPaths;
-use crate::protocol::helper::LaunchSpec;
+use serde::{Deserialize, Serialize};
 
 /// A boxed future borrowing its driver.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -112,4 +112,44 @@ pub fn choose(choice: VmmChoice) -> Result<VmmKind, String> {
             Ok(VmmKind::Firecracker)
         }
     }
+}
+
+/// A VMM to start (see [`PrivRequest::LaunchVmm`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// 16 hex digits.
+    pub vm_id: String,
+    pub kind: VmmKind,
+    /// QEMU: the machine; ignored for Firecracker (configured over its API).
+    pub qemu: Option<QemuMachine>,
+    /// The control socket: QMP (QEMU) or API (Firecracker). Must lie in
+    /// `<runtime dir>/vms/<vm_id>/`.
+    pub control_socket: std::path::PathBuf,
+    /// stdout/stderr of the VMM (opened as the owner).
+    pub log: std::path::PathBuf,
+    /// The VMM binary the owner configured; run only when root owns it and
+    /// nobody else can write it. The helper's default locations otherwise.
+    pub binary: Option<std::path::PathBuf>,
+}
+
+/// QEMU microvm parameters for [`LaunchSpec`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QemuMachine {
+    pub kvm: bool,
+    pub vcpu: u32,
+    pub memory_mib: u32,
+    pub kernel: std::path::PathBuf,
+    pub initrd: Option<std::path::PathBuf>,
+    pub cmdline: String,
+    /// In order (`/dev/vda` first), with their formats (`raw`, `qcow2`).
+    pub disks: Vec<(std::path::PathBuf, String)>,
+    pub tap: Option<String>,
+    pub mac: Option<String>,
+    /// The agent's virtio-serial port, on this Unix socket (QEMU listens).
+    pub agent_socket: Option<std::path::PathBuf>,
+    pub serial_log: std::path::PathBuf,
+    /// Start paused, waiting for a migration stream (a snapshot restore):
+    /// the daemon hands it the state file over QMP.
+    #[serde(default)]
+    pub incoming: bool,
 }

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{BootFut, BootSpec, Vmm, VmmError};
+use super::{LaunchSpec, QemuMachine};
 use crate::domain::VmmKind;
 use crate::paths::VmPaths;
-use crate::protocol::helper::{LaunchSpec, QemuMachine};
 
 /// The kernel command line: console, root, stable interface names, the
 /// banger guest parameters, and under TCG the TSC rate (guest calibration can

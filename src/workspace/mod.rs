@@ -12,7 +12,10 @@ pub mod git;
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 pub use crate::domain::WorkspaceMode as Mode;
+use crate::domain::WorkspaceMode;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -165,11 +168,25 @@ pub fn host_head(path: &Path) -> Option<String> {
 
 impl Options {
     /// From the wire form.
-    pub fn of(spec: &crate::protocol::cli::WorkspaceSpec) -> Options {
+    pub fn of(spec: &WorkspaceSpec) -> Options {
         Options {
             mode: spec.mode,
             include_untracked: spec.include_untracked,
             from: spec.from.clone(),
         }
     }
+}
+
+/// What `vm workspace prepare` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WorkspaceSpec {
+    /// Absolute path of the repository (or a directory inside it).
+    pub path: String,
+    pub mode: WorkspaceMode,
+    pub include_untracked: bool,
+    /// `--from <commit> --branch <name>`.
+    pub from: Option<(String, String)>,
+    /// Keep the guest's git-ignored files of an earlier prepare (a warm
+    /// workspace: its dependencies and build outputs).
+    pub keep_ignored: bool,
 }

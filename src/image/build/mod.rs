@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::recipe::{self, OverlayEntry, Recipe};
-use crate::protocol::helper::{BuiltRootfs, RootfsSpec};
+pub use spec::{BuiltRootfs, RootfsSpec};
 
 mod modules;
+mod spec;
 
 pub use modules::*;
 

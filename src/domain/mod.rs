@@ -7,6 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod events;
+pub mod views;
+
+pub use events::{Event, Input};
+
 /// Lifecycle state of a VM.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
