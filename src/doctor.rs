@@ -291,7 +291,8 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 
 /// What the store says, for the image and kernel rows.
 pub struct Inventory {
-    pub default_image: String,
+    /// The image set as default, if one is (else the built-in default).
+    pub default_image: Option<String>,
     pub images: Vec<(String, String)>,
     pub kernels: Vec<String>,
 }
@@ -315,11 +316,7 @@ pub fn store_row(layout: &Layout) -> (Check, Option<Inventory>) {
         Ok(s) => {
             let version = s.schema_version().unwrap_or(0);
             let inv = Inventory {
-                default_image: s
-                    .setting(crate::store::DEFAULT_IMAGE_KEY)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| crate::image::recipe::DEFAULT_IMAGE.to_string()),
+                default_image: s.setting(crate::store::DEFAULT_IMAGE_KEY).ok().flatten(),
                 images: s
                     .list_images()
                     .unwrap_or_default()
@@ -360,7 +357,7 @@ pub fn store_row(layout: &Layout) -> (Check, Option<Inventory>) {
 /// The default image and its kernel: present, or what the first run does.
 pub fn image_rows(inv: Option<&Inventory>, can_build: bool) -> Vec<Check> {
     let default = inv
-        .map(|i| i.default_image.clone())
+        .and_then(|i| i.default_image.clone())
         .unwrap_or_else(|| crate::image::recipe::DEFAULT_IMAGE.to_string());
     let image = inv.and_then(|i| i.images.iter().find(|(n, _)| *n == default));
     let build_hint = |what: &str| {

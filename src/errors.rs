@@ -1,13 +1,79 @@
-//! The one place where each area's error becomes an [`RpcError`], with its
-//! code: bad input is `bad_request`, a missing thing `not_found`, anything
-//! else `operation_failed`. Messages are the areas' own (they already say
-//! what failed and what to do); nothing is flattened to a bare errno.
+//! The one place where an error becomes an [`RpcError`], with its code: an
+//! operation's [`OpError`] in the daemon, each area's error in bangerd-root.
+//! Bad input is `bad_request`, a missing thing `not_found`, anything else
+//! `operation_failed`. Messages are the areas' own (they already say what
+//! failed and what to do); nothing is flattened to a bare errno. And back:
+//! a bangerd-root answer keeps its kind as an [`OpError`].
 //!
 //! Nothing imports this module: the `From` impls apply everywhere, in the
-//! daemon (`ops`) and in the helper alike.
+//! daemon's handlers and actors and in the helper alike.
 
 use crate::fsutil::IoError;
+use crate::ops::OpError;
 use crate::protocol::{ErrorCode, RpcError};
+
+impl From<OpError> for RpcError {
+    fn from(e: OpError) -> Self {
+        use OpError as O;
+        match e {
+            O::Invalid(m) => RpcError::bad_request(m),
+            O::NotFound(m) => RpcError::not_found(m),
+            O::AlreadyExists(m) => RpcError::new(ErrorCode::AlreadyExists, m),
+            O::Busy(m) => RpcError::new(ErrorCode::Busy, m),
+            O::Failed(m) => RpcError::failed(m),
+            O::Store(e) => e.into(),
+            O::Io(e) => e.into(),
+            O::Kernel(e) => e.into(),
+            O::Bundle(e) => e.into(),
+            O::Build(e) => e.into(),
+            O::Workspace(e) => e.into(),
+            O::Agent(e) => e.into(),
+            O::Ssh(e) => e.into(),
+            O::Vmm(e) => e.into(),
+            O::Name(e) => e.into(),
+            O::Signal(e) => e.into(),
+            O::Net(e) => e.into(),
+            O::Host(e) => e.into(),
+            O::Disk(e) => e.into(),
+            O::WarmKey(e) => e.into(),
+            O::Task(e) => e.into(),
+            O::Shared(e) => RpcError::new(code_of(&e), e.to_string()),
+            O::Context { message, source } => RpcError::new(code_of(&source), message),
+        }
+    }
+}
+
+/// The code an error shared by several waiters maps to (its message is
+/// the same for each).
+fn code_of(e: &OpError) -> ErrorCode {
+    match e {
+        OpError::Shared(inner) => code_of(inner),
+        OpError::Context { source, .. } => code_of(source),
+        _ if e.is_not_found() => ErrorCode::NotFound,
+        _ if e.is_already_exists() => ErrorCode::AlreadyExists,
+        _ if e.is_busy() => ErrorCode::Busy,
+        OpError::Invalid(_)
+        | OpError::Name(_)
+        | OpError::Signal(_)
+        | OpError::Bundle(_)
+        | OpError::Build(crate::image::build::BuildError::Refused(_))
+        | OpError::Kernel(crate::kernel::KernelError::BadInput(_)) => ErrorCode::BadRequest,
+        _ => ErrorCode::OperationFailed,
+    }
+}
+
+impl From<RpcError> for OpError {
+    /// bangerd-root's answer, with its kind kept.
+    fn from(e: RpcError) -> Self {
+        match e.code {
+            ErrorCode::NotFound => OpError::NotFound(e.message),
+            ErrorCode::AlreadyExists => OpError::AlreadyExists(e.message),
+            ErrorCode::BadRequest => OpError::Invalid(e.message),
+            ErrorCode::Busy => OpError::Busy(e.message),
+            _ => OpError::Failed(e.message),
+        }
+    }
+}
 
 impl From<crate::store::StoreError> for RpcError {
     fn from(e: crate::store::StoreError) -> Self {

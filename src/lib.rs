@@ -32,4 +32,4 @@ pub mod vmm;
 pub mod workspace;
 
 #[cfg(test)]
-mod layers;
+mod module_rules;

@@ -1,7 +1,7 @@
 //! Guest services on real QEMU guests in the test's namespace: `<name>.vm`
 //! DNS (from the host with dig, from a guest through its resolver), the
 //! host resolver routing (a fake `resolvectl`), `vm ports`, `vm stats`,
-//! `vm health`, the per-VM helpers' restarts, and `ssh-config`.
+//! `vm health`, the per-VM children' restarts, and `ssh-config`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -149,7 +149,7 @@ fn dns_routing_and_helper_and_agent_restarts_on_real_guests() {
                     "panic-watch" => "guest-watch",
                     _ => "vmm-monitor",
                 };
-                let restarted = h["helpers"]
+                let restarted = h["children"]
                     .as_array()?
                     .iter()
                     .any(|x| x["name"] == name && x["restarts"].as_u64() >= Some(1));
@@ -167,13 +167,13 @@ fn dns_routing_and_helper_and_agent_restarts_on_real_guests() {
         assert_eq!(serde_json::Value::String(out.trim().into()), boot, "{hook}");
     }
     let v = show(&env, "alpha");
-    assert!(v["helper_restarts"].as_u64().unwrap() >= 3, "{v}");
+    assert!(v["child_restarts"].as_u64().unwrap() >= 3, "{v}");
     // The monitor watches again: a VMM killed now is noticed and released.
     // (beta is left to check that the other VM never noticed.)
     let h: serde_json::Value =
         serde_json::from_str(&env.banger_ok(&["vm", "health", "beta", "--json"])).unwrap();
     assert_eq!(h["agent_ok"], true, "{h}");
-    assert!(h["helpers"].as_array().unwrap().is_empty(), "{h}");
+    assert!(h["children"].as_array().unwrap().is_empty(), "{h}");
 
     // The guest's agent frozen: health says so, the VM shows degraded;
     // thawed, both recover. Then killed: its supervisor in the guest starts

@@ -16,7 +16,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::ops::Ctx;
 use crate::protocol::cli::DnsView;
-use crate::protocol::helper::{PrivReply, PrivRequest};
 
 /// Messages to the [`DnsServer`].
 pub enum DnsMsg {
@@ -95,19 +94,12 @@ async fn serve(
         tokio::spawn(async move {
             let r = ctx
                 .helper
-                .call(PrivRequest::RouteDns {
-                    bridge: n.bridge.clone(),
-                    address: n.bridge_ip,
-                    port: n.dns_port,
-                    on: true,
-                })
+                .route_dns(n.bridge.clone(), n.bridge_ip, n.dns_port, true)
                 .await;
             let detail = match r {
-                Ok(PrivReply::Resolver { detail, .. }) => detail,
-                Ok(other) => format!("unexpected answer {other:?}"),
+                Ok(detail) => detail,
                 Err(e) => format!(
-                    "not routed ({}); {}",
-                    e.message,
+                    "not routed ({e}); {}",
                     crate::host::resolver::manual_hint(n.bridge_ip, n.dns_port)
                 ),
             };
@@ -244,16 +236,12 @@ pub async fn unroute(ctx: &Ctx) {
     if n.dns_port == 0 {
         return;
     }
-    let req = PrivRequest::RouteDns {
-        bridge: n.bridge.clone(),
-        address: n.bridge_ip,
-        port: n.dns_port,
-        on: false,
-    };
-    match tokio::time::timeout(Duration::from_secs(5), ctx.helper.call(req)).await {
-        Ok(Ok(PrivReply::Resolver { detail, .. })) => tracing::info!("host resolver: {detail}"),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!("reverting the host resolver: {}", e.message),
+    let revert = ctx
+        .helper
+        .route_dns(n.bridge.clone(), n.bridge_ip, n.dns_port, false);
+    match tokio::time::timeout(Duration::from_secs(5), revert).await {
+        Ok(Ok(detail)) => tracing::info!("host resolver: {detail}"),
+        Ok(Err(e)) => tracing::warn!("reverting the host resolver: {e}"),
         Err(_) => tracing::warn!("reverting the host resolver: no answer within 5 s"),
     }
 }

@@ -10,14 +10,20 @@ use std::sync::Arc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ops::{Progress, Work};
-use crate::protocol::cli::{Event, Reply};
-use crate::protocol::RpcError;
+use crate::domain::Event;
+use crate::ops::{Made, OpError, Progress, Work};
 
 /// Someone waiting for a job.
 pub struct Waiter {
     pub events: mpsc::Sender<Event>,
-    pub reply: oneshot::Sender<Result<Reply, RpcError>>,
+    pub reply: oneshot::Sender<Result<Made, OpError>>,
+}
+
+/// A job's result, its failure shared by every waiter.
+type Outcome = Result<Made, Arc<OpError>>;
+
+fn share(r: &Outcome) -> Result<Made, OpError> {
+    r.clone().map_err(OpError::Shared)
 }
 
 /// Messages to a [`JobActor`].
@@ -27,7 +33,7 @@ pub enum JobMsg {
     /// Internal: progress from the work.
     Event(Event),
     /// Internal: the work finished.
-    Done(Box<Result<Reply, RpcError>>),
+    Done(Box<Result<Made, OpError>>),
     /// From the manager: no more attachments will come; stop.
     Retire,
 }
@@ -43,7 +49,7 @@ pub struct JobActor {
 pub struct JobState {
     waiters: Vec<Waiter>,
     last_stage: Option<Event>,
-    result: Option<Result<Reply, RpcError>>,
+    result: Option<Outcome>,
 }
 
 impl Actor for JobActor {
@@ -64,9 +70,7 @@ impl Actor for JobActor {
         tokio::spawn(async move {
             let inner = tokio::spawn(work(progress));
             let res = inner.await.unwrap_or_else(|e| {
-                Err(RpcError::failed(format!(
-                    "the job failed unexpectedly: {e}"
-                )))
+                Err(OpError::failed(format!("the job failed unexpectedly: {e}")))
             });
             let _ = me.cast(JobMsg::Done(Box::new(res)));
         });
@@ -86,7 +90,7 @@ impl Actor for JobActor {
         match msg {
             JobMsg::Attach(w) => match &state.result {
                 Some(r) => {
-                    let _ = w.reply.send(r.clone());
+                    let _ = w.reply.send(share(r));
                 }
                 None => {
                     let _ = w.events.try_send(Event::Log(format!(
@@ -108,9 +112,9 @@ impl Actor for JobActor {
                 }
             }
             JobMsg::Done(res) => {
-                let res = *res;
+                let res: Outcome = (*res).map_err(Arc::new);
                 for w in state.waiters.drain(..) {
-                    let _ = w.reply.send(res.clone());
+                    let _ = w.reply.send(share(&res));
                 }
                 state.result = Some(res);
                 let _ = self.manager.cast(ManagerMsg::Finished {
@@ -237,7 +241,7 @@ pub async fn run_job(
     key: &str,
     events: mpsc::Sender<Event>,
     work: Work,
-) -> Result<Reply, RpcError> {
+) -> Result<Made, OpError> {
     let (tx, rx) = oneshot::channel();
     manager
         .cast(ManagerMsg::Run {
@@ -245,9 +249,9 @@ pub async fn run_job(
             work,
             waiter: Waiter { events, reply: tx },
         })
-        .map_err(|_| RpcError::failed("the job manager is restarting; retry"))?;
+        .map_err(|_| OpError::busy("the job manager is restarting; retry"))?;
     rx.await.unwrap_or_else(|_| {
-        Err(RpcError::failed(format!(
+        Err(OpError::failed(format!(
             "the job for {key} stopped without a result; retry"
         )))
     })
@@ -258,10 +262,24 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    fn made() -> Made {
+        Made::Kernel(crate::domain::views::KernelView {
+            name: "k".into(),
+            kernel_version: "1".into(),
+            arch: "x86_64".into(),
+            source: "test".into(),
+            dir: "/nowhere".into(),
+            has_initrd: false,
+            has_modules: false,
+            vmlinux_sha256: String::new(),
+            created_at_unix: 0,
+        })
+    }
+
     fn work<F, Fut>(f: F) -> Work
     where
         F: FnOnce(Progress) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<Reply, RpcError>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<Made, OpError>> + Send + 'static,
     {
         Box::new(move |p| Box::pin(f(p)))
     }
@@ -286,7 +304,7 @@ mod tests {
                     runs.fetch_add(1, Ordering::SeqCst);
                     p.stage("build", "working", false);
                     gate.notified().await;
-                    Ok(Reply::Done)
+                    Ok(made())
                 }),
                 waiter: Waiter {
                     events: etx,
@@ -298,7 +316,7 @@ mod tests {
         }
         gate.notify_one();
         for (rx, _events) in replies {
-            assert_eq!(rx.await.unwrap().unwrap(), Reply::Done);
+            assert!(matches!(rx.await.unwrap(), Ok(Made::Kernel(_))));
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         // The key is free again: a new request runs anew.
@@ -310,11 +328,11 @@ mod tests {
             tx,
             work(move |_| async move {
                 runs2.fetch_add(1, Ordering::SeqCst);
-                Ok(Reply::Done)
+                Ok(made())
             }),
         )
         .await;
-        assert_eq!(r.unwrap(), Reply::Done);
+        assert!(matches!(r, Ok(Made::Kernel(_))));
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
@@ -325,8 +343,8 @@ mod tests {
             .unwrap();
         let (tx, _rx) = mpsc::channel(8);
         let r = run_job(&m, "k", tx.clone(), work(|_| async { panic!("boom") })).await;
-        assert!(r.unwrap_err().message.contains("unexpectedly"));
-        let r = run_job(&m, "k", tx, work(|_| async { Ok(Reply::Done) })).await;
-        assert_eq!(r.unwrap(), Reply::Done);
+        assert!(r.unwrap_err().to_string().contains("unexpectedly"));
+        let r = run_job(&m, "k", tx, work(|_| async { Ok(made()) })).await;
+        assert!(matches!(r, Ok(Made::Kernel(_))));
     }
 }

@@ -29,6 +29,7 @@ pub mod dns_server;
 pub mod guest_watch;
 pub mod helper_link;
 pub mod job_manager;
+mod root;
 pub mod supervisor;
 pub mod tap_pool;
 pub mod vm_actor;
@@ -39,8 +40,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ops::{BoxFuture, Privileged, SharedJobs, Taps, Work};
-use crate::protocol::cli::{Event, Reply};
+use crate::domain::Event;
+use crate::ops::{BoxFuture, Made, OpError, SharedJobs, Taps, Work};
 use crate::protocol::helper::{PrivReply, PrivRequest};
 use crate::protocol::{ErrorCode, RpcError};
 use crate::supervise::Slot;
@@ -58,30 +59,25 @@ pub struct Slots {
     pub dns: Slot<dns_server::DnsMsg>,
 }
 
-fn restarting(what: &str) -> RpcError {
-    RpcError::new(
-        ErrorCode::Busy,
-        format!("the {what} is restarting; retry in a moment"),
-    )
+fn restarting(what: &str) -> OpError {
+    OpError::busy(format!("the {what} is restarting; retry in a moment"))
 }
 
 /// [`Privileged`] through the HelperLink actor.
 pub struct ActorHelper(pub Arc<Slots>);
 
-impl Privileged for ActorHelper {
-    fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>> {
-        Box::pin(async move {
-            // A helper that died mid-call is restarted by the link; what is
-            // safe to repeat is sent once more.
-            let again = request.retryable().then(|| request.clone());
-            match self.call_once(request).await {
-                Err(e) if e.code == ErrorCode::Busy && again.is_some() => {
-                    tracing::warn!("{}; retrying once", e.message);
-                    self.call_once(again.expect("checked")).await
-                }
-                r => r,
+impl ActorHelper {
+    /// One request, sent once more when the helper died mid-call and the
+    /// request is safe to repeat (the link restarts the helper).
+    pub async fn call(&self, request: PrivRequest) -> Result<PrivReply, RpcError> {
+        let again = request.retryable().then(|| request.clone());
+        match self.call_once(request).await {
+            Err(e) if e.code == ErrorCode::Busy && again.is_some() => {
+                tracing::warn!("{}; retrying once", e.message);
+                self.call_once(again.expect("checked")).await
             }
-        })
+            r => r,
+        }
     }
 }
 
@@ -94,14 +90,14 @@ impl ActorHelper {
                 .0
                 .helper
                 .get()
-                .ok_or_else(|| restarting("helper link"))?;
+                .ok_or_else(|| RpcError::from(restarting("helper link")))?;
             let (tx, rx) = oneshot::channel();
             link.cast(helper_link::HelperLinkMsg::Call {
                 op_id: op_id.clone(),
                 request: Box::new(request),
                 reply: tx.into(),
             })
-            .map_err(|_| restarting("helper link"))?;
+            .map_err(|_| RpcError::from(restarting("helper link")))?;
             match tokio::time::timeout(deadline, rx).await {
                 Ok(r) => r.unwrap_or_else(|_| {
                     Err(RpcError::failed("the helper link stopped during the call"))
@@ -119,14 +115,14 @@ impl ActorHelper {
 pub struct ActorTaps(pub Arc<Slots>);
 
 impl Taps for ActorTaps {
-    fn lease(&self) -> BoxFuture<'_, Result<String, RpcError>> {
+    fn lease(&self) -> BoxFuture<'_, Result<String, OpError>> {
         Box::pin(async move {
             let pool = self.0.taps.get().ok_or_else(|| restarting("tap pool"))?;
             let (tx, rx) = oneshot::channel();
             pool.cast(tap_pool::TapPoolMsg::Lease(tx.into()))
                 .map_err(|_| restarting("tap pool"))?;
             rx.await
-                .unwrap_or_else(|_| Err(RpcError::failed("the tap pool stopped during the lease")))
+                .unwrap_or_else(|_| Err(OpError::failed("the tap pool stopped during the lease")))
         })
     }
 
@@ -167,7 +163,7 @@ impl SharedJobs for ActorJobs {
         key: &str,
         events: mpsc::Sender<Event>,
         work: Work,
-    ) -> BoxFuture<'static, Result<Reply, RpcError>> {
+    ) -> BoxFuture<'static, Result<Made, OpError>> {
         let (slot, what) = match self.1 {
             JobKind::Images => (self.0.images.get(), "image manager"),
             JobKind::Kernels => (self.0.kernels.get(), "kernel manager"),

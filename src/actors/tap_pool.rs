@@ -8,8 +8,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::NetworkConfig;
+use crate::ops::OpError;
 use crate::ops::{net, Privileged};
-use crate::protocol::RpcError;
 
 /// Taps kept ready.
 pub const WARM: usize = crate::ops::net::WARM_TAPS;
@@ -17,7 +17,7 @@ pub const WARM: usize = crate::ops::net::WARM_TAPS;
 /// Messages to the [`TapPool`].
 pub enum TapPoolMsg {
     /// A tap on the bridge, owned by the owner uid: warm when one is ready.
-    Lease(RpcReplyPort<Result<String, RpcError>>),
+    Lease(RpcReplyPort<Result<String, OpError>>),
     /// Deletes a tap that is no longer used; answers once it is gone.
     Release(String, Option<RpcReplyPort<()>>),
     /// Deletes the warm taps and stops warming (daemon shutdown); answers
@@ -51,7 +51,7 @@ impl TapPool {
         tokio::spawn(async move {
             for t in taps {
                 if let Err(e) = net::delete_tap(&*helper, t.clone(), &ledger).await {
-                    tracing::warn!(tap = %t, "deleting a tap: {}", e.message);
+                    tracing::warn!(tap = %t, "deleting a tap: {e}");
                 }
             }
             done();
@@ -116,7 +116,7 @@ impl Actor for TapPool {
                     tokio::spawn(async move {
                         let r = net::create_tap(&*helper, &net, &ledger).await;
                         if let Err(e) = &r {
-                            tracing::warn!("warming a tap: {}", e.message);
+                            tracing::warn!("warming a tap: {e}");
                         }
                         let _ = me.cast(TapPoolMsg::Added(r.ok()));
                     });

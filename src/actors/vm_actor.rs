@@ -18,8 +18,8 @@ use super::guest_watch::{GuestWatch, WatchMsg};
 use super::vmm_monitor::{MonitorMsg, VmmMonitor};
 use crate::guest::session::{AgentChannel, AgentSession};
 use crate::ops::lifecycle::{self, Recovery};
+use crate::ops::OpError;
 use crate::ops::{BoxFuture, Ctx, VmChildren};
-use crate::protocol::RpcError;
 use crate::store::VmRecord;
 
 /// What an operation gets: the VM's current record, the daemon's context
@@ -44,7 +44,7 @@ pub trait VmOp: Send + 'static {
     /// always reads the state the operation left.
     fn run(self: Box<Self>, args: OpArgs) -> BoxFuture<'static, (Option<VmRecord>, Deliver)>;
     /// Answers the caller when the operation cannot run at all.
-    fn reject(self: Box<Self>, err: RpcError);
+    fn reject(self: Box<Self>, err: OpError);
     /// Kill and delete: the running operation is aborted (a guest that
     /// never answers must not make its VM impossible to stop) and this one
     /// runs next.
@@ -56,7 +56,7 @@ pub trait VmOp: Send + 'static {
 struct FnOp<T, F> {
     name: &'static str,
     f: F,
-    reply: oneshot::Sender<Result<T, RpcError>>,
+    reply: oneshot::Sender<Result<T, OpError>>,
     preempts: bool,
 }
 
@@ -64,7 +64,7 @@ impl<T, F, Fut> VmOp for FnOp<T, F>
 where
     T: Send + 'static,
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
-    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, OpError>)> + Send + 'static,
 {
     fn name(&self) -> &'static str {
         self.name
@@ -79,7 +79,7 @@ where
             (record, deliver)
         })
     }
-    fn reject(self: Box<Self>, err: RpcError) {
+    fn reject(self: Box<Self>, err: OpError) {
         let _ = self.reply.send(Err(err));
     }
     fn preempts(&self) -> bool {
@@ -93,11 +93,11 @@ where
 pub fn op<T, F, Fut>(
     name: &'static str,
     f: F,
-) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, RpcError>>)
+) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, OpError>>)
 where
     T: Send + 'static,
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
-    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, OpError>)> + Send + 'static,
 {
     fn_op(name, f, false)
 }
@@ -106,11 +106,11 @@ fn fn_op<T, F, Fut>(
     name: &'static str,
     f: F,
     preempts: bool,
-) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, RpcError>>)
+) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, OpError>>)
 where
     T: Send + 'static,
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
-    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, OpError>)> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
     let o = FnOp {
@@ -130,19 +130,19 @@ where
 pub fn preempting_op<T, F, Fut>(
     name: &'static str,
     f: F,
-) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, RpcError>>)
+) -> (Box<dyn VmOp>, oneshot::Receiver<Result<T, OpError>>)
 where
     T: Send + 'static,
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
-    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, OpError>)> + Send + 'static,
 {
     fn_op(name, f, true)
 }
 
 /// Waits for an operation's result, turning a lost one into a clear error.
-pub async fn await_op<T>(rx: oneshot::Receiver<Result<T, RpcError>>) -> Result<T, RpcError> {
+pub async fn await_op<T>(rx: oneshot::Receiver<Result<T, OpError>>) -> Result<T, OpError> {
     rx.await.unwrap_or_else(|_| {
-        Err(RpcError::failed(
+        Err(OpError::failed(
             "the operation was interrupted (by vm kill or vm delete, or the VM's actor restarted); check `banger vm show` and retry",
         ))
     })
@@ -173,13 +173,13 @@ pub enum VmMsg {
     /// session. Answered at once.
     Probe(RpcReplyPort<(bool, Option<AgentSession>)>),
     /// From the GuestWatch: the session's task died (why); a fresh one is
-    /// started after the helper's backoff.
+    /// started after the child's backoff.
     ReviveAgent(String),
     /// Internal: start the revived session now.
     RestartAgent,
     /// Internal: (re)start the GuestWatch after its backoff.
     SpawnWatch,
-    /// Test hook (`Request::TestHook`): break one of this VM's helpers.
+    /// Test hook (`Request::TestHook`): break one of this VM's children.
     #[cfg(feature = "test-hooks")]
     Hook(crate::protocol::cli::TestHook),
     /// Test hook: the handler panics, as a bug would.
@@ -208,8 +208,8 @@ pub struct VmActorState {
     monitor: Option<ActorRef<MonitorMsg>>,
     agent: Option<AgentSession>,
     watch: Option<ActorRef<WatchMsg>>,
-    /// Restart backoff per helper.
-    backoff: std::collections::HashMap<&'static str, crate::supervise::Backoff>,
+    /// Restart backoff per child.
+    restarts: crate::supervise::Restarts<&'static str>,
 }
 
 /// Replaces a session whose driving task died with a fresh one on the same
@@ -225,7 +225,7 @@ fn revive_session(state: &mut VmActorState) -> bool {
     true
 }
 
-/// Names of the per-VM helpers in `vm health`.
+/// Names of the per-VM children in `vm health`.
 pub const SESSION: &str = "agent-session";
 pub const WATCH: &str = "guest-watch";
 pub const MONITOR: &str = "vmm-monitor";
@@ -241,10 +241,10 @@ impl VmChildren for Children {
     fn watch_vmm(&self, pid: u32) {
         let _ = self.0.cast(VmMsg::AttachVmm(pid));
     }
-    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, RpcError>> {
+    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, OpError>> {
         Box::pin(async move {
             ractor::call_t!(self.0, |r| VmMsg::StartAgent(channel, r), 30_000)
-                .map_err(|e| RpcError::failed(format!("the VM's actor: {e}")))
+                .map_err(|e| OpError::failed(format!("the VM's actor: {e}")))
         })
     }
     fn agent(&self) -> BoxFuture<'_, Option<AgentSession>> {
@@ -266,7 +266,7 @@ impl VmActor {
             return;
         };
         if state.deleted {
-            op.reject(RpcError::not_found(format!(
+            op.reject(OpError::not_found(format!(
                 "VM {} was deleted",
                 state.record.name
             )));
@@ -314,19 +314,18 @@ impl VmActor {
         }
     }
 
-    /// Counts a helper's death and sends `msg` after its backoff.
+    /// Counts a child's death and sends `msg` after its backoff.
     fn restart_later(
         &self,
         myself: &ActorRef<VmMsg>,
         state: &mut VmActorState,
-        helper: &'static str,
+        child: &'static str,
         why: String,
         msg: VmMsg,
     ) {
-        let d = state.backoff.entry(helper).or_default().next_delay();
-        tracing::warn!(vm = %state.record.name, helper, "{why}; restarting it in {d:?}");
-        self.ctx.guests.restarted(&self.id, helper, why);
-        myself.send_after(d, move || msg);
+        let d = state.restarts.schedule(child, myself, move || msg);
+        tracing::warn!(vm = %state.record.name, child, "{why}; restarting it in {d:?}");
+        self.ctx.guests.restarted(&self.id, child, why);
     }
 
     /// Queues the release of a VM whose VMM is gone.
@@ -358,7 +357,7 @@ impl VmActor {
             // Drain the queue with clear errors, then stop; the registry
             // forgets us on termination.
             while let Some(o) = state.queue.pop_front() {
-                o.reject(RpcError::not_found(format!(
+                o.reject(OpError::not_found(format!(
                     "VM {} was deleted",
                     state.record.name
                 )));
@@ -430,7 +429,7 @@ impl Actor for VmActor {
             monitor: None,
             agent: None,
             watch: None,
-            backoff: Default::default(),
+            restarts: Default::default(),
         })
     }
 
@@ -588,10 +587,12 @@ impl Actor for VmActor {
         // A monitor ends on its own after reporting; a failed one (or a
         // failed watch) is restarted after its backoff. The VmActor and
         // the guest carry on.
-        let (cell, failed) = match &evt {
-            ractor::SupervisionEvent::ActorFailed(c, e) => (c, Some(e.to_string())),
-            ractor::SupervisionEvent::ActorTerminated(c, _, _) => (c, None),
-            _ => return Ok(()),
+        let Some((cell, how)) = crate::supervise::ended(evt) else {
+            return Ok(());
+        };
+        let failed = match how {
+            crate::supervise::Ending::Failed(e) => Some(e),
+            crate::supervise::Ending::Stopped(_) => None,
         };
         let is = |r: &Option<ActorRef<_>>| {
             r.as_ref()
@@ -643,11 +644,11 @@ pub async fn run_op<T, F, Fut>(
     actor: &ActorRef<VmMsg>,
     name: &'static str,
     f: F,
-) -> Result<T, RpcError>
+) -> Result<T, OpError>
 where
     T: Send + 'static,
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
-    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, OpError>)> + Send + 'static,
 {
     let (o, rx) = op(name, f);
     // On a failed send the operation is dropped inside the error and `rx`
@@ -656,7 +657,7 @@ where
     await_op(rx).await
 }
 
-/// A test hook: breaks one of this VM's helpers.
+/// A test hook: breaks one of this VM's children.
 #[cfg(feature = "test-hooks")]
 fn hook(state: &mut VmActorState, h: crate::protocol::cli::TestHook) {
     use crate::protocol::cli::TestHook;

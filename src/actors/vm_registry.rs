@@ -9,26 +9,26 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 
 use super::vm_actor::{VmActor, VmMsg, VmOp};
 use crate::ops::Ctx;
-use crate::protocol::RpcError;
+use crate::ops::OpError;
 use crate::store::VmRecord;
-use crate::supervise::Backoff;
+use crate::supervise::{ended, Ending, Restarts};
 
 /// Messages to the [`VmRegistry`].
 pub enum RegistryMsg {
     /// Every VM record, in name order.
-    List(RpcReplyPort<Result<Vec<VmRecord>, RpcError>>),
+    List(RpcReplyPort<Result<Vec<VmRecord>, OpError>>),
     /// The actor of the VM named `name` (`not_found` when there is none, `busy`
     /// while it is being restarted).
     Lookup {
         name: String,
-        reply: RpcReplyPort<Result<ActorRef<VmMsg>, RpcError>>,
+        reply: RpcReplyPort<Result<ActorRef<VmMsg>, OpError>>,
     },
     /// Queues `op` on the VM named `name`; rejects it when there is none.
     Run { name: String, op: Box<dyn VmOp> },
     /// Starts an actor for a record just written to the store.
     Adopt {
         id: String,
-        reply: RpcReplyPort<Result<ActorRef<VmMsg>, RpcError>>,
+        reply: RpcReplyPort<Result<ActorRef<VmMsg>, OpError>>,
     },
     /// Internal: restart the actor of VM `id` after its backoff.
     Respawn(String),
@@ -37,7 +37,6 @@ pub enum RegistryMsg {
 struct Entry {
     name: String,
     actor: Option<ActorRef<VmMsg>>,
-    backoff: Backoff,
 }
 
 /// The registry: it reads the VM records from the daemon's context.
@@ -50,6 +49,8 @@ pub struct RegistryState {
     entries: HashMap<String, Entry>,
     by_name: HashMap<String, String>,
     by_actor: HashMap<ActorId, String>,
+    /// Restart backoff per VM id.
+    restarts: Restarts<String>,
 }
 
 impl VmRegistry {
@@ -59,7 +60,7 @@ impl VmRegistry {
         state: &mut RegistryState,
         id: &str,
         recover: bool,
-    ) -> Result<ActorRef<VmMsg>, RpcError> {
+    ) -> Result<ActorRef<VmMsg>, OpError> {
         let actor = VmActor {
             id: id.to_string(),
             ctx: self.ctx.clone(),
@@ -67,7 +68,7 @@ impl VmRegistry {
         };
         let (r, _) = Actor::spawn_linked(None, actor, (), myself.get_cell())
             .await
-            .map_err(|e| RpcError::failed(format!("starting the actor of VM {id}: {e}")))?;
+            .map_err(|e| OpError::failed(format!("starting the actor of VM {id}: {e}")))?;
         state.by_actor.insert(r.get_id(), id.to_string());
         if let Some(e) = state.entries.get_mut(id) {
             e.actor = Some(r.clone());
@@ -75,19 +76,18 @@ impl VmRegistry {
         Ok(r)
     }
 
-    fn lookup(&self, state: &RegistryState, name: &str) -> Result<ActorRef<VmMsg>, RpcError> {
+    fn lookup(&self, state: &RegistryState, name: &str) -> Result<ActorRef<VmMsg>, OpError> {
         let id = state.by_name.get(name).ok_or_else(|| {
-            RpcError::not_found(format!("no VM named {name:?}; see `banger vm list`"))
+            OpError::not_found(format!("no VM named {name:?}; see `banger vm list`"))
         })?;
         state
             .entries
             .get(id)
             .and_then(|e| e.actor.clone())
             .ok_or_else(|| {
-                RpcError::new(
-                    crate::protocol::ErrorCode::Busy,
-                    format!("VM {name} is recovering from an internal error; retry in a moment"),
-                )
+                OpError::busy(format!(
+                    "VM {name} is recovering from an internal error; retry in a moment"
+                ))
             })
     }
 }
@@ -106,6 +106,7 @@ impl Actor for VmRegistry {
             entries: HashMap::new(),
             by_name: HashMap::new(),
             by_actor: HashMap::new(),
+            restarts: Restarts::default(),
         };
         for vm in self.ctx.store.list_vms()? {
             state.by_name.insert(vm.name.clone(), vm.id.clone());
@@ -114,7 +115,6 @@ impl Actor for VmRegistry {
                 Entry {
                     name: vm.name.clone(),
                     actor: None,
-                    backoff: Backoff::default(),
                 },
             );
             if let Err(e) = self.spawn_vm(&myself, &mut state, &vm.id, true).await {
@@ -140,7 +140,7 @@ impl Actor for VmRegistry {
                         v.sort_by(|a, b| a.name.cmp(&b.name));
                         v
                     })
-                    .map_err(RpcError::from);
+                    .map_err(OpError::from);
                 let _ = reply.send(res);
             }
             RegistryMsg::Lookup { name, reply } => {
@@ -151,10 +151,9 @@ impl Actor for VmRegistry {
                     if let Err(ractor::MessagingErr::SendErr(VmMsg::Run(op))) =
                         actor.cast(VmMsg::Run(op))
                     {
-                        op.reject(RpcError::new(
-                            crate::protocol::ErrorCode::Busy,
-                            format!("VM {name} is restarting its actor; retry"),
-                        ));
+                        op.reject(OpError::busy(format!(
+                            "VM {name} is restarting its actor; retry"
+                        )));
                     }
                 }
                 Err(e) => op.reject(e),
@@ -168,13 +167,12 @@ impl Actor for VmRegistry {
                             Entry {
                                 name: vm.name.clone(),
                                 actor: None,
-                                backoff: Backoff::default(),
                             },
                         );
                         // A VM being created: its creator starts it.
                         self.spawn_vm(&myself, state, &id, false).await
                     }
-                    Ok(None) => Err(RpcError::not_found(format!(
+                    Ok(None) => Err(OpError::not_found(format!(
                         "VM record {id} is not in the store"
                     ))),
                     Err(e) => Err(e.into()),
@@ -184,6 +182,7 @@ impl Actor for VmRegistry {
             RegistryMsg::Respawn(id) => {
                 let exists = matches!(self.ctx.store.get_vm(&id), Ok(Some(_)));
                 if !exists {
+                    state.restarts.forget(&id);
                     if let Some(e) = state.entries.remove(&id) {
                         state.by_name.remove(&e.name);
                     }
@@ -192,9 +191,11 @@ impl Actor for VmRegistry {
                         Ok(_) => tracing::info!(vm_id = %id, "restarted VM actor"),
                         Err(e) => {
                             tracing::error!(vm_id = %id, "{e}");
-                            if let Some(entry) = state.entries.get_mut(&id) {
-                                let d = entry.backoff.next_delay();
-                                myself.send_after(d, move || RegistryMsg::Respawn(id));
+                            if state.entries.contains_key(&id) {
+                                let again = id.clone();
+                                state
+                                    .restarts
+                                    .schedule(id, &myself, move || RegistryMsg::Respawn(again));
                             }
                         }
                     }
@@ -210,10 +211,8 @@ impl Actor for VmRegistry {
         evt: SupervisionEvent,
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, failure, reason) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string()), None),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, None, reason),
-            _ => return Ok(()),
+        let Some((cell, how)) = ended(evt) else {
+            return Ok(());
         };
         let Some(id) = state.by_actor.remove(&cell.get_id()) else {
             return Ok(());
@@ -222,21 +221,24 @@ impl Actor for VmRegistry {
             return Ok(());
         };
         entry.actor = None;
-        if failure.is_none() && reason.as_deref() == Some("deleted") {
+        if how == Ending::Stopped(Some("deleted".into())) {
             let name = entry.name.clone();
             state.entries.remove(&id);
             state.by_name.remove(&name);
+            state.restarts.forget(&id);
             tracing::debug!(vm = %name, "VM actor retired");
             return Ok(());
         }
-        let delay = entry.backoff.next_delay();
+        let name = entry.name.clone();
+        let again = id.clone();
+        let delay = state
+            .restarts
+            .schedule(id, &myself, move || RegistryMsg::Respawn(again));
         tracing::error!(
-            vm = %entry.name,
-            failure = failure.as_deref().unwrap_or("stopped unexpectedly"),
+            vm = %name,
             restart_in_ms = delay.as_millis() as u64,
-            "VM actor failed; restarting"
+            "VM actor {how}; restarting"
         );
-        myself.send_after(delay, move || RegistryMsg::Respawn(id));
         Ok(())
     }
 }
@@ -272,7 +274,7 @@ mod tests {
         (fakes, reg)
     }
 
-    async fn lookup(reg: &ActorRef<RegistryMsg>, name: &str) -> Result<ActorRef<VmMsg>, RpcError> {
+    async fn lookup(reg: &ActorRef<RegistryMsg>, name: &str) -> Result<ActorRef<VmMsg>, OpError> {
         ractor::call!(reg, |reply| RegistryMsg::Lookup {
             name: name.into(),
             reply
@@ -431,7 +433,7 @@ mod tests {
         let within = |rx| tokio::time::timeout(Duration::from_secs(5), await_op(rx));
         assert_eq!(within(kill_rx).await.unwrap().unwrap(), "kill");
         let e = within(hang_rx).await.unwrap().unwrap_err();
-        assert!(e.message.contains("interrupted"), "{}", e.message);
+        assert!(e.to_string().contains("interrupted"), "{e}");
         assert_eq!(
             within(queued_rx).await.unwrap().unwrap(),
             "after",
@@ -478,6 +480,6 @@ mod tests {
         })
         .unwrap();
         let e = await_op(rx).await.unwrap_err();
-        assert_eq!(e.code, crate::protocol::ErrorCode::NotFound);
+        assert!(e.is_not_found(), "{e}");
     }
 }

@@ -180,9 +180,53 @@ pub fn age(unix: u64) -> String {
     }
 }
 
+/// Quotes one argument for a POSIX shell.
+pub fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r#"'\''"#))
+    }
+}
+
+/// The remote command line for `argv`, run in `cwd` when given.
+pub fn command_line(argv: &[String], cwd: Option<&str>) -> String {
+    let cmd = argv
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    match cwd {
+        Some(d) => format!("cd {} && {cmd}", shell_quote(d)),
+        None => cmd,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting_keeps_arguments_whole() {
+        assert_eq!(shell_quote("echo"), "echo");
+        assert_eq!(shell_quote("exit 42"), "'exit 42'");
+        assert_eq!(shell_quote("it's"), r#"'it'\''s'"#);
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+        let argv: Vec<String> = ["sh", "-c", "exit 42"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(command_line(&argv, None), "sh -c 'exit 42'");
+        assert_eq!(
+            command_line(&argv, Some("/root/repo")),
+            "cd /root/repo && sh -c 'exit 42'"
+        );
+    }
 
     #[test]
     fn table_aligns_columns() {

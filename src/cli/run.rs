@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
         Some(p) => {
             let spec = ws_spec(p, &a.ws, None)?;
             if a.ws.dry_run {
-                return dry_run(ctx, &spec);
+                return dry_run(ctx, &spec).await;
             }
             Some(spec)
         }
@@ -132,20 +132,21 @@ pub fn ws_spec(
     })
 }
 
-pub fn ws_error(e: crate::workspace::WorkspaceError) -> CliError {
-    CliError::local("workspace", e.to_string())
-}
-
-/// `--dry-run`: inspect on the host only (no daemon, no VM) and print the plan.
-pub fn dry_run(ctx: &Ctx, spec: &WorkspaceSpec) -> Result<u8, CliError> {
-    let plan =
-        crate::workspace::inspect(Path::new(&spec.path), &crate::workspace::Options::of(spec))
-            .map_err(ws_error)?;
-    if let Some(n) = crate::workspace::untracked_notice(&plan) {
-        eprintln!("{}", style::yellow(ctx.style.stderr, &n));
+/// `--dry-run`: what would ship, read on the host by the daemon (no VM is
+/// made), printed.
+pub async fn dry_run(ctx: &Ctx, spec: &WorkspaceSpec) -> Result<u8, CliError> {
+    let mut c = client::connect(&ctx.layout, true).await?;
+    let req = Request::WorkspacePlan(spec.clone());
+    match client::request(&mut c, &ctx.layout, req, |_| {}).await? {
+        Reply::Plan { text, notice } => {
+            if let Some(n) = notice {
+                eprintln!("{}", style::yellow(ctx.style.stderr, &n));
+            }
+            out(&text)?;
+            Ok(0)
+        }
+        other => Err(client::unexpected(other)),
     }
-    out(&crate::workspace::dry_run_text(&plan))?;
-    Ok(0)
 }
 
 /// What the client holds while the run streams.

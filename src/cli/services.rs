@@ -192,9 +192,9 @@ pub async fn health(ctx: &Ctx, name: String, json: bool) -> Result<u8, CliError>
     for e in &h.setup_errors {
         t.row(["setup error".to_string(), e.clone()]);
     }
-    for hv in &h.helpers {
+    for hv in &h.children {
         t.row([
-            format!("helper {}", hv.name),
+            format!("child {}", hv.name),
             format!(
                 "{} restart{}{}",
                 hv.restarts,

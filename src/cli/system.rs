@@ -266,11 +266,7 @@ async fn inventory(ctx: &Ctx) -> Option<Inventory> {
         _ => return None,
     };
     Some(Inventory {
-        default_image: images
-            .iter()
-            .find(|i| i.default)
-            .map(|i| i.name.clone())
-            .unwrap_or_else(|| crate::image::recipe::DEFAULT_IMAGE.to_string()),
+        default_image: images.iter().find(|i| i.default).map(|i| i.name.clone()),
         images: images.into_iter().map(|i| (i.name, i.kernel_ref)).collect(),
         kernels: kernels.into_iter().map(|k| k.name).collect(),
     })

@@ -6,13 +6,32 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
 
+use super::run::RunEnd;
 use super::{services, vms};
 use crate::actors::helper_link::HelperLinkMsg;
 use crate::actors::Slots;
-use crate::ops::{images, kernels, views, Ctx};
+use crate::domain::views::Exit;
+use crate::ops::{images, kernels, snapshots, views, Ctx, OpError};
 use crate::protocol::cli::{DaemonStatus, Event, HelperState, Reply, Request};
 use crate::protocol::conn::{Handler, Peer};
 use crate::protocol::{Call, RpcError};
+
+/// An operation's result as its reply; its failure as its wire code (the
+/// one mapping is `From<OpError> for RpcError`, errors.rs).
+fn wire<T>(r: Result<T, OpError>, reply: impl FnOnce(T) -> Reply) -> Result<Reply, RpcError> {
+    r.map(reply).map_err(RpcError::from)
+}
+
+fn done(_: ()) -> Reply {
+    Reply::Done
+}
+
+fn exit(e: Exit) -> Reply {
+    Reply::Exit {
+        code: e.code,
+        message: e.message,
+    }
+}
 
 /// Serves CLI requests.
 #[derive(Clone)]
@@ -89,39 +108,67 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 })
             }
             Request::VmList => self.vm_list().await,
-            Request::VmShow { name } => vms::show(ctx, slots, &name).await,
+            Request::VmShow { name } => wire(vms::show(ctx, slots, &name).await, Reply::Vm),
             Request::KernelPull {
                 source,
                 name,
                 version,
-            } => kernels::pull(ctx.clone(), source, name, version, events).await,
-            Request::KernelImport { name, from } => kernels::import(ctx.clone(), name, from).await,
-            Request::KernelList => kernels::list(ctx),
-            Request::KernelShow { name } => kernels::show(ctx, &name),
-            Request::KernelDelete { name } => kernels::delete(ctx, &name),
-            Request::ImageBuild { name, rebuild } => {
-                images::build(ctx.clone(), name, rebuild, events).await
+            } => wire(
+                kernels::pull(ctx.clone(), source, name, version, events).await,
+                Reply::Kernel,
+            ),
+            Request::KernelImport { name, from } => wire(
+                kernels::import(ctx.clone(), name, from).await,
+                Reply::Kernel,
+            ),
+            Request::KernelList => wire(kernels::list(ctx), Reply::Kernels),
+            Request::KernelShow { name } => wire(kernels::show(ctx, &name), Reply::Kernel),
+            Request::KernelDelete { name } => wire(kernels::delete(ctx, &name), done),
+            Request::ImageBuild { name, rebuild } => wire(
+                images::build(ctx.clone(), name, rebuild, events).await,
+                Reply::Image,
+            ),
+            Request::ImageImport { file, name } => {
+                wire(images::import(ctx.clone(), file, name).await, Reply::Image)
             }
-            Request::ImageImport { file, name } => images::import(ctx.clone(), file, name).await,
-            Request::ImageExport { name, file } => images::export(ctx.clone(), name, file).await,
-            Request::ImageList => images::list(ctx),
-            Request::ImageShow { name } => images::show(ctx, &name),
-            Request::ImageDelete { name } => images::delete(ctx, &name),
-            Request::ImagePromote { name } => images::promote(ctx, &name),
-            Request::VmCreate(spec) => vms::create(ctx.clone(), slots.clone(), spec, events).await,
-            Request::VmStart { name } => vms::start(slots, &name, events).await,
-            Request::VmStop { name } => vms::stop(slots, &name, events).await,
-            Request::VmRestart { name } => vms::restart(slots, &name, events).await,
-            Request::VmKill { name, signal } => vms::kill(slots, &name, signal).await,
-            Request::VmDelete { name, id } => vms::delete(slots, &name, id).await,
-            Request::VmPrune => vms::prune(ctx, slots).await,
+            Request::ImageExport { name, file } => {
+                let out = file.clone();
+                wire(images::export(ctx.clone(), name, file).await, |bytes| {
+                    Reply::Exported { file: out, bytes }
+                })
+            }
+            Request::ImageList => wire(images::list(ctx), Reply::Images),
+            Request::ImageShow { name } => wire(images::show(ctx, &name), Reply::Image),
+            Request::ImageDelete { name } => wire(images::delete(ctx, &name), done),
+            Request::ImagePromote { name } => wire(images::promote(ctx, &name), Reply::Image),
+            Request::VmCreate(spec) => wire(
+                vms::create(ctx.clone(), slots.clone(), spec, events).await,
+                Reply::Vm,
+            ),
+            Request::VmStart { name } => wire(vms::start(slots, &name, events).await, Reply::Vm),
+            Request::VmStop { name } => wire(vms::stop(slots, &name, events).await, Reply::Vm),
+            Request::VmRestart { name } => {
+                wire(vms::restart(slots, &name, events).await, Reply::Vm)
+            }
+            Request::VmKill { name, signal } => {
+                wire(vms::kill(slots, &name, signal).await, Reply::Vm)
+            }
+            Request::VmDelete { name, id } => wire(vms::delete(slots, &name, id).await, done),
+            Request::VmPrune => wire(vms::prune(ctx, slots).await, Reply::Pruned),
             Request::VmSet {
                 name,
                 vcpu,
                 memory_mib,
                 nat,
-            } => vms::set(slots, &name, vcpu, memory_mib, nat).await,
-            Request::VmLogs { name } => vms::logs(ctx, slots, &name).await,
+            } => wire(
+                vms::set(slots, &name, vcpu, memory_mib, nat).await,
+                Reply::Vm,
+            ),
+            Request::VmLogs { name } => {
+                wire(vms::logs(ctx, slots, &name).await, |(serial, vmm)| {
+                    Reply::Logs { serial, vmm }
+                })
+            }
             Request::VmExec {
                 name,
                 argv,
@@ -138,16 +185,19 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                     stdin: stdin.then_some(inputs),
                     auto_prepare,
                 };
-                vms::exec(ctx, slots, &name, argv, how, events).await
+                wire(vms::exec(ctx, slots, &name, argv, how, events).await, exit)
             }
-            Request::VmPing { name } => vms::ping(slots, &name).await,
-            Request::WorkspacePrepare { name, spec } => {
-                vms::prepare(slots, &name, spec, events).await
-            }
+            Request::VmPing { name } => wire(vms::ping(slots, &name).await, |rtt| Reply::Ping {
+                rtt_us: rtt.as_micros() as u64,
+            }),
+            Request::WorkspacePrepare { name, spec } => wire(
+                vms::prepare(slots, &name, spec, events).await,
+                Reply::Workspace,
+            ),
             Request::WorkspaceExport { name, base_commit } => {
-                vms::export(slots, &name, base_commit, events).await
+                wire(vms::export(slots, &name, base_commit, events).await, done)
             }
-            Request::VmSsh { name } => vms::ssh(slots, &name).await,
+            Request::VmSsh { name } => wire(vms::ssh(slots, &name).await, Reply::Ssh),
             Request::VmPorts { name } => services::ports(ctx, slots, &name).await,
             Request::VmStats { name } => services::vm_stats(ctx, slots, &name).await,
             Request::VmHealth { name } => services::health(ctx, slots, &name).await,
@@ -161,22 +211,38 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 stop,
                 auto,
                 scope,
-            } => vms::snapshot(slots, &name, snapshot, stop, auto, scope, events).await,
-            Request::SnapshotList => crate::ops::snapshots::list(ctx),
-            Request::SnapshotShow { name } => crate::ops::snapshots::show(ctx, &name),
-            Request::SnapshotDelete { name } => crate::ops::snapshots::delete(ctx, &name),
-            Request::SnapshotPrune { days } => crate::ops::snapshots::prune(ctx, days),
+            } => wire(
+                vms::snapshot(slots, &name, snapshot, stop, auto, scope, events).await,
+                Reply::Snapshot,
+            ),
+            Request::SnapshotList => wire(snapshots::list(ctx), Reply::Snapshots),
+            Request::SnapshotShow { name } => wire(snapshots::show(ctx, &name), Reply::Snapshot),
+            Request::SnapshotDelete { name } => wire(snapshots::delete(ctx, &name), done),
+            Request::SnapshotPrune { days } => wire(snapshots::prune(ctx, days), Reply::Pruned),
             Request::ImagePull {
                 reference,
                 name,
                 insecure,
-            } => images::pull(ctx.clone(), reference, name, insecure, events).await,
-            Request::VmRun(spec) => {
-                super::run::run(ctx.clone(), slots.clone(), *spec, events, inputs).await
+            } => wire(
+                images::pull(ctx.clone(), reference, name, insecure, events).await,
+                Reply::Image,
+            ),
+            Request::VmRun(spec) => wire(
+                super::run::run(ctx.clone(), slots.clone(), *spec, events, inputs).await,
+                |end| match end {
+                    RunEnd::Exit(e) => exit(e),
+                    RunEnd::Vm(v) => Reply::Vm(*v),
+                },
+            ),
+            Request::WorkspacePlan(spec) => {
+                wire(crate::ops::workspace::plan(spec).await, |(text, notice)| {
+                    Reply::Plan { text, notice }
+                })
             }
-            Request::ImageCachePrune { dry_run } => images::cache_prune(ctx.clone(), dry_run)
-                .await
-                .map(Reply::CachePruned),
+            Request::ImageCachePrune { dry_run } => wire(
+                images::cache_prune(ctx.clone(), dry_run).await,
+                Reply::CachePruned,
+            ),
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);

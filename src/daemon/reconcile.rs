@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use crate::domain::{Signal, VmState};
 use crate::ops::Ctx;
-use crate::protocol::helper::{PrivReply, PrivRequest};
 use crate::store::VmRecord;
 
 /// Runs the orphan pass. Without a helper, only the daemon's own processes
@@ -35,8 +34,8 @@ pub async fn orphans(ctx: &Ctx) {
         .filter(|v| v.state.may_have_vmm())
         .map(|v| (v.id.clone(), v))
         .collect();
-    match ctx.helper.call(PrivRequest::ListVmms).await {
-        Ok(PrivReply::Vmms(list)) => {
+    match ctx.helper.list_vmms().await {
+        Ok(list) => {
             for p in list {
                 let owned = live.get(&p.vm_id).is_some_and(|r| r.vmm_pid == Some(p.pid));
                 // A VM being created or (re)started: its actor decides
@@ -44,41 +43,31 @@ pub async fn orphans(ctx: &Ctx) {
                 let in_flight = records_in_flight.contains(&p.vm_id);
                 if !owned && !in_flight && !unreadable.contains(&p.vm_id) {
                     tracing::warn!(pid = p.pid, vm_id = %p.vm_id, "killing an orphan VMM no VM record owns");
-                    let _ = ctx
-                        .helper
-                        .call(PrivRequest::SignalVmm {
-                            pid: p.pid,
-                            signal: Signal::Kill,
-                        })
-                        .await;
+                    let _ = ctx.helper.signal_vmm(p.pid, Signal::Kill).await;
                 }
             }
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("orphan check skipped (no helper): {}", e.message),
+        Err(e) => tracing::warn!("orphan check skipped (no helper): {e}"),
     }
     if !unreadable.is_empty() {
         tracing::warn!("orphan taps and NAT rules are kept while a VM record cannot be read");
         return;
     }
     // NAT rules whose removal failed (the helper was down, a crash).
-    if let Ok(PrivReply::NatVms(ids)) = ctx.helper.call(PrivRequest::ListNat).await {
+    if let Ok(ids) = ctx.helper.list_nat().await {
         for id in ids {
             let wanted = live.get(&id).is_some_and(|r| r.nat);
             if !wanted {
                 tracing::warn!(vm_id = %id, "removing NAT rules no running VM owns");
-                let _ = ctx
-                    .helper
-                    .call(PrivRequest::DisableNat {
-                        vm_id: id,
-                        ip: ctx.config.network.bridge_ip,
-                        bridge: ctx.config.network.bridge.clone(),
-                    })
-                    .await;
+                let (ip, bridge) = (
+                    ctx.config.network.bridge_ip,
+                    ctx.config.network.bridge.clone(),
+                );
+                let _ = ctx.helper.nat(false, id, ip, bridge).await;
             }
         }
     }
-    if let Ok(PrivReply::Taps(taps)) = ctx.helper.call(PrivRequest::ListTaps).await {
+    if let Ok(taps) = ctx.helper.list_taps().await {
         // Read again: VMs recovering in parallel lease taps while this runs.
         let now: Vec<VmRecord> = ctx.store.list_vms().unwrap_or_default();
         for t in taps {

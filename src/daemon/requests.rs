@@ -9,21 +9,18 @@ use crate::actors::vm_actor::{await_op, op, OpArgs, VmMsg};
 use crate::actors::vm_registry::RegistryMsg;
 use crate::actors::Slots;
 use crate::guest::session::AgentSession;
-use crate::protocol::{ErrorCode, RpcError};
+use crate::ops::OpError;
 use crate::store::VmRecord;
 
 /// How long a read of the registry or a VM's record may take: these are
 /// answered at once by actors that never block.
 pub const READ_MS: u64 = 30_000;
 
-fn restarting(what: &str) -> RpcError {
-    RpcError::new(
-        ErrorCode::Busy,
-        format!("the {what} is restarting; retry in a moment"),
-    )
+fn restarting(what: &str) -> OpError {
+    OpError::busy(format!("the {what} is restarting; retry in a moment"))
 }
 
-pub fn registry(slots: &Slots) -> Result<ActorRef<RegistryMsg>, RpcError> {
+pub fn registry(slots: &Slots) -> Result<ActorRef<RegistryMsg>, OpError> {
     slots
         .registry
         .get()
@@ -31,7 +28,7 @@ pub fn registry(slots: &Slots) -> Result<ActorRef<RegistryMsg>, RpcError> {
 }
 
 /// The actor of the VM named `name` (validated first).
-pub async fn actor(slots: &Slots, name: &str) -> Result<ActorRef<VmMsg>, RpcError> {
+pub async fn actor(slots: &Slots, name: &str) -> Result<ActorRef<VmMsg>, OpError> {
     crate::ops::vms::validate_name(name)?;
     let reg = registry(slots)?;
     ractor::call_t!(
@@ -42,26 +39,26 @@ pub async fn actor(slots: &Slots, name: &str) -> Result<ActorRef<VmMsg>, RpcErro
         },
         READ_MS
     )
-    .map_err(|e| RpcError::failed(format!("finding the VM: {e}")))?
+    .map_err(|e| OpError::failed(format!("finding the VM: {e}")))?
 }
 
 /// The current record of the VM named `name`.
-pub async fn record(slots: &Slots, name: &str) -> Result<VmRecord, RpcError> {
+pub async fn record(slots: &Slots, name: &str) -> Result<VmRecord, OpError> {
     let a = actor(slots, name).await?;
     ractor::call_t!(a, VmMsg::Get, READ_MS)
-        .map_err(|e| RpcError::failed(format!("reading the VM: {e}")))
+        .map_err(|e| OpError::failed(format!("reading the VM: {e}")))
 }
 
 /// The current record and the agent session of the running VM `name`.
-pub async fn agent(slots: &Slots, name: &str) -> Result<(VmRecord, AgentSession), RpcError> {
+pub async fn agent(slots: &Slots, name: &str) -> Result<(VmRecord, AgentSession), OpError> {
     let a = actor(slots, name).await?;
     let rec = ractor::call_t!(a, VmMsg::Get, READ_MS)
-        .map_err(|e| RpcError::failed(format!("reading the VM: {e}")))?;
+        .map_err(|e| OpError::failed(format!("reading the VM: {e}")))?;
     crate::ops::vms::require_running(&rec)?;
     let session = ractor::call_t!(a, VmMsg::Agent, READ_MS)
-        .map_err(|e| RpcError::failed(format!("reading the VM: {e}")))?
+        .map_err(|e| OpError::failed(format!("reading the VM: {e}")))?
         .ok_or_else(|| {
-            RpcError::failed(format!(
+            OpError::failed(format!(
                 "VM {name} has no agent session; restart it (banger vm restart {name})"
             ))
         })?;
@@ -74,11 +71,11 @@ pub async fn run_on_vm<T, F, Fut>(
     name: &str,
     op_name: &'static str,
     f: F,
-) -> Result<T, RpcError>
+) -> Result<T, OpError>
 where
     T: Send + 'static,
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
-    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, OpError>)> + Send + 'static,
 {
     queue_on_vm(slots, name, op(op_name, f)).await
 }
@@ -90,11 +87,11 @@ pub async fn preempt_on_vm<T, F, Fut>(
     name: &str,
     op_name: &'static str,
     f: F,
-) -> Result<T, RpcError>
+) -> Result<T, OpError>
 where
     T: Send + 'static,
     F: FnOnce(OpArgs) -> Fut + Send + 'static,
-    Fut: Future<Output = (Option<VmRecord>, Result<T, RpcError>)> + Send + 'static,
+    Fut: Future<Output = (Option<VmRecord>, Result<T, OpError>)> + Send + 'static,
 {
     queue_on_vm(
         slots,
@@ -109,9 +106,9 @@ async fn queue_on_vm<T>(
     name: &str,
     (o, rx): (
         Box<dyn crate::actors::vm_actor::VmOp>,
-        tokio::sync::oneshot::Receiver<Result<T, RpcError>>,
+        tokio::sync::oneshot::Receiver<Result<T, OpError>>,
     ),
-) -> Result<T, RpcError> {
+) -> Result<T, OpError> {
     crate::ops::vms::validate_name(name)?;
     // The registry routes it (or rejects it: unknown VM, actor restarting).
     registry(slots)?

@@ -19,13 +19,21 @@ use tokio::sync::mpsc;
 
 use super::vms;
 use crate::actors::Slots;
+use crate::domain::views::{Exit, VmCreateSpec, VmView};
+use crate::domain::{Event, Input, Inputs};
 use crate::ops::warm::{self, WarmInputs};
 use crate::ops::Ctx;
-use crate::protocol::cli::{
-    Event, Input, Reply, RunCommand, RunSpec, VmView, WarmSpec, WorkspaceSpec,
-};
-use crate::protocol::conn::Inputs;
-use crate::protocol::{ErrorCode, RpcError};
+use crate::ops::OpError;
+use crate::protocol::cli::{RunCommand, RunSpec, WarmSpec};
+use crate::workspace::WorkspaceSpec;
+
+/// How a run ended: the command's exit, or (without a command) the VM it
+/// left running.
+#[derive(Debug)]
+pub enum RunEnd {
+    Exit(Exit),
+    Vm(Box<VmView>),
+}
 
 /// How long the daemon waits for a client to say it wrote the patch.
 const PATCH_ACK: Duration = Duration::from_secs(120);
@@ -41,7 +49,7 @@ pub async fn run(
     spec: RunSpec,
     events: mpsc::Sender<Event>,
     inputs: Inputs,
-) -> Result<Reply, RpcError> {
+) -> Result<RunEnd, OpError> {
     let bootstrap = check(&spec)?;
     let run = Run {
         ctx,
@@ -52,13 +60,13 @@ pub async fn run(
     };
     tokio::spawn(run.go(bootstrap))
         .await
-        .map_err(|e| RpcError::failed(format!("the run ended abnormally: {e}")))?
+        .map_err(|e| OpError::failed(format!("the run ended abnormally: {e}")))?
 }
 
 /// Refuses what cannot work before anything is made; answers whether the
 /// repository's tools are to be installed with mise.
-fn check(spec: &RunSpec) -> Result<bool, RpcError> {
-    let bad = |m: &str| Err(RpcError::bad_request(m));
+fn check(spec: &RunSpec) -> Result<bool, OpError> {
+    let bad = |m: &str| Err(OpError::invalid(m));
     if spec.rm && spec.command.is_none() {
         return bad("leaving the VM running (-d) and deleting it afterwards (--rm) contradict each other; pick one");
     }
@@ -77,10 +85,10 @@ fn check(spec: &RunSpec) -> Result<bool, RpcError> {
         return Ok(false);
     };
     let git = crate::workspace::git::Git::at(Path::new(&ws.path))
-        .map_err(|e| RpcError::bad_request(e.to_string()))?;
+        .map_err(|e| OpError::invalid(e.to_string()))?;
     let mise = git.root.join(".mise.toml").exists() || git.root.join("mise.toml").exists();
     if mise && !spec.create.nat && !spec.no_bootstrap {
-        return Err(RpcError::bad_request(
+        return Err(OpError::invalid(
             "this repo has a .mise.toml: its tools are downloaded at bootstrap, which needs --nat; or pass --no-bootstrap to skip it",
         ));
     }
@@ -140,11 +148,11 @@ struct Run {
 }
 
 /// Why the command did not run.
-fn interrupted() -> Reply {
-    Reply::Exit {
+fn interrupted() -> RunEnd {
+    RunEnd::Exit(Exit {
         code: 130,
         message: Some("interrupted: stopped before the command ran".into()),
-    }
+    })
 }
 
 impl Run {
@@ -158,7 +166,7 @@ impl Run {
         let _ = self.events.send(Event::Log(line)).await;
     }
 
-    async fn go(mut self, mut bootstrap: bool) -> Result<Reply, RpcError> {
+    async fn go(mut self, mut bootstrap: bool) -> Result<RunEnd, OpError> {
         let mut create = self.spec.create.clone();
         create.delete_on_failure = self.spec.rm;
         let name = create
@@ -185,17 +193,13 @@ impl Run {
             _ => None,
         };
         self.spec_event(&create).await?;
-        let vm = match vms::create(
+        let vm = vms::create(
             self.ctx.clone(),
             self.slots.clone(),
             create,
             self.events.clone(),
         )
-        .await?
-        {
-            Reply::Vm(v) => v,
-            other => return Err(RpcError::failed(format!("create answered {other:?}"))),
-        };
+        .await?;
         let result = self.steps(&vm, ws, bootstrap, warm).await;
         let kept = match (&self.spec.export_patch, &self.spec.command) {
             (Some(file), Some(_)) => self.export(&vm, &PathBuf::from(file)).await.err(),
@@ -205,26 +209,28 @@ impl Run {
             // Only the VM this run created (by id).
             match vms::delete(&self.slots, &name, Some(vm.id.clone())).await {
                 Ok(_) => {}
-                Err(e) if e.code == ErrorCode::NotFound => {}
-                Err(e) => self.log(format!("deleting VM {name}: {}", e.message)).await,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => self.log(format!("deleting VM {name}: {e}")).await,
             }
         }
         match kept {
             None => result,
-            Some(e) => Err(RpcError::failed(format!(
-                "{}; VM {name} is kept so its changes are not lost: banger vm workspace export {name} -o FILE; then banger vm delete {name}",
-                e.message
-            ))),
+            Some(e) => {
+                let message = format!(
+                    "{e}; VM {name} is kept so its changes are not lost: banger vm workspace export {name} -o FILE; then banger vm delete {name}"
+                );
+                Err(e.reworded(message))
+            }
         }
     }
 
     /// The snapshot a warm key names (None while the image is not here).
     fn warm_key(
         &self,
-        create: &crate::protocol::cli::VmCreateSpec,
+        create: &VmCreateSpec,
         ws: &WorkspaceSpec,
         w: &WarmSpec,
-    ) -> Result<Option<String>, RpcError> {
+    ) -> Result<Option<String>, OpError> {
         let inputs = WarmInputs {
             image: create.image.as_deref(),
             kernel: create.kernel.as_deref(),
@@ -237,7 +243,7 @@ impl Run {
     }
 
     /// The shape of the VM about to be made: a snapshot's when restoring.
-    async fn spec_event(&self, c: &crate::protocol::cli::VmCreateSpec) -> Result<(), RpcError> {
+    async fn spec_event(&self, c: &VmCreateSpec) -> Result<(), OpError> {
         let (mut vcpu, mut memory_mib, mut disk_bytes) = (c.vcpu, c.memory_mib, c.disk_bytes);
         if let Some(from) = &c.from {
             let s = crate::ops::snapshots::get(&self.ctx, from)?;
@@ -264,7 +270,7 @@ impl Run {
         ws: Option<WorkspaceSpec>,
         bootstrap: bool,
         warm: Option<(WarmSpec, Option<String>)>,
-    ) -> Result<Reply, RpcError> {
+    ) -> Result<RunEnd, OpError> {
         let name = vm.name.as_str();
         if let Some(ws) = ws {
             if self.stopped() {
@@ -274,7 +280,7 @@ impl Run {
             if bootstrap && !self.stopped() {
                 let code = self.setup_command(name, BOOTSTRAP).await?;
                 if code != 0 {
-                    return Err(RpcError::failed(format!(
+                    return Err(OpError::failed(format!(
                         "mise install failed (exit {code})"
                     )));
                 }
@@ -290,13 +296,15 @@ impl Run {
             return Ok(interrupted());
         }
         let Some(cmd) = self.spec.command.clone() else {
-            return vms::show(&self.ctx, &self.slots, name).await;
+            return vms::show(&self.ctx, &self.slots, name)
+                .await
+                .map(|v| RunEnd::Vm(Box::new(v)));
         };
-        self.command(name, cmd).await
+        self.command(name, cmd).await.map(RunEnd::Exit)
     }
 
     /// A set-up command (bootstrap, warm): output streamed, no input.
-    async fn setup_command(&self, name: &str, script: &str) -> Result<i32, RpcError> {
+    async fn setup_command(&self, name: &str, script: &str) -> Result<i32, OpError> {
         let argv = vec!["sh".into(), "-c".into(), script.into()];
         let how = vms::ExecHow {
             cwd: None,
@@ -305,15 +313,12 @@ impl Run {
             stdin: None,
             auto_prepare: false,
         };
-        match vms::exec(&self.ctx, &self.slots, name, argv, how, self.events.clone()).await? {
-            Reply::Exit { code, message } => {
-                if let Some(m) = message {
-                    self.log(m).await;
-                }
-                Ok(code)
-            }
-            other => Err(RpcError::failed(format!("exec answered {other:?}"))),
+        let Exit { code, message } =
+            vms::exec(&self.ctx, &self.slots, name, argv, how, self.events.clone()).await?;
+        if let Some(m) = message {
+            self.log(m).await;
         }
+        Ok(code)
     }
 
     /// The first `--warm` run of a key: the command in the fresh workspace,
@@ -324,10 +329,10 @@ impl Run {
         ws: &WorkspaceSpec,
         w: &WarmSpec,
         key: Option<String>,
-    ) -> Result<(), RpcError> {
+    ) -> Result<(), OpError> {
         let code = self.setup_command(name, &w.command).await?;
         if code != 0 {
-            return Err(RpcError::failed(format!(
+            return Err(OpError::failed(format!(
                 "the --warm command failed (exit {code}); nothing was saved"
             )));
         }
@@ -336,7 +341,7 @@ impl Run {
             Some(k) => k,
             None => self
                 .warm_key(&self.spec.create, ws, w)?
-                .ok_or_else(|| RpcError::failed("the VM's image is not listed"))?,
+                .ok_or_else(|| OpError::failed("the VM's image is not listed"))?,
         };
         vms::snapshot(
             &self.slots,
@@ -357,7 +362,7 @@ impl Run {
 
     /// The command, fed by the client's input; killed when the client
     /// goes away.
-    async fn command(&mut self, name: &str, c: RunCommand) -> Result<Reply, RpcError> {
+    async fn command(&mut self, name: &str, c: RunCommand) -> Result<Exit, OpError> {
         self.inbox.started.store(true, Ordering::SeqCst);
         let feed = self.inbox.command.take().filter(|_| c.stdin);
         let how = vms::ExecHow {
@@ -376,7 +381,7 @@ impl Run {
                 // Dropping the exec closes its agent stream: the guest
                 // kills the command's process group.
                 tracing::info!(vm = name, "vm run: the client went away; the command was killed");
-                Ok(Reply::Exit {
+                Ok(Exit {
                     code: 129,
                     message: Some("the client went away; the command was killed".into()),
                 })
@@ -390,7 +395,7 @@ impl Run {
     /// daemon writes it there itself, or keeps its file and names it. An
     /// error only when the changes could not be saved at all (the VM is
     /// then kept).
-    async fn export(&mut self, vm: &VmView, file: &Path) -> Result<(), RpcError> {
+    async fn export(&mut self, vm: &VmView, file: &Path) -> Result<(), OpError> {
         let dir = self.ctx.layout.state_dir.join("patches");
         let kept = dir.join(format!(
             "{}-{}.patch",
@@ -428,9 +433,9 @@ impl Run {
 
     /// The patch from the guest into `kept` (temporary name, fsync,
     /// rename); its size.
-    async fn fetch_patch(&self, name: &str, dir: &Path, kept: &Path) -> Result<u64, RpcError> {
-        let io = |what: &str, p: &Path, e: std::io::Error| {
-            RpcError::failed(format!("{what} {}: {e}", p.display()))
+    async fn fetch_patch(&self, name: &str, dir: &Path, kept: &Path) -> Result<u64, OpError> {
+        let io = |what: &'static str, p: &Path, e: std::io::Error| {
+            OpError::Io(crate::fsutil::IoError::new(what, p, e))
         };
         tokio::fs::create_dir_all(dir)
             .await
@@ -467,9 +472,9 @@ impl Run {
         if done.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        done.map_err(|e| RpcError {
-            message: format!("exporting the workspace's changes: {}", e.message),
-            ..e
+        done.map_err(|e| {
+            let message = format!("exporting the workspace's changes: {e}");
+            e.reworded(message)
         })
     }
 

@@ -60,11 +60,11 @@ pub async fn health(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcEr
         uptime_s: None,
         init: None,
         setup_errors: vec![],
-        helpers: board.helper_views(),
+        children: board.child_views(),
     };
     let running = crate::ops::vms::require_running(&rec);
     match (running, session) {
-        (Err(e), _) => v.agent_error = Some(e.message),
+        (Err(e), _) => v.agent_error = Some(e.to_string()),
         (Ok(()), None) => v.agent_error = Some("no agent session".into()),
         (Ok(()), Some(s)) => {
             let t = std::time::Instant::now();

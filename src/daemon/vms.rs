@@ -9,12 +9,14 @@ use tokio::sync::mpsc;
 use super::requests::{self, run_on_vm};
 use crate::actors::vm_registry::RegistryMsg;
 use crate::actors::Slots;
+use crate::domain::views::{Exit, SnapshotView, SshTarget, VmCreateSpec, VmView, WorkspaceView};
+use crate::domain::Event;
 use crate::domain::Signal;
 use crate::guest::exec::Outcome;
 pub use crate::ops::vms::ExecHow;
+use crate::ops::OpError;
 use crate::ops::{lifecycle, views, vms, workspace, Ctx, Stages};
-use crate::protocol::cli::{Event, Reply, VmCreateSpec, WorkspaceSpec};
-use crate::protocol::RpcError;
+use crate::workspace::WorkspaceSpec;
 
 /// `vm create`: make sure image and kernel exist, reserve the record with
 /// an address, then boot it.
@@ -23,7 +25,7 @@ pub async fn create(
     slots: Arc<Slots>,
     spec: VmCreateSpec,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<VmView, OpError> {
     let plan = vms::plan_create(&ctx, &spec, &events).await?;
     let warm = plan.make_warm.clone().map(|name| Warm {
         name,
@@ -59,7 +61,7 @@ pub async fn create(
             },
             requests::READ_MS
         )
-        .map_err(|e| RpcError::failed(format!("registering the VM: {e}")))??;
+        .map_err(|e| OpError::failed(format!("registering the VM: {e}")))??;
         let started = start(&slots, &reserved.name, events).await;
         if let (Ok(_), Some(w)) = (&started, warm) {
             spawn_warm(ctx.clone(), slots.clone(), w);
@@ -71,10 +73,10 @@ pub async fn create(
                 let gone = delete(&slots, &reserved.name, Some(reserved.id.clone())).await;
                 let hint = format!(" (see `banger vm logs {}`)", reserved.name);
                 let message = match gone {
-                    Ok(_) => format!("{}; the VM was removed", e.message.replace(&hint, "")),
-                    Err(d) => format!("{}; removing the VM failed: {}", e.message, d.message),
+                    Ok(_) => format!("{}; the VM was removed", e.to_string().replace(&hint, "")),
+                    Err(d) => format!("{e}; removing the VM failed: {d}"),
                 };
-                Err(RpcError { message, ..e })
+                Err(e.reworded(message))
             }
             other => other,
         }
@@ -106,7 +108,7 @@ fn spawn_warm(ctx: Arc<Ctx>, slots: Arc<Slots>, w: Warm) {
         match make_warm(&ctx, &slots, w).await {
             Ok(()) => tracing::info!(snapshot = %name, "made the warm-start snapshot"),
             Err(e) => {
-                tracing::warn!(snapshot = %name, "making the warm-start snapshot failed: {}", e.message)
+                tracing::warn!(snapshot = %name, "making the warm-start snapshot failed: {e}")
             }
         }
         if let Ok(mut s) = ctx.warming.lock() {
@@ -115,7 +117,7 @@ fn spawn_warm(ctx: Arc<Ctx>, slots: Arc<Slots>, w: Warm) {
     });
 }
 
-async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), RpcError> {
+async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), OpError> {
     if ctx.store.get_snapshot(&w.name)?.is_some() {
         return Ok(());
     }
@@ -136,19 +138,16 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Rp
         delete_on_failure: false,
     };
     // Boxed: `create` starts this task, so its future cannot contain itself.
-    let created: crate::ops::BoxFuture<'static, Result<Reply, RpcError>> =
+    let created: crate::ops::BoxFuture<'static, Result<VmView, OpError>> =
         Box::pin(create(ctx.clone(), slots.clone(), spec, tx.clone()));
     let id = match created.await {
-        Ok(Reply::Vm(v)) => v.id,
+        Ok(v) => v.id,
         // Someone's own VM of that name: not ours to delete.
-        Err(e) if e.code == crate::protocol::ErrorCode::AlreadyExists => return Err(e),
-        other => {
+        Err(e) if e.is_already_exists() => return Err(e),
+        Err(e) => {
             // The VM it reserved (a failed boot leaves it in error) goes.
             let _ = delete(slots, &w.name, None).await;
-            return Err(match other {
-                Err(e) => e,
-                Ok(r) => RpcError::failed(format!("unexpected reply {r:?}")),
-            });
+            return Err(e);
         }
     };
     let snap_name = w.name.clone();
@@ -170,19 +169,19 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Rp
     .await;
     let deleted = delete(slots, &w.name, Some(id)).await;
     taken?;
-    deleted.map(drop)
+    deleted
 }
 
-/// Maps an operation that returns the record it leaves to the reply `Vm`.
-fn vm_reply(rec: crate::store::VmRecord) -> Reply {
-    Reply::Vm(views::vm(&rec))
+/// The view of the record an operation leaves.
+fn vm_reply(rec: crate::store::VmRecord) -> VmView {
+    views::vm(&rec)
 }
 
 pub async fn start(
     slots: &Slots,
     name: &str,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<VmView, OpError> {
     run_on_vm(slots, name, "start", move |a| async move {
         let mut st = Stages::new(events);
         let (rec, r) = lifecycle::start(&a.ctx, &*a.vm, a.record, &mut st).await;
@@ -196,7 +195,7 @@ pub async fn stop(
     slots: &Slots,
     name: &str,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<VmView, OpError> {
     run_on_vm(slots, name, "stop", move |a| async move {
         let mut st = Stages::new(events);
         let (rec, r) = lifecycle::stop(&a.ctx, &*a.vm, a.record, &mut st).await;
@@ -210,7 +209,7 @@ pub async fn restart(
     slots: &Slots,
     name: &str,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<VmView, OpError> {
     run_on_vm(slots, name, "restart", move |a| async move {
         let mut st = Stages::new(events);
         let (rec, r) = lifecycle::stop(&a.ctx, &*a.vm, a.record, &mut st).await;
@@ -234,7 +233,7 @@ pub async fn snapshot(
     auto: bool,
     scope: Option<String>,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<SnapshotView, OpError> {
     run_on_vm(slots, name, "snapshot", move |a| async move {
         let mut st = Stages::new(events);
         let agent = a.vm.agent().await;
@@ -252,10 +251,10 @@ pub async fn snapshot(
         (Some(rec), r.map(|_| snap))
     })
     .await
-    .map(|s| Reply::Snapshot(views::snapshot(&s)))
+    .map(|s| views::snapshot(&s))
 }
 
-pub async fn kill(slots: &Slots, name: &str, signal: Signal) -> Result<Reply, RpcError> {
+pub async fn kill(slots: &Slots, name: &str, signal: Signal) -> Result<VmView, OpError> {
     let f = move |a: crate::actors::vm_actor::OpArgs| async move {
         let (rec, r) = lifecycle::kill(&a.ctx, &*a.vm, a.record, signal).await;
         (Some(rec.clone()), r.map(|_| rec))
@@ -269,14 +268,14 @@ pub async fn kill(slots: &Slots, name: &str, signal: Signal) -> Result<Reply, Rp
     r.map(vm_reply)
 }
 
-pub async fn delete(slots: &Slots, name: &str, id: Option<String>) -> Result<Reply, RpcError> {
+pub async fn delete(slots: &Slots, name: &str, id: Option<String>) -> Result<(), OpError> {
     // Only the VM meant is interrupted: `vm run --rm` deletes by the id it
     // created, and a same-named VM made by someone else is left running
     // its operation (the id is checked again inside).
     if let Some(id) = &id {
         let current = requests::record(slots, name).await?;
         if current.id != *id {
-            return Err(RpcError::not_found(format!(
+            return Err(OpError::not_found(format!(
                 "VM {name} is not the one this command created; left alone"
             )));
         }
@@ -284,7 +283,7 @@ pub async fn delete(slots: &Slots, name: &str, id: Option<String>) -> Result<Rep
     requests::preempt_on_vm(slots, name, "delete", |a| async move {
         let keep = a.record.clone();
         if id.as_ref().is_some_and(|id| *id != keep.id) {
-            let e = RpcError::not_found(format!(
+            let e = OpError::not_found(format!(
                 "VM {} is not the one this command created; left alone",
                 keep.name
             ));
@@ -295,12 +294,11 @@ pub async fn delete(slots: &Slots, name: &str, id: Option<String>) -> Result<Rep
             Err(e) => (Some(keep), Err(e)),
         }
     })
-    .await?;
-    Ok(Reply::Done)
+    .await
 }
 
 /// Deletes every VM that is not running (created, stopped, error).
-pub async fn prune(ctx: &Ctx, slots: &Slots) -> Result<Reply, RpcError> {
+pub async fn prune(ctx: &Ctx, slots: &Slots) -> Result<Vec<String>, OpError> {
     let mut gone = Vec::new();
     for v in ctx.store.list_vms()? {
         if !v.state.prunable() {
@@ -322,10 +320,10 @@ pub async fn prune(ctx: &Ctx, slots: &Slots) -> Result<Reply, RpcError> {
         match r {
             Ok(true) => gone.push(name),
             Ok(false) => {}
-            Err(e) => tracing::warn!(vm = %name, "prune: {}", e.message),
+            Err(e) => tracing::warn!(vm = %name, "prune: {e}"),
         }
     }
-    Ok(Reply::Pruned(gone))
+    Ok(gone)
 }
 
 pub async fn set(
@@ -334,9 +332,9 @@ pub async fn set(
     vcpu: Option<u32>,
     memory_mib: Option<u32>,
     nat: Option<bool>,
-) -> Result<Reply, RpcError> {
+) -> Result<VmView, OpError> {
     if vcpu.is_none() && memory_mib.is_none() && nat.is_none() {
-        return Err(RpcError::bad_request(
+        return Err(OpError::invalid(
             "nothing to change: give --vcpu, --memory and/or --nat/--no-nat",
         ));
     }
@@ -350,29 +348,29 @@ pub async fn set(
     .map(vm_reply)
 }
 
-pub async fn show(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+pub async fn show(ctx: &Ctx, slots: &Slots, name: &str) -> Result<VmView, OpError> {
     let rec = requests::record(slots, name).await?;
-    Ok(Reply::Vm(views::vm_seen(
+    Ok(views::vm_seen(
         &rec,
         &ctx.guests.get(&rec.id),
         ctx.timeouts.unresponsive,
-    )))
+    ))
 }
 
-pub async fn logs(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+/// The VM's serial console and VMM logs.
+pub async fn logs(ctx: &Ctx, slots: &Slots, name: &str) -> Result<(String, String), OpError> {
     let rec = requests::record(slots, name).await?;
-    let (serial, vmm) = vms::logs(ctx, &rec);
-    Ok(Reply::Logs { serial, vmm })
+    Ok(vms::logs(ctx, &rec))
 }
 
 /// `vm ssh`: pins the guest's host key (waiting for sshd when it is new)
 /// as an operation on the VM, and answers how to reach it.
-pub async fn ssh(slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+pub async fn ssh(slots: &Slots, name: &str) -> Result<SshTarget, OpError> {
     run_on_vm(slots, name, "ssh", |a| async move {
         let mut rec = a.record.clone();
         let target = match a.vm.agent().await {
             Some(agent) => vms::ssh_target(&a.ctx, &agent, &mut rec).await,
-            None => Err(RpcError::bad_request(format!(
+            None => Err(OpError::invalid(format!(
                 "VM {} is not running; start it with: banger vm start {}",
                 rec.name, rec.name
             ))),
@@ -383,18 +381,15 @@ pub async fn ssh(slots: &Slots, name: &str) -> Result<Reply, RpcError> {
         }
     })
     .await
-    .map(Reply::Ssh)
 }
 
-pub async fn ping(slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+/// The agent's round-trip time.
+pub async fn ping(slots: &Slots, name: &str) -> Result<std::time::Duration, OpError> {
     let (_, agent) = requests::agent(slots, name).await?;
-    let rtt = agent
+    agent
         .ping(std::time::Duration::from_secs(10))
         .await
-        .map_err(|e| RpcError::failed(format!("VM {name}: {e}")))?;
-    Ok(Reply::Ping {
-        rtt_us: rtt.as_micros() as u64,
-    })
+        .map_err(|e| OpError::failed(format!("VM {name}: {e}")))
 }
 
 /// `vm exec`: in a workspace, warns when the host repo moved on since the
@@ -406,7 +401,7 @@ pub async fn exec(
     argv: Vec<String>,
     how: ExecHow,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<Exit, OpError> {
     let (mut rec, mut agent) = requests::agent(slots, name).await?;
     if let (Some(ws), Some((repo, was, now))) = (rec.workspace.clone(), vms::workspace_moved(&rec))
     {
@@ -433,11 +428,11 @@ pub async fn exec(
     }
     Ok(
         match vms::exec(ctx, &rec, &agent, argv, how, &events).await? {
-            Outcome::Exited(s) => Reply::Exit {
+            Outcome::Exited(s) => Exit {
                 code: s.shell_code(),
                 message: None,
             },
-            Outcome::Failed(e) => Reply::Exit {
+            Outcome::Failed(e) => Exit {
                 code: e.kind.exit_code(),
                 message: Some(e.message),
             },
@@ -452,13 +447,13 @@ pub async fn prepare(
     name: &str,
     spec: WorkspaceSpec,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<WorkspaceView, OpError> {
     run_on_vm(slots, name, "workspace.prepare", move |a| async move {
         let mut rec = a.record.clone();
         let Some(agent) = a.vm.agent().await else {
             let e = vms::require_running(&rec)
                 .err()
-                .unwrap_or_else(|| RpcError::failed("the VM has no agent session; restart it"));
+                .unwrap_or_else(|| OpError::failed("the VM has no agent session; restart it"));
             return (Some(rec), Err(e));
         };
         match workspace::ship(&a.ctx, &agent, &rec, &spec, &events).await {
@@ -474,7 +469,6 @@ pub async fn prepare(
         }
     })
     .await
-    .map(Reply::Workspace)
 }
 
 /// `vm workspace export`: the patch streams out as stdout events.
@@ -483,8 +477,7 @@ pub async fn export(
     name: &str,
     base: Option<String>,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<(), OpError> {
     let (rec, agent) = requests::agent(slots, name).await?;
-    workspace::export(&agent, &rec, base, events).await?;
-    Ok(Reply::Done)
+    workspace::export(&agent, &rec, base, events).await
 }

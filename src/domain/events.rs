@@ -55,3 +55,7 @@ pub enum Input {
         error: Option<String>,
     },
 }
+
+/// The inputs a client sends during one call, in order (bounded: a client
+/// that sends faster than the command reads waits).
+pub type Inputs = tokio::sync::mpsc::Receiver<Input>;

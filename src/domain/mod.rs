@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub mod events;
 pub mod views;
 
-pub use events::{Event, Input};
+pub use events::{Event, Input, Inputs};
 
 /// Lifecycle state of a VM.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]

@@ -138,12 +138,12 @@ pub struct VmHealthView {
     /// The guest's PID 1 (`systemd`, or `banger`).
     pub init: Option<String>,
     pub setup_errors: Vec<String>,
-    pub helpers: Vec<HelperView>,
+    pub children: Vec<ChildView>,
 }
 
-/// One per-VM helper's restarts.
+/// One per-VM child's restarts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HelperView {
+pub struct ChildView {
     pub name: String,
     pub restarts: u32,
     pub last_error: Option<String>,
@@ -235,7 +235,15 @@ pub struct VmView {
     /// Why the agent of a running VM does not answer (then `state` is
     /// `degraded`).
     pub agent_error: Option<String>,
-    /// Restarts of this VM's helpers (agent session, guest watch, VMM
+    /// Restarts of this VM's children (agent session, guest watch, VMM
     /// monitor) since the daemon started.
-    pub helper_restarts: u32,
+    pub child_restarts: u32,
+}
+
+/// How a command ended: its code, and why when banger or the guest could
+/// not run it (126, 127).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    pub message: Option<String>,
 }

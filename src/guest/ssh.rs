@@ -187,10 +187,8 @@ fn replace_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
 /// A guest's host key as a known_hosts key field (`ssh-ed25519 <base64>`),
 /// parsed and re-encoded: anything else the guest sends (another type, a
 /// newline, a second entry) is refused.
-pub fn host_key_line(algorithm: &str, b64: &str) -> Result<String, crate::protocol::RpcError> {
-    let refuse = |why: &str| {
-        crate::protocol::RpcError::failed(format!("the guest sent an unusable host key: {why}"))
-    };
+pub fn host_key_line(algorithm: &str, b64: &str) -> Result<String, SshError> {
+    let refuse = |why: &str| SshError::UnusableHostKey(why.to_string());
     if algorithm != "ssh-ed25519" {
         return Err(refuse("not ssh-ed25519"));
     }
@@ -213,32 +211,6 @@ pub fn host_key_line(algorithm: &str, b64: &str) -> Result<String, crate::protoc
     }
 }
 
-/// Quotes one argument for a POSIX shell.
-pub fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c))
-    {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r#"'\''"#))
-    }
-}
-
-/// The remote command line for `argv`, run in `cwd` when given.
-pub fn command_line(argv: &[String], cwd: Option<&str>) -> String {
-    let cmd = argv
-        .iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ");
-    match cwd {
-        Some(d) => format!("cd {} && {cmd}", shell_quote(d)),
-        None => cmd,
-    }
-}
-
 /// SSH failures.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -250,6 +222,8 @@ pub enum SshError {
     Auth,
     #[error("ssh: {0}")]
     Protocol(String),
+    #[error("the guest sent an unusable host key: {0}")]
+    UnusableHostKey(String),
 }
 
 struct Pinned {
@@ -409,24 +383,6 @@ fn signal_number(name: &str) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_keeps_arguments_whole() {
-        assert_eq!(shell_quote("echo"), "echo");
-        assert_eq!(shell_quote("exit 42"), "'exit 42'");
-        assert_eq!(shell_quote("it's"), r#"'it'\''s'"#);
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("$HOME"), "'$HOME'");
-        let argv: Vec<String> = ["sh", "-c", "exit 42"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(command_line(&argv, None), "sh -c 'exit 42'");
-        assert_eq!(
-            command_line(&argv, Some("/root/repo")),
-            "cd /root/repo && sh -c 'exit 42'"
-        );
-    }
 
     #[test]
     fn pinning_replaces_entries_for_the_name_or_address() {

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{run_tool, HostError};
 
@@ -654,4 +654,12 @@ mod tests {
             Err(NetError::Policy(NetPolicyError::OtherOwner(_, 1001)))
         ));
     }
+}
+
+/// A tap device as the helper reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TapInfo {
+    pub name: String,
+    pub master: Option<String>,
+    pub up: bool,
 }

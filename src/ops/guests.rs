@@ -1,13 +1,13 @@
 //! What the daemon knows about each running guest beyond its record: is
 //! its agent answering (from the VM's `GuestWatch`), and how often the
-//! per-VM helpers (agent session, guest watch, VMM monitor) were restarted
+//! per-VM children (agent session, guest watch, VMM monitor) were restarted
 //! and why. In memory only: it describes this daemon's children, which
 //! start afresh with it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use crate::protocol::cli::HelperView;
+use crate::domain::views::ChildView;
 
 /// Consecutive failed pings after which a running VM is shown `degraded`.
 pub const DEGRADED_AFTER: u32 = 3;
@@ -28,7 +28,7 @@ pub enum AgentSeen {
     },
 }
 
-/// One helper's restarts.
+/// One child's restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Restarts {
     pub count: u32,
@@ -40,7 +40,7 @@ pub struct Restarts {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestHealth {
     pub agent: AgentSeen,
-    pub helpers: BTreeMap<&'static str, Restarts>,
+    pub children: BTreeMap<&'static str, Restarts>,
 }
 
 impl GuestHealth {
@@ -57,7 +57,7 @@ impl GuestHealth {
     }
 
     pub fn restarts(&self) -> u32 {
-        self.helpers.values().map(|r| r.count).sum()
+        self.children.values().map(|r| r.count).sum()
     }
 
     pub fn agent_error(&self) -> Option<String> {
@@ -67,10 +67,10 @@ impl GuestHealth {
         }
     }
 
-    pub fn helper_views(&self) -> Vec<HelperView> {
-        self.helpers
+    pub fn child_views(&self) -> Vec<ChildView> {
+        self.children
             .iter()
-            .map(|(name, r)| HelperView {
+            .map(|(name, r)| ChildView {
                 name: name.to_string(),
                 restarts: r.count,
                 last_error: r.last_error.clone(),
@@ -135,10 +135,10 @@ impl Board {
         self.with(id, |g| g.agent = AgentSeen::Unknown);
     }
 
-    /// `helper` of VM `id` died (`why`) and is being restarted.
-    pub fn restarted(&self, id: &str, helper: &'static str, why: String) {
+    /// `child` of VM `id` died (`why`) and is being restarted.
+    pub fn restarted(&self, id: &str, child: &'static str, why: String) {
         self.with(id, |g| {
-            let r = g.helpers.entry(helper).or_default();
+            let r = g.children.entry(child).or_default();
             r.count += 1;
             r.last_error = Some(why);
             r.last_unix = Some(crate::store::model::now_unix());
@@ -174,7 +174,7 @@ mod tests {
         let g = b.get("a");
         assert_eq!(g.restarts(), 2);
         assert_eq!(
-            g.helper_views()[0].last_error.as_deref(),
+            g.child_views()[0].last_error.as_deref(),
             Some("aborted again")
         );
         b.forget("a");

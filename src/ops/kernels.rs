@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{views, Ctx, Progress};
+use super::{views, Ctx, Made, Progress};
 use crate::fsutil::IoContext;
 use crate::kernel;
-use crate::protocol::cli::{Event, Reply};
-use crate::protocol::{ErrorCode, RpcError};
+
+use crate::domain::views::KernelView;
+use crate::domain::Event;
+use crate::ops::OpError;
 use crate::store::model::now_unix;
 use crate::store::KernelRecord;
 
@@ -17,15 +19,15 @@ pub fn kernels_dir(ctx: &Ctx) -> PathBuf {
     ctx.layout.state_dir.join("kernels")
 }
 
-fn validate_name(name: &str) -> Result<(), RpcError> {
+fn validate_name(name: &str) -> Result<(), OpError> {
     crate::image::validate_image_name(name)
-        .map_err(|e| RpcError::bad_request(e.replace("image name", "kernel name")))
+        .map_err(|e| OpError::invalid(e.replace("image name", "kernel name")))
 }
 
 /// Looks a kernel up or says how to get it.
-pub fn get(ctx: &Ctx, name: &str) -> Result<KernelRecord, RpcError> {
+pub fn get(ctx: &Ctx, name: &str) -> Result<KernelRecord, OpError> {
     ctx.store.get_kernel(name)?.ok_or_else(|| {
-        RpcError::not_found(format!(
+        OpError::not_found(format!(
             "no kernel named {name:?}; see `banger kernel list`, or get one with `banger kernel pull debian-cloud`"
         ))
     })
@@ -38,11 +40,11 @@ pub async fn pull(
     name: String,
     version: Option<String>,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<KernelView, OpError> {
     validate_name(&name)?;
     let catalog = super::images::catalog_for(&ctx, &source)?;
     let entry = catalog.kernel(&source).cloned().ok_or_else(|| {
-        RpcError::not_found(format!(
+        OpError::not_found(format!(
             "unknown kernel source {source:?}; the catalog has: {} (banger kernel catalog); or use `banger kernel import <name> --from <dir>`",
             catalog.kernels.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
         ))
@@ -60,11 +62,12 @@ pub async fn pull(
                         bundle_work(ctx, &entry.name, &url, &sha256, entry.size, name, p).await
                     }
                 };
-                k.map(|k| Reply::Kernel(views::kernel(&k)))
+                k.map(|k| Made::Kernel(views::kernel(&k)))
             })
         }),
     )
-    .await
+    .await?
+    .kernel()
 }
 
 /// A user catalog's kernel bundle: a `.tar.zst` of a directory as `kernel
@@ -78,7 +81,7 @@ async fn bundle_work(
     size: u64,
     name: String,
     progress: Progress,
-) -> Result<KernelRecord, RpcError> {
+) -> Result<KernelRecord, OpError> {
     let source = format!("catalog:{entry}@sha256:{sha256}");
     if let Some(k) = ctx.store.get_kernel(&name)? {
         if k.source == source {
@@ -93,14 +96,14 @@ async fn bundle_work(
     let file =
         crate::image::download::fetch_verified(url, sha256, size, &cache, &move |l| p2.log(l))
             .await
-            .map_err(RpcError::failed)?;
+            .map_err(OpError::failed)?;
     progress.stage("download", "sha256 verified", true);
     let dir = kernels_dir(&ctx);
     let url = url.to_string();
-    tokio::task::spawn_blocking(move || -> Result<KernelRecord, RpcError> {
+    tokio::task::spawn_blocking(move || -> Result<KernelRecord, OpError> {
         let unpacked = crate::fsutil::TempDir::new_in(&dir, "unpack").ctx("unpacking in", &dir)?;
         unpack_bounded(&file, unpacked.path())
-            .map_err(|e| RpcError::bad_request(format!("the kernel bundle from {url}: {e}")))?;
+            .map_err(|e| OpError::invalid(format!("the kernel bundle from {url}: {e}")))?;
         let src = kernel::discover(unpacked.path())?;
         let stage = crate::fsutil::TempDir::new_in(&dir, &name).ctx("staging a kernel in", &dir)?;
         let version = kernel::stage_import(&src, stage.path())?;
@@ -197,7 +200,7 @@ pub async fn ensure(
     name: &str,
     source: &str,
     progress: &Progress,
-) -> Result<KernelRecord, RpcError> {
+) -> Result<KernelRecord, OpError> {
     match ctx.store.get_kernel(name)? {
         Some(k) if !stale(&k) => return Ok(k),
         Some(_) => progress.log(format!(
@@ -228,7 +231,7 @@ async fn pull_work(
     name: String,
     version: Option<String>,
     progress: Progress,
-) -> Result<KernelRecord, RpcError> {
+) -> Result<KernelRecord, OpError> {
     let package = tokio::task::spawn_blocking({
         let v = version.clone();
         move || kernel::debian::resolve_package(v.as_deref())
@@ -247,7 +250,7 @@ async fn pull_work(
     let cache = ctx.layout.cache_dir.join("downloads");
     let ctx2 = ctx.clone();
     let p = progress.clone();
-    let rec = tokio::task::spawn_blocking(move || -> Result<KernelRecord, RpcError> {
+    let rec = tokio::task::spawn_blocking(move || -> Result<KernelRecord, OpError> {
         let stage = crate::fsutil::TempDir::new_in(&dir, &name).ctx("staging a kernel in", &dir)?;
         let pulled =
             kernel::debian::pull(&package, &cache, stage.path(), |s, d| p.stage(s, d, false))?;
@@ -270,7 +273,7 @@ fn publish(
     stage: crate::fsutil::TempDir,
     dst: &Path,
     m: &kernel::KernelManifest,
-) -> Result<KernelRecord, RpcError> {
+) -> Result<KernelRecord, OpError> {
     crate::fsutil::replace_dir(stage.path(), dst).ctx("publishing", dst)?;
     let _ = stage.keep();
     let b = kernel::BundlePaths::new(dst);
@@ -290,12 +293,10 @@ fn publish(
 }
 
 /// `kernel import <name> --from <dir>`.
-pub async fn import(ctx: Arc<Ctx>, name: String, from: String) -> Result<Reply, RpcError> {
+pub async fn import(ctx: Arc<Ctx>, name: String, from: String) -> Result<KernelView, OpError> {
     validate_name(&name)?;
     if ctx.store.get_kernel(&name)?.is_some() {
-        return Err(RpcError::new(
-            ErrorCode::AlreadyExists,
-            format!("a kernel named {name:?} exists; delete it first (banger kernel delete {name}) or pick another name"),
+        return Err(OpError::already_exists(format!("a kernel named {name:?} exists; delete it first (banger kernel delete {name}) or pick another name"),
         ));
     }
     let from = PathBuf::from(from);
@@ -310,24 +311,24 @@ pub async fn import(ctx: Arc<Ctx>, name: String, from: String) -> Result<Reply, 
             &version,
             &format!("import:{}", from.display()),
         )?;
-        publish(&ctx, stage, &dir.join(&name), &m).map(|k| Reply::Kernel(views::kernel(&k)))
+        publish(&ctx, stage, &dir.join(&name), &m).map(|k| views::kernel(&k))
     })
     .await?
 }
 
-pub fn list(ctx: &Ctx) -> Result<Reply, RpcError> {
+pub fn list(ctx: &Ctx) -> Result<Vec<KernelView>, OpError> {
     let mut v = ctx.store.list_kernels()?;
     v.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Reply::Kernels(v.iter().map(views::kernel).collect()))
+    Ok(v.iter().map(views::kernel).collect())
 }
 
-pub fn show(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+pub fn show(ctx: &Ctx, name: &str) -> Result<KernelView, OpError> {
     validate_name(name)?;
-    Ok(Reply::Kernel(views::kernel(&get(ctx, name)?)))
+    Ok(views::kernel(&get(ctx, name)?))
 }
 
 /// `kernel delete`: refused while an image or VM references the kernel.
-pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+pub fn delete(ctx: &Ctx, name: &str) -> Result<(), OpError> {
     validate_name(name)?;
     let k = get(ctx, name)?;
     let images = ctx.store.list_images()?.into_iter();
@@ -345,7 +346,7 @@ pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
     ctx.store.delete_kernel(name)?;
     let dir = Path::new(&k.dir);
     crate::fsutil::remove_all(dir).ctx("removing", dir)?;
-    Ok(Reply::Done)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod disks;
 pub mod dns;
+pub mod error;
 pub mod guests;
 pub mod images;
 pub mod kernels;
@@ -27,6 +28,7 @@ pub mod workspace;
 pub mod testing;
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,34 +39,113 @@ use crate::config::Config;
 use crate::domain::VmmKind;
 use crate::guest::session::{AgentChannel, AgentSession};
 use crate::paths::Layout;
-use crate::protocol::cli::{Event, Reply};
-use crate::protocol::helper::{PrivReply, PrivRequest};
-use crate::protocol::RpcError;
+
+use crate::domain::views::{ImageView, KernelView};
+use crate::domain::{Event, Signal};
+use crate::host::net::TapInfo;
+use crate::image::build::{BuiltRootfs, RootfsSpec};
 use crate::store::{Store, VmRecord};
 use crate::vmm::Vmm;
+use crate::vmm::{LaunchSpec, VmmProcess};
 
+pub use error::OpError;
 pub use progress::{Progress, Stages};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// bangerd-root, as the daemon reaches it.
+/// bangerd-root's typed operations, as the daemon reaches them (the daemon
+/// turns each into its wire request; tests use a fake). A failure is an
+/// [`OpError`] of the helper's kind: bad input, missing, busy or failed.
 pub trait Privileged: Send + Sync {
-    /// Performs one privileged operation.
-    fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>>;
+    /// The bridge exists with this address (idempotent).
+    fn ensure_bridge(&self, bridge: Bridge) -> BoxFuture<'_, Result<(), OpError>>;
+    /// A tap on `bridge`, owned by the owner uid.
+    fn create_tap(&self, name: String, bridge: String) -> BoxFuture<'_, Result<(), OpError>>;
+    /// Deletes a tap (absent is fine).
+    fn delete_tap(&self, name: String) -> BoxFuture<'_, Result<(), OpError>>;
+    /// banger's taps on this host.
+    fn list_taps(&self) -> BoxFuture<'_, Result<Vec<TapInfo>, OpError>>;
+    /// Binds tap `name` to the guest's address and MAC.
+    fn guard_tap(
+        &self,
+        name: String,
+        ip: Ipv4Addr,
+        mac: String,
+    ) -> BoxFuture<'_, Result<(), OpError>>;
+    /// NAT for the VM's address (`on`) or its rules removed.
+    fn nat(
+        &self,
+        on: bool,
+        vm_id: String,
+        ip: Ipv4Addr,
+        bridge: String,
+    ) -> BoxFuture<'_, Result<(), OpError>>;
+    /// The VM ids that have NAT rules.
+    fn list_nat(&self) -> BoxFuture<'_, Result<Vec<String>, OpError>>;
+    /// Routes `*.vm` to banger's name server (`on`) or reverts it; what
+    /// the host resolver does now, in words.
+    fn route_dns(
+        &self,
+        bridge: String,
+        address: Ipv4Addr,
+        port: u16,
+        on: bool,
+    ) -> BoxFuture<'_, Result<String, OpError>>;
+    /// Builds a rootfs.
+    fn build_rootfs(&self, spec: RootfsSpec) -> BoxFuture<'_, Result<BuiltRootfs, OpError>>;
+    /// Launches a VMM; its pid.
+    fn launch_vmm(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<u32, OpError>>;
+    /// Signals a banger VMM.
+    fn signal_vmm(&self, pid: u32, signal: Signal) -> BoxFuture<'_, Result<(), OpError>>;
+    /// The banger VMM processes running.
+    fn list_vmms(&self) -> BoxFuture<'_, Result<Vec<VmmProcess>, OpError>>;
+}
+
+/// The bridge VMs' taps join.
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub dns_port: u16,
 }
 
 /// Where VMs get their taps.
 pub trait Taps: Send + Sync {
     /// A tap on the bridge, owned by the owner uid.
-    fn lease(&self) -> BoxFuture<'_, Result<String, RpcError>>;
+    fn lease(&self) -> BoxFuture<'_, Result<String, OpError>>;
     /// Gives a tap back; done once it is deleted (a stopped VM holds no
     /// tap).
     fn release(&self, tap: String) -> BoxFuture<'_, ()>;
 }
 
 /// The work of a shared job.
-pub type Work = Box<dyn FnOnce(Progress) -> BoxFuture<'static, Result<Reply, RpcError>> + Send>;
+pub type Work = Box<dyn FnOnce(Progress) -> BoxFuture<'static, Result<Made, OpError>> + Send>;
+
+/// What a shared job made.
+#[derive(Debug, Clone)]
+pub enum Made {
+    Image(ImageView),
+    Kernel(KernelView),
+}
+
+impl Made {
+    /// The image a job made (an image job makes nothing else).
+    pub fn image(self) -> Result<ImageView, OpError> {
+        match self {
+            Made::Image(v) => Ok(v),
+            other => Err(OpError::failed(format!("an image job made {other:?}"))),
+        }
+    }
+    /// The kernel a job made.
+    pub fn kernel(self) -> Result<KernelView, OpError> {
+        match self {
+            Made::Kernel(v) => Ok(v),
+            other => Err(OpError::failed(format!("a kernel job made {other:?}"))),
+        }
+    }
+}
 
 /// Long jobs keyed by name (an image build, a kernel pull): concurrent
 /// requests for one key share one run and all get its result.
@@ -74,7 +155,7 @@ pub trait SharedJobs: Send + Sync {
         key: &str,
         events: mpsc::Sender<Event>,
         work: Work,
-    ) -> BoxFuture<'static, Result<Reply, RpcError>>;
+    ) -> BoxFuture<'static, Result<Made, OpError>>;
 }
 
 /// The VMM drivers.
@@ -101,7 +182,7 @@ pub trait VmChildren: Send + Sync {
     fn watch_vmm(&self, pid: u32);
     /// Starts a fresh agent session on `channel` (closing any earlier one)
     /// and answers it.
-    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, RpcError>>;
+    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, OpError>>;
     /// The VM's agent session, if one was started.
     fn agent(&self) -> BoxFuture<'_, Option<AgentSession>>;
     /// Closes the agent session, if any.
@@ -167,12 +248,12 @@ fn refuse_if_used(
     what: &str,
     by: &str,
     users: impl Iterator<Item = String>,
-) -> Result<(), RpcError> {
+) -> Result<(), OpError> {
     let users: Vec<String> = users.collect();
     if users.is_empty() {
         return Ok(());
     }
-    Err(RpcError::bad_request(format!(
+    Err(OpError::invalid(format!(
         "{what} is used by {by} {}; delete those first",
         users.join(", ")
     )))

@@ -5,8 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::Privileged;
 use crate::config::NetworkConfig;
-use crate::protocol::helper::PrivRequest;
-use crate::protocol::RpcError;
+use crate::ops::OpError;
 
 /// A fresh banger tap name.
 pub fn new_tap_name() -> String {
@@ -41,9 +40,9 @@ pub async fn create_tap(
     helper: &dyn Privileged,
     net: &NetworkConfig,
     ledger: &TapLedger,
-) -> Result<String, RpcError> {
+) -> Result<String, OpError> {
     helper
-        .call(PrivRequest::EnsureBridge {
+        .ensure_bridge(super::Bridge {
             name: net.bridge.clone(),
             address: net.bridge_ip,
             prefix_len: net.prefix_len,
@@ -52,12 +51,7 @@ pub async fn create_tap(
         .await?;
     let name = new_tap_name();
     ledger.set().insert(name.clone());
-    helper
-        .call(PrivRequest::CreateTap {
-            name: name.clone(),
-            bridge: net.bridge.clone(),
-        })
-        .await?;
+    helper.create_tap(name.clone(), net.bridge.clone()).await?;
     Ok(name)
 }
 
@@ -66,11 +60,8 @@ pub async fn delete_tap(
     helper: &dyn Privileged,
     name: String,
     ledger: &TapLedger,
-) -> Result<(), RpcError> {
-    let r = helper
-        .call(PrivRequest::DeleteTap { name: name.clone() })
-        .await
-        .map(drop);
+) -> Result<(), OpError> {
+    let r = helper.delete_tap(name.clone()).await;
     if r.is_ok() {
         ledger.set().remove(&name);
     }

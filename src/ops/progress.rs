@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::protocol::cli::Event;
+use crate::domain::Event;
 
 /// Where [`Progress`] sends events.
 pub type EventFn = Arc<dyn Fn(Event) + Send + Sync>;

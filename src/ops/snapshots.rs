@@ -25,8 +25,9 @@ use super::{Ctx, Stages};
 use crate::domain::{VmState, VmmKind};
 use crate::fsutil::IoContext;
 use crate::paths::VmPaths;
-use crate::protocol::cli::Reply;
-use crate::protocol::RpcError;
+
+use crate::domain::views::SnapshotView;
+use crate::ops::OpError;
 use crate::store::model::now_unix;
 use crate::store::{SnapshotRecord, VmRecord};
 use crate::vmm::qmp;
@@ -44,29 +45,29 @@ pub fn snapshots_dir(ctx: &Ctx) -> PathBuf {
     ctx.layout.state_dir.join("snapshots")
 }
 
-fn validate_name(name: &str) -> Result<(), RpcError> {
+fn validate_name(name: &str) -> Result<(), OpError> {
     crate::image::validate_image_name(name)
-        .map_err(|e| RpcError::bad_request(e.replace("image", "snapshot")))
+        .map_err(|e| OpError::invalid(e.replace("image", "snapshot")))
 }
 
 /// Looks a snapshot up, or says it does not exist and what does.
-pub fn get(ctx: &Ctx, name: &str) -> Result<SnapshotRecord, RpcError> {
+pub fn get(ctx: &Ctx, name: &str) -> Result<SnapshotRecord, OpError> {
     validate_name(name)?;
     ctx.store.get_snapshot(name)?.ok_or_else(|| {
-        RpcError::not_found(format!(
+        OpError::not_found(format!(
             "no snapshot named {name:?} (it may have been deleted); see `banger snapshot list`, or make one with `banger vm snapshot <vm> --name {name}`"
         ))
     })
 }
 
 /// The snapshot a VM was made from, by id.
-pub fn by_id(ctx: &Ctx, id: &str) -> Result<SnapshotRecord, RpcError> {
+pub fn by_id(ctx: &Ctx, id: &str) -> Result<SnapshotRecord, OpError> {
     ctx.store
         .list_snapshots()?
         .into_iter()
         .find(|s| s.id == id)
         .ok_or_else(|| {
-            RpcError::not_found(format!(
+            OpError::not_found(format!(
                 "the snapshot this VM was made from (id {id}) is gone; delete the VM"
             ))
         })
@@ -74,11 +75,11 @@ pub fn by_id(ctx: &Ctx, id: &str) -> Result<SnapshotRecord, RpcError> {
 
 /// The first line of `<qemu> --version`: a restore under another QEMU is
 /// refused (its device state may not load, or load wrong).
-pub fn vmm_version(ctx: &Ctx) -> Result<String, RpcError> {
+pub fn vmm_version(ctx: &Ctx) -> Result<String, OpError> {
     let bin = match &ctx.config.qemu_binary {
         Some(b) => b.clone(),
         None => crate::host::system_tool("qemu-system-x86_64").ok_or_else(|| {
-            RpcError::failed("qemu-system-x86_64 is not installed; install qemu-system-x86")
+            OpError::failed("qemu-system-x86_64 is not installed; install qemu-system-x86")
         })?,
     };
     let out = crate::host::process::run_bounded(
@@ -86,7 +87,7 @@ pub fn vmm_version(ctx: &Ctx) -> Result<String, RpcError> {
         Duration::from_secs(10),
         4096,
     )
-    .map_err(|e| RpcError::failed(format!("{}: {e}", bin.display())))?;
+    .map_err(|e| OpError::failed(format!("{}: {e}", bin.display())))?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -149,7 +150,7 @@ pub async fn take(
     auto: bool,
     scope: Option<String>,
     stages: &mut Stages,
-) -> Result<SnapshotRecord, RpcError> {
+) -> Result<SnapshotRecord, OpError> {
     let name = check_new(ctx, rec, name)?;
     let kernel = super::kernels::get(ctx, &rec.kernel)?;
     let vmm_version = vmm_version(ctx)?;
@@ -211,10 +212,9 @@ pub async fn take(
         Ok(true) => {}
         Ok(false) => {
             let _ = crate::fsutil::remove_all(&final_dir);
-            return Err(RpcError::new(
-                crate::protocol::ErrorCode::AlreadyExists,
-                format!("a snapshot named {name:?} was taken meanwhile; pick another name"),
-            ));
+            return Err(OpError::already_exists(format!(
+                "a snapshot named {name:?} was taken meanwhile; pick another name"
+            )));
         }
         Err(e) => {
             let _ = crate::fsutil::remove_all(&final_dir);
@@ -226,10 +226,10 @@ pub async fn take(
 }
 
 /// A snapshot can be taken of `rec` under `name` (default: generated).
-fn check_new(ctx: &Ctx, rec: &VmRecord, name: Option<String>) -> Result<String, RpcError> {
+fn check_new(ctx: &Ctx, rec: &VmRecord, name: Option<String>) -> Result<String, OpError> {
     super::vms::require_running(rec)?;
     if rec.vmm != VmmKind::Qemu {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "VM {} runs under Firecracker: snapshots here are QEMU's (Firecracker cannot boot guests on this host); make the VM with --vmm qemu",
             rec.name
         )));
@@ -237,16 +237,14 @@ fn check_new(ctx: &Ctx, rec: &VmRecord, name: Option<String>) -> Result<String, 
     let name = name.unwrap_or_else(|| default_name(&rec.name));
     validate_name(&name)?;
     if ctx.store.get_snapshot(&name)?.is_some() {
-        return Err(RpcError::new(
-            crate::protocol::ErrorCode::AlreadyExists,
-            format!("a snapshot named {name:?} exists; pick another name or delete it (banger snapshot delete {name})"),
+        return Err(OpError::already_exists(format!("a snapshot named {name:?} exists; pick another name or delete it (banger snapshot delete {name})"),
         ));
     }
     Ok(name)
 }
 
 /// The kernel command line the VMM `pid` was started with (`-append`).
-fn kernel_cmdline_of(pid: Option<u32>) -> Result<String, RpcError> {
+fn kernel_cmdline_of(pid: Option<u32>) -> Result<String, OpError> {
     std::fs::read(format!("/proc/{}/cmdline", pid.unwrap_or(0)))
         .ok()
         .and_then(|c| {
@@ -255,7 +253,7 @@ fn kernel_cmdline_of(pid: Option<u32>) -> Result<String, RpcError> {
             args.get(at + 1)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
         })
-        .ok_or_else(|| RpcError::failed("cannot read the VM's kernel command line"))
+        .ok_or_else(|| OpError::failed("cannot read the VM's kernel command line"))
 }
 
 /// Settles the guest (automatic snapshots), flushes its disks and pauses
@@ -266,7 +264,7 @@ async fn pause(
     agent: Option<&crate::guest::session::AgentSession>,
     auto: bool,
     stages: &mut Stages,
-) -> Result<qmp::Qmp, RpcError> {
+) -> Result<qmp::Qmp, OpError> {
     if let Some(a) = agent {
         settle(ctx, a, auto, stages).await?;
     }
@@ -287,10 +285,10 @@ async fn pause(
     }
     let mut q = qmp::Qmp::connect(&paths.qmp_socket())
         .await
-        .map_err(|e| RpcError::failed(format!("QMP: {e}")))?;
+        .map_err(|e| OpError::failed(format!("QMP: {e}")))?;
     q.execute("stop", None)
         .await
-        .map_err(|e| RpcError::failed(e.to_string()))?;
+        .map_err(|e| OpError::failed(e.to_string()))?;
     stages.end("paused").await;
 
     Ok(q)
@@ -300,9 +298,9 @@ async fn pause(
 /// what went wrong (both, when both did).
 fn saved_and_resumed(
     rec: &VmRecord,
-    saved: Result<(u128, u64), RpcError>,
+    saved: Result<(u128, u64), OpError>,
     resumed: Result<(), crate::vmm::VmmError>,
-) -> Result<(u128, u64), RpcError> {
+) -> Result<(u128, u64), OpError> {
     let not_resumed = |r: crate::vmm::VmmError| {
         format!(
             "VM {} did not resume: {r}; restart it (banger vm restart {})",
@@ -311,15 +309,15 @@ fn saved_and_resumed(
     };
     match (saved, resumed) {
         (Ok(v), Ok(())) => Ok(v),
-        (Ok(_), Err(r)) => Err(RpcError::failed(format!(
+        (Ok(_), Err(r)) => Err(OpError::failed(format!(
             "the snapshot was not kept: {}",
             not_resumed(r)
         ))),
         (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(r)) => Err(RpcError {
-            message: format!("{}; and {}", e.message, not_resumed(r)),
-            ..e
-        }),
+        (Err(e), Err(r)) => {
+            let message = format!("{e}; and {}", not_resumed(r));
+            Err(e.reworded(message))
+        }
     }
 }
 
@@ -336,7 +334,7 @@ async fn settle(
     agent: &crate::guest::session::AgentSession,
     auto: bool,
     stages: &mut Stages,
-) -> Result<(), RpcError> {
+) -> Result<(), OpError> {
     stages
         .begin("settle", "waiting for the guest's boot to finish")
         .await;
@@ -359,11 +357,11 @@ async fn settle(
                 .await;
             Ok(())
         }
-        Ok(r) if auto => Err(RpcError::failed(format!(
+        Ok(r) if auto => Err(OpError::failed(format!(
             "the guest's boot did not finish within {wait:?} ({}): no warm snapshot of a booting guest",
             state(&r)
         ))),
-        Err(e) if auto => Err(RpcError::failed(format!(
+        Err(e) if auto => Err(OpError::failed(format!(
             "cannot tell whether the guest's boot is over ({e}): no warm snapshot"
         ))),
         Ok(r) => {
@@ -416,7 +414,7 @@ async fn save(
     base: &Path,
     dir: &Path,
     stages: &mut Stages,
-) -> Result<(u128, u64), RpcError> {
+) -> Result<(u128, u64), OpError> {
     stages.begin("memory", "the VMM's state to a file").await;
     let t = std::time::Instant::now();
     let state = dir.join(STATE);
@@ -425,7 +423,7 @@ async fn save(
         .create_new(true)
         .open(&state)
         .ctx("creating", &state)?;
-    let api = |e: crate::vmm::VmmError| RpcError::failed(format!("saving the VM's state: {e}"));
+    let api = |e: crate::vmm::VmmError| OpError::failed(format!("saving the VM's state: {e}"));
     q.send_fd(FD_NAME, f.as_fd()).await.map_err(api)?;
     drop(f);
     // Unthrottled: it is a local file.
@@ -459,18 +457,18 @@ async fn save(
         Ok(())
     })
     .await
-    .map_err(|e| RpcError::failed(e.to_string()))?
-    .map_err(|e| RpcError::failed(format!("copying the disks: {e}")))?;
+    .map_err(|e| OpError::failed(e.to_string()))?
+    .map_err(|e| OpError::failed(format!("copying the disks: {e}")))?;
     stages.end(crate::size::format_size(allocated(dir))).await;
     Ok((ms, bytes))
 }
 
 /// Why `snap` cannot be restored here and now, if it cannot: a file is
 /// missing, or the kernel or the VMM changed since it was taken.
-pub fn check_restorable(ctx: &Ctx, snap: &SnapshotRecord) -> Result<(), RpcError> {
+pub fn check_restorable(ctx: &Ctx, snap: &SnapshotRecord) -> Result<(), OpError> {
     if let Some(pid) = &snap.parent {
         let parent = by_id(ctx, pid).map_err(|_| {
-            RpcError::failed(format!(
+            OpError::failed(format!(
                 "snapshot {} is damaged: the snapshot it was built on is gone; delete it (banger snapshot delete {})",
                 snap.name, snap.name
             ))
@@ -480,7 +478,7 @@ pub fn check_restorable(ctx: &Ctx, snap: &SnapshotRecord) -> Result<(), RpcError
     let dir = Path::new(&snap.dir);
     for f in [STATE, BASE, ROOT, WORK] {
         if !dir.join(f).is_file() {
-            return Err(RpcError::failed(format!(
+            return Err(OpError::failed(format!(
                 "snapshot {} is damaged: {} is missing; delete it (banger snapshot delete {}) and take it again",
                 snap.name,
                 dir.join(f).display(),
@@ -490,14 +488,14 @@ pub fn check_restorable(ctx: &Ctx, snap: &SnapshotRecord) -> Result<(), RpcError
     }
     let kernel = super::kernels::get(ctx, &snap.kernel)?;
     if kernel.vmlinux_sha256 != snap.vmlinux_sha256 {
-        return Err(RpcError::failed(format!(
+        return Err(OpError::failed(format!(
             "kernel {} changed since snapshot {} was taken; a saved guest only runs on its own kernel: take the snapshot again",
             snap.kernel, snap.name
         )));
     }
     let now = vmm_version(ctx)?;
     if now != snap.vmm_version {
-        return Err(RpcError::failed(format!(
+        return Err(OpError::failed(format!(
             "QEMU changed since snapshot {} was taken ({} then, {now} now); its saved devices may not load: take the snapshot again",
             snap.name, snap.vmm_version
         )));
@@ -516,11 +514,10 @@ pub fn clone_disks(snap: &SnapshotRecord, paths: &VmPaths) -> Result<(), String>
 
 /// Loads the snapshot's state into a VMM started with `-incoming defer`
 /// (it runs once loaded). Returns the milliseconds it took.
-pub async fn load(paths: &VmPaths, snap: &SnapshotRecord) -> Result<u128, RpcError> {
+pub async fn load(paths: &VmPaths, snap: &SnapshotRecord) -> Result<u128, OpError> {
     let t = std::time::Instant::now();
-    let err = |e: crate::vmm::VmmError| {
-        RpcError::failed(format!("restoring snapshot {}: {e}", snap.name))
-    };
+    let err =
+        |e: crate::vmm::VmmError| OpError::failed(format!("restoring snapshot {}: {e}", snap.name));
     let mut q = qmp::connect_within(&paths.qmp_socket(), Duration::from_secs(30))
         .await
         .map_err(err)?;
@@ -550,7 +547,7 @@ pub async fn load(paths: &VmPaths, snap: &SnapshotRecord) -> Result<u128, RpcErr
             _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(RpcError::failed(format!(
+            return Err(OpError::failed(format!(
                 "the restored VM did not run (status {st})"
             )));
         }
@@ -565,13 +562,13 @@ pub fn identity(
     ctx: &Ctx,
     rec: &VmRecord,
     snap: &SnapshotRecord,
-) -> Result<banger_agent::proto::Identity, RpcError> {
+) -> Result<banger_agent::proto::Identity, OpError> {
     let net = &ctx.config.network;
     let ip = rec
         .ip
         .as_deref()
         .and_then(|i| i.parse().ok())
-        .ok_or_else(|| RpcError::failed("the VM has no address"))?;
+        .ok_or_else(|| OpError::failed("the VM has no address"))?;
     let seed: [u8; 64] = rand::random();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -585,7 +582,7 @@ pub fn identity(
         mac: rec
             .mac
             .clone()
-            .ok_or_else(|| RpcError::failed("the VM has no MAC address"))?,
+            .ok_or_else(|| OpError::failed("the VM has no MAC address"))?,
         old_ip: snap.source_ip.as_deref().and_then(|i| i.parse().ok()),
         seed: seed.iter().map(|b| format!("{b:02x}")).collect(),
         now_secs: now.as_secs(),
@@ -593,22 +590,20 @@ pub fn identity(
     })
 }
 
-pub fn list(ctx: &Ctx) -> Result<Reply, RpcError> {
+pub fn list(ctx: &Ctx) -> Result<Vec<SnapshotView>, OpError> {
     let mut v = ctx.store.list_snapshots()?;
     v.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Reply::Snapshots(
-        v.iter().map(super::views::snapshot).collect(),
-    ))
+    Ok(v.iter().map(super::views::snapshot).collect())
 }
 
-pub fn show(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
-    Ok(Reply::Snapshot(super::views::snapshot(&get(ctx, name)?)))
+pub fn show(ctx: &Ctx, name: &str) -> Result<SnapshotView, OpError> {
+    Ok(super::views::snapshot(&get(ctx, name)?))
 }
 
 /// `snapshot delete`: refused while a VM made from it exists (its root
 /// disk is backed by the snapshot's). The record goes first: nothing
 /// listed is ever half deleted; a directory left behind is swept.
-pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+pub fn delete(ctx: &Ctx, name: &str) -> Result<(), OpError> {
     let snap = get(ctx, name)?;
     let vms = ctx.store.list_vms()?.into_iter();
     super::refuse_if_used(
@@ -628,7 +623,7 @@ pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
     ctx.store.delete_snapshot(name)?;
     let dir = Path::new(&snap.dir);
     crate::fsutil::remove_all(dir).ctx("removing", dir)?;
-    Ok(Reply::Done)
+    Ok(())
 }
 
 /// Notes that `snap` was restored just now (for `snapshot prune`).
@@ -645,7 +640,7 @@ pub fn mark_used(ctx: &Ctx, snap: &SnapshotRecord) {
 
 /// `snapshot prune`: the automatic snapshots not restored (nor made) in
 /// the last `days` days and that no VM was made from.
-pub fn prune(ctx: &Ctx, days: u32) -> Result<Reply, RpcError> {
+pub fn prune(ctx: &Ctx, days: u32) -> Result<Vec<String>, OpError> {
     let cutoff = now_unix().saturating_sub(u64::from(days) * 86_400);
     let vms = ctx.store.list_vms()?;
     let mut gone = Vec::new();
@@ -671,7 +666,7 @@ pub fn prune(ctx: &Ctx, days: u32) -> Result<Reply, RpcError> {
         }
     }
     gone.sort();
-    Ok(Reply::Pruned(gone))
+    Ok(gone)
 }
 
 /// At daemon start: staging directories of interrupted snapshots, and
@@ -728,14 +723,14 @@ pub fn warm_name(
 /// Whether the automatic snapshot `name` can serve a new VM now. One that
 /// cannot (damaged, its kernel or QEMU changed) is deleted when no VM was
 /// made from it, so it is made again.
-pub fn usable_warm(ctx: &Ctx, name: &str) -> Result<Option<SnapshotRecord>, RpcError> {
+pub fn usable_warm(ctx: &Ctx, name: &str) -> Result<Option<SnapshotRecord>, OpError> {
     let Some(snap) = ctx.store.get_snapshot(name)? else {
         return Ok(None);
     };
     match check_restorable(ctx, &snap) {
         Ok(()) => Ok(Some(snap)),
         Err(e) => {
-            tracing::warn!(snapshot = %name, "the warm snapshot cannot be used ({}); booting cold", e.message);
+            tracing::warn!(snapshot = %name, "the warm snapshot cannot be used ({e}); booting cold");
             let used = ctx
                 .store
                 .list_vms()?
@@ -807,21 +802,29 @@ mod tests {
         let mut k = ok.clone();
         k.vmlinux_sha256 = "another".into();
         let e = check_restorable(&f.ctx, &k).unwrap_err();
-        assert!(e.message.contains("kernel krn changed"), "{}", e.message);
+        assert!(
+            e.to_string().contains("kernel krn changed"),
+            "{}",
+            e.to_string()
+        );
         let mut q = ok.clone();
         q.vmm_version = "QEMU emulator version 1.0".into();
         let e = check_restorable(&f.ctx, &q).unwrap_err();
-        assert!(e.message.contains("QEMU changed"), "{}", e.message);
+        assert!(e.to_string().contains("QEMU changed"), "{}", e.to_string());
         let mut p = ok.clone();
         p.parent = Some("fedcba9876543210".into());
         let e = check_restorable(&f.ctx, &p).unwrap_err();
-        assert!(e.message.contains("built on is gone"), "{}", e.message);
+        assert!(
+            e.to_string().contains("built on is gone"),
+            "{}",
+            e.to_string()
+        );
         std::fs::remove_file(dir.join(ROOT)).unwrap();
         let e = check_restorable(&f.ctx, &ok).unwrap_err();
         assert!(
-            e.message.contains("is damaged") && e.message.contains(ROOT),
+            e.to_string().contains("is damaged") && e.to_string().contains(ROOT),
             "{}",
-            e.message
+            e.to_string()
         );
     }
 

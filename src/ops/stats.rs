@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Ctx;
+use crate::domain::views::{DiskView, GuestStatsView, HostStats, PortView};
 use crate::guest::session::{AgentSession, GuestStats, Port};
-use crate::protocol::cli::{DiskView, GuestStatsView, HostStats, PortView};
 use crate::store::VmRecord;
 
 /// How long the CPU use of the VMM is sampled.

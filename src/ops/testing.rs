@@ -15,10 +15,12 @@ use super::{BoxFuture, Ctx, Drivers, Privileged, SharedJobs, Taps, Timeouts, VmC
 use crate::domain::VmmKind;
 use crate::guest::session::{AgentChannel, AgentSession};
 use crate::paths::VmPaths;
-use crate::protocol::cli::{Event, Reply};
-use crate::protocol::helper::{LaunchSpec, PrivReply, PrivRequest};
-use crate::protocol::RpcError;
+
+use crate::domain::Event;
+use crate::ops::OpError;
+use crate::protocol::helper::{PrivReply, PrivRequest};
 use crate::store::{ImageRecord, KernelRecord, Store, VmRecord};
+use crate::vmm::LaunchSpec;
 use crate::vmm::{BootFut, BootSpec, Vmm};
 
 /// What a launched fake VMM does.
@@ -103,16 +105,16 @@ impl Drop for FakeHelper {
     }
 }
 
-impl Privileged for FakeHelper {
-    fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, RpcError>> {
+impl FakeHelper {
+    fn call(&self, request: PrivRequest) -> BoxFuture<'_, Result<PrivReply, OpError>> {
         self.requests.lock().unwrap().push(request.clone());
         Box::pin(async move {
             if self.down.load(Ordering::SeqCst) {
-                return Err(RpcError::failed("bangerd-root is not running (test)"));
+                return Err(OpError::failed("bangerd-root is not running (test)"));
             }
             match request {
                 PrivRequest::EnableNat { .. } if self.refuse_nat.load(Ordering::SeqCst) => {
-                    Err(RpcError::bad_request("refusing NAT (test)"))
+                    Err(OpError::invalid("refusing NAT (test)"))
                 }
                 PrivRequest::LaunchVmm(spec) => Ok(PrivReply::Launched {
                     pid: self.spawn_vmm_for(&spec.vm_id),
@@ -134,7 +136,7 @@ impl Privileged for FakeHelper {
                             let _ = c.wait();
                             Ok(PrivReply::Done)
                         }
-                        None => Err(RpcError::bad_request(format!("pid {pid} is not a VMM"))),
+                        None => Err(OpError::invalid(format!("pid {pid} is not a VMM"))),
                     }
                 }
                 PrivRequest::ListVmms => {
@@ -144,7 +146,7 @@ impl Privileged for FakeHelper {
                         children
                             .keys()
                             .filter_map(|pid| {
-                                ids.get(pid).map(|id| crate::protocol::helper::VmmProcess {
+                                ids.get(pid).map(|id| crate::vmm::VmmProcess {
                                     pid: *pid,
                                     vm_id: id.clone(),
                                 })
@@ -159,6 +161,122 @@ impl Privileged for FakeHelper {
     }
 }
 
+fn done(r: Result<PrivReply, OpError>) -> Result<(), OpError> {
+    r.map(drop)
+}
+
+impl Privileged for FakeHelper {
+    fn ensure_bridge(&self, b: super::Bridge) -> BoxFuture<'_, Result<(), OpError>> {
+        let r = self.call(PrivRequest::EnsureBridge {
+            name: b.name,
+            address: b.address,
+            prefix_len: b.prefix_len,
+            dns_port: b.dns_port,
+        });
+        Box::pin(async move { done(r.await) })
+    }
+    fn create_tap(&self, name: String, bridge: String) -> BoxFuture<'_, Result<(), OpError>> {
+        let r = self.call(PrivRequest::CreateTap { name, bridge });
+        Box::pin(async move { done(r.await) })
+    }
+    fn delete_tap(&self, name: String) -> BoxFuture<'_, Result<(), OpError>> {
+        let r = self.call(PrivRequest::DeleteTap { name });
+        Box::pin(async move { done(r.await) })
+    }
+    fn list_taps(&self) -> BoxFuture<'_, Result<Vec<crate::host::net::TapInfo>, OpError>> {
+        let r = self.call(PrivRequest::ListTaps);
+        Box::pin(async move {
+            match r.await? {
+                PrivReply::Taps(t) => Ok(t),
+                other => Err(OpError::failed(format!("unexpected {other:?}"))),
+            }
+        })
+    }
+    fn guard_tap(
+        &self,
+        name: String,
+        ip: std::net::Ipv4Addr,
+        mac: String,
+    ) -> BoxFuture<'_, Result<(), OpError>> {
+        let r = self.call(PrivRequest::GuardTap { name, ip, mac });
+        Box::pin(async move { done(r.await) })
+    }
+    fn nat(
+        &self,
+        on: bool,
+        vm_id: String,
+        ip: std::net::Ipv4Addr,
+        bridge: String,
+    ) -> BoxFuture<'_, Result<(), OpError>> {
+        let r = self.call(if on {
+            PrivRequest::EnableNat { vm_id, ip, bridge }
+        } else {
+            PrivRequest::DisableNat { vm_id, ip, bridge }
+        });
+        Box::pin(async move { done(r.await) })
+    }
+    fn list_nat(&self) -> BoxFuture<'_, Result<Vec<String>, OpError>> {
+        let r = self.call(PrivRequest::ListNat);
+        Box::pin(async move {
+            match r.await? {
+                PrivReply::NatVms(v) => Ok(v),
+                _ => Ok(vec![]),
+            }
+        })
+    }
+    fn route_dns(
+        &self,
+        bridge: String,
+        address: std::net::Ipv4Addr,
+        port: u16,
+        on: bool,
+    ) -> BoxFuture<'_, Result<String, OpError>> {
+        let r = self.call(PrivRequest::RouteDns {
+            bridge,
+            address,
+            port,
+            on,
+        });
+        Box::pin(async move { r.await.map(|_| "not routed (test)".to_string()) })
+    }
+    fn build_rootfs(
+        &self,
+        spec: crate::image::build::RootfsSpec,
+    ) -> BoxFuture<'_, Result<crate::image::build::BuiltRootfs, OpError>> {
+        let r = self.call(PrivRequest::BuildRootfs(spec));
+        Box::pin(async move {
+            r.await?;
+            Err(OpError::failed("the fake helper builds no rootfs"))
+        })
+    }
+    fn launch_vmm(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<u32, OpError>> {
+        let r = self.call(PrivRequest::LaunchVmm(spec));
+        Box::pin(async move {
+            match r.await? {
+                PrivReply::Launched { pid } => Ok(pid),
+                other => Err(OpError::failed(format!("unexpected {other:?}"))),
+            }
+        })
+    }
+    fn signal_vmm(
+        &self,
+        pid: u32,
+        signal: crate::domain::Signal,
+    ) -> BoxFuture<'_, Result<(), OpError>> {
+        let r = self.call(PrivRequest::SignalVmm { pid, signal });
+        Box::pin(async move { done(r.await) })
+    }
+    fn list_vmms(&self) -> BoxFuture<'_, Result<Vec<crate::vmm::VmmProcess>, OpError>> {
+        let r = self.call(PrivRequest::ListVmms);
+        Box::pin(async move {
+            match r.await? {
+                PrivReply::Vmms(v) => Ok(v),
+                other => Err(OpError::failed(format!("unexpected {other:?}"))),
+            }
+        })
+    }
+}
+
 /// A tap pool that hands out numbered names and records what comes back.
 #[derive(Default)]
 pub struct FakeTaps {
@@ -168,7 +286,7 @@ pub struct FakeTaps {
 }
 
 impl Taps for FakeTaps {
-    fn lease(&self) -> BoxFuture<'_, Result<String, RpcError>> {
+    fn lease(&self) -> BoxFuture<'_, Result<String, OpError>> {
         Box::pin(async move {
             let t = format!("bgtfake{}", self.next.fetch_add(1, Ordering::SeqCst));
             self.leased.lock().unwrap().push(t.clone());
@@ -190,7 +308,7 @@ impl SharedJobs for InlineJobs {
         _key: &str,
         events: mpsc::Sender<Event>,
         work: Work,
-    ) -> BoxFuture<'static, Result<Reply, RpcError>> {
+    ) -> BoxFuture<'static, Result<super::Made, OpError>> {
         work(super::Progress::to(events))
     }
 }
@@ -249,7 +367,7 @@ impl VmChildren for FakeChildren {
     fn watch_vmm(&self, pid: u32) {
         self.watched.lock().unwrap().push(pid);
     }
-    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, RpcError>> {
+    fn start_agent(&self, channel: AgentChannel) -> BoxFuture<'_, Result<AgentSession, OpError>> {
         self.agent_starts.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             let s = AgentSession::start(channel);

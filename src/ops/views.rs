@@ -1,7 +1,7 @@
 //! Store records as the CLI sees them (the wire views), converted
 //! explicitly: the store's shape and the wire's shape change independently.
 
-use crate::protocol::cli::{ImageView, KernelView, VmView, WorkspaceView};
+use crate::domain::views::{ImageView, KernelView, VmView, WorkspaceView};
 use crate::store::{ImageRecord, KernelRecord, VmRecord, WorkspaceState};
 
 /// A record as the CLI sees it, with what the guest watch knows.
@@ -30,7 +30,7 @@ pub fn vm_seen(
             ));
         }
     }
-    v.helper_restarts = g.restarts();
+    v.child_restarts = g.restarts();
     v
 }
 
@@ -63,7 +63,7 @@ pub fn vm(r: &VmRecord) -> VmView {
         boot_id: r.boot_id.clone(),
         workspace: r.workspace.as_ref().map(|w| w.host_path.clone()),
         agent_error: None,
-        helper_restarts: 0,
+        child_restarts: 0,
     }
 }
 
@@ -98,8 +98,8 @@ pub fn image(i: &ImageRecord, default: bool) -> ImageView {
     }
 }
 
-pub fn snapshot(s: &crate::store::SnapshotRecord) -> crate::protocol::cli::SnapshotView {
-    crate::protocol::cli::SnapshotView {
+pub fn snapshot(s: &crate::store::SnapshotRecord) -> crate::domain::views::SnapshotView {
+    crate::domain::views::SnapshotView {
         name: s.name.clone(),
         source_vm: s.source_vm.clone(),
         image: s.image.clone(),

@@ -8,61 +8,62 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Ctx, Progress};
+use crate::domain::views::{SshTarget, TtySize, VmCreateSpec};
+use crate::domain::Event;
+use crate::domain::Inputs;
 use crate::domain::{VmState, VmmKind};
 use crate::guest::exec::{ExecRequest, Feed, Outcome, Tty};
 use crate::guest::session::AgentSession;
 use crate::guest::ssh::SshFiles;
-use crate::protocol::cli::{Event, SshTarget, TtySize, VmCreateSpec};
-use crate::protocol::conn::Inputs;
-use crate::protocol::{ErrorCode, RpcError};
+use crate::ops::OpError;
 use crate::store::{ImageRecord, KernelRecord, VmRecord};
 
 /// Checks a name (the daemon re-checks whatever the CLI checked).
-pub fn validate_name(name: &str) -> Result<(), RpcError> {
+pub fn validate_name(name: &str) -> Result<(), OpError> {
     Ok(crate::names::validate_vm_name(name)?)
 }
 
 /// Limits on what a VM may ask for.
-pub fn validate_spec(spec: &VmCreateSpec) -> Result<(), RpcError> {
+pub fn validate_spec(spec: &VmCreateSpec) -> Result<(), OpError> {
     if let Some(n) = &spec.name {
         validate_name(n)?;
     }
     validate_resources(spec.vcpu, spec.memory_mib, spec.disk_bytes)
 }
 
-fn validate_resources(vcpu: u32, memory_mib: u32, disk_bytes: u64) -> Result<(), RpcError> {
+fn validate_resources(vcpu: u32, memory_mib: u32, disk_bytes: u64) -> Result<(), OpError> {
     if !(1..=32).contains(&vcpu) {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "--vcpu {vcpu} is out of range: use 1 to 32"
         )));
     }
     if memory_mib < 256 {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "--memory {memory_mib} MiB is too small: a VM needs at least 256 MiB (e.g. --memory 1G)"
         )));
     }
     if memory_mib > 1 << 20 {
-        return Err(RpcError::bad_request("--memory is larger than 1 TiB"));
+        return Err(OpError::invalid("--memory is larger than 1 TiB"));
     }
     fits_host(vcpu, memory_mib, crate::config::HostFacts::probe())?;
     if disk_bytes < 256 << 20 {
-        return Err(RpcError::bad_request("--disk-size must be at least 256M"));
+        return Err(OpError::invalid("--disk-size must be at least 256M"));
     }
     Ok(())
 }
 
 /// A VM larger than the host could never start (QEMU would fail to
 /// allocate its memory): refused before anything is made, saying what fits.
-fn fits_host(vcpu: u32, memory_mib: u32, host: crate::config::HostFacts) -> Result<(), RpcError> {
+fn fits_host(vcpu: u32, memory_mib: u32, host: crate::config::HostFacts) -> Result<(), OpError> {
     if host.cpus > 0 && vcpu > host.cpus {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "--vcpu {vcpu} is more than this host's {} CPUs: use 1 to {}",
             host.cpus, host.cpus
         )));
     }
     let host_mib = host.memory_bytes >> 20;
     if host_mib > 0 && u64::from(memory_mib) > host_mib {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "--memory {} is more than this host's {} of memory: use at most {}M",
             crate::size::format_size(u64::from(memory_mib) << 20),
             crate::size::format_size(host.memory_bytes),
@@ -73,9 +74,9 @@ fn fits_host(vcpu: u32, memory_mib: u32, host: crate::config::HostFacts) -> Resu
 }
 
 /// Refuses a VM that is not running, saying how to start it.
-pub fn require_running(rec: &VmRecord) -> Result<(), RpcError> {
+pub fn require_running(rec: &VmRecord) -> Result<(), OpError> {
     if rec.state != VmState::Running || !rec.vmm_pid.is_some_and(crate::host::process::pid_alive) {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "VM {} is not running (state {}); start it with: banger vm start {}",
             rec.name, rec.state, rec.name
         )));
@@ -83,11 +84,10 @@ pub fn require_running(rec: &VmRecord) -> Result<(), RpcError> {
     Ok(())
 }
 
-fn name_taken(name: &str) -> RpcError {
-    RpcError::new(
-        ErrorCode::AlreadyExists,
-        format!("a VM named {name:?} exists; pick another name or delete it"),
-    )
+fn name_taken(name: &str) -> OpError {
+    OpError::already_exists(format!(
+        "a VM named {name:?} exists; pick another name or delete it"
+    ))
 }
 
 /// What a new VM will be made of.
@@ -108,12 +108,12 @@ pub async fn plan_create(
     ctx: &Arc<Ctx>,
     spec: &VmCreateSpec,
     events: &mpsc::Sender<Event>,
-) -> Result<CreatePlan, RpcError> {
+) -> Result<CreatePlan, OpError> {
     validate_spec(spec)?;
     if let Some(from) = &spec.from {
         return plan_restore(ctx, spec, from);
     }
-    let kind = crate::vmm::choose(spec.vmm).map_err(RpcError::bad_request)?;
+    let kind = crate::vmm::choose(spec.vmm).map_err(OpError::invalid)?;
     // An image here, a recipe, a catalog name or an OCI reference (the
     // last two are pulled on first use): resolved to an image's name.
     let image_name = match &spec.image {
@@ -139,7 +139,7 @@ pub async fn plan_create(
         None => return Err(super::kernels::get(ctx, &kernel_name).unwrap_err()),
     };
     if spec.disk_bytes < image.work_seed_bytes {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "--disk-size must be at least the image's work seed ({})",
             crate::size::format_size(image.work_seed_bytes)
         )));
@@ -168,10 +168,10 @@ pub async fn plan_create(
 
 /// `--from SNAP`: the snapshot's image, kernel and VMM, checked to be
 /// restorable now (files whole, kernel and QEMU unchanged).
-fn plan_restore(ctx: &Ctx, spec: &VmCreateSpec, from: &str) -> Result<CreatePlan, RpcError> {
+fn plan_restore(ctx: &Ctx, spec: &VmCreateSpec, from: &str) -> Result<CreatePlan, OpError> {
     let snap = super::snapshots::get(ctx, from)?;
     if spec.vmm == crate::domain::VmmChoice::Firecracker {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "snapshot {from} is of a QEMU VM; it restores only under QEMU (drop --vmm firecracker)"
         )));
     }
@@ -192,7 +192,7 @@ fn plan_restore(ctx: &Ctx, spec: &VmCreateSpec, from: &str) -> Result<CreatePlan
 
 /// Writes the new VM's record with a free address and MAC (one store
 /// transaction; a generated name is retried until free).
-pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRecord, RpcError> {
+pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRecord, OpError> {
     let net = &ctx.config.network;
     loop {
         let name = spec
@@ -227,9 +227,9 @@ pub fn set(
     vcpu: Option<u32>,
     memory_mib: Option<u32>,
     nat: Option<bool>,
-) -> Result<VmRecord, RpcError> {
+) -> Result<VmRecord, OpError> {
     if rec.state.may_have_vmm() {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "VM {} is {}; stop it first (banger vm stop {})",
             rec.name, rec.state, rec.name
         )));
@@ -260,7 +260,7 @@ pub async fn ssh_target(
     ctx: &Ctx,
     agent: &AgentSession,
     rec: &mut VmRecord,
-) -> Result<SshTarget, RpcError> {
+) -> Result<SshTarget, OpError> {
     require_running(rec)?;
     // An image pulled without sshd: say so at once rather than wait for
     // one — unless the guest listens on 22 now (the user installed one).
@@ -274,7 +274,7 @@ pub async fn ssh_target(
             .await
             .is_ok_and(|ps| ps.iter().any(|p| p.port == 22));
         if !listening {
-            return Err(RpcError::bad_request(format!(
+            return Err(OpError::invalid(format!(
                 "SSH is unavailable: image {} has no SSH server; use `banger vm exec -t {} -- sh` (or `banger vm run`)",
                 rec.image, rec.name
             )));
@@ -300,7 +300,7 @@ pub async fn ssh_target(
         }
         Ok(_) => {}
         Err(e) if rec.host_key.is_some() => {
-            tracing::warn!(vm = %rec.name, "the agent did not confirm the host key ({}); using the pinned one", e.message);
+            tracing::warn!(vm = %rec.name, "the agent did not confirm the host key ({e}); using the pinned one");
         }
         Err(e) => return Err(e),
     }
@@ -343,9 +343,9 @@ pub async fn exec(
     argv: Vec<String>,
     how: ExecHow,
     events: &mpsc::Sender<Event>,
-) -> Result<Outcome, RpcError> {
+) -> Result<Outcome, OpError> {
     if argv.is_empty() {
-        return Err(RpcError::bad_request("no command given"));
+        return Err(OpError::invalid("no command given"));
     }
     require_running(rec)?;
     let (argv, cwd) = match &rec.workspace {
@@ -381,15 +381,15 @@ pub fn guest_error(
     rec: &VmRecord,
     what: &str,
     e: crate::guest::session::AgentError,
-) -> RpcError {
+) -> OpError {
     match e {
-        crate::guest::session::AgentError::Unresponsive(d) => RpcError::failed(format!(
+        crate::guest::session::AgentError::Unresponsive(d) => OpError::failed(format!(
             "VM {name} is unresponsive: {what} was given up after its guest did not answer for {}s (a stalled or locked-up guest; `banger vm logs {name}` has its console); delete it (banger vm delete {name}) or restart it; the serial console ended with:\n{}",
             d.as_secs(),
             super::lifecycle::log_tail(&ctx.layout.vm(&rec.id).serial_log(), 15),
             name = rec.name,
         )),
-        e => RpcError::failed(format!("{what} in {}: {e}", rec.name)),
+        e => OpError::failed(format!("{what} in {}: {e}", rec.name)),
     }
 }
 
@@ -405,9 +405,13 @@ mod tests {
         };
         assert!(fits_host(2, 1024, host).is_ok());
         let e = fits_host(3, 1024, host).unwrap_err();
-        assert!(e.message.contains("use 1 to 2"), "{}", e.message);
+        assert!(e.to_string().contains("use 1 to 2"), "{}", e.to_string());
         let e = fits_host(1, 200 << 10, host).unwrap_err();
-        assert_eq!(e.code, ErrorCode::BadRequest);
-        assert!(e.message.contains("at most 24576M"), "{}", e.message);
+        assert!(matches!(e, OpError::Invalid(_)), "{e:?}");
+        assert!(
+            e.to_string().contains("at most 24576M"),
+            "{}",
+            e.to_string()
+        );
     }
 }

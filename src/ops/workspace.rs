@@ -7,12 +7,13 @@ use tokio::sync::mpsc;
 
 use super::vms::require_running;
 use super::Ctx;
+use crate::domain::Event;
 use crate::guest::exec::{ExecRequest, Feed, Outcome};
 use crate::guest::session::AgentSession;
-use crate::protocol::cli::{Event, WorkspaceSpec};
-use crate::protocol::RpcError;
+use crate::ops::OpError;
 use crate::store::model::now_unix;
 use crate::store::{VmRecord, WorkspaceState};
+use crate::workspace::WorkspaceSpec;
 use crate::workspace::{self, archive, Options, WorkspaceError, GUEST_PATH};
 
 /// How much of a failing guest step's output is kept for the error.
@@ -26,19 +27,19 @@ const EXPORT_MAX: u64 = 1 << 30;
 const TRANSFER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1800);
 
 /// Runs a guest command without input; its output becomes the error.
-async fn guest_step(agent: &AgentSession, argv: Vec<String>, what: &str) -> Result<(), RpcError> {
+async fn guest_step(agent: &AgentSession, argv: Vec<String>, what: &str) -> Result<(), OpError> {
     let req = ExecRequest::new(argv, "/");
     let (outcome, out, err) =
         tokio::time::timeout(STEP_DEADLINE, crate::guest::exec::output(agent, req, KEEP))
             .await
             .map_err(|_| {
-                RpcError::failed(format!(
+                OpError::failed(format!(
                     "{what} in the guest did not finish within {STEP_DEADLINE:?}"
                 ))
             })?
-            .map_err(|e| RpcError::failed(format!("{what} in the guest: {e}")))?;
+            .map_err(|e| OpError::failed(format!("{what} in the guest: {e}")))?;
     if outcome.code() != 0 {
-        return Err(RpcError::failed(format!(
+        return Err(OpError::failed(format!(
             "{what} in the guest failed (exit {}): {}{}",
             outcome.code(),
             shown(String::from_utf8_lossy(&err).trim(), 4000, true),
@@ -57,11 +58,11 @@ async fn stream<F>(
     tcp_to: std::net::IpAddr,
     argv: Vec<String>,
     produce: F,
-) -> Result<(), RpcError>
+) -> Result<(), OpError>
 where
     F: FnOnce(std::io::PipeWriter) -> Result<(), WorkspaceError> + Send + 'static,
 {
-    let pipe_err = |e: std::io::Error| RpcError::failed(format!("creating a pipe: {e}"));
+    let pipe_err = |e: std::io::Error| OpError::failed(format!("creating a pipe: {e}"));
     let (reader, writer) = std::io::pipe().map_err(pipe_err)?;
     let reader =
         tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(pipe_err)?;
@@ -93,10 +94,10 @@ where
         true,
     );
     let outcome =
-        outcome.map_err(|e| RpcError::failed(format!("transfer to the guest failed: {e}")))?;
+        outcome.map_err(|e| OpError::failed(format!("transfer to the guest failed: {e}")))?;
     produced?;
     if outcome.code() != 0 {
-        return Err(RpcError::failed(format!(
+        return Err(OpError::failed(format!(
             "unpacking in the guest failed (exit {}): {guest_err}",
             outcome.code()
         )));
@@ -119,11 +120,11 @@ pub async fn ship(
     rec: &VmRecord,
     spec: &WorkspaceSpec,
     events: &mpsc::Sender<Event>,
-) -> Result<(WorkspaceState, u64), RpcError> {
+) -> Result<(WorkspaceState, u64), OpError> {
     require_running(rec)?;
     let path = std::path::PathBuf::from(&spec.path);
     if !path.is_absolute() {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "{} is not an absolute path",
             spec.path
         )));
@@ -151,7 +152,7 @@ pub async fn ship(
         .ip
         .as_deref()
         .and_then(|i| i.parse().ok())
-        .ok_or_else(|| RpcError::failed("the VM has no address"))?;
+        .ok_or_else(|| OpError::failed("the VM has no address"))?;
     let transfer = async {
         let t0 = std::time::Instant::now();
         guest_step(
@@ -195,12 +196,12 @@ pub async fn ship(
             finish_ms = t1.elapsed().as_millis() as u64,
             "workspace transfer"
         );
-        Ok::<(), RpcError>(())
+        Ok::<(), OpError>(())
     };
     tokio::select! {
         r = transfer => r?,
         _ = crate::host::process::wait_exit_forever(vmm_pid) => {
-            return Err(RpcError::failed("the VM stopped during the transfer"));
+            return Err(OpError::failed("the VM stopped during the transfer"));
         }
     }
     let _ = events
@@ -236,18 +237,18 @@ pub async fn export(
     rec: &VmRecord,
     base: Option<String>,
     events: mpsc::Sender<Event>,
-) -> Result<(), RpcError> {
+) -> Result<(), OpError> {
     require_running(rec)?;
     let name = &rec.name;
     let ws = rec.workspace.clone().ok_or_else(|| {
-        RpcError::bad_request(format!(
+        OpError::invalid(format!(
             "VM {name} has no workspace; prepare one with: banger vm workspace prepare {name} <path>"
         ))
     })?;
     let base = match base {
         Some(b) if (4..=64).contains(&b.len()) && b.chars().all(|c| c.is_ascii_hexdigit()) => b,
         Some(b) => {
-            return Err(RpcError::bad_request(format!(
+            return Err(OpError::invalid(format!(
                 "--base-commit {b:?} is not a commit hash"
             )))
         }
@@ -294,11 +295,25 @@ pub async fn export(
         4000,
         true,
     );
-    match outcome.map_err(|e| RpcError::failed(format!("export: {e}")))? {
+    match outcome.map_err(|e| OpError::failed(format!("export: {e}")))? {
         Outcome::Exited(s) if s.shell_code() == 0 => Ok(()),
-        o => Err(RpcError::failed(format!(
+        o => Err(OpError::failed(format!(
             "export failed in the guest (exit {}): {err}",
             o.code()
         ))),
     }
+}
+
+/// `--dry-run`: what a prepare of `spec` would ship, read on the host
+/// (nothing is made): the plan as text, and the notice about untracked
+/// files left out.
+pub async fn plan(spec: WorkspaceSpec) -> Result<(String, Option<String>), OpError> {
+    tokio::task::spawn_blocking(move || {
+        let plan = workspace::inspect(std::path::Path::new(&spec.path), &Options::of(&spec))?;
+        Ok((
+            workspace::dry_run_text(&plan),
+            workspace::untracked_notice(&plan),
+        ))
+    })
+    .await?
 }

@@ -127,7 +127,7 @@ pub enum Request {
     /// Host-side (VMM CPU, RSS, disk) and guest-side (load, memory, disks)
     /// figures of a running VM. Answers [`Reply::Stats`].
     VmStats { name: String },
-    /// Whether a VM's agent answers now, and its per-VM helpers' restarts.
+    /// Whether a VM's agent answers now, and its per-VM children' restarts.
     /// Answers [`Reply::Health`].
     VmHealth { name: String },
     /// The `<name>.vm` DNS server: where it listens, the host resolver's
@@ -182,6 +182,9 @@ pub enum Request {
     /// when interrupted before the command ran), or [`Reply::Vm`] when there
     /// is no command (`-d`).
     VmRun(Box<RunSpec>),
+    /// What a workspace prepare of `spec` would ship, read on the host
+    /// (`--dry-run`: nothing is made). Answers [`Reply::Plan`].
+    WorkspacePlan(WorkspaceSpec),
     /// Fault injection for tests: only in builds with the `test-hooks`
     /// feature (the test suite's), and refused unless the daemon was
     /// started with `BANGER_TEST_HOOKS=1`. Answers [`Reply::Done`].
@@ -190,7 +193,7 @@ pub enum Request {
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 44 + cfg!(feature = "test-hooks") as u32;
+    const COUNT: u32 = 45 + cfg!(feature = "test-hooks") as u32;
 }
 
 /// What `vm run` asks for. Paths are absolute (the client's view).
@@ -251,27 +254,7 @@ impl Request {
         #[cfg(feature = "test-hooks")]
         return Request::TestHook(TestHook::PanicDns);
         #[cfg(not(feature = "test-hooks"))]
-        Request::VmRun(Box::new(RunSpec {
-            create: VmCreateSpec {
-                name: None,
-                image: None,
-                kernel: None,
-                vcpu: 1,
-                memory_mib: 512,
-                disk_bytes: 1 << 30,
-                nat: false,
-                vmm: crate::domain::VmmChoice::Qemu,
-                from: None,
-                cold: false,
-                delete_on_failure: false,
-            },
-            workspace: None,
-            no_bootstrap: false,
-            warm: None,
-            command: None,
-            rm: false,
-            export_patch: None,
-        }))
+        Request::WorkspacePlan(WorkspaceSpec::default())
     }
 
     /// Method name for logs.
@@ -323,6 +306,7 @@ impl Request {
             #[cfg(feature = "test-hooks")]
             Request::TestHook(_) => "test_hook",
             Request::VmRun(_) => "vm.run",
+            Request::WorkspacePlan(_) => "workspace.plan",
         }
     }
 }
@@ -375,6 +359,12 @@ pub enum Reply {
     /// Cache entries removed (or, in a dry run, that would be), with their
     /// bytes on disk.
     CachePruned(Vec<(String, u64)>),
+    /// What a workspace prepare would ship, as text, and the notice about
+    /// untracked files left out, if any.
+    Plan {
+        text: String,
+        notice: Option<String>,
+    },
 }
 
 /// What `banger daemon status` shows.

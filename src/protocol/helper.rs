@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Methods;
 use crate::domain::Signal;
+pub use crate::host::net::TapInfo;
 pub use crate::image::build::{BuiltRootfs, RootfsSpec};
-pub use crate::vmm::{LaunchSpec, QemuMachine};
+pub use crate::vmm::{LaunchSpec, QemuMachine, VmmProcess};
 
 /// A privileged operation. Append new variants at the end and bump COUNT.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -94,13 +95,6 @@ impl Methods for PrivRequest {
     const COUNT: u32 = 15;
 }
 
-/// A banger VMM process found by [`PrivRequest::ListVmms`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VmmProcess {
-    pub pid: u32,
-    pub vm_id: String,
-}
-
 impl PrivRequest {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> PrivRequest {
@@ -180,14 +174,6 @@ pub enum PrivReply {
         routed: bool,
         detail: String,
     },
-}
-
-/// A tap device as the helper reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TapInfo {
-    pub name: String,
-    pub master: Option<String>,
-    pub up: bool,
 }
 
 /// The helper protocol streams no events.

@@ -153,3 +153,10 @@ pub struct QemuMachine {
     #[serde(default)]
     pub incoming: bool,
 }
+
+/// A banger VMM process found by [`PrivRequest::ListVmms`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmmProcess {
+    pub pid: u32,
+    pub vm_id: String,
+}

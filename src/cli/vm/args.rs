@@ -168,9 +168,9 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Does the VM's agent answer; restarts of its helpers
+    /// Does the VM's agent answer; restarts of its children
     #[command(
-        long_about = "Asks the VM's agent now (3 s at most) and shows its boot id, uptime and init,\nplus how often the VM's host-side helpers were restarted and why.\nExit code 1 when the agent does not answer.\n\n  banger vm health dev"
+        long_about = "Asks the VM's agent now (3 s at most) and shows its boot id, uptime and init,\nplus how often the VM's host-side children (agent session, guest watch, VMM monitor) were restarted and why.\nExit code 1 when the agent does not answer.\n\n  banger vm health dev"
     )]
     Health {
         name: String,

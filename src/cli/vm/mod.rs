@@ -144,7 +144,7 @@ fn run_ssh(t: &SshTarget, command: &[String]) -> Result<i32, CliError> {
     cmd.arg(&t.host_alias);
     if !command.is_empty() {
         cmd.arg("--")
-            .arg(crate::guest::ssh::command_line(command, None));
+            .arg(super::render::command_line(command, None));
     }
     let st = cmd
         .status()
@@ -252,12 +252,12 @@ fn vm_detail(vm: &VmView) -> String {
     if let Some(e) = &vm.agent_error {
         t.row(["agent".to_string(), format!("unreachable: {e}")]);
     }
-    if vm.helper_restarts > 0 {
+    if vm.child_restarts > 0 {
         t.row([
             "helper restarts".to_string(),
             format!(
                 "{} (banger vm health {} says which and why)",
-                vm.helper_restarts, vm.name
+                vm.child_restarts, vm.name
             ),
         ]);
     }
@@ -511,7 +511,7 @@ async fn workspace(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<u8, CliError> {
             check_name(&name)?;
             let spec = super::run::ws_spec(&path, &ws, from.zip(branch))?;
             if ws.dry_run {
-                return super::run::dry_run(ctx, &spec);
+                return super::run::dry_run(ctx, &spec).await;
             }
             let w = prepare(ctx, &name, spec).await?;
             out(&format!(

@@ -9,10 +9,10 @@ pub async fn build(
     name: String,
     rebuild: bool,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<ImageView, OpError> {
     validate_name(&name)?;
     let recipe = recipe::find(&name).ok_or_else(|| {
-        RpcError::not_found(format!(
+        OpError::not_found(format!(
             "no recipe named {name:?}; buildable images: {} (other images can be imported: banger image import <bundle>)",
             recipe::names()
         ))
@@ -24,11 +24,12 @@ pub async fn build(
         Box::new(move |p| {
             Box::pin(async move {
                 let rec = build_work(&ctx, recipe, rebuild, p).await?;
-                view(&ctx, &rec)
+                view(&ctx, &rec).map(Made::Image)
             })
         }),
     )
-    .await
+    .await?
+    .image()
 }
 
 /// Makes sure image `name` exists, building it (coalesced) when it has a
@@ -37,7 +38,7 @@ pub async fn ensure(
     ctx: &Arc<Ctx>,
     name: &str,
     progress: &Progress,
-) -> Result<ImageRecord, RpcError> {
+) -> Result<ImageRecord, OpError> {
     let existing = ctx.store.get_image(name)?;
     let Some(recipe) = recipe::find(name) else {
         return get(ctx, name);
@@ -60,7 +61,7 @@ pub async fn ensure(
 
 /// The cache key a build of `recipe` would have now (`None` while its
 /// kernel is missing or must be pulled again).
-pub(super) fn current_key(ctx: &Ctx, recipe: &recipe::Recipe) -> Result<Option<String>, RpcError> {
+pub(super) fn current_key(ctx: &Ctx, recipe: &recipe::Recipe) -> Result<Option<String>, OpError> {
     let Some(k) = ctx.store.get_kernel(recipe.kernel_ref)? else {
         return Ok(None);
     };
@@ -80,7 +81,7 @@ pub(super) async fn build_work(
     recipe: &'static recipe::Recipe,
     rebuild: bool,
     progress: Progress,
-) -> Result<ImageRecord, RpcError> {
+) -> Result<ImageRecord, OpError> {
     let _in_use = cache_in_use(ctx).await?;
     let kernel =
         crate::ops::kernels::ensure(ctx, recipe.kernel_ref, recipe.kernel_source, &progress)
@@ -138,7 +139,7 @@ pub(super) async fn build_work(
         work_seed_sha256: entry.work_seed_sha256.clone(),
     };
     let ctx2 = ctx.clone();
-    let rec = tokio::task::spawn_blocking(move || -> Result<ImageRecord, RpcError> {
+    let rec = tokio::task::spawn_blocking(move || -> Result<ImageRecord, OpError> {
         let dir = images_dir(&ctx2);
         let stage =
             crate::fsutil::TempDir::new_in(&dir, &m.name).ctx("staging an image in", &dir)?;
@@ -163,7 +164,7 @@ pub(super) async fn build_into_cache(
     modules_dir: &Path,
     kernel_version: &str,
     progress: &Progress,
-) -> Result<CacheEntry, RpcError> {
+) -> Result<CacheEntry, OpError> {
     for stale in std::fs::read_dir(cache).ctx("reading", cache)?.flatten() {
         if stale
             .file_name()
@@ -199,14 +200,7 @@ pub(super) async fn build_into_cache(
         out_dir: out.path().to_path_buf(),
         package_cache: true,
     };
-    let built = match ctx.helper.call(PrivRequest::BuildRootfs(spec)).await? {
-        PrivReply::Built(b) => b,
-        other => {
-            return Err(RpcError::failed(format!(
-                "unexpected helper reply {other:?}"
-            )))
-        }
-    };
+    let built = ctx.helper.build_rootfs(spec).await?;
     progress.stage(
         "bootstrap",
         format!("done in {:.1}s", built.bootstrap_ms as f64 / 1000.0),
@@ -258,10 +252,10 @@ pub(super) fn publish(
     stage: crate::fsutil::TempDir,
     m: &ImageManifest,
     source: String,
-) -> Result<ImageRecord, RpcError> {
+) -> Result<ImageRecord, OpError> {
     let mpath = stage.path().join(MANIFEST);
     let json = serde_json::to_vec_pretty(m)
-        .map_err(|e| RpcError::failed(format!("encoding {}: {e}", mpath.display())))?;
+        .map_err(|e| OpError::failed(format!("encoding {}: {e}", mpath.display())))?;
     crate::fsutil::write_synced(&mpath, &json).ctx("writing", &mpath)?;
     let dst = images_dir(ctx).join(&m.name);
     crate::fsutil::replace_dir(stage.path(), &dst).ctx("publishing", &dst)?;

@@ -103,15 +103,15 @@ pub fn sweep_cache(ctx: &Ctx) -> Vec<PathBuf> {
 /// downloads no image (or kernel) here came from. Refused while any build
 /// or pull sharing the cache runs (what it fetched is not recorded yet).
 /// Images pulled before banger recorded their blobs keep every blob.
-pub async fn cache_prune(ctx: Arc<Ctx>, dry_run: bool) -> Result<Vec<(String, u64)>, RpcError> {
+pub async fn cache_prune(ctx: Arc<Ctx>, dry_run: bool) -> Result<Vec<(String, u64)>, OpError> {
     let cache = cache_dir(&ctx);
-    tokio::task::spawn_blocking(move || -> Result<Vec<(String, u64)>, RpcError> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<(String, u64)>, OpError> {
         // No build or pull may be running: what it fetched is not
         // recorded until it publishes. (The records are read after.)
         let _alone = match open_and_lock(&cache.join(IN_USE), nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err(e) if e.is(std::io::ErrorKind::WouldBlock) => {
-                return Err(RpcError::failed(
+                return Err(OpError::failed(
                     "an image build or pull is running (of this or another banger sharing the cache); run `banger image cache prune` again when it is done",
                 ))
             }
@@ -151,7 +151,7 @@ pub async fn cache_prune(ctx: Arc<Ctx>, dry_run: bool) -> Result<Vec<(String, u6
             }
         }
         let mut out = Vec::new();
-        let consider = |path: PathBuf, out: &mut Vec<(String, u64)>| -> Result<(), RpcError> {
+        let consider = |path: PathBuf, out: &mut Vec<(String, u64)>| -> Result<(), OpError> {
             let bytes = crate::fsutil::disk_usage(&path);
             if !dry_run {
                 crate::fsutil::remove_all(&path).ctx("removing", &path)?;

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{views, Ctx, Progress};
+use super::{views, Ctx, Made, Progress};
 use crate::digest::sha256_file;
 use crate::fsutil::{IoContext, IoError};
 use crate::image::{self, bundle, recipe, ImageManifest, MANIFEST, ROOTFS, WORK_SEED};
-use crate::protocol::cli::{Event, Reply};
-use crate::protocol::helper::{PrivReply, PrivRequest, RootfsSpec};
-use crate::protocol::{ErrorCode, RpcError};
+
+use crate::domain::views::ImageView;
+use crate::domain::Event;
+use crate::image::build::RootfsSpec;
+use crate::ops::OpError;
 use crate::store::model::now_unix;
 use crate::store::{ImageRecord, DEFAULT_IMAGE_KEY};
 
@@ -35,12 +37,12 @@ fn cache_dir(ctx: &Ctx) -> PathBuf {
     ctx.layout.cache_dir.join("images")
 }
 
-fn validate_name(name: &str) -> Result<(), RpcError> {
-    image::validate_image_name(name).map_err(RpcError::bad_request)
+fn validate_name(name: &str) -> Result<(), OpError> {
+    image::validate_image_name(name).map_err(OpError::invalid)
 }
 
 /// The default image name.
-pub fn default_image(ctx: &Ctx) -> Result<String, RpcError> {
+pub fn default_image(ctx: &Ctx) -> Result<String, OpError> {
     Ok(ctx
         .store
         .setting(DEFAULT_IMAGE_KEY)?
@@ -48,7 +50,7 @@ pub fn default_image(ctx: &Ctx) -> Result<String, RpcError> {
 }
 
 /// Looks an image up or says how to get it.
-pub fn get(ctx: &Ctx, name: &str) -> Result<ImageRecord, RpcError> {
+pub fn get(ctx: &Ctx, name: &str) -> Result<ImageRecord, OpError> {
     ctx.store.get_image(name)?.ok_or_else(|| {
         let hint = if recipe::find(name).is_some() {
             format!("build it with `banger image build {name}`")
@@ -58,35 +60,30 @@ pub fn get(ctx: &Ctx, name: &str) -> Result<ImageRecord, RpcError> {
                 recipe::names()
             )
         };
-        RpcError::not_found(format!("no image named {name:?}; {hint}"))
+        OpError::not_found(format!("no image named {name:?}; {hint}"))
     })
 }
 
-fn view(ctx: &Ctx, rec: &ImageRecord) -> Result<Reply, RpcError> {
-    Ok(Reply::Image(views::image(
-        rec,
-        default_image(ctx)? == rec.name,
-    )))
+fn view(ctx: &Ctx, rec: &ImageRecord) -> Result<ImageView, OpError> {
+    Ok(views::image(rec, default_image(ctx)? == rec.name))
 }
 
-pub fn list(ctx: &Ctx) -> Result<Reply, RpcError> {
+pub fn list(ctx: &Ctx) -> Result<Vec<ImageView>, OpError> {
     let default = default_image(ctx)?;
     let mut v = ctx.store.list_images()?;
     v.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Reply::Images(
-        v.iter()
-            .map(|i| views::image(i, i.name == default))
-            .collect(),
-    ))
+    Ok(v.iter()
+        .map(|i| views::image(i, i.name == default))
+        .collect())
 }
 
-pub fn show(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+pub fn show(ctx: &Ctx, name: &str) -> Result<ImageView, OpError> {
     validate_name(name)?;
     view(ctx, &get(ctx, name)?)
 }
 
 /// `image delete`: refused while a VM uses the image.
-pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+pub fn delete(ctx: &Ctx, name: &str) -> Result<(), OpError> {
     validate_name(name)?;
     let rec = get(ctx, name)?;
     let vms = ctx.store.list_vms()?.into_iter();
@@ -98,14 +95,14 @@ pub fn delete(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
     ctx.store.delete_image(name)?;
     let dir = Path::new(&rec.dir);
     crate::fsutil::remove_all(dir).ctx("removing", dir)?;
-    Ok(Reply::Done)
+    Ok(())
 }
 
-pub fn promote(ctx: &Ctx, name: &str) -> Result<Reply, RpcError> {
+pub fn promote(ctx: &Ctx, name: &str) -> Result<ImageView, OpError> {
     validate_name(name)?;
     let rec = get(ctx, name)?;
     ctx.store.set_setting(DEFAULT_IMAGE_KEY, name)?;
-    Ok(Reply::Image(views::image(&rec, true)))
+    Ok(views::image(&rec, true))
 }
 
 /// Present in a pulled image's directory when the image has no sshd.
@@ -123,7 +120,7 @@ pub async fn ensure_for_vm(
     ctx: &Arc<Ctx>,
     wanted: &str,
     progress: &Progress,
-) -> Result<ImageRecord, RpcError> {
+) -> Result<ImageRecord, OpError> {
     if image::validate_image_name(wanted).is_ok() {
         if recipe::find(wanted).is_some() || ctx.store.get_image(wanted)?.is_some() {
             return ensure(ctx, wanted, progress).await;
@@ -143,7 +140,7 @@ pub async fn ensure_for_vm(
         }
     }
     let r = image::oci::parse(wanted).map_err(|e| {
-        RpcError::bad_request(format!(
+        OpError::invalid(format!(
             "--image {wanted:?} is not an image here, a catalog name or an image reference: {e}"
         ))
     })?;
@@ -163,9 +160,7 @@ pub async fn ensure_for_vm(
         if i.source.starts_with(&source_prefix) {
             return Ok(i);
         }
-        return Err(RpcError::new(
-            ErrorCode::AlreadyExists,
-            format!(
+        return Err(OpError::already_exists(format!(
                 "--image {wanted} would be stored as {name:?}, which holds another image ({}); pull it under another name: banger image pull {wanted} --name <name>",
                 i.source
             ),
@@ -188,9 +183,7 @@ pub async fn ensure_for_vm(
     // Pulls of one name share a job: make sure it was this reference's.
     let i = get(ctx, &name)?;
     if !i.source.starts_with(&source_prefix) {
-        return Err(RpcError::new(
-            ErrorCode::AlreadyExists,
-            format!(
+        return Err(OpError::already_exists(format!(
                 "another reference was pulled as {name:?} at the same time ({}); pull {wanted} under a name of its own: banger image pull {wanted} --name <name>",
                 i.source
             ),

@@ -12,12 +12,12 @@ pub async fn pull(
     name: Option<String>,
     insecure: bool,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<ImageView, OpError> {
     if let Some(entry) = catalog_for(&ctx, &reference)?.image(&reference).cloned() {
         return pull_entry(ctx, entry, name, events).await;
     }
     let r = image::oci::parse(&reference).map_err(|e| {
-        RpcError::bad_request(format!(
+        OpError::invalid(format!(
             "{e}; or a catalog name ({})",
             catalog(&ctx)
                 .map(|c| c
@@ -40,11 +40,12 @@ pub async fn pull(
             Box::pin(async move {
                 let kernel = recipe::DEFAULT_KERNEL;
                 let rec = pull_work(&ctx, &reference, &name, kernel, insecure, p).await?;
-                view(&ctx, &rec)
+                view(&ctx, &rec).map(Made::Image)
             })
         }),
     )
-    .await
+    .await?
+    .image()
 }
 
 pub(super) async fn pull_work(
@@ -54,9 +55,9 @@ pub(super) async fn pull_work(
     kernel: &str,
     insecure: bool,
     progress: Progress,
-) -> Result<ImageRecord, RpcError> {
+) -> Result<ImageRecord, OpError> {
     let _in_use = cache_in_use(ctx).await?;
-    let failed = |e: image::oci::OciError| RpcError::failed(e.to_string());
+    let failed = |e: image::oci::OciError| OpError::failed(e.to_string());
     progress.stage("pull", reference.to_string(), false);
     let blobs = cache_dir(ctx).join("oci-blobs");
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -81,13 +82,13 @@ pub(super) async fn pull_work(
     let (m, stage) = {
         let (name, fetched, kernel) = (name.to_string(), fetched.clone(), kernel.to_string());
         tokio::task::spawn_blocking(
-            move || -> Result<(ImageManifest, crate::fsutil::TempDir), RpcError> {
+            move || -> Result<(ImageManifest, crate::fsutil::TempDir), OpError> {
                 let work =
                     crate::fsutil::TempDir::new_in(&cache, "oci").ctx("staging in", &cache)?;
                 let root = work.path().join("root");
                 std::fs::create_dir(&root).ctx("creating", &root)?;
                 let tree = image::oci::assemble(&fetched, &root)
-                    .map_err(|e| RpcError::failed(e.to_string()))?;
+                    .map_err(|e| OpError::failed(e.to_string()))?;
                 let stage =
                     crate::fsutil::TempDir::new_in(&dir, &name).ctx("staging an image in", &dir)?;
                 // Room for the inode tables of a tree of many small files
@@ -95,7 +96,7 @@ pub(super) async fn pull_work(
                 let content = image::layers::tree_bytes(&root) + tree.meta.len() as u64 * 512;
                 let root_mib = (content + content / 2 + (256 << 20)).div_ceil(64 << 20) * 64;
                 let (rootfs, seed) = (stage.path().join(ROOTFS), stage.path().join(WORK_SEED));
-                let lerr = |e: image::layers::LayerError| RpcError::failed(e.0);
+                let lerr = |e: image::layers::LayerError| OpError::failed(e.0);
                 image::layers::make_ext4(
                     &root,
                     &tree,
@@ -170,20 +171,20 @@ pub(super) struct OciBlobs {
 }
 
 /// The catalog as it is now (the user's file is read on every call).
-pub fn catalog(ctx: &Ctx) -> Result<crate::catalog::Catalog, RpcError> {
-    crate::catalog::load(&ctx.layout.config_dir).map_err(|e| RpcError::bad_request(e.to_string()))
+pub fn catalog(ctx: &Ctx) -> Result<crate::catalog::Catalog, OpError> {
+    crate::catalog::load(&ctx.layout.config_dir).map_err(|e| OpError::invalid(e.to_string()))
 }
 
 /// The catalog for looking up `name`: a broken user file fails only the
 /// names it could hold — a built-in name or an OCI reference still works
 /// (with the file's error in the log).
-pub fn catalog_for(ctx: &Ctx, name: &str) -> Result<crate::catalog::Catalog, RpcError> {
+pub fn catalog_for(ctx: &Ctx, name: &str) -> Result<crate::catalog::Catalog, OpError> {
     match catalog(ctx) {
         Ok(c) => Ok(c),
         Err(e) => {
             let b = crate::catalog::builtin();
             if b.image(name).is_some() || b.kernel(name).is_some() || name.contains('/') {
-                tracing::warn!("ignoring the user catalog for {name}: {}", e.message);
+                tracing::warn!("ignoring the user catalog for {name}: {e}");
                 Ok(b)
             } else {
                 Err(e)
@@ -199,13 +200,13 @@ pub(super) async fn pull_entry(
     entry: crate::catalog::ImageEntry,
     name: Option<String>,
     events: mpsc::Sender<Event>,
-) -> Result<Reply, RpcError> {
+) -> Result<ImageView, OpError> {
     use crate::catalog::ImageSource;
     let name = name.unwrap_or_else(|| entry.name.clone());
     validate_name(&name)?;
     if let ImageSource::Recipe { recipe } = entry.source.clone() {
         if name != recipe {
-            return Err(RpcError::bad_request(format!(
+            return Err(OpError::invalid(format!(
                 "{} is built from its recipe under its own name; drop --name",
                 entry.name
             )));
@@ -232,21 +233,22 @@ pub(super) async fn pull_entry(
                         bundle_work(&ctx, &entry, &url, &sha256, &name, p).await?
                     }
                     ImageSource::Recipe { .. } => {
-                        return Err(RpcError::failed("a recipe entry is built, not pulled"))
+                        return Err(OpError::failed("a recipe entry is built, not pulled"))
                     }
                 };
-                view(&ctx, &rec)
+                view(&ctx, &rec).map(Made::Image)
             })
         }),
     )
-    .await
+    .await?
+    .image()
 }
 
 /// A pull may not take a recipe image's name (the next build would
 /// replace it).
-pub(super) fn refuse_recipe_name(name: &str) -> Result<(), RpcError> {
+pub(super) fn refuse_recipe_name(name: &str) -> Result<(), OpError> {
     if recipe::find(name).is_some() {
-        return Err(RpcError::bad_request(format!(
+        return Err(OpError::invalid(format!(
             "{name} is the name of a recipe image; pull under another name (--name)"
         )));
     }
@@ -259,12 +261,10 @@ pub(super) fn up_to_date(
     ctx: &Ctx,
     name: &str,
     source_prefix: &str,
-) -> Result<Option<ImageRecord>, RpcError> {
+) -> Result<Option<ImageRecord>, OpError> {
     match ctx.store.get_image(name)? {
         Some(i) if i.source.starts_with(source_prefix) => Ok(Some(i)),
-        Some(i) => Err(RpcError::new(
-            ErrorCode::AlreadyExists,
-            format!(
+        Some(i) => Err(OpError::already_exists(format!(
                 "an image named {name:?} exists (from {}); delete it first (banger image delete {name}) or pull with --name",
                 i.source
             ),

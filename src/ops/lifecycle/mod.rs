@@ -12,14 +12,13 @@ use crate::domain::{Signal, VmState};
 use crate::guest::session::{channel_of, AgentSession};
 use crate::guest::ssh::SshFiles;
 use crate::host::process::pid_alive;
-use crate::protocol::helper::{PrivReply, PrivRequest};
-use crate::protocol::{ErrorCode, RpcError};
+use crate::ops::OpError;
 use crate::store::model::now_unix;
 use crate::store::VmRecord;
 use crate::vmm::{self, BootSpec, Vmm};
 
 /// Stores `rec` and tells the VM's actor, so reads see it at once.
-fn persist(ctx: &Ctx, vm: &dyn VmChildren, rec: &VmRecord) -> Result<(), RpcError> {
+fn persist(ctx: &Ctx, vm: &dyn VmChildren, rec: &VmRecord) -> Result<(), OpError> {
     ctx.store.put_vm(rec)?;
     vm.record_changed(rec);
     Ok(())
@@ -108,13 +107,9 @@ pub fn refresh_ssh_config(ctx: &Ctx) {
 pub async fn release(ctx: &Ctx, vm: &dyn VmChildren, rec: &mut VmRecord) {
     vm.stop_agent().await;
     if let (true, Some(ip)) = (rec.nat, rec.ip.as_deref().and_then(|i| i.parse().ok())) {
-        let req = PrivRequest::DisableNat {
-            vm_id: rec.id.clone(),
-            ip,
-            bridge: ctx.config.network.bridge.clone(),
-        };
-        if let Err(e) = ctx.helper.call(req).await {
-            tracing::warn!(vm = %rec.name, "removing NAT rules: {}", e.message);
+        let bridge = ctx.config.network.bridge.clone();
+        if let Err(e) = ctx.helper.nat(false, rec.id.clone(), ip, bridge).await {
+            tracing::warn!(vm = %rec.name, "removing NAT rules: {e}");
         }
     }
     if let Some(tap) = rec.tap.take() {
@@ -157,9 +152,9 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 /// Returns why not when a VMM still runs (the helper is down, say): the
 /// caller then keeps the VM's pid, tap and rules rather than handing them
 /// out again.
-async fn kill_vmm(ctx: &Ctx, rec: &VmRecord) -> Result<(), RpcError> {
+async fn kill_vmm(ctx: &Ctx, rec: &VmRecord) -> Result<(), OpError> {
     let mut pids: Vec<u32> = rec.vmm_pid.into_iter().filter(|p| pid_alive(*p)).collect();
-    if let Ok(PrivReply::Vmms(all)) = ctx.helper.call(PrivRequest::ListVmms).await {
+    if let Ok(all) = ctx.helper.list_vmms().await {
         for v in all {
             if v.vm_id == rec.id && !pids.contains(&v.pid) {
                 pids.push(v.pid);
@@ -167,23 +162,17 @@ async fn kill_vmm(ctx: &Ctx, rec: &VmRecord) -> Result<(), RpcError> {
         }
     }
     for pid in pids {
-        let sent = ctx
-            .helper
-            .call(PrivRequest::SignalVmm {
-                pid,
-                signal: Signal::Kill,
-            })
-            .await;
+        let sent = ctx.helper.signal_vmm(pid, Signal::Kill).await;
         let gone = match &sent {
             Ok(_) => crate::host::process::wait_exit(pid, Duration::from_secs(10)).await,
             Err(_) => !pid_alive(pid),
         };
         if !gone {
-            return Err(RpcError::failed(format!(
+            return Err(OpError::failed(format!(
                 "the {} process {pid} of VM {} is still running ({}); it keeps its tap and address until it is gone: retry when bangerd-root is back (banger daemon stop; banger vm delete {})",
                 rec.vmm.as_str(),
                 rec.name,
-                sent.err().map(|e| e.message).unwrap_or_else(|| "it did not exit".into()),
+                sent.err().map(|e| e.to_string()).unwrap_or_else(|| "it did not exit".into()),
                 rec.name
             )));
         }

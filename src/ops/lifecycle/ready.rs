@@ -16,12 +16,12 @@ pub(super) fn ready_detail(r: &banger_agent::api::Readiness) -> String {
 /// Why the readiness point was not reached.
 pub enum ReadyError {
     /// The agent stopped answering altogether (a stuck guest).
-    Stuck(RpcError),
-    Failed(RpcError),
+    Stuck(OpError),
+    Failed(OpError),
 }
 
-impl From<ReadyError> for RpcError {
-    fn from(e: ReadyError) -> RpcError {
+impl From<ReadyError> for OpError {
+    fn from(e: ReadyError) -> OpError {
         match e {
             ReadyError::Stuck(e) | ReadyError::Failed(e) => e,
         }
@@ -41,7 +41,7 @@ pub async fn wait_ready(
 ) -> Result<banger_agent::api::Readiness, ReadyError> {
     let paths = ctx.layout.vm(&rec.id);
     let not_ready = |why: String| {
-        RpcError::failed(format!(
+        OpError::failed(format!(
             "the guest of {} did not finish booting: {why}; the serial console ended with:\n{}",
             rec.name,
             log_tail(&paths.serial_log(), 15)
@@ -103,14 +103,14 @@ pub(super) async fn restore_guest(
     pid: u32,
     agent: &AgentSession,
     stages: &mut Stages,
-) -> Result<(), RpcError> {
+) -> Result<(), OpError> {
     let paths = ctx.layout.vm(&rec.id);
     stages
         .begin("restore", format!("snapshot {}", snap.name))
         .await;
     let exited = || async {
         crate::host::process::wait_exit_forever(pid).await;
-        RpcError::failed(format!(
+        OpError::failed(format!(
             "{} exited while restoring snapshot {}:\n{}",
             rec.vmm.as_str(),
             snap.name,
@@ -136,7 +136,7 @@ pub(super) async fn restore_guest(
         } => r,
     };
     let (ack, health, session_ms, identity_ms) = answered.map_err(|e| {
-        RpcError::failed(format!(
+        OpError::failed(format!(
             "the restored guest's agent did not answer: {e}; is snapshot {} from an image whose agent knows restores? (take it again)",
             snap.name
         ))
@@ -149,7 +149,7 @@ pub(super) async fn restore_guest(
             .filter(|c| c.is_ascii_graphic() || *c == ' ')
             .take(300)
             .collect();
-        return Err(RpcError::failed(format!(
+        return Err(OpError::failed(format!(
             "the restored guest could not take its own identity: {detail}"
         )));
     }
@@ -188,7 +188,7 @@ pub(super) fn accept_guest(
     vm: &dyn VmChildren,
     rec: &mut VmRecord,
     mut health: banger_agent::api::Healthz,
-) -> Result<banger_agent::api::Healthz, RpcError> {
+) -> Result<banger_agent::api::Healthz, OpError> {
     check_protocol(rec, &health)?;
     health.boot_id = sanitize_token(&health.boot_id, 64);
     health.init = sanitize_token(&health.init, 32);
@@ -203,9 +203,9 @@ pub(super) fn accept_guest(
 pub(super) fn check_protocol(
     rec: &VmRecord,
     health: &banger_agent::api::Healthz,
-) -> Result<(), RpcError> {
+) -> Result<(), OpError> {
     if health.protocol != banger_agent::proto::VERSION {
-        return Err(RpcError::failed(format!(
+        return Err(OpError::failed(format!(
             "the image's agent speaks protocol {}, banger {}; rebuild the image (banger image build {} --rebuild)",
             health.protocol,
             banger_agent::proto::VERSION,
@@ -239,10 +239,10 @@ pub async fn restart_interrupted(
     vm: &dyn VmChildren,
     mut rec: VmRecord,
     stages: &mut Stages,
-) -> (VmRecord, Result<(), RpcError>) {
+) -> (VmRecord, Result<(), OpError>) {
     if let Err(e) = kill_vmm(ctx, &rec).await {
         rec.state = VmState::Error;
-        rec.last_error = Some(e.message.clone());
+        rec.last_error = Some(e.to_string());
         let _ = persist(ctx, vm, &rec);
         return (rec, Err(e));
     }
@@ -258,7 +258,7 @@ pub async fn resume_boot(
     vm: &dyn VmChildren,
     mut rec: VmRecord,
     pid: u32,
-) -> (VmRecord, Result<(), RpcError>) {
+) -> (VmRecord, Result<(), OpError>) {
     let paths = ctx.layout.vm(&rec.id);
     let r = async {
         let agent = vm.start_agent(channel_of(rec.vmm, &paths)).await?;
@@ -266,9 +266,9 @@ pub async fn resume_boot(
             h = async {
                 agent.wait_up(ctx.timeouts.boot).await?;
                 agent.health(Duration::from_secs(30)).await
-            } => h.map_err(|e| RpcError::failed(format!("the guest agent did not answer after a daemon restart: {e}")))?,
+            } => h.map_err(|e| OpError::failed(format!("the guest agent did not answer after a daemon restart: {e}")))?,
             _ = crate::host::process::wait_exit_forever(pid) => {
-                return Err(RpcError::failed("the VMM exited during the resumed boot"));
+                return Err(OpError::failed("the VMM exited during the resumed boot"));
             }
         };
         check_protocol(&rec, &health)?;
@@ -296,12 +296,12 @@ pub async fn pin_host_key(
     agent: &AgentSession,
     rec: &VmRecord,
     timeout: Duration,
-) -> Result<String, RpcError> {
+) -> Result<String, OpError> {
     let deadline = Instant::now() + timeout;
     let ip = rec
         .ip
         .clone()
-        .ok_or_else(|| RpcError::failed("the VM has no address"))?;
+        .ok_or_else(|| OpError::failed("the VM has no address"))?;
     loop {
         let keys = agent
             .host_keys(Duration::from_secs(5))
@@ -326,12 +326,12 @@ pub async fn pin_host_key(
             if rec.host_key.as_deref() != Some(host_key.as_str()) || !files.is_pinned(&rec.name) {
                 files
                     .pin(&rec.name, &ip, &host_key)
-                    .map_err(|e| RpcError::failed(format!("pinning the host key: {e}")))?;
+                    .map_err(|e| OpError::failed(format!("pinning the host key: {e}")))?;
             }
             return Ok(host_key);
         }
         if Instant::now() > deadline {
-            return Err(RpcError::failed(format!(
+            return Err(OpError::failed(format!(
                 "sshd did not come up in VM {} within {timeout:?} (the agent answers: use banger vm exec {} -- <cmd>)",
                 rec.name, rec.name
             )));

@@ -9,7 +9,7 @@ pub async fn start(
     vm: &dyn VmChildren,
     mut rec: VmRecord,
     stages: &mut Stages,
-) -> (VmRecord, Result<(), RpcError>) {
+) -> (VmRecord, Result<(), OpError>) {
     if vmm_alive(&rec) {
         if rec.state == VmState::Running {
             return (rec, Ok(()));
@@ -24,10 +24,10 @@ pub async fn start(
     }
     let mut booted = boot(ctx, vm, &mut rec, stages).await;
     if let Err(e) = &booted {
-        if e.code == crate::protocol::ErrorCode::Busy {
+        if e.is_busy() {
             // bangerd-root died under the boot and is back: what the first
             // attempt launched or took goes, then one more try.
-            tracing::warn!(vm = %rec.name, "{}; booting once more", e.message);
+            tracing::warn!(vm = %rec.name, "{e}; booting once more");
             if kill_vmm(ctx, &rec).await.is_ok() {
                 release(ctx, vm, &mut rec).await;
                 booted = boot(ctx, vm, &mut rec, stages).await;
@@ -37,10 +37,10 @@ pub async fn start(
     match booted {
         Ok(()) => (rec, Ok(())),
         Err(e) => {
-            tracing::warn!(vm = %rec.name, "start failed: {}", e.message);
+            tracing::warn!(vm = %rec.name, "start failed: {e}");
             fail_and_release(ctx, vm, &mut rec, &e).await;
-            let hint = format!("{} (see `banger vm logs {}`)", e.message, rec.name);
-            (rec, Err(RpcError { message: hint, ..e }))
+            let hint = format!("{e} (see `banger vm logs {}`)", rec.name);
+            (rec, Err(e.reworded(hint)))
         }
     }
 }
@@ -52,13 +52,13 @@ pub(super) async fn fail_and_release(
     ctx: &Ctx,
     vm: &dyn VmChildren,
     rec: &mut VmRecord,
-    e: &RpcError,
+    e: &OpError,
 ) {
     rec.state = VmState::Error;
-    rec.last_error = Some(e.message.clone());
+    rec.last_error = Some(e.to_string());
     match kill_vmm(ctx, rec).await {
         Ok(()) => release(ctx, vm, rec).await,
-        Err(k) => rec.last_error = Some(format!("{}; {}", e.message, k.message)),
+        Err(k) => rec.last_error = Some(format!("{e}; {k}")),
     }
     let _ = persist(ctx, vm, rec);
 }
@@ -71,7 +71,7 @@ pub(super) async fn launch(
     rec: &mut VmRecord,
     b: &BootSpec,
     driver: &dyn Vmm,
-) -> Result<(u32, AgentSession), RpcError> {
+) -> Result<(u32, AgentSession), OpError> {
     let paths = &b.paths;
     for s in [
         paths.qmp_socket(),
@@ -84,18 +84,7 @@ pub(super) async fn launch(
     let _ = std::fs::write(paths.serial_log(), b"");
     let _ = std::fs::write(paths.vmm_log(), b"");
     vm.stop_agent().await;
-    let pid = match ctx
-        .helper
-        .call(PrivRequest::LaunchVmm(driver.launch_spec(b)))
-        .await?
-    {
-        PrivReply::Launched { pid } => pid,
-        other => {
-            return Err(RpcError::failed(format!(
-                "unexpected helper reply {other:?}"
-            )))
-        }
-    };
+    let pid = ctx.helper.launch_vmm(driver.launch_spec(b)).await?;
     rec.vmm_pid = Some(pid);
     rec.started_at_unix = Some(now_unix());
     persist(ctx, vm, rec)?;
@@ -104,13 +93,13 @@ pub(super) async fn launch(
     tokio::select! {
         biased;
         _ = crate::host::process::wait_exit_forever(pid) => {
-            return Err(RpcError::failed(format!(
+            return Err(OpError::failed(format!(
                 "{} exited at once:\n{}",
                 rec.vmm.as_str(),
                 log_tail(&paths.vmm_log(), 5)
             )));
         }
-        r = driver.boot(b) => r.map_err(|e| RpcError::failed(format!("{} did not boot: {e}", rec.vmm.as_str())))?,
+        r = driver.boot(b) => r.map_err(|e| OpError::failed(format!("{} did not boot: {e}", rec.vmm.as_str())))?,
     }
     let agent = vm.start_agent(channel_of(rec.vmm, paths)).await?;
     Ok((pid, agent))
@@ -137,7 +126,7 @@ pub(super) async fn console_stalls(log: &Path, stall: Duration) {
 pub(super) fn boot_files(
     ctx: &Ctx,
     rec: &VmRecord,
-) -> Result<(PathBuf, Option<PathBuf>, PathBuf, PathBuf), RpcError> {
+) -> Result<(PathBuf, Option<PathBuf>, PathBuf, PathBuf), OpError> {
     let image = crate::ops::images::get(ctx, &rec.image)?;
     let kernel = crate::ops::kernels::get(ctx, &rec.kernel)?;
     let kdir = PathBuf::from(&kernel.dir);
@@ -149,7 +138,7 @@ pub(super) fn boot_files(
         idir.join(crate::image::WORK_SEED),
     );
     let missing = |what: &str, p: &Path, fix: String| {
-        RpcError::not_found(format!("{what} {} is missing; {fix}", p.display()))
+        OpError::not_found(format!("{what} {} is missing; {fix}", p.display()))
     };
     for p in std::iter::once(&vmlinux).chain(initrd.as_ref()) {
         if !p.is_file() {
@@ -180,7 +169,7 @@ pub(super) async fn boot(
     vm: &dyn VmChildren,
     rec: &mut VmRecord,
     stages: &mut Stages,
-) -> Result<(), RpcError> {
+) -> Result<(), OpError> {
     let paths = ctx.layout.vm(&rec.id);
     rec.state = VmState::Starting;
     rec.last_error = None;
@@ -234,29 +223,24 @@ async fn network(
     ctx: &Ctx,
     vm: &dyn VmChildren,
     rec: &mut VmRecord,
-) -> Result<(String, Ipv4Addr), RpcError> {
+) -> Result<(String, Ipv4Addr), OpError> {
     let ip: Ipv4Addr = rec
         .ip
         .as_deref()
         .and_then(|i| i.parse().ok())
-        .ok_or_else(|| RpcError::failed("the VM has no address"))?;
+        .ok_or_else(|| OpError::failed("the VM has no address"))?;
     let mac = rec
         .mac
         .clone()
-        .ok_or_else(|| RpcError::failed("the VM has no MAC address"))?;
+        .ok_or_else(|| OpError::failed("the VM has no MAC address"))?;
     let mut tries = 0;
     let tap = loop {
         let tap = ctx.taps.lease().await?;
         rec.tap = Some(tap.clone());
         persist(ctx, vm, rec)?;
-        let guard = PrivRequest::GuardTap {
-            name: tap.clone(),
-            ip,
-            mac: mac.clone(),
-        };
-        match ctx.helper.call(guard).await {
+        match ctx.helper.guard_tap(tap.clone(), ip, mac.clone()).await {
             Ok(_) => break tap,
-            Err(e) if e.code == ErrorCode::NotFound && tries <= crate::ops::net::WARM_TAPS => {
+            Err(e) if e.is_not_found() && tries <= crate::ops::net::WARM_TAPS => {
                 tracing::warn!(vm = %rec.name, %tap, "the leased tap is gone; taking another");
                 tries += 1;
             }
@@ -264,13 +248,8 @@ async fn network(
         }
     };
     if rec.nat {
-        ctx.helper
-            .call(PrivRequest::EnableNat {
-                vm_id: rec.id.clone(),
-                ip,
-                bridge: ctx.config.network.bridge.clone(),
-            })
-            .await?;
+        let bridge = ctx.config.network.bridge.clone();
+        ctx.helper.nat(true, rec.id.clone(), ip, bridge).await?;
     }
     Ok((tap, ip))
 }
@@ -289,7 +268,7 @@ async fn disks_stage(
     ctx: &Ctx,
     rec: &VmRecord,
     paths: &crate::paths::VmPaths,
-) -> Result<(BootFiles, Option<crate::store::SnapshotRecord>, String), RpcError> {
+) -> Result<(BootFiles, Option<crate::store::SnapshotRecord>, String), OpError> {
     let (vmlinux, initrd, rootfs, seed) = boot_files(ctx, rec)?;
     let restore = match (rec.restore_pending, &rec.snapshot) {
         (true, Some(id)) => {
@@ -303,8 +282,8 @@ async fn disks_stage(
         let (s, p) = (snap.clone(), paths.clone());
         tokio::task::spawn_blocking(move || crate::ops::snapshots::clone_disks(&s, &p))
             .await
-            .map_err(|e| RpcError::failed(e.to_string()))?
-            .map_err(RpcError::failed)?;
+            .map_err(|e| OpError::failed(e.to_string()))?
+            .map_err(OpError::failed)?;
         format!("root: overlay on snapshot {}, work: copy", snap.name)
     } else if disks::exist(paths, rec.vmm) {
         "reused".to_string()
@@ -333,13 +312,13 @@ fn boot_spec(
     tap: String,
     ip: Ipv4Addr,
     restore: Option<&crate::store::SnapshotRecord>,
-) -> Result<BootSpec, RpcError> {
+) -> Result<BootSpec, OpError> {
     let net = &ctx.config.network;
     std::fs::create_dir_all(&paths.run)
         .map_err(|e| crate::fsutil::IoError::new("creating", &paths.run, e))?;
     let pubkey = SshFiles::of(&ctx.layout)
         .ensure_key()
-        .map_err(RpcError::failed)?;
+        .map_err(OpError::failed)?;
     let kvm = crate::host::cpu::hardware_kvm();
     let params = banger_agent::cmdline::GuestParams {
         name: Some(rec.name.clone()),
@@ -393,7 +372,7 @@ async fn agent_and_ready(
     rec: &mut VmRecord,
     l: Launched<'_>,
     stages: &mut Stages,
-) -> Result<(banger_agent::api::Healthz, banger_agent::api::Readiness), RpcError> {
+) -> Result<(banger_agent::api::Healthz, banger_agent::api::Readiness), OpError> {
     let Launched {
         spec: b,
         driver,
@@ -412,12 +391,12 @@ async fn agent_and_ready(
                 h = async {
                     agent.wait_up(deadline - tokio::time::Instant::now()).await?;
                     agent.health(Duration::from_secs(30)).await
-                } => break h.map_err(|e| RpcError::failed(format!(
+                } => break h.map_err(|e| OpError::failed(format!(
                     "the guest agent did not answer within {boot_deadline:?}: {e}; the serial console ended with:\n{}",
                     log_tail(&paths.serial_log(), 15)
                 )))?,
                 _ = crate::host::process::wait_exit_forever(pid) => {
-                    return Err(RpcError::failed(format!(
+                    return Err(OpError::failed(format!(
                         "the {} process exited during boot; the serial console ended with:\n{}",
                         rec.vmm.as_str(),
                         log_tail(&paths.serial_log(), 15)
@@ -449,7 +428,7 @@ async fn agent_and_ready(
             // fresh VMM, like one hung before its agent started.
             Err(ReadyError::Stuck(e)) if relaunch => {
                 relaunch = false;
-                tracing::warn!(vm = %rec.name, "the guest stopped answering mid-boot; relaunching its VMM once: {}", e.message);
+                tracing::warn!(vm = %rec.name, "the guest stopped answering mid-boot; relaunching its VMM once: {e}");
                 stages
                     .end("the guest stopped answering mid-boot; a fresh VMM")
                     .await;

@@ -9,7 +9,7 @@ pub async fn stop(
     vm: &dyn VmChildren,
     mut rec: VmRecord,
     stages: &mut Stages,
-) -> (VmRecord, Result<(), RpcError>) {
+) -> (VmRecord, Result<(), OpError>) {
     if !vmm_alive(&rec) {
         release(ctx, vm, &mut rec).await;
         if rec.state != VmState::Created && rec.state != VmState::Error {
@@ -70,7 +70,7 @@ pub async fn stop(
         if !crate::host::process::wait_exit(pid, ctx.timeouts.powerdown).await {
             if let Err(e) = kill_vmm(ctx, &rec).await {
                 rec.state = VmState::Error;
-                rec.last_error = Some(e.message.clone());
+                rec.last_error = Some(e.to_string());
                 let _ = persist(ctx, vm, &rec);
                 return (rec, Err(e));
             }
@@ -109,7 +109,7 @@ pub async fn kill(
     vm: &dyn VmChildren,
     rec: VmRecord,
     signal: Signal,
-) -> (VmRecord, Result<(), RpcError>) {
+) -> (VmRecord, Result<(), OpError>) {
     let Some(pid) = rec.vmm_pid.filter(|p| pid_alive(*p)) else {
         if signal.terminates() && rec.state.may_have_vmm() {
             // An aborted start or stop: whatever it had launched or taken
@@ -120,14 +120,10 @@ pub async fn kill(
             let r = reap(ctx, vm, rec).await;
             return (r, Ok(()));
         }
-        let e = RpcError::bad_request(format!("VM {} is not running", rec.name));
+        let e = OpError::invalid(format!("VM {} is not running", rec.name));
         return (rec, Err(e));
     };
-    if let Err(e) = ctx
-        .helper
-        .call(PrivRequest::SignalVmm { pid, signal })
-        .await
-    {
+    if let Err(e) = ctx.helper.signal_vmm(pid, signal).await {
         return (rec, Err(e));
     }
     if signal.terminates() && crate::host::process::wait_exit(pid, Duration::from_secs(15)).await {
@@ -139,12 +135,12 @@ pub async fn kill(
 
 /// Deletes a VM: kills it if it runs (its disks go too), releases, removes
 /// files and the record.
-pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result<(), RpcError> {
+pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result<(), OpError> {
     if let Err(e) = kill_vmm(ctx, &rec).await {
         // Nothing is removed while its VMM runs: the record keeps the pid,
         // the tap and the address so none of them is handed out again.
         rec.state = VmState::Error;
-        rec.last_error = Some(e.message.clone());
+        rec.last_error = Some(e.to_string());
         persist(ctx, vm, &rec)?;
         return Err(e);
     }
@@ -161,7 +157,7 @@ pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result
         if let Some(ip) = &ip {
             let _ = SshFiles::of(&ctx.layout).unpin(&name, ip);
         }
-        Ok::<(), RpcError>(())
+        Ok::<(), OpError>(())
     };
     let (_, removed) = tokio::join!(release(ctx, vm, &mut rec), files);
     removed?;

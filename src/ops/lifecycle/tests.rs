@@ -4,10 +4,7 @@ use crate::ops::testing::{hostile_agent, Fakes, Hostile, LaunchMode};
 use crate::ops::Privileged;
 use std::sync::atomic::Ordering;
 
-fn stages() -> (
-    Stages,
-    tokio::sync::mpsc::Receiver<crate::protocol::cli::Event>,
-) {
+fn stages() -> (Stages, tokio::sync::mpsc::Receiver<crate::domain::Event>) {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     (Stages::new(tx), rx)
 }
@@ -38,7 +35,7 @@ async fn a_vmm_that_exits_at_once_leaves_the_vm_in_error_holding_nothing() {
     let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
     let e = r.unwrap_err();
     // At once, or (when the fake boot won the race) during the boot.
-    assert!(e.message.contains("exited"), "{}", e.message);
+    assert!(e.to_string().contains("exited"), "{}", e.to_string());
     assert!(rec.last_error.as_deref().unwrap().contains("exited"));
     assert_nothing_held(&f, &rec);
     assert_eq!(f.helper.count("enable_nat"), 1);
@@ -57,7 +54,7 @@ async fn a_helper_that_refuses_nat_gets_no_vmm_launched_and_the_tap_back() {
     let rec = f.vm("nonat", true);
     let (mut st, _rx) = stages();
     let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
-    assert!(r.unwrap_err().message.contains("refusing NAT"));
+    assert!(r.unwrap_err().to_string().contains("refusing NAT"));
     assert_eq!(f.helper.count("launch_vmm"), 0);
     assert_eq!(f.taps.leased.lock().unwrap().len(), 1);
     assert_nothing_held(&f, &rec);
@@ -73,7 +70,11 @@ async fn a_guest_that_hangs_in_boot_is_relaunched_once_then_killed_at_the_deadli
     let (mut st, _rx) = stages();
     let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
     let e = r.unwrap_err();
-    assert!(e.message.contains("did not answer"), "{}", e.message);
+    assert!(
+        e.to_string().contains("did not answer"),
+        "{}",
+        e.to_string()
+    );
     assert_eq!(
         f.helper.count("launch_vmm"),
         2,
@@ -118,7 +119,7 @@ async fn stopping_a_silent_guest_presses_the_power_button_then_kills() {
     assert_eq!(*f.taps.released.lock().unwrap(), ["bgtfake99"]);
     assert_eq!(f.helper.count("disable_nat"), 1);
     let mut said = Vec::new();
-    while let Ok(crate::protocol::cli::Event::Stage { detail, .. }) = rx.try_recv() {
+    while let Ok(crate::domain::Event::Stage { detail, .. }) = rx.try_recv() {
         said.push(detail);
     }
     assert!(said.iter().any(|d| d.contains("killed")), "{said:?}");
@@ -129,13 +130,7 @@ async fn reaping_a_dead_vmm_releases_its_tap_and_nat() {
     let f = Fakes::new();
     let rec = running(&f, "gone");
     let pid = rec.vmm_pid.unwrap();
-    f.helper
-        .call(PrivRequest::SignalVmm {
-            pid,
-            signal: Signal::Kill,
-        })
-        .await
-        .unwrap();
+    f.helper.signal_vmm(pid, Signal::Kill).await.unwrap();
     let rec = reap(&f.ctx, &*f.children, rec).await;
     assert_eq!(rec.state, VmState::Stopped);
     assert!(rec.vmm_pid.is_none() && rec.tap.is_none());
@@ -178,7 +173,7 @@ async fn a_delete_while_the_helper_is_down_keeps_the_vm_its_pid_and_tap() {
     let pid = rec.vmm_pid.unwrap();
     f.helper.down.store(true, Ordering::SeqCst);
     let e = delete(&f.ctx, &*f.children, rec.clone()).await.unwrap_err();
-    assert!(e.message.contains("still running"), "{}", e.message);
+    assert!(e.to_string().contains("still running"), "{}", e.to_string());
     assert!(pid_alive(pid), "the VMM was never reachable");
     let stored = f.ctx.store.get_vm(&rec.id).unwrap().expect("record kept");
     assert_eq!(stored.state, VmState::Error);
@@ -312,7 +307,11 @@ async fn a_host_key_with_an_injected_line_plants_nothing() {
     let e = pin_host_key(&f.ctx, &agent, &rec, Duration::from_secs(3))
         .await
         .unwrap_err();
-    assert!(e.message.contains("unusable host key"), "{}", e.message);
+    assert!(
+        e.to_string().contains("unusable host key"),
+        "{}",
+        e.to_string()
+    );
     let files = SshFiles::of(&f.ctx.layout);
     let known = std::fs::read_to_string(&files.known_hosts).unwrap_or_default();
     assert!(!known.contains('*'), "{known}");
@@ -395,9 +394,9 @@ async fn a_missing_kernel_file_is_named() {
     let (rec, r) = start(&f.ctx, &*f.children, rec, &mut st).await;
     let e = r.unwrap_err();
     assert!(
-        e.message.contains(&vmlinux.display().to_string()),
+        e.to_string().contains(&vmlinux.display().to_string()),
         "{}",
-        e.message
+        e.to_string()
     );
     assert_eq!(f.helper.count("launch_vmm"), 0);
     assert_nothing_held(&f, &rec);

@@ -122,8 +122,50 @@ fn layering_rules_hold() {
     let rules: &[(&str, &[&str], &str)] = &[
         (
             "ops",
-            &["actors", "daemon", "cli", "helper"],
-            "ops is below the actors and knows no actor",
+            &["actors", "daemon", "cli", "helper", "protocol"],
+            "ops is below the actors, knows no actor and speaks the domain, not the wire",
+        ),
+        (
+            "vmm",
+            &[
+                "protocol", "ops", "store", "actors", "daemon", "cli", "helper",
+            ],
+            "a library speaks the domain, not the wire",
+        ),
+        (
+            "image",
+            &[
+                "protocol", "ops", "store", "actors", "daemon", "cli", "helper",
+            ],
+            "a library speaks the domain, not the wire",
+        ),
+        (
+            "workspace",
+            &[
+                "protocol", "ops", "store", "actors", "daemon", "cli", "helper",
+            ],
+            "a library speaks the domain, not the wire",
+        ),
+        (
+            "guest",
+            &[
+                "protocol", "ops", "store", "actors", "daemon", "cli", "helper",
+            ],
+            "a library speaks the domain, not the wire",
+        ),
+        (
+            "kernel",
+            &[
+                "protocol", "ops", "store", "actors", "daemon", "cli", "helper",
+            ],
+            "a library speaks the domain, not the wire",
+        ),
+        (
+            "host",
+            &[
+                "protocol", "ops", "store", "actors", "daemon", "cli", "helper",
+            ],
+            "a library speaks the domain, not the wire",
         ),
         (
             "helper",
@@ -147,8 +189,19 @@ fn layering_rules_hold() {
         ),
         (
             "cli",
-            &["daemon", "actors", "ops", "store", "helper"],
-            "the CLI only speaks the protocol",
+            &[
+                "daemon",
+                "actors",
+                "ops",
+                "store",
+                "helper",
+                "vmm",
+                "image",
+                "kernel",
+                "workspace",
+                "guest",
+            ],
+            "the CLI reaches VMs, images, kernels and workspaces only over the protocol",
         ),
         (
             "actors",
