@@ -1,10 +1,72 @@
-//! Supervision pieces both actor trees use (the daemon's and the helper's):
-//! restart backoff and the slot that holds a supervised child's current ref.
+//! Supervision pieces every supervisor uses (the daemon's supervisor, the
+//! VM registry, each VM actor, the helper's supervisor): how a child ended,
+//! the one restart routine (backoff per child, then a message to the
+//! supervisor), and the slot that holds a supervised child's current ref.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use ractor::ActorRef;
+use ractor::{ActorCell, ActorRef, SupervisionEvent};
+
+/// How a supervised child ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// It panicked or its handler failed: the message.
+    Failed(String),
+    /// It stopped, with its reason when it gave one.
+    Stopped(Option<String>),
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Failed(e) => write!(f, "failed: {e}"),
+            Ending::Stopped(Some(r)) => write!(f, "stopped: {r}"),
+            Ending::Stopped(None) => f.write_str("stopped"),
+        }
+    }
+}
+
+/// A child's end as its supervisor sees it: the child and how it ended.
+/// Other supervision events are not endings.
+pub fn ended(evt: SupervisionEvent) -> Option<(ActorCell, Ending)> {
+    match evt {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell, Ending::Failed(err.to_string()))),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => Some((cell, Ending::Stopped(reason))),
+        _ => None,
+    }
+}
+
+/// The one restart routine: a backoff per child (`K` names it), and the
+/// supervisor's own restart message sent to it after the delay.
+pub struct Restarts<K>(HashMap<K, Backoff>);
+
+impl<K> Default for Restarts<K> {
+    fn default() -> Self {
+        Restarts(HashMap::new())
+    }
+}
+
+impl<K: Eq + Hash> Restarts<K> {
+    /// Sends `msg` to `supervisor` after `child`'s next delay; the delay.
+    pub fn schedule<M: ractor::Message>(
+        &mut self,
+        child: K,
+        supervisor: &ActorRef<M>,
+        msg: impl FnOnce() -> M + Send + 'static,
+    ) -> Duration {
+        let d = self.0.entry(child).or_default().next_delay();
+        supervisor.send_after(d, msg);
+        d
+    }
+
+    /// Forgets a child that is gone for good.
+    pub fn forget(&mut self, child: &K) {
+        self.0.remove(child);
+    }
+}
 
 /// Exponential restart backoff for one child, forgiven after a quiet period.
 #[derive(Debug, Clone, Default)]

@@ -12,7 +12,7 @@ use super::helper_link::{HelperLauncher, HelperLink};
 use super::vm_registry::VmRegistry;
 use super::Slots;
 use crate::ops::Ctx;
-use crate::supervise::Backoff;
+use crate::supervise::{ended, Restarts};
 
 /// Which child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,7 +50,7 @@ pub struct DaemonSupervisor {
 /// The children by actor id, and each child kind's restart backoff.
 pub struct SupervisorState {
     children: HashMap<ActorId, Child>,
-    backoff: HashMap<Child, Backoff>,
+    restarts: Restarts<Child>,
 }
 
 impl DaemonSupervisor {
@@ -160,7 +160,7 @@ impl Actor for DaemonSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut state = SupervisorState {
             children: HashMap::new(),
-            backoff: HashMap::new(),
+            restarts: Restarts::default(),
         };
         self.spawn_child(&myself, &mut state, Child::HelperLink)
             .await?;
@@ -185,9 +185,9 @@ impl Actor for DaemonSupervisor {
         match msg {
             SupervisorMsg::Respawn(child) => {
                 if let Err(e) = self.spawn_child(&myself, state, child).await {
-                    let d = state.backoff.entry(child).or_default().next_delay();
+                    let again = move || SupervisorMsg::Respawn(child);
+                    let d = state.restarts.schedule(child, &myself, again);
                     tracing::error!(?child, "restart failed: {e}; next attempt in {d:?}");
-                    myself.send_after(d, move || SupervisorMsg::Respawn(child));
                 } else {
                     tracing::info!(?child, "restarted");
                 }
@@ -202,12 +202,8 @@ impl Actor for DaemonSupervisor {
         evt: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some((cell, how)) = ended(evt) else {
+            return Ok(());
         };
         let Some(child) = state.children.remove(&cell.get_id()) else {
             return Ok(());
@@ -220,9 +216,10 @@ impl Actor for DaemonSupervisor {
             Child::TapPool => self.slots.taps.set(None),
             Child::Dns => self.slots.dns.set(None),
         }
-        let d = state.backoff.entry(child).or_default().next_delay();
-        tracing::error!(?child, "child exited ({why}); restarting in {d:?}");
-        myself.send_after(d, move || SupervisorMsg::Respawn(child));
+        let d = state
+            .restarts
+            .schedule(child, &myself, move || SupervisorMsg::Respawn(child));
+        tracing::error!(?child, "child {how}; restarting in {d:?}");
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use crate::actors::supervisor::{DaemonSupervisor, HelperLinkSpec, SupervisorMsg}
 use crate::actors::{ActorHelper, ActorJobs, ActorTaps, JobKind, Slots};
 use crate::config::{Config, HostFacts};
 use crate::fsutil::{IoContext, IoError};
-use crate::host::process::{report_ready, spawn_service, LockFile, Started};
+use crate::host::process::{run_service, spawn_service, LockFile, Started};
 use crate::ops::{Ctx, RealDrivers, Timeouts};
 use crate::paths::{sibling_binary, Layout};
 use crate::store::Store;
@@ -103,22 +103,7 @@ pub fn helper_hint(layout: &Layout, owner_uid: u32) -> String {
 
 /// Runs the daemon until it is asked to stop (request or SIGTERM/SIGINT).
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
-    let ready_fd = opts.ready_fd;
-    match start(opts).await {
-        Ok(Some(running)) => {
-            report_ready(ready_fd, "ready");
-            running.serve().await;
-            Ok(())
-        }
-        Ok(None) => {
-            report_ready(ready_fd, "already-running");
-            Ok(())
-        }
-        Err(e) => {
-            report_ready(ready_fd, &format!("error: {e}"));
-            Err(e)
-        }
-    }
+    run_service(opts.ready_fd, start(opts), Running::serve).await
 }
 
 struct Running {

@@ -25,7 +25,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, Notify};
 
 use crate::host::net::NetOps;
-use crate::host::process::{report_ready, LockFile};
+use crate::host::process::{run_service, LockFile};
 use crate::image::build::{build_rootfs, BuildEnv};
 use crate::protocol::conn::{Handler, Peer};
 use crate::protocol::helper::{NoEvent, PrivReply, PrivRequest};
@@ -50,22 +50,7 @@ pub struct HelperError(pub String);
 
 /// Runs the helper until a `Shutdown` request or SIGTERM/SIGINT.
 pub async fn run(opts: HelperOptions) -> Result<(), HelperError> {
-    let ready_fd = opts.ready_fd;
-    match start(opts).await {
-        Ok(Some(r)) => {
-            report_ready(ready_fd, "ready");
-            r.serve().await;
-            Ok(())
-        }
-        Ok(None) => {
-            report_ready(ready_fd, "already-running");
-            Ok(())
-        }
-        Err(e) => {
-            report_ready(ready_fd, &format!("error: {e}"));
-            Err(e)
-        }
-    }
+    run_service(opts.ready_fd, start(opts), Running::serve).await
 }
 
 struct Running {

@@ -6,7 +6,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::net_actor::{NetActor, NetMsg};
 use crate::host::net::NetOps;
-use crate::supervise::{Backoff, Slot};
+use crate::supervise::{ended, Restarts, Slot};
 
 /// Messages to the helper supervisor.
 pub enum HelperSupervisorMsg {
@@ -43,30 +43,29 @@ impl HelperSupervisor {
 
 impl Actor for HelperSupervisor {
     type Msg = HelperSupervisorMsg;
-    type State = Backoff;
+    type State = Restarts<()>;
     type Arguments = ();
 
     async fn pre_start(
         &self,
         myself: ActorRef<HelperSupervisorMsg>,
         _: (),
-    ) -> Result<Backoff, ActorProcessingErr> {
+    ) -> Result<Restarts<()>, ActorProcessingErr> {
         self.spawn_net(&myself).await?;
-        Ok(Backoff::default())
+        Ok(Restarts::default())
     }
 
     async fn handle(
         &self,
         myself: ActorRef<HelperSupervisorMsg>,
         msg: HelperSupervisorMsg,
-        backoff: &mut Backoff,
+        restarts: &mut Restarts<()>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             HelperSupervisorMsg::RespawnNet => {
                 if let Err(e) = self.spawn_net(&myself).await {
-                    let d = backoff.next_delay();
+                    let d = restarts.schedule((), &myself, || HelperSupervisorMsg::RespawnNet);
                     tracing::error!("restarting the network actor failed: {e}; retry in {d:?}");
-                    myself.send_after(d, || HelperSupervisorMsg::RespawnNet);
                 }
             }
         }
@@ -77,21 +76,12 @@ impl Actor for HelperSupervisor {
         &self,
         myself: ActorRef<HelperSupervisorMsg>,
         evt: SupervisionEvent,
-        backoff: &mut Backoff,
+        restarts: &mut Restarts<()>,
     ) -> Result<(), ActorProcessingErr> {
-        match evt {
-            SupervisionEvent::ActorFailed(_, err) => {
-                self.net_slot.set(None);
-                let d = backoff.next_delay();
-                tracing::error!("network actor failed ({err}); restarting in {d:?}");
-                myself.send_after(d, || HelperSupervisorMsg::RespawnNet);
-            }
-            SupervisionEvent::ActorTerminated(..) => {
-                self.net_slot.set(None);
-                let d = backoff.next_delay();
-                myself.send_after(d, || HelperSupervisorMsg::RespawnNet);
-            }
-            _ => {}
+        if let Some((_, how)) = ended(evt) {
+            self.net_slot.set(None);
+            let d = restarts.schedule((), &myself, || HelperSupervisorMsg::RespawnNet);
+            tracing::error!("network actor {how}; restarting in {d:?}");
         }
         Ok(())
     }

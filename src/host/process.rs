@@ -146,6 +146,36 @@ pub fn report_ready(fd: Option<RawFd>, message: &str) {
     let _ = writeln!(f, "{message}");
 }
 
+/// Runs a service (bangerd, bangerd-root) the one way: `start` it (`None`:
+/// another instance already runs), tell whoever started it on the
+/// readiness pipe (`ready`, `already-running` or `error: ...`), then
+/// `serve` until it is asked to stop.
+pub async fn run_service<R, E, Serve>(
+    ready_fd: Option<RawFd>,
+    start: impl std::future::Future<Output = Result<Option<R>, E>>,
+    serve: impl FnOnce(R) -> Serve,
+) -> Result<(), E>
+where
+    E: std::fmt::Display,
+    Serve: std::future::Future<Output = ()>,
+{
+    match start.await {
+        Ok(Some(running)) => {
+            report_ready(ready_fd, "ready");
+            serve(running).await;
+            Ok(())
+        }
+        Ok(None) => {
+            report_ready(ready_fd, "already-running");
+            Ok(())
+        }
+        Err(e) => {
+            report_ready(ready_fd, &format!("error: {e}"));
+            Err(e)
+        }
+    }
+}
+
 /// Whether `pid` is a live (non-zombie) process.
 pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 {
