@@ -87,28 +87,15 @@ impl DaemonHandler {
     }
 }
 
-impl Handler<Request, Event, Reply> for DaemonHandler {
-    async fn handle(
+impl DaemonHandler {
+    /// Requests about images, kernels and snapshots: `ops` called directly.
+    async fn artifacts(
         &self,
-        peer: Peer,
-        call: Call<Request>,
+        req: Request,
         events: mpsc::Sender<Event>,
-        inputs: crate::protocol::conn::Inputs,
     ) -> Result<Reply, RpcError> {
-        let method = call.request.method();
-        tracing::debug!(op_id = %call.op_id, uid = peer.uid, method, "request");
-        let (ctx, slots) = (&self.ctx, &self.slots);
-        let res = match call.request {
-            Request::Ping => Ok(Reply::Pong),
-            Request::Status => self.status().await,
-            Request::Shutdown => {
-                self.shutdown.notify_one();
-                Ok(Reply::ShuttingDown {
-                    pid: std::process::id(),
-                })
-            }
-            Request::VmList => self.vm_list().await,
-            Request::VmShow { name } => wire(vms::show(ctx, slots, &name).await, Reply::Vm),
+        let ctx = &self.ctx;
+        match req {
             Request::KernelPull {
                 source,
                 name,
@@ -141,6 +128,37 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             Request::ImageShow { name } => wire(images::show(ctx, &name), Reply::Image),
             Request::ImageDelete { name } => wire(images::delete(ctx, &name), done),
             Request::ImagePromote { name } => wire(images::promote(ctx, &name), Reply::Image),
+            Request::SnapshotList => wire(snapshots::list(ctx), Reply::Snapshots),
+            Request::SnapshotShow { name } => wire(snapshots::show(ctx, &name), Reply::Snapshot),
+            Request::SnapshotDelete { name } => wire(snapshots::delete(ctx, &name), done),
+            Request::SnapshotPrune { days } => wire(snapshots::prune(ctx, days), Reply::Pruned),
+            Request::ImagePull {
+                reference,
+                name,
+                insecure,
+            } => wire(
+                images::pull(ctx.clone(), reference, name, insecure, events).await,
+                Reply::Image,
+            ),
+            Request::ImageCachePrune { dry_run } => wire(
+                images::cache_prune(ctx.clone(), dry_run).await,
+                Reply::CachePruned,
+            ),
+
+            other => Err(misrouted(&other)),
+        }
+    }
+
+    /// Requests about one VM (and `vm run`): through its actor.
+    async fn vm_request(
+        &self,
+        req: Request,
+        events: mpsc::Sender<Event>,
+        inputs: crate::protocol::conn::Inputs,
+    ) -> Result<Reply, RpcError> {
+        let (ctx, slots) = (&self.ctx, &self.slots);
+        match req {
+            Request::VmShow { name } => wire(vms::show(ctx, slots, &name).await, Reply::Vm),
             Request::VmCreate(spec) => wire(
                 vms::create(ctx.clone(), slots.clone(), spec, events).await,
                 Reply::Vm,
@@ -198,13 +216,6 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 wire(vms::export(slots, &name, base_commit, events).await, done)
             }
             Request::VmSsh { name } => wire(vms::ssh(slots, &name).await, Reply::Ssh),
-            Request::VmPorts { name } => services::ports(ctx, slots, &name).await,
-            Request::VmStats { name } => services::vm_stats(ctx, slots, &name).await,
-            Request::VmHealth { name } => services::health(ctx, slots, &name).await,
-            Request::Dns => services::dns(slots).await,
-            Request::SshConfig => services::ssh_config(ctx),
-            #[cfg(feature = "test-hooks")]
-            Request::TestHook(h) => services::test_hook(slots, h).await,
             Request::VmSnapshot {
                 name,
                 snapshot,
@@ -215,18 +226,6 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                 vms::snapshot(slots, &name, snapshot, stop, auto, scope, events).await,
                 Reply::Snapshot,
             ),
-            Request::SnapshotList => wire(snapshots::list(ctx), Reply::Snapshots),
-            Request::SnapshotShow { name } => wire(snapshots::show(ctx, &name), Reply::Snapshot),
-            Request::SnapshotDelete { name } => wire(snapshots::delete(ctx, &name), done),
-            Request::SnapshotPrune { days } => wire(snapshots::prune(ctx, days), Reply::Pruned),
-            Request::ImagePull {
-                reference,
-                name,
-                insecure,
-            } => wire(
-                images::pull(ctx.clone(), reference, name, insecure, events).await,
-                Reply::Image,
-            ),
             Request::VmRun(spec) => wire(
                 super::run::run(ctx.clone(), slots.clone(), *spec, events, inputs).await,
                 |end| match end {
@@ -234,15 +233,70 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
                     RunEnd::Vm(v) => Reply::Vm(*v),
                 },
             ),
+            other => Err(misrouted(&other)),
+        }
+    }
+}
+
+fn misrouted(r: &Request) -> RpcError {
+    RpcError::failed(format!(
+        "{} was routed to the wrong handler (a banger bug)",
+        r.method()
+    ))
+}
+
+impl Handler<Request, Event, Reply> for DaemonHandler {
+    async fn handle(
+        &self,
+        peer: Peer,
+        call: Call<Request>,
+        events: mpsc::Sender<Event>,
+        inputs: crate::protocol::conn::Inputs,
+    ) -> Result<Reply, RpcError> {
+        let method = call.request.method();
+        tracing::debug!(op_id = %call.op_id, uid = peer.uid, method, "request");
+        let (ctx, slots) = (&self.ctx, &self.slots);
+        let res = match call.request {
+            Request::Ping => Ok(Reply::Pong),
+            Request::Status => self.status().await,
+            Request::Shutdown => {
+                self.shutdown.notify_one();
+                Ok(Reply::ShuttingDown {
+                    pid: std::process::id(),
+                })
+            }
+            Request::VmList => self.vm_list().await,
+            Request::VmPorts { name } => services::ports(ctx, slots, &name).await,
+            Request::VmStats { name } => services::vm_stats(ctx, slots, &name).await,
+            Request::VmHealth { name } => services::health(ctx, slots, &name).await,
+            Request::Dns => services::dns(slots).await,
+            Request::SshConfig => services::ssh_config(ctx),
+            #[cfg(feature = "test-hooks")]
+            Request::TestHook(h) => services::test_hook(slots, h).await,
             Request::WorkspacePlan(spec) => {
                 wire(crate::ops::workspace::plan(spec).await, |(text, notice)| {
                     Reply::Plan { text, notice }
                 })
             }
-            Request::ImageCachePrune { dry_run } => wire(
-                images::cache_prune(ctx.clone(), dry_run).await,
-                Reply::CachePruned,
-            ),
+            r @ (Request::KernelPull { .. }
+            | Request::KernelImport { .. }
+            | Request::KernelList
+            | Request::KernelShow { .. }
+            | Request::KernelDelete { .. }
+            | Request::ImageBuild { .. }
+            | Request::ImageImport { .. }
+            | Request::ImageExport { .. }
+            | Request::ImageList
+            | Request::ImageShow { .. }
+            | Request::ImageDelete { .. }
+            | Request::ImagePromote { .. }
+            | Request::SnapshotList
+            | Request::SnapshotShow { .. }
+            | Request::SnapshotDelete { .. }
+            | Request::SnapshotPrune { .. }
+            | Request::ImagePull { .. }
+            | Request::ImageCachePrune { .. }) => self.artifacts(r, events).await,
+            r => self.vm_request(r, events, inputs).await,
         };
         if let Err(e) = &res {
             tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);
