@@ -9,6 +9,7 @@
 
 mod ctx;
 mod netns;
+mod process;
 mod runner;
 mod scenarios;
 

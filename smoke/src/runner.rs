@@ -92,29 +92,9 @@ pub fn run(opts: Opts, registry: Vec<Scenario>) -> i32 {
             return EXIT_USAGE;
         }
     }
-    let bin_dir = std::fs::canonicalize(&opts.bin_dir).unwrap_or(opts.bin_dir.clone());
     let jobs = opts.jobs.unwrap_or_else(default_jobs);
-    let pid = std::process::id();
-    let run_dir = PathBuf::from(format!("/tmp/banger-smoke-{pid}"));
-    let cache_dir = opts
-        .cache
-        .clone()
-        .map(|c| {
-            let _ = std::fs::create_dir_all(&c);
-            std::fs::canonicalize(&c)
-                .unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(&c)).unwrap_or(c))
-        })
-        .unwrap_or_else(|| run_dir.join("cache"));
-    let env = Arc::new(Env {
-        run_dir: run_dir.clone(),
-        netns: format!("bgsmoke-{pid}"),
-        bin_dir,
-        cache_dir,
-        fixture: run_dir.join("fixture/myrepo"),
-        break_scenario: std::env::var("BANGER_SMOKE_BREAK")
-            .ok()
-            .filter(|s| !s.is_empty()),
-    });
+    let env = make_env(&opts);
+    let run_dir = env.run_dir.clone();
     println!(
         "smoke: {} scenario(s), --jobs {jobs}, binaries from {}, run directory {}",
         selected.len(),
@@ -132,6 +112,61 @@ pub fn run(opts: Opts, registry: Vec<Scenario>) -> i32 {
     }
 
     let mut tally = Tally::default();
+    if !run_preflight(&env) {
+        return EXIT_FAILED;
+    }
+
+    run_scenarios(selected, jobs, &env, &mut tally);
+    run_cleanup_proof(&env, &mut tally);
+
+    println!(
+        "{} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.skipped
+    );
+    println!("wall time {:.1}s (--jobs {jobs})", secs(started.elapsed()));
+    if tally.failed > 0 || opts.keep {
+        println!("run directory kept: {}", run_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    if tally.failed > 0 {
+        EXIT_FAILED
+    } else if tally.selected_passed == 0 && tally.selected_failed == 0 {
+        EXIT_ALL_SKIPPED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The run's environment: its directory, namespace, binaries and cache.
+fn make_env(opts: &Opts) -> Arc<Env> {
+    let bin_dir = std::fs::canonicalize(&opts.bin_dir).unwrap_or(opts.bin_dir.clone());
+    let pid = std::process::id();
+    let run_dir = PathBuf::from(format!("/tmp/banger-smoke-{pid}"));
+    let cache_dir = opts
+        .cache
+        .clone()
+        .map(|c| {
+            let _ = std::fs::create_dir_all(&c);
+            std::fs::canonicalize(&c)
+                .unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(&c)).unwrap_or(c))
+        })
+        .unwrap_or_else(|| run_dir.join("cache"));
+    Arc::new(Env {
+        run_dir: run_dir.clone(),
+        netns: format!("bgsmoke-{pid}"),
+        bin_dir,
+        cache_dir,
+        fixture: run_dir.join("fixture/myrepo"),
+        break_scenario: std::env::var("BANGER_SMOKE_BREAK")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    })
+}
+
+/// Preflight, with its own log shown in full when it fails; false then
+/// (the stack is stopped and the namespace removed).
+fn run_preflight(env: &Arc<Env>) -> bool {
     // Preflight: its own log, shown in full when it fails.
     let mut pre = Ctx::new("preflight", env.clone());
     let t = Instant::now();
@@ -153,12 +188,17 @@ pub fn run(opts: Opts, registry: Vec<Scenario>) -> i32 {
             let _ = c.banger(&["daemon", "stop"]);
             drop(c);
             netns_del(&env.netns);
-            println!("run directory kept: {}", run_dir.display());
-            return EXIT_FAILED;
+            println!("run directory kept: {}", env.run_dir.display());
+            return false;
         }
     }
     drop(pre);
+    true
+}
 
+/// The scenarios: the repodir chain (one job, serial) and the pure ones on
+/// `jobs` workers, then the global ones alone, in order.
+fn run_scenarios(selected: Vec<Scenario>, jobs: usize, env: &Arc<Env>, tally: &mut Tally) {
     // The pool: the repodir chain (one job, serial), then pure ones.
     let mut queue: VecDeque<Vec<&'static Scenario>> = VecDeque::new();
     let leaked: &'static [Scenario] = Box::leak(selected.into_boxed_slice());
@@ -182,7 +222,7 @@ pub fn run(opts: Opts, registry: Vec<Scenario>) -> i32 {
             let job = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
             let Some(job) = job else { return };
             for s in job {
-                let r = run_one(s, &env);
+                let r = run_one(s, env);
                 if tx.send(r).is_err() {
                     return;
                 }
@@ -191,18 +231,20 @@ pub fn run(opts: Opts, registry: Vec<Scenario>) -> i32 {
     }
     drop(tx);
     for r in rx {
-        report(&r, &mut tally, true);
+        report(&r, tally, true);
     }
     for h in handles {
         let _ = h.join();
     }
     // Global scenarios: alone, in order, after the pool drained.
     for s in leaked.iter().filter(|s| s.class == Class::Global) {
-        let r = run_one(s, &env);
-        report(&r, &mut tally, true);
+        let r = run_one(s, env);
+        report(&r, tally, true);
     }
+}
 
-    // The cleanup proof.
+/// The cleanup proof, reported like a scenario; then the namespace goes.
+fn run_cleanup_proof(env: &Arc<Env>, tally: &mut Tally) {
     let t = Instant::now();
     let mut c = Ctx::new("cleanup", env.clone());
     let proof = cleanup_proof(&mut c);
@@ -220,26 +262,8 @@ pub fn run(opts: Opts, registry: Vec<Scenario>) -> i32 {
         elapsed: t.elapsed(),
         log,
     };
-    report(&r, &mut tally, false);
+    report(&r, tally, false);
     netns_del(&env.netns);
-
-    println!(
-        "{} passed, {} failed, {} skipped",
-        tally.passed, tally.failed, tally.skipped
-    );
-    println!("wall time {:.1}s (--jobs {jobs})", secs(started.elapsed()));
-    if tally.failed > 0 || opts.keep {
-        println!("run directory kept: {}", run_dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&run_dir);
-    }
-    if tally.failed > 0 {
-        EXIT_FAILED
-    } else if tally.selected_passed == 0 && tally.selected_failed == 0 {
-        EXIT_ALL_SKIPPED
-    } else {
-        EXIT_OK
-    }
 }
 
 fn print_log(path: &Path) {
@@ -563,6 +587,21 @@ fn preflight(c: &mut Ctx) -> Result<(), String> {
 /// Deletes what is left, stops the stack and proves nothing of it remains.
 fn cleanup_proof(c: &mut Ctx) -> Result<(), String> {
     let mut problems: Vec<String> = Vec::new();
+    leftover_objects(c, &mut problems);
+    leftover_links(c, &mut problems)?;
+    leftover_rules(c, &mut problems)?;
+    leftover_processes(c, &mut problems);
+    leftover_files(c, &mut problems);
+    c.note(&format!("cleanup problems: {problems:?}"));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// VMs and snapshots still listed (then deleted), and the stack stopped.
+fn leftover_objects(c: &mut Ctx, problems: &mut Vec<String>) {
     let left = c.vm_names().unwrap_or_default();
     if !left.is_empty() {
         problems.push(format!("VMs left behind: {}", left.join(" ")));
@@ -595,9 +634,12 @@ fn cleanup_proof(c: &mut Ctx) -> Result<(), String> {
     if let Err(e) = wait_stack_gone(c, Duration::from_secs(60)) {
         problems.push(e);
     }
+}
+
+/// Links in the namespace: lo, and the bridge (it outlives the daemon by
+/// design: the next start finds it); never a tap.
+fn leftover_links(c: &mut Ctx, problems: &mut Vec<String>) -> Result<(), String> {
     let ns = c.env.netns.clone();
-    // Links: lo, and the bridge (it outlives the daemon by design: the
-    // next start finds it); never a tap.
     let o = c.run("ip", &["-n", &ns, "-j", "link", "show"])?;
     let links: Vec<String> = c
         .json(&o.out())
@@ -627,7 +669,11 @@ fn cleanup_proof(c: &mut Ctx) -> Result<(), String> {
     if !links.iter().any(|l| l == "lo") {
         problems.push("could not list the namespace's links".into());
     }
-    // Rules: no per-VM (tagged) NAT or forward rule, no per-tap guard.
+    Ok(())
+}
+
+/// No per-VM (tagged) NAT or forward rule, no per-tap guard.
+fn leftover_rules(c: &mut Ctx, problems: &mut Vec<String>) -> Result<(), String> {
     let ipt = ctx::iptables();
     let mut listing = String::new();
     for table in ["filter", "nat"] {
@@ -653,7 +699,12 @@ fn cleanup_proof(c: &mut Ctx) -> Result<(), String> {
             problems.push(format!("tap guards left: {}", guards.join(" | ")));
         }
     }
-    // Processes.
+    Ok(())
+}
+
+/// Processes in the namespace, VMM processes anywhere (then killed).
+fn leftover_processes(c: &mut Ctx, problems: &mut Vec<String>) {
+    let ns = c.env.netns.clone();
     let pids = netns_pids(&ns);
     if !pids.is_empty() {
         let what: Vec<String> = pids
@@ -675,7 +726,10 @@ fn cleanup_proof(c: &mut Ctx) -> Result<(), String> {
             ctx::kill(p, libc::SIGKILL);
         }
     }
-    // Files: no VM directory in the state or runtime tree.
+}
+
+/// No VM directory in the state or runtime tree.
+fn leftover_files(c: &mut Ctx, problems: &mut Vec<String>) {
     for dir in [
         c.env.state_dir().join("vms"),
         c.env.runtime_dir().join("vms"),
@@ -690,12 +744,6 @@ fn cleanup_proof(c: &mut Ctx) -> Result<(), String> {
         if !names.is_empty() {
             problems.push(format!("left in {}: {}", dir.display(), names.join(" ")));
         }
-    }
-    c.note(&format!("cleanup problems: {problems:?}"));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
     }
 }
 
