@@ -1,7 +1,7 @@
 //! Guest services on real QEMU guests in the test's namespace: `<name>.vm`
 //! DNS (from the host with dig, from a guest through its resolver), the
 //! host resolver routing (a fake `resolvectl`), `vm ports`, `vm stats`,
-//! `vm health`, the per-VM children' restarts, and `ssh-config`.
+//! `vm health`, the per-VM children's restarts, and `ssh-config`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -77,16 +77,16 @@ fn start_with_fake_resolvectl(env: &TestEnv) -> std::path::PathBuf {
     log
 }
 
-/// What needs test hooks or a fake resolvectl: the host resolver routed
-/// and reverted, the DNS server and every per-VM helper killed and
-/// restarted, the guest agent frozen and killed (the smoke suite's `dns`,
-/// `ports`, `stats` and `ssh-config` scenarios cover the rest).
+/// `<name>.vm` from the host and from a guest, the host resolver routed
+/// through the helper and reverted on stop, and the DNS server or its
+/// socket task killed and restarted (needs a fake resolvectl and test
+/// hooks; the smoke suite's `dns` scenario covers the rest).
 #[test]
 #[cfg_attr(
     not(feature = "test-hooks"),
-    ignore = "breaks helpers through `banger debug`: run with --features test-hooks (scripts/test.sh does)"
+    ignore = "breaks actors through `banger debug`: run with --features test-hooks (scripts/test.sh does)"
 )]
-fn dns_routing_and_helper_and_agent_restarts_on_real_guests() {
+fn dns_answers_host_and_guests_survives_its_restarts_and_reverts_on_stop() {
     let _heavy = heavy();
     let env = vm_env();
     let resolvectl = start_with_fake_resolvectl(&env);
@@ -132,7 +132,36 @@ fn dns_routing_and_helper_and_agent_restarts_on_real_guests() {
         eprintln!("dns: a new server answers {:?} after {hook}", t.elapsed());
     }
 
-    // Every per-VM helper killed in turn: restarted, same boot, exec works.
+    // Records follow the lifecycle: stopped and deleted VMs are gone.
+    env.banger_ok(&["vm", "stop", "beta"]);
+    assert_eq!(dig(&env, "beta.vm").0, "NXDOMAIN");
+    env.banger_ok(&["vm", "delete", "beta"]);
+    assert_eq!(dig(&env, "beta.vm").0, "NXDOMAIN");
+    assert_eq!(dig(&env, "alpha.vm").1, alpha);
+
+    env.banger_ok(&["vm", "delete", "alpha"]);
+    assert_eq!(dig(&env, "alpha.vm").0, "NXDOMAIN");
+    // Shutdown reverts the host resolver's settings.
+    env.banger_ok(&["daemon", "stop"]);
+    let log = std::fs::read_to_string(&resolvectl).unwrap();
+    assert!(log.ends_with("revert banger0\n"), "{log}");
+}
+
+/// Every per-VM child (agent session, guest watch, VMM monitor) killed in
+/// turn: restarted, the guest's boot the same, exec works, and the other
+/// VM never notices.
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "breaks actors through `banger debug`: run with --features test-hooks (scripts/test.sh does)"
+)]
+fn every_per_vm_child_is_restarted_without_touching_the_guest() {
+    let _heavy = heavy();
+    let env = vm_env();
+    env.banger_ok(&["vm", "create", "--name", "alpha"]);
+    env.banger_ok(&["vm", "create", "--name", "beta"]);
+
+    // Every per-VM child killed in turn: restarted, same boot, exec works.
     let boot = show(&env, "alpha")["boot_id"].clone();
     for hook in ["kill-session", "panic-watch", "panic-monitor"] {
         env.banger_ok(&["debug", hook, "alpha"]);
@@ -174,6 +203,33 @@ fn dns_routing_and_helper_and_agent_restarts_on_real_guests() {
         serde_json::from_str(&env.banger_ok(&["vm", "health", "beta", "--json"])).unwrap();
     assert_eq!(h["agent_ok"], true, "{h}");
     assert!(h["children"].as_array().unwrap().is_empty(), "{h}");
+    let pid = show(&env, "alpha")["pid"].as_u64().expect("alpha's VMM pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the killed VMM to be noticed", Duration::from_secs(30), || {
+        let v = show(&env, "alpha");
+        (v["state"] != "running" && v["pid"].is_null()).then_some(())
+    });
+    env.banger_ok(&["vm", "delete", "alpha"]);
+    env.banger_ok(&["vm", "delete", "beta"]);
+}
+
+/// The guest's agent frozen: `vm health` says so and the VM shows
+/// `degraded`; thawed, both recover; killed, the guest's own supervisor
+/// starts it again (all through SSH, which does not need the agent).
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "breaks actors through `banger debug`: run with --features test-hooks (scripts/test.sh does)"
+)]
+fn a_frozen_or_killed_agent_is_reported_and_recovers() {
+    let _heavy = heavy();
+    let env = vm_env();
+    env.banger_ok(&["vm", "create", "--name", "alpha"]);
+    let boot = show(&env, "alpha")["boot_id"].clone();
 
     // The guest's agent frozen: health says so, the VM shows degraded;
     // thawed, both recover. Then killed: its supervisor in the guest starts
@@ -219,17 +275,5 @@ fn dns_routing_and_helper_and_agent_restarts_on_real_guests() {
     ]);
     assert_eq!(serde_json::Value::String(out.trim().into()), boot);
 
-    // Records follow the lifecycle: stopped and deleted VMs are gone.
-    env.banger_ok(&["vm", "stop", "beta"]);
-    assert_eq!(dig(&env, "beta.vm").0, "NXDOMAIN");
-    env.banger_ok(&["vm", "delete", "beta"]);
-    assert_eq!(dig(&env, "beta.vm").0, "NXDOMAIN");
-    assert_eq!(dig(&env, "alpha.vm").1, alpha);
-
     env.banger_ok(&["vm", "delete", "alpha"]);
-    assert_eq!(dig(&env, "alpha.vm").0, "NXDOMAIN");
-    // Shutdown reverts the host resolver's settings.
-    env.banger_ok(&["daemon", "stop"]);
-    let log = std::fs::read_to_string(&resolvectl).unwrap();
-    assert!(log.ends_with("revert banger0\n"), "{log}");
 }
