@@ -166,7 +166,11 @@ impl From<tokio::task::JoinError> for RpcError {
 
 impl From<crate::ops::disks::DiskError> for RpcError {
     fn from(e: crate::ops::disks::DiskError) -> Self {
-        RpcError::failed(e.to_string())
+        use crate::ops::disks::DiskError as D;
+        match e {
+            D::Io(io) => io.into(),
+            other => RpcError::failed(other.to_string()),
+        }
     }
 }
 

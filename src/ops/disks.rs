@@ -12,26 +12,33 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::domain::VmmKind;
+use crate::fsutil::{IoContext, IoError};
 use crate::paths::VmPaths;
 use crate::vmm::DiskFormat;
 
-/// A per-VM disk could not be made; the message names the tool or file.
+/// A per-VM disk could not be made: the file and what was done to it, or
+/// the tool and what it said.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DiskError(pub String);
-
-impl From<String> for DiskError {
-    fn from(s: String) -> Self {
-        DiskError(s)
-    }
+pub enum DiskError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("{tool} is not installed; install {package}")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("{0}")]
+    Tool(String),
 }
 
-fn tool(name: &str, package: &str) -> Result<PathBuf, String> {
-    crate::host::system_tool(name)
-        .ok_or_else(|| format!("{name} is not installed; install {package}"))
+fn tool(name: &'static str, package: &'static str) -> Result<PathBuf, DiskError> {
+    crate::host::system_tool(name).ok_or(DiskError::MissingTool {
+        tool: name,
+        package,
+    })
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+fn run(cmd: &mut Command) -> Result<(), DiskError> {
     // Disk tools are quick; a wedged one (a hung filesystem) must not hold
     // the VM's operation forever.
     let out = crate::host::process::run_bounded(
@@ -39,15 +46,15 @@ fn run(cmd: &mut Command) -> Result<(), String> {
         std::time::Duration::from_secs(600),
         1 << 20,
     )
-    .map_err(|e| format!("{}: {e}", cmd.get_program().to_string_lossy()))?;
+    .map_err(|e| DiskError::Tool(format!("{}: {e}", cmd.get_program().to_string_lossy())))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
+        Err(DiskError::Tool(format!(
             "{} failed: {}",
             cmd.get_program().to_string_lossy(),
             String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        )))
     }
 }
 
@@ -82,14 +89,13 @@ pub fn prepare_root(
     paths: &VmPaths,
     kind: VmmKind,
 ) -> Result<&'static str, DiskError> {
-    std::fs::create_dir_all(&paths.state)
-        .map_err(|e| format!("creating {}: {e}", paths.state.display()))?;
+    std::fs::create_dir_all(&paths.state).ctx("creating", &paths.state)?;
     match kind {
         VmmKind::Qemu => {
             let base = paths.base_disk();
             let _ = std::fs::remove_file(&base);
             crate::fsutil::link_or_copy(image_rootfs, &base)
-                .map_err(|e| format!("placing the base image: {e}"))?;
+                .ctx("placing the base image at", &base)?;
             let overlay = paths.root_qcow2();
             let _ = std::fs::remove_file(&overlay);
             let tmp = tmp_name(&overlay);
@@ -113,13 +119,14 @@ pub fn prepare_root(
         VmmKind::Firecracker => {
             let dst = paths.root_raw();
             let tmp = tmp_name(&dst);
-            let how = if reflink(image_rootfs, &tmp).map_err(|e| e.to_string())? {
+            let how = if reflink(image_rootfs, &tmp).ctx("cloning the image to", &tmp)? {
                 "reflink"
             } else {
-                crate::fsutil::copy_synced(image_rootfs, &tmp).map_err(|e| {
-                    let _ = std::fs::remove_file(&tmp);
-                    format!("copying the image: {e}")
-                })?;
+                crate::fsutil::copy_synced(image_rootfs, &tmp)
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    })
+                    .ctx("copying the image to", &tmp)?;
                 "sparse copy"
             };
             publish(&tmp, &dst)?;
@@ -136,8 +143,7 @@ pub fn prepare_clone(
     snapshot_work: &Path,
     paths: &VmPaths,
 ) -> Result<(), DiskError> {
-    std::fs::create_dir_all(&paths.state)
-        .map_err(|e| format!("creating {}: {e}", paths.state.display()))?;
+    std::fs::create_dir_all(&paths.state).ctx("creating", &paths.state)?;
     let root = paths.root_qcow2();
     let tmp = tmp_name(&root);
     let _ = std::fs::remove_file(&tmp);
@@ -147,16 +153,17 @@ pub fn prepare_clone(
         .arg(&tmp))
     {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
+        return Err(e);
     }
     publish(&tmp, &root)?;
     let work = paths.work_disk();
     let wtmp = tmp_name(&work);
-    crate::fsutil::copy_synced(snapshot_work, &wtmp).map_err(|e| {
-        let _ = std::fs::remove_file(&wtmp);
-        format!("copying the work disk: {e}")
-    })?;
-    Ok(publish(&wtmp, &work)?)
+    crate::fsutil::copy_synced(snapshot_work, &wtmp)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&wtmp);
+        })
+        .ctx("copying the work disk to", &wtmp)?;
+    publish(&wtmp, &work)
 }
 
 /// `<path>.tmp`: where a disk is built before it gets its name.
@@ -169,11 +176,13 @@ fn tmp_name(path: &Path) -> PathBuf {
 /// Renames a finished disk into place (a disk under its real name is
 /// always whole: an interrupted creation leaves only a `.tmp`, redone next
 /// time).
-fn publish(tmp: &Path, dst: &Path) -> Result<(), String> {
-    std::fs::rename(tmp, dst).map_err(|e| {
-        let _ = std::fs::remove_file(tmp);
-        format!("renaming {} into place: {e}", tmp.display())
-    })
+fn publish(tmp: &Path, dst: &Path) -> Result<(), DiskError> {
+    std::fs::rename(tmp, dst)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(tmp);
+        })
+        .ctx("renaming into place", tmp)?;
+    Ok(())
 }
 
 /// Makes the work disk from the seed, grown to `bytes`.
@@ -183,24 +192,23 @@ pub fn prepare_work(seed: &Path, paths: &VmPaths, bytes: u64) -> Result<(), Disk
     let _ = std::fs::remove_file(&work);
     let r = grow_work(seed, &work, bytes);
     match r {
-        Ok(()) => Ok(publish(&work, &final_path)?),
+        Ok(()) => publish(&work, &final_path),
         Err(e) => {
             let _ = std::fs::remove_file(&work);
-            Err(e.into())
+            Err(e)
         }
     }
 }
 
-fn grow_work(seed: &Path, work: &Path, bytes: u64) -> Result<(), String> {
-    crate::fsutil::copy_synced(seed, work).map_err(|e| format!("copying the work seed: {e}"))?;
-    let seed_len = std::fs::metadata(work).map_err(|e| e.to_string())?.len();
+fn grow_work(seed: &Path, work: &Path, bytes: u64) -> Result<(), DiskError> {
+    crate::fsutil::copy_synced(seed, work).ctx("copying the work seed to", work)?;
+    let seed_len = std::fs::metadata(work).ctx("reading the size of", work)?.len();
     if bytes > seed_len {
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(work)
-            .map_err(|e| e.to_string())?;
-        f.set_len(bytes)
-            .map_err(|e| format!("growing the work disk: {e}"))?;
+            .ctx("opening", work)?;
+        f.set_len(bytes).ctx("growing the work disk", work)?;
         drop(f);
         // e2fsck exits 1 when it fixed something: that is fine here.
         let _ = crate::host::process::run_bounded(
