@@ -89,19 +89,19 @@ fn json_and_table_agree_and_errors_have_the_documented_shape() {
     let out = env.banger(&["vm", "show", "ghost"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    // banger: <label>: <message> (op <op_id>)
+    // banger: <label>: <message> (request <request_id>)
     assert!(
         err.starts_with("banger: not found: no VM named \"ghost\""),
         "{err}"
     );
     let op = err
         .trim_end()
-        .rsplit("(op ")
+        .rsplit("(request ")
         .next()
         .unwrap()
         .trim_end_matches(')');
     assert_eq!(op.len(), 8, "{err}");
-    assert!(env.daemon_log().contains(op), "op id is in the daemon log");
+    assert!(env.daemon_log().contains(op), "request id is in the daemon log");
     // Names are validated before any request.
     let out = env.banger(&["vm", "show", "Bad.Name"]);
     let err = String::from_utf8(out.stderr).unwrap();

@@ -102,7 +102,7 @@ async fn assault(path: &Path, rounds: usize, method_count: u32) {
                     hello(&mut s, banger::protocol::PROTOCOL_VERSION).await,
                     HelloReply::Welcome { .. }
                 ));
-                // Frame type 0 (a call), its op id, then the method tag.
+                // Frame type 0 (a call), its request id, then the method tag.
                 let mut payload = vec![0u8];
                 payload.extend(frame::encode(&"op-x".to_string()).unwrap());
                 payload.push((method_count + 5) as u8);
@@ -187,7 +187,7 @@ fn a_well_formed_call_with_trailing_garbage_is_a_bad_request() {
             HelloReply::Welcome { .. }
         ));
         let mut payload = frame::encode(&banger::protocol::ClientFrame::Call(Call {
-            op_id: "op-y".to_string(),
+            request_id: "op-y".to_string(),
             request: Request::Ping,
         }))
         .unwrap();
@@ -197,7 +197,7 @@ fn a_well_formed_call_with_trailing_garbage_is_a_bad_request() {
         match env.body {
             banger::protocol::Response::Final(Err(e)) => {
                 assert_eq!(e.code, ErrorCode::BadRequest);
-                assert_eq!(e.op_id, "op-y");
+                assert_eq!(e.request_id, "op-y");
             }
             _ => panic!("expected bad_request"),
         }
@@ -324,7 +324,7 @@ fn hostile_priv(rng: &mut Rng) -> PrivRequest {
 /// Frames a client sends after its hello: a call.
 fn call_frame<R: serde::Serialize>(op: &str, request: R) -> Vec<u8> {
     frame::encode(&banger::protocol::ClientFrame::Call(Call {
-        op_id: op.to_string(),
+        request_id: op.to_string(),
         request,
     }))
     .unwrap()

@@ -30,7 +30,7 @@ type Reply = RpcReplyPort<Result<PrivReply, RpcError>>;
 pub enum HelperLinkMsg {
     /// Performs one privileged operation (connecting first if needed).
     Call {
-        op_id: String,
+        request_id: String,
         request: Box<PrivRequest>,
         reply: Reply,
     },
@@ -118,8 +118,8 @@ impl HelperLink {
     }
 
     fn fail_waiters(&self, state: &mut HelperLinkState) {
-        for (op_id, _, reply) in state.pending.drain(..) {
-            let _ = reply.send(Err(RpcError::failed(state.reason.clone()).with_op(&op_id)));
+        for (request_id, _, reply) in state.pending.drain(..) {
+            let _ = reply.send(Err(RpcError::failed(state.reason.clone()).with_request(&request_id)));
         }
         let st = self.status(state);
         for w in state.status_waiters.drain(..) {
@@ -128,10 +128,10 @@ impl HelperLink {
     }
 }
 
-fn dispatch(conn: &Conn, op_id: String, request: PrivRequest, reply: Reply) {
+fn dispatch(conn: &Conn, request_id: String, request: PrivRequest, reply: Reply) {
     let conn = conn.clone();
     tokio::spawn(async move {
-        let _ = reply.send(conn.call(op_id, request).await);
+        let _ = reply.send(conn.call(request_id, request).await);
     });
 }
 
@@ -208,18 +208,18 @@ impl Actor for HelperLink {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             HelperLinkMsg::Call {
-                op_id,
+                request_id,
                 request,
                 reply,
             } => match &state.conn {
                 // Not one that died a moment ago (its Closed may still be
                 // on the way): the call waits for the next connection.
-                Some(conn) if conn.is_open() => dispatch(conn, op_id, *request, reply),
+                Some(conn) if conn.is_open() => dispatch(conn, request_id, *request, reply),
                 _ => {
                     if state.conn.take().is_some() {
                         state.reason = "connection lost".into();
                     }
-                    state.pending.push((op_id, request, reply));
+                    state.pending.push((request_id, request, reply));
                     self.connect(&myself, state);
                 }
             },
@@ -238,7 +238,7 @@ impl Actor for HelperLink {
                         tokio::spawn(async move {
                             // Losing the connection is the expected answer.
                             let _ = c
-                                .call(crate::protocol::new_op_id(), PrivRequest::Shutdown)
+                                .call(crate::protocol::new_request_id(), PrivRequest::Shutdown)
                                 .await;
                             let _ = reply.send(());
                         });
@@ -256,8 +256,8 @@ impl Actor for HelperLink {
                 match result {
                     Ok(conn) => {
                         state.reason.clear();
-                        for (op_id, request, reply) in state.pending.drain(..) {
-                            dispatch(&conn, op_id, *request, reply);
+                        for (request_id, request, reply) in state.pending.drain(..) {
+                            dispatch(&conn, request_id, *request, reply);
                         }
                         state.conn = Some(conn);
                         let st = self.status(state);

@@ -84,7 +84,7 @@ impl ActorHelper {
 impl ActorHelper {
     async fn call_once(&self, request: PrivRequest) -> Result<PrivReply, RpcError> {
         {
-            let op_id = crate::protocol::new_op_id();
+            let request_id = crate::protocol::new_request_id();
             let (method, deadline) = (request.method(), request.deadline());
             let link = self
                 .0
@@ -93,7 +93,7 @@ impl ActorHelper {
                 .ok_or_else(|| RpcError::from(restarting("helper link")))?;
             let (tx, rx) = oneshot::channel();
             link.cast(helper_link::HelperLinkMsg::Call {
-                op_id: op_id.clone(),
+                request_id: request_id.clone(),
                 request: Box::new(request),
                 reply: tx.into(),
             })
@@ -106,7 +106,7 @@ impl ActorHelper {
                     "bangerd-root did not answer {method} within {deadline:?}; see its log (bangerd-root.log in banger's state directory) or restart it (banger daemon stop)"
                 ))),
             }
-            .map_err(|e| e.with_op(&op_id))
+            .map_err(|e| e.with_request(&request_id))
         }
     }
 }

@@ -215,7 +215,7 @@ pub async fn exec(
     };
     let r = c
         .call_with_inputs(
-            crate::protocol::new_op_id(),
+            crate::protocol::new_request_id(),
             req,
             |e| view.event(e),
             Some(rx),

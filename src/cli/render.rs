@@ -78,7 +78,7 @@ pub enum ErrorKind {
     Protocol,
 }
 
-/// A user-facing error: `banger: <label>: <message> (op <op_id>)`, or
+/// A user-facing error: `banger: <label>: <message> (request <request_id>)`, or
 /// `banger: <message>` when the label would say nothing (a failed
 /// operation's message is the error).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +86,7 @@ pub struct CliError {
     pub kind: ErrorKind,
     pub label: String,
     pub message: String,
-    pub op_id: Option<String>,
+    pub request_id: Option<String>,
     pub exit_code: u8,
 }
 
@@ -96,7 +96,7 @@ impl CliError {
             kind,
             label: label.into(),
             message: message.into(),
-            op_id: None,
+            request_id: None,
             exit_code: 1,
         }
     }
@@ -128,9 +128,9 @@ impl CliError {
                 self.message
             )
         };
-        if let Some(op) = self.op_id.as_deref().filter(|o| !o.is_empty()) {
+        if let Some(op) = self.request_id.as_deref().filter(|o| !o.is_empty()) {
             s.push(' ');
-            s.push_str(&style::dim(color, &format!("(op {op})")));
+            s.push_str(&style::dim(color, &format!("(request {op})")));
         }
         s
     }
@@ -146,7 +146,7 @@ impl From<crate::protocol::RpcError> for CliError {
                 c => c.label().to_string(),
             },
             message: e.message,
-            op_id: (!e.op_id.is_empty()).then_some(e.op_id),
+            request_id: (!e.request_id.is_empty()).then_some(e.request_id),
             exit_code: 1,
         }
     }
@@ -243,11 +243,11 @@ mod tests {
     fn error_line_format() {
         use crate::protocol::{ErrorCode, RpcError};
         let e: CliError = RpcError::not_found("no VM named \"x\"")
-            .with_op("abcd1234")
+            .with_request("abcd1234")
             .into();
         assert_eq!(
             e.render(false),
-            "banger: not found: no VM named \"x\" (op abcd1234)"
+            "banger: not found: no VM named \"x\" (request abcd1234)"
         );
         assert!(e.is_rpc(ErrorCode::NotFound));
         // A failed operation's message is the error: no `failed:` label.

@@ -320,7 +320,7 @@ async fn call(ctx: &Ctx, run: RunSpec, forward: bool) -> Result<u8, CliError> {
     };
     let r = c
         .call_with_inputs(
-            crate::protocol::new_op_id(),
+            crate::protocol::new_request_id(),
             Request::VmRun(Box::new(run)),
             |e| view.event(e),
             Some(rx),

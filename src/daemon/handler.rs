@@ -254,7 +254,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
         inputs: crate::protocol::conn::Inputs,
     ) -> Result<Reply, RpcError> {
         let method = call.request.method();
-        tracing::debug!(op_id = %call.op_id, uid = peer.uid, method, "request");
+        tracing::debug!(request_id = %call.request_id, uid = peer.uid, method, "request");
         let (ctx, slots) = (&self.ctx, &self.slots);
         let res = match call.request {
             Request::Ping => Ok(Reply::Pong),
@@ -299,7 +299,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             r => self.vm_request(r, events, inputs).await,
         };
         if let Err(e) = &res {
-            tracing::info!(op_id = %call.op_id, method, code = %e.code, "request failed: {}", e.message);
+            tracing::info!(request_id = %call.request_id, method, code = %e.code, "request failed: {}", e.message);
         }
         res
     }
@@ -334,7 +334,7 @@ mod tests {
             socket: PathBuf::from("/nonexistent"),
         };
         let call = |request| Call {
-            op_id: "t".into(),
+            request_id: "t".into(),
             request,
         };
         let peer = Peer {

@@ -360,7 +360,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
                 let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let _guard = CancelOnDrop(cancel.clone());
                 let env = self.build.clone();
-                tracing::info!(op_id = %call.op_id, build = %spec.build_id, recipe = %spec.recipe, "build requested");
+                tracing::info!(request_id = %call.request_id, build = %spec.build_id, recipe = %spec.recipe, "build requested");
                 match tokio::task::spawn_blocking(move || build_rootfs(&env, &spec, &cancel)).await
                 {
                     Ok(r) => r.map(PrivReply::Built).map_err(RpcError::from),
@@ -369,13 +369,13 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             }
             PrivRequest::LaunchVmm(spec) => {
                 let (owner, gid, rt) = (self.owner_uid, self.owner_gid, self.runtime_dir.clone());
-                tracing::info!(op_id = %call.op_id, vm_id = %spec.vm_id, kind = spec.kind.as_str(), "launching VMM");
+                tracing::info!(request_id = %call.request_id, vm_id = %spec.vm_id, kind = spec.kind.as_str(), "launching VMM");
                 tokio::task::spawn_blocking(move || vmm_ops::launch(&spec, owner, gid, &rt))
                     .await?
                     .map(|pid| PrivReply::Launched { pid })
             }
             PrivRequest::SignalVmm { pid, signal } => {
-                tracing::info!(op_id = %call.op_id, pid, %signal, "signalling VMM");
+                tracing::info!(request_id = %call.request_id, pid, %signal, "signalling VMM");
                 vmm_ops::signal(pid, signal, self.owner_uid, &self.runtime_dir)
                     .map(|_| PrivReply::Done)
             }
@@ -404,13 +404,13 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
         };
         match &res {
             Ok(_) => tracing::info!(
-                op_id = %call.op_id,
+                request_id = %call.request_id,
                 method,
                 took_ms = started.elapsed().as_millis() as u64,
                 "done"
             ),
             Err(e) => {
-                tracing::warn!(op_id = %call.op_id, method, "refused or failed: {}", e.message)
+                tracing::warn!(request_id = %call.request_id, method, "refused or failed: {}", e.message)
             }
         }
         res

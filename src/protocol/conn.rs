@@ -110,14 +110,14 @@ pub trait Handler<R, E, P>: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<P, RpcError>> + Send;
 }
 
-fn envelope<E: Serialize, P: Serialize>(op_id: &str, body: Response<E, P>) -> Option<Vec<u8>> {
+fn envelope<E: Serialize, P: Serialize>(request_id: &str, body: Response<E, P>) -> Option<Vec<u8>> {
     match frame::encode(&Envelope {
-        op_id: op_id.to_string(),
+        request_id: request_id.to_string(),
         body,
     }) {
         Ok(b) => Some(b),
         Err(e) => {
-            tracing::error!(op_id, "cannot encode a response: {e}");
+            tracing::error!(request_id, "cannot encode a response: {e}");
             None
         }
     }
@@ -172,15 +172,15 @@ pub async fn serve_connection<R, E, P, H>(
         };
         let call: Call<R> = match decode_client_frame::<R>(&payload) {
             Ok(Incoming::Call(c)) => c,
-            Ok(Incoming::Input { op_id, input }) => {
+            Ok(Incoming::Input { request_id, input }) => {
                 inputs.retain(|_, tx| !tx.is_closed());
                 // Input for a call that already ended is dropped.
-                if let Some(tx) = inputs.get(&op_id) {
+                if let Some(tx) = inputs.get(&request_id) {
                     let _ = tx.send(input).await;
                 }
                 continue;
             }
-            Err(CallDecodeError::UnknownMethod { op_id, tag }) => {
+            Err(CallDecodeError::UnknownMethod { request_id, tag }) => {
                 let err = RpcError::new(
                     ErrorCode::UnknownMethod,
                     format!(
@@ -188,19 +188,19 @@ pub async fn serve_connection<R, E, P, H>(
                         crate::version::VERSION
                     ),
                 )
-                .with_op(&op_id);
-                if let Some(b) = envelope::<E, P>(&op_id, Response::Final(Err(err))) {
+                .with_request(&request_id);
+                if let Some(b) = envelope::<E, P>(&request_id, Response::Final(Err(err))) {
                     if out_tx.send(b).await.is_err() {
                         break;
                     }
                 }
                 continue;
             }
-            Err(CallDecodeError::Malformed { op_id, message }) => {
-                let op_id = op_id.unwrap_or_default();
+            Err(CallDecodeError::Malformed { request_id, message }) => {
+                let request_id = request_id.unwrap_or_default();
                 let err =
-                    RpcError::bad_request(format!("malformed request: {message}")).with_op(&op_id);
-                if let Some(b) = envelope::<E, P>(&op_id, Response::Final(Err(err))) {
+                    RpcError::bad_request(format!("malformed request: {message}")).with_request(&request_id);
+                if let Some(b) = envelope::<E, P>(&request_id, Response::Final(Err(err))) {
                     let _ = out_tx.send(b).await;
                 }
                 break;
@@ -209,7 +209,7 @@ pub async fn serve_connection<R, E, P, H>(
         let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
         // Calls that ended dropped their receivers: forget them.
         inputs.retain(|_, tx| !tx.is_closed());
-        inputs.insert(call.op_id.clone(), in_tx);
+        inputs.insert(call.request_id.clone(), in_tx);
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -292,14 +292,14 @@ async fn serve_call<R, E, P, H>(
     H: Handler<R, E, P>,
 {
     let _permit = permit;
-    let op_id = call.op_id.clone();
+    let request_id = call.request_id.clone();
     let (tx, mut rx) = mpsc::channel::<E>(EVENT_QUEUE);
     let fut = handler.handle(peer, call, tx, in_rx);
     tokio::pin!(fut);
     let result = loop {
         tokio::select! {
             Some(ev) = rx.recv() => {
-                if let Some(b) = envelope::<E, P>(&op_id, Response::Event(ev)) {
+                if let Some(b) = envelope::<E, P>(&request_id, Response::Event(ev)) {
                     let _ = out.send(b).await;
                 }
             }
@@ -307,12 +307,12 @@ async fn serve_call<R, E, P, H>(
         }
     };
     while let Ok(ev) = rx.try_recv() {
-        if let Some(b) = envelope::<E, P>(&op_id, Response::Event(ev)) {
+        if let Some(b) = envelope::<E, P>(&request_id, Response::Event(ev)) {
             let _ = out.send(b).await;
         }
     }
-    let result = result.map_err(|e| e.with_op(&op_id));
-    if let Some(b) = envelope::<E, P>(&op_id, Response::Final(result)) {
+    let result = result.map_err(|e| e.with_request(&request_id));
+    if let Some(b) = envelope::<E, P>(&request_id, Response::Final(result)) {
         let _ = out.send(b).await;
     }
 }
@@ -477,22 +477,22 @@ where
         })
     }
 
-    /// Sends one request under `op_id`, feeding events to `on_event`, and
+    /// Sends one request under `request_id`, feeding events to `on_event`, and
     /// returns the final reply. Server errors come back as [`ClientError::Rpc`].
-    pub async fn call_with_op(
+    pub async fn call_with_request(
         &mut self,
-        op_id: String,
+        request_id: String,
         request: R,
         on_event: impl FnMut(E),
     ) -> Result<P, ClientError> {
-        self.call_with_inputs(op_id, request, on_event, None).await
+        self.call_with_inputs(request_id, request, on_event, None).await
     }
 
-    /// [`Client::call_with_op`], sending what arrives on `inputs` while the
+    /// [`Client::call_with_request`], sending what arrives on `inputs` while the
     /// call runs.
     pub async fn call_with_inputs(
         &mut self,
-        op_id: String,
+        request_id: String,
         request: R,
         mut on_event: impl FnMut(E),
         mut inputs: Option<mpsc::Receiver<Input>>,
@@ -500,7 +500,7 @@ where
         write_frame(
             &mut self.stream,
             &ClientFrame::Call(Call {
-                op_id: op_id.clone(),
+                request_id: request_id.clone(),
                 request,
             }),
         )
@@ -523,7 +523,7 @@ where
                         Err(FrameError::Closed) => return Err(FrameError::Truncated.into()),
                         Err(e) => return Err(e.into()),
                     };
-                    if env.op_id != op_id && !env.op_id.is_empty() {
+                    if env.request_id != request_id && !env.request_id.is_empty() {
                         continue;
                     }
                     match env.body {
@@ -534,7 +534,7 @@ where
                 }
                 input = next_input => match input {
                     Some(input) => {
-                        let frame = ClientFrame::<R>::Input { op_id: op_id.clone(), input };
+                        let frame = ClientFrame::<R>::Input { request_id: request_id.clone(), input };
                         write_frame(&mut wr, &frame).await?;
                     }
                     None => inputs = None,
@@ -543,9 +543,9 @@ where
         }
     }
 
-    /// [`Client::call_with_op`] with a fresh op id.
+    /// [`Client::call_with_request`] with a fresh request id.
     pub async fn call(&mut self, request: R, on_event: impl FnMut(E)) -> Result<P, ClientError> {
-        self.call_with_op(super::new_op_id(), request, on_event)
+        self.call_with_request(super::new_request_id(), request, on_event)
             .await
     }
 }
@@ -554,12 +554,12 @@ where
 /// the daemon reconnects (restarting the helper) and retries what is safe to
 /// retry. Whether the write failed or the reply never came, it is the same
 /// event to the caller.
-fn lost(op_id: &str, reason: &str) -> RpcError {
+fn lost(request_id: &str, reason: &str) -> RpcError {
     RpcError::new(
         super::ErrorCode::Busy,
         format!("lost the connection to bangerd-root during the operation: {reason}"),
     )
-    .with_op(op_id)
+    .with_request(request_id)
 }
 
 type Pending<P> = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Result<P, RpcError>>>>>>;
@@ -598,7 +598,7 @@ where
                     Ok(env) => {
                         // The helper streams no events: every frame is a Final.
                         let Response::Final(res) = env.body;
-                        let tx = p2.lock().await.as_mut().and_then(|m| m.remove(&env.op_id));
+                        let tx = p2.lock().await.as_mut().and_then(|m| m.remove(&env.request_id));
                         if let Some(tx) = tx {
                             let _ = tx.send(res);
                         }
@@ -611,10 +611,10 @@ where
             };
             c2.store(true, std::sync::atomic::Ordering::SeqCst);
             if let Some(map) = p2.lock().await.take() {
-                for (op_id, tx) in map {
+                for (request_id, tx) in map {
                     // Busy: the daemon reconnects (restarting the helper)
                     // and retries what is safe to retry.
-                    let _ = tx.send(Err(lost(&op_id, &reason)));
+                    let _ = tx.send(Err(lost(&request_id, &reason)));
                 }
             }
             on_close(reason);
@@ -629,21 +629,21 @@ where
     }
 
     /// Sends a call and waits for its final answer.
-    pub async fn call(&self, op_id: String, request: R) -> Result<P, RpcError> {
+    pub async fn call(&self, request_id: String, request: R) -> Result<P, RpcError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut guard = self.pending.lock().await;
             let Some(map) = guard.as_mut() else {
-                return Err(lost(&op_id, "it was already closed"));
+                return Err(lost(&request_id, "it was already closed"));
             };
-            map.insert(op_id.clone(), tx);
+            map.insert(request_id.clone(), tx);
         }
         let sent = {
             let mut w = self.writer.lock().await;
             write_frame(
                 &mut *w,
                 &ClientFrame::Call(Call {
-                    op_id: op_id.clone(),
+                    request_id: request_id.clone(),
                     request,
                 }),
             )
@@ -652,12 +652,12 @@ where
         if let Err(e) = sent {
             self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
             if let Some(m) = self.pending.lock().await.as_mut() {
-                m.remove(&op_id);
+                m.remove(&request_id);
             }
-            return Err(lost(&op_id, &format!("sending failed: {e}")));
+            return Err(lost(&request_id, &format!("sending failed: {e}")));
         }
         rx.await
-            .unwrap_or_else(|_| Err(lost(&op_id, "it closed before the answer")))
+            .unwrap_or_else(|_| Err(lost(&request_id, "it closed before the answer")))
     }
 
     /// Whether the connection is still believed alive.
@@ -746,7 +746,7 @@ mod tests {
         .await
         .unwrap();
         server.await.unwrap();
-        let call = || client.call(super::super::new_op_id(), "x".repeat(1 << 20));
+        let call = || client.call(super::super::new_request_id(), "x".repeat(1 << 20));
         // Racing the reader's EOF: the write fails or the answer never comes.
         let e = call().await.unwrap_err();
         assert_eq!(e.code, super::super::ErrorCode::Busy, "{e:?}");

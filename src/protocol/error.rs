@@ -58,7 +58,7 @@ pub struct RpcError {
     pub code: ErrorCode,
     pub message: String,
     /// The operation that failed; empty before one was assigned.
-    pub op_id: String,
+    pub request_id: String,
 }
 
 impl RpcError {
@@ -66,7 +66,7 @@ impl RpcError {
         RpcError {
             code,
             message: message.into(),
-            op_id: String::new(),
+            request_id: String::new(),
         }
     }
     pub fn not_found(message: impl Into<String>) -> RpcError {
@@ -78,9 +78,9 @@ impl RpcError {
     pub fn failed(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorCode::OperationFailed, message)
     }
-    pub fn with_op(mut self, op_id: &str) -> RpcError {
-        if self.op_id.is_empty() {
-            self.op_id = op_id.to_string();
+    pub fn with_request(mut self, request_id: &str) -> RpcError {
+        if self.request_id.is_empty() {
+            self.request_id = request_id.to_string();
         }
         self
     }

@@ -5,7 +5,7 @@
 //! payload, at most [`MAX_FRAME`] bytes. A connection opens with [`Hello`],
 //! answered by [`HelloReply`]. Then the client sends [`Call`]s; each is answered
 //! by zero or more [`Response::Event`]s and exactly one [`Response::Final`],
-//! each wrapped in an [`Envelope`] carrying the call's op id: calls may be
+//! each wrapped in an [`Envelope`] carrying the call's request id: calls may be
 //! pipelined on one connection and are served concurrently.
 //! A malformed frame closes that connection only, after an error the peer can
 //! print where one can still be sent.
@@ -58,7 +58,7 @@ pub enum HelloReply {
 /// One request with its operation id (echoed in errors and logs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Call<R> {
-    pub op_id: String,
+    pub request_id: String,
     pub request: R,
 }
 
@@ -67,14 +67,14 @@ pub struct Call<R> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientFrame<R> {
     Call(Call<R>),
-    Input { op_id: String, input: cli::Input },
+    Input { request_id: String, input: cli::Input },
 }
 
 /// A decoded client frame.
 #[derive(Debug)]
 pub enum Incoming<R> {
     Call(Call<R>),
-    Input { op_id: String, input: cli::Input },
+    Input { request_id: String, input: cli::Input },
 }
 
 /// Decodes a [`ClientFrame`] payload, telling unknown methods apart from
@@ -84,17 +84,17 @@ pub fn decode_client_frame<R: Methods>(payload: &[u8]) -> Result<Incoming<R>, Ca
     match tag {
         0 => decode_call(rest).map(Incoming::Call),
         1 => {
-            let ((op_id, input), tail): ((String, cli::Input), _) = decode_head(rest)?;
+            let ((request_id, input), tail): ((String, cli::Input), _) = decode_head(rest)?;
             if !tail.is_empty() {
                 return Err(CallDecodeError::Malformed {
-                    op_id: Some(op_id),
+                    request_id: Some(request_id),
                     message: "trailing bytes after an input".into(),
                 });
             }
-            Ok(Incoming::Input { op_id, input })
+            Ok(Incoming::Input { request_id, input })
         }
         t => Err(CallDecodeError::Malformed {
-            op_id: None,
+            request_id: None,
             message: format!("unknown frame type {t}"),
         }),
     }
@@ -107,11 +107,11 @@ pub enum Response<E, R> {
     Final(Result<R, RpcError>),
 }
 
-/// A [`Response`] tagged with the op id of the call it answers, so several
+/// A [`Response`] tagged with the request id of the call it answers, so several
 /// calls can be in flight on one connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<E, R> {
-    pub op_id: String,
+    pub request_id: String,
     pub body: Response<E, R>,
 }
 
@@ -125,11 +125,11 @@ pub trait Methods: DeserializeOwned {
 /// Why a [`Call`] frame could not be decoded.
 #[derive(Debug)]
 pub enum CallDecodeError {
-    /// The op id was readable, the method tag was not one we know.
-    UnknownMethod { op_id: String, tag: u32 },
-    /// Anything else; `op_id` when it could be read.
+    /// The request id was readable, the method tag was not one we know.
+    UnknownMethod { request_id: String, tag: u32 },
+    /// Anything else; `request_id` when it could be read.
     Malformed {
-        op_id: Option<String>,
+        request_id: Option<String>,
         message: String,
     },
 }
@@ -139,7 +139,7 @@ fn decode_head<T: DeserializeOwned>(payload: &[u8]) -> Result<(T, &[u8]), CallDe
     let (v, used) =
         bincode::serde::decode_from_slice(payload, frame::bincode_config()).map_err(|e| {
             CallDecodeError::Malformed {
-                op_id: None,
+                request_id: None,
                 message: e.to_string(),
             }
         })?;
@@ -149,31 +149,31 @@ fn decode_head<T: DeserializeOwned>(payload: &[u8]) -> Result<(T, &[u8]), CallDe
 /// Decodes a [`Call`] payload, telling unknown methods apart from garbage.
 pub fn decode_call<R: Methods>(payload: &[u8]) -> Result<Call<R>, CallDecodeError> {
     let cfg = frame::bincode_config();
-    let (op_id, rest): (String, _) = decode_head(payload)?;
+    let (request_id, rest): (String, _) = decode_head(payload)?;
     let (tag, _): (u32, usize) =
         bincode::serde::decode_from_slice(rest, cfg).map_err(|e| CallDecodeError::Malformed {
-            op_id: Some(op_id.clone()),
+            request_id: Some(request_id.clone()),
             message: e.to_string(),
         })?;
     if tag >= R::COUNT {
-        return Err(CallDecodeError::UnknownMethod { op_id, tag });
+        return Err(CallDecodeError::UnknownMethod { request_id, tag });
     }
     let (request, used2): (R, usize) =
         bincode::serde::decode_from_slice(rest, cfg).map_err(|e| CallDecodeError::Malformed {
-            op_id: Some(op_id.clone()),
+            request_id: Some(request_id.clone()),
             message: e.to_string(),
         })?;
     if used2 != rest.len() {
         return Err(CallDecodeError::Malformed {
-            op_id: Some(op_id),
+            request_id: Some(request_id),
             message: format!("{} trailing bytes after the request", rest.len() - used2),
         });
     }
-    Ok(Call { op_id, request })
+    Ok(Call { request_id, request })
 }
 
 /// A fresh operation id: 8 hex digits, enough to grep a log.
-pub fn new_op_id() -> String {
+pub fn new_request_id() -> String {
     use rand::RngExt;
     format!("{:08x}", rand::rng().random::<u32>())
 }
@@ -214,7 +214,7 @@ mod tests {
         // bump fails here.
         let last = Request::last_variant_for_tests();
         let bytes = encode(&Call {
-            op_id: "x".into(),
+            request_id: "x".into(),
             request: last,
         });
         let (tag, _): (u32, usize) =
@@ -226,15 +226,15 @@ mod tests {
     #[test]
     fn client_frames_carry_calls_and_inputs() {
         let call = encode(&ClientFrame::Call(Call {
-            op_id: "a".into(),
+            request_id: "a".into(),
             request: Request::Ping,
         }));
         assert!(matches!(
             decode_client_frame::<Request>(&call),
-            Ok(Incoming::Call(c)) if c.op_id == "a"
+            Ok(Incoming::Call(c)) if c.request_id == "a"
         ));
         let input = encode(&ClientFrame::<Request>::Input {
-            op_id: "a".into(),
+            request_id: "a".into(),
             input: cli::Input::Stdin(b"hi".to_vec()),
         });
         assert!(matches!(
@@ -252,7 +252,7 @@ mod tests {
         use crate::protocol::helper::PrivRequest;
         let last = PrivRequest::last_variant_for_tests();
         let bytes = encode(&Call {
-            op_id: "x".into(),
+            request_id: "x".into(),
             request: last,
         });
         let (tag, _): (u32, usize) =
@@ -266,8 +266,8 @@ mod tests {
         let mut bytes = encode(&"op1".to_string());
         bytes.push(200); // varint tag 200, beyond any method
         match decode_call::<Request>(&bytes) {
-            Err(CallDecodeError::UnknownMethod { op_id, tag }) => {
-                assert_eq!(op_id, "op1");
+            Err(CallDecodeError::UnknownMethod { request_id, tag }) => {
+                assert_eq!(request_id, "op1");
                 assert_eq!(tag, 200);
             }
             other => panic!("{other:?}"),
