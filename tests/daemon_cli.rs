@@ -101,7 +101,10 @@ fn json_and_table_agree_and_errors_have_the_documented_shape() {
         .unwrap()
         .trim_end_matches(')');
     assert_eq!(op.len(), 8, "{err}");
-    assert!(env.daemon_log().contains(op), "request id is in the daemon log");
+    assert!(
+        env.daemon_log().contains(op),
+        "request id is in the daemon log"
+    );
     // Names are validated before any request.
     let out = env.banger(&["vm", "show", "Bad.Name"]);
     let err = String::from_utf8(out.stderr).unwrap();

@@ -203,16 +203,22 @@ fn every_per_vm_child_is_restarted_without_touching_the_guest() {
         serde_json::from_str(&env.banger_ok(&["vm", "health", "beta", "--json"])).unwrap();
     assert_eq!(h["agent_ok"], true, "{h}");
     assert!(h["children"].as_array().unwrap().is_empty(), "{h}");
-    let pid = show(&env, "alpha")["pid"].as_u64().expect("alpha's VMM pid") as i32;
+    let pid = show(&env, "alpha")["pid"]
+        .as_u64()
+        .expect("alpha's VMM pid") as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_for("the killed VMM to be noticed", Duration::from_secs(30), || {
-        let v = show(&env, "alpha");
-        (v["state"] != "running" && v["pid"].is_null()).then_some(())
-    });
+    wait_for(
+        "the killed VMM to be noticed",
+        Duration::from_secs(30),
+        || {
+            let v = show(&env, "alpha");
+            (v["state"] != "running" && v["pid"].is_null()).then_some(())
+        },
+    );
     env.banger_ok(&["vm", "delete", "alpha"]);
     env.banger_ok(&["vm", "delete", "beta"]);
 }

@@ -2,9 +2,9 @@
 //! its output kept (head and tail) for the scenario's log, and what the
 //! runner needs to look at the host's processes and tools.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,7 +106,7 @@ impl Out {
             .unwrap_or("")
             .to_string()
     }
-    fn status_text(&self) -> String {
+    pub fn status_text(&self) -> String {
         match (self.timed_out, self.code) {
             (true, _) => format!("killed at its deadline after {:.1}s", secs(self.elapsed)),
             (false, Some(c)) => format!("exit {c} ({:.1}s)", secs(self.elapsed)),

@@ -222,7 +222,7 @@ fn run_scenarios(selected: Vec<Scenario>, jobs: usize, env: &Arc<Env>, tally: &m
             let job = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
             let Some(job) = job else { return };
             for s in job {
-                let r = run_one(s, env);
+                let r = run_one(s, &env);
                 if tx.send(r).is_err() {
                     return;
                 }

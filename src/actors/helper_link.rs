@@ -119,7 +119,9 @@ impl HelperLink {
 
     fn fail_waiters(&self, state: &mut HelperLinkState) {
         for (request_id, _, reply) in state.pending.drain(..) {
-            let _ = reply.send(Err(RpcError::failed(state.reason.clone()).with_request(&request_id)));
+            let _ = reply.send(Err(
+                RpcError::failed(state.reason.clone()).with_request(&request_id)
+            ));
         }
         let st = self.status(state);
         for w in state.status_waiters.drain(..) {

@@ -202,7 +202,9 @@ pub fn prepare_work(seed: &Path, paths: &VmPaths, bytes: u64) -> Result<(), Disk
 
 fn grow_work(seed: &Path, work: &Path, bytes: u64) -> Result<(), DiskError> {
     crate::fsutil::copy_synced(seed, work).ctx("copying the work seed to", work)?;
-    let seed_len = std::fs::metadata(work).ctx("reading the size of", work)?.len();
+    let seed_len = std::fs::metadata(work)
+        .ctx("reading the size of", work)?
+        .len();
     if bytes > seed_len {
         let f = std::fs::OpenOptions::new()
             .write(true)

@@ -507,9 +507,9 @@ pub fn check_restorable(ctx: &Ctx, snap: &SnapshotRecord) -> Result<(), OpError>
 /// and its own copy of the work disk. Made fresh for every restore (a
 /// restore that failed after the guest ran must not leave its writes under
 /// the memory loaded next).
-pub fn clone_disks(snap: &SnapshotRecord, paths: &VmPaths) -> Result<(), String> {
+pub fn clone_disks(snap: &SnapshotRecord, paths: &VmPaths) -> Result<(), super::disks::DiskError> {
     let dir = Path::new(&snap.dir);
-    super::disks::prepare_clone(&dir.join(ROOT), &dir.join(WORK), paths).map_err(|e| e.0)
+    super::disks::prepare_clone(&dir.join(ROOT), &dir.join(WORK), paths)
 }
 
 /// Loads the snapshot's state into a VMM started with `-incoming defer`

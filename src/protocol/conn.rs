@@ -196,10 +196,13 @@ pub async fn serve_connection<R, E, P, H>(
                 }
                 continue;
             }
-            Err(CallDecodeError::Malformed { request_id, message }) => {
+            Err(CallDecodeError::Malformed {
+                request_id,
+                message,
+            }) => {
                 let request_id = request_id.unwrap_or_default();
-                let err =
-                    RpcError::bad_request(format!("malformed request: {message}")).with_request(&request_id);
+                let err = RpcError::bad_request(format!("malformed request: {message}"))
+                    .with_request(&request_id);
                 if let Some(b) = envelope::<E, P>(&request_id, Response::Final(Err(err))) {
                     let _ = out_tx.send(b).await;
                 }
@@ -485,7 +488,8 @@ where
         request: R,
         on_event: impl FnMut(E),
     ) -> Result<P, ClientError> {
-        self.call_with_inputs(request_id, request, on_event, None).await
+        self.call_with_inputs(request_id, request, on_event, None)
+            .await
     }
 
     /// [`Client::call_with_request`], sending what arrives on `inputs` while the
@@ -598,7 +602,11 @@ where
                     Ok(env) => {
                         // The helper streams no events: every frame is a Final.
                         let Response::Final(res) = env.body;
-                        let tx = p2.lock().await.as_mut().and_then(|m| m.remove(&env.request_id));
+                        let tx = p2
+                            .lock()
+                            .await
+                            .as_mut()
+                            .and_then(|m| m.remove(&env.request_id));
                         if let Some(tx) = tx {
                             let _ = tx.send(res);
                         }

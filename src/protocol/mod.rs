@@ -67,14 +67,20 @@ pub struct Call<R> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientFrame<R> {
     Call(Call<R>),
-    Input { request_id: String, input: cli::Input },
+    Input {
+        request_id: String,
+        input: cli::Input,
+    },
 }
 
 /// A decoded client frame.
 #[derive(Debug)]
 pub enum Incoming<R> {
     Call(Call<R>),
-    Input { request_id: String, input: cli::Input },
+    Input {
+        request_id: String,
+        input: cli::Input,
+    },
 }
 
 /// Decodes a [`ClientFrame`] payload, telling unknown methods apart from
@@ -169,7 +175,10 @@ pub fn decode_call<R: Methods>(payload: &[u8]) -> Result<Call<R>, CallDecodeErro
             message: format!("{} trailing bytes after the request", rest.len() - used2),
         });
     }
-    Ok(Call { request_id, request })
+    Ok(Call {
+        request_id,
+        request,
+    })
 }
 
 /// A fresh operation id: 8 hex digits, enough to grep a log.

@@ -280,10 +280,7 @@ async fn disks_stage(
     };
     let how = if let Some(snap) = &restore {
         let (s, p) = (snap.clone(), paths.clone());
-        tokio::task::spawn_blocking(move || crate::ops::snapshots::clone_disks(&s, &p))
-            .await
-            .map_err(|e| OpError::failed(e.to_string()))?
-            .map_err(OpError::failed)?;
+        tokio::task::spawn_blocking(move || crate::ops::snapshots::clone_disks(&s, &p)).await??;
         format!("root: overlay on snapshot {}, work: copy", snap.name)
     } else if disks::exist(paths, rec.vmm) {
         "reused".to_string()
