@@ -149,7 +149,7 @@ where
 {
     Ok(match feed {
         Feed::Tcp(ip, mut data) => {
-            let mut s = connect_stdin(ip, port, token).await?;
+            let mut s = connect_stdin(session, ip, port, token).await?;
             // The command then starts: its STARTED frame follows.
             tokio::spawn(async move {
                 tokio::io::copy(&mut data, &mut s).await?;
@@ -157,7 +157,7 @@ where
             })
         }
         Feed::InputsTcp(ip, mut rx) => {
-            let s = connect_stdin(ip, port, token).await?;
+            let s = connect_stdin(session, ip, port, token).await?;
             let session = session.clone();
             tokio::spawn(async move {
                 let mut data = Some(s);
@@ -276,6 +276,7 @@ async fn stream_output<Rd: AsyncRead + Unpin>(
 /// The command's stdin connection: the port the agent offered, the token
 /// first.
 async fn connect_stdin(
+    session: &AgentSession,
     ip: IpAddr,
     port: Option<u16>,
     token: Option<String>,
@@ -285,12 +286,22 @@ async fn connect_stdin(
             "the agent offered no stdin port".into(),
         ));
     };
+    // The port lives as long as the agent's exec that offered it: when the
+    // session is re-established meanwhile (the agent restarted, its
+    // channel closed), the port is gone and nothing ran.
+    let link = session.link();
     // The agent accepts for 30 s and acknowledges the token; a connection
     // that gets no acknowledgement (it reached somewhere else, e.g. through
     // a stale neighbour entry right after a restore) is tried again.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
+        if session.link() != link {
+            return Err(AgentError::Protocol(format!(
+                "the guest's agent session changed ({:?}, was {link:?}) before the command started, and its stdin port {port} with it; the command did not run: retry",
+                session.link()
+            )));
+        }
         let attempt = async {
             let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
             s.set_nodelay(true)?;
@@ -316,7 +327,9 @@ async fn connect_stdin(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(AgentError::Protocol(format!(
-        "the guest's stdin port {port} at {ip} did not take the connection: {last}"
+        "the guest's stdin port {port} at {ip} did not take the connection: {last} (the agent's session: {:?} when the port was offered, {:?} now)",
+        link,
+        session.link()
     )))
 }
 
@@ -383,6 +396,67 @@ impl Tail {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::guest::session::AgentChannel;
+    use std::time::Instant;
+
+    /// An agent that offers a stdin port and then goes away (restarted)
+    /// before the host connects: the port went with it and the command did
+    /// not run. The exec says so as soon as the session changes, not after
+    /// 25 s of refused connections.
+    #[tokio::test]
+    async fn an_agent_that_restarts_before_stdin_connects_is_reported_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("agent.sock");
+        let l = tokio::net::UnixListener::bind(&sock).unwrap();
+        // A port nothing listens on (bound, then closed).
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let _agent = tokio::spawn(async move {
+            let (c, _) = l.accept().await.unwrap();
+            let (rd, wr) = tokio::io::split(c);
+            let (offered, mut gone) = mpsc::channel::<()>(1);
+            let serve = banger_agent::serve::serve_channel_with(rd, wr, move |mut stream| {
+                let offered = offered.clone();
+                tokio::spawn(async move {
+                    let _ = proto::read_msg(&mut stream, proto::MAX_MSG).await;
+                    let _ = proto::write_msg(&mut stream, proto::PORT, &dead.to_be_bytes()).await;
+                    let _ = stream.flush().await;
+                    // The agent dies a moment after offering its port (the
+                    // frame is on its way to the host by then).
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = offered.send(()).await;
+                });
+            });
+            tokio::select! {
+                _ = serve => {}
+                _ = gone.recv() => {}
+            }
+            // Restarted: a fresh agent on the channel.
+            let (c, _) = l.accept().await.unwrap();
+            let (rd, wr) = tokio::io::split(c);
+            let state = std::sync::Arc::new(banger_agent::serve::AgentState {
+                setup_errors: vec![],
+                init: "test".into(),
+                ready: banger_agent::ready::Hook::None,
+            });
+            banger_agent::serve::serve_channel(rd, wr, state).await;
+        });
+        let s = AgentSession::start(AgentChannel::Serial(sock));
+        s.wait_up(Duration::from_secs(5)).await.unwrap();
+        let (_input, rx) = mpsc::channel(1);
+        let (events, _seen) = mpsc::channel(16);
+        let t = Instant::now();
+        let feed = Feed::<tokio::io::Empty>::InputsTcp("127.0.0.1".parse().unwrap(), rx);
+        let req = ExecRequest::new(vec!["true".into()], "/");
+        let e = run(&s, req, feed, &events).await.unwrap_err().to_string();
+        assert!(e.contains("the command did not run"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    }
+
     #[test]
     fn a_tail_keeps_the_end() {
         let mut t = super::Tail::new(4);
