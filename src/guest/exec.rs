@@ -65,32 +65,51 @@ pub async fn run<R>(
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
-    let token = match &feed {
-        Feed::Tcp(..) | Feed::InputsTcp(..) => {
-            let bytes: [u8; 32] = rand::random();
-            let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            req.stdin = Stdin::Tcp { token: t.clone() };
-            Some(t)
-        }
-        Feed::Inputs(_) => {
-            req.stdin = Stdin::Stream;
-            None
-        }
-        Feed::None => {
-            req.stdin = Stdin::Null;
-            None
+    // A command whose stdin port went away with its agent (the session
+    // changed before the host connected) never ran: it is asked for once
+    // more, on the new session.
+    let mut again = true;
+    let (mut rd, wr, stdin) = loop {
+        let token = match &feed {
+            Feed::Tcp(..) | Feed::InputsTcp(..) => {
+                let bytes: [u8; 32] = rand::random();
+                let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                req.stdin = Stdin::Tcp { token: t.clone() };
+                Some(t)
+            }
+            Feed::Inputs(_) => {
+                req.stdin = Stdin::Stream;
+                None
+            }
+            Feed::None => {
+                req.stdin = Stdin::Null;
+                None
+            }
+        };
+        let stream = session.open(START_TIMEOUT).await?;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        proto::write_json(&mut wr, proto::REQUEST, &Request::Exec(req.clone())).await?;
+        let port = match first_frame(&mut rd).await? {
+            // A command that could not start is an answer, not a failure.
+            First::Failed(e) => return Ok(Outcome::Failed(e)),
+            First::Port(p) => Some(p),
+            First::Started => None,
+        };
+        let ip = match &feed {
+            Feed::Tcp(ip, _) | Feed::InputsTcp(ip, _) => *ip,
+            _ => break (rd, wr, None),
+        };
+        match connect_stdin(session, ip, port, token).await {
+            Ok(s) => break (rd, wr, Some(s)),
+            Err(StdinFailure::Gone(why)) if again => {
+                tracing::warn!("{why}; asking again");
+                again = false;
+            }
+            Err(StdinFailure::Gone(why)) => return Err(AgentError::Protocol(why)),
+            Err(StdinFailure::Other(e)) => return Err(e),
         }
     };
-    let stream = session.open(START_TIMEOUT).await?;
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    proto::write_json(&mut wr, proto::REQUEST, &Request::Exec(req)).await?;
-    let port = match first_frame(&mut rd).await? {
-        // A command that could not start is an answer, not a failure.
-        First::Failed(e) => return Ok(Outcome::Failed(e)),
-        First::Port(p) => Some(p),
-        First::Started => None,
-    };
-    let feeder = spawn_feeder(feed, wr, session, port, token).await?;
+    let feeder = spawn_feeder(feed, wr, session, stdin);
     let result = stream_output(&mut rd, session, events);
     // The guest must keep answering while the command runs (the agent
     // answers beside it, however busy the command is): a silent one is
@@ -136,28 +155,32 @@ async fn first_frame<Rd: AsyncRead + Unpin>(rd: &mut Rd) -> Result<First, AgentE
 /// Feeds the command: stdin over TCP (bytes, EOF) or on the stream, the
 /// caller's signals and resizes; keeps the write half open until aborted
 /// (closing it would end the command).
-async fn spawn_feeder<R, W>(
+fn spawn_feeder<R, W>(
     feed: Feed<R>,
     mut wr: W,
     session: &AgentSession,
-    port: Option<u16>,
-    token: Option<String>,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, AgentError>
+    stdin: Option<tokio::net::TcpStream>,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    Ok(match feed {
-        Feed::Tcp(ip, mut data) => {
-            let mut s = connect_stdin(session, ip, port, token).await?;
+    let no_stdin = || std::io::Error::other("the command's stdin connection is missing");
+    match feed {
+        Feed::Tcp(_, mut data) => {
+            let Some(mut s) = stdin else {
+                return tokio::spawn(async move { Err(no_stdin()) });
+            };
             // The command then starts: its STARTED frame follows.
             tokio::spawn(async move {
                 tokio::io::copy(&mut data, &mut s).await?;
                 s.shutdown().await
             })
         }
-        Feed::InputsTcp(ip, mut rx) => {
-            let s = connect_stdin(session, ip, port, token).await?;
+        Feed::InputsTcp(_, mut rx) => {
+            let Some(s) = stdin else {
+                return tokio::spawn(async move { Err(no_stdin()) });
+            };
             let session = session.clone();
             tokio::spawn(async move {
                 let mut data = Some(s);
@@ -229,7 +252,7 @@ where
             let _keep_open = wr;
             std::future::pending::<std::io::Result<()>>().await
         }),
-    })
+    }
 }
 
 /// The command's output, streamed as events, until its exit status.
@@ -275,16 +298,24 @@ async fn stream_output<Rd: AsyncRead + Unpin>(
 
 /// The command's stdin connection: the port the agent offered, the token
 /// first.
+/// Why the command's stdin did not connect.
+enum StdinFailure {
+    /// The agent's session changed: the port went with the agent's exec,
+    /// and the command never ran.
+    Gone(String),
+    Other(AgentError),
+}
+
 async fn connect_stdin(
     session: &AgentSession,
     ip: IpAddr,
     port: Option<u16>,
     token: Option<String>,
-) -> Result<tokio::net::TcpStream, AgentError> {
+) -> Result<tokio::net::TcpStream, StdinFailure> {
     let (Some(port), Some(token)) = (port, token) else {
-        return Err(AgentError::Protocol(
+        return Err(StdinFailure::Other(AgentError::Protocol(
             "the agent offered no stdin port".into(),
-        ));
+        )));
     };
     // The port lives as long as the agent's exec that offered it: when the
     // session is re-established meanwhile (the agent restarted, its
@@ -297,7 +328,7 @@ async fn connect_stdin(
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         if session.link() != link {
-            return Err(AgentError::Protocol(format!(
+            return Err(StdinFailure::Gone(format!(
                 "the guest's agent session changed ({:?}, was {link:?}) before the command started, and its stdin port {port} with it; the command did not run: retry",
                 session.link()
             )));
@@ -326,11 +357,11 @@ async fn connect_stdin(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(AgentError::Protocol(format!(
+    Err(StdinFailure::Other(AgentError::Protocol(format!(
         "the guest's stdin port {port} at {ip} did not take the connection: {last} (the agent's session: {:?} when the port was offered, {:?} now)",
         link,
         session.link()
-    )))
+    ))))
 }
 
 /// How often a running command's guest is asked whether it answers.
@@ -400,42 +431,39 @@ mod tests {
     use crate::guest::session::AgentChannel;
     use std::time::Instant;
 
-    /// An agent that offers a stdin port and then goes away (restarted)
-    /// before the host connects: the port went with it and the command did
-    /// not run. The exec says so as soon as the session changes, not after
-    /// 25 s of refused connections.
-    #[tokio::test]
-    async fn an_agent_that_restarts_before_stdin_connects_is_reported_at_once() {
-        let d = tempfile::tempdir().unwrap();
-        let sock = d.path().join("agent.sock");
-        let l = tokio::net::UnixListener::bind(&sock).unwrap();
+    /// A channel whose first `dying` agents each offer a stdin port and go
+    /// away (restarted) before the host connects; then a real agent.
+    async fn restarting_agents(sock: &std::path::Path, dying: usize) {
+        let l = tokio::net::UnixListener::bind(sock).unwrap();
         // A port nothing listens on (bound, then closed).
         let dead = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let _agent = tokio::spawn(async move {
-            let (c, _) = l.accept().await.unwrap();
-            let (rd, wr) = tokio::io::split(c);
-            let (offered, mut gone) = mpsc::channel::<()>(1);
-            let serve = banger_agent::serve::serve_channel_with(rd, wr, move |mut stream| {
-                let offered = offered.clone();
-                tokio::spawn(async move {
-                    let _ = proto::read_msg(&mut stream, proto::MAX_MSG).await;
-                    let _ = proto::write_msg(&mut stream, proto::PORT, &dead.to_be_bytes()).await;
-                    let _ = stream.flush().await;
-                    // The agent dies a moment after offering its port (the
-                    // frame is on its way to the host by then).
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    let _ = offered.send(()).await;
+        tokio::spawn(async move {
+            for _ in 0..dying {
+                let (c, _) = l.accept().await.unwrap();
+                let (rd, wr) = tokio::io::split(c);
+                let (offered, mut gone) = mpsc::channel::<()>(1);
+                let serve = banger_agent::serve::serve_channel_with(rd, wr, move |mut stream| {
+                    let offered = offered.clone();
+                    tokio::spawn(async move {
+                        let _ = proto::read_msg(&mut stream, proto::MAX_MSG).await;
+                        let _ =
+                            proto::write_msg(&mut stream, proto::PORT, &dead.to_be_bytes()).await;
+                        let _ = stream.flush().await;
+                        // The agent dies a moment after offering its port
+                        // (the frame is on its way to the host by then).
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let _ = offered.send(()).await;
+                    });
                 });
-            });
-            tokio::select! {
-                _ = serve => {}
-                _ = gone.recv() => {}
+                tokio::select! {
+                    _ = serve => {}
+                    _ = gone.recv() => {}
+                }
             }
-            // Restarted: a fresh agent on the channel.
             let (c, _) = l.accept().await.unwrap();
             let (rd, wr) = tokio::io::split(c);
             let state = std::sync::Arc::new(banger_agent::serve::AgentState {
@@ -445,16 +473,46 @@ mod tests {
             });
             banger_agent::serve::serve_channel(rd, wr, state).await;
         });
-        let s = AgentSession::start(AgentChannel::Serial(sock));
-        s.wait_up(Duration::from_secs(5)).await.unwrap();
-        let (_input, rx) = mpsc::channel(1);
+    }
+
+    async fn exec_with_tcp_stdin(s: &AgentSession) -> Result<Outcome, AgentError> {
+        let (input, rx) = mpsc::channel(1);
+        input.send(Input::StdinEof).await.unwrap();
         let (events, _seen) = mpsc::channel(16);
-        let t = Instant::now();
         let feed = Feed::<tokio::io::Empty>::InputsTcp("127.0.0.1".parse().unwrap(), rx);
         let req = ExecRequest::new(vec!["true".into()], "/");
-        let e = run(&s, req, feed, &events).await.unwrap_err().to_string();
-        assert!(e.contains("the command did not run"), "{e}");
+        run(s, req, feed, &events).await
+    }
+
+    /// The agent restarts after offering its stdin port: the port went
+    /// with it and the command never ran, so it is asked for again on the
+    /// new session, at once (not after 25 s of refused connections).
+    #[tokio::test]
+    async fn an_agent_that_restarts_before_stdin_connects_is_asked_again() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("agent.sock");
+        restarting_agents(&sock, 1).await;
+        let s = AgentSession::start(AgentChannel::Serial(sock));
+        s.wait_up(Duration::from_secs(5)).await.unwrap();
+        let t = Instant::now();
+        match exec_with_tcp_stdin(&s).await {
+            Ok(Outcome::Exited(st)) => assert_eq!(st.shell_code(), 0),
+            other => panic!("{other:?}"),
+        }
         assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    }
+
+    /// Asked once more only: an agent that keeps restarting is reported,
+    /// saying the command did not run.
+    #[tokio::test]
+    async fn an_agent_that_keeps_restarting_is_reported_once_asked_again() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("agent.sock");
+        restarting_agents(&sock, 2).await;
+        let s = AgentSession::start(AgentChannel::Serial(sock));
+        s.wait_up(Duration::from_secs(5)).await.unwrap();
+        let e = exec_with_tcp_stdin(&s).await.unwrap_err().to_string();
+        assert!(e.contains("the command did not run"), "{e}");
     }
 
     #[test]
