@@ -47,6 +47,10 @@ struct RawConfig {
     /// Seconds a guest's agent may be silent while a command runs in it
     /// before the command is given up (exit 125); default 60.
     unresponsive_after_secs: Option<u64>,
+    /// QEMU's TCG translation cache per VM, in MiB (default 128; QEMU's
+    /// own default is 1024): smaller costs less host memory per VM, too
+    /// small slows guests down.
+    tcg_tb_size_mib: Option<u32>,
     #[serde(default)]
     vm_defaults: RawVmDefaults,
     #[serde(default)]
@@ -168,6 +172,12 @@ impl Default for NetworkConfig {
     }
 }
 
+/// QEMU's TCG translation cache per VM, in MiB, unless the config says
+/// otherwise. QEMU's own default (1 GiB) grew an idle guest's QEMU to
+/// ~590 MiB RSS; at 128 it is ~450 MiB with no slower boots or commands
+/// (docs/benchmarks.md, "TCG translation cache").
+pub const DEFAULT_TCG_TB_MIB: u32 = 128;
+
 /// The whole resolved configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -184,6 +194,8 @@ pub struct Config {
     pub warm_start: bool,
     /// `unresponsive_after_secs` (default 60 s).
     pub unresponsive_after: std::time::Duration,
+    /// `tcg_tb_size_mib` (default [`DEFAULT_TCG_TB_MIB`]).
+    pub tcg_tb_mib: u32,
 }
 
 impl Config {
@@ -283,6 +295,16 @@ impl Config {
                 ))
             }
         };
+        let tcg_tb_mib = match raw.tcg_tb_size_mib {
+            None => DEFAULT_TCG_TB_MIB,
+            Some(m) if (16..=1024).contains(&m) => m,
+            Some(m) => return Err(invalid(
+                "tcg_tb_size_mib",
+                format!(
+                    "{m} is out of range: give 16 to 1024 MiB (QEMU's translation cache per VM)"
+                ),
+            )),
+        };
         let vmm = match &raw.vmm {
             Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,
             None => Default::default(),
@@ -294,6 +316,7 @@ impl Config {
             log_level: raw.log_level.clone(),
             warm_start: raw.warm_start.unwrap_or(true),
             unresponsive_after,
+            tcg_tb_mib,
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
@@ -367,6 +390,11 @@ pub fn describe(cfg: &Config) -> Vec<(String, String, String)> {
         (
             "unresponsive_after_secs".into(),
             cfg.unresponsive_after.as_secs().to_string(),
+            String::new(),
+        ),
+        (
+            "tcg_tb_size_mib".into(),
+            cfg.tcg_tb_mib.to_string(),
             String::new(),
         ),
         (
@@ -457,6 +485,16 @@ mod tests {
         assert_eq!(c.log_level.as_deref(), Some("debug"));
         assert!(c.warm_start, "warm starts by default");
         assert!(!load("warm_start = false\n", host(4, 8)).unwrap().warm_start);
+        assert_eq!(c.tcg_tb_mib, DEFAULT_TCG_TB_MIB);
+        let small = load("tcg_tb_size_mib = 64\n", host(4, 8)).unwrap();
+        assert_eq!(small.tcg_tb_mib, 64);
+        let e = load("tcg_tb_size_mib = 4\n", host(4, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tcg_tb_size_mib") && e.contains("16 to 1024"),
+            "{e}"
+        );
         let e = load("firecracker_binary = \"bin/fc\"\n", host(4, 8))
             .unwrap_err()
             .to_string();

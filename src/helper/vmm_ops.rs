@@ -211,8 +211,11 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
                 .qemu
                 .as_ref()
                 .ok_or_else(|| refuse("a QEMU launch needs its machine"))?;
-            if !(1..=64).contains(&m.vcpu) || !(128..=1 << 20).contains(&m.memory_mib) {
-                return Err(refuse("vcpu or memory out of range"));
+            if !(1..=64).contains(&m.vcpu)
+                || !(128..=1 << 20).contains(&m.memory_mib)
+                || m.tcg_tb_mib > 1024
+            {
+                return Err(refuse("vcpu, memory or translation cache out of range"));
             }
             // The host's own size, whatever the daemon (the owner's) checked.
             fits(m.vcpu, m.memory_mib, crate::config::HostFacts::probe())?;
@@ -495,6 +498,7 @@ mod tests {
                 mac: None,
                 agent_socket: None,
                 incoming: false,
+                tcg_tb_mib: 64,
                 serial_log: "/v/serial.log".into(),
             }),
             control_socket: rt.join("vms/0123456789abcdef/qmp.sock"),

@@ -66,6 +66,8 @@ pub struct BootSpec {
     pub binary: Option<PathBuf>,
     /// Wait for a saved state instead of booting (QEMU `-incoming defer`).
     pub incoming: bool,
+    /// QEMU's TCG translation cache, MiB (config `tcg_tb_size_mib`).
+    pub tcg_tb_mib: u32,
 }
 
 /// A VMM driver.
@@ -152,6 +154,9 @@ pub struct QemuMachine {
     /// the daemon hands it the state file over QMP.
     #[serde(default)]
     pub incoming: bool,
+    /// TCG's translation cache in MiB (`tb-size`); 0: QEMU's default.
+    #[serde(default)]
+    pub tcg_tb_mib: u32,
 }
 
 /// A banger VMM process found by [`PrivRequest::ListVmms`].

@@ -46,7 +46,11 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>, tap_fd: Option<i32>) -> Vec<Str
         "-M".into(),
         "microvm".into(),
         "-accel".into(),
-        if m.kvm { "kvm" } else { "tcg" }.into(),
+        match (m.kvm, m.tcg_tb_mib) {
+            (true, _) => "kvm".into(),
+            (false, 0) => "tcg".into(),
+            (false, mib) => format!("tcg,tb-size={mib}"),
+        },
         "-cpu".into(),
         if m.kvm { "host" } else { "max" }.into(),
         "-smp".into(),
@@ -157,6 +161,7 @@ impl Vmm for Qemu {
                 agent_socket: Some(b.paths.agent_socket()),
                 serial_log: b.paths.serial_log(),
                 incoming: b.incoming,
+                tcg_tb_mib: b.tcg_tb_mib,
             }),
             control_socket: b.paths.qmp_socket(),
             log: b.paths.vmm_log(),
@@ -208,6 +213,7 @@ mod tests {
             agent_socket: Some("/v/agent.sock".into()),
             serial_log: "/v/serial.log".into(),
             incoming: false,
+            tcg_tb_mib: 0,
         }
     }
 
@@ -221,6 +227,12 @@ mod tests {
         let work = a.find("file=/v/work.ext4,format=raw").unwrap();
         assert!(root < work);
         assert!(a.contains("-accel tcg -cpu max"));
+        let sized = QemuMachine {
+            tcg_tb_mib: 128,
+            ..machine()
+        };
+        let b = argv(&sized, None, None).join(" ");
+        assert!(b.contains("-accel tcg,tb-size=128 -cpu max"), "{b}");
         assert!(
             a.contains(
                 "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"

@@ -342,6 +342,7 @@ fn boot_spec(
         tap: Some(tap),
         mac: rec.mac.clone(),
         kvm,
+        tcg_tb_mib: ctx.config.tcg_tb_mib,
         binary: match rec.vmm {
             crate::domain::VmmKind::Qemu => ctx.config.qemu_binary.clone(),
             crate::domain::VmmKind::Firecracker => ctx.config.firecracker_binary.clone(),
