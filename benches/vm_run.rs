@@ -83,6 +83,8 @@ fn baseline(
         agent_socket: None,
         serial_log: dir.join("serial.log"),
         incoming: false,
+        // The same cache as banger's VMs.
+        tcg_tb_mib: banger::config::DEFAULT_TCG_TB_MIB,
     };
     let mut q = Command::new("ip")
         .args(["netns", "exec", ns, "qemu-system-x86_64"])

@@ -298,12 +298,14 @@ impl Config {
         let tcg_tb_mib = match raw.tcg_tb_size_mib {
             None => DEFAULT_TCG_TB_MIB,
             Some(m) if (16..=1024).contains(&m) => m,
-            Some(m) => return Err(invalid(
-                "tcg_tb_size_mib",
-                format!(
+            Some(m) => {
+                return Err(invalid(
+                    "tcg_tb_size_mib",
+                    format!(
                     "{m} is out of range: give 16 to 1024 MiB (QEMU's translation cache per VM)"
                 ),
-            )),
+                ))
+            }
         };
         let vmm = match &raw.vmm {
             Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,

@@ -67,6 +67,7 @@ fn boot(ns: &Netns, dir: &Path, name: &str, ip: Ipv4Addr, tap: &str, key: &str) 
         agent_socket: Some(dir.join("agent.sock")),
         serial_log: dir.join("serial.log"),
         incoming: false,
+        tcg_tb_mib: banger::config::DEFAULT_TCG_TB_MIB,
     };
     let qemu = Command::new("ip")
         .args(["netns", "exec", &ns.name, "qemu-system-x86_64"])

@@ -86,6 +86,7 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
             kvm: true,
             binary: None,
             incoming: false,
+            tcg_tb_mib: 0,
         };
         let driver = firecracker::Firecracker;
         assert_eq!(driver.kind(), VmmKind::Firecracker);

@@ -295,6 +295,7 @@ fn hostile_priv(rng: &mut Rng) -> PrivRequest {
                 agent_socket: None,
                 serial_log: "/etc/passwd".into(),
                 incoming: false,
+                tcg_tb_mib: u32::MAX,
             }),
             control_socket: "/etc/qmp.sock".into(),
             log: "/etc/banger.log".into(),
