@@ -13,52 +13,18 @@ use crate::ops::OpError;
 use crate::protocol::{ErrorCode, RpcError};
 
 impl From<OpError> for RpcError {
+    /// The operation's kind ([`OpError::kind`]) is its code; its message
+    /// is the area's own.
     fn from(e: OpError) -> Self {
-        use OpError as O;
-        match e {
-            O::Invalid(m) => RpcError::bad_request(m),
-            O::NotFound(m) => RpcError::not_found(m),
-            O::AlreadyExists(m) => RpcError::new(ErrorCode::AlreadyExists, m),
-            O::Busy(m) => RpcError::new(ErrorCode::Busy, m),
-            O::Failed(m) => RpcError::failed(m),
-            O::Store(e) => e.into(),
-            O::Io(e) => e.into(),
-            O::Kernel(e) => e.into(),
-            O::Bundle(e) => e.into(),
-            O::Build(e) => e.into(),
-            O::Workspace(e) => e.into(),
-            O::Agent(e) => e.into(),
-            O::Ssh(e) => e.into(),
-            O::Vmm(e) => e.into(),
-            O::Name(e) => e.into(),
-            O::Signal(e) => e.into(),
-            O::Net(e) => e.into(),
-            O::Host(e) => e.into(),
-            O::Disk(e) => e.into(),
-            O::WarmKey(e) => e.into(),
-            O::Task(e) => e.into(),
-            O::Shared(e) => RpcError::new(code_of(&e), e.to_string()),
-            O::Context { message, source } => RpcError::new(code_of(&source), message),
-        }
-    }
-}
-
-/// The code an error shared by several waiters maps to (its message is
-/// the same for each).
-fn code_of(e: &OpError) -> ErrorCode {
-    match e {
-        OpError::Shared(inner) => code_of(inner),
-        OpError::Context { source, .. } => code_of(source),
-        _ if e.is_not_found() => ErrorCode::NotFound,
-        _ if e.is_already_exists() => ErrorCode::AlreadyExists,
-        _ if e.is_busy() => ErrorCode::Busy,
-        OpError::Invalid(_)
-        | OpError::Name(_)
-        | OpError::Signal(_)
-        | OpError::Bundle(_)
-        | OpError::Build(crate::image::build::BuildError::Refused(_))
-        | OpError::Kernel(crate::kernel::KernelError::BadInput(_)) => ErrorCode::BadRequest,
-        _ => ErrorCode::OperationFailed,
+        use crate::ops::error::Kind as K;
+        let code = match e.kind() {
+            K::Invalid => ErrorCode::BadRequest,
+            K::NotFound => ErrorCode::NotFound,
+            K::AlreadyExists => ErrorCode::AlreadyExists,
+            K::Busy => ErrorCode::Busy,
+            K::Failed => ErrorCode::OperationFailed,
+        };
+        RpcError::new(code, e.to_string())
     }
 }
 
@@ -227,5 +193,29 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// An operation's failure has its area's code and message, also when
+    /// it is shared by a job's waiters or told in the operation's words.
+    #[test]
+    fn an_operation_error_keeps_its_areas_code_when_shared_or_reworded() {
+        use crate::workspace::WorkspaceError;
+        let area = || WorkspaceError::NotARepo("/tmp/x".into());
+        let direct = RpcError::from(area());
+        assert_eq!(direct.code, ErrorCode::BadRequest);
+        assert_eq!(RpcError::from(OpError::from(area())), direct);
+        let shared = OpError::Shared(std::sync::Arc::new(OpError::from(area())));
+        assert_eq!(RpcError::from(shared), direct);
+        let worded = OpError::from(area()).reworded("preparing: it failed".into());
+        let w = RpcError::from(worded);
+        assert_eq!(
+            (w.code, w.message.as_str()),
+            (ErrorCode::BadRequest, "preparing: it failed")
+        );
+        let missing = OpError::from(crate::store::StoreError::Missing(
+            "/nonexistent/state.redb".into(),
+        ));
+        assert!(missing.is_not_found());
+        assert_eq!(RpcError::from(missing).code, ErrorCode::NotFound);
     }
 }

@@ -100,32 +100,63 @@ impl OpError {
         }
     }
 
-    /// The failure as the operation's own kind, looking through a shared
-    /// one: whether the thing was missing, taken or busy.
-    pub fn is_not_found(&self) -> bool {
+    /// What kind of failure this is, whatever area it came from (looking
+    /// through a shared or reworded one): the one classification, which
+    /// the daemon turns into a wire code.
+    pub fn kind(&self) -> Kind {
+        use crate::store::StoreError as S;
+        let io = |e: &IoError| match e.source.kind() {
+            std::io::ErrorKind::NotFound => Kind::NotFound,
+            _ => Kind::Failed,
+        };
         match self {
-            OpError::NotFound(_) => true,
-            OpError::Store(crate::store::StoreError::Missing(_)) => true,
-            OpError::Shared(e) => e.is_not_found(),
-            OpError::Context { source, .. } => source.is_not_found(),
-            _ => false,
+            OpError::Invalid(_) => Kind::Invalid,
+            OpError::NotFound(_) => Kind::NotFound,
+            OpError::AlreadyExists(_) => Kind::AlreadyExists,
+            OpError::Busy(_) => Kind::Busy,
+            OpError::Shared(e) => e.kind(),
+            OpError::Context { source, .. } => source.kind(),
+            OpError::Store(S::Missing(_)) => Kind::NotFound,
+            OpError::Store(S::Locked(_)) => Kind::Busy,
+            OpError::Io(e) => io(e),
+            OpError::Kernel(crate::kernel::KernelError::Io(e)) => io(e),
+            OpError::Bundle(crate::image::bundle::BundleError::Io(e)) => io(e),
+            OpError::Disk(super::disks::DiskError::Io(e)) => io(e),
+            OpError::WarmKey(super::warm::WarmKeyError::Store(S::Missing(_))) => Kind::NotFound,
+            OpError::WarmKey(super::warm::WarmKeyError::Store(S::Locked(_))) => Kind::Busy,
+            OpError::Net(crate::host::net::NetError::Missing(_)) => Kind::NotFound,
+            OpError::Kernel(crate::kernel::KernelError::BadInput(_))
+            | OpError::Bundle(_)
+            | OpError::Build(crate::image::build::BuildError::Refused(_))
+            | OpError::Workspace(
+                crate::workspace::WorkspaceError::NotARepo(_)
+                | crate::workspace::WorkspaceError::Refused(_),
+            )
+            | OpError::WarmKey(super::warm::WarmKeyError::KeyFile { .. })
+            | OpError::Net(crate::host::net::NetError::Policy(_))
+            | OpError::Name(_)
+            | OpError::Signal(_) => Kind::Invalid,
+            _ => Kind::Failed,
         }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == Kind::NotFound
     }
     pub fn is_already_exists(&self) -> bool {
-        match self {
-            OpError::AlreadyExists(_) => true,
-            OpError::Shared(e) => e.is_already_exists(),
-            OpError::Context { source, .. } => source.is_already_exists(),
-            _ => false,
-        }
+        self.kind() == Kind::AlreadyExists
     }
     pub fn is_busy(&self) -> bool {
-        match self {
-            OpError::Busy(_) => true,
-            OpError::Store(crate::store::StoreError::Locked(_)) => true,
-            OpError::Shared(e) => e.is_busy(),
-            OpError::Context { source, .. } => source.is_busy(),
-            _ => false,
-        }
+        self.kind() == Kind::Busy
     }
+}
+
+/// The kinds of failure an operation has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Invalid,
+    NotFound,
+    AlreadyExists,
+    Busy,
+    Failed,
 }
