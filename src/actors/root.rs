@@ -20,6 +20,17 @@ impl ActorHelper {
     async fn done(&self, request: PrivRequest) -> Result<(), OpError> {
         self.ask(request).await.map(drop)
     }
+
+    /// `request`'s answer, taken out of its reply by `pick` (another reply
+    /// is a version skew).
+    async fn answer<T>(
+        &self,
+        request: PrivRequest,
+        pick: fn(PrivReply) -> Result<T, PrivReply>,
+    ) -> Result<T, OpError> {
+        let what = request.method();
+        pick(self.ask(request).await?).map_err(|other| unexpected(what, other))
+    }
 }
 
 fn unexpected(what: &str, reply: PrivReply) -> OpError {
@@ -47,12 +58,10 @@ impl Privileged for ActorHelper {
     }
 
     fn list_taps(&self) -> BoxFuture<'_, Result<Vec<TapInfo>, OpError>> {
-        Box::pin(async move {
-            match self.ask(PrivRequest::ListTaps).await? {
-                PrivReply::Taps(t) => Ok(t),
-                other => Err(unexpected("list_taps", other)),
-            }
-        })
+        Box::pin(self.answer(PrivRequest::ListTaps, |r| match r {
+            PrivReply::Taps(v) => Ok(v),
+            other => Err(other),
+        }))
     }
 
     fn guard_tap(
@@ -79,12 +88,10 @@ impl Privileged for ActorHelper {
     }
 
     fn list_nat(&self) -> BoxFuture<'_, Result<Vec<String>, OpError>> {
-        Box::pin(async move {
-            match self.ask(PrivRequest::ListNat).await? {
-                PrivReply::NatVms(v) => Ok(v),
-                other => Err(unexpected("list_nat", other)),
-            }
-        })
+        Box::pin(self.answer(PrivRequest::ListNat, |r| match r {
+            PrivReply::NatVms(v) => Ok(v),
+            other => Err(other),
+        }))
     }
 
     fn route_dns(
@@ -94,36 +101,30 @@ impl Privileged for ActorHelper {
         port: u16,
         on: bool,
     ) -> BoxFuture<'_, Result<String, OpError>> {
-        Box::pin(async move {
-            let req = PrivRequest::RouteDns {
-                bridge,
-                address,
-                port,
-                on,
-            };
-            match self.ask(req).await? {
-                PrivReply::Resolver { detail, .. } => Ok(detail),
-                other => Err(unexpected("route_dns", other)),
-            }
-        })
+        let req = PrivRequest::RouteDns {
+            bridge,
+            address,
+            port,
+            on,
+        };
+        Box::pin(self.answer(req, |r| match r {
+            PrivReply::Resolver { detail, .. } => Ok(detail),
+            other => Err(other),
+        }))
     }
 
     fn build_rootfs(&self, spec: RootfsSpec) -> BoxFuture<'_, Result<BuiltRootfs, OpError>> {
-        Box::pin(async move {
-            match self.ask(PrivRequest::BuildRootfs(spec)).await? {
-                PrivReply::Built(b) => Ok(b),
-                other => Err(unexpected("build_rootfs", other)),
-            }
-        })
+        Box::pin(self.answer(PrivRequest::BuildRootfs(spec), |r| match r {
+            PrivReply::Built(v) => Ok(v),
+            other => Err(other),
+        }))
     }
 
     fn launch_vmm(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<u32, OpError>> {
-        Box::pin(async move {
-            match self.ask(PrivRequest::LaunchVmm(spec)).await? {
-                PrivReply::Launched { pid } => Ok(pid),
-                other => Err(unexpected("launch_vmm", other)),
-            }
-        })
+        Box::pin(self.answer(PrivRequest::LaunchVmm(spec), |r| match r {
+            PrivReply::Launched { pid } => Ok(pid),
+            other => Err(other),
+        }))
     }
 
     fn signal_vmm(&self, pid: u32, signal: Signal) -> BoxFuture<'_, Result<(), OpError>> {
@@ -131,11 +132,9 @@ impl Privileged for ActorHelper {
     }
 
     fn list_vmms(&self) -> BoxFuture<'_, Result<Vec<VmmProcess>, OpError>> {
-        Box::pin(async move {
-            match self.ask(PrivRequest::ListVmms).await? {
-                PrivReply::Vmms(v) => Ok(v),
-                other => Err(unexpected("list_vmms", other)),
-            }
-        })
+        Box::pin(self.answer(PrivRequest::ListVmms, |r| match r {
+            PrivReply::Vmms(v) => Ok(v),
+            other => Err(other),
+        }))
     }
 }
