@@ -87,10 +87,8 @@ fn owner_runtime_dir(base: &std::path::Path, name: &str, uid: u32) -> std::path:
 }
 
 fn helper(netns: &Netns, owner: u32, dir: &std::path::Path) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &netns.name])
-        .arg(bin("bangerd-root"))
-        .arg("--owner-uid")
+    let mut c = netns.command(bin("bangerd-root"));
+    c.arg("--owner-uid")
         .arg(owner.to_string())
         .arg("--runtime-dir")
         .arg(dir)

@@ -53,17 +53,10 @@ fn start_with_fake_resolvectl(env: &TestEnv) -> std::path::PathBuf {
         "mount -t tmpfs tmpfs /usr/local/sbin && install -m 0755 {} /usr/local/sbin/resolvectl && exec \"$0\" daemon start",
         fake.display()
     );
-    let out = Command::new("ip")
-        .args(["netns", "exec", &env.netns.name])
-        .args([
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ])
+    let out = env
+        .netns
+        .command("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
         .arg(bin("banger"))
         .envs(env.envs())
         .stdin(std::process::Stdio::null())

@@ -116,10 +116,13 @@ impl Bench {
         c
     }
 
-    /// `banger <args>` inside the namespace.
+    /// `banger <args>` inside the namespace (`nsenter --net`: `ip netns
+    /// exec` mounts a fresh /sys, hiding the cgroups VMMs are put in).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, BANGER]).args(args);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns))
+            .args(["--", BANGER])
+            .args(args);
         self.envs(&mut c);
         c
     }

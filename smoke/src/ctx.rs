@@ -88,13 +88,16 @@ impl Env {
         ]
     }
 
-    /// `banger <args>`: inside the namespace (`ip netns exec`, which execs
+    /// `banger <args>`: inside the namespace (`nsenter`, which execs
     /// banger, so the child is the CLI) or, for preflight's downloads, in
     /// the host's.
     pub fn banger_cmd(&self, args: &[&str], isolated: bool) -> Command {
         let mut c = if isolated {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &self.netns])
+            // `nsenter --net`, not `ip netns exec`: that mounts a fresh
+            // /sys, hiding the cgroups the helper confines VMMs with.
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", self.netns))
+                .arg("--")
                 .arg(self.bin("banger"));
             c
         } else {

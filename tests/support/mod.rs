@@ -36,6 +36,15 @@ pub struct Netns {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// [`Netns::command`] by the namespace's name.
+pub fn netns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(program);
+    c
+}
+
 impl Netns {
     pub fn new() -> Netns {
         let name = format!(
@@ -46,6 +55,14 @@ impl Netns {
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         run_ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
         Netns { name }
+    }
+
+    /// `program` inside the namespace: its network only (`nsenter --net`,
+    /// which execs the program). Not `ip netns exec`, which also mounts a
+    /// fresh /sys and so hides the cgroup hierarchies the helper confines
+    /// VMMs with.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        netns_command(&self.name, program)
     }
 
     /// `ip -n <ns> ...` and its stdout.
@@ -61,11 +78,7 @@ impl Netns {
 
     /// Runs a command inside the namespace; its stdout and stderr.
     pub fn exec(&self, args: &[&str]) -> (String, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.command(args[0]).args(&args[1..]).output().unwrap();
         (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -235,10 +248,7 @@ impl TestEnv {
     /// `banger <args>` inside the namespace.
     pub fn banger_cmd(&self, args: &[&str]) -> Command {
         let mut c = if self.isolated {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &self.netns.name])
-                .arg(bin("banger"));
-            c
+            self.netns.command(bin("banger"))
         } else {
             Command::new(bin("banger"))
         };
