@@ -66,6 +66,9 @@ Type=simple
 ExecStartPre=+/usr/bin/install -d -m 0700 -o {uid} -g {gid} {RUNTIME_DIR}
 # iptables (legacy) takes this lock; it must exist to be writable below.
 ExecStartPre=+/usr/bin/touch /run/xtables.lock
+# banger's cgroup for VMMs, made where the cgroup root is writable; `-`:
+# without one VMMs run unconfined by cgroups (the helper logs it).
+ExecStartPre=-+{bin}/bangerd-root --owner-uid {uid} --runtime-dir {RUNTIME_DIR} --prepare-cgroups
 ExecStart={bin}/bangerd-root --owner-uid {uid} --runtime-dir {RUNTIME_DIR}
 Restart=on-failure
 RestartSec=1
@@ -79,8 +82,8 @@ ProtectSystem=strict
 # Writable: the owner's runtime directory (sockets, VMMs), its own
 # (network claims, forwarding record), iptables' lock, the system-mode
 # daemon's state and cache, its own state and package cache. Not the rest
-# of /run.
-ReadWritePaths={RUNTIME_DIR} -/run/xtables.lock -/var/lib/banger -/var/cache/banger
+# of /run. Of the cgroup tree, banger's own group (VMMs' per-VM groups).
+ReadWritePaths={RUNTIME_DIR} -/run/xtables.lock -/var/lib/banger -/var/cache/banger{cgroups}
 RuntimeDirectory=banger-root
 RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=yes
@@ -118,6 +121,12 @@ WantedBy=multi-user.target
         uid = i.owner_uid,
         gid = i.owner_gid,
         bin = i.bin_dir,
+        cgroups = crate::host::cgroup::Layout::detect()
+            .map(|l| l.top_dirs())
+            .unwrap_or_default()
+            .iter()
+            .map(|d| format!(" -{}", d.display()))
+            .collect::<String>(),
     )
 }
 

@@ -43,9 +43,10 @@ fn doctor_passes_what_can_pass_here_and_names_a_missing_tool() {
 
     // qemu-img gone (a device over it in a private mount namespace).
     let qemu_img = banger::host::system_tool("qemu-img").unwrap();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &env.netns.name])
-        .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
+    let out = env
+        .netns
+        .command("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "mount --bind /dev/null {} && exec \"$0\" doctor --json",
             qemu_img.display()
@@ -165,6 +166,31 @@ fn system_install_under_real_systemd_in_a_guest() {
                 "sh",
                 "-c",
                 "journalctl -u bangerd-root -u bangerd --no-pager | tail -40"
+            ]
+        )
+    );
+    // The sandboxed helper made the owner's cgroup for VMMs and set its
+    // limits (the unit made banger's top group writable for it alone).
+    let uid = guest_ok(&env, "sys", &["id", "-u", "tester"]);
+    let limit = guest(
+        &env,
+        "sys",
+        &[
+            "cat",
+            &format!("/sys/fs/cgroup/banger/uid-{}/memory.max", uid.trim()),
+        ],
+    );
+    let limit = String::from_utf8_lossy(&limit.stdout).trim().to_string();
+    assert!(
+        limit.parse::<u64>().is_ok_and(|n| n > 0),
+        "the owner's VMM cgroup limit: {limit:?}\n{}",
+        guest_ok(
+            &env,
+            "sys",
+            &[
+                "sh",
+                "-c",
+                "journalctl -u bangerd-root --no-pager | tail -20; ls -la /sys/fs/cgroup/banger"
             ]
         )
     );
@@ -366,9 +392,8 @@ const STRANGER: u32 = 64223;
 /// passwd and group entries for the test uids bound over /etc's.
 fn as_uid(env: &TestEnv, uid: u32, args: &[&str]) -> Command {
     let etc = env.root().join("etc");
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &env.netns.name])
-        .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
+    let mut c = env.netns.command("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "mount --bind {e}/passwd /etc/passwd && mount --bind {e}/group /etc/group && exec setpriv --reuid={uid} --regid={uid} --clear-groups \"$@\"",
             e = etc.display()
@@ -464,9 +489,9 @@ fn an_unprivileged_owner_runs_vms_through_the_root_helper() {
     );
     // Root grants it: bangerd-root for that uid and its runtime directory.
     let helper_log = std::fs::File::create(env.root().join("helper.log")).unwrap();
-    let mut helper = Command::new("ip")
-        .args(["netns", "exec", &env.netns.name])
-        .arg(bin("bangerd-root"))
+    let mut helper = env
+        .netns
+        .command(bin("bangerd-root"))
         .args(["--owner-uid", &OWNER.to_string(), "--runtime-dir"])
         .arg(env.runtime_dir())
         .stdin(Stdio::null())

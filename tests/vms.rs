@@ -355,9 +355,9 @@ fn a_second_daemon_in_the_same_namespace_refuses_and_breaks_nothing() {
         env.root().display().to_string(),
         other.path().display().to_string(),
     );
-    let out = Command::new("ip")
-        .args(["netns", "exec", &env.netns.name])
-        .arg(bin("banger"))
+    let out = env
+        .netns
+        .command(bin("banger"))
         .args(["vm", "list"])
         .envs(env.envs().into_iter().map(|(k, v)| {
             // The same cache, another everything else.
@@ -454,9 +454,36 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
         "nor through the host's routing: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Each VMM runs under QEMU's seccomp sandbox.
+    // Each VMM runs under QEMU's seccomp sandbox, in its VM's own cgroup.
     let pids = vmm_pids(&env);
     assert_eq!(pids.len(), 2, "{pids:?}");
+    let layout = banger::host::cgroup::Layout::detect().expect("a memory controller here");
+    let mut groups: Vec<String> = pids.iter().filter_map(|p| layout.group_of(*p)).collect();
+    groups.sort();
+    let mut want: Vec<String> = ["sib1", "sib2"]
+        .iter()
+        .map(|n| format!("uid-0/vm-{}", show(&env, n)["id"].as_str().unwrap()))
+        .collect();
+    want.sort();
+    assert_eq!(
+        groups,
+        want,
+        "each VMM in its VM's group: {:?} {}",
+        pids.iter()
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default())
+            .collect::<Vec<_>>(),
+        env.helper_log()
+    );
+    let v1 = show(&env, "sib1");
+    let dir = &layout.vm_dirs(0, v1["id"].as_str().unwrap())[0];
+    let limit = ["memory.max", "memory.limit_in_bytes"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .expect("the VM group's memory limit");
+    // The guest's memory, the translation cache (128 MiB by default) and
+    // the VMM's own 512 MiB.
+    let mib = v1["memory_mib"].as_u64().unwrap() + 128 + 512;
+    assert_eq!(limit.trim(), (mib << 20).to_string(), "{}", dir.display());
     for pid in pids {
         let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
             .replace('\0', " ");
@@ -523,7 +550,15 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
     env.banger_ok(&["vm", "restart", "sib1"]);
     assert_eq!(show(&env, "sib1")["state"], "running");
     assert_eq!(ssh(&env, "sib1", &["echo", "back"]), "back\n");
+    let dirs: Vec<_> = ["sib1", "sib2"]
+        .iter()
+        .flat_map(|n| layout.vm_dirs(0, show(&env, n)["id"].as_str().unwrap()))
+        .collect();
     for n in ["sib1", "sib2"] {
         env.banger_ok(&["vm", "delete", n]);
     }
+    // Their groups go with their VMMs.
+    wait_for("the VMs' cgroups to go", Duration::from_secs(10), || {
+        dirs.iter().all(|d| !d.exists()).then_some(())
+    });
 }

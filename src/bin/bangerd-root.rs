@@ -23,6 +23,11 @@ struct Args {
     /// Report readiness on this inherited file descriptor
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
+    /// Make banger's top cgroup for VMMs (and let it use the memory, pids
+    /// and cpu controllers), then exit: run by the installed unit before
+    /// its sandbox makes the cgroup root read-only
+    #[arg(long)]
+    prepare_cgroups: bool,
 }
 
 fn main() -> ExitCode {
@@ -31,6 +36,19 @@ fn main() -> ExitCode {
     if !args.runtime_dir.is_absolute() {
         eprintln!("bangerd-root: --runtime-dir must be an absolute path");
         return ExitCode::from(2);
+    }
+    if args.prepare_cgroups {
+        let Some(layout) = banger::host::cgroup::Layout::detect() else {
+            eprintln!("bangerd-root: no cgroup memory controller here; VMMs will run without per-VM cgroups");
+            return ExitCode::SUCCESS;
+        };
+        return match layout.prepare_top() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bangerd-root: {e}; VMMs will run without per-VM cgroups");
+                ExitCode::from(1)
+            }
+        };
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -64,6 +64,7 @@ struct Running {
     net: Arc<Slot<NetMsg>>,
     supervisor: ractor::ActorRef<supervisor::HelperSupervisorMsg>,
     shutdown: Arc<Notify>,
+    cgroups: Option<Arc<crate::host::cgroup::Layout>>,
     _lock: LockFile,
 }
 
@@ -160,6 +161,7 @@ async fn start(opts: HelperOptions) -> Result<Option<Running>, HelperError> {
         net,
         supervisor,
         shutdown: Arc::new(Notify::new()),
+        cgroups: vmm_ops::prepare_cgroups(opts.owner_uid),
         _lock: lock,
     }))
 }
@@ -325,6 +327,7 @@ struct PrivHandler {
     owner_uid: u32,
     net: Arc<Slot<NetMsg>>,
     shutdown: Arc<Notify>,
+    cgroups: Option<Arc<crate::host::cgroup::Layout>>,
 }
 
 impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
@@ -369,10 +372,13 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             }
             PrivRequest::LaunchVmm(spec) => {
                 let (owner, gid, rt) = (self.owner_uid, self.owner_gid, self.runtime_dir.clone());
+                let cgroups = self.cgroups.clone();
                 tracing::info!(request_id = %call.request_id, vm_id = %spec.vm_id, kind = spec.kind.as_str(), "launching VMM");
-                tokio::task::spawn_blocking(move || vmm_ops::launch(&spec, owner, gid, &rt))
-                    .await?
-                    .map(|pid| PrivReply::Launched { pid })
+                tokio::task::spawn_blocking(move || {
+                    vmm_ops::launch(&spec, owner, gid, &rt, cgroups)
+                })
+                .await?
+                .map(|pid| PrivReply::Launched { pid })
             }
             PrivRequest::SignalVmm { pid, signal } => {
                 tracing::info!(request_id = %call.request_id, pid, %signal, "signalling VMM");
@@ -381,8 +387,17 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             }
             PrivRequest::ListVmms => {
                 let (owner, rt) = (self.owner_uid, self.runtime_dir.clone());
+                let cgroups = self.cgroups.clone();
                 Ok(PrivReply::Vmms(
-                    tokio::task::spawn_blocking(move || vmm_ops::list(owner, &rt)).await?,
+                    tokio::task::spawn_blocking(move || {
+                        // Groups of VMMs that ended while no helper waited
+                        // for them go now (a live VMM's group is kept).
+                        if let Some(l) = cgroups {
+                            l.sweep(owner);
+                        }
+                        vmm_ops::list(owner, &rt)
+                    })
+                    .await?,
                 ))
             }
             req @ (PrivRequest::EnsureBridge { .. }
@@ -433,6 +448,7 @@ impl Running {
             owner_uid: owner,
             net: self.net.clone(),
             shutdown: self.shutdown.clone(),
+            cgroups: self.cgroups.clone(),
         };
         crate::protocol::conn::serve_until_shutdown(
             self.listener,

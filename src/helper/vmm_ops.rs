@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::domain::{Signal, VmmKind};
+use crate::host::cgroup::{Layout, Limits};
 use crate::protocol::helper::{LaunchSpec, VmmProcess};
 use crate::protocol::RpcError;
 
@@ -189,6 +190,72 @@ pub fn fits(vcpu: u32, memory_mib: u32, host: crate::config::HostFacts) -> Resul
     Ok(())
 }
 
+/// What a VMM may use beyond its guest's memory (its own code, devices,
+/// buffers; TCG's translation cache is added to this).
+const VMM_OVERHEAD_MIB: u64 = 512;
+/// QEMU's translation cache when `tb-size` is not given (TCG, 64-bit host).
+const QEMU_DEFAULT_TB_MIB: u64 = 1024;
+/// Threads and processes one VMM may have.
+const VMM_PIDS: u64 = 1024;
+/// ... and all of one owner's VMMs together.
+const OWNER_PIDS: u64 = 65_536;
+
+/// The owner's group: all its VMMs together leave the host a tenth of its
+/// memory (at least 512 MiB).
+pub fn owner_limits(host: crate::config::HostFacts) -> Limits {
+    let reserve = (host.memory_bytes / 10).max(512 << 20);
+    Limits {
+        memory_bytes: (host.memory_bytes > reserve).then(|| host.memory_bytes - reserve),
+        pids: Some(OWNER_PIDS),
+        cpu_weight: None,
+    }
+}
+
+/// One VMM's group: QEMU's guest memory, its translation cache and its own
+/// overhead, and a CPU weight by vCPUs. Firecracker gets its memory and
+/// vCPUs over its API later: only the thread bound applies at launch.
+pub fn vm_limits(spec: &LaunchSpec) -> Limits {
+    match (&spec.qemu, spec.kind) {
+        (Some(m), VmmKind::Qemu) => {
+            let tb = match (m.kvm, m.tcg_tb_mib) {
+                (true, _) => 0,
+                (false, 0) => QEMU_DEFAULT_TB_MIB,
+                (false, n) => u64::from(n),
+            };
+            Limits {
+                memory_bytes: Some((u64::from(m.memory_mib) + tb + VMM_OVERHEAD_MIB) << 20),
+                pids: Some(VMM_PIDS),
+                cpu_weight: Some(100 * m.vcpu.max(1)),
+            }
+        }
+        _ => Limits {
+            pids: Some(VMM_PIDS),
+            ..Limits::default()
+        },
+    }
+}
+
+/// Makes the owner's cgroup for VMMs and sweeps empty VM groups; `None`
+/// (VMMs run without per-VM groups, said in the log) where the host has no
+/// writable memory controller.
+pub fn prepare_cgroups(owner: u32) -> Option<std::sync::Arc<Layout>> {
+    let Some(layout) = Layout::detect() else {
+        tracing::warn!("no cgroup memory controller here: VMMs run without per-VM cgroups");
+        return None;
+    };
+    match layout.prepare_owner(owner, owner_limits(crate::config::HostFacts::probe())) {
+        Ok(()) => {
+            let swept = layout.sweep(owner);
+            tracing::info!(groups = ?layout.owner_dirs(owner), swept, "VMM cgroups ready");
+            Some(std::sync::Arc::new(layout))
+        }
+        Err(e) => {
+            tracing::warn!("VMMs run without per-VM cgroups: {e}");
+            None
+        }
+    }
+}
+
 /// Checks a launch request and returns (binary, argv).
 pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<String>), RpcError> {
     if !is_vm_id(&spec.vm_id) {
@@ -310,8 +377,17 @@ pub fn launch(
     owner: u32,
     owner_gid: u32,
     runtime_dir: &Path,
+    cgroups: Option<std::sync::Arc<Layout>>,
 ) -> Result<u32, RpcError> {
     let (bin, argv) = plan(spec, runtime_dir)?;
+    // The VM's own cgroup, joined by the child before it drops to the owner.
+    let join = match &cgroups {
+        Some(l) if nix::unistd::geteuid().is_root() => Some(
+            l.vm_plan(owner, &spec.vm_id, vm_limits(spec))
+                .map_err(|e| RpcError::failed(format!("planning the VMM's cgroup: {e}")))?,
+        ),
+        _ => None,
+    };
     let tap = match (&spec.qemu, spec.kind) {
         (Some(m), VmmKind::Qemu) if nix::unistd::geteuid().is_root() => {
             m.tap.as_deref().map(|t| open_tap(t, owner)).transpose()?
@@ -363,12 +439,15 @@ pub fn launch(
         .stdin(std::process::Stdio::null())
         .current_dir("/");
     // SAFETY: setsid, unshare, mount, mkdir, setgroups, setgid, setuid,
-    // open, dup2 and close are async-signal-safe; the C strings, fds and
-    // the group list were built before fork. The log is opened after the switch to the owner.
+    // open, write, dup2 and close are async-signal-safe; the C strings, fds,
+    // cgroup writes and the group list were built before fork. The log is opened after the switch to the owner.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(j) = &join {
+                j.apply()?;
             }
             if let Some(m) = &mounts {
                 m.apply()?;
@@ -400,16 +479,23 @@ pub fn launch(
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| RpcError::failed(format!("starting {}: {e}", bin.display())))?;
+    let spawned = cmd.spawn();
     // The child holds its own copy now.
     drop(tap);
-    let pid = child.id();
     let id = spec.vm_id.clone();
+    let mut child = spawned.map_err(|e| {
+        if let Some(l) = &cgroups {
+            l.remove_vm(owner, &id);
+        }
+        RpcError::failed(format!("starting {}: {e}", bin.display()))
+    })?;
+    let pid = child.id();
     std::thread::spawn(move || {
         if let Ok(st) = child.wait() {
             tracing::info!(pid, vm_id = %id, "VMM exited: {st}");
+        }
+        if let Some(l) = &cgroups {
+            l.remove_vm(owner, &id);
         }
     });
     Ok(pid)

@@ -1,6 +1,7 @@
 //! Host side effects, behind small traits so error paths are testable.
 //! Only `bangerd-root` calls the privileged parts.
 
+pub mod cgroup;
 pub mod cpu;
 pub mod firewall;
 pub mod nat;
