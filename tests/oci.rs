@@ -530,12 +530,12 @@ fn token_auth_multi_arch_zstd_catalog_bundles_create_by_reference_and_cache_prun
         entries_in(&blobs_dir)
     );
     let registry_log = || std::fs::read_to_string(reg.dir.join("log")).unwrap_or_default();
+    // banger's own manifest GETs (its user agent), not skopeo's pushes.
     let manifest_gets = |tag: &str| {
         registry_log()
             .lines()
             .filter(|l| {
-                l.contains(&format!("/v2/banger/multi/manifests/{tag} "))
-                    && l.contains("oci-client")
+                l.contains(&format!("/v2/banger/multi/manifests/{tag} ")) && l.contains("\"banger ")
             })
             .count()
     };

@@ -1,6 +1,7 @@
 //! Pulling an image from an OCI registry (the distribution v2 API, through
 //! the `oci-client` crate: anonymous, bearer-token and basic auth; Docker v2
-//! and OCI manifests; an image index resolved to linux/amd64), and making
+//! and OCI manifests; an image index resolved to linux/amd64 — manifests
+//! read by banger with a byte cap, blobs by the crate), and making
 //! it a banger image: its layers applied in order ([`super::layers`]), the
 //! agent added, an ext4 root and a work seed.
 //!
@@ -165,10 +166,12 @@ async fn fetch_unbounded(
         registry: registry.clone(),
         message: e.to_string(),
     };
-    let (manifest, digest) = client
-        .pull_image_manifest(&r, &auth)
-        .await
-        .map_err(reg_err)?;
+    let scheme = if insecure || is_loopback(&registry) {
+        "http"
+    } else {
+        "https"
+    };
+    let (manifest, digest) = pull_manifest(&client, &r, &auth, scheme).await?;
     std::fs::create_dir_all(blobs)
         .map_err(|e| OciError::Other(format!("creating {}: {e}", blobs.display())))?;
     check_layer_sizes(&manifest.layers, blobs)?;
@@ -227,6 +230,131 @@ async fn fetch_unbounded(
         });
     }
     Ok(Fetched { digest, layers })
+}
+
+/// The largest manifest or index banger reads (real ones are kilobytes).
+pub const MAX_MANIFEST: usize = 4 << 20;
+
+/// The image manifest for linux/amd64 and its digest, read by banger with
+/// a byte cap ([`MAX_MANIFEST`]; `oci-client` reads a body whole) and
+/// verified against the digest the reference pins or the registry names.
+/// `client` authenticates first, which also serves the blob pulls after.
+async fn pull_manifest(
+    client: &Client,
+    r: &Reference,
+    auth: &RegistryAuth,
+    scheme: &str,
+) -> Result<(oci_client::manifest::OciImageManifest, String), OciError> {
+    use oci_client::manifest::OciManifest;
+    let registry = r.resolve_registry().to_string();
+    let reg_err = |message: String| OciError::Registry {
+        registry: registry.clone(),
+        message,
+    };
+    let token = client
+        .auth(r, auth, oci_client::RegistryOperation::Pull)
+        .await
+        .map_err(|e| reg_err(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(format!("banger {}", crate::version::VERSION))
+        .build()
+        .map_err(|e| OciError::Other(format!("an HTTP client: {e}")))?;
+    let mut reference = r.clone();
+    for depth in 0..2 {
+        let (body, digest) = get_manifest(&http, &reference, token.as_deref(), auth, scheme)
+            .await
+            .map_err(reg_err)?;
+        let manifest: OciManifest = serde_json::from_slice(&body)
+            .map_err(|e| reg_err(format!("its manifest is not one banger reads: {e}")))?;
+        match manifest {
+            OciManifest::Image(m) => return Ok((m, digest)),
+            OciManifest::ImageIndex(index) if depth == 0 => {
+                let Some(d) = oci_client::client::linux_amd64_resolver(&index.manifests) else {
+                    return Err(reg_err(format!(
+                        "{} has no linux/amd64 image; pick a reference built for it",
+                        r.whole()
+                    )));
+                };
+                reference = r.clone_with_digest(d);
+            }
+            OciManifest::ImageIndex(_) => break,
+        }
+    }
+    Err(reg_err(format!(
+        "{} resolves to an index within an index; banger reads one level",
+        r.whole()
+    )))
+}
+
+/// One manifest GET: the body (at most [`MAX_MANIFEST`]) and its digest.
+async fn get_manifest(
+    http: &reqwest::Client,
+    r: &Reference,
+    token: Option<&str>,
+    auth: &RegistryAuth,
+    scheme: &str,
+) -> Result<(Vec<u8>, String), String> {
+    use oci_client::manifest::{
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+        OCI_IMAGE_MEDIA_TYPE,
+    };
+    let url = format!(
+        "{scheme}://{}/v2/{}/manifests/{}{}",
+        r.resolve_registry(),
+        r.repository(),
+        r.digest().or(r.tag()).unwrap_or("latest"),
+        r.namespace()
+            .map(|ns| format!("?ns={ns}"))
+            .unwrap_or_default()
+    );
+    let mut req = http.get(&url).header(
+        reqwest::header::ACCEPT,
+        [
+            OCI_IMAGE_MEDIA_TYPE,
+            IMAGE_MANIFEST_MEDIA_TYPE,
+            OCI_IMAGE_INDEX_MEDIA_TYPE,
+            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+        ]
+        .join(", "),
+    );
+    req = match (token, auth) {
+        (Some(t), _) => req.bearer_auth(t),
+        (None, RegistryAuth::Basic(user, password)) => req.basic_auth(user, Some(password)),
+        _ => req,
+    };
+    let mut res = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    let status = res.status();
+    let named = res
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+        if body.len() + chunk.len() > MAX_MANIFEST {
+            return Err(format!(
+                "its manifest at {url} is larger than {} MiB; banger refuses it (real manifests are kilobytes)",
+                MAX_MANIFEST >> 20
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        let text = crate::guest::text::shown(&String::from_utf8_lossy(&body), 300, false);
+        return Err(format!("GET {url}: {status}: {text}"));
+    }
+    let digest = format!("sha256:{}", crate::digest::sha256_hex(&body));
+    for want in [r.digest(), named.as_deref()].into_iter().flatten() {
+        if want.starts_with("sha256:") && want != digest {
+            return Err(format!(
+                "the manifest at {url} has digest {digest}, not {want}: refusing it"
+            ));
+        }
+    }
+    Ok((body, digest))
 }
 
 /// How long a registry may take to accept a connection...
@@ -413,6 +541,66 @@ pub fn default_name(r: &Reference) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry on loopback whose manifest is `body` (endless when
+    /// `None`) with `digest` as its Docker-Content-Digest.
+    async fn registry(body: Option<&'static [u8]>, digest: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut req = vec![0u8; 4096];
+                    let n = s.read(&mut req).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&req[..n]).into_owned();
+                    if head.starts_with("GET /v2/ ") {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}").await;
+                        return;
+                    }
+                    let hdr = format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nDocker-Content-Digest: {digest}\r\nConnection: close\r\n\r\n");
+                    if s.write_all(hdr.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    match body {
+                        Some(b) => {
+                            let _ = s.write_all(b).await;
+                        }
+                        None => {
+                            let chunk = vec![b' '; 64 << 10];
+                            while s.write_all(&chunk).await.is_ok() {}
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_manifest_without_end_or_with_another_digest_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let pull = |addr: String| {
+            let blobs = d.path().to_path_buf();
+            async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(60),
+                    fetch(&format!("{addr}/big:latest"), true, None, &blobs, &|_| {}),
+                )
+                .await
+                .expect("the pull ends by itself")
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+            }
+        };
+        let e = pull(registry(None, "sha256:00").await).await;
+        assert!(e.contains("larger than 4 MiB"), "{e}");
+        let manifest: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:aa","size":2},"layers":[]}"#;
+        let wrong = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let e = pull(registry(Some(manifest), wrong).await).await;
+        assert!(e.contains("refusing it") && e.contains(wrong), "{e}");
+    }
 
     #[test]
     fn a_manifest_announcing_too_much_is_refused_before_any_download() {
