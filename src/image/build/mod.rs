@@ -556,7 +556,12 @@ fn assemble(env: &BuildEnv, dir: &Path, root: &Path, out_fd: &OwnedFd) -> Result
 mod tests {
     #[test]
     fn depmod_runs_as_an_id_of_its_own_not_the_shared_nobody() {
-        let c = depmod_command(Path::new("/usr/sbin/chroot"), Path::new("/t"), "6.1.0");
+        let c = depmod_command(
+            Path::new("/usr/sbin/chroot"),
+            Path::new("/t"),
+            "6.1.0",
+            None,
+        );
         let args: Vec<String> = c
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -572,6 +577,48 @@ mod tests {
             "no account uses it"
         );
         assert_eq!(c.get_envs().count(), 2, "a clean environment");
+    }
+
+    /// depmod (here a shell script in a minimal tree) is the first process
+    /// of a pid namespace of its own: it sees and signals nothing else.
+    #[test]
+    fn depmod_is_the_first_process_of_a_pid_namespace_of_its_own() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            depmod_namespaces().is_some(),
+            "namespaces can be made here (as root, outside a restricting unit)"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        // /bin/sh and what it loads, copied in.
+        let ldd = std::process::Command::new("ldd")
+            .arg("/bin/sh")
+            .output()
+            .unwrap();
+        let mut files = vec![PathBuf::from("/bin/sh")];
+        files.extend(
+            String::from_utf8_lossy(&ldd.stdout)
+                .split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(PathBuf::from),
+        );
+        for f in &files {
+            let to = root.join(f.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(f, &to).unwrap();
+        }
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        let script = root.join("usr/sbin/depmod");
+        std::fs::write(&script, "#!/bin/sh\necho $$ > /usr/lib/modules/$2/seen\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for dir in [d.path(), root.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let staged = d.path().join("staged");
+        std::fs::create_dir(&staged).unwrap();
+        install_modules(&root, &staged, "6.1.0-test").unwrap();
+        let seen = std::fs::read_to_string(root.join("usr/lib/modules/6.1.0-test/seen")).unwrap();
+        assert_eq!(seen.trim(), "1", "depmod is pid 1 of its own namespace");
     }
 
     use super::*;

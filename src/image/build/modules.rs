@@ -236,19 +236,7 @@ pub(super) fn install_modules(root: &Path, staged: &Path, version: &str) -> Resu
         .map_err(io("lending the module directory to depmod"))?;
     let chroot = crate::host::system_tool("chroot")
         .ok_or_else(|| BuildError::Failed("chroot is not installed; install coreutils".into()))?;
-    let mut cmd = depmod_command(&chroot, root, version);
-    // No network, no host IPC, its own host name: depmod needs none of
-    // them. Where the helper may not make namespaces (its systemd unit
-    // restricts them to mount namespaces) it runs without; the unit's own
-    // sandbox applies then.
-    // SAFETY: unshare is async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            let _ = libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS);
-            Ok(())
-        });
-    }
+    let mut cmd = depmod_command(&chroot, root, version, depmod_namespaces());
     let ran = crate::host::process::run_bounded(&mut cmd, Duration::from_secs(600), 64 << 10);
     // Nothing it started outlives it, and the tree is root's again before
     // any error is looked at.
@@ -297,10 +285,62 @@ pub(super) fn normalize_tree(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `unshare(1)` when it can give depmod namespaces of its own here: its
+/// own pids (it sees and signals nothing of the host's), no network, no
+/// host IPC, its own host name. Where the helper may not make them (its
+/// systemd unit allows only mount namespaces) depmod runs without, inside
+/// the unit's sandbox. Probed once.
+pub(super) fn depmod_namespaces() -> Option<&'static Path> {
+    static USABLE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    USABLE
+        .get_or_init(|| {
+            let unshare = crate::host::system_tool("unshare")?;
+            let t = crate::host::system_tool("true")?;
+            let ok = crate::host::process::run_bounded(
+                std::process::Command::new(&unshare)
+                    .args(UNSHARE_ARGS)
+                    .arg(t),
+                Duration::from_secs(10),
+                4 << 10,
+            )
+            .is_ok_and(|o| o.status.success());
+            if !ok {
+                tracing::info!("depmod runs without namespaces of its own here (none may be made)");
+            }
+            ok.then_some(unshare)
+        })
+        .as_deref()
+}
+
+/// New pid (depmod its init; killed with `unshare`), network, IPC and UTS
+/// namespaces.
+const UNSHARE_ARGS: [&str; 7] = [
+    "--pid",
+    "--fork",
+    "--kill-child",
+    "--net",
+    "--ipc",
+    "--uts",
+    "--",
+];
+
 /// `chroot` running the tree's depmod as [`DEPMOD_ID`], with no
-/// supplementary groups and a clean environment.
-pub(super) fn depmod_command(chroot: &Path, root: &Path, version: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new(chroot);
+/// supplementary groups and a clean environment, inside namespaces of its
+/// own when `unshare` is given.
+pub(super) fn depmod_command(
+    chroot: &Path,
+    root: &Path,
+    version: &str,
+    unshare: Option<&Path>,
+) -> std::process::Command {
+    let mut cmd = match unshare {
+        Some(u) => {
+            let mut c = std::process::Command::new(u);
+            c.args(UNSHARE_ARGS).arg(chroot);
+            c
+        }
+        None => std::process::Command::new(chroot),
+    };
     cmd.arg(format!("--userspec={DEPMOD_ID}:{DEPMOD_ID}"))
         .arg("--groups=")
         .arg(root)
