@@ -314,7 +314,28 @@ fn a_warm_workspace_runs_its_setup_once_and_keeps_what_it_built() {
     std::fs::write(r.join("lock"), "v2\n").unwrap();
     let (third, err) = run(probe);
     assert!(err.contains("saved the warm workspace"), "{err}");
-    assert_ne!(third.lines().next().unwrap(), marker);
+    let main_marker = third.lines().next().unwrap().to_string();
+    assert_ne!(main_marker, marker);
+
+    // Another branch with the same key files gets a snapshot of its own:
+    // what one branch's set-up ran (its Makefile, its scripts) never
+    // reaches another branch's runs.
+    git(&r, &["commit", "-qam", "v2"]);
+    git(&r, &["checkout", "-qb", "other"]);
+    let (fourth, err) = run(probe);
+    assert!(
+        err.contains("saved the warm workspace") && !err.contains("  restore: "),
+        "{err}"
+    );
+    assert_ne!(fourth.lines().next().unwrap(), main_marker);
+    // Back on main: main's own snapshot again.
+    git(&r, &["checkout", "-q", "main"]);
+    let (fifth, err) = run(probe);
+    assert!(
+        err.contains("  restore: ") && !err.contains("saved the warm"),
+        "{err}"
+    );
+    assert_eq!(fifth.lines().next().unwrap(), main_marker);
 
     // A failing setup saves nothing and says so.
     let out = env.banger(&[
@@ -332,7 +353,7 @@ fn a_warm_workspace_runs_its_setup_once_and_keeps_what_it_built() {
     assert!(err.contains("--warm command failed (exit 3)"), "{err}");
     let snaps: serde_json::Value =
         serde_json::from_str(&env.banger_ok(&["snapshot", "list", "--json"])).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
+    assert_eq!(snaps.as_array().unwrap().len(), 3, "{snaps}");
     assert!(env.banger_ok(&["vm", "list", "--json"]).trim() == "[]");
     // Both were used today: kept; unused ones go with --days 0.
     assert_eq!(env.banger_ok(&["snapshot", "prune"]), "nothing to prune\n");
