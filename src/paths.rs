@@ -11,6 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// The serial drain monitor's socket in a VM's runtime directory.
+pub const SERIAL_SOCKET: &str = "serial.sock";
+
 /// The environment a layout is derived from (a snapshot, so tests can build one).
 #[derive(Debug, Clone, Default)]
 pub struct Env {
@@ -162,6 +165,11 @@ impl VmPaths {
     }
     pub fn serial_log(&self) -> PathBuf {
         self.state.join("serial.log")
+    }
+    /// QEMU: the monitor the serial console is drained over (beside
+    /// its QMP socket, as `vmm::serial::socket_beside` names it).
+    pub fn serial_socket(&self) -> PathBuf {
+        self.run.join(SERIAL_SOCKET)
     }
     pub fn vmm_log(&self) -> PathBuf {
         self.state.join("vmm.log")

@@ -494,3 +494,75 @@ fn eight_parallel_runs_get_their_own_addresses_and_leave_only_live_vms_behind() 
         vmm_pids(&env).is_empty().then_some(())
     });
 }
+
+/// A guest that writes to its console without end while no daemon runs
+/// fills no disk: the console is a ring in QEMU, drained into the serial
+/// log only by a daemon. Here the guest waits for the daemon to go (its
+/// DNS stops answering), writes 4 MiB to its console and reboots (QEMU
+/// exits); the serial log did not grow meanwhile (with the file chardev of
+/// before, it grew by the 4 MiB). While the daemon runs, the console is
+/// drained into the log.
+#[test]
+fn a_console_flood_while_the_daemon_is_down_fills_no_disk() {
+    let _heavy = heavy();
+    let env = vm_env();
+    env.banger_ok(&["vm", "create", "--name", "noisy", "--vcpu", "1"]);
+    let log = env
+        .state_dir()
+        .join("vms")
+        .join(show(&env, "noisy")["id"].as_str().unwrap())
+        .join("serial.log");
+    // Drained while the daemon runs: the guest's own line reaches the log.
+    env.banger_ok(&[
+        "vm",
+        "exec",
+        "noisy",
+        "--",
+        "sh",
+        "-c",
+        "echo drained-while-up > /dev/ttyS0",
+    ]);
+    wait_for(
+        "the console line in the serial log",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("drained-while-up")
+                .then_some(())
+        },
+    );
+    // The trigger: a DNS question to the daemon (the guest's resolver)
+    // gets an answer while the daemon runs.
+    let ask = "import socket;ns=[l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0];s=socket.socket(2,2);s.settimeout(1);s.sendto(bytes.fromhex('123401000001000000000000056e6f69737902766d0000010001'),(ns,53));s.recv(512)";
+    env.banger_ok(&["vm", "exec", "noisy", "--", "python3", "-c", ask]);
+    // `reboot -f`: QEMU runs with -no-reboot, so it exits.
+    let flood = format!(
+        "exec >/dev/null 2>&1 </dev/null; while python3 -c \"{ask}\"; do sleep 0.2; done; \
+         head -c 4194304 /dev/zero | tr '\\0' x > /dev/ttyS0; reboot -f"
+    );
+    env.banger_ok(&[
+        "vm", "exec", "noisy", "--", "setsid", "-f", "sh", "-c", &flood,
+    ]);
+    let vmm = vmm_pids(&env);
+    assert_eq!(vmm.len(), 1, "{vmm:?}");
+    env.banger_ok(&["daemon", "stop"]);
+    let before = std::fs::metadata(&log).unwrap().len();
+    let t = std::time::Instant::now();
+    wait_for(
+        "the guest to flood its console and reboot",
+        Duration::from_secs(300),
+        || (!banger::host::process::pid_alive(vmm[0])).then_some(()),
+    );
+    eprintln!(
+        "flooded and rebooted {:?} after the daemon stopped",
+        t.elapsed()
+    );
+    let after = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        after < before + (1 << 20),
+        "the serial log grew from {before} to {after} bytes with no daemon"
+    );
+    assert_eq!(show(&env, "noisy")["state"], "stopped");
+    env.banger_ok(&["vm", "delete", "noisy"]);
+}

@@ -384,9 +384,12 @@ impl VmActor {
         if let Some(m) = state.monitor.take() {
             m.stop(None);
         }
+        let paths = self.ctx.layout.vm(&self.id);
         let mon = VmmMonitor {
             pid,
             vm: myself.clone(),
+            serial: (state.record.vmm == crate::domain::VmmKind::Qemu)
+                .then(|| (paths.serial_socket(), paths.serial_log())),
         };
         match Actor::spawn_linked(None, mon, (), myself.get_cell()).await {
             Ok((m, _)) => state.monitor = Some(m),

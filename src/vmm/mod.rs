@@ -5,6 +5,7 @@
 pub mod firecracker;
 pub mod qemu;
 pub mod qmp;
+pub mod serial;
 
 use std::future::Future;
 use std::path::PathBuf;

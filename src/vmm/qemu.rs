@@ -71,12 +71,26 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>, tap_fd: Option<i32>) -> Vec<Str
         m.kernel.display().to_string(),
         "-append".into(),
         m.cmdline.clone(),
-        // Appended (O_APPEND), so the daemon can cut the log down while
-        // QEMU writes (a guest must not fill the host's disk).
+        // A ring in QEMU's memory, drained by the daemon into the serial
+        // log over its own monitor (`vmm::serial`): with no daemon, a guest
+        // writing to its console without end fills no disk. Without a QMP
+        // socket (QEMU run by hand in tests and benches) nobody drains: a
+        // plain file then.
         "-chardev".into(),
-        format!("file,id=serial0,path={},append=on", opt_path(&m.serial_log)),
+        match qmp {
+            Some(_) => format!(
+                "ringbuf,id={},size={}",
+                super::serial::SERIAL_DEVICE,
+                super::serial::SERIAL_RING
+            ),
+            None => format!(
+                "file,id={},path={},append=on",
+                super::serial::SERIAL_DEVICE,
+                opt_path(&m.serial_log)
+            ),
+        },
         "-serial".into(),
-        "chardev:serial0".into(),
+        format!("chardev:{}", super::serial::SERIAL_DEVICE),
     ];
     if let Some(i) = &m.initrd {
         a.extend(["-initrd".into(), i.display().to_string()]);
@@ -127,6 +141,15 @@ pub fn argv(m: &QemuMachine, qmp: Option<&Path>, tap_fd: Option<i32>) -> Vec<Str
         a.extend([
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", q.display()),
+            // A second monitor, the serial drain's own (QMP takes one
+            // client at a time).
+            "-chardev".into(),
+            format!(
+                "socket,id=drain,path={},server=on,wait=off",
+                opt_path(&super::serial::socket_beside(q))
+            ),
+            "-mon".into(),
+            "chardev=drain,mode=control".into(),
         ]);
     }
     a

@@ -75,6 +75,7 @@ pub(super) async fn launch(
     let paths = &b.paths;
     for s in [
         paths.qmp_socket(),
+        paths.serial_socket(),
         paths.api_socket(),
         paths.vsock_socket(),
         paths.agent_socket(),
