@@ -454,6 +454,32 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
         "nor through the host's routing: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `--link` lets two named VMs talk, both ways, and nobody else.
+    let out = env.banger(&["vm", "create", "--name", "nolink", "--link", "absent"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no VM named absent"),
+        "{err}"
+    );
+    assert!(!env.banger_ok(&["vm", "list"]).contains("nolink"));
+    env.banger_ok(&[
+        "vm", "create", "--name", "sib3", "--vcpu", "1", "--link", "sib1",
+    ]);
+    let ip3 = show(&env, "sib3")["ip"].as_str().unwrap().to_string();
+    let nc = |from: &str, to: &str| {
+        env.banger(&["vm", "exec", from, "--", "nc", "-zw2", to, "22"])
+            .status
+            .code()
+    };
+    assert_eq!(nc("sib3", &ip1), Some(0), "sib3 reaches its link sib1");
+    assert_eq!(nc("sib1", &ip3), Some(0), "and sib1 reaches sib3");
+    assert_eq!(nc("sib2", &ip1), Some(1), "sib2 still reaches nobody");
+    assert_eq!(nc("sib2", &ip3), Some(1), "sib2 still reaches nobody");
+    env.banger_ok(&["vm", "delete", "sib3"]);
+    assert!(
+        !nat_rules(&env).contains("banger-link:"),
+        "the link's rules go with either VM"
+    );
     // Each VMM runs under QEMU's seccomp sandbox, in its VM's own cgroup.
     let pids = vmm_pids(&env);
     assert_eq!(pids.len(), 2, "{pids:?}");

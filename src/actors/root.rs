@@ -87,6 +87,21 @@ impl Privileged for ActorHelper {
         }))
     }
 
+    fn link_vms(
+        &self,
+        bridge: String,
+        a: (String, Ipv4Addr),
+        b: (String, Ipv4Addr),
+    ) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(self.done(PrivRequest::LinkVms {
+            bridge,
+            a_id: a.0,
+            a_ip: a.1,
+            b_id: b.0,
+            b_ip: b.1,
+        }))
+    }
+
     fn list_nat(&self) -> BoxFuture<'_, Result<Vec<String>, OpError>> {
         Box::pin(self.answer(PrivRequest::ListNat, |r| match r {
             PrivReply::NatVms(v) => Ok(v),

@@ -53,12 +53,15 @@ pub async fn orphans(ctx: &Ctx) {
         tracing::warn!("orphan taps and NAT rules are kept while a VM record cannot be read");
         return;
     }
-    // NAT rules whose removal failed (the helper was down, a crash).
+    // NAT and link rules whose removal failed (the helper was down, a
+    // crash).
     if let Ok(ids) = ctx.helper.list_nat().await {
         for id in ids {
-            let wanted = live.get(&id).is_some_and(|r| r.nat);
+            let wanted = live
+                .get(&id)
+                .is_some_and(|r| r.nat || !crate::ops::lifecycle::linked(ctx, r, true).is_empty());
             if !wanted {
-                tracing::warn!(vm_id = %id, "removing NAT rules no running VM owns");
+                tracing::warn!(vm_id = %id, "removing NAT and link rules no running VM owns");
                 let (ip, bridge) = (
                     ctx.config.network.bridge_ip,
                     ctx.config.network.bridge.clone(),

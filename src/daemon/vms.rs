@@ -136,6 +136,7 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Op
         cold: true,
         // Deleted below, whatever happened.
         delete_on_failure: false,
+        links: vec![],
     };
     // Boxed: `create` starts this task, so its future cannot contain itself.
     let created: crate::ops::BoxFuture<'static, Result<VmView, OpError>> =

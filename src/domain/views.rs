@@ -46,6 +46,10 @@ pub struct VmCreateSpec {
     /// A VM whose start fails is deleted rather than left in `error`
     /// (`vm run --rm`: nothing of the run may be left).
     pub delete_on_failure: bool,
+    /// VMs (by name) this one may talk to, and they to it; every other
+    /// sibling stays out of reach.
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 /// A snapshot as the CLI sees it.

@@ -405,6 +405,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             | PrivRequest::DeleteTap { .. }
             | PrivRequest::ListTaps
             | PrivRequest::EnableNat { .. }
+            | PrivRequest::LinkVms { .. }
             | PrivRequest::DisableNat { .. }
             | PrivRequest::GuardTap { .. }
             | PrivRequest::ListNat

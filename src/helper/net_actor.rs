@@ -17,7 +17,7 @@ type Reply = RpcReplyPort<Result<PrivReply, RpcError>>;
 /// Messages to the [`NetActor`].
 pub enum NetMsg {
     /// Executes a network request (EnsureBridge, CreateTap, DeleteTap,
-    /// ListTaps, EnableNat, DisableNat), after every earlier one.
+    /// ListTaps, EnableNat, DisableNat, LinkVms), after every earlier one.
     Exec(Box<PrivRequest>, Reply),
 }
 
@@ -113,6 +113,25 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
         PrivRequest::EnableNat { vm_id, ip, bridge } => crate::host::nat::enable(&vm_id, ip, &bridge)
             .map(|_| PrivReply::Done)
             .map_err(RpcError::from),
+        PrivRequest::LinkVms {
+            bridge,
+            a_id,
+            a_ip,
+            b_id,
+            b_ip,
+        } => {
+            if !nat_request_ok(&a_id, a_ip, &bridge) || !nat_request_ok(&b_id, b_ip, &bridge) || a_ip == b_ip {
+                return Err(RpcError::bad_request(format!(
+                    "refusing a link of {a_id:?} ({a_ip}) and {b_id:?} ({b_ip}) on {bridge:?}: needs two banger VM ids, two private addresses and a banger bridge"
+                )));
+            }
+            for (id, ip) in [(&a_id, a_ip), (&b_id, b_ip)] {
+                net::guest_address_ok(ops, &bridge, ip, &format!("VM {id}")).map_err(RpcError::from)?;
+            }
+            crate::host::nat::link((&a_id, a_ip), (&b_id, b_ip), &bridge)
+                .map(|_| PrivReply::Done)
+                .map_err(RpcError::from)
+        }
         PrivRequest::DisableNat { vm_id, .. } => crate::host::nat::disable(&vm_id)
             .map(|_| PrivReply::Done)
             .map_err(RpcError::from),

@@ -1,5 +1,11 @@
 //! NAT for one guest /32: an iptables MASQUERADE rule and two FORWARD rules,
 //! each tagged with the VM id so they can be found and removed. Idempotent.
+//!
+//! Links (`vm create --link`): two guests that may talk, though every tap is
+//! an isolated bridge port. The host answers ARP for the guests' addresses
+//! on the bridge (`proxy_arp_pvlan`), so a guest sends a sibling's traffic
+//! to the host, whose bridge forward chain drops it unless a link rule
+//! (tagged with both VM ids) admits that pair.
 
 use std::net::Ipv4Addr;
 
@@ -91,6 +97,67 @@ pub fn rules(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Vec<(&'static str, Stri
     ]
 }
 
+/// The tag of a link's rules: both ids, in order.
+fn link_tag(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("banger-link:{x}:{y}")
+}
+
+/// The two rules of a link, in the bridge's forward chain: each way
+/// between the two addresses, back onto the bridge.
+pub fn link_rules(a: (&str, Ipv4Addr), b: (&str, Ipv4Addr), bridge: &str) -> Vec<Vec<String>> {
+    let tag = link_tag(a.0, b.0);
+    [(a.1, b.1), (b.1, a.1)]
+        .iter()
+        .map(|(from, to)| {
+            [
+                "-o",
+                bridge,
+                "-s",
+                &format!("{from}/32"),
+                "-d",
+                &format!("{to}/32"),
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "ACCEPT",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        })
+        .collect()
+}
+
+/// Lets two guests talk: the link's rules (before the chain's final drop),
+/// forwarding on the bridge alone, and the host answering ARP for guests
+/// on the bridge. Idempotent.
+pub fn link(a: (&str, Ipv4Addr), b: (&str, Ipv4Addr), bridge: &str) -> Result<(), HostError> {
+    let bin = iptables()?;
+    super::firewall::guard_bridge(bridge)?;
+    let fwd = super::firewall::chains(bridge).1;
+    for spec in link_rules(a, b, bridge) {
+        if !rule_exists(bin, "filter", &fwd, &spec) {
+            let mut args = vec!["-w", "10", "-I", fwd.as_str(), "2"];
+            args.extend(spec.iter().map(String::as_str));
+            run_tool(bin, "iptables", &args)?;
+        }
+    }
+    for (knob, value) in [
+        ("proxy_arp", "1"),
+        ("proxy_arp_pvlan", "1"),
+        ("send_redirects", "0"),
+    ] {
+        let p = conf_path(bridge, knob)
+            .ok_or_else(|| HostError::Other(format!("{bridge:?} is not an interface name")))?;
+        std::fs::write(&p, value)
+            .map_err(|e| HostError::Other(format!("setting {}: {e}", p.display())))?;
+    }
+    forward_on(&[bridge.to_string()])
+}
+
 fn rule_exists(bin: &str, table: &str, chain: &str, spec: &[String]) -> bool {
     let mut args = vec!["-w", "10", "-t", table, "-C", chain];
     args.extend(spec.iter().map(String::as_str));
@@ -114,11 +181,13 @@ pub fn enable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> 
             run_tool(bin, "iptables", &args)?;
         }
     }
-    forward_for(bridge)
+    let mut ifaces = vec![bridge.to_string()];
+    ifaces.extend(uplinks()?);
+    forward_on(&ifaces)
 }
 
-/// The forwarding switch of one interface.
-fn forwarding_path(iface: &str) -> Option<std::path::PathBuf> {
+/// An IPv4 setting of one interface.
+fn conf_path(iface: &str, knob: &str) -> Option<std::path::PathBuf> {
     let ok = !iface.is_empty()
         && iface.len() <= 15
         && iface != "."
@@ -126,7 +195,12 @@ fn forwarding_path(iface: &str) -> Option<std::path::PathBuf> {
         && !iface.contains('/')
         && iface != "all"
         && iface != "default";
-    ok.then(|| format!("/proc/sys/net/ipv4/conf/{iface}/forwarding").into())
+    ok.then(|| format!("/proc/sys/net/ipv4/conf/{iface}/{knob}").into())
+}
+
+/// The forwarding switch of one interface.
+fn forwarding_path(iface: &str) -> Option<std::path::PathBuf> {
+    conf_path(iface, "forwarding")
 }
 
 /// Where the interfaces whose forwarding banger switched on are written
@@ -158,18 +232,17 @@ pub fn uplinks() -> Result<Vec<String>, HostError> {
     Ok(v)
 }
 
-/// Forwarding for the bridge and the uplinks only (IPv4 decides by the
-/// interface a packet came in on: out through the bridge, back through
-/// the uplink), never the host-wide `ip_forward`. What was off is
-/// recorded and switched back by [`restore_forwarding`].
-fn forward_for(bridge: &str) -> Result<(), HostError> {
+/// Forwarding for these interfaces only: NAT's bridge and uplinks (IPv4
+/// decides by the interface a packet came in on: out through the bridge,
+/// back through the uplink), a link's bridge; never the host-wide
+/// `ip_forward`. What was off is recorded and switched back by
+/// [`restore_forwarding`].
+fn forward_on(ifaces: &[String]) -> Result<(), HostError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut ifaces = vec![bridge.to_string()];
-    ifaces.extend(uplinks()?);
     let record = forwarding_record()?;
     for i in ifaces {
-        let Some(p) = forwarding_path(&i) else {
+        let Some(p) = forwarding_path(i) else {
             continue;
         };
         let now = std::fs::read_to_string(&p)
@@ -216,45 +289,85 @@ pub fn restore_forwarding() -> Result<(), HostError> {
     Ok(())
 }
 
-/// Removes every rule tagged with the VM's id (whatever bridge or address
-/// it was made for); absent is fine.
+/// Removes every rule tagged with the VM's id — its NAT and its links
+/// (whatever bridge or address they were made for); absent is fine.
 pub fn disable(vm_id: &str) -> Result<(), HostError> {
     let bin = iptables()?;
     let tag = format!("banger:{vm_id}");
     for table in ["nat", "filter"] {
         let listing = run_tool(bin, "iptables", &["-w", "10", "-t", table, "-S"])?;
-        for rule in tagged(&listing, &tag) {
+        let mut rules = tagged(&listing, &tag);
+        rules.extend(links_of(&listing, vm_id));
+        for rule in rules {
             let mut args = vec!["-w", "10", "-t", table, "-D"];
             args.extend(rule.iter().map(String::as_str));
             run_tool(bin, "iptables", &args)?;
         }
     }
-    // The last NAT VM gone: forwarding back as it was.
+    // The last NAT VM and link gone: forwarding back as it was.
     if tagged_vms()?.is_empty() {
         restore_forwarding()?;
     }
     Ok(())
 }
 
-/// The VM ids that have NAT rules (to sweep those no live VM owns).
+/// The VM ids that have NAT or link rules (to sweep those no live VM
+/// owns).
 pub fn tagged_vms() -> Result<Vec<String>, HostError> {
     let bin = iptables()?;
     let mut ids = Vec::new();
     for table in ["nat", "filter"] {
         let listing = run_tool(bin, "iptables", &["-w", "10", "-t", table, "-S"])?;
-        for w in listing.split_whitespace() {
-            let w = w.trim_matches('"');
-            if let Some(id) = w.strip_prefix("banger:") {
-                if id.len() == 16
-                    && id.chars().all(|c| c.is_ascii_hexdigit())
-                    && !ids.iter().any(|x| x == id)
-                {
-                    ids.push(id.to_string());
-                }
+        for id in ids_in(&listing) {
+            if !ids.contains(&id) {
+                ids.push(id);
             }
         }
     }
     Ok(ids)
+}
+
+/// The VM ids a listing's tags name (`banger:<id>`, `banger-link:<id>:<id>`).
+fn ids_in(listing: &str) -> Vec<String> {
+    let is_id = |s: &str| s.len() == 16 && s.chars().all(|c| c.is_ascii_hexdigit());
+    let mut ids = Vec::new();
+    for w in listing.split_whitespace() {
+        let w = w.trim_matches('"');
+        let named: Vec<&str> = if let Some(id) = w.strip_prefix("banger:") {
+            vec![id]
+        } else if let Some(pair) = w.strip_prefix("banger-link:") {
+            pair.split(':').collect()
+        } else {
+            continue;
+        };
+        for id in named.into_iter().filter(|s| is_id(s)) {
+            if !ids.iter().any(|x| x == id) {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// The link rules of a listing that name `vm_id`, as [`tagged`] gives them.
+fn links_of(listing: &str, vm_id: &str) -> Vec<Vec<String>> {
+    listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("-A "))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|w| w.trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|words| {
+            words.windows(2).any(|w| {
+                w[0] == "--comment"
+                    && w[1]
+                        .strip_prefix("banger-link:")
+                        .is_some_and(|p| p.split(':').any(|id| id == vm_id))
+            })
+        })
+        .collect()
 }
 
 /// The `-A` rules of an `iptables -S` listing that carry `tag` as their
@@ -297,5 +410,30 @@ mod tests {
         assert!(r[0]
             .2
             .ends_with(&["-j".to_string(), "MASQUERADE".to_string()]));
+    }
+
+    #[test]
+    fn a_link_admits_one_pair_each_way_and_goes_with_either_vm() {
+        let (a, b) = ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb");
+        let ip = |n| Ipv4Addr::new(172, 16, 0, n);
+        let r = link_rules((b, ip(3)), (a, ip(2)), "banger0");
+        assert_eq!(r.len(), 2);
+        let text: Vec<String> = r.iter().map(|w| w.join(" ")).collect();
+        assert_eq!(
+            text[0],
+            "-o banger0 -s 172.16.0.3/32 -d 172.16.0.2/32 -m comment --comment banger-link:aaaaaaaaaaaaaaaa:bbbbbbbbbbbbbbbb -j ACCEPT"
+        );
+        assert!(text[1].contains("-s 172.16.0.2/32 -d 172.16.0.3/32"));
+        let listing = format!(
+            "-A banger0-fwd {}\n-A banger0-fwd {}\n-A banger0-fwd -s 172.16.0.9/32 ! -o banger0 -m comment --comment banger:cccccccccccccccc -j ACCEPT\n",
+            text[0], text[1]
+        );
+        assert_eq!(links_of(&listing, a).len(), 2);
+        assert_eq!(links_of(&listing, b).len(), 2);
+        assert!(links_of(&listing, "cccccccccccccccc").is_empty());
+        assert_eq!(
+            ids_in(&listing),
+            vec![a.to_string(), b.to_string(), "cccccccccccccccc".to_string()]
+        );
     }
 }

@@ -456,6 +456,18 @@ pub fn tap_address_ok(ops: &dyn NetOps, link: &LinkInfo, ip: Ipv4Addr) -> Result
         .clone()
         .filter(|m| is_banger_bridge(m))
         .ok_or_else(|| HostError::Other(format!("tap {tap} is on no banger bridge")))?;
+    guest_address_ok(ops, &bridge, ip, tap)
+}
+
+/// `ip` is a guest address of `bridge`'s subnet (not the bridge's own, the
+/// network or the broadcast address); `what` names who asked in the error.
+pub fn guest_address_ok(
+    ops: &dyn NetOps,
+    bridge: &str,
+    ip: Ipv4Addr,
+    what: &str,
+) -> Result<(), NetError> {
+    let (tap, bridge) = (what, bridge.to_string());
     let nets = ops.addresses(&bridge)?;
     let fits = nets.iter().any(|&(addr, p)| {
         let host_bits = 32 - u32::from(p);

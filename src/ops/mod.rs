@@ -81,7 +81,15 @@ pub trait Privileged: Send + Sync {
         ip: Ipv4Addr,
         bridge: String,
     ) -> BoxFuture<'_, Result<(), OpError>>;
-    /// The VM ids that have NAT rules.
+    /// Lets two guests talk (`vm create --link`); `nat(false, ..)` of
+    /// either removes it.
+    fn link_vms(
+        &self,
+        bridge: String,
+        a: (String, Ipv4Addr),
+        b: (String, Ipv4Addr),
+    ) -> BoxFuture<'_, Result<(), OpError>>;
+    /// The VM ids that have NAT or link rules.
     fn list_nat(&self) -> BoxFuture<'_, Result<Vec<String>, OpError>>;
     /// Routes `*.vm` to banger's name server (`on`) or reverts it; what
     /// the host resolver does now, in words.

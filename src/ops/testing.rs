@@ -215,6 +215,21 @@ impl Privileged for FakeHelper {
         });
         Box::pin(async move { done(r.await) })
     }
+    fn link_vms(
+        &self,
+        bridge: String,
+        a: (String, std::net::Ipv4Addr),
+        b: (String, std::net::Ipv4Addr),
+    ) -> BoxFuture<'_, Result<(), OpError>> {
+        let r = self.call(PrivRequest::LinkVms {
+            bridge,
+            a_id: a.0,
+            a_ip: a.1,
+            b_id: b.0,
+            b_ip: b.1,
+        });
+        Box::pin(async move { done(r.await) })
+    }
     fn list_nat(&self) -> BoxFuture<'_, Result<Vec<String>, OpError>> {
         let r = self.call(PrivRequest::ListNat);
         Box::pin(async move {

@@ -194,6 +194,7 @@ fn plan_restore(ctx: &Ctx, spec: &VmCreateSpec, from: &str) -> Result<CreatePlan
 /// transaction; a generated name is retried until free).
 pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRecord, OpError> {
     let net = &ctx.config.network;
+    let links = link_ids(ctx, spec)?;
     loop {
         let name = spec
             .name
@@ -212,12 +213,35 @@ pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRe
         if let Some(snap) = &plan.snapshot {
             super::snapshots::apply_shape(&mut rec, snap);
         }
+        rec.links = links.clone();
         match ctx.store.reserve_vm(&rec, net.bridge_ip, net.prefix_len)? {
             Some(r) => return Ok(r),
             None if spec.name.is_none() => continue,
             None => return Err(name_taken(&name)),
         }
     }
+}
+
+/// The ids of the VMs `--link` names: each must exist and not be the new
+/// VM itself.
+fn link_ids(ctx: &Ctx, spec: &VmCreateSpec) -> Result<Vec<String>, OpError> {
+    let mut ids = Vec::new();
+    for n in &spec.links {
+        if spec.name.as_deref() == Some(n.as_str()) {
+            return Err(OpError::invalid(format!(
+                "VM {n} cannot be linked to itself; drop --link {n}"
+            )));
+        }
+        let rec = ctx.store.find_vm_by_name(n)?.ok_or_else(|| {
+            OpError::not_found(format!(
+                "no VM named {n} to link to; create it first (banger vm create --name {n}) or drop --link {n}"
+            ))
+        })?;
+        if !ids.contains(&rec.id) {
+            ids.push(rec.id);
+        }
+    }
+    Ok(ids)
 }
 
 /// `vm set` on a stopped VM: the new record, or why not.

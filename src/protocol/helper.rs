@@ -52,7 +52,8 @@ pub enum PrivRequest {
         ip: Ipv4Addr,
         bridge: String,
     },
-    /// Removes the rules of [`PrivRequest::EnableNat`]. Idempotent.
+    /// Removes the rules of [`PrivRequest::EnableNat`] and the VM's links.
+    /// Idempotent.
     DisableNat {
         vm_id: String,
         ip: Ipv4Addr,
@@ -89,20 +90,33 @@ pub enum PrivRequest {
         port: u16,
         on: bool,
     },
+    /// Lets two guests of `bridge` talk (`vm create --link`): a rule each
+    /// way between their addresses, tagged with both ids, and the bridge
+    /// answering ARP for its guests. Both addresses must be guest addresses
+    /// of the bridge. [`PrivRequest::DisableNat`] of either VM removes it.
+    /// Idempotent.
+    LinkVms {
+        bridge: String,
+        a_id: String,
+        a_ip: Ipv4Addr,
+        b_id: String,
+        b_ip: Ipv4Addr,
+    },
 }
 
 impl Methods for PrivRequest {
-    const COUNT: u32 = 15;
+    const COUNT: u32 = 16;
 }
 
 impl PrivRequest {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> PrivRequest {
-        PrivRequest::RouteDns {
+        PrivRequest::LinkVms {
             bridge: String::new(),
-            address: Ipv4Addr::UNSPECIFIED,
-            port: 0,
-            on: false,
+            a_id: String::new(),
+            a_ip: Ipv4Addr::UNSPECIFIED,
+            b_id: String::new(),
+            b_ip: Ipv4Addr::UNSPECIFIED,
         }
     }
 
@@ -141,6 +155,7 @@ impl PrivRequest {
             PrivRequest::BuildRootfs(_) => "build_rootfs",
             PrivRequest::EnableNat { .. } => "enable_nat",
             PrivRequest::DisableNat { .. } => "disable_nat",
+            PrivRequest::LinkVms { .. } => "link_vms",
             PrivRequest::LaunchVmm(_) => "launch_vmm",
             PrivRequest::SignalVmm { .. } => "signal_vmm",
             PrivRequest::ListVmms => "list_vmms",

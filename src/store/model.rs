@@ -58,6 +58,9 @@ pub struct VmRecord {
     /// (set by `--from`, cleared by the first start).
     #[serde(default)]
     pub restore_pending: bool,
+    /// VMs (by id) this one may talk to, and they to it (`--link`).
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 impl VmRecord {
@@ -96,6 +99,7 @@ impl VmRecord {
             workspace: None,
             snapshot: None,
             restore_pending: false,
+            links: vec![],
         }
     }
 }

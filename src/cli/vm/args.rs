@@ -294,6 +294,10 @@ pub struct CreateArgs {
     /// Outbound network access (NAT) for the guest
     #[arg(long)]
     pub nat: bool,
+    /// Let this VM and the named one talk (repeatable); guests are
+    /// otherwise out of each other's reach
+    #[arg(long, value_name = "VM")]
+    pub link: Vec<String>,
     /// auto, qemu or firecracker
     #[arg(long)]
     pub vmm: Option<VmmChoice>,

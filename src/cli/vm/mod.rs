@@ -56,6 +56,7 @@ pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
         from: a.from.clone(),
         cold: a.cold,
         delete_on_failure: false,
+        links: a.link.clone(),
     })
 }
 

@@ -102,11 +102,25 @@ pub fn refresh_ssh_config(ctx: &Ctx) {
     }
 }
 
-/// Gives back everything a running VM holds on the host (tap, NAT rules,
-/// agent session). Idempotent; failures are logged, not fatal.
+/// The VMs `rec` is linked with (its `--link`s and those that named it)
+/// and their addresses; with `running`, only those that may be running.
+pub(crate) fn linked(ctx: &Ctx, rec: &VmRecord, running: bool) -> Vec<(String, Ipv4Addr)> {
+    ctx.store
+        .list_vms()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| v.id != rec.id && (rec.links.contains(&v.id) || v.links.contains(&rec.id)))
+        .filter(|v| !running || v.state.may_have_vmm())
+        .filter_map(|v| Some((v.id, v.ip?.parse().ok()?)))
+        .collect()
+}
+
+/// Gives back everything a running VM holds on the host (tap, NAT and
+/// link rules, agent session). Idempotent; failures are logged, not fatal.
 pub async fn release(ctx: &Ctx, vm: &dyn VmChildren, rec: &mut VmRecord) {
     vm.stop_agent().await;
-    if let (true, Some(ip)) = (rec.nat, rec.ip.as_deref().and_then(|i| i.parse().ok())) {
+    let rules = rec.nat || !linked(ctx, rec, false).is_empty();
+    if let (true, Some(ip)) = (rules, rec.ip.as_deref().and_then(|i| i.parse().ok())) {
         let bridge = ctx.config.network.bridge.clone();
         if let Err(e) = ctx.helper.nat(false, rec.id.clone(), ip, bridge).await {
             tracing::warn!(vm = %rec.name, "removing NAT rules: {e}");

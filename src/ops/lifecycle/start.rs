@@ -252,6 +252,12 @@ async fn network(
         let bridge = ctx.config.network.bridge.clone();
         ctx.helper.nat(true, rec.id.clone(), ip, bridge).await?;
     }
+    for (id, peer_ip) in super::linked(ctx, rec, true) {
+        let bridge = ctx.config.network.bridge.clone();
+        ctx.helper
+            .link_vms(bridge, (rec.id.clone(), ip), (id, peer_ip))
+            .await?;
+    }
     Ok((tap, ip))
 }
 
