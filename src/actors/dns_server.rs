@@ -4,7 +4,9 @@
 //! The socket lives in a task the actor owns: the task binds (retrying
 //! until the bridge has its address), routes the host resolver through
 //! bangerd-root once, then answers each packet with `ops::dns::answer`
-//! over the store (so names follow VM start, stop and delete at once). When
+//! from a table of the running VMs kept in memory and read again from the
+//! store after any VM write (so names follow VM start, stop and delete at
+//! once, and a flood of questions reads no store). When
 //! the task ends for any reason the actor fails, and the supervisor starts
 //! a fresh one.
 
@@ -62,12 +64,35 @@ pub fn listen_addr(ctx: &Ctx) -> Option<SocketAddr> {
 }
 
 /// The address of the running VM `name` (lowercase), from the store.
-pub fn lookup(ctx: &Ctx, name: &str) -> Option<Ipv4Addr> {
-    let rec = ctx.store.find_vm_by_name(name).ok()??;
-    if rec.state != crate::domain::VmState::Running {
-        return None;
+/// The running VMs' addresses by name, as of a store generation: packets
+/// are answered from memory, and the store is read again (once) only after
+/// a VM was written.
+#[derive(Default)]
+struct NameTable {
+    generation: Option<u64>,
+    names: std::collections::HashMap<String, Ipv4Addr>,
+}
+
+impl NameTable {
+    async fn fresh(&mut self, ctx: &Arc<Ctx>) -> &std::collections::HashMap<String, Ipv4Addr> {
+        let g = ctx.store.vm_generation();
+        if self.generation != Some(g) {
+            let c = ctx.clone();
+            match tokio::task::spawn_blocking(move || c.store.list_vms()).await {
+                Ok(Ok(vms)) => {
+                    self.names = vms
+                        .into_iter()
+                        .filter(|v| v.state == crate::domain::VmState::Running)
+                        .filter_map(|v| Some((v.name, v.ip?.parse().ok()?)))
+                        .collect();
+                    self.generation = Some(g);
+                }
+                Ok(Err(e)) => tracing::warn!("DNS: reading the VMs: {e}"),
+                Err(e) => tracing::warn!("DNS: reading the VMs: {e}"),
+            }
+        }
+        &self.names
     }
-    rec.ip?.parse().ok()
 }
 
 async fn serve(
@@ -109,6 +134,7 @@ async fn serve(
     }
     let mut buf = vec![0u8; crate::ops::dns::MAX_PACKET + 1];
     let mut limit = crate::ops::dns::Limiter::new(crate::ops::dns::PER_SOURCE_PER_SEC);
+    let mut table = NameTable::default();
     let started = std::time::Instant::now();
     loop {
         let got = tokio::select! {
@@ -125,15 +151,8 @@ async fn serve(
         if !limit.allow(from.ip(), started.elapsed().as_secs()) {
             continue;
         }
-        let packet = &buf[..n];
-        // The store read is short; off the runtime's worker all the same.
-        let (c, p) = (ctx.clone(), packet.to_vec());
-        let reply = tokio::task::spawn_blocking(move || {
-            crate::ops::dns::answer(&p, |name| lookup(&c, name))
-        })
-        .await
-        .ok()
-        .flatten();
+        let names = table.fresh(&ctx).await;
+        let reply = crate::ops::dns::answer(&buf[..n], |name| names.get(name).copied());
         if let Some(r) = reply {
             let _ = sock.send_to(&r, from).await;
         }

@@ -85,6 +85,9 @@ enum Db {
 pub struct Store {
     db: Db,
     path: PathBuf,
+    /// Bumped by every write of a VM row: readers that keep a view of the
+    /// VMs (the DNS server's name table) know when it is stale.
+    vm_writes: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -98,6 +101,7 @@ impl Store {
         let store = Store {
             db: Db::Rw(db),
             path: path.to_path_buf(),
+            vm_writes: Default::default(),
         };
         store.migrate_to(migrations::latest_version())?;
         Ok(store)
@@ -112,6 +116,7 @@ impl Store {
         Ok(Store {
             db: Db::Ro(db),
             path: path.to_path_buf(),
+            vm_writes: Default::default(),
         })
     }
 
@@ -259,7 +264,21 @@ impl Store {
 
     /// Inserts or replaces a VM record (durable when this returns).
     pub fn put_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
-        self.put(VMS, &vm.id, vm)
+        let r = self.put(VMS, &vm.id, vm);
+        self.vm_written();
+        r
+    }
+
+    /// How many VM writes this handle has seen (see `vm_writes`).
+    pub fn vm_generation(&self) -> u64 {
+        self.vm_writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counted after the write: a reader that read the rows under the old
+    /// count reads them again.
+    fn vm_written(&self) {
+        self.vm_writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Inserts a new VM record in one transaction: refuses a taken name and
@@ -309,6 +328,7 @@ impl Store {
             rec
         };
         txn.commit()?;
+        self.vm_written();
         Ok(Some(rec))
     }
 
@@ -341,6 +361,7 @@ impl Store {
         let txn = self.rw()?.begin_write()?;
         txn.open_table(VMS)?.insert(key, bytes)?;
         txn.commit()?;
+        self.vm_written();
         Ok(())
     }
 
@@ -349,7 +370,9 @@ impl Store {
     }
 
     pub fn delete_vm(&self, id: &str) -> Result<bool, StoreError> {
-        self.delete(VMS, id)
+        let r = self.delete(VMS, id);
+        self.vm_written();
+        r
     }
 
     pub fn put_image(&self, img: &ImageRecord) -> Result<(), StoreError> {
@@ -447,6 +470,38 @@ pub fn free_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_vm_write_moves_the_generation_and_reads_do_not() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("s.redb")).unwrap();
+        let g0 = s.vm_generation();
+        let rec = VmRecord::new(
+            "a",
+            "img",
+            "k",
+            1,
+            256,
+            1 << 30,
+            false,
+            crate::domain::VmmKind::Qemu,
+        );
+        let mut rec = s
+            .reserve_vm(&rec, "172.16.0.1".parse().unwrap(), 24)
+            .unwrap()
+            .unwrap();
+        let g1 = s.vm_generation();
+        assert!(g1 > g0);
+        s.list_vms().unwrap();
+        s.find_vm_by_name("a").unwrap();
+        assert_eq!(s.vm_generation(), g1, "reads leave it");
+        rec.state = crate::domain::VmState::Running;
+        s.put_vm(&rec).unwrap();
+        let g2 = s.vm_generation();
+        assert!(g2 > g1);
+        s.delete_vm(&rec.id).unwrap();
+        assert!(s.vm_generation() > g2);
+    }
 
     #[test]
     fn an_undecodable_vm_row_is_skipped_reported_and_keeps_its_address() {
