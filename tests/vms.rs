@@ -550,6 +550,25 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
             "only banger's roots: {inside:?}"
         );
         assert!(inside.contains(&"state".to_string()), "{inside:?}");
+        // Of banger's runtime directory only the VM's own: no daemon or
+        // helper socket to drive banger through.
+        let ls = |p: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root{}", p.display()))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ls(&env.runtime_dir()), vec!["vms".to_string()]);
+        let own = ls(&env.runtime_dir().join("vms"));
+        assert_eq!(own.len(), 1, "{own:?}");
+        assert!(ls(&env.runtime_dir().join("vms").join(&own[0])).contains(&"qmp.sock".to_string()));
+        assert!(
+            env.runtime_dir().join("bangerd.sock").exists(),
+            "the host's has it"
+        );
     }
 
     // A VM whose tap vanishes is shown unhealthy, with what to do.

@@ -1,7 +1,10 @@
 //! The VMM's own mount namespace: the owner's home (and `/home`, `/root`)
-//! covered by empty tmpfs mounts, with only banger's own directories the
-//! VMM needs bound back at their paths. A VMM escape, running as the owner,
-//! then does not see the owner's keys, repositories or sockets.
+//! and banger's runtime directory covered by empty tmpfs mounts, with only
+//! banger's own directories the VMM needs bound back at their paths (of the
+//! runtime directory, only the VM's own `vms/<id>`). A VMM escape, running
+//! as the owner, then does not see the owner's keys, repositories or
+//! sockets (`bangerd.sock`, `bangerd-root.sock`: through them it could
+//! drive banger as the owner).
 //!
 //! Everything is computed before `fork` ([`plan`]); the child only makes
 //! syscalls on prepared C strings and stack buffers ([`MountPlan::apply`]).
@@ -56,13 +59,40 @@ pub fn banger_root(p: &Path) -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
+/// What covers banger's runtime directory `rt`: the owner's whole runtime
+/// directory when `rt` is in one (`/run/user/<uid>/banger`: its session
+/// bus and other sockets are the owner's too), else `rt` itself.
+fn runtime_cover(rt: &Path) -> &Path {
+    match rt.parent() {
+        Some(p) if p.parent() == Some(Path::new("/run/user")) => p,
+        _ => rt,
+    }
+}
+
 /// The plan for a VMM that uses `paths`: covered directories, and the
-/// banger directories under them bound back.
-pub fn plan(paths: &[&Path], owner_home: Option<&Path>) -> std::io::Result<MountPlan> {
-    let cover = covered(owner_home);
+/// banger directories under them bound back. `runtime` is banger's runtime
+/// directory and the VM's own directory in it: the first is covered too,
+/// and of it only the second is bound back.
+pub fn plan(
+    paths: &[&Path],
+    owner_home: Option<&Path>,
+    runtime: Option<(&Path, &Path)>,
+) -> std::io::Result<MountPlan> {
+    let mut cover = covered(owner_home);
+    if let Some((rt, _)) = runtime {
+        let rt = runtime_cover(rt);
+        let system = NEVER.iter().any(|n| rt == Path::new(n));
+        if rt.is_dir() && !system && !cover.iter().any(|c| rt.starts_with(c)) {
+            cover.push(rt.to_path_buf());
+        }
+    }
     let mut keep_dirs: Vec<PathBuf> = Vec::new();
     for p in paths {
-        let Some(root) = banger_root(p) else { continue };
+        let root = match runtime {
+            Some((rt, own)) if p.starts_with(rt) && own.starts_with(rt) => Some(own.to_path_buf()),
+            _ => banger_root(p),
+        };
+        let Some(root) = root else { continue };
         if cover.iter().any(|c| root.starts_with(c) && root != *c)
             && !keep_dirs.iter().any(|k| root.starts_with(k))
         {
@@ -229,7 +259,7 @@ mod tests {
         let disk = state.join("vms/x/root.qcow2");
         let kernel = state.join("kernels/k/vmlinux");
         let outside = Path::new("/var/cache/banger/kernels/k/vmlinux");
-        let p = plan(&[&disk, &kernel, outside], Some(&home)).unwrap();
+        let p = plan(&[&disk, &kernel, outside], Some(&home), None).unwrap();
         assert_eq!(p.keep.len(), 1, "one bind: the state root");
         assert_eq!(p.keep[0].target.to_bytes(), state.as_os_str().as_bytes());
         let mut b = [0u8; 32];
@@ -243,5 +273,36 @@ mod tests {
             Some(home.join(".local").as_os_str().as_bytes())
         );
         assert_eq!(made.last().copied(), Some(state.as_os_str().as_bytes()));
+
+        // The runtime directory is covered (its sockets hidden) and only
+        // the VM's own directory in it bound back.
+        let rt = d.path().join("run/banger");
+        let own = rt.join("vms/0123456789abcdef");
+        std::fs::create_dir_all(&own).unwrap();
+        let qmp = own.join("qmp.sock");
+        let p = plan(&[&disk, &qmp], Some(&home), Some((&rt, &own))).unwrap();
+        let covers: Vec<&[u8]> = p.cover.iter().map(|c| c.to_bytes()).collect();
+        assert!(covers.contains(&rt.as_os_str().as_bytes()), "{covers:?}");
+        let kept: Vec<&[u8]> = p.keep.iter().map(|k| k.target.to_bytes()).collect();
+        assert_eq!(
+            kept,
+            vec![state.as_os_str().as_bytes(), own.as_os_str().as_bytes()]
+        );
+        assert_eq!(
+            runtime_cover(Path::new("/run/user/1000/banger")),
+            Path::new("/run/user/1000"),
+            "the owner's session bus is hidden too"
+        );
+        assert_eq!(
+            runtime_cover(Path::new("/run/banger")),
+            Path::new("/run/banger")
+        );
+        // Under a covered home, the runtime directory is not covered twice.
+        let rt2 = home.join("run/banger");
+        let own2 = rt2.join("vms/0123456789abcdef");
+        std::fs::create_dir_all(&own2).unwrap();
+        let p = plan(&[&own2.join("qmp.sock")], Some(&home), Some((&rt2, &own2))).unwrap();
+        assert_eq!(p.cover.len(), covered(Some(&home)).len());
+        assert_eq!(p.keep[0].target.to_bytes(), own2.as_os_str().as_bytes());
     }
 }

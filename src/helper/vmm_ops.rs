@@ -370,6 +370,30 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
     }
 }
 
+/// The VMM's view of the files: the owner's home covered, banger's own
+/// directories it uses bound back (planned before fork).
+fn mount_plan(
+    spec: &LaunchSpec,
+    owner: u32,
+    runtime_dir: &Path,
+) -> Result<super::vmm_ns::MountPlan, RpcError> {
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+        .ok()
+        .flatten()
+        .map(|u| u.dir);
+    let mut paths: Vec<&Path> = vec![&spec.log, &spec.control_socket];
+    if let Some(m) = &spec.qemu {
+        paths.push(&m.kernel);
+        paths.push(&m.serial_log);
+        paths.extend(m.initrd.as_deref());
+        paths.extend(m.agent_socket.as_deref());
+        paths.extend(m.disks.iter().map(|(d, _)| d.as_path()));
+    }
+    let own = runtime_dir.join("vms").join(&spec.vm_id);
+    super::vmm_ns::plan(&paths, home.as_deref(), Some((runtime_dir, &own)))
+        .map_err(|e| RpcError::failed(format!("planning the VMM's mounts: {e}")))
+}
+
 /// Starts the VMM as `owner` in its own session, its output appended to the
 /// log (opened after dropping privileges). Returns the pid; a thread reaps it.
 pub fn launch(
@@ -410,25 +434,8 @@ pub fn launch(
     // Only root switches identity (a helper run as the owner for tests is
     // the owner already).
     let as_root = nix::unistd::geteuid().is_root();
-    // The VMM's view of the files: the owner's home covered, banger's own
-    // directories it uses bound back (planned before fork).
     let mounts = if as_root {
-        let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
-            .ok()
-            .flatten()
-            .map(|u| u.dir);
-        let mut paths: Vec<&Path> = vec![&spec.log, &spec.control_socket];
-        if let Some(m) = &spec.qemu {
-            paths.push(&m.kernel);
-            paths.push(&m.serial_log);
-            paths.extend(m.initrd.as_deref());
-            paths.extend(m.agent_socket.as_deref());
-            paths.extend(m.disks.iter().map(|(d, _)| d.as_path()));
-        }
-        Some(
-            super::vmm_ns::plan(&paths, home.as_deref())
-                .map_err(|e| RpcError::failed(format!("planning the VMM's mounts: {e}")))?,
-        )
+        Some(mount_plan(spec, owner, runtime_dir)?)
     } else {
         None
     };
