@@ -18,7 +18,10 @@ pub fn kernel_cmdline(kvm: bool, params: &banger_agent::cmdline::GuestParams) ->
         "root=/dev/vda".into(),
         "rw".into(),
         "net.ifnames=0".into(),
-        "panic=-1".into(),
+        // A panicking guest reboots (QEMU, with -no-reboot, exits) after a
+        // second: time for the daemon to drain the panic's lines from the
+        // console ring (`vmm::serial`) before QEMU and the ring are gone.
+        "panic=1".into(),
         "quiet".into(),
     ];
     if !kvm {
