@@ -237,31 +237,7 @@ impl Config {
             }
             None => None,
         };
-        let mut network = NetworkConfig::default();
-        if let Some(b) = raw.network.bridge {
-            validate_ifname(&b).map_err(|m| invalid("network.bridge", m))?;
-            if !b.starts_with("banger") {
-                return Err(invalid(
-                    "network.bridge",
-                    format!("{b:?} must start with \"banger\" (so banger can tell its own interfaces apart), e.g. banger1"),
-                ));
-            }
-            network.bridge = b;
-        }
-        if let Some(a) = raw.network.bridge_address {
-            let (ip, len) = parse_cidr(&a).map_err(|m| invalid("network.bridge_address", m))?;
-            network.bridge_ip = ip;
-            network.prefix_len = len;
-        }
-        if let Some(p) = raw.network.dns_port {
-            if p == 53 {
-                return Err(invalid(
-                    "network.dns_port",
-                    "53 is where guests ask (it is redirected to this port); pick a free port above 1024, or 0 to turn DNS off".into(),
-                ));
-            }
-            network.dns_port = p;
-        }
+        let network = resolve_network(&raw.network).map_err(|(k, m)| invalid(k, m))?;
         let binary =
             |key: &'static str, v: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
                 match v {
@@ -325,6 +301,36 @@ impl Config {
             network,
         })
     }
+}
+
+/// The `[network]` table, checked: (key, what is wrong) on a bad value.
+fn resolve_network(raw: &RawNetwork) -> Result<NetworkConfig, (&'static str, String)> {
+    let mut network = NetworkConfig::default();
+    if let Some(b) = &raw.bridge {
+        validate_ifname(b).map_err(|m| ("network.bridge", m))?;
+        if !b.starts_with("banger") {
+            return Err((
+                "network.bridge",
+                format!("{b:?} must start with \"banger\" (so banger can tell its own interfaces apart), e.g. banger1"),
+            ));
+        }
+        network.bridge = b.clone();
+    }
+    if let Some(a) = &raw.bridge_address {
+        let (ip, len) = parse_cidr(a).map_err(|m| ("network.bridge_address", m))?;
+        network.bridge_ip = ip;
+        network.prefix_len = len;
+    }
+    if let Some(p) = raw.dns_port {
+        if p == 53 {
+            return Err((
+                "network.dns_port",
+                "53 is where guests ask (it is redirected to this port); pick a free port above 1024, or 0 to turn DNS off".into(),
+            ));
+        }
+        network.dns_port = p;
+    }
+    Ok(network)
 }
 
 fn resolve_defaults(raw: &RawVmDefaults, disk: Option<u64>, host: HostFacts) -> VmDefaults {

@@ -351,28 +351,20 @@ fn ids_in(listing: &str) -> Vec<String> {
 
 /// The link rules of a listing that name `vm_id`, as [`tagged`] gives them.
 fn links_of(listing: &str, vm_id: &str) -> Vec<Vec<String>> {
-    listing
-        .lines()
-        .filter_map(|l| l.strip_prefix("-A "))
-        .map(|l| {
-            l.split_whitespace()
-                .map(|w| w.trim_matches('"').to_string())
-                .collect::<Vec<_>>()
-        })
-        .filter(|words| {
-            words.windows(2).any(|w| {
-                w[0] == "--comment"
-                    && w[1]
-                        .strip_prefix("banger-link:")
-                        .is_some_and(|p| p.split(':').any(|id| id == vm_id))
-            })
-        })
-        .collect()
+    commented(listing, |c| {
+        c.strip_prefix("banger-link:")
+            .is_some_and(|p| p.split(':').any(|id| id == vm_id))
+    })
 }
 
 /// The `-A` rules of an `iptables -S` listing that carry `tag` as their
 /// comment, as argument lists without the `-A`.
 pub fn tagged(listing: &str, tag: &str) -> Vec<Vec<String>> {
+    commented(listing, |c| c == tag)
+}
+
+/// The `-A` rules whose comment `keep` accepts, as argument lists.
+fn commented(listing: &str, keep: impl Fn(&str) -> bool) -> Vec<Vec<String>> {
     listing
         .lines()
         .filter_map(|l| l.strip_prefix("-A "))
@@ -381,7 +373,7 @@ pub fn tagged(listing: &str, tag: &str) -> Vec<Vec<String>> {
                 .map(|w| w.trim_matches('"').to_string())
                 .collect::<Vec<_>>()
         })
-        .filter(|words| words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag))
+        .filter(|words| words.windows(2).any(|w| w[0] == "--comment" && keep(&w[1])))
         .collect()
 }
 
