@@ -169,6 +169,29 @@ fn system_install_under_real_systemd_in_a_guest() {
             ]
         )
     );
+    // The helper may write only its own places: not all of /run, and of
+    // the cgroup tree only banger's group.
+    let rw = guest_ok(
+        &env,
+        "sys",
+        &[
+            "systemctl",
+            "show",
+            "bangerd-root.service",
+            "-p",
+            "ReadWritePaths",
+            "--value",
+        ],
+    );
+    let rw: Vec<&str> = rw
+        .split_whitespace()
+        .map(|p| p.trim_start_matches('-'))
+        .collect();
+    assert!(
+        !rw.contains(&"/run") && !rw.contains(&"/sys/fs/cgroup"),
+        "{rw:?}"
+    );
+    assert!(rw.contains(&"/sys/fs/cgroup/banger"), "{rw:?}");
     // The sandboxed helper made the owner's cgroup for VMMs and set its
     // limits (the unit made banger's top group writable for it alone).
     let uid = guest_ok(&env, "sys", &["id", "-u", "tester"]);
