@@ -9,6 +9,10 @@ use tokio::net::UnixStream;
 
 use super::VmmError;
 
+/// The longest QMP message read (a console ring read of 64 KiB is ~88 KB
+/// of base64).
+const MAX_LINE: u64 = 1 << 20;
+
 /// A negotiated QMP session.
 pub struct Qmp {
     r: BufReader<UnixStream>,
@@ -32,9 +36,18 @@ impl Qmp {
     }
 
     async fn read_msg(&mut self) -> Result<Value, VmmError> {
+        use tokio::io::AsyncReadExt;
         let mut line = String::new();
-        if self.r.read_line(&mut line).await? == 0 {
+        // Bounded: the VMM runs as the owner in a sandbox and must not be
+        // able to make the daemon hold an endless line.
+        if (&mut self.r).take(MAX_LINE).read_line(&mut line).await? == 0 {
             return Err(VmmError::Api("QMP connection closed".into()));
+        }
+        if !line.ends_with('\n') {
+            return Err(VmmError::Api(format!(
+                "a QMP message longer than {} KiB",
+                MAX_LINE >> 10
+            )));
         }
         serde_json::from_str(&line).map_err(|e| VmmError::Api(format!("bad QMP message: {e}")))
     }
