@@ -42,7 +42,8 @@ fn main() -> ExitCode {
             eprintln!("bangerd-root: no cgroup memory controller here; VMMs will run without per-VM cgroups");
             return ExitCode::SUCCESS;
         };
-        return match layout.prepare_top() {
+        let cpus = banger::config::HostFacts::probe().cpus;
+        return match layout.prepare_top(banger::helper::vmm_ops::group_cpu_weight(cpus)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bangerd-root: {e}; VMMs will run without per-VM cgroups");

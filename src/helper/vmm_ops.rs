@@ -201,14 +201,22 @@ const VMM_PIDS: u64 = 1024;
 const OWNER_PIDS: u64 = 65_536;
 
 /// The owner's group: all its VMMs together leave the host a tenth of its
-/// memory (at least 512 MiB).
+/// memory (at least 512 MiB); CPU as [`group_cpu_weight`].
 pub fn owner_limits(host: crate::config::HostFacts) -> Limits {
     let reserve = (host.memory_bytes / 10).max(512 << 20);
     Limits {
         memory_bytes: (host.memory_bytes > reserve).then(|| host.memory_bytes - reserve),
         pids: Some(OWNER_PIDS),
-        cpu_weight: None,
+        cpu_weight: group_cpu_weight(host.cpus),
     }
+}
+
+/// The CPU weight of banger's and the owner's groups: a default share per
+/// host CPU. A group competes with the host's other processes as one: at
+/// the default weight all VMMs together would get what one process gets
+/// (VMMs in no group competed thread by thread).
+pub fn group_cpu_weight(cpus: u32) -> Option<u32> {
+    Some(100 * cpus.max(1))
 }
 
 /// One VMM's group: QEMU's guest memory, its translation cache and its own

@@ -113,9 +113,14 @@ impl Layout {
     }
 
     /// Makes banger's top group in each hierarchy and (v2) lets the root
-    /// and it pass the controllers down. Idempotent; run by the installed
-    /// helper's unit outside its sandbox, where the root group is writable.
-    pub fn prepare_top(&self) -> Result<(), CgroupError> {
+    /// and it pass the controllers down, with `cpu_weight` as its CPU
+    /// weight. Idempotent; run by the installed helper's unit outside its
+    /// sandbox, where the root group is writable.
+    pub fn prepare_top(&self, cpu_weight: Option<u32>) -> Result<(), CgroupError> {
+        let weight = Limits {
+            cpu_weight,
+            ..Limits::default()
+        };
         for (kind, root) in self.hierarchies() {
             let top = root.join(TOP);
             make_dir(&top)?;
@@ -124,23 +129,21 @@ impl Layout {
                     enable_controllers(dir).map_err(fail("enabling controllers in", dir))?;
                 }
             }
+            set(&top, writes(kind, weight))?;
         }
         Ok(())
     }
 
     /// [`Layout::prepare_top`], then the owner's group with its limits.
     pub fn prepare_owner(&self, owner: u32, limits: Limits) -> Result<(), CgroupError> {
-        self.prepare_top()?;
+        self.prepare_top(limits.cpu_weight)?;
         for (kind, root) in self.hierarchies() {
             let mine = root.join(TOP).join(format!("uid-{owner}"));
             make_dir(&mine)?;
             if kind == Kind::Unified {
                 enable_controllers(&mine).map_err(fail("enabling controllers in", &mine))?;
             }
-            for (file, value) in writes(kind, limits) {
-                let path = mine.join(file);
-                std::fs::write(&path, value).map_err(fail("writing", &path))?;
-            }
+            set(&mine, writes(kind, limits))?;
         }
         Ok(())
     }
@@ -158,8 +161,12 @@ impl Layout {
             .into_iter()
             .zip(self.vm_dirs(owner, vm_id))
         {
+            // Only knobs the owner's group has (a controller the host
+            // lacks has none): the child's group has the same.
+            let owner_dir = dir.parent().unwrap_or(&dir).to_path_buf();
             let files = writes(kind, limits)
                 .into_iter()
+                .filter(|(f, _)| owner_dir.join(f).exists())
                 .map(|(f, v)| Ok((c(&dir.join(f))?, v.into_bytes())))
                 .collect::<std::io::Result<Vec<_>>>()?;
             groups.push(JoinGroup {
@@ -236,6 +243,17 @@ impl Layout {
 fn fail(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
     let path = path.to_path_buf();
     move |source| CgroupError { what, path, source }
+}
+
+/// Writes the knobs `dir` has (a controller the host lacks has none).
+fn set(dir: &Path, knobs: Vec<(&'static str, String)>) -> Result<(), CgroupError> {
+    for (file, value) in knobs {
+        let path = dir.join(file);
+        if path.exists() {
+            std::fs::write(&path, value).map_err(fail("writing", &path))?;
+        }
+    }
+    Ok(())
 }
 
 fn make_dir(dir: &Path) -> Result<(), CgroupError> {
