@@ -187,7 +187,16 @@ pub fn pid_alive(pid: u32) -> bool {
             let state = s
                 .rsplit_once(')')
                 .and_then(|(_, r)| r.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
+            match state {
+                // A killed multi-threaded process: its first thread is a
+                // zombie while the others still exit, holding its files
+                // (a VMM's tap queue). Alive until the last one is gone.
+                Some('Z') => std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|d| d.count() > 1)
+                    .unwrap_or(false),
+                Some('X') | None => false,
+                Some(_) => true,
+            }
         }
         Err(_) => false,
     }
