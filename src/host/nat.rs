@@ -139,11 +139,7 @@ pub fn link(a: (&str, Ipv4Addr), b: (&str, Ipv4Addr), bridge: &str) -> Result<()
     super::firewall::guard_bridge(bridge)?;
     let fwd = super::firewall::chains(bridge).1;
     for spec in link_rules(a, b, bridge) {
-        if !rule_exists(bin, "filter", &fwd, &spec) {
-            let mut args = vec!["-w", "10", "-I", fwd.as_str(), "2"];
-            args.extend(spec.iter().map(String::as_str));
-            run_tool(bin, "iptables", &args)?;
-        }
+        ensure_rule(bin, "filter", &fwd, &spec)?;
     }
     for (knob, value) in [
         ("proxy_arp", "1"),
@@ -158,6 +154,21 @@ pub fn link(a: (&str, Ipv4Addr), b: (&str, Ipv4Addr), bridge: &str) -> Result<()
     forward_on(&[bridge.to_string()])
 }
 
+/// Adds a rule unless it is there: into a bridge's forward chain at 2
+/// (after its link-local drop, before its final drop), elsewhere at the end.
+fn ensure_rule(bin: &str, table: &str, chain: &str, spec: &[String]) -> Result<(), HostError> {
+    if rule_exists(bin, table, chain, spec) {
+        return Ok(());
+    }
+    let mut args = if chain.ends_with("-fwd") {
+        vec!["-w", "10", "-t", table, "-I", chain, "2"]
+    } else {
+        vec!["-w", "10", "-t", table, "-A", chain]
+    };
+    args.extend(spec.iter().map(String::as_str));
+    run_tool(bin, "iptables", &args).map(drop)
+}
+
 fn rule_exists(bin: &str, table: &str, chain: &str, spec: &[String]) -> bool {
     let mut args = vec!["-w", "10", "-t", table, "-C", chain];
     args.extend(spec.iter().map(String::as_str));
@@ -170,16 +181,7 @@ pub fn enable(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Result<(), HostError> 
     let bin = iptables()?;
     super::firewall::guard_bridge(bridge)?;
     for (table, chain, spec) in rules(vm_id, ip, bridge) {
-        if !rule_exists(bin, table, &chain, &spec) {
-            // Into the bridge's chain at 2 (before its final drop).
-            let mut args = if chain.ends_with("-fwd") {
-                vec!["-w", "10", "-t", table, "-I", chain.as_str(), "2"]
-            } else {
-                vec!["-w", "10", "-t", table, "-A", chain.as_str()]
-            };
-            args.extend(spec.iter().map(String::as_str));
-            run_tool(bin, "iptables", &args)?;
-        }
+        ensure_rule(bin, table, &chain, &spec)?;
     }
     let mut ifaces = vec![bridge.to_string()];
     ifaces.extend(uplinks()?);
