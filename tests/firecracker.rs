@@ -87,10 +87,16 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
             binary: None,
             incoming: false,
             tcg_tb_mib: 0,
+            backing: vec![],
         };
         let driver = firecracker::Firecracker;
         assert_eq!(driver.kind(), VmmKind::Firecracker);
-        let pid = match call(&mut h, PrivRequest::LaunchVmm(driver.launch_spec(&boot))).await {
+        let pid = match call(
+            &mut h,
+            PrivRequest::LaunchVmm(Box::new(driver.launch_spec(&boot))),
+        )
+        .await
+        {
             PrivReply::Launched { pid } => pid,
             other => panic!("{other:?}"),
         };
@@ -161,7 +167,12 @@ fn firecracker_driver_configures_starts_signals_and_cleans_up_but_the_guest_cann
         ] {
             call(&mut h, req).await;
         }
-        let pid = match call(&mut h, PrivRequest::LaunchVmm(driver.launch_spec(&boot))).await {
+        let pid = match call(
+            &mut h,
+            PrivRequest::LaunchVmm(Box::new(driver.launch_spec(&boot))),
+        )
+        .await
+        {
             PrivReply::Launched { pid } => pid,
             other => panic!("{other:?}"),
         };

@@ -279,7 +279,7 @@ fn hostile_priv(rng: &mut Rng) -> PrivRequest {
             pid: [0, 1, std::process::id(), u32::MAX][(rng.next() % 4) as usize],
             signal: Signal::Kill,
         },
-        6 => PrivRequest::LaunchVmm(LaunchSpec {
+        6 => PrivRequest::LaunchVmm(Box::new(LaunchSpec {
             vm_id: name(rng),
             kind: VmmKind::Qemu,
             qemu: Some(QemuMachine {
@@ -300,7 +300,8 @@ fn hostile_priv(rng: &mut Rng) -> PrivRequest {
             control_socket: "/etc/qmp.sock".into(),
             log: "/etc/banger.log".into(),
             binary: Some("/etc/passwd".into()),
-        }),
+            reads: vec!["/root/../etc".into(); (rng.next() % 40) as usize],
+        })),
         7 => PrivRequest::BuildRootfs(RootfsSpec {
             build_id: format!("../{}", name(rng)),
             recipe: "debian-bookworm".into(),

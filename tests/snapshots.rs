@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
-use crate::vms::{show, vm_env};
+use crate::vms::{show, vm_env, vm_env_from};
 
 fn exec_ok(env: &TestEnv, vm: &str, script: &str) -> String {
     let out = env.banger_within(
@@ -61,7 +61,8 @@ fn identity(env: &TestEnv, vm: &str) -> Identity {
 #[test]
 fn restored_clones_keep_state_and_get_their_own_identity() {
     let _heavy = heavy();
-    let env = vm_env();
+    // Under the owner's home, which the VMMs' mount namespace covers.
+    let env = vm_env_from(TestEnv::under(std::path::Path::new("/root")), "");
     env.banger_ok(&["vm", "create", "--name", "src"]);
     // A file and a process that must survive into every clone.
     exec_ok(
@@ -152,6 +153,22 @@ fn restored_clones_keep_state_and_get_their_own_identity() {
     assert_ne!(a.addr, b.addr);
     assert_ne!(a.mac, b.mac);
     assert_ne!(a.machine_id, b.machine_id);
+    // A clone's VMM reads its overlay's backing files from the snapshot's
+    // directory, bound read-only into its mount namespace; of the VMs' own
+    // directories it sees only its own.
+    let pid = show(&env, "c1")["pid"].as_u64().unwrap();
+    let s1_dir = s1["dir"].as_str().expect("the snapshot's directory");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let opts = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(s1_dir))
+        .and_then(|l| l.split(' ').nth(5))
+        .unwrap_or_else(|| panic!("{s1_dir} is not bound for the clone: {mounts}"));
+    assert!(opts.split(',').any(|o| o == "ro"), "{opts}");
+    let vms = std::fs::read_dir(format!("/proc/{pid}/root{}/vms", env.state_dir().display()))
+        .unwrap()
+        .count();
+    assert_eq!(vms, 1);
     // Its network works as itself: SSH to the new address, checked
     // against the new host key the agent reported.
     let out = env.banger(&["vm", "ssh", "c1", "--", "cat", "/etc/hostname"]);

@@ -562,6 +562,26 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
             v
         };
         assert_eq!(ls(&env.runtime_dir()), vec!["vms".to_string()]);
+        // Of banger's state only the VM's own directory (and what it reads,
+        // read-only): not the store, the SSH key, nor the sibling's disks.
+        let vms = ls(&env.state_dir().join("vms"));
+        assert_eq!(vms.len(), 1, "{vms:?}");
+        assert!(
+            ls(&env.state_dir().join("vms").join(&vms[0])).contains(&"root.qcow2".to_string()),
+            "its own disk"
+        );
+        let state = ls(&env.state_dir());
+        assert!(
+            !state.iter().any(|n| n == "ssh" || n.ends_with(".redb")),
+            "{state:?}"
+        );
+        assert!(env.state_dir().join("ssh").exists(), "the host's has it");
+        assert_eq!(
+            std::fs::read_dir(env.state_dir().join("vms"))
+                .unwrap()
+                .count(),
+            2
+        );
         let own = ls(&env.runtime_dir().join("vms"));
         assert_eq!(own.len(), 1, "{own:?}");
         assert!(ls(&env.runtime_dir().join("vms").join(&own[0])).contains(&"qmp.sock".to_string()));

@@ -136,10 +136,12 @@ impl Privileged for ActorHelper {
     }
 
     fn launch_vmm(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<u32, OpError>> {
-        Box::pin(self.answer(PrivRequest::LaunchVmm(spec), |r| match r {
-            PrivReply::Launched { pid } => Ok(pid),
-            other => Err(other),
-        }))
+        Box::pin(
+            self.answer(PrivRequest::LaunchVmm(Box::new(spec)), |r| match r {
+                PrivReply::Launched { pid } => Ok(pid),
+                other => Err(other),
+            }),
+        )
     }
 
     fn signal_vmm(&self, pid: u32, signal: Signal) -> BoxFuture<'_, Result<(), OpError>> {

@@ -1,10 +1,11 @@
 //! The VMM's own mount namespace: the owner's home (and `/home`, `/root`)
 //! and banger's runtime directory covered by empty tmpfs mounts, with only
-//! banger's own directories the VMM needs bound back at their paths (of the
-//! runtime directory, only the VM's own `vms/<id>`). A VMM escape, running
-//! as the owner, then does not see the owner's keys, repositories or
-//! sockets (`bangerd.sock`, `bangerd-root.sock`: through them it could
-//! drive banger as the owner).
+//! the directories the VMM needs bound back at their paths: the VM's own
+//! (its disks, logs and sockets) read-write, the kernel's and its disks'
+//! backing files' read-only. A VMM escape, running as the owner, then does
+//! not see the owner's keys, repositories or sockets (`bangerd.sock`,
+//! `bangerd-root.sock`: through them it could drive banger as the owner),
+//! nor banger's store, SSH key or other VMs' disks.
 //!
 //! Everything is computed before `fork` ([`plan`]); the child only makes
 //! syscalls on prepared C strings and stack buffers ([`MountPlan::apply`]).
@@ -24,15 +25,19 @@ struct Keep {
     target: CString,
     /// Directories to make (in order) inside the tmpfs before binding.
     mkdirs: Vec<CString>,
+    read_only: bool,
 }
 
-/// The most directories bound back (they are banger's few roots).
-const MAX_KEEP: usize = 8;
+/// The most directories bound back: the VM's own two, the kernel's and a
+/// snapshot chain's (`vmm_ops::MAX_READS`).
+const MAX_KEEP: usize = 24;
 
 /// What the child does: cover, then bind back.
 pub struct MountPlan {
     cover: Vec<CString>,
     keep: Vec<Keep>,
+    /// Whose rights the bound directories are opened with (uid, gid).
+    owner: (u32, u32),
 }
 
 /// The directories to cover: `/home`, `/root` and the owner's home when it
@@ -49,16 +54,6 @@ pub fn covered(owner_home: Option<&Path>) -> Vec<PathBuf> {
     v.into_iter().filter(|p| p.is_dir()).collect()
 }
 
-/// The directory of banger's own that holds `p`: its nearest ancestor
-/// named `banger` (the state, cache or runtime root), else its parent.
-pub fn banger_root(p: &Path) -> Option<PathBuf> {
-    p.ancestors()
-        .skip(1)
-        .find(|a| a.file_name().is_some_and(|n| n == "banger"))
-        .or_else(|| p.parent())
-        .map(Path::to_path_buf)
-}
-
 /// What covers banger's runtime directory `rt`: the owner's whole runtime
 /// directory when `rt` is in one (`/run/user/<uid>/banger`: its session
 /// bus and other sockets are the owner's too), else `rt` itself.
@@ -69,14 +64,49 @@ fn runtime_cover(rt: &Path) -> &Path {
     }
 }
 
-/// The plan for a VMM that uses `paths`: covered directories, and the
-/// banger directories under them bound back. `runtime` is banger's runtime
-/// directory and the VM's own directory in it: the first is covered too,
-/// and of it only the second is bound back.
+/// The directories of `dirs` (read-only when flagged) that lie under a
+/// cover, without one inside another (the outer is kept, read-only only
+/// when all it holds were). Under the runtime cover only `own` is kept.
+fn kept(
+    dirs: &[(&Path, bool)],
+    cover: &[PathBuf],
+    runtime: Option<(&Path, &Path)>,
+) -> Vec<(PathBuf, bool)> {
+    let mut out: Vec<(PathBuf, bool)> = Vec::new();
+    for &(d, ro) in dirs {
+        let d = match runtime {
+            Some((_, own)) if d.starts_with(own) => own,
+            Some((rt, _)) if d.starts_with(runtime_cover(rt)) => continue,
+            _ => d,
+        };
+        if !cover.iter().any(|c| d.starts_with(c) && d != c) {
+            continue;
+        }
+        if let Some(k) = out.iter_mut().find(|(k, _)| d.starts_with(k)) {
+            k.1 &= ro;
+            continue;
+        }
+        let mut ro = ro;
+        out.retain(|(k, kro)| {
+            let inside = k.starts_with(d);
+            ro &= !inside || *kro;
+            !inside
+        });
+        out.push((d.to_path_buf(), ro));
+    }
+    out
+}
+
+/// The plan for a VMM that uses the directories `dirs` (`true`: only
+/// reads): the covered directories, and those of `dirs` under them bound
+/// back, opened with the `owner`'s rights (uid, gid). `runtime` is
+/// banger's runtime directory and the VM's own directory in it: the first
+/// is covered too, and of it only the second is bound back.
 pub fn plan(
-    paths: &[&Path],
+    dirs: &[(&Path, bool)],
     owner_home: Option<&Path>,
     runtime: Option<(&Path, &Path)>,
+    owner: (u32, u32),
 ) -> std::io::Result<MountPlan> {
     let mut cover = covered(owner_home);
     if let Some((rt, _)) = runtime {
@@ -86,32 +116,19 @@ pub fn plan(
             cover.push(rt.to_path_buf());
         }
     }
-    let mut keep_dirs: Vec<PathBuf> = Vec::new();
-    for p in paths {
-        let root = match runtime {
-            Some((rt, own)) if p.starts_with(rt) && own.starts_with(rt) => Some(own.to_path_buf()),
-            _ => banger_root(p),
-        };
-        let Some(root) = root else { continue };
-        if cover.iter().any(|c| root.starts_with(c) && root != *c)
-            && !keep_dirs.iter().any(|k| root.starts_with(k))
-        {
-            keep_dirs.retain(|k| !k.starts_with(&root));
-            keep_dirs.push(root);
-        }
-    }
+    let keep_dirs = kept(dirs, &cover, runtime);
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::other(format!("{} has a NUL byte", p.display())))
     };
     if keep_dirs.len() > MAX_KEEP {
         return Err(std::io::Error::other(format!(
-            "the VMM's files are in {} directories of banger's (at most {MAX_KEEP})",
+            "the VMM's files are in {} directories (at most {MAX_KEEP})",
             keep_dirs.len()
         )));
     }
     let mut keep = Vec::new();
-    for dir in keep_dirs {
+    for (dir, read_only) in keep_dirs {
         let top = cover
             .iter()
             .find(|c| dir.starts_with(c))
@@ -125,11 +142,13 @@ pub fn plan(
         keep.push(Keep {
             target: c(&dir)?,
             mkdirs,
+            read_only,
         });
     }
     Ok(MountPlan {
         cover: cover.iter().map(|p| c(p)).collect::<Result<_, _>>()?,
         keep,
+        owner,
     })
 }
 
@@ -158,7 +177,14 @@ impl MountPlan {
         }
         // Each kept directory is opened here, in the new namespace (a bind
         // from another namespace's mount is refused), before it is covered;
-        // never through a final symbolic link.
+        // never through a final symbolic link, and with the owner's rights:
+        // root's would reach past a directory the owner may not search.
+        let (uid, gid) = self.owner;
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        if libc::setfsuid(uid) as u32 != uid || libc::setfsgid(gid) as u32 != gid {
+            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        }
         let mut fds = [-1i32; MAX_KEEP];
         for (k, fd) in self.keep.iter().zip(fds.iter_mut()) {
             *fd = libc::open(
@@ -169,6 +195,8 @@ impl MountPlan {
                 return err();
             }
         }
+        libc::setfsuid(0);
+        libc::setfsgid(0);
         let tmpfs = c"tmpfs";
         let opts = c"mode=0755,size=1m";
         for dir in &self.cover {
@@ -204,6 +232,18 @@ impl MountPlan {
                 return err();
             }
             libc::close(fd);
+            let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            if k.read_only
+                && libc::mount(
+                    std::ptr::null(),
+                    k.target.as_ptr(),
+                    std::ptr::null(),
+                    ro | libc::MS_NOSUID | libc::MS_NODEV,
+                    std::ptr::null(),
+                ) < 0
+            {
+                return err();
+            }
         }
         Ok(())
     }
@@ -234,16 +274,15 @@ fn fd_path(fd: i32, buf: &mut [u8; 32]) {
 mod tests {
     use super::*;
 
+    fn targets(p: &MountPlan) -> Vec<(&[u8], bool)> {
+        p.keep
+            .iter()
+            .map(|k| (k.target.to_bytes(), k.read_only))
+            .collect()
+    }
+
     #[test]
-    fn covers_homes_and_binds_back_only_bangers_directories() {
-        assert_eq!(
-            banger_root(Path::new("/home/u/.local/state/banger/vms/0123/root.qcow2")),
-            Some(PathBuf::from("/home/u/.local/state/banger"))
-        );
-        assert_eq!(
-            banger_root(Path::new("/srv/vm/disk.raw")),
-            Some(PathBuf::from("/srv/vm"))
-        );
+    fn covers_homes_and_binds_back_only_the_vms_own_directories() {
         // A home that is a system directory is never covered.
         for h in ["/", "/var", "/usr"] {
             assert!(
@@ -254,39 +293,66 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let home = d.path().join("owner");
         let state = home.join(".local/state/banger");
-        std::fs::create_dir_all(state.join("vms/x")).unwrap();
+        let vm = state.join("vms/x");
+        std::fs::create_dir_all(&vm).unwrap();
         assert!(covered(Some(&home)).contains(&home));
-        let disk = state.join("vms/x/root.qcow2");
-        let kernel = state.join("kernels/k/vmlinux");
-        let outside = Path::new("/var/cache/banger/kernels/k/vmlinux");
-        let p = plan(&[&disk, &kernel, outside], Some(&home), None).unwrap();
-        assert_eq!(p.keep.len(), 1, "one bind: the state root");
-        assert_eq!(p.keep[0].target.to_bytes(), state.as_os_str().as_bytes());
-        let mut b = [0u8; 32];
-        fd_path(1234, &mut b);
-        assert_eq!(&b[..19], b"/proc/self/fd/1234\0");
-        fd_path(0, &mut b);
-        assert_eq!(&b[..16], b"/proc/self/fd/0\0");
+        let kernel = state.join("kernels/k");
+        let snap = state.join("snapshots/s");
+        let outside = Path::new("/var/cache/banger/kernels/k");
+        let dirs = [
+            (vm.as_path(), false),
+            (kernel.as_path(), true),
+            (outside, true),
+            (snap.as_path(), true),
+            (vm.as_path(), true),
+        ];
+        let p = plan(&dirs, Some(&home), None, (1000, 1000)).unwrap();
+        let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        assert_eq!(
+            targets(&p),
+            vec![
+                (b(&vm).as_slice(), false),
+                (b(&kernel).as_slice(), true),
+                (b(&snap).as_slice(), true)
+            ],
+            "the VM's own directory, the kernel's and the snapshot's; never the state root"
+        );
+        assert_eq!(p.owner, (1000, 1000));
         let made: Vec<&[u8]> = p.keep[0].mkdirs.iter().map(|c| c.to_bytes()).collect();
         assert_eq!(
             made.first().copied(),
-            Some(home.join(".local").as_os_str().as_bytes())
+            Some(b(&home.join(".local")).as_slice())
         );
-        assert_eq!(made.last().copied(), Some(state.as_os_str().as_bytes()));
+        assert_eq!(made.last().copied(), Some(b(&vm).as_slice()));
+        // One inside another: the outer is bound, read-only only if both were.
+        let inner = vm.join("sub");
+        let p = plan(&[(&inner, false), (&vm, true)], Some(&home), None, (0, 0)).unwrap();
+        assert_eq!(targets(&p), vec![(b(&vm).as_slice(), false)]);
+
+        let mut buf = [0u8; 32];
+        fd_path(1234, &mut buf);
+        assert_eq!(&buf[..19], b"/proc/self/fd/1234\0");
+        fd_path(0, &mut buf);
+        assert_eq!(&buf[..16], b"/proc/self/fd/0\0");
 
         // The runtime directory is covered (its sockets hidden) and only
         // the VM's own directory in it bound back.
         let rt = d.path().join("run/banger");
         let own = rt.join("vms/0123456789abcdef");
         std::fs::create_dir_all(&own).unwrap();
-        let qmp = own.join("qmp.sock");
-        let p = plan(&[&disk, &qmp], Some(&home), Some((&rt, &own))).unwrap();
+        let other = rt.join("vms/fedcba9876543210");
+        let p = plan(
+            &[(&vm, false), (&own, false), (&other, true), (&rt, true)],
+            Some(&home),
+            Some((&rt, &own)),
+            (0, 0),
+        )
+        .unwrap();
         let covers: Vec<&[u8]> = p.cover.iter().map(|c| c.to_bytes()).collect();
-        assert!(covers.contains(&rt.as_os_str().as_bytes()), "{covers:?}");
-        let kept: Vec<&[u8]> = p.keep.iter().map(|k| k.target.to_bytes()).collect();
+        assert!(covers.contains(&b(&rt).as_slice()), "{covers:?}");
         assert_eq!(
-            kept,
-            vec![state.as_os_str().as_bytes(), own.as_os_str().as_bytes()]
+            targets(&p),
+            vec![(b(&vm).as_slice(), false), (b(&own).as_slice(), false)]
         );
         assert_eq!(
             runtime_cover(Path::new("/run/user/1000/banger")),
@@ -301,8 +367,8 @@ mod tests {
         let rt2 = home.join("run/banger");
         let own2 = rt2.join("vms/0123456789abcdef");
         std::fs::create_dir_all(&own2).unwrap();
-        let p = plan(&[&own2.join("qmp.sock")], Some(&home), Some((&rt2, &own2))).unwrap();
+        let p = plan(&[(&own2, false)], Some(&home), Some((&rt2, &own2)), (0, 0)).unwrap();
         assert_eq!(p.cover.len(), covered(Some(&home)).len());
-        assert_eq!(p.keep[0].target.to_bytes(), own2.as_os_str().as_bytes());
+        assert_eq!(targets(&p), vec![(b(&own2).as_slice(), false)]);
     }
 }

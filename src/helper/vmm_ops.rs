@@ -265,6 +265,10 @@ pub fn prepare_cgroups(owner: u32) -> Option<std::sync::Arc<Layout>> {
 }
 
 /// Checks a launch request and returns (binary, argv).
+/// The most directories a VMM reads outside its VM's own (kernel, initrd,
+/// and a snapshot chain's).
+pub const MAX_READS: usize = 16;
+
 pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<String>), RpcError> {
     if !is_vm_id(&spec.vm_id) {
         return Err(refuse(format!("bad vm id {:?}", spec.vm_id)));
@@ -279,6 +283,11 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
     }
     if !clean_abs(&spec.log) {
         return Err(refuse("log path must be absolute"));
+    }
+    if spec.reads.len() > MAX_READS || !spec.reads.iter().all(|p| clean_abs(p)) {
+        return Err(refuse(format!(
+            "at most {MAX_READS} directories to read, each absolute, without '..'"
+        )));
     }
     match spec.kind {
         VmmKind::Qemu => {
@@ -378,27 +387,40 @@ pub fn plan(spec: &LaunchSpec, runtime_dir: &Path) -> Result<(PathBuf, Vec<Strin
     }
 }
 
-/// The VMM's view of the files: the owner's home covered, banger's own
-/// directories it uses bound back (planned before fork).
+/// The VMM's view of the files: the owner's home and banger's runtime
+/// directory covered, and bound back only the VM's own directories
+/// (read-write) and what it reads besides (read-only): never banger's
+/// store, SSH key or other VMs' disks. Planned before fork.
 fn mount_plan(
     spec: &LaunchSpec,
-    owner: u32,
+    owner: (u32, u32),
     runtime_dir: &Path,
 ) -> Result<super::vmm_ns::MountPlan, RpcError> {
-    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner.0))
         .ok()
         .flatten()
         .map(|u| u.dir);
-    let mut paths: Vec<&Path> = vec![&spec.log, &spec.control_socket];
+    let mut files: Vec<&Path> = vec![&spec.log, &spec.control_socket];
+    let mut reads: Vec<&Path> = spec.reads.iter().map(PathBuf::as_path).collect();
     if let Some(m) = &spec.qemu {
-        paths.push(&m.kernel);
-        paths.push(&m.serial_log);
-        paths.extend(m.initrd.as_deref());
-        paths.extend(m.agent_socket.as_deref());
-        paths.extend(m.disks.iter().map(|(d, _)| d.as_path()));
+        files.push(&m.serial_log);
+        files.extend(m.agent_socket.as_deref());
+        files.extend(m.disks.iter().map(|(d, _)| d.as_path()));
+        reads.extend(
+            [Some(&m.kernel), m.initrd.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.parent()),
+        );
     }
+    let keep: Vec<(&Path, bool)> = files
+        .iter()
+        .filter_map(|f| f.parent())
+        .map(|d| (d, false))
+        .chain(reads.into_iter().map(|d| (d, true)))
+        .collect();
     let own = runtime_dir.join("vms").join(&spec.vm_id);
-    super::vmm_ns::plan(&paths, home.as_deref(), Some((runtime_dir, &own)))
+    super::vmm_ns::plan(&keep, home.as_deref(), Some((runtime_dir, &own)), owner)
         .map_err(|e| RpcError::failed(format!("planning the VMM's mounts: {e}")))
 }
 
@@ -443,7 +465,7 @@ pub fn launch(
     // the owner already).
     let as_root = nix::unistd::geteuid().is_root();
     let mounts = if as_root {
-        Some(mount_plan(spec, owner, runtime_dir)?)
+        Some(mount_plan(spec, (owner, owner_gid), runtime_dir)?)
     } else {
         None
     };
@@ -464,14 +486,15 @@ pub fn launch(
             if let Some(j) = &join {
                 j.apply()?;
             }
+            // The owner's groups first: the mount plan opens what it binds
+            // with the owner's rights.
+            if as_root && libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(m) = &mounts {
                 m.apply()?;
             }
-            if as_root
-                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(owner_gid) < 0
-                    || libc::setuid(owner) < 0)
-            {
+            if as_root && (libc::setgid(owner_gid) < 0 || libc::setuid(owner) < 0) {
                 return Err(std::io::Error::last_os_error());
             }
             let fd = libc::open(
@@ -568,6 +591,7 @@ mod tests {
             control_socket: rt.join("vms/0123456789abcdef/qmp.sock"),
             log: "/var/lib/banger/vms/0123456789abcdef/vmm.log".into(),
             binary: None,
+            reads: vec![],
         };
         assert!(plan(&spec, rt).is_err(), "no machine");
         spec.control_socket = "/etc/qmp.sock".into();
@@ -605,6 +629,7 @@ mod tests {
             control_socket: rt.join("vms/0123456789abcdef/qmp.sock"),
             log: "/v/vmm.log".into(),
             binary: Some(b.to_path_buf()),
+            reads: vec![],
         };
         let owner = std::fs::metadata(&bin).unwrap().uid();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o775)).unwrap();
@@ -660,6 +685,7 @@ mod tests {
             control_socket: rt.join("vms/0123456789abcdef/fc.sock"),
             log: "/v/vmm.log".into(),
             binary: Some(bin.clone()),
+            reads: vec![],
         };
         let (b, _) = plan(&spec, rt).unwrap();
         assert_eq!(b, std::fs::canonicalize(&bin).unwrap());

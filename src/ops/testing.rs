@@ -265,7 +265,7 @@ impl Privileged for FakeHelper {
         })
     }
     fn launch_vmm(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<u32, OpError>> {
-        let r = self.call(PrivRequest::LaunchVmm(spec));
+        let r = self.call(PrivRequest::LaunchVmm(Box::new(spec)));
         Box::pin(async move {
             match r.await? {
                 PrivReply::Launched { pid } => Ok(pid),

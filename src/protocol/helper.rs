@@ -63,7 +63,7 @@ pub enum PrivRequest {
     /// in its own session (it outlives the helper and the daemon). The helper
     /// builds the command line from these typed fields. Answers
     /// [`PrivReply::Launched`].
-    LaunchVmm(LaunchSpec),
+    LaunchVmm(Box<LaunchSpec>),
     /// Sends an allowlisted signal to a pid proven to be a banger VMM of the
     /// owner (its control socket lies under the owner's banger runtime
     /// directory). Answers [`PrivReply::Done`].

@@ -321,6 +321,7 @@ impl Vmm for Firecracker {
             control_socket: b.paths.api_socket(),
             log: b.paths.vmm_log(),
             binary: b.binary.clone(),
+            reads: b.reads(),
         }
     }
 

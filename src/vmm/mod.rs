@@ -8,7 +8,7 @@ pub mod qmp;
 pub mod serial;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use crate::domain::{VmmChoice, VmmKind};
@@ -69,6 +69,25 @@ pub struct BootSpec {
     pub incoming: bool,
     /// QEMU's TCG translation cache, MiB (config `tcg_tb_size_mib`).
     pub tcg_tb_mib: u32,
+    /// Directories outside the VM's own holding its disks' backing files
+    /// (a snapshot's and those it was built on).
+    pub backing: Vec<PathBuf>,
+}
+
+impl BootSpec {
+    /// What the VMM reads outside its VM's own directories: the kernel's
+    /// and initrd's directories and the backing files'. Only these (read
+    /// only) and the VM's own directories are in its mount namespace.
+    pub fn reads(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = [Some(&self.kernel), self.initrd.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .chain(self.backing.iter().cloned())
+            .collect();
+        v.dedup();
+        v
+    }
 }
 
 /// A VMM driver.
@@ -133,6 +152,10 @@ pub struct LaunchSpec {
     /// The VMM binary the owner configured; run only when root owns it and
     /// nobody else can write it. The helper's default locations otherwise.
     pub binary: Option<std::path::PathBuf>,
+    /// Directories the VMM reads besides the VM's own (kernel, backing
+    /// files; [`BootSpec::reads`]): bound read-only into its mount
+    /// namespace, opened with the owner's rights.
+    pub reads: Vec<std::path::PathBuf>,
 }
 
 /// QEMU microvm parameters for [`LaunchSpec`].

@@ -192,6 +192,7 @@ impl Vmm for Qemu {
             control_socket: b.paths.qmp_socket(),
             log: b.paths.vmm_log(),
             binary: b.binary.clone(),
+            reads: b.reads(),
         }
     }
 

@@ -355,7 +355,33 @@ fn boot_spec(
             crate::domain::VmmKind::Firecracker => ctx.config.firecracker_binary.clone(),
         },
         incoming: restore.is_some(),
+        backing: backing_dirs(ctx, rec)?,
     })
+}
+
+/// The directories a VM made `--from` a snapshot reads its root overlay's
+/// backing files from: that snapshot's and each one it was built on.
+fn backing_dirs(ctx: &Ctx, rec: &VmRecord) -> Result<Vec<std::path::PathBuf>, OpError> {
+    let all = ctx.store.list_snapshots()?;
+    let mut dirs = Vec::new();
+    let mut next = rec.snapshot.clone();
+    while let Some(id) = next {
+        let s = match all.iter().find(|s| s.id == id) {
+            Some(s) if dirs.len() < all.len() => s,
+            // Gone (or a loop, which no record can make): the message
+            // says what to do.
+            _ => {
+                return Err(crate::ops::snapshots::by_id(ctx, &id)
+                    .err()
+                    .unwrap_or_else(|| {
+                        OpError::failed(format!("snapshot {id} is built on itself"))
+                    }))
+            }
+        };
+        dirs.push(std::path::PathBuf::from(&s.dir));
+        next = s.parent.clone();
+    }
+    Ok(dirs)
 }
 
 /// A VMM just launched, and how to launch it again.
