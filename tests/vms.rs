@@ -466,6 +466,15 @@ fn guests_do_not_reach_each_other_and_their_vmms_are_sandboxed() {
         "vm", "create", "--name", "sib3", "--vcpu", "1", "--link", "sib1",
     ]);
     let ip3 = show(&env, "sib3")["ip"].as_str().unwrap().to_string();
+    // Both ends show the link.
+    assert_eq!(show(&env, "sib3")["links"], serde_json::json!(["sib1"]));
+    assert_eq!(show(&env, "sib1")["links"], serde_json::json!(["sib3"]));
+    let text = env.banger_ok(&["vm", "show", "sib1"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("links") && l.ends_with("sib3")),
+        "{text}"
+    );
     let nc = |from: &str, to: &str| {
         env.banger(&["vm", "exec", from, "--", "nc", "-zw2", to, "22"])
             .status

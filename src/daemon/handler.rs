@@ -81,7 +81,12 @@ impl DaemonHandler {
         let board = &self.ctx.guests;
         Ok(Reply::Vms(
             vms.iter()
-                .map(|r| views::vm_seen(r, &board.get(&r.id), self.ctx.timeouts.unresponsive))
+                .map(|r| {
+                    let mut v =
+                        views::vm_seen(r, &board.get(&r.id), self.ctx.timeouts.unresponsive);
+                    v.links = views::link_names(r, &vms);
+                    v
+                })
                 .collect(),
         ))
     }

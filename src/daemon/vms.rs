@@ -351,11 +351,9 @@ pub async fn set(
 
 pub async fn show(ctx: &Ctx, slots: &Slots, name: &str) -> Result<VmView, OpError> {
     let rec = requests::record(slots, name).await?;
-    Ok(views::vm_seen(
-        &rec,
-        &ctx.guests.get(&rec.id),
-        ctx.timeouts.unresponsive,
-    ))
+    let mut v = views::vm_seen(&rec, &ctx.guests.get(&rec.id), ctx.timeouts.unresponsive);
+    v.links = views::link_names(&rec, &ctx.store.list_vms()?);
+    Ok(v)
 }
 
 /// The VM's serial console and VMM logs.

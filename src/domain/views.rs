@@ -242,6 +242,9 @@ pub struct VmView {
     /// Restarts of this VM's children (agent session, guest watch, VMM
     /// monitor) since the daemon started.
     pub child_restarts: u32,
+    /// The VMs it may talk to (`--link`, either way round), by name.
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 /// How a command ended: its code, and why when banger or the guest could

@@ -64,7 +64,16 @@ pub fn vm(r: &VmRecord) -> VmView {
         workspace: r.workspace.as_ref().map(|w| w.host_path.clone()),
         agent_error: None,
         child_restarts: 0,
+        links: vec![],
     }
+}
+
+/// The names of the VMs of `all` linked with `r`, either way round.
+pub fn link_names(r: &VmRecord, all: &[VmRecord]) -> Vec<String> {
+    all.iter()
+        .filter(|v| r.linked_with(v))
+        .map(|v| v.name.clone())
+        .collect()
 }
 
 pub fn kernel(k: &KernelRecord) -> KernelView {

@@ -64,6 +64,12 @@ pub struct VmRecord {
 }
 
 impl VmRecord {
+    /// Whether `other` (another VM) and this one are linked: either named
+    /// the other with `--link`.
+    pub fn linked_with(&self, other: &VmRecord) -> bool {
+        other.id != self.id && (self.links.contains(&other.id) || other.links.contains(&self.id))
+    }
+
     /// A new record in state `created`, before addresses are assigned.
     #[allow(clippy::too_many_arguments)]
     pub fn new(

@@ -247,6 +247,9 @@ fn vm_detail(vm: &VmView) -> String {
         "workspace".to_string(),
         vm.workspace.clone().unwrap_or_else(|| "-".into()),
     ]);
+    if !vm.links.is_empty() {
+        t.row(["links".to_string(), vm.links.join(", ")]);
+    }
     if let Some(e) = &vm.last_error {
         t.row(["last error".to_string(), e.clone()]);
     }

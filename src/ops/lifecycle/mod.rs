@@ -109,7 +109,7 @@ pub(crate) fn linked(ctx: &Ctx, rec: &VmRecord, running: bool) -> Vec<(String, I
         .list_vms()
         .unwrap_or_default()
         .into_iter()
-        .filter(|v| v.id != rec.id && (rec.links.contains(&v.id) || v.links.contains(&rec.id)))
+        .filter(|v| rec.linked_with(v))
         .filter(|v| !running || v.state.may_have_vmm())
         .filter_map(|v| Some((v.id, v.ip?.parse().ok()?)))
         .collect()
