@@ -28,8 +28,9 @@ mkdir -p "$CACHE" && chmod 755 "$CACHE"
 . scripts/deps.sh
 # dig: the DNS tests query the daemon's server as a user would. A real
 # registry (docker-registry), umoci and skopeo: the image pull tests.
-banger_install_deps bind9-dnsutils docker-registry skopeo umoci
-for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version"; do
+# python3: a test makes sockets of each family under a seccomp filter.
+banger_install_deps bind9-dnsutils docker-registry skopeo umoci python3
+for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version" "python3 --version"; do
   if ! $t >/dev/null 2>&1; then
     echo "scripts/test.sh: ${t%% *} does not run after installing it" >&2
     exit 1

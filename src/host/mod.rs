@@ -8,6 +8,7 @@ pub mod nat;
 pub mod net;
 pub mod process;
 pub mod resolver;
+pub mod seccomp;
 
 use std::path::PathBuf;
 

@@ -289,7 +289,9 @@ pub(super) fn normalize_tree(dir: &Path) -> std::io::Result<()> {
 /// own pids (it sees and signals nothing of the host's), no network, no
 /// host IPC, its own host name. Where the helper may not make them (its
 /// systemd unit allows only mount namespaces) depmod runs without, inside
-/// the unit's sandbox. Probed once.
+/// the unit's sandbox (its own IPC and host name there too), under the
+/// seccomp filter that refuses it any network socket either way, as an
+/// id that owns no process but itself. Probed once.
 pub(super) fn depmod_namespaces() -> Option<&'static Path> {
     static USABLE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     USABLE
@@ -349,6 +351,8 @@ pub(super) fn depmod_command(
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LC_ALL", "C");
+    // No network even where no namespace may be made (under the unit).
+    crate::host::seccomp::deny_network(&mut cmd);
     cmd
 }
 
