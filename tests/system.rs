@@ -40,6 +40,28 @@ fn doctor_passes_what_can_pass_here_and_names_a_missing_tool() {
     );
     // Nothing was created by looking.
     assert!(!env.state_dir().join("state.redb").exists());
+    let v = find(&r, "banger version");
+    assert_eq!(v["status"], "pass", "{v}");
+    assert!(!v["detail"].as_str().unwrap().contains("daemon"), "{v}");
+
+    // With a daemon of this build running, and banger's ssh_config
+    // written: the versions agree; plain ssh does not know the VMs until
+    // `ssh-config --install`.
+    env.banger_ok(&["vm", "list"]);
+    let ssh_config = env.state_dir().join("ssh/ssh_config");
+    std::fs::create_dir_all(ssh_config.parent().unwrap()).unwrap();
+    std::fs::write(&ssh_config, "Host *.vm\n").unwrap();
+    let r = rows(&env.banger(&["doctor", "--json"]));
+    let v = find(&r, "banger version");
+    assert_eq!(v["status"], "pass", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains(", daemon "), "{v}");
+    let s = find(&r, "ssh config");
+    assert_eq!(s["status"], "warn", "{s}");
+    assert_eq!(s["hint"], "banger ssh-config --install", "{s}");
+    env.banger_ok(&["ssh-config", "--install"]);
+    let r = rows(&env.banger(&["doctor", "--json"]));
+    assert_eq!(find(&r, "ssh config")["status"], "pass");
+    env.banger_ok(&["daemon", "stop"]);
 
     // qemu-img gone (a device over it in a private mount namespace).
     let qemu_img = banger::host::system_tool("qemu-img").unwrap();
@@ -301,6 +323,7 @@ fn system_install_under_real_systemd_in_a_guest() {
     );
     let r = rows(&doc);
     for name in [
+        "banger version",
         "install",
         "bangerd-root.service",
         "bangerd.service",

@@ -234,14 +234,51 @@ async fn uninstall(ctx: &Ctx, purge: bool, yes: bool) -> Result<u8, CliError> {
 }
 
 async fn daemon_version(ctx: &Ctx) -> Option<String> {
+    daemon_status(ctx)
+        .await
+        .map(|s| format!("{} (pid {})", s.version, s.pid))
+}
+
+/// The running daemon's status, if one runs.
+async fn daemon_status(ctx: &Ctx) -> Option<crate::protocol::cli::DaemonStatus> {
     let mut c = client::connect(&ctx.layout, false).await.ok()?;
     match client::request(&mut c, &ctx.layout, Request::Status, |_| {})
         .await
         .ok()?
     {
-        Reply::Status(s) => Some(format!("{} (pid {})", s.version, s.pid)),
+        Reply::Status(s) => Some(s),
         _ => None,
     }
+}
+
+/// doctor's rows about this user's set-up: one build throughout, and
+/// banger's ssh_config included.
+fn setup_rows(
+    layout: &crate::paths::Layout,
+    status: Option<&crate::protocol::cli::DaemonStatus>,
+) -> (doctor::Check, Option<doctor::Check>) {
+    use crate::doctor::setup::{ssh_row, version_row, Build};
+    let daemon = status.map(|s| Build {
+        version: s.version.clone(),
+        commit: s.commit.clone(),
+    });
+    let helper = match status.map(|s| &s.helper) {
+        Some(crate::protocol::cli::HelperState::Connected { version, .. }) => {
+            Some(version.as_str())
+        }
+        _ => None,
+    };
+    let installed = layout
+        .system
+        .then(|| InstallInfo::read().ok().flatten().map(|i| i.version))
+        .flatten();
+    let version = version_row(
+        &Build::this(),
+        daemon.as_ref(),
+        helper,
+        installed.as_deref(),
+    );
+    (version, ssh_row(layout))
 }
 
 /// What the running daemon knows (so doctor never opens a store it holds).
@@ -275,9 +312,13 @@ async fn inventory(ctx: &Ctx) -> Option<Inventory> {
 /// Exit 1 when any row FAILs.
 pub async fn doctor(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
     let inv = inventory(ctx).await;
+    let status = daemon_status(ctx).await;
     let layout = ctx.layout.clone();
     let rows = tokio::task::spawn_blocking(move || {
-        let mut rows = doctor::run(&layout, inv);
+        let (version, ssh) = setup_rows(&layout, status.as_ref());
+        let mut rows = vec![version];
+        rows.extend(doctor::run(&layout, inv));
+        rows.extend(ssh);
         rows.extend(system::doctor_rows(&layout));
         rows
     })

@@ -19,7 +19,7 @@ use crate::paths::VmPaths;
 /// Oldest Firecracker banger will start.
 pub const MIN_VERSION: (u32, u32, u32) = (1, 5, 0);
 /// Newest Firecracker banger was tested with.
-pub const TESTED_VERSION: (u32, u32, u32) = (1, 14, 1);
+pub const TESTED_VERSION: (u32, u32, u32) = (1, 12, 1);
 
 /// Where a root-owned Firecracker may live.
 const LOCATIONS: &[&str] = &["/usr/local/bin/firecracker", "/usr/bin/firecracker"];
@@ -348,5 +348,23 @@ mod tests {
         assert_eq!(parse_version("garbage"), None);
         assert_eq!(parse_version("Firecracker vX.Y"), None);
         assert!((1, 4, 9) < MIN_VERSION && (1, 12, 1) >= MIN_VERSION);
+    }
+
+    /// The tested version is said once, here: the README and the test
+    /// script (which fetches the binary the tests run) follow it.
+    #[test]
+    fn the_readme_and_the_test_script_name_the_tested_version() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (a, b, c) = TESTED_VERSION;
+        let (m0, m1, m2) = MIN_VERSION;
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let said = format!("(≥ {m0}.{m1}.{m2}, tested {a}.{b}.{c})");
+        assert!(readme.contains(&said), "README.md must say {said}");
+        let script = std::fs::read_to_string(root.join("scripts/test.sh")).unwrap();
+        let fetched = format!("firecracker-{a}.{b}.{c}\"");
+        assert!(
+            script.contains(&fetched),
+            "scripts/test.sh must fetch {fetched}"
+        );
     }
 }

@@ -11,6 +11,8 @@ use serde::Serialize;
 use crate::config::{Config, HostFacts};
 use crate::paths::Layout;
 
+pub mod setup;
+
 /// A row's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,8 +109,12 @@ pub fn tool_row(tool: &str, package: &str, flag: &str) -> Check {
 }
 
 /// Firecracker: optional (QEMU is used without it); supported within
-/// [MIN_VERSION, TESTED_VERSION].
-pub fn firecracker_row(found: Option<Result<(u32, u32, u32), String>>, kvm: bool) -> Check {
+/// [MIN_VERSION, TESTED_VERSION]; `install`: how to install it here.
+pub fn firecracker_row(
+    found: Option<Result<(u32, u32, u32), String>>,
+    kvm: bool,
+    install: &str,
+) -> Check {
     use crate::vmm::firecracker::{MIN_VERSION, TESTED_VERSION};
     let v = |t: (u32, u32, u32)| format!("v{}.{}.{}", t.0, t.1, t.2);
     match found {
@@ -118,7 +124,7 @@ pub fn firecracker_row(found: Option<Result<(u32, u32, u32), String>>, kvm: bool
             "not installed: VMs use QEMU",
             kvm.then(|| {
                 format!(
-                    "with hardware KVM, Firecracker boots faster: install a root-owned {} in /usr/local/bin",
+                    "with hardware KVM, Firecracker {} boots faster: {install}",
                     v(TESTED_VERSION)
                 )
             }),
@@ -128,7 +134,7 @@ pub fn firecracker_row(found: Option<Result<(u32, u32, u32), String>>, kvm: bool
             Status::Fail,
             e,
             Some(format!(
-                "install Firecracker {}..{} root-owned in /usr/local/bin, or remove it",
+                "Firecracker {}..{}, root-owned: {install}; or remove it",
                 v(MIN_VERSION),
                 v(TESTED_VERSION)
             )),
@@ -542,7 +548,12 @@ fn tool_rows(loaded: Option<&Config>) -> (Vec<Check>, bool) {
             crate::vmm::firecracker::check_root_owned(p)
                 .and_then(|real| crate::vmm::firecracker::version(&real))
         });
-    rows.push(firecracker_row(fc, crate::host::cpu::hardware_kvm()));
+    let os = std::fs::read_to_string("/etc/os-release").ok();
+    rows.push(firecracker_row(
+        fc,
+        crate::host::cpu::hardware_kvm(),
+        &setup::firecracker_install_hint(os.as_deref()),
+    ));
     (rows, can_build)
 }
 
@@ -604,19 +615,27 @@ mod tests {
 
     #[test]
     fn firecracker_rows_follow_the_supported_range() {
-        assert_eq!(firecracker_row(None, false).status, Status::Pass);
-        assert_eq!(firecracker_row(None, true).status, Status::Warn);
+        assert_eq!(firecracker_row(None, false, "x").status, Status::Pass);
+        assert_eq!(firecracker_row(None, true, "x").status, Status::Warn);
         assert_eq!(
-            firecracker_row(Some(Ok((1, 12, 1))), false).status,
+            firecracker_row(Some(Ok((1, 12, 1))), false, "x").status,
             Status::Pass
         );
         assert_eq!(
-            firecracker_row(Some(Ok((9, 0, 0))), true).status,
+            firecracker_row(Some(Ok((9, 0, 0))), true, "x").status,
             Status::Warn
         );
-        let old = firecracker_row(Some(Err("v1.4.0 is older".into())), true);
+        let old = firecracker_row(
+            Some(Err("v1.4.0 is older".into())),
+            true,
+            "apk add firecracker",
+        );
         assert_eq!(old.status, Status::Fail);
-        assert!(old.hint.unwrap().contains("v1.5.0"));
+        let hint = old.hint.unwrap();
+        assert!(
+            hint.contains("v1.5.0") && hint.contains("apk add firecracker"),
+            "{hint}"
+        );
     }
 
     #[test]
