@@ -61,6 +61,9 @@ pub enum Request {
     /// and, with `settled`, until its boot is over; answers
     /// `api::Readiness` (`ready.rs` says what each means).
     Ready { settled: bool, wait_ms: u64 },
+    /// The name servers to use from now on (NAT switched on or off while
+    /// the guest runs); answers `api::Ack`.
+    Dns { servers: Vec<std::net::Ipv4Addr> },
 }
 
 /// Who a restored clone is now: everything a snapshot's guest shares with

@@ -158,6 +158,13 @@ where
             tokio::task::spawn_blocking(poweroff).await.ok();
         }
         Request::Exec(r) => crate::exec::serve(s, r).await,
+        Request::Dns { servers } => {
+            let r = crate::setup::write_nameservers(Path::new("/"), &servers).map(|()| Ack {
+                ok: true,
+                detail: format!("{} name servers", servers.len().min(3)),
+            });
+            respond(&mut s, r).await
+        }
         Request::Reidentify(id) => {
             let ack = tokio::task::spawn_blocking(move || crate::identity::reidentify(&id))
                 .await

@@ -39,8 +39,14 @@ pub fn write_resolv(root: &Path, p: &GuestParams) -> Result<(), String> {
     if p.dns.is_empty() {
         return Ok(());
     }
+    write_nameservers(root, &p.dns)
+}
+
+/// Writes `/etc/resolv.conf` naming (at most three of) `servers`, the
+/// host's choice (at boot, or when its NAT is switched on or off).
+pub fn write_nameservers(root: &Path, servers: &[std::net::Ipv4Addr]) -> Result<(), String> {
     let mut s = String::from("# written by banger-agent from banger.dns\n");
-    for d in &p.dns {
+    for d in servers.iter().take(3) {
         s.push_str(&format!("nameserver {d}\n"));
     }
     let path = root.join("etc/resolv.conf");

@@ -183,10 +183,16 @@ impl DaemonHandler {
                 vcpu,
                 memory_mib,
                 nat,
-            } => wire(
-                vms::set(slots, &name, vcpu, memory_mib, nat).await,
-                Reply::Vm,
-            ),
+                disk_bytes,
+            } => {
+                let c = crate::ops::vms::VmChanges {
+                    vcpu,
+                    memory_mib,
+                    nat,
+                    disk_bytes,
+                };
+                wire(vms::set(slots, &name, c).await, Reply::Vm)
+            }
             Request::VmLogs { name } => {
                 wire(vms::logs(ctx, slots, &name).await, |(serial, vmm)| {
                     Reply::Logs { serial, vmm }

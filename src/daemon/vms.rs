@@ -327,20 +327,14 @@ pub async fn prune(ctx: &Ctx, slots: &Slots) -> Result<Vec<String>, OpError> {
     Ok(gone)
 }
 
-pub async fn set(
-    slots: &Slots,
-    name: &str,
-    vcpu: Option<u32>,
-    memory_mib: Option<u32>,
-    nat: Option<bool>,
-) -> Result<VmView, OpError> {
-    if vcpu.is_none() && memory_mib.is_none() && nat.is_none() {
+pub async fn set(slots: &Slots, name: &str, c: vms::VmChanges) -> Result<VmView, OpError> {
+    if c == vms::VmChanges::default() {
         return Err(OpError::invalid(
-            "nothing to change: give --vcpu, --memory and/or --nat/--no-nat",
+            "nothing to change: give --vcpu, --memory, --disk-size and/or --nat/--no-nat",
         ));
     }
     run_on_vm(slots, name, "set", move |a| async move {
-        match vms::set(&a.ctx, &a.record, vcpu, memory_mib, nat) {
+        match vms::set(&a.ctx, &*a.vm, &a.record, c).await {
             Ok(new) => (Some(new.clone()), Ok(new)),
             Err(e) => (Some(a.record), Err(e)),
         }

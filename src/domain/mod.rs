@@ -7,6 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What a running VM's `last_error` says when `vm set` switched its NAT
+/// but its guest did not take the new name servers.
+pub const DNS_UNCHANGED: &str = "the guest's name servers were not changed";
+
 pub mod events;
 pub mod views;
 

@@ -391,6 +391,15 @@ impl AgentSession {
     }
 
     /// A restored clone takes its own identity.
+    /// Gives the guest new name servers (its NAT switched on or off).
+    pub async fn set_dns(
+        &self,
+        servers: Vec<std::net::Ipv4Addr>,
+        timeout: Duration,
+    ) -> Result<Ack, AgentError> {
+        self.call(&Request::Dns { servers }, timeout, SMALL).await
+    }
+
     pub async fn reidentify(
         &self,
         id: banger_agent::proto::Identity,

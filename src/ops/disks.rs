@@ -29,6 +29,9 @@ pub enum DiskError {
     },
     #[error("{0}")]
     Tool(String),
+    /// What was asked cannot be done (shrinking, no room): nothing changed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn tool(name: &'static str, package: &'static str) -> Result<PathBuf, DiskError> {
@@ -213,18 +216,76 @@ fn grow_work(seed: &Path, work: &Path, bytes: u64) -> Result<(), DiskError> {
         f.set_len(bytes).ctx("growing the work disk", work)?;
         drop(f);
         // e2fsck exits 1 when it fixed something: that is fine here.
-        let _ = crate::host::process::run_bounded(
-            Command::new(tool("e2fsck", "e2fsprogs")?)
-                .args(["-f", "-p"])
-                .arg(work),
-            std::time::Duration::from_secs(600),
-            1 << 20,
-        );
-        run(Command::new(tool("resize2fs", "e2fsprogs")?)
-            .arg("-f")
-            .arg(work))?;
+        let _ = check_fs(work);
+        resize_fs(work)?;
     }
     Ok(())
+}
+
+/// `e2fsck -f -p`: whether the file system is whole (0: clean, 1: fixed,
+/// 2: fixed, reboot advised; 4 and up: errors left).
+fn check_fs(disk: &Path) -> Result<bool, DiskError> {
+    let out = crate::host::process::run_bounded(
+        Command::new(tool("e2fsck", "e2fsprogs")?)
+            .args(["-f", "-p"])
+            .arg(disk),
+        std::time::Duration::from_secs(600),
+        1 << 20,
+    )
+    .map_err(|e| DiskError::Tool(format!("e2fsck: {e}")))?;
+    Ok(out.status.code().is_some_and(|c| c < 4))
+}
+
+/// Grows the ext4 file system on `disk` to the file's size.
+fn resize_fs(disk: &Path) -> Result<(), DiskError> {
+    run(Command::new(tool("resize2fs", "e2fsprogs")?)
+        .arg("-f")
+        .arg(disk))
+}
+
+/// Grows a stopped VM's work disk to `bytes` in place (never shrinks):
+/// checked first, then the file and its file system grown. Needs the
+/// growth free on the disk's file system (the guest may fill it).
+pub fn grow_existing_work(paths: &VmPaths, bytes: u64, free: Option<u64>) -> Result<(), DiskError> {
+    let work = paths.work_disk();
+    let have = std::fs::metadata(&work)
+        .ctx("reading the size of", &work)?
+        .len();
+    let size = crate::size::format_size;
+    if bytes < have {
+        return Err(DiskError::Refused(format!(
+            "the work disk is {}; it only grows (asked {})",
+            size(have),
+            size(bytes)
+        )));
+    }
+    if bytes == have {
+        return Ok(());
+    }
+    if let Some(f) = free.filter(|f| *f < bytes - have) {
+        return Err(DiskError::Refused(format!(
+            "growing the work disk from {} to {} needs {} free in {}; {} is free: free some space or ask for less",
+            size(have),
+            size(bytes),
+            size(bytes - have),
+            paths.state.display(),
+            size(f)
+        )));
+    }
+    if !check_fs(&work)? {
+        return Err(DiskError::Refused(format!(
+            "the work disk {} has errors e2fsck could not fix; nothing was changed",
+            work.display()
+        )));
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&work)
+        .ctx("opening", &work)?;
+    f.set_len(bytes).ctx("growing the work disk", &work)?;
+    f.sync_all().ctx("syncing", &work)?;
+    drop(f);
+    resize_fs(&work)
 }
 
 /// Whether the disks exist already (a VM that was started before).

@@ -127,6 +127,7 @@ impl OpError {
             OpError::Net(crate::host::net::NetError::Missing(_)) => Kind::NotFound,
             OpError::Kernel(crate::kernel::KernelError::BadInput(_))
             | OpError::Bundle(_)
+            | OpError::Disk(super::disks::DiskError::Refused(_))
             | OpError::Build(crate::image::build::BuildError::Refused(_))
             | OpError::Workspace(
                 crate::workspace::WorkspaceError::NotARepo(_)

@@ -11,7 +11,7 @@ use super::{Ctx, Progress};
 use crate::domain::views::{SshTarget, TtySize, VmCreateSpec};
 use crate::domain::Event;
 use crate::domain::Inputs;
-use crate::domain::{VmState, VmmKind};
+use crate::domain::{VmState, VmmKind, DNS_UNCHANGED};
 use crate::guest::exec::{ExecRequest, Feed, Outcome, Tty};
 use crate::guest::session::AgentSession;
 use crate::guest::ssh::SshFiles;
@@ -244,29 +244,98 @@ fn link_ids(ctx: &Ctx, spec: &VmCreateSpec) -> Result<Vec<String>, OpError> {
     Ok(ids)
 }
 
-/// `vm set` on a stopped VM: the new record, or why not.
-pub fn set(
+/// What `vm set` changes (`None`: left as it is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmChanges {
+    pub vcpu: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub nat: Option<bool>,
+    /// The work disk's new size (it only grows; the VM stopped).
+    pub disk_bytes: Option<u64>,
+}
+
+/// `vm set`: the new record, or why not. On a running VM NAT switches at
+/// once (its rules, and the guest's name servers through its agent);
+/// vCPU and memory are recorded for the next start; the work disk grows
+/// only while the VM is stopped.
+pub async fn set(
     ctx: &Ctx,
+    vm: &dyn super::VmChildren,
     rec: &VmRecord,
-    vcpu: Option<u32>,
-    memory_mib: Option<u32>,
-    nat: Option<bool>,
+    c: VmChanges,
 ) -> Result<VmRecord, OpError> {
-    if rec.state.may_have_vmm() {
+    let running = rec.state.may_have_vmm();
+    if running && c.disk_bytes.is_some() {
         return Err(OpError::invalid(format!(
-            "VM {} is {}; stop it first (banger vm stop {})",
+            "VM {} is {}; its work disk grows only while it is stopped: banger vm stop {}, then vm set again",
             rec.name, rec.state, rec.name
         )));
     }
     let mut new = rec.clone();
-    new.vcpu = vcpu.unwrap_or(rec.vcpu);
-    new.memory_mib = memory_mib.unwrap_or(rec.memory_mib);
+    new.vcpu = c.vcpu.unwrap_or(rec.vcpu);
+    new.memory_mib = c.memory_mib.unwrap_or(rec.memory_mib);
+    new.disk_bytes = c.disk_bytes.unwrap_or(rec.disk_bytes);
     validate_resources(new.vcpu, new.memory_mib, new.disk_bytes)?;
-    if let Some(n) = nat {
+    if let Some(bytes) = c.disk_bytes {
+        let paths = ctx.layout.vm(&rec.id);
+        if paths.work_disk().exists() {
+            let free = crate::doctor::free_bytes(&paths.state);
+            tokio::task::spawn_blocking(move || {
+                super::disks::grow_existing_work(&paths, bytes, free)
+            })
+            .await
+            .map_err(|e| OpError::failed(e.to_string()))??;
+        }
+    }
+    if let Some(n) = c.nat {
         new.nat = n;
+        if running && n != rec.nat {
+            switch_nat(ctx, vm, &mut new).await?;
+        }
     }
     ctx.store.put_vm(&new)?;
     Ok(new)
+}
+
+/// Switches a running VM's NAT to `rec.nat`: its rules (its links kept),
+/// then the guest's name servers. A guest that cannot take them (an old
+/// agent) keeps the VM's new rules and says so in `last_error`.
+async fn switch_nat(
+    ctx: &Ctx,
+    vm: &dyn super::VmChildren,
+    rec: &mut VmRecord,
+) -> Result<(), OpError> {
+    let ip = rec
+        .ip
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| OpError::failed(format!("VM {} has no address", rec.name)))?;
+    if !rec.nat {
+        // Removes its NAT and link rules; the links go back below.
+        let bridge = ctx.config.network.bridge.clone();
+        ctx.helper.nat(false, rec.id.clone(), ip, bridge).await?;
+    }
+    super::lifecycle::apply_rules(ctx, rec, ip).await?;
+    let servers = super::net::guest_dns(&ctx.config.network, rec.nat);
+    let told = match vm.agent().await {
+        Some(a) => a
+            .set_dns(servers, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("no agent session".to_string()),
+    };
+    let ours = |e: &Option<String>| e.as_deref().is_some_and(|e| e.contains(DNS_UNCHANGED));
+    if told.is_ok() && ours(&rec.last_error) {
+        rec.last_error = None;
+    }
+    if let Err(e) = told {
+        rec.last_error = Some(format!(
+            "NAT is {}, but {DNS_UNCHANGED} ({e}); restart it: banger vm restart {}",
+            if rec.nat { "on" } else { "off" },
+            rec.name
+        ));
+    }
+    Ok(())
 }
 
 /// The tails of the serial console and the VMM log.

@@ -78,12 +78,14 @@ pub enum Request {
     VmDelete { name: String, id: Option<String> },
     /// Deletes every VM that is not running. Answers [`Reply::Pruned`].
     VmPrune,
-    /// Changes vcpu, memory or NAT of a stopped VM. Answers [`Reply::Vm`].
+    /// Changes a VM's vcpu, memory (both for its next start), NAT (at
+    /// once) or work disk size (grown while stopped). Answers [`Reply::Vm`].
     VmSet {
         name: String,
         vcpu: Option<u32>,
         memory_mib: Option<u32>,
         nat: Option<bool>,
+        disk_bytes: Option<u64>,
     },
     /// The serial console and VMM log of a VM. Answers [`Reply::Logs`].
     VmLogs { name: String },

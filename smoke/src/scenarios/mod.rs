@@ -77,7 +77,7 @@ pub fn registry() -> Vec<Scenario> {
         s("invalid-spec", Pure, "bad vcpu, memory, image are refused before anything is created", |c| outcome(vm::invalid_spec(c))),
         s("invalid-name", Pure, "an invalid VM name is refused and leaves no row", |c| outcome(vm::invalid_name(c))),
         s("lifecycle", Pure, "create, ssh, stop, start, ssh (data kept), delete", |c| outcome(vm::lifecycle(c))),
-        s("vm-set", Pure, "vm set is refused while running; on a stopped VM nproc follows it", |c| outcome(vm::vm_set(c))),
+        s("vm-set", Pure, "vm set records vcpu/memory for the next start (nproc follows), grows a stopped VM's /root (df), never shrinks it", |c| outcome(vm::vm_set(c))),
         s("restart-boot-id", Pure, "vm restart gives a new boot id", |c| outcome(vm::restart_boot_id(c))),
         s("kill-signal", Pure, "vm kill --signal KILL stops the VM and its VMM; STOP is not allowed", |c| outcome(vm::kill_signal(c))),
         s("prune-keeps-running", Global, "vm prune needs -f, deletes stopped VMs, keeps running ones", |c| outcome(vm::prune_keeps_running(c))),
@@ -96,7 +96,7 @@ pub fn registry() -> Vec<Scenario> {
         s("export-patch", Repodir, "vm run --export-patch keeps a failing command's edits; the VM goes", |c| outcome(workspace::export_patch(c))),
         s("exit-codes-12x", Pure, "125 banger failed, 126 cannot run, 127 not found, 128+N signal", |c| outcome(workspace::exit_codes_12x(c))),
         // Network and services
-        s("nat-rules", Pure, "--nat rules installed, identical across stop/start, removed on delete", |c| outcome(net::nat_rules(c))),
+        s("nat-rules", Pure, "--nat rules installed, identical across stop/start, removed on delete; vm set --nat/--no-nat on a running VM switches its rules and name servers", |c| outcome(net::nat_rules(c))),
         s("ports", Pure, "vm ports shows sshd and a server started in the guest, as NAME.vm:PORT", |c| outcome(net::ports(c))),
         s("stats", Pure, "vm stats reports host and guest figures", |c| outcome(net::stats(c))),
         s("dns", Pure, "NAME.vm answers from the host and the guest; NXDOMAIN, REFUSED; gone on stop", |c| outcome(net::dns(c))),

@@ -95,6 +95,40 @@ pub fn nat_rules(c: &mut Ctx) -> Res {
     let id = v["id"].as_str().unwrap_or("?").to_string();
     let none = vm_rules(c, &id)?;
     c.check(none.is_empty(), format!("no rules without --nat: {none:?}"))?;
+    // Switched on and off while it runs: the rules, and the guest's name
+    // servers (the host's, when it has any a guest can reach).
+    let host_dns: Vec<String> = std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .map(|a| a.trim().to_string())
+        .filter(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| !a.is_loopback())
+        })
+        .collect();
+    let guest_dns = |c: &mut Ctx| c.sh_ok(&m, "grep ^nameserver /etc/resolv.conf || true");
+    let was = guest_dns(c)?;
+    let o = c.banger_ok(&["vm", "set", &m, "--nat"])?;
+    c.check(o.contains("NAT on"), format!("vm set --nat: {o}"))?;
+    let on = vm_rules(c, &id)?;
+    c.check(
+        on.iter().any(|r| r.contains("MASQUERADE")),
+        format!("NAT rules on a running VM: {on:?}"),
+    )?;
+    let dns = guest_dns(c)?;
+    c.check(
+        host_dns.iter().all(|a| dns.contains(a.as_str())),
+        format!("the guest has the host's name servers {host_dns:?}: {dns}"),
+    )?;
+    c.banger_ok(&["vm", "set", &m, "--no-nat"])?;
+    let off = vm_rules(c, &id)?;
+    c.check(off.is_empty(), format!("NAT rules gone at once: {off:?}"))?;
+    let dns = guest_dns(c)?;
+    c.check(
+        dns == was,
+        format!("the guest's name servers as before: {was} then {dns}"),
+    )?;
     Ok(())
 }
 

@@ -333,16 +333,40 @@ pub fn lifecycle(c: &mut Ctx) -> Res {
 pub fn vm_set(c: &mut Ctx) -> Res {
     let n = c.vm_name("vm");
     c.create(&n, &[])?;
-    let o = c.banger(&["vm", "set", &n, "--vcpu", "2"])?;
+    // Running: the shape is recorded for the next start; the disk waits.
+    let o = c.banger_ok(&["vm", "set", &n, "--vcpu", "2"])?;
     c.check(
-        !o.ok() && o.err().contains("stop it first"),
-        format!("vm set is refused while it runs: {}", o.err_line()),
+        o.contains("apply at the next start"),
+        format!("vm set says when the shape applies: {o}"),
+    )?;
+    let o = c.banger(&["vm", "set", &n, "--disk-size", "12G"])?;
+    c.check(
+        !o.ok() && o.err().contains("only while it is stopped"),
+        format!("the disk grows only while stopped: {}", o.err_line()),
     )?;
     let nproc = c.exec(&n, &["nproc"])?.out();
-    c.check(nproc.trim() == "1", format!("1 vcpu first: {nproc:?}"))?;
+    c.check(
+        nproc.trim() == "1",
+        format!("1 vcpu until restarted: {nproc:?}"),
+    )?;
+    let df = |c: &mut Ctx| -> Result<u64, String> {
+        let s = c.sh_ok(&n, "df -k --output=size /root | tail -1")?;
+        s.trim().parse().map_err(|e| format!("df: {s:?}: {e}"))
+    };
+    let before = df(c)?;
     c.banger_ok_within(&["vm", "stop", &n], BOOT_TIMEOUT)?;
-    c.banger_ok(&["vm", "set", &n, "--vcpu", "2", "--memory", "768"])?;
+    let o = c.banger(&["vm", "set", &n, "--disk-size", "1G"])?;
+    c.check(
+        !o.ok() && o.err().contains("only grows"),
+        format!("the work disk never shrinks: {}", o.err_line()),
+    )?;
+    c.banger_ok(&["vm", "set", &n, "--memory", "768", "--disk-size", "12G"])?;
     c.banger_ok_within(&["vm", "start", &n], BOOT_TIMEOUT)?;
+    let after = df(c)?;
+    c.check(
+        after > 11 << 20 && after > before,
+        format!("the guest's /root grew: {before} KiB, then {after} KiB"),
+    )?;
     let nproc = c.exec(&n, &["nproc"])?.out();
     c.check(
         nproc.trim() == "2",

@@ -106,9 +106,9 @@ pub enum VmCommand {
         #[arg(long)]
         vmm: bool,
     },
-    /// Change vcpu, memory or NAT of a stopped VM
+    /// Change a VM's vcpu, memory, work disk size or NAT
     #[command(
-        long_about = "Change a stopped VM's resources; they apply at the next start.\n\n  banger vm stop dev && banger vm set dev --vcpu 4 --memory 4G && banger vm start dev"
+        long_about = "Change a VM's resources. NAT switches at once, running or not; vCPU and memory apply at the next start; the work disk (/root) grows (never shrinks) while the VM is stopped.\n\n  banger vm set dev --nat\n  banger vm stop dev && banger vm set dev --vcpu 4 --memory 4G --disk-size 32G && banger vm start dev"
     )]
     Set {
         name: String,
@@ -117,6 +117,9 @@ pub enum VmCommand {
         /// e.g. 2048 (MiB) or 4G
         #[arg(long)]
         memory: Option<String>,
+        /// Grow the work disk (/root) to this size, e.g. 32G (VM stopped)
+        #[arg(long = "disk-size")]
+        disk_size: Option<String>,
         /// Give the VM outbound network access
         #[arg(long, conflicts_with = "no_nat")]
         nat: bool,

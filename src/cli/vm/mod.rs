@@ -370,9 +370,10 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             name,
             vcpu,
             memory,
+            disk_size,
             nat,
             no_nat,
-        } => set(ctx, name, vcpu, memory, nat, no_nat).await,
+        } => set(ctx, name, vcpu, memory, disk_size, nat, no_nat).await,
         VmCommand::Exec {
             name,
             exec: e,
@@ -565,16 +566,22 @@ async fn workspace(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<u8, CliError> {
     }
 }
 
-/// `vm set NAME [--vcpu N] [--memory M] [--nat|--no-nat]`.
+/// `vm set NAME [--vcpu N] [--memory M] [--disk-size S] [--nat|--no-nat]`.
 async fn set(
     ctx: &Ctx,
     name: String,
     vcpu: Option<u32>,
     memory: Option<String>,
+    disk_size: Option<String>,
     nat: bool,
     no_nat: bool,
 ) -> Result<u8, CliError> {
     let memory_mib = memory.as_deref().map(memory_mib).transpose()?;
+    let disk_bytes = disk_size
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(|e| CliError::usage("invalid value", format!("--disk-size: {e}")))?;
     let nat = if nat {
         Some(true)
     } else if no_nat {
@@ -582,15 +589,39 @@ async fn set(
     } else {
         None
     };
-    simple(
-        ctx,
-        &name,
-        Request::VmSet {
-            name: name.clone(),
-            vcpu,
-            memory_mib,
-            nat,
-        },
-    )
-    .await
+    check_name(&name)?;
+    let req = Request::VmSet {
+        name: name.clone(),
+        vcpu,
+        memory_mib,
+        nat,
+        disk_bytes,
+    };
+    let v = match call(ctx, req).await? {
+        Reply::Vm(v) => v,
+        other => return Err(client::unexpected(other)),
+    };
+    out(&format!(
+        "{} {}: {} vcpu, {} MiB, disk {}, NAT {}\n",
+        v.name,
+        v.state,
+        v.vcpu,
+        v.memory_mib,
+        format_size(v.disk_bytes),
+        if v.nat { "on" } else { "off" }
+    ))?;
+    if v.state.may_have_vmm() && (vcpu.is_some() || memory_mib.is_some()) {
+        out(&format!(
+            "vCPU and memory apply at the next start: banger vm restart {}\n",
+            v.name
+        ))?;
+    }
+    if let Some(e) = v
+        .last_error
+        .as_ref()
+        .filter(|e| nat.is_some() && e.contains(crate::domain::DNS_UNCHANGED))
+    {
+        eprintln!("warning: {e}");
+    }
+    Ok(0)
 }

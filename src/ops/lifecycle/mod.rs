@@ -115,6 +115,24 @@ pub(crate) fn linked(ctx: &Ctx, rec: &VmRecord, running: bool) -> Vec<(String, I
         .collect()
 }
 
+/// A running VM's forwarding rules at `ip`: NAT when it has it, and its
+/// links to the partners that may be running. Each is added only where
+/// missing.
+pub(crate) async fn apply_rules(ctx: &Ctx, rec: &VmRecord, ip: Ipv4Addr) -> Result<(), OpError> {
+    let bridge = &ctx.config.network.bridge;
+    if rec.nat {
+        ctx.helper
+            .nat(true, rec.id.clone(), ip, bridge.clone())
+            .await?;
+    }
+    for (id, peer_ip) in linked(ctx, rec, true) {
+        ctx.helper
+            .link_vms(bridge.clone(), (rec.id.clone(), ip), (id, peer_ip))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Gives back everything a running VM holds on the host (tap, NAT and
 /// link rules, agent session). Idempotent; failures are logged, not fatal.
 pub async fn release(ctx: &Ctx, vm: &dyn VmChildren, rec: &mut VmRecord) {

@@ -248,16 +248,7 @@ async fn network(
             Err(e) => return Err(e),
         }
     };
-    if rec.nat {
-        let bridge = ctx.config.network.bridge.clone();
-        ctx.helper.nat(true, rec.id.clone(), ip, bridge).await?;
-    }
-    for (id, peer_ip) in super::linked(ctx, rec, true) {
-        let bridge = ctx.config.network.bridge.clone();
-        ctx.helper
-            .link_vms(bridge, (rec.id.clone(), ip), (id, peer_ip))
-            .await?;
-    }
+    super::apply_rules(ctx, rec, ip).await?;
     Ok((tap, ip))
 }
 
