@@ -161,6 +161,20 @@ pub enum ImageCommand {
         #[arg(long)]
         insecure: bool,
     },
+    /// Make an ext4 root file system you have an image (the agent added)
+    #[command(
+        long_about = "Make an ext4 root file system image you already have a banger image. The file is copied (yours is not changed), checked with e2fsck, and given banger's agent and the mount points a guest needs; a tree with /sbin/init boots it, one without gets the agent as PID 1.\n\n  banger image register mine --rootfs ./rootfs.ext4\n  banger vm run --rm --image mine -- cat /etc/os-release"
+    )]
+    Register {
+        /// Name to store it under
+        name: String,
+        /// The ext4 file system image
+        #[arg(long)]
+        rootfs: String,
+        /// The kernel it boots with (default: the default kernel, pulled if missing)
+        #[arg(long)]
+        kernel: Option<String>,
+    },
     /// Import an image bundle (.tar.zst)
     Import {
         /// Bundle file
@@ -370,6 +384,18 @@ pub async fn image(ctx: &Ctx, cmd: ImageCommand) -> Result<u8, CliError> {
                 reference,
                 name,
                 insecure,
+            },
+            false,
+        ),
+        ImageCommand::Register {
+            name,
+            rootfs,
+            kernel,
+        } => (
+            Request::ImageRegister {
+                name,
+                rootfs: abs(&rootfs)?,
+                kernel,
             },
             false,
         ),

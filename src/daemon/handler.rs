@@ -145,6 +145,14 @@ impl DaemonHandler {
                 images::pull(ctx.clone(), reference, name, insecure, events).await,
                 Reply::Image,
             ),
+            Request::ImageRegister {
+                name,
+                rootfs,
+                kernel,
+            } => wire(
+                images::register(ctx.clone(), name, rootfs, kernel, events).await,
+                Reply::Image,
+            ),
             Request::ImageCachePrune { dry_run } => wire(
                 images::cache_prune(ctx.clone(), dry_run).await,
                 Reply::CachePruned,
@@ -306,6 +314,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             | Request::SnapshotDelete { .. }
             | Request::SnapshotPrune { .. }
             | Request::ImagePull { .. }
+            | Request::ImageRegister { .. }
             | Request::ImageCachePrune { .. }) => self.artifacts(r, events).await,
             r => self.vm_request(r, events, inputs).await,
         };

@@ -8,6 +8,7 @@ pub mod download;
 pub mod layers;
 pub mod oci;
 pub mod recipe;
+pub mod register;
 
 use serde::{Deserialize, Serialize};
 

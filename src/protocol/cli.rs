@@ -170,6 +170,15 @@ pub enum Request {
         name: Option<String>,
         insecure: bool,
     },
+    /// Makes the ext4 root file system at `rootfs` (absolute) an image:
+    /// copied, checked, the agent added; it pairs with `kernel` (default
+    /// the default kernel, pulled if missing). Streams stages; answers
+    /// [`Reply::Image`].
+    ImageRegister {
+        name: String,
+        rootfs: String,
+        kernel: Option<String>,
+    },
     /// Removes build and pull caches no image here came from (or, with
     /// `dry_run`, only says which). Answers [`Reply::CachePruned`].
     ImageCachePrune { dry_run: bool },
@@ -281,6 +290,7 @@ impl Request {
             Request::SnapshotDelete { .. } => "snapshot.delete",
             Request::SnapshotPrune { .. } => "snapshot.prune",
             Request::ImagePull { .. } => "image.pull",
+            Request::ImageRegister { .. } => "image.register",
             Request::ImageCachePrune { .. } => "image.cache.prune",
             Request::ImageList => "image.list",
             Request::ImageShow { .. } => "image.show",

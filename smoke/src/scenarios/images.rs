@@ -290,15 +290,10 @@ fn wait_port(c: &mut Ctx, what: &str, port: u16, log: &Path) -> Result<(), Strin
 
 /// A registry on 127.0.0.1:5055 in the namespace (tests/oci.rs uses 5000),
 /// an image of busybox without an init pushed to it, pulled and run.
-pub fn oci_pull_run(c: &mut Ctx) -> Res {
-    const PORT: u16 = 5055;
-    let registry = need_tool("docker-registry")?;
-    let umoci = need_tool("umoci")?;
-    let skopeo = need_tool("skopeo")?;
-    let dir = c.dir.clone();
-    // busybox (static) from Debian, for a shell and cat in the image (the
-    // host's namespace reaches the archive).
-    let bb = dir.join("bb");
+/// Debian's static busybox, unpacked under `<run dir>/<sub>`: a shell and
+/// cat for the tiny images (the host's namespace reaches the archive).
+fn busybox(c: &mut Ctx, sub: &str) -> Result<std::path::PathBuf, ctx::Stop> {
+    let bb = c.dir.join(sub);
     std::fs::create_dir_all(&bb).map_err(|e| e.to_string())?;
     let mut dl = std::process::Command::new("apt-get");
     dl.args(["download", "-q", "busybox-static"])
@@ -321,7 +316,71 @@ pub fn oci_pull_run(c: &mut Ctx) -> Res {
         "dpkg-deb",
         &["-x", &deb.display().to_string(), &x.display().to_string()],
     )?;
-    let busybox = x.join("bin/busybox");
+    Ok(x.join("bin/busybox"))
+}
+
+/// `image register`: an ext4 file made here (busybox, an os-release, no
+/// agent, no init) boots as an image; a file that is not ext4 is refused
+/// and leaves no image.
+pub fn image_register(c: &mut Ctx) -> Res {
+    let busybox = busybox(c, "bb-reg")?;
+    let tree = c.dir.join("reg-tree");
+    for d in ["bin", "etc"] {
+        std::fs::create_dir_all(tree.join(d)).map_err(|e| e.to_string())?;
+    }
+    std::fs::copy(&busybox, tree.join("bin/busybox")).map_err(|e| e.to_string())?;
+    for a in ["sh", "cat"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(a))
+            .map_err(|e| e.to_string())?;
+    }
+    std::fs::write(tree.join("etc/os-release"), "ID=smokereg\n").map_err(|e| e.to_string())?;
+    let file = c.dir.join("reg.ext4");
+    let (t, f) = (tree.display().to_string(), file.display().to_string());
+    c.run_ok("mkfs.ext4", &["-q", "-d", &t, &f, "64M"])?;
+    let image = c.vm_name("reg");
+    c.images.push(image.clone());
+    let junk = c.dir.join("junk.img");
+    std::fs::write(&junk, vec![7u8; 1 << 20]).map_err(|e| e.to_string())?;
+    let j = junk.display().to_string();
+    let o = c.banger(&["image", "register", &image, "--rootfs", &j])?;
+    c.check(
+        !o.ok() && o.err().contains("not an ext2/3/4"),
+        format!("a file that is not ext4 is refused: {}", o.err_line()),
+    )?;
+    let list = c.banger_ok(&["image", "list"])?;
+    c.check(!list.contains(&image), "the refusal leaves no image")?;
+    c.banger_ok_within(
+        &["image", "register", &image, "--rootfs", &f],
+        Duration::from_secs(600),
+    )?;
+    let t = c.banger_ok(&["image", "show", &image, "--json"])?;
+    let v = c.json(&t)?;
+    c.check(
+        v["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("registered:")),
+        format!("the image says where it came from: {}", v["source"]),
+    )?;
+    let n = c.vm_name("vm");
+    let o = run_rm(c, &n, &["--image", &image], &["cat", "/etc/os-release"])?;
+    c.check(
+        o.ok(),
+        format!("the registered image boots: {}", o.err_line()),
+    )?;
+    c.check(
+        o.out().contains("ID=smokereg"),
+        format!("its own file: {:?}", o.out()),
+    )?;
+    Ok(())
+}
+
+pub fn oci_pull_run(c: &mut Ctx) -> Res {
+    const PORT: u16 = 5055;
+    let registry = need_tool("docker-registry")?;
+    let umoci = need_tool("umoci")?;
+    let skopeo = need_tool("skopeo")?;
+    let dir = c.dir.clone();
+    let busybox = busybox(c, "bb")?;
     // The registry.
     let rdir = dir.join("registry");
     std::fs::create_dir_all(rdir.join("data")).map_err(|e| e.to_string())?;

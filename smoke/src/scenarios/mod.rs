@@ -105,6 +105,7 @@ pub fn registry() -> Vec<Scenario> {
         s("snapshot-restore", Pure, "snapshot, restore keeps files and processes, clones differ in identity", |c| outcome(images::snapshot_restore(c))),
         s("warm-run", Global, "warm_start: the automatic snapshot is made, the next vm run restores it; warm runs keep /tmp, compile, are reachable at once", |c| outcome(images::warm_run(c))),
         s("oci-pull-run", Pure, "image pull from a local registry; vm run of an image without an init", |c| outcome(images::oci_pull_run(c))),
+        s("image-register", Pure, "image register: an ext4 file (busybox, no agent, no init) boots; a file that is not ext4 is refused, leaving no image", |c| outcome(images::image_register(c))),
         s("catalog", Pure, "image pull of a user catalog entry (a bundle over HTTP), then a run", |c| outcome(images::catalog(c))),
         // The stack
         s("doctor", Pure, "banger doctor passes, its JSON has the rows", |c| outcome(daemon::doctor(c))),

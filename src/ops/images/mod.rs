@@ -23,11 +23,13 @@ mod build;
 mod bundles;
 mod cache;
 mod pull;
+mod register;
 
 pub use build::*;
 pub use bundles::*;
 pub use cache::*;
 pub use pull::*;
+pub use register::*;
 
 pub fn images_dir(ctx: &Ctx) -> PathBuf {
     ctx.layout.state_dir.join("images")

@@ -106,17 +106,7 @@ pub(super) async fn pull_work(
                     work.path(),
                 )
                 .map_err(lerr)?;
-                let empty = work.path().join("seed");
-                std::fs::create_dir(&empty).ctx("creating", &empty)?;
-                image::layers::make_ext4(
-                    &empty,
-                    &image::layers::Tree::default(),
-                    &seed,
-                    64,
-                    "banger-work",
-                    work.path(),
-                )
-                .map_err(lerr)?;
+                empty_work_seed(&seed, work.path())?;
                 // No SSH server: `vm ssh` says so at once rather than wait.
                 if !image::layers::has_sshd(&root) {
                     let marker = stage.path().join(NO_SSHD);
@@ -159,6 +149,22 @@ pub(super) async fn pull_work(
     let rec = tokio::task::spawn_blocking(move || publish(&ctx2, stage, &m, source)).await??;
     progress.stage("publish", format!("image {}", rec.name), true);
     Ok(rec)
+}
+
+/// An empty 64 MiB work seed at `seed` (a VM's work disk grows from it),
+/// staged in `scratch`.
+pub(super) fn empty_work_seed(seed: &Path, scratch: &Path) -> Result<(), OpError> {
+    let empty = scratch.join("seed");
+    std::fs::create_dir(&empty).ctx("creating", &empty)?;
+    image::layers::make_ext4(
+        &empty,
+        &image::layers::Tree::default(),
+        seed,
+        64,
+        "banger-work",
+        scratch,
+    )
+    .map_err(|e| OpError::failed(e.0))
 }
 
 /// The file in a pulled image's directory naming the blobs it came from.
