@@ -170,15 +170,6 @@ pub enum Request {
         name: Option<String>,
         insecure: bool,
     },
-    /// Makes the ext4 root file system at `rootfs` (absolute) an image:
-    /// copied, checked, the agent added; it pairs with `kernel` (default
-    /// the default kernel, pulled if missing). Streams stages; answers
-    /// [`Reply::Image`].
-    ImageRegister {
-        name: String,
-        rootfs: String,
-        kernel: Option<String>,
-    },
     /// Removes build and pull caches no image here came from (or, with
     /// `dry_run`, only says which). Answers [`Reply::CachePruned`].
     ImageCachePrune { dry_run: bool },
@@ -196,6 +187,15 @@ pub enum Request {
     /// What a workspace prepare of `spec` would ship, read on the host
     /// (`--dry-run`: nothing is made). Answers [`Reply::Plan`].
     WorkspacePlan(WorkspaceSpec),
+    /// Makes the ext4 root file system at `rootfs` (absolute) an image:
+    /// copied, checked, the agent added; it pairs with `kernel` (default
+    /// the default kernel, pulled if missing). Streams stages; answers
+    /// [`Reply::Image`].
+    ImageRegister {
+        name: String,
+        rootfs: String,
+        kernel: Option<String>,
+    },
     /// Fault injection for tests: only in builds with the `test-hooks`
     /// feature (the test suite's), and refused unless the daemon was
     /// started with `BANGER_TEST_HOOKS=1`. Answers [`Reply::Done`].
@@ -204,7 +204,7 @@ pub enum Request {
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 45 + cfg!(feature = "test-hooks") as u32;
+    const COUNT: u32 = 46 + cfg!(feature = "test-hooks") as u32;
 }
 
 /// What `vm run` asks for. Paths are absolute (the client's view).
@@ -265,7 +265,11 @@ impl Request {
         #[cfg(feature = "test-hooks")]
         return Request::TestHook(TestHook::PanicDns);
         #[cfg(not(feature = "test-hooks"))]
-        Request::WorkspacePlan(WorkspaceSpec::default())
+        Request::ImageRegister {
+            name: String::new(),
+            rootfs: String::new(),
+            kernel: None,
+        }
     }
 
     /// Method name for logs.
