@@ -2,7 +2,7 @@
 # drives on Debian 12 (apt packages) and verifies every tool by running it
 # afterwards. Needs root.
 
-BANGER_APT_PACKAGES=(iproute2 util-linux e2fsprogs git openssh-client zstd ca-certificates
+BANGER_APT_PACKAGES=(iproute2 util-linux e2fsprogs git openssh-client zstd ca-certificates curl
   qemu-system-x86 qemu-utils mmdebstrap dpkg iptables
   # building banger: OpenSSL for HTTPS to registries (image pull)
   libssl-dev pkg-config)
@@ -21,6 +21,7 @@ BANGER_TOOLS=(
   "ssh openssh-client -V"
   "ssh-keygen openssh-client -?"
   "zstd zstd --version"
+  "curl curl --version"
   "dpkg-deb dpkg --version"
   "debugfs e2fsprogs -V"
   "pkg-config pkg-config --version"

@@ -118,6 +118,14 @@ pub fn builtin() -> Catalog {
                 0,
             ),
             image(
+                "debian-bookworm-sandbox",
+                "debian-bookworm plus Docker (engine, docker compose) and mise, built here",
+                ImageSource::Recipe {
+                    recipe: "debian-bookworm-sandbox".into(),
+                },
+                0,
+            ),
+            image(
                 "debian-bookworm-slim",
                 "Docker's debian:bookworm-slim (no init, no sshd: use vm run / vm exec)",
                 ImageSource::Oci {

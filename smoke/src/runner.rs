@@ -532,10 +532,9 @@ fn preflight(c: &mut Ctx) -> Result<(), String> {
         &["kernel", "pull", "debian-cloud"],
         Duration::from_secs(1800),
     )?;
-    c.banger_ok_within(
-        &["image", "build", "debian-bookworm"],
-        Duration::from_secs(3600),
-    )?;
+    for image in ["debian-bookworm", "debian-bookworm-sandbox"] {
+        c.banger_ok_within(&["image", "build", image], Duration::from_secs(3600))?;
+    }
     c.banger_ok(&["daemon", "stop"])?;
     wait_stack_gone(c, Duration::from_secs(60))?;
     c.host_network = false;

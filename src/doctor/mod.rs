@@ -65,6 +65,8 @@ pub const TOOLS: &[(&str, &str, &str, bool)] = &[
     ("ssh", "openssh-client", "-V", true),
     ("apt-get", "apt", "--version", true),
     ("dpkg-deb", "dpkg", "--version", true),
+    // The sandbox image's mise download.
+    ("curl", "curl", "--version", false),
 ];
 
 /// Runs `tool flag` (bounded) and returns its first line of output.
@@ -504,7 +506,7 @@ fn tool_rows(loaded: Option<&Config>) -> (Vec<Check>, bool) {
         }
     };
     let (mut rows, mut can_build) = (vec![], true);
-    for (tool, pkg, flag, _) in TOOLS {
+    for (tool, pkg, flag, needed) in TOOLS {
         let r = match configured(tool) {
             // The owner's choice: run only if root owns it (as the helper will).
             Some(p) => match crate::vmm::firecracker::check_root_owned(&p)
@@ -519,6 +521,17 @@ fn tool_rows(loaded: Option<&Config>) -> (Vec<Check>, bool) {
                 ),
             },
             None => tool_row(tool, pkg, flag),
+        };
+        // A tool only some images need: missing is a warning.
+        let r = match r {
+            Check {
+                status: Status::Fail,
+                ..
+            } if !needed => Check {
+                status: Status::Warn,
+                ..r
+            },
+            r => r,
         };
         if r.status == Status::Fail
             && matches!(*tool, "mmdebstrap" | "mkfs.ext4" | "apt-get" | "dpkg-deb")

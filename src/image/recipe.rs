@@ -38,6 +38,23 @@ pub const OPINION: &[&str] = &[
     "netcat-openbsd",
 ];
 
+/// What the sandbox image adds: Docker (engine, CLI, Compose v1, which
+/// `docker compose` reaches through [`COMPOSE_PLUGIN`]).
+pub const SANDBOX: &[&str] = &["docker.io", "docker-compose", "apparmor"];
+
+/// Units the sandbox image leaves off at boot: Docker starts on its
+/// socket's first use, so a guest that never runs `docker` boots (and is
+/// ready) as fast as the default image.
+pub const SANDBOX_DISABLE: &[&str] = &["docker.service", "containerd.service", "apparmor.service"];
+
+/// mise, from its prebuilt package on the npm registry (a package
+/// registry the build reaches; the binary is glibc-linked and runs on
+/// bookworm), pinned by version and sha256.
+pub const MISE_VERSION: &str = "2026.9.15";
+pub const MISE_URL: &str =
+    "https://registry.npmjs.org/@jdxcode/mise-linux-x64/-/mise-linux-x64-2026.9.15.tgz";
+pub const MISE_SHA256: &str = "b51f2463bc4fcdc3b0959b1454792f64be3612e73d856cbca4a062e39e070e74";
+
 /// A buildable image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recipe {
@@ -48,16 +65,37 @@ pub struct Recipe {
     pub kernel_ref: &'static str,
     /// Where that kernel comes from (`kernel pull <source>`).
     pub kernel_source: &'static str,
+    /// Packages beyond [`ESSENTIAL`] and [`OPINION`].
+    pub extra: &'static [&'static str],
+    /// Units disabled (not masked: they may still be started).
+    pub disable: &'static [&'static str],
+    /// mise in `/usr/local/bin` ([`MISE_URL`]).
+    pub mise: bool,
 }
 
 /// Every recipe.
-pub const RECIPES: &[Recipe] = &[Recipe {
-    name: "debian-bookworm",
-    distro: "debian",
-    suite: "bookworm",
-    kernel_ref: "debian-cloud",
-    kernel_source: "debian-cloud",
-}];
+pub const RECIPES: &[Recipe] = &[
+    Recipe {
+        name: "debian-bookworm",
+        distro: "debian",
+        suite: "bookworm",
+        kernel_ref: "debian-cloud",
+        kernel_source: "debian-cloud",
+        extra: &[],
+        disable: &[],
+        mise: false,
+    },
+    Recipe {
+        name: "debian-bookworm-sandbox",
+        distro: "debian",
+        suite: "bookworm",
+        kernel_ref: "debian-cloud",
+        kernel_source: "debian-cloud",
+        extra: SANDBOX,
+        disable: SANDBOX_DISABLE,
+        mise: true,
+    },
+];
 
 /// The default image name.
 pub const DEFAULT_IMAGE: &str = "debian-bookworm";
@@ -82,9 +120,71 @@ pub fn names() -> String {
 impl Recipe {
     /// All packages, essential first.
     pub fn packages(&self) -> Vec<&'static str> {
-        ESSENTIAL.iter().chain(OPINION.iter()).copied().collect()
+        ESSENTIAL
+            .iter()
+            .chain(OPINION.iter())
+            .chain(self.extra.iter())
+            .copied()
+            .collect()
+    }
+
+    /// mmdebstrap customize hooks of this recipe, after banger's own
+    /// (`$1`: the image's root): shell text made of this module's constants
+    /// only. mise is fetched on the host (its CA store: the image's may
+    /// not know a site's proxy), then checked and installed in the chroot.
+    pub fn customize_hooks(&self) -> Vec<String> {
+        let mut v = vec![];
+        if !self.disable.is_empty() {
+            v.push(format!(
+                "chroot \"$1\" systemctl disable --quiet {}",
+                self.disable.join(" ")
+            ));
+        }
+        if self.mise {
+            v.push(format!(
+                "curl -fsSL --retry 3 --max-time 600 -o \"$1\"/tmp/mise.tgz {MISE_URL}"
+            ));
+            v.push(format!(
+                "chroot \"$1\" sh -c \"echo '{MISE_SHA256}  /tmp/mise.tgz' | sha256sum -c --quiet \
+                 && tar -xzf /tmp/mise.tgz -C /tmp package/bin/mise \
+                 && install -m 0755 /tmp/package/bin/mise /usr/local/bin/mise \
+                 && rm -rf /tmp/mise.tgz /tmp/package\""
+            ));
+        }
+        v
+    }
+
+    /// Files banger adds to this recipe's image: [`overlay`], and for
+    /// Docker the `docker compose` plugin.
+    pub fn overlay(&self) -> Vec<OverlayEntry> {
+        let mut v = overlay();
+        if self.extra.contains(&"docker-compose") {
+            v.push(OverlayEntry::Dir {
+                path: "usr/libexec/docker/cli-plugins",
+                mode: 0o755,
+            });
+            v.push(OverlayEntry::File {
+                path: "usr/libexec/docker/cli-plugins/docker-compose",
+                mode: 0o755,
+                data: COMPOSE_PLUGIN.into(),
+            });
+        }
+        v
     }
 }
+
+/// `docker compose …` as a Docker CLI plugin over Debian's Compose v1
+/// (`docker-compose`): the plugin metadata the CLI asks for, then the v1
+/// command with the same arguments.
+pub const COMPOSE_PLUGIN: &str = r#"#!/bin/sh
+# banger: `docker compose` runs Debian's docker-compose (v1).
+if [ "$1" = docker-cli-plugin-metadata ]; then
+  echo '{"SchemaVersion":"0.1.0","Vendor":"banger","Version":"1.29.2","ShortDescription":"Docker Compose (Debian docker-compose v1)"}'
+  exit 0
+fi
+shift
+exec /usr/bin/docker-compose "$@"
+"#;
 
 /// A file, directory or symlink placed into the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,10 +344,9 @@ pub const MASK_UNITS: &[&str] = &[
 /// digest is `modules_sha256`: any change to packages, files, hooks or the
 /// kernel gives a new key.
 pub fn cache_key(recipe: &Recipe, kernel_version: &str, modules_sha256: &str) -> String {
-    static OVERLAY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let overlay = OVERLAY.get_or_init(|| {
+    let overlay = {
         let mut h = KeyHasher::default();
-        for e in overlay() {
+        for e in recipe.overlay() {
             match e {
                 OverlayEntry::Dir { path, mode } => h.add(path, &mode.to_le_bytes()),
                 OverlayEntry::File { path, mode, data } => h
@@ -256,7 +355,7 @@ pub fn cache_key(recipe: &Recipe, kernel_version: &str, modules_sha256: &str) ->
             };
         }
         h.finish()
-    });
+    };
     let mut h = KeyHasher::default();
     h.add("revision", &RECIPE_REVISION.to_le_bytes())
         .add("name", recipe.name.as_bytes())
@@ -266,7 +365,8 @@ pub fn cache_key(recipe: &Recipe, kernel_version: &str, modules_sha256: &str) ->
         .add("mask", MASK_UNITS.join(",").as_bytes())
         .add("kernel_version", kernel_version.as_bytes())
         .add("modules", modules_sha256.as_bytes())
-        .add("overlay", overlay.as_bytes());
+        .add("overlay", overlay.as_bytes())
+        .add("hooks", recipe.customize_hooks().join("\n").as_bytes());
     h.finish()
 }
 
@@ -301,8 +401,25 @@ mod tests {
     }
 
     #[test]
+    fn the_sandbox_differs_from_the_default_in_key_packages_hooks_and_files() {
+        let (d, s) = (
+            find("debian-bookworm").unwrap(),
+            find("debian-bookworm-sandbox").unwrap(),
+        );
+        assert_ne!(cache_key(d, "6.1", "a"), cache_key(s, "6.1", "a"));
+        assert!(s.packages().contains(&"docker.io") && !d.packages().contains(&"docker.io"));
+        assert!(d.customize_hooks().is_empty());
+        let hooks = s.customize_hooks().join("\n");
+        assert!(
+            hooks.contains(MISE_SHA256) && hooks.contains("docker.service"),
+            "{hooks}"
+        );
+        assert_eq!(s.overlay().len(), d.overlay().len() + 2);
+    }
+
+    #[test]
     fn package_lists_are_valid_names() {
-        for p in find("debian-bookworm").unwrap().packages() {
+        for p in RECIPES.iter().flat_map(|r| r.packages()) {
             assert!(
                 p.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c)),

@@ -374,6 +374,96 @@ pub fn image_register(c: &mut Ctx) -> Res {
     Ok(())
 }
 
+/// Two services for `docker compose`: a web server and a client that
+/// fetches its page by the service's name, then exits 0.
+const COMPOSE: &str = r#"services:
+  web:
+    image: smoke/bb:v1
+    command: ["sh", "-c", "echo hello-from-web > /index.html && httpd -f -p 8080 -h /"]
+  client:
+    image: smoke/bb:v1
+    depends_on: [web]
+    command: ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do wget -qO- http://web:8080/index.html && exit 0; sleep 1; done; exit 1"]
+"#;
+
+/// The sandbox image's Docker, offline: an image tarball made here
+/// (busybox, by umoci and skopeo) is loaded and run, then two services
+/// talk under `docker compose up --exit-code-from`.
+pub fn docker(c: &mut Ctx) -> Res {
+    let umoci = need_tool("umoci")?;
+    let skopeo = need_tool("skopeo")?;
+    let busybox = busybox(c, "bb-docker")?;
+    let layout = c.dir.join("dlayout").display().to_string();
+    let img = format!("{layout}:v1");
+    c.run_ok(&umoci, &["init", "--layout", &layout])?;
+    c.run_ok(&umoci, &["new", "--image", &img])?;
+    let bundle = c.dir.join("dbundle");
+    let bs = bundle.display().to_string();
+    c.run_ok(&umoci, &["unpack", "--image", &img, &bs])?;
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+    std::fs::copy(&busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
+    for a in ["sh", "echo", "httpd", "wget", "sleep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(a)).map_err(|e| e.to_string())?;
+    }
+    c.run_ok(&umoci, &["repack", "--image", &img, &bs])?;
+    let tar = c.dir.join("bb.tar");
+    let archive = format!("docker-archive:{}:smoke/bb:v1", tar.display());
+    c.run_ok(
+        &skopeo,
+        &["copy", "--quiet", &format!("oci:{img}"), &archive],
+    )?;
+    let bytes = std::fs::read(&tar).map_err(|e| e.to_string())?;
+    let n = c.vm_name("vm");
+    c.create(&n, &["--image", "debian-bookworm-sandbox"])?;
+    let put = |c: &mut Ctx, file: &str, data: &[u8]| -> Res {
+        let script = format!("cat > /root/{file}");
+        let o = c.banger_stdin(&["vm", "exec", &n, "--", "sh", "-c", &script], data)?;
+        c.check(o.ok(), format!("copying {file} in: {}", o.err_line()))?;
+        Ok(())
+    };
+    put(c, "bb.tar", &bytes)?;
+    put(c, "compose.yml", COMPOSE.as_bytes())?;
+    let o = c.banger_within(
+        &[
+            "vm",
+            "exec",
+            &n,
+            "--",
+            "sh",
+            "-c",
+            "docker load -i /root/bb.tar && docker run --rm smoke/bb:v1 echo hi-from-a-container",
+        ],
+        Duration::from_secs(600),
+    )?;
+    c.check(
+        o.ok() && o.out().contains("hi-from-a-container"),
+        format!("docker load and run: {:?} {}", o.out(), o.err_line()),
+    )?;
+    let o = c.banger_within(
+        &[
+            "vm",
+            "exec",
+            &n,
+            "--",
+            "sh",
+            "-c",
+            "cd /root && docker compose up --exit-code-from client",
+        ],
+        Duration::from_secs(600),
+    )?;
+    c.check(
+        o.ok() && o.out().contains("hello-from-web"),
+        format!(
+            "docker compose up --exit-code-from client: {:?} {}",
+            o.code,
+            o.err_line()
+        ),
+    )?;
+    c.banger_ok_within(&["vm", "delete", &n], BOOT_TIMEOUT)?;
+    Ok(())
+}
+
 pub fn oci_pull_run(c: &mut Ctx) -> Res {
     const PORT: u16 = 5055;
     let registry = need_tool("docker-registry")?;

@@ -88,7 +88,8 @@ pub fn registry() -> Vec<Scenario> {
         s("workspace-run", Repodir, "vm run --rm REPO: tracked files in /root/repo, the untracked notice", |c| outcome(workspace::workspace_run(c))),
         s("dry-run", Repodir, "--dry-run lists exactly what a prepare ships, with no VM", |c| outcome(workspace::dry_run(c))),
         s("include-untracked", Repodir, "--include-untracked ships untracked files, never gitignored ones", |c| outcome(workspace::include_untracked(c))),
-        s("mise-precondition", Repodir, "a .mise.toml needs --nat or --no-bootstrap (125, no VM); --no-bootstrap runs", |c| outcome(workspace::mise_precondition(c))),
+        s("mise-precondition", Repodir, "a .mise.toml in an image without mise: no refusal, a note, plain run; --no-bootstrap is quiet", |c| outcome(workspace::mise_precondition(c))),
+        s("mise-bootstrap", Repodir, "sandbox image: vm run installs a repo's mise tools offline; vm exec runs through mise exec", |c| outcome(workspace::mise_bootstrap(c))),
         s("full-copy", Repodir, "submodules are refused in overlay mode and shipped with full_copy", |c| outcome(workspace::full_copy(c))),
         s("export-base-commit", Repodir, "workspace export (applies to a clone) and --base-commit includes guest commits", |c| outcome(workspace::export_base_commit(c))),
         s("workspace-persists", Repodir, "a workspace survives vm stop/start", |c| outcome(workspace::workspace_persists(c))),
@@ -105,6 +106,7 @@ pub fn registry() -> Vec<Scenario> {
         s("snapshot-restore", Pure, "snapshot, restore keeps files and processes, clones differ in identity", |c| outcome(images::snapshot_restore(c))),
         s("warm-run", Global, "warm_start: the automatic snapshot is made, the next vm run restores it; warm runs keep /tmp, compile, are reachable at once", |c| outcome(images::warm_run(c))),
         s("oci-pull-run", Pure, "image pull from a local registry; vm run of an image without an init", |c| outcome(images::oci_pull_run(c))),
+        s("docker", Pure, "sandbox image: docker load of a tarball made here, docker run, then docker compose up --exit-code-from with two services", |c| outcome(images::docker(c))),
         s("image-register", Pure, "image register: an ext4 file (busybox, no agent, no init) boots; a file that is not ext4 is refused, leaving no image", |c| outcome(images::image_register(c))),
         s("catalog", Pure, "image pull of a user catalog entry (a bundle over HTTP), then a run", |c| outcome(images::catalog(c))),
         // The stack

@@ -107,7 +107,7 @@ fn open_owned_dir(dir: &Path, owner: u32) -> Result<OwnedFd, BuildError> {
 
 /// Builds the overlay tarball: the recipe's files (banger's own bytes only;
 /// nothing of the owner's reaches the root-run `tar-in`).
-fn write_overlay(tar_path: &Path) -> Result<(), BuildError> {
+fn write_overlay(tar_path: &Path, recipe: &Recipe) -> Result<(), BuildError> {
     let f = std::fs::File::create(tar_path).map_err(|e| failed("creating overlay", e))?;
     let mut t = tar::Builder::new(std::io::BufWriter::new(f));
     let header = |kind: tar::EntryType, mode: u32, size: u64| {
@@ -121,7 +121,7 @@ fn write_overlay(tar_path: &Path) -> Result<(), BuildError> {
         h
     };
     let io = |e: std::io::Error| failed("writing overlay", e);
-    for e in recipe::overlay() {
+    for e in recipe.overlay() {
         match e {
             OverlayEntry::Dir { path, mode } => {
                 let mut h = header(tar::EntryType::Directory, mode, 0);
@@ -354,7 +354,7 @@ pub fn build_rootfs(
     let debs_out = dir.join("debs-out");
     std::fs::create_dir_all(&debs_out)
         .map_err(|e| failed(&format!("creating {}", debs_out.display()), e))?;
-    write_overlay(&overlay)?;
+    write_overlay(&overlay, recipe)?;
     // The owner's modules are read (as the owner) before anything runs, and
     // installed only after mmdebstrap's hooks are done.
     let staged_modules = match &spec.kernel_modules {
@@ -444,8 +444,12 @@ fn mmdebstrap(
         "--customize-hook=chroot \"$1\" systemctl mask --quiet {}",
         recipe::MASK_UNITS.join(" ")
     ))
-    .arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*")
-    .arg(format!(
+    .arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*");
+    for hook in recipe.customize_hooks() {
+        // The recipe's own constants (recipe.rs), never user input.
+        cmd.arg(format!("--customize-hook={hook}"));
+    }
+    cmd.arg(format!(
         "--customize-hook=sync-out /var/cache/apt/archives {}",
         dir.join("debs-out").display()
     ))
@@ -684,7 +688,7 @@ mod tests {
     fn overlay_holds_the_agent_and_nothing_of_the_owners() {
         let d = tempfile::tempdir().unwrap();
         let tar_path = d.path().join("o.tar");
-        write_overlay(&tar_path).unwrap();
+        write_overlay(&tar_path, recipe::find("debian-bookworm").unwrap()).unwrap();
         let mut a = tar::Archive::new(std::fs::File::open(&tar_path).unwrap());
         let names: Vec<String> = a
             .entries()
