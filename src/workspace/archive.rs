@@ -60,10 +60,10 @@ GIT_INDEX_FILE="$tmp" git add -A
 GIT_INDEX_FILE="$tmp" git diff --cached --binary --full-index "$2"
 "#;
 
-/// Runs `inner` with mise when the guest has it (tools of the repo on PATH),
-/// plainly otherwise.
-pub const GUEST_MISE_WRAP: &str =
-    r#"if command -v mise >/dev/null 2>&1; then exec mise exec -- "$@"; else exec "$@"; fi"#;
+/// Runs `inner` with mise when the guest has it and the directory has a
+/// mise config (the repo's tools and env), plainly otherwise. The repo
+/// was shipped by its owner into their own VM: its config is trusted.
+pub const GUEST_MISE_WRAP: &str = r#"if command -v mise >/dev/null 2>&1 && { [ -f .mise.toml ] || [ -f mise.toml ]; }; then mise trust -q . >/dev/null 2>&1; exec mise exec -- "$@"; else exec "$@"; fi"#;
 
 /// Appends files relative to `base`, as they are on disk (symlinks as
 /// symlinks, mtimes kept: the shipped index relies on them).

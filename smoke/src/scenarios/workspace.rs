@@ -141,22 +141,41 @@ pub fn include_untracked(c: &mut Ctx) -> Res {
     gone(c, &n)
 }
 
-pub fn mise_precondition(c: &mut Ctx) -> Res {
+/// A repository with a mise config: its `[env]` and a tool that lives in
+/// the repository (`node` at `path:/root/repo/tools`: no network needed).
+fn mise_repo(c: &mut Ctx) -> Result<PathBuf, String> {
     let r = own_clone(c, "repo")?;
-    std::fs::write(r.join(".mise.toml"), "[tools]\n").map_err(|e| e.to_string())?;
-    git_in(c, &r, &["add", ".mise.toml"])?;
+    std::fs::write(
+        r.join(".mise.toml"),
+        "[env]\nBANGER_MISE = \"yes\"\n[tools]\nnode = \"path:/root/repo/tools\"\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let bin = r.join("tools/bin");
+    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+    std::fs::write(bin.join("node"), "#!/bin/sh\necho node-from-the-repo\n")
+        .map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("node"), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    git_in(c, &r, &["add", "."])?;
     git_in(c, &r, &["commit", "-q", "-m", "mise"])?;
+    Ok(r)
+}
+
+/// In the default image (no mise): a repo's mise config is no reason to
+/// refuse; the run says it is not applied. `--no-bootstrap` is quiet.
+pub fn mise_precondition(c: &mut Ctx) -> Res {
+    let r = mise_repo(c)?;
     let rs = p(&r);
     let n = c.vm_name("vm");
-    let o = run_rm(c, &n, &[&rs], &["true"])?;
+    let o = run_rm(c, &n, &[&rs], &["sh", "-c", "echo ${BANGER_MISE:-plain}"])?;
     c.check(
-        o.code == Some(125),
-        format!("refused with 125, not {:?}", o.code),
+        o.ok(),
+        format!("no refusal, no --nat needed: {}", o.err_line()),
     )?;
-    let err = o.err();
     c.check(
-        err.contains("--nat") && err.contains("--no-bootstrap"),
-        format!("says --nat or --no-bootstrap: {}", o.err_line()),
+        o.out() == "plain\n" && o.err().contains("has no mise"),
+        format!("runs plainly and says why: {:?} {}", o.out(), o.err_line()),
     )?;
     gone(c, &n)?;
     let text = c.banger_ok(&["vm", "run", &rs, "--dry-run"])?;
@@ -164,13 +183,57 @@ pub fn mise_precondition(c: &mut Ctx) -> Res {
         text.starts_with("mode: overlay") && text.contains(".mise.toml"),
         "the dry run needs no VM and lists .mise.toml",
     )?;
-    let o = run_rm(c, &n, &["--no-bootstrap", &rs], &["cat", ".mise.toml"])?;
+    let o = run_rm(
+        c,
+        &n,
+        &["--no-bootstrap", &rs],
+        &["head", "-1", ".mise.toml"],
+    )?;
     c.check(o.ok(), format!("--no-bootstrap runs: {}", o.err_line()))?;
     c.check(
-        o.out() == "[tools]\n",
-        format!("in the repo: {:?}", o.out()),
+        o.out() == "[env]\n" && !o.err().contains("has no mise"),
+        format!("in the repo, no mise note: {:?} {}", o.out(), o.err_line()),
     )?;
     gone(c, &n)
+}
+
+/// In the sandbox image: `vm run` bootstraps the repo with mise offline
+/// (no --nat), and `vm exec` in a prepared workspace runs through
+/// `mise exec --` (the repo's env and tool).
+pub fn mise_bootstrap(c: &mut Ctx) -> Res {
+    let r = mise_repo(c)?;
+    let rs = p(&r);
+    let sandbox = "debian-bookworm-sandbox";
+    let n = c.vm_name("vm");
+    let o = run_rm(
+        c,
+        &n,
+        &["--image", sandbox, &rs],
+        &["sh", "-c", "echo $BANGER_MISE; node"],
+    )?;
+    c.check(
+        o.ok(),
+        format!("vm run bootstraps offline: {}", o.err_line()),
+    )?;
+    c.check(
+        o.out() == "yes\nnode-from-the-repo\n",
+        format!("the repo's env and tool: {:?}", o.out()),
+    )?;
+    gone(c, &n)?;
+    let m = c.vm_name("ws");
+    c.create(&m, &["--image", sandbox])?;
+    c.banger_ok_within(&["vm", "workspace", "prepare", &m, &rs], BOOT_TIMEOUT)?;
+    let o = c.exec(&m, &["node"])?;
+    c.check(
+        o.ok() && o.out() == "node-from-the-repo\n",
+        format!(
+            "vm exec goes through mise exec: {:?} {}",
+            o.out(),
+            o.err_line()
+        ),
+    )?;
+    c.banger_ok_within(&["vm", "delete", &m], BOOT_TIMEOUT)?;
+    Ok(())
 }
 
 pub fn full_copy(c: &mut Ctx) -> Res {

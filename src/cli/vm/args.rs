@@ -362,7 +362,7 @@ pub struct RunArgs {
     pub path: Option<String>,
     #[command(flatten)]
     pub ws: WorkspaceArgs,
-    /// Run even though the repo has a .mise.toml and the VM has no network (skips `mise install`)
+    /// Skip `mise install` for a repo with a .mise.toml (run in images that have mise)
     #[arg(long)]
     pub no_bootstrap: bool,
     /// Run CMD once in the workspace (e.g. 'make deps') and snapshot right after; later runs
