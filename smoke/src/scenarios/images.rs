@@ -424,34 +424,21 @@ pub fn docker(c: &mut Ctx) -> Res {
     };
     put(c, "bb.tar", &bytes)?;
     put(c, "compose.yml", COMPOSE.as_bytes())?;
-    let o = c.banger_within(
-        &[
-            "vm",
-            "exec",
-            &n,
-            "--",
-            "sh",
-            "-c",
-            "docker load -i /root/bb.tar && docker run --rm smoke/bb:v1 echo hi-from-a-container",
-        ],
-        Duration::from_secs(600),
+    let sh = |c: &mut Ctx, script: &str| {
+        c.banger_within(
+            &["vm", "exec", &n, "--", "sh", "-c", script],
+            Duration::from_secs(600),
+        )
+    };
+    let o = sh(
+        c,
+        "docker load -i /root/bb.tar && docker run --rm smoke/bb:v1 echo hi-from-a-container",
     )?;
     c.check(
         o.ok() && o.out().contains("hi-from-a-container"),
         format!("docker load and run: {:?} {}", o.out(), o.err_line()),
     )?;
-    let o = c.banger_within(
-        &[
-            "vm",
-            "exec",
-            &n,
-            "--",
-            "sh",
-            "-c",
-            "cd /root && docker compose up --exit-code-from client",
-        ],
-        Duration::from_secs(600),
-    )?;
+    let o = sh(c, "cd /root && docker compose up --exit-code-from client")?;
     c.check(
         o.ok() && o.out().contains("hello-from-web"),
         format!(

@@ -95,7 +95,7 @@ pub(super) async fn pull_work(
                 // too (mkfs_ext4 gives it twice its count of inodes).
                 let content = image::layers::tree_bytes(&root) + tree.meta.len() as u64 * 512;
                 let root_mib = (content + content / 2 + (256 << 20)).div_ceil(64 << 20) * 64;
-                let (rootfs, seed) = (stage.path().join(ROOTFS), stage.path().join(WORK_SEED));
+                let rootfs = stage.path().join(ROOTFS);
                 let lerr = |e: image::layers::LayerError| OpError::failed(e.0);
                 image::layers::make_ext4(
                     &root,
@@ -106,12 +106,9 @@ pub(super) async fn pull_work(
                     work.path(),
                 )
                 .map_err(lerr)?;
-                empty_work_seed(&seed, work.path())?;
                 // No SSH server: `vm ssh` says so at once rather than wait.
-                if !image::layers::has_sshd(&root) {
-                    let marker = stage.path().join(NO_SSHD);
-                    crate::fsutil::write_synced(&marker, b"").ctx("writing", &marker)?;
-                }
+                let has_sshd = image::layers::has_sshd(&root);
+                let m = seal_stage(stage.path(), work.path(), &name, "oci", &kernel, has_sshd)?;
                 // The blobs this image came from: `image cache prune` keeps them.
                 let used = OciBlobs {
                     manifest: fetched.digest.clone(),
@@ -121,17 +118,6 @@ pub(super) async fn pull_work(
                 let json = serde_json::to_vec_pretty(&used).map_err(std::io::Error::other);
                 crate::fsutil::write_synced(&upath, &json.ctx("encoding", &upath)?)
                     .ctx("writing", &upath)?;
-                let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                let m = ImageManifest {
-                    name: name.clone(),
-                    distro: "oci".into(),
-                    arch: "x86_64".into(),
-                    kernel_ref: kernel,
-                    rootfs_bytes: size(&rootfs),
-                    work_seed_bytes: size(&seed),
-                    rootfs_sha256: sha256_file(&rootfs).ctx("hashing", &rootfs)?,
-                    work_seed_sha256: sha256_file(&seed).ctx("hashing", &seed)?,
-                };
                 Ok((m, stage))
             },
         )
@@ -142,9 +128,50 @@ pub(super) async fn pull_work(
         format!("root {}", crate::size::format_size(m.rootfs_bytes)),
         true,
     );
-    // The kernel it pairs with is there before the image is listed.
-    crate::ops::kernels::ensure(ctx, &m.kernel_ref, &m.kernel_ref, &progress).await?;
     let source = format!("oci:{reference}@{}", fetched.digest);
+    publish_with_kernel(ctx, stage, m, source, &progress).await
+}
+
+/// Finishes a staged image whose root is at [`ROOTFS`]: an empty work
+/// seed beside it, the no-sshd marker when `has_sshd` is false, and its
+/// manifest.
+pub(super) fn seal_stage(
+    stage: &Path,
+    scratch: &Path,
+    name: &str,
+    distro: &str,
+    kernel: &str,
+    has_sshd: bool,
+) -> Result<ImageManifest, OpError> {
+    let (rootfs, seed) = (stage.join(ROOTFS), stage.join(WORK_SEED));
+    empty_work_seed(&seed, scratch)?;
+    if !has_sshd {
+        let marker = stage.join(NO_SSHD);
+        crate::fsutil::write_synced(&marker, b"").ctx("writing", &marker)?;
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Ok(ImageManifest {
+        name: name.to_string(),
+        distro: distro.into(),
+        arch: "x86_64".into(),
+        kernel_ref: kernel.to_string(),
+        rootfs_bytes: size(&rootfs),
+        work_seed_bytes: size(&seed),
+        rootfs_sha256: sha256_file(&rootfs).ctx("hashing", &rootfs)?,
+        work_seed_sha256: sha256_file(&seed).ctx("hashing", &seed)?,
+    })
+}
+
+/// Publishes a staged image once the kernel it pairs with is here (so it
+/// is never listed without one).
+pub(super) async fn publish_with_kernel(
+    ctx: &Arc<Ctx>,
+    stage: crate::fsutil::TempDir,
+    m: ImageManifest,
+    source: String,
+    progress: &Progress,
+) -> Result<ImageRecord, OpError> {
+    crate::ops::kernels::ensure(ctx, &m.kernel_ref, &m.kernel_ref, progress).await?;
     let ctx2 = ctx.clone();
     let rec = tokio::task::spawn_blocking(move || publish(&ctx2, stage, &m, source)).await??;
     progress.stage("publish", format!("image {}", rec.name), true);

@@ -60,27 +60,19 @@ async fn register_work(
                 crate::fsutil::TempDir::new_in(&dir, &name2).ctx("staging an image in", &dir)?;
             let scratch =
                 crate::fsutil::TempDir::new_in(&cache, "register").ctx("staging in", &cache)?;
-            let (rootfs, seed) = (stage.path().join(ROOTFS), stage.path().join(WORK_SEED));
+            let rootfs = stage.path().join(ROOTFS);
             crate::fsutil::copy_synced(&src, &rootfs)
                 .ctx("copying the root file system to", &rootfs)?;
             let has_sshd = image::register::adopt(&rootfs, recipe::AGENT, scratch.path())
                 .map_err(|e| OpError::invalid(format!("{}: {}", src.display(), e.0)))?;
-            empty_work_seed(&seed, scratch.path())?;
-            if !has_sshd {
-                let marker = stage.path().join(NO_SSHD);
-                crate::fsutil::write_synced(&marker, b"").ctx("writing", &marker)?;
-            }
-            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            let m = ImageManifest {
-                name: name2,
-                distro: "registered".into(),
-                arch: "x86_64".into(),
-                kernel_ref: kernel2,
-                rootfs_bytes: size(&rootfs),
-                work_seed_bytes: size(&seed),
-                rootfs_sha256: sha256_file(&rootfs).ctx("hashing", &rootfs)?,
-                work_seed_sha256: sha256_file(&seed).ctx("hashing", &seed)?,
-            };
+            let m = seal_stage(
+                stage.path(),
+                scratch.path(),
+                &name2,
+                "registered",
+                &kernel2,
+                has_sshd,
+            )?;
             Ok((m, stage))
         },
     )
@@ -90,10 +82,6 @@ async fn register_work(
         format!("root {}", crate::size::format_size(m.rootfs_bytes)),
         true,
     );
-    crate::ops::kernels::ensure(ctx, &m.kernel_ref, &m.kernel_ref, &progress).await?;
     let source = format!("registered:{}", m.name);
-    let ctx2 = ctx.clone();
-    let rec = tokio::task::spawn_blocking(move || publish(&ctx2, stage, &m, source)).await??;
-    progress.stage("publish", format!("image {}", rec.name), true);
-    Ok(rec)
+    publish_with_kernel(ctx, stage, m, source, &progress).await
 }
