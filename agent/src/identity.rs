@@ -107,11 +107,38 @@ fn new_machine_id(root: &Path) -> Result<(), String> {
 /// made on a thread of its own, then sshd is told to re-read its keys.
 /// Until then `HostKeys` answers none, so the host waits before pinning.
 /// Without sshd in the image there is nothing to do.
-fn new_host_key() -> Result<(), String> {
+/// The SSH host key a reidentify makes: a restored clone is not ready
+/// (for a VM reported running) until sshd listens again with its own key.
+/// Generations, so that a second reidentify supersedes the first one's
+/// key thread.
+#[derive(Default)]
+pub struct HostKeys {
+    generation: std::sync::atomic::AtomicU64,
+    served: std::sync::atomic::AtomicU64,
+    /// One key thread writes into /etc/ssh at a time.
+    lock: std::sync::Mutex<()>,
+}
+
+impl HostKeys {
+    /// Whether the last reidentify's host key is in place and sshd (where
+    /// there is one) listens with it.
+    pub fn served(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.served.load(SeqCst) == self.generation.load(SeqCst)
+    }
+}
+
+/// How long a key thread waits for sshd to listen again after its reload.
+const RELISTEN: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn new_host_key(keys: &std::sync::Arc<HostKeys>) -> Result<(), String> {
+    use std::sync::atomic::Ordering::SeqCst;
     let keygen = Path::new("/usr/bin/ssh-keygen");
     if !keygen.exists() {
         return Ok(());
     }
+    let generation = keys.generation.fetch_add(1, SeqCst) + 1;
+    let _held = keys.lock.lock().unwrap_or_else(|p| p.into_inner());
     let dir = Path::new("/etc/ssh");
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -122,12 +149,43 @@ fn new_host_key() -> Result<(), String> {
             }
         }
     }
+    drop(_held);
+    let keys = keys.clone();
     std::thread::spawn(move || {
-        if let Err(e) = generate_host_key(keygen, dir) {
-            eprintln!("banger-agent: reidentify: ssh host key: {e}");
+        let _held = keys.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // A later reidentify took over: its thread makes the key.
+        if keys.generation.load(SeqCst) != generation {
+            return;
         }
+        match generate_host_key(keygen, dir) {
+            Ok(()) => {}
+            Err(e) => eprintln!("banger-agent: reidentify: ssh host key: {e}"),
+        }
+        // Served (or given up on: a guest without a working sshd is still
+        // reported, by its health, rather than never ready).
+        let _ = keys.served.fetch_max(generation, SeqCst);
     });
     Ok(())
+}
+
+/// The socket inodes listening on TCP port 22 (IPv4 and IPv6), from
+/// `<proc>/net/tcp{,6}`: state `0A` (LISTEN), local port `0016`.
+fn ssh_listeners(proc_root: &Path) -> Vec<String> {
+    ["net/tcp", "net/tcp6"]
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(proc_root.join(f))
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    let listening = w.get(1)?.ends_with(":0016") && *w.get(3)? == "0A";
+                    listening.then(|| w.get(9).map(|i| i.to_string()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Made under a temporary name and renamed into place, private key first:
@@ -153,12 +211,28 @@ fn generate_host_key(keygen: &Path, dir: &Path) -> Result<(), String> {
     std::fs::rename(&tmp, &key).map_err(|e| format!("placing the key: {e}"))?;
     std::fs::rename(pubs(&tmp), pubs(&key)).map_err(|e| format!("placing the key: {e}"))?;
     // The listening sshd (its parent is init) re-executes on SIGHUP and
-    // loads the new key; sessions keep running.
-    for pid in listeners_named(Path::new("/proc"), "sshd") {
+    // loads the new key; sessions keep running. Its listener is closed
+    // while it re-executes: done when port 22 listens again.
+    let sshds = listeners_named(Path::new("/proc"), "sshd");
+    let before = ssh_listeners(Path::new("/proc"));
+    for pid in &sshds {
         // SAFETY: a signal to a process we found.
-        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        unsafe { libc::kill(*pid as i32, libc::SIGHUP) };
     }
-    Ok(())
+    if sshds.is_empty() {
+        return Ok(());
+    }
+    // Its listeners close while it re-executes and come back as new
+    // sockets: done when port 22 listens on sockets that are all new.
+    let deadline = std::time::Instant::now() + RELISTEN;
+    while std::time::Instant::now() < deadline {
+        let now = ssh_listeners(Path::new("/proc"));
+        if !now.is_empty() && now.iter().all(|i| !before.contains(i)) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err("sshd did not listen again within 10 s of its reload".into())
 }
 
 /// Processes called `comm` whose parent is PID 1, from `<proc>/<pid>/stat`
@@ -206,7 +280,7 @@ fn network(id: &Identity, mac: [u8; 6]) -> Result<(), String> {
 
 /// Applies `id`; what failed is in the answer (not ok), and every step
 /// runs regardless.
-pub fn reidentify(id: &Identity) -> Ack {
+pub fn reidentify(id: &Identity, keys: &std::sync::Arc<HostKeys>) -> Ack {
     let mut errors: Vec<String> = Vec::new();
     let (Some(seed), Some(mac)) = (parse_seed(&id.seed), parse_mac(&id.mac)) else {
         return Ack {
@@ -244,7 +318,7 @@ pub fn reidentify(id: &Identity) -> Ack {
     step("resolv.conf", crate::setup::write_resolv(root, &params));
     step("network", network(id, mac));
     step("machine-id", new_machine_id(root));
-    step("ssh host key", new_host_key());
+    step("ssh host key", new_host_key(keys));
     Ack {
         ok: errors.is_empty(),
         detail: if errors.is_empty() {
@@ -279,6 +353,41 @@ mod tests {
         assert_eq!(parse_seed(&"ab".repeat(8)), None);
         assert_eq!(parse_seed(&"zz".repeat(32)), None);
         assert_eq!(parse_seed(&"é".repeat(64)), None);
+    }
+
+    #[test]
+    fn port_22_listeners_are_read_from_proc_net_tcp() {
+        let root = std::env::temp_dir().join(format!("agent-net-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("net")).unwrap();
+        struct D(std::path::PathBuf);
+        impl D {
+            fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for D {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let d = D(root);
+        let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        std::fs::write(
+            d.path().join("net/tcp"),
+            format!("{head}   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0 100 0 0 10 0\n   1: 0200A8C0:0016 0100A8C0:C350 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0 20 4 30 10 -1\n   2: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0 100 0 0 10 0\n"),
+        )
+        .unwrap();
+        assert_eq!(ssh_listeners(d.path()), vec!["1234".to_string()]);
+        std::fs::write(
+            d.path().join("net/tcp6"),
+            format!("{head}   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5678 1 0 100 0 0 10 0\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            ssh_listeners(d.path()),
+            vec!["1234".to_string(), "5678".to_string()]
+        );
     }
 
     #[test]

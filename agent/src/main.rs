@@ -35,6 +35,7 @@ fn main() {
             } else {
                 banger_agent::ready::Hook::None
             },
+            host_keys: Default::default(),
         },
         // Started on its own: set the guest up first.
         None => {
@@ -50,6 +51,7 @@ fn main() {
                 // Started on its own (not by banger's initramfs): no unit
                 // to wait for.
                 ready: banger_agent::ready::Hook::None,
+                host_keys: Default::default(),
             }
         }
     };

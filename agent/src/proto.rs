@@ -58,9 +58,16 @@ pub enum Request {
     /// `api::Ack` (its detail lists what could not be done).
     Reidentify(Identity),
     /// Waits (at most `wait_ms`) until the guest is ready for commands
-    /// and, with `settled`, until its boot is over; answers
-    /// `api::Readiness` (`ready.rs` says what each means).
-    Ready { settled: bool, wait_ms: u64 },
+    /// and, with `settled`, until its boot is over; with `ssh`, a restored
+    /// clone also until sshd serves its own host key (a VM reported
+    /// running is reachable; one made for a single command needs no
+    /// sshd). Answers `api::Readiness` (`ready.rs` says what each means).
+    Ready {
+        settled: bool,
+        wait_ms: u64,
+        #[serde(default)]
+        ssh: bool,
+    },
     /// The name servers to use from now on (NAT switched on or off while
     /// the guest runs); answers `api::Ack`.
     Dns { servers: Vec<std::net::Ipv4Addr> },

@@ -14,6 +14,10 @@
 //! or an init banger cannot hook, ready is when the agent's own set-up is
 //! done: nothing else runs at boot that banger knows of.
 //!
+//! A restored clone is ready only once its own SSH host key is in place
+//! and sshd listens again with it (`identity.rs`): running means
+//! reachable, by the clone's key and not the snapshot's.
+//!
 //! **Settled**: ready, and systemd has no boot job left
 //! (`systemctl is-system-running --wait` says `running` or `degraded`):
 //! sshd listens, every unit of the boot has started. Automatic snapshots
@@ -99,21 +103,31 @@ pub enum Hook {
 
 /// Waits (bounded by `wait`) until the guest is ready and, with `settled`,
 /// until its boot is over. Answers what it found.
-pub async fn wait(root: &Path, hook: Hook, settled: bool, wait: Duration) -> crate::api::Readiness {
+pub async fn wait(
+    root: &Path,
+    hook: Hook,
+    settled: bool,
+    ssh: Option<&crate::identity::HostKeys>,
+    wait: Duration,
+) -> crate::api::Readiness {
     let start = Instant::now();
     let deadline = start + wait;
     let file = root.join(READY_FILE.trim_start_matches('/'));
-    let ready = match hook {
-        Hook::None => true,
-        Hook::Unit => loop {
-            if file.exists() {
-                break true;
-            }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        },
+    // With `ssh`, a restored clone is ready once its own SSH host key is
+    // served too (`identity.rs`): before that, sshd is reloading or has
+    // the snapshot's key.
+    let ready = loop {
+        let booted = match hook {
+            Hook::None => true,
+            Hook::Unit => file.exists(),
+        };
+        if booted && ssh.is_none_or(|k| k.served()) {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut r = crate::api::Readiness {
         ready,
@@ -239,7 +253,14 @@ mod tests {
     #[tokio::test]
     async fn a_unit_hook_waits_for_the_mark_and_times_out_without_it() {
         let d = Dir::new("t2");
-        let r = wait(d.path(), Hook::Unit, false, Duration::from_millis(150)).await;
+        let r = wait(
+            d.path(),
+            Hook::Unit,
+            false,
+            None,
+            Duration::from_millis(150),
+        )
+        .await;
         assert!(!r.ready && !r.settled);
         assert!(r.waited_ms >= 150, "{r:?}");
         let root = d.path().to_path_buf();
@@ -247,7 +268,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
             mark_ready(&root).unwrap();
         });
-        let r = wait(d.path(), Hook::Unit, false, Duration::from_secs(10)).await;
+        let r = wait(d.path(), Hook::Unit, false, None, Duration::from_secs(10)).await;
         marker.await.unwrap();
         assert!(r.ready, "{r:?}");
         assert!(r.ready_at_s.is_some());
@@ -257,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn no_hook_is_ready_and_settled_at_once() {
         let d = Dir::new("t3");
-        let r = wait(d.path(), Hook::None, true, Duration::from_secs(5)).await;
+        let r = wait(d.path(), Hook::None, true, None, Duration::from_secs(5)).await;
         assert!(r.ready && r.settled, "{r:?}");
         assert!(r.waited_ms < 1000);
     }

@@ -19,6 +19,8 @@ pub struct AgentState {
     pub init: String,
     /// How readiness is known (`ready.rs`).
     pub ready: crate::ready::Hook,
+    /// A restored clone's new SSH host key (`identity.rs`).
+    pub host_keys: Arc<crate::identity::HostKeys>,
 }
 
 /// Health facts, read now.
@@ -166,15 +168,21 @@ where
             respond(&mut s, r).await
         }
         Request::Reidentify(id) => {
-            let ack = tokio::task::spawn_blocking(move || crate::identity::reidentify(&id))
+            let keys = state.host_keys.clone();
+            let ack = tokio::task::spawn_blocking(move || crate::identity::reidentify(&id, &keys))
                 .await
                 .map_err(|e| e.to_string());
             respond(&mut s, ack).await
         }
-        Request::Ready { settled, wait_ms } => {
+        Request::Ready {
+            settled,
+            wait_ms,
+            ssh,
+        } => {
             // Bounded: a host asking for hours gets ten minutes.
             let wait = Duration::from_millis(wait_ms.min(600_000));
-            let r = crate::ready::wait(Path::new("/"), state.ready, settled, wait).await;
+            let keys = ssh.then_some(&*state.host_keys);
+            let r = crate::ready::wait(Path::new("/"), state.ready, settled, keys, wait).await;
             respond(&mut s, Ok::<_, String>(r)).await
         }
         Request::Stats => {

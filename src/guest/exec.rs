@@ -470,6 +470,7 @@ mod tests {
                 setup_errors: vec![],
                 init: "test".into(),
                 ready: banger_agent::ready::Hook::None,
+                host_keys: Default::default(),
             });
             banger_agent::serve::serve_channel(rd, wr, state).await;
         });

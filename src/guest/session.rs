@@ -380,11 +380,13 @@ impl AgentSession {
     pub async fn ready(
         &self,
         settled: bool,
+        ssh: bool,
         wait: Duration,
     ) -> Result<banger_agent::api::Readiness, AgentError> {
         let req = Request::Ready {
             settled,
             wait_ms: wait.as_millis() as u64,
+            ssh,
         };
         // The answer comes when the guest is ready or its wait is over.
         self.call(&req, wait + Duration::from_secs(10), SMALL).await
@@ -440,6 +442,7 @@ mod tests {
                     setup_errors: vec![],
                     init: "test".into(),
                     ready: banger_agent::ready::Hook::None,
+                    host_keys: Default::default(),
                 });
                 banger_agent::serve::serve_channel(rd, wr, state).await;
             }

@@ -339,7 +339,7 @@ async fn settle(
         .begin("settle", "waiting for the guest's boot to finish")
         .await;
     let wait = if auto { ctx.timeouts.boot } else { SETTLE_WAIT };
-    let r = agent.ready(true, wait).await;
+    let r = agent.ready(true, true, wait).await;
     let state = |r: &banger_agent::api::Readiness| {
         if r.system_state.is_empty() {
             "no init to wait for".to_string()

@@ -214,6 +214,7 @@ pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRe
             super::snapshots::apply_shape(&mut rec, snap);
         }
         rec.links = links.clone();
+        rec.ephemeral = spec.delete_on_failure;
         match ctx.store.reserve_vm(&rec, net.bridge_ip, net.prefix_len)? {
             Some(r) => return Ok(r),
             None if spec.name.is_none() => continue,

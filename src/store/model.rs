@@ -61,6 +61,10 @@ pub struct VmRecord {
     /// VMs (by id) this one may talk to, and they to it (`--link`).
     #[serde(default)]
     pub links: Vec<String>,
+    /// Made for one command and deleted after it (`vm run --rm`): never
+    /// reported running, so its start does not wait for sshd.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 impl VmRecord {
@@ -106,6 +110,7 @@ impl VmRecord {
             snapshot: None,
             restore_pending: false,
             links: vec![],
+            ephemeral: false,
         }
     }
 }

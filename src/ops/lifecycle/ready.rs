@@ -59,7 +59,9 @@ pub async fn wait_ready(
         }
         let ask = left.min(Duration::from_secs(30));
         let r = tokio::select! {
-            r = agent.ready(false, ask) => r,
+            // A VM made for one command (`vm run --rm`) is never reported
+            // running: it needs no sshd.
+            r = agent.ready(false, !rec.ephemeral, ask) => r,
             _ = crate::host::process::wait_exit_forever(pid) => {
                 return Err(ReadyError::Failed(not_ready(format!("the {} process exited", rec.vmm.as_str()))));
             }
