@@ -259,9 +259,6 @@ pub fn grow_existing_work(paths: &VmPaths, bytes: u64, free: Option<u64>) -> Res
             size(bytes)
         )));
     }
-    if bytes == have {
-        return Ok(());
-    }
     if let Some(f) = free.filter(|f| *f < bytes - have) {
         return Err(DiskError::Refused(format!(
             "growing the work disk from {} to {} needs {} free in {}; {} is free: free some space or ask for less",
@@ -278,13 +275,16 @@ pub fn grow_existing_work(paths: &VmPaths, bytes: u64, free: Option<u64>) -> Res
             work.display()
         )));
     }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&work)
-        .ctx("opening", &work)?;
-    f.set_len(bytes).ctx("growing the work disk", &work)?;
-    f.sync_all().ctx("syncing", &work)?;
-    drop(f);
+    if bytes > have {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&work)
+            .ctx("opening", &work)?;
+        f.set_len(bytes).ctx("growing the work disk", &work)?;
+        f.sync_all().ctx("syncing", &work)?;
+    }
+    // Also at the same size: a file grown by an attempt whose resize2fs
+    // failed gets its file system grown now.
     resize_fs(&work)
 }
 
@@ -296,6 +296,65 @@ pub fn exist(paths: &VmPaths, kind: VmmKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The block count `dumpe2fs -h` reports.
+    fn blocks(disk: &Path) -> u64 {
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(disk)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Block count:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_stopped_vms_work_disk_grows_its_file_system_and_never_shrinks() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = VmPaths {
+            state: d.path().to_path_buf(),
+            run: d.path().join("run"),
+        };
+        let work = paths.work_disk();
+        let ok = Command::new("mkfs.ext4")
+            .args(["-q", "-b", "4096"])
+            .arg(&work)
+            .arg("16M")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        assert_eq!(blocks(&work), 4096);
+        let e = grow_existing_work(&paths, 8 << 20, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only grows"), "{e}");
+        let e = grow_existing_work(&paths, 64 << 20, Some(1 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs 48M") || e.contains("needs 48.0M"), "{e}");
+        assert_eq!(
+            std::fs::metadata(&work).unwrap().len(),
+            16 << 20,
+            "nothing changed"
+        );
+        grow_existing_work(&paths, 64 << 20, Some(1 << 30)).unwrap();
+        assert_eq!(std::fs::metadata(&work).unwrap().len(), 64 << 20);
+        assert_eq!(blocks(&work), 16384, "the file system grew with the file");
+        // A file grown by an attempt whose resize failed: the same size
+        // again grows the file system.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&work)
+            .unwrap()
+            .set_len(96 << 20)
+            .unwrap();
+        grow_existing_work(&paths, 96 << 20, None).unwrap();
+        assert_eq!(blocks(&work), 24576);
+    }
 
     #[test]
     fn reflink_falls_back_cleanly_where_unsupported() {

@@ -291,7 +291,18 @@ pub async fn set(
     if let Some(n) = c.nat {
         new.nat = n;
         if running && n != rec.nat {
-            switch_nat(ctx, vm, &mut new).await?;
+            if let Err(e) = switch_nat(ctx, vm, &mut new).await {
+                // Its rules as the record still says (best effort): a
+                // half-switched VM must not keep what nobody recorded.
+                if let Some(ip) = rec.ip.as_deref().and_then(|i| i.parse().ok()) {
+                    if !rec.nat {
+                        let bridge = ctx.config.network.bridge.clone();
+                        let _ = ctx.helper.nat(false, rec.id.clone(), ip, bridge).await;
+                    }
+                    let _ = super::lifecycle::apply_rules(ctx, rec, ip).await;
+                }
+                return Err(e);
+            }
         }
     }
     ctx.store.put_vm(&new)?;

@@ -421,6 +421,12 @@ fn mmdebstrap(
             "mmdebstrap is not installed; install it (apt-get install mmdebstrap)".into(),
         )
     })?;
+    if recipe.mise && crate::host::system_tool("curl").is_none() {
+        return Err(BuildError::Failed(format!(
+            "image {} fetches mise with the host's curl; install it (apt-get install curl)",
+            recipe.name
+        )));
+    }
     let mut cmd = std::process::Command::new(mmdebstrap);
     cmd.arg("--variant=minbase")
         .arg(format!("--include={}", recipe.packages().join(",")))
