@@ -73,6 +73,10 @@ pub(super) async fn launch(
     driver: &dyn Vmm,
 ) -> Result<(u32, AgentSession), OpError> {
     let paths = &b.paths;
+    // No other VMM of this VM may run: one a killed daemon asked for may
+    // have been started by the helper after the new daemon's recovery
+    // looked (it would hold the disks' locks).
+    super::kill_vmm(ctx, rec).await?;
     for s in [
         paths.qmp_socket(),
         paths.serial_socket(),
