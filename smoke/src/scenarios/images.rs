@@ -353,25 +353,27 @@ pub fn image_register(c: &mut Ctx) -> Res {
         &["image", "register", &image, "--rootfs", &f],
         Duration::from_secs(600),
     )?;
-    let t = c.banger_ok(&["image", "show", &image, "--json"])?;
+    boots_as_itself(c, &image, "registered:", "ID=smokereg")?;
+    Ok(())
+}
+
+/// `image` records a source starting with `source`, and `vm run --rm` of
+/// it prints its own os-release (`id` in it); returns the VM's name.
+fn boots_as_itself(c: &mut Ctx, image: &str, source: &str, id: &str) -> Result<String, ctx::Stop> {
+    let t = c.banger_ok(&["image", "show", image, "--json"])?;
     let v = c.json(&t)?;
     c.check(
-        v["source"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("registered:")),
-        format!("the image says where it came from: {}", v["source"]),
+        v["source"].as_str().is_some_and(|s| s.starts_with(source)),
+        format!("the image records where it came from: {}", v["source"]),
     )?;
     let n = c.vm_name("vm");
-    let o = run_rm(c, &n, &["--image", &image], &["cat", "/etc/os-release"])?;
+    let o = run_rm(c, &n, &["--image", image], &["cat", "/etc/os-release"])?;
+    c.check(o.ok(), format!("{image} boots and runs: {}", o.err_line()))?;
     c.check(
-        o.ok(),
-        format!("the registered image boots: {}", o.err_line()),
+        o.out().contains(id),
+        format!("the image's own file: {:?}", o.out()),
     )?;
-    c.check(
-        o.out().contains("ID=smokereg"),
-        format!("its own file: {:?}", o.out()),
-    )?;
-    Ok(())
+    Ok(n)
 }
 
 /// Two services for `docker compose`: a web server and a client that
@@ -513,24 +515,8 @@ pub fn oci_pull_run(c: &mut Ctx) -> Res {
     let image = "smoketiny-v1".to_string();
     c.images.push(image.clone());
     c.banger_ok_within(&["image", "pull", &reference], Duration::from_secs(900))?;
-    let t = c.banger_ok(&["image", "show", &image, "--json"])?;
-    let v = c.json(&t)?;
-    c.check(
-        v["source"]
-            .as_str()
-            .is_some_and(|s| s.starts_with(&format!("oci:{reference}@sha256:"))),
-        format!("the image records its pinned source: {}", v["source"]),
-    )?;
-    let n = c.vm_name("vm");
-    let o = run_rm(c, &n, &["--image", &image], &["cat", "/etc/os-release"])?;
-    c.check(
-        o.ok(),
-        format!("it boots without an init and runs: {}", o.err_line()),
-    )?;
-    c.check(
-        o.out().contains("ID=smoketiny"),
-        format!("the image's own file: {:?}", o.out()),
-    )?;
+    let pinned = format!("oci:{reference}@sha256:");
+    let n = boots_as_itself(c, &image, &pinned, "ID=smoketiny")?;
     let names = c.vm_names()?;
     c.check(!names.contains(&n), "no VM is left")?;
     Ok(())
