@@ -28,9 +28,11 @@ mkdir -p "$CACHE" && chmod 755 "$CACHE"
 . scripts/deps.sh
 # dig: the DNS tests query the daemon's server as a user would. A real
 # registry (docker-registry), umoci and skopeo: the image pull tests.
-# python3: a test makes sockets of each family under a seccomp filter.
-banger_install_deps bind9-dnsutils docker-registry skopeo umoci python3
-for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version" "python3 --version"; do
+# python3: a test makes sockets of each family under a seccomp filter, and
+# the egress tests' web servers. dnsmasq and openssl: the egress tests' name
+# server and test CA ("outside" the VM, in a namespace of the test's).
+banger_install_deps bind9-dnsutils docker-registry skopeo umoci python3 dnsmasq-base openssl
+for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version" "python3 --version" "dnsmasq --version" "openssl version"; do
   if ! $t >/dev/null 2>&1; then
     echo "scripts/test.sh: ${t%% *} does not run after installing it" >&2
     exit 1

@@ -55,6 +55,24 @@ struct RawConfig {
     vm_defaults: RawVmDefaults,
     #[serde(default)]
     network: RawNetwork,
+    #[serde(default)]
+    egress: RawEgress,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    /// `deny`: every new VM gets a policy (these allowances plus its own);
+    /// `open` (the default): only VMs given `--egress deny` do.
+    default: Option<String>,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    #[serde(default)]
+    allow_nets: Vec<String>,
+    /// Where allowed names are resolved (`a.b.c.d` or `a.b.c.d:port`);
+    /// default: /etc/resolv.conf's name servers.
+    #[serde(default)]
+    resolvers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +172,16 @@ pub struct NetworkConfig {
     pub dns_port: u16,
 }
 
+/// Resolved `[egress]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressConfig {
+    /// Every new VM is policed (`default = "deny"`).
+    pub deny_by_default: bool,
+    /// Allowances every policed VM has.
+    pub allow: crate::domain::egress::EgressPolicy,
+    pub resolvers: Vec<std::net::SocketAddr>,
+}
+
 /// The original's port, kept so existing resolver set-ups carry over.
 pub const DEFAULT_DNS_PORT: u16 = 42069;
 
@@ -196,6 +224,7 @@ pub struct Config {
     pub unresponsive_after: std::time::Duration,
     /// `tcg_tb_size_mib` (default [`DEFAULT_TCG_TB_MIB`]).
     pub tcg_tb_mib: u32,
+    pub egress: EgressConfig,
 }
 
 impl Config {
@@ -283,6 +312,7 @@ impl Config {
                 ))
             }
         };
+        let egress = resolve_egress(&raw.egress).map_err(|(k, m)| invalid(k, m))?;
         let vmm = match &raw.vmm {
             Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,
             None => Default::default(),
@@ -295,6 +325,7 @@ impl Config {
             warm_start: raw.warm_start.unwrap_or(true),
             unresponsive_after,
             tcg_tb_mib,
+            egress,
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
@@ -331,6 +362,43 @@ fn resolve_network(raw: &RawNetwork) -> Result<NetworkConfig, (&'static str, Str
         network.dns_port = p;
     }
     Ok(network)
+}
+
+/// The `[egress]` table, checked.
+fn resolve_egress(raw: &RawEgress) -> Result<EgressConfig, (&'static str, String)> {
+    let deny_by_default = match raw.default.as_deref() {
+        None | Some("open") => false,
+        Some("deny") => true,
+        Some(o) => {
+            return Err((
+                "egress.default",
+                format!("{o:?} is not \"deny\" or \"open\""),
+            ))
+        }
+    };
+    let mut allow = crate::domain::egress::EgressPolicy::default();
+    allow
+        .allow(&raw.allow_hosts, &raw.allow_nets)
+        .map_err(|m| ("egress.allow_hosts / allow_nets", m))?;
+    let resolvers = raw
+        .resolvers
+        .iter()
+        .map(|r| {
+            r.parse::<std::net::SocketAddr>()
+                .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                .map_err(|_| {
+                    (
+                        "egress.resolvers",
+                        format!("{r:?} is not an address like 192.0.2.53 or 192.0.2.53:5353"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(EgressConfig {
+        deny_by_default,
+        allow,
+        resolvers,
+    })
 }
 
 fn resolve_defaults(raw: &RawVmDefaults, disk: Option<u64>, host: HostFacts) -> VmDefaults {
@@ -420,6 +488,32 @@ pub fn describe(cfg: &Config) -> Vec<(String, String, String)> {
             match cfg.network.dns_port {
                 0 => "0 (off)".into(),
                 p => p.to_string(),
+            },
+            String::new(),
+        ),
+        (
+            "egress.default".into(),
+            if cfg.egress.deny_by_default {
+                "deny"
+            } else {
+                "open"
+            }
+            .into(),
+            String::new(),
+        ),
+        (
+            "egress.allow".into(),
+            match (
+                cfg.egress.allow.hosts.is_empty(),
+                cfg.egress.allow.nets.is_empty(),
+            ) {
+                (true, true) => "(none)".into(),
+                _ => [
+                    cfg.egress.allow.hosts.clone(),
+                    cfg.egress.allow.nets.clone(),
+                ]
+                .concat()
+                .join(", "),
             },
             String::new(),
         ),

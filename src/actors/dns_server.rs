@@ -1,5 +1,7 @@
-//! `DnsServer`: answers `<name>.vm` on the bridge address (a supervised
-//! child of the DaemonSupervisor; restarted with backoff when it fails).
+//! `DnsServer`: answers `<name>.vm` on the bridge address, and policed
+//! guests' other names by their egress policy (`ops::egress`), whose TCP
+//! proxy it runs on the same address and port (a supervised child of the
+//! DaemonSupervisor; restarted with backoff when it fails).
 //!
 //! The socket lives in a task the actor owns: the task binds (retrying
 //! until the bridge has its address), routes the host resolver through
@@ -10,12 +12,13 @@
 //! the task ends for any reason the actor fails, and the supervisor starts
 //! a fresh one.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::ops::egress::resolve::Question;
 use crate::ops::Ctx;
 use crate::protocol::cli::DnsView;
 
@@ -63,38 +66,6 @@ pub fn listen_addr(ctx: &Ctx) -> Option<SocketAddr> {
     (n.dns_port != 0).then(|| SocketAddr::from((n.bridge_ip, n.dns_port)))
 }
 
-/// The address of the running VM `name` (lowercase), from the store.
-/// The running VMs' addresses by name, as of a store generation: packets
-/// are answered from memory, and the store is read again (once) only after
-/// a VM was written.
-#[derive(Default)]
-struct NameTable {
-    generation: Option<u64>,
-    names: std::collections::HashMap<String, Ipv4Addr>,
-}
-
-impl NameTable {
-    async fn fresh(&mut self, ctx: &Arc<Ctx>) -> &std::collections::HashMap<String, Ipv4Addr> {
-        let g = ctx.store.vm_generation();
-        if self.generation != Some(g) {
-            let c = ctx.clone();
-            match tokio::task::spawn_blocking(move || c.store.list_vms()).await {
-                Ok(Ok(vms)) => {
-                    self.names = vms
-                        .into_iter()
-                        .filter(|v| v.state == crate::domain::VmState::Running)
-                        .filter_map(|v| Some((v.name, v.ip?.parse().ok()?)))
-                        .collect();
-                    self.generation = Some(g);
-                }
-                Ok(Err(e)) => tracing::warn!("DNS: reading the VMs: {e}"),
-                Err(e) => tracing::warn!("DNS: reading the VMs: {e}"),
-            }
-        }
-        &self.names
-    }
-}
-
 async fn serve(
     ctx: Arc<Ctx>,
     addr: SocketAddr,
@@ -132,9 +103,21 @@ async fn serve(
             let _ = me.cast(DnsMsg::Resolver(detail));
         });
     }
+    // Policed guests' connections, on the same address and port (TCP).
+    let proxy = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => panic!("egress proxy: binding {addr}/tcp: {e}"),
+    };
+    let _proxy = AbortOnDrop(tokio::spawn(crate::ops::egress::proxy::serve(
+        ctx.clone(),
+        proxy,
+    )));
+    let sock = Arc::new(sock);
+    let upstreams = crate::ops::egress::resolve::upstreams(&ctx.config.egress.resolvers);
+    let asking = Arc::new(tokio::sync::Semaphore::new(MAX_ASKING));
     let mut buf = vec![0u8; crate::ops::dns::MAX_PACKET + 1];
     let mut limit = crate::ops::dns::Limiter::new(crate::ops::dns::PER_SOURCE_PER_SEC);
-    let mut table = NameTable::default();
+    let mut table = crate::ops::egress::Running::default();
     let started = std::time::Instant::now();
     loop {
         let got = tokio::select! {
@@ -151,11 +134,63 @@ async fn serve(
         if !limit.allow(from.ip(), started.elapsed().as_secs()) {
             continue;
         }
-        let names = table.fresh(&ctx).await;
-        let reply = crate::ops::dns::answer(&buf[..n], |name| names.get(name).copied());
-        if let Some(r) = reply {
-            let _ = sock.send_to(&r, from).await;
+        table.refresh(&ctx).await;
+        let packet = &buf[..n];
+        let policed = match from {
+            SocketAddr::V4(a) => table
+                .guest(*a.ip())
+                .and_then(|g| Some((g.id.clone(), g.policy.clone()?))),
+            SocketAddr::V6(_) => None,
+        };
+        let judged = policed
+            .as_ref()
+            .and_then(|(_, p)| crate::ops::egress::resolve::judge(packet, p));
+        match (judged, policed) {
+            (Some(Question::Allowed { msg, query, name }), Some((vm, _))) => {
+                let Ok(slot) = asking.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let (ctx, sock, ups) = (ctx.clone(), sock.clone(), upstreams.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let reply = match crate::ops::egress::resolve::ask(&query, &ups).await {
+                        Ok(up) => {
+                            let ips = crate::ops::egress::resolve::addresses(&up);
+                            ctx.egress.resolved(&vm, &name, &ips);
+                            crate::ops::egress::resolve::for_guest(&msg, &up)
+                        }
+                        Err(e) => {
+                            tracing::info!(%name, "egress: resolving an allowed name: {e}");
+                            crate::ops::egress::resolve::failed(&msg)
+                        }
+                    };
+                    if let Some(r) = reply {
+                        let _ = sock.send_to(&r, from).await;
+                    }
+                });
+            }
+            (judged, policed) => {
+                if let (Some(Question::Refused { name }), Some((vm, _))) = (judged, policed) {
+                    ctx.egress.refuse(&vm, "dns", Some(name), None);
+                }
+                let reply = crate::ops::dns::answer(packet, |name| table.address_of(name));
+                if let Some(r) = reply {
+                    let _ = sock.send_to(&r, from).await;
+                }
+            }
         }
+    }
+}
+
+/// Allowed names being resolved on the host at once (more are dropped;
+/// the guest's resolver asks again).
+const MAX_ASKING: usize = 64;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

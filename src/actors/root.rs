@@ -87,6 +87,21 @@ impl Privileged for ActorHelper {
         }))
     }
 
+    fn police(
+        &self,
+        vm_id: String,
+        ip: Ipv4Addr,
+        bridge: String,
+        port: u16,
+    ) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(self.done(PrivRequest::PoliceEgress {
+            vm_id,
+            ip,
+            bridge,
+            port,
+        }))
+    }
+
     fn link_vms(
         &self,
         bridge: String,

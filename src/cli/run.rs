@@ -44,7 +44,11 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<u8, CliError> {
     };
     let (command, forward) = command(&a)?;
     let run = RunSpec {
-        create: spec(ctx, &a.create)?,
+        create: spec(
+            ctx,
+            &a.create,
+            workspace.as_ref().map(|w| Path::new(w.path.as_str())),
+        )?,
         workspace,
         no_bootstrap: a.no_bootstrap,
         warm: a.warm.clone().map(|command| WarmSpec {

@@ -192,12 +192,14 @@ impl DaemonHandler {
                 memory_mib,
                 nat,
                 disk_bytes,
+                egress,
             } => {
                 let c = crate::ops::vms::VmChanges {
                     vcpu,
                     memory_mib,
                     nat,
                     disk_bytes,
+                    egress,
                 };
                 wire(vms::set(slots, &name, c).await, Reply::Vm)
             }
@@ -289,6 +291,7 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             Request::VmStats { name } => services::vm_stats(ctx, slots, &name).await,
             Request::VmHealth { name } => services::health(ctx, slots, &name).await,
             Request::Dns => services::dns(slots).await,
+            Request::VmEgress { name } => services::egress(ctx, slots, &name).await,
             Request::SshConfig => services::ssh_config(ctx),
             #[cfg(feature = "test-hooks")]
             Request::TestHook(h) => services::test_hook(slots, h).await,

@@ -135,6 +135,7 @@ pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Sl
         guests: Default::default(),
         warming: Default::default(),
         tap_ledger: Default::default(),
+        egress: Default::default(),
     })
 }
 

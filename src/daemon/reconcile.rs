@@ -59,7 +59,7 @@ pub async fn orphans(ctx: &Ctx) {
         for id in ids {
             let wanted = live
                 .get(&id)
-                .is_some_and(|r| r.nat || !crate::ops::lifecycle::linked(ctx, r, true).is_empty());
+                .is_some_and(|r| crate::ops::lifecycle::has_rules(ctx, r, true));
             if !wanted {
                 tracing::warn!(vm_id = %id, "removing NAT and link rules no running VM owns");
                 let (ip, bridge) = (

@@ -303,7 +303,45 @@ impl Run {
                 .await
                 .map(|v| RunEnd::Vm(Box::new(v)));
         };
-        self.command(name, cmd).await.map(RunEnd::Exit)
+        let end = self.command(name, cmd).await;
+        self.egress_summary(name).await;
+        end.map(RunEnd::Exit)
+    }
+
+    /// One line after the command when its VM's egress policy refused
+    /// anything, to grow the allowlist from.
+    async fn egress_summary(&self, name: &str) {
+        let Ok(v) = vms::show(&self.ctx, &self.slots, name).await else {
+            return;
+        };
+        if v.egress.is_none() {
+            return;
+        }
+        let refused = self.ctx.egress.refusals(&v.id);
+        if refused.is_empty() {
+            return;
+        }
+        let total: u64 = refused.iter().map(|r| r.count).sum();
+        let mut shown: Vec<String> = refused
+            .iter()
+            .take(5)
+            .map(|r| format!("{} {} x{}", r.kind, r.target(), r.count))
+            .collect();
+        if refused.len() > 5 {
+            shown.push(format!("{} more", refused.len() - 5));
+        }
+        self.log(format!(
+            "egress refused {total}: {}; allow a host with --allow-host NAME{}",
+            shown.join(", "),
+            if self.spec.rm {
+                String::new()
+            } else {
+                format!(
+                    " (banger vm set {name} --allow-host NAME; all of it: banger vm egress {name})"
+                )
+            }
+        ))
+        .await;
     }
 
     /// A set-up command (bootstrap, warm): output streamed, no input.

@@ -26,6 +26,16 @@ pub async fn ports(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcErr
     Ok(Reply::Ports(stats::port_views(ctx, &rec, ports)))
 }
 
+/// `vm egress`: the VM's policy and what it was refused.
+pub async fn egress(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {
+    let rec = requests::record(slots, name).await?;
+    Ok(Reply::Egress(crate::domain::egress::EgressView {
+        refused: ctx.egress.refusals(&rec.id),
+        vm: rec.name,
+        policy: rec.egress,
+    }))
+}
+
 pub async fn vm_stats(ctx: &Ctx, slots: &Slots, name: &str) -> Result<Reply, RpcError> {
     let (rec, agent) = requests::agent(slots, name).await?;
     let (host, guest) = tokio::join!(stats::host(ctx, &rec), stats::guest(&agent));

@@ -137,6 +137,7 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Op
         // Deleted below, whatever happened.
         delete_on_failure: false,
         links: vec![],
+        egress: None,
     };
     // Boxed: `create` starts this task, so its future cannot contain itself.
     let created: crate::ops::BoxFuture<'static, Result<VmView, OpError>> =
@@ -330,7 +331,7 @@ pub async fn prune(ctx: &Ctx, slots: &Slots) -> Result<Vec<String>, OpError> {
 pub async fn set(slots: &Slots, name: &str, c: vms::VmChanges) -> Result<VmView, OpError> {
     if c == vms::VmChanges::default() {
         return Err(OpError::invalid(
-            "nothing to change: give --vcpu, --memory, --disk-size and/or --nat/--no-nat",
+            "nothing to change: give --vcpu, --memory, --disk-size, --nat/--no-nat and/or --egress, --allow-host, --allow-net, --disallow-host",
         ));
     }
     run_on_vm(slots, name, "set", move |a| async move {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// but its guest did not take the new name servers.
 pub const DNS_UNCHANGED: &str = "the guest's name servers were not changed";
 
+pub mod egress;
 pub mod events;
 pub mod views;
 

@@ -50,6 +50,10 @@ pub struct VmCreateSpec {
     /// sibling stays out of reach.
     #[serde(default)]
     pub links: Vec<String>,
+    /// Deny egress but what this allows (merged with the config's
+    /// `[egress]` allowances by the daemon).
+    #[serde(default)]
+    pub egress: Option<super::egress::EgressPolicy>,
 }
 
 /// A snapshot as the CLI sees it.
@@ -245,6 +249,9 @@ pub struct VmView {
     /// The VMs it may talk to (`--link`, either way round), by name.
     #[serde(default)]
     pub links: Vec<String>,
+    /// Its egress policy, if it has one.
+    #[serde(default)]
+    pub egress: Option<super::egress::EgressPolicy>,
 }
 
 /// How a command ended: its code, and why when banger or the guest could

@@ -407,6 +407,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
             | PrivRequest::EnableNat { .. }
             | PrivRequest::LinkVms { .. }
             | PrivRequest::DisableNat { .. }
+            | PrivRequest::PoliceEgress { .. }
             | PrivRequest::GuardTap { .. }
             | PrivRequest::ListNat
             | PrivRequest::RouteDns { .. }) => {

@@ -132,6 +132,22 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
                 .map(|_| PrivReply::Done)
                 .map_err(RpcError::from)
         }
+        PrivRequest::PoliceEgress {
+            vm_id,
+            ip,
+            bridge,
+            port,
+        } => {
+            if !nat_request_ok(&vm_id, ip, &bridge) || port < 1024 {
+                return Err(RpcError::bad_request(format!(
+                    "refusing egress rules for {vm_id:?} ({ip}) on {bridge:?} to port {port}: needs a banger VM id, a private address, a banger bridge and an unprivileged port"
+                )));
+            }
+            net::guest_address_ok(ops, &bridge, ip, &format!("VM {vm_id}")).map_err(RpcError::from)?;
+            crate::host::nat::police(&vm_id, ip, &bridge, port)
+                .map(|_| PrivReply::Done)
+                .map_err(RpcError::from)
+        }
         PrivRequest::DisableNat { vm_id, .. } => crate::host::nat::disable(&vm_id)
             .map(|_| PrivReply::Done)
             .map_err(RpcError::from),

@@ -275,41 +275,44 @@ pub fn dns_rules(
     let (inp, _) = chains(bridge);
     let (addr, port) = (format!("{addr}/32"), port.to_string());
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    vec![
-        (
-            "nat",
-            "PREROUTING".into(),
-            s(&[
-                "-d",
-                &addr,
-                "-i",
-                bridge,
-                "-p",
-                "udp",
-                "-m",
-                "udp",
-                "--dport",
-                "53",
-                "-m",
-                "comment",
-                "--comment",
-                DNS_TAG,
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &port,
-            ]),
-        ),
-        (
+    let mut rules = vec![(
+        "nat",
+        "PREROUTING".to_string(),
+        s(&[
+            "-d",
+            &addr,
+            "-i",
+            bridge,
+            "-p",
+            "udp",
+            "-m",
+            "udp",
+            "--dport",
+            "53",
+            "-m",
+            "comment",
+            "--comment",
+            DNS_TAG,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &port,
+        ]),
+    )];
+    // UDP: the name server; TCP: the egress proxy of policed guests (the
+    // same port number; their connections are redirected there per VM by
+    // `nat::police`).
+    for proto in ["udp", "tcp"] {
+        rules.push((
             "filter",
-            inp,
+            inp.clone(),
             s(&[
                 "-d",
                 &addr,
                 "-p",
-                "udp",
+                proto,
                 "-m",
-                "udp",
+                proto,
                 "--dport",
                 &port,
                 "-m",
@@ -319,11 +322,11 @@ pub fn dns_rules(
                 "-j",
                 "ACCEPT",
             ]),
-        ),
-        // The daemon binds the bridge address, which other interfaces reach
-        // too (the weak host model): only the bridge and the host itself
-        // may ask it.
-        (
+        ));
+        // The daemon binds the bridge address, which other interfaces
+        // reach too (the weak host model): only the bridge and the host
+        // itself may ask it.
+        rules.push((
             "filter",
             "INPUT".into(),
             s(&[
@@ -333,9 +336,9 @@ pub fn dns_rules(
                 "-i",
                 bridge,
                 "-p",
-                "udp",
+                proto,
                 "-m",
-                "udp",
+                proto,
                 "--dport",
                 &port,
                 "-m",
@@ -350,8 +353,9 @@ pub fn dns_rules(
                 "-j",
                 "DROP",
             ]),
-        ),
-    ]
+        ));
+    }
+    rules
 }
 
 /// Installs a bridge's DNS rules for `port` (0: none), replacing rules for
@@ -551,5 +555,17 @@ mod tests {
             "{drop:?}"
         );
         assert_eq!(drop.last().unwrap(), "DROP");
+        // The same for TCP, where policed guests' connections are sent.
+        let (_, chain, accept) = &r[3];
+        assert_eq!(chain, "banger0-in");
+        assert!(accept.windows(2).any(|w| w == ["-p", "tcp"]));
+        assert!(accept.windows(2).any(|w| w == ["--dport", "42069"]));
+        let (_, chain, drop) = &r[4];
+        assert_eq!(
+            (chain.as_str(), drop.last().unwrap().as_str()),
+            ("INPUT", "DROP")
+        );
+        assert!(drop.windows(2).any(|w| w == ["-p", "tcp"]));
+        assert_eq!(r.len(), 5);
     }
 }

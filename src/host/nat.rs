@@ -97,6 +97,54 @@ pub fn rules(vm_id: &str, ip: Ipv4Addr, bridge: &str) -> Vec<(&'static str, Stri
     ]
 }
 
+/// The rule that sends a policed guest's TCP (to anywhere but the host's
+/// own addresses) to the daemon's egress proxy on `port` of the bridge
+/// address: (table, chain, rule).
+pub fn egress_rule(
+    vm_id: &str,
+    ip: Ipv4Addr,
+    bridge: &str,
+    port: u16,
+) -> (&'static str, &'static str, Vec<String>) {
+    let tag = format!("banger:{vm_id}");
+    let (ip, port) = (format!("{ip}/32"), port.to_string());
+    let rule = [
+        "-i",
+        bridge,
+        "-s",
+        &ip,
+        "-p",
+        "tcp",
+        "-m",
+        "addrtype",
+        "!",
+        "--dst-type",
+        "LOCAL",
+        "-m",
+        "comment",
+        "--comment",
+        &tag,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port,
+    ];
+    (
+        "nat",
+        "PREROUTING",
+        rule.iter().map(|x| x.to_string()).collect(),
+    )
+}
+
+/// Installs [`egress_rule`] (idempotent). The VM has no NAT rules: only
+/// its DNS and these connections reach anything, both through the daemon.
+pub fn police(vm_id: &str, ip: Ipv4Addr, bridge: &str, port: u16) -> Result<(), HostError> {
+    let bin = iptables()?;
+    super::firewall::guard_bridge(bridge)?;
+    let (table, chain, rule) = egress_rule(vm_id, ip, bridge, port);
+    ensure_rule(bin, table, chain, &rule)
+}
+
 /// The tag of a link's rules: both ids, in order.
 fn link_tag(a: &str, b: &str) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };

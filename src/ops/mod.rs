@@ -9,6 +9,7 @@
 
 pub mod disks;
 pub mod dns;
+pub mod egress;
 pub mod error;
 pub mod guests;
 pub mod images;
@@ -88,6 +89,16 @@ pub trait Privileged: Send + Sync {
         bridge: String,
         a: (String, Ipv4Addr),
         b: (String, Ipv4Addr),
+    ) -> BoxFuture<'_, Result<(), OpError>>;
+    /// Sends a guest's TCP connections to the daemon's egress proxy on
+    /// `port` of the bridge address (`--egress deny`); `nat(false, ..)`
+    /// removes it.
+    fn police(
+        &self,
+        vm_id: String,
+        ip: Ipv4Addr,
+        bridge: String,
+        port: u16,
     ) -> BoxFuture<'_, Result<(), OpError>>;
     /// The VM ids that have NAT or link rules.
     fn list_nat(&self) -> BoxFuture<'_, Result<Vec<String>, OpError>>;
@@ -249,6 +260,8 @@ pub struct Ctx {
     pub warming: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The taps this daemon made (shared with its tap pool).
     pub tap_ledger: Arc<net::TapLedger>,
+    /// Policed VMs' resolved addresses and refusals (in memory).
+    pub egress: Arc<egress::Book>,
 }
 
 /// Refuses to delete `what` while `users` (of kind `by`) need it.

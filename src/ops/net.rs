@@ -68,6 +68,12 @@ pub async fn delete_tap(
     r
 }
 
+/// Whether a VM reaches anything through NAT: `--nat` and no egress
+/// policy (a policed VM's traffic goes through the daemon only).
+pub fn open_nat(rec: &crate::store::VmRecord) -> bool {
+    rec.nat && rec.egress.is_none()
+}
+
 /// A guest's name servers: banger's own on the bridge first (`<peer>.vm`;
 /// it refuses other names, so a resolver moves on), then, for a NAT'd
 /// guest, the host's.

@@ -578,7 +578,7 @@ pub fn identity(
         ip,
         prefix_len: net.prefix_len,
         gw: Some(net.bridge_ip),
-        dns: super::net::guest_dns(net, rec.nat),
+        dns: super::net::guest_dns(net, crate::ops::net::open_nat(rec)),
         mac: rec
             .mac
             .clone()

@@ -215,6 +215,22 @@ impl Privileged for FakeHelper {
         });
         Box::pin(async move { done(r.await) })
     }
+    fn police(
+        &self,
+        vm_id: String,
+        ip: std::net::Ipv4Addr,
+        bridge: String,
+        port: u16,
+    ) -> BoxFuture<'_, Result<(), OpError>> {
+        let r = self.call(PrivRequest::PoliceEgress {
+            vm_id,
+            ip,
+            bridge,
+            port,
+        });
+        Box::pin(async move { done(r.await) })
+    }
+
     fn link_vms(
         &self,
         bridge: String,
@@ -457,6 +473,7 @@ impl Fakes {
             guests: Default::default(),
             warming: Default::default(),
             tap_ledger: Default::default(),
+            egress: Default::default(),
         });
         Fakes {
             dir,

@@ -65,6 +65,7 @@ pub fn vm(r: &VmRecord) -> VmView {
         agent_error: None,
         child_restarts: 0,
         links: vec![],
+        egress: r.egress.clone(),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Ctx, Progress};
+use crate::domain::egress::EgressPolicy;
 use crate::domain::views::{SshTarget, TtySize, VmCreateSpec};
 use crate::domain::Event;
 use crate::domain::Inputs;
@@ -195,6 +196,7 @@ fn plan_restore(ctx: &Ctx, spec: &VmCreateSpec, from: &str) -> Result<CreatePlan
 pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRecord, OpError> {
     let net = &ctx.config.network;
     let links = link_ids(ctx, spec)?;
+    let egress = egress_policy(ctx, spec)?;
     loop {
         let name = spec
             .name
@@ -215,12 +217,33 @@ pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRe
         }
         rec.links = links.clone();
         rec.ephemeral = spec.delete_on_failure;
+        rec.egress = egress.clone();
         match ctx.store.reserve_vm(&rec, net.bridge_ip, net.prefix_len)? {
             Some(r) => return Ok(r),
             None if spec.name.is_none() => continue,
             None => return Err(name_taken(&name)),
         }
     }
+}
+
+/// A new VM's egress policy: the spec's (checked again here), or none; with
+/// `[egress] default = "deny"` every VM has one. The config's allowances
+/// join every policy.
+fn egress_policy(ctx: &Ctx, spec: &VmCreateSpec) -> Result<Option<EgressPolicy>, OpError> {
+    let cfg = &ctx.config.egress;
+    if spec.egress.is_none() && !cfg.deny_by_default {
+        return Ok(None);
+    }
+    if ctx.config.network.dns_port == 0 {
+        return Err(OpError::invalid(NO_DNS_NO_EGRESS));
+    }
+    let mut p = EgressPolicy::default();
+    if let Some(s) = &spec.egress {
+        p.allow(&s.hosts, &s.nets).map_err(OpError::invalid)?;
+    }
+    p.allow(&cfg.allow.hosts, &cfg.allow.nets)
+        .map_err(OpError::invalid)?;
+    Ok(Some(p))
 }
 
 /// The ids of the VMs `--link` names: each must exist and not be the new
@@ -246,19 +269,21 @@ fn link_ids(ctx: &Ctx, spec: &VmCreateSpec) -> Result<Vec<String>, OpError> {
 }
 
 /// What `vm set` changes (`None`: left as it is).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VmChanges {
     pub vcpu: Option<u32>,
     pub memory_mib: Option<u32>,
     pub nat: Option<bool>,
     /// The work disk's new size (it only grows; the VM stopped).
     pub disk_bytes: Option<u64>,
+    pub egress: crate::domain::egress::EgressChange,
 }
 
-/// `vm set`: the new record, or why not. On a running VM NAT switches at
-/// once (its rules, and the guest's name servers through its agent);
-/// vCPU and memory are recorded for the next start; the work disk grows
-/// only while the VM is stopped.
+/// `vm set`: the new record, or why not. On a running VM NAT and the
+/// egress policy switch at once (its rules, and the guest's name servers
+/// through its agent; a policy's allowances hold from the guest's next
+/// question or connection); vCPU and memory are recorded for the next
+/// start; the work disk grows only while the VM is stopped.
 pub async fn set(
     ctx: &Ctx,
     vm: &dyn super::VmChildren,
@@ -288,30 +313,38 @@ pub async fn set(
             .map_err(|e| OpError::failed(e.to_string()))??;
         }
     }
-    if let Some(n) = c.nat {
-        new.nat = n;
-        if running && n != rec.nat {
-            if let Err(e) = switch_nat(ctx, vm, &mut new).await {
-                // Its rules as the record still says (best effort): a
-                // half-switched VM must not keep what nobody recorded.
-                if let Some(ip) = rec.ip.as_deref().and_then(|i| i.parse().ok()) {
-                    if !rec.nat {
-                        let bridge = ctx.config.network.bridge.clone();
-                        let _ = ctx.helper.nat(false, rec.id.clone(), ip, bridge).await;
-                    }
-                    let _ = super::lifecycle::apply_rules(ctx, rec, ip).await;
-                }
-                return Err(e);
+    new.nat = c.nat.unwrap_or(rec.nat);
+    new.egress = c
+        .egress
+        .apply(rec.egress.as_ref())
+        .map_err(OpError::invalid)?;
+    if new.egress.is_some() && ctx.config.network.dns_port == 0 {
+        return Err(OpError::invalid(NO_DNS_NO_EGRESS));
+    }
+    let mode = |r: &VmRecord| (super::net::open_nat(r), r.egress.is_some());
+    if running && mode(&new) != mode(rec) {
+        if let Err(e) = switch_nat(ctx, vm, &mut new).await {
+            // Its rules as the record still says (best effort): a
+            // half-switched VM must not keep what nobody recorded.
+            if let Some(ip) = rec.ip.as_deref().and_then(|i| i.parse().ok()) {
+                let bridge = ctx.config.network.bridge.clone();
+                let _ = ctx.helper.nat(false, rec.id.clone(), ip, bridge).await;
+                let _ = super::lifecycle::apply_rules(ctx, rec, ip).await;
             }
+            return Err(e);
         }
     }
     ctx.store.put_vm(&new)?;
     Ok(new)
 }
 
-/// Switches a running VM's NAT to `rec.nat`: its rules (its links kept),
-/// then the guest's name servers. A guest that cannot take them (an old
-/// agent) keeps the VM's new rules and says so in `last_error`.
+/// Why a policy needs the daemon's DNS.
+pub const NO_DNS_NO_EGRESS: &str = "an egress policy needs banger's DNS (the guest's names are resolved and checked there), and network.dns_port is 0 in the config: set it (default 42069) and restart the daemon";
+
+/// Switches a running VM's network to its record: NAT (`rec.nat`), an
+/// egress policy or neither — its rules (its links kept), then the
+/// guest's name servers. A guest that cannot take them (an old agent)
+/// keeps the VM's new rules and says so in `last_error`.
 async fn switch_nat(
     ctx: &Ctx,
     vm: &dyn super::VmChildren,
@@ -322,13 +355,12 @@ async fn switch_nat(
         .as_deref()
         .and_then(|i| i.parse().ok())
         .ok_or_else(|| OpError::failed(format!("VM {} has no address", rec.name)))?;
-    if !rec.nat {
-        // Removes its NAT and link rules; the links go back below.
-        let bridge = ctx.config.network.bridge.clone();
-        ctx.helper.nat(false, rec.id.clone(), ip, bridge).await?;
-    }
+    // Removes its NAT, egress and link rules; what it has now goes back
+    // below.
+    let bridge = ctx.config.network.bridge.clone();
+    ctx.helper.nat(false, rec.id.clone(), ip, bridge).await?;
     super::lifecycle::apply_rules(ctx, rec, ip).await?;
-    let servers = super::net::guest_dns(&ctx.config.network, rec.nat);
+    let servers = super::net::guest_dns(&ctx.config.network, super::net::open_nat(rec));
     let told = match vm.agent().await {
         Some(a) => a
             .set_dns(servers, Duration::from_secs(10))
@@ -343,7 +375,11 @@ async fn switch_nat(
     if let Err(e) = told {
         rec.last_error = Some(format!(
             "NAT is {}, but {DNS_UNCHANGED} ({e}); restart it: banger vm restart {}",
-            if rec.nat { "on" } else { "off" },
+            match (rec.egress.is_some(), rec.nat) {
+                (true, _) => "off (egress policy)",
+                (false, true) => "on",
+                (false, false) => "off",
+            },
             rec.name
         ));
     }

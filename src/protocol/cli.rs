@@ -86,6 +86,8 @@ pub enum Request {
         memory_mib: Option<u32>,
         nat: Option<bool>,
         disk_bytes: Option<u64>,
+        /// Its egress policy (at once on a running VM).
+        egress: crate::domain::egress::EgressChange,
     },
     /// The serial console and VMM log of a VM. Answers [`Reply::Logs`].
     VmLogs { name: String },
@@ -196,6 +198,8 @@ pub enum Request {
         rootfs: String,
         kernel: Option<String>,
     },
+    /// A VM's egress policy and what it refused. Answers [`Reply::Egress`].
+    VmEgress { name: String },
     /// Fault injection for tests: only in builds with the `test-hooks`
     /// feature (the test suite's), and refused unless the daemon was
     /// started with `BANGER_TEST_HOOKS=1`. Answers [`Reply::Done`].
@@ -204,7 +208,7 @@ pub enum Request {
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 46 + cfg!(feature = "test-hooks") as u32;
+    const COUNT: u32 = 47 + cfg!(feature = "test-hooks") as u32;
 }
 
 /// What `vm run` asks for. Paths are absolute (the client's view).
@@ -265,10 +269,8 @@ impl Request {
         #[cfg(feature = "test-hooks")]
         return Request::TestHook(TestHook::PanicDns);
         #[cfg(not(feature = "test-hooks"))]
-        Request::ImageRegister {
+        Request::VmEgress {
             name: String::new(),
-            rootfs: String::new(),
-            kernel: None,
         }
     }
 
@@ -323,6 +325,7 @@ impl Request {
             Request::TestHook(_) => "test_hook",
             Request::VmRun(_) => "vm.run",
             Request::WorkspacePlan(_) => "workspace.plan",
+            Request::VmEgress { .. } => "vm.egress",
         }
     }
 }
@@ -381,6 +384,7 @@ pub enum Reply {
         text: String,
         notice: Option<String>,
     },
+    Egress(crate::domain::egress::EgressView),
 }
 
 /// What `banger daemon status` shows.

@@ -102,21 +102,31 @@ pub enum PrivRequest {
         b_id: String,
         b_ip: Ipv4Addr,
     },
+    /// Sends the TCP connections of one guest /32 of `bridge` that leave
+    /// the host to `port` on the bridge address (the daemon's egress
+    /// proxy): a REDIRECT tagged with the VM id, so
+    /// [`PrivRequest::DisableNat`] removes it. The VM must have no NAT
+    /// rules (nothing else of it is forwarded). Idempotent.
+    PoliceEgress {
+        vm_id: String,
+        ip: Ipv4Addr,
+        bridge: String,
+        port: u16,
+    },
 }
 
 impl Methods for PrivRequest {
-    const COUNT: u32 = 16;
+    const COUNT: u32 = 17;
 }
 
 impl PrivRequest {
     #[cfg(test)]
     pub(crate) fn last_variant_for_tests() -> PrivRequest {
-        PrivRequest::LinkVms {
+        PrivRequest::PoliceEgress {
+            vm_id: String::new(),
+            ip: Ipv4Addr::UNSPECIFIED,
             bridge: String::new(),
-            a_id: String::new(),
-            a_ip: Ipv4Addr::UNSPECIFIED,
-            b_id: String::new(),
-            b_ip: Ipv4Addr::UNSPECIFIED,
+            port: 0,
         }
     }
 
@@ -161,6 +171,7 @@ impl PrivRequest {
             PrivRequest::ListVmms => "list_vmms",
             PrivRequest::GuardTap { .. } => "guard_tap",
             PrivRequest::ListNat => "list_nat",
+            PrivRequest::PoliceEgress { .. } => "police_egress",
             PrivRequest::RouteDns { .. } => "route_dns",
         }
     }

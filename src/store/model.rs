@@ -65,6 +65,10 @@ pub struct VmRecord {
     /// reported running, so its start does not wait for sshd.
     #[serde(default)]
     pub ephemeral: bool,
+    /// Its egress policy (`--egress deny`): nothing leaves but what it
+    /// allows, through the daemon. None: NAT (if on) reaches anything.
+    #[serde(default)]
+    pub egress: Option<crate::domain::egress::EgressPolicy>,
 }
 
 impl VmRecord {
@@ -111,6 +115,7 @@ impl VmRecord {
             restore_pending: false,
             links: vec![],
             ephemeral: false,
+            egress: None,
         }
     }
 }

@@ -126,6 +126,11 @@ pub enum VmCommand {
         /// Remove outbound network access
         #[arg(long)]
         no_nat: bool,
+        #[command(flatten)]
+        egress: EgressArgs,
+        /// Take a host out of the VM's egress allowances (repeatable)
+        #[arg(long = "disallow-host", value_name = "NAME")]
+        disallow_host: Vec<String>,
     },
     /// Put a git repository in a VM, or export its edits as a patch
     #[command(subcommand, long_about = WORKSPACE_LONG)]
@@ -161,6 +166,18 @@ pub enum VmCommand {
         name: String,
         #[arg(long)]
         json: bool,
+    },
+    /// What a VM's egress policy refused (names and connections)
+    #[command(
+        long_about = "A VM's egress policy and what it refused since the daemon started: names the\nguest asked for, connections (with the name they sent, TLS SNI or HTTP Host),\neach with a count. Grow the allowlist from it:\n\n  banger vm egress dev\n  banger vm egress dev --follow\n  banger vm set dev --allow-host registry.npmjs.org"
+    )]
+    Egress {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        /// Keep printing refusals as they happen
+        #[arg(long)]
+        follow: bool,
     },
     /// CPU, memory and disk of a running VM, host and guest side
     #[command(
@@ -310,6 +327,26 @@ pub struct CreateArgs {
     /// Boot from scratch even when a warm-start snapshot exists
     #[arg(long, conflicts_with = "from")]
     pub cold: bool,
+    #[command(flatten)]
+    pub egress: EgressArgs,
+}
+
+/// Egress policy flags (`vm create`, `vm run`, `vm set`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct EgressArgs {
+    /// deny: nothing leaves the VM but what --allow-host/--allow-net allow
+    /// (through banger, refusals logged: banger vm egress NAME); open: no
+    /// policy (with --nat the VM reaches anything)
+    #[arg(long, value_name = "deny|open", value_parser = ["deny", "open"])]
+    pub egress: Option<String>,
+    /// A host the VM may reach by name (repeatable; *.example.com for every
+    /// name under it); implies --egress deny
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// A network the VM may reach by address, CIDR[:PORT] (repeatable);
+    /// implies --egress deny
+    #[arg(long = "allow-net", value_name = "CIDR[:PORT]")]
+    pub allow_net: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

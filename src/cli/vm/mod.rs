@@ -15,6 +15,7 @@ use crate::protocol::cli::{
 use crate::size::{format_size, parse_size};
 
 mod args;
+pub mod egress;
 
 pub use args::*;
 
@@ -26,7 +27,13 @@ fn memory_mib(s: &str) -> Result<u32, CliError> {
 
 /// Resolves flags against config and host into a spec (and checks the name
 /// before anything is sent).
-pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
+/// `repo`: the repository `vm run` ships, whose `.banger.toml` may set an
+/// egress policy.
+pub fn spec(
+    ctx: &Ctx,
+    a: &CreateArgs,
+    repo: Option<&std::path::Path>,
+) -> Result<VmCreateSpec, CliError> {
     let cfg = Config::load(&ctx.layout.config_file(), HostFacts::probe())
         .map_err(|e| CliError::usage("bad config", e.to_string()))?;
     let name = match &a.name {
@@ -57,6 +64,7 @@ pub fn spec(ctx: &Ctx, a: &CreateArgs) -> Result<VmCreateSpec, CliError> {
         cold: a.cold,
         delete_on_failure: false,
         links: a.link.clone(),
+        egress: egress::policy(&a.egress, repo)?,
     })
 }
 
@@ -199,7 +207,12 @@ fn vm_table(vms: &[VmView]) -> String {
             format!("{}M", v.memory_mib),
             format_size(v.disk_bytes),
             v.ip.clone().unwrap_or_else(|| "-".into()),
-            if v.nat { "yes" } else { "no" }.to_string(),
+            match (v.egress.is_some(), v.nat) {
+                (true, _) => "policy",
+                (false, true) => "yes",
+                (false, false) => "no",
+            }
+            .to_string(),
             v.vmm.as_str().to_string(),
             v.workspace
                 .as_deref()
@@ -247,6 +260,9 @@ fn vm_detail(vm: &VmView) -> String {
         "workspace".to_string(),
         vm.workspace.clone().unwrap_or_else(|| "-".into()),
     ]);
+    if let Some(p) = &vm.egress {
+        t.row(["egress".to_string(), p.summary()]);
+    }
     if !vm.links.is_empty() {
         t.row(["links".to_string(), vm.links.join(", ")]);
     }
@@ -299,7 +315,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
     match cmd {
         VmCommand::Run(a) => super::run::run(ctx, a).await.map_err(ours),
         VmCommand::Create(a) => {
-            let s = spec(ctx, &a)?;
+            let s = spec(ctx, &a, None)?;
             let v = create(ctx, s).await?;
             out(&format!(
                 "{} running at {}\n",
@@ -373,7 +389,16 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             disk_size,
             nat,
             no_nat,
-        } => set(ctx, name, vcpu, memory, disk_size, nat, no_nat).await,
+            egress: e,
+            disallow_host,
+        } => {
+            let change = egress::change(&e, &disallow_host);
+            set(ctx, name, vcpu, memory, disk_size, (nat, no_nat), change).await
+        }
+        VmCommand::Egress { name, json, follow } => {
+            check_name(&name)?;
+            egress::show(ctx, &name, json, follow).await
+        }
         VmCommand::Exec {
             name,
             exec: e,
@@ -566,15 +591,16 @@ async fn workspace(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<u8, CliError> {
     }
 }
 
-/// `vm set NAME [--vcpu N] [--memory M] [--disk-size S] [--nat|--no-nat]`.
+/// `vm set NAME [--vcpu N] [--memory M] [--disk-size S] [--nat|--no-nat]
+/// [--egress deny|open] [--allow-host H] [--allow-net N] [--disallow-host H]`.
 async fn set(
     ctx: &Ctx,
     name: String,
     vcpu: Option<u32>,
     memory: Option<String>,
     disk_size: Option<String>,
-    nat: bool,
-    no_nat: bool,
+    (nat, no_nat): (bool, bool),
+    egress: crate::domain::egress::EgressChange,
 ) -> Result<u8, CliError> {
     let memory_mib = memory.as_deref().map(memory_mib).transpose()?;
     let disk_bytes = disk_size
@@ -590,12 +616,14 @@ async fn set(
         None
     };
     check_name(&name)?;
+    let egress_changed = !egress.is_empty();
     let req = Request::VmSet {
         name: name.clone(),
         vcpu,
         memory_mib,
         nat,
         disk_bytes,
+        egress,
     };
     let v = match call(ctx, req).await? {
         Reply::Vm(v) => v,
@@ -610,6 +638,15 @@ async fn set(
         format_size(v.disk_bytes),
         if v.nat { "on" } else { "off" }
     ))?;
+    if egress_changed {
+        out(&format!(
+            "egress: {}\n",
+            v.egress
+                .as_ref()
+                .map(|p| p.summary())
+                .unwrap_or_else(|| "no policy".into())
+        ))?;
+    }
     if v.state.may_have_vmm() && (vcpu.is_some() || memory_mib.is_some()) {
         out(&format!(
             "vCPU and memory apply at the next start: banger vm restart {}\n",
@@ -619,7 +656,7 @@ async fn set(
     if let Some(e) = v
         .last_error
         .as_ref()
-        .filter(|e| nat.is_some() && e.contains(crate::domain::DNS_UNCHANGED))
+        .filter(|e| (nat.is_some() || egress_changed) && e.contains(crate::domain::DNS_UNCHANGED))
     {
         eprintln!("warning: {e}");
     }

@@ -115,12 +115,27 @@ pub(crate) fn linked(ctx: &Ctx, rec: &VmRecord, running: bool) -> Vec<(String, I
         .collect()
 }
 
-/// A running VM's forwarding rules at `ip`: NAT when it has it, and its
+/// Whether the VM has rules of its own on the host: NAT, an egress
+/// policy's redirect, links (with `running`, to partners that may run).
+pub(crate) fn has_rules(ctx: &Ctx, rec: &VmRecord, running: bool) -> bool {
+    rec.nat || rec.egress.is_some() || !linked(ctx, rec, running).is_empty()
+}
+
+/// A running VM's forwarding rules at `ip`: its egress policy's redirect
+/// to the daemon's proxy when it has one, else NAT when it has it, and its
 /// links to the partners that may be running. Each is added only where
 /// missing.
 pub(crate) async fn apply_rules(ctx: &Ctx, rec: &VmRecord, ip: Ipv4Addr) -> Result<(), OpError> {
-    let bridge = &ctx.config.network.bridge;
-    if rec.nat {
+    let net = &ctx.config.network;
+    let bridge = &net.bridge;
+    if rec.egress.is_some() {
+        if net.dns_port == 0 {
+            return Err(OpError::invalid(crate::ops::vms::NO_DNS_NO_EGRESS));
+        }
+        ctx.helper
+            .police(rec.id.clone(), ip, bridge.clone(), net.dns_port)
+            .await?;
+    } else if rec.nat {
         ctx.helper
             .nat(true, rec.id.clone(), ip, bridge.clone())
             .await?;
@@ -137,7 +152,8 @@ pub(crate) async fn apply_rules(ctx: &Ctx, rec: &VmRecord, ip: Ipv4Addr) -> Resu
 /// link rules, agent session). Idempotent; failures are logged, not fatal.
 pub async fn release(ctx: &Ctx, vm: &dyn VmChildren, rec: &mut VmRecord) {
     vm.stop_agent().await;
-    let rules = rec.nat || !linked(ctx, rec, false).is_empty();
+    let rules = has_rules(ctx, rec, false);
+    ctx.egress.rebooted(&rec.id);
     if let (true, Some(ip)) = (rules, rec.ip.as_deref().and_then(|i| i.parse().ok())) {
         let bridge = ctx.config.network.bridge.clone();
         if let Err(e) = ctx.helper.nat(false, rec.id.clone(), ip, bridge).await {

@@ -183,7 +183,11 @@ pub(super) async fn boot(
     stages.begin("network", "tap and bridge").await;
     let (tap, ip) = network(ctx, vm, rec).await?;
     let bridge = &ctx.config.network.bridge;
-    let nat = if rec.nat { ", NAT" } else { "" };
+    let nat = match (rec.egress.is_some(), rec.nat) {
+        (true, _) => ", egress policy",
+        (false, true) => ", NAT",
+        (false, false) => "",
+    };
     stages.end(format!("{tap} on {bridge} ({ip}{nat})")).await;
 
     stages.begin("disks", "root and work disks").await;
@@ -323,7 +327,7 @@ fn boot_spec(
         name: Some(rec.name.clone()),
         ip: Some((ip, net.prefix_len)),
         gw: Some(net.bridge_ip),
-        dns: crate::ops::net::guest_dns(net, rec.nat),
+        dns: crate::ops::net::guest_dns(net, crate::ops::net::open_nat(rec)),
         ssh_key: Some(pubkey),
     };
     Ok(BootSpec {

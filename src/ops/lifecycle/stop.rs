@@ -162,6 +162,7 @@ pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result
     let (_, removed) = tokio::join!(release(ctx, vm, &mut rec), files);
     removed?;
     ctx.store.delete_vm(&id)?;
+    ctx.egress.forget(&id);
     refresh_ssh_config(ctx);
     Ok(())
 }
