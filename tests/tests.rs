@@ -7,6 +7,7 @@ mod support;
 mod agent;
 mod boot;
 mod daemon_cli;
+mod egress;
 mod faults;
 mod firecracker;
 mod garbage;
