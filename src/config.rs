@@ -57,6 +57,10 @@ struct RawConfig {
     network: RawNetwork,
     #[serde(default)]
     egress: RawEgress,
+    /// Where `--secret NAME@HOST` finds NAME's value when the environment
+    /// has none: `NAME = "file:/path"` or `"env:VAR"`.
+    #[serde(default)]
+    secrets: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +77,9 @@ struct RawEgress {
     /// default: /etc/resolv.conf's name servers.
     #[serde(default)]
     resolvers: Vec<String>,
+    /// PEM files of CAs the secrets proxy trusts besides the system's.
+    #[serde(default)]
+    ca_files: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +187,8 @@ pub struct EgressConfig {
     /// Allowances every policed VM has.
     pub allow: crate::domain::egress::EgressPolicy,
     pub resolvers: Vec<std::net::SocketAddr>,
+    /// Extra CAs for the hosts secrets go to (`ca_files`).
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// The original's port, kept so existing resolver set-ups carry over.
@@ -225,6 +234,8 @@ pub struct Config {
     /// `tcg_tb_size_mib` (default [`DEFAULT_TCG_TB_MIB`]).
     pub tcg_tb_mib: u32,
     pub egress: EgressConfig,
+    /// `[secrets]`: NAME → `file:PATH` or `env:VAR`.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -326,6 +337,7 @@ impl Config {
             unresponsive_after,
             tcg_tb_mib,
             egress,
+            secrets: raw.secrets.clone(),
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
@@ -394,10 +406,19 @@ fn resolve_egress(raw: &RawEgress) -> Result<EgressConfig, (&'static str, String
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let ca_files = raw
+        .ca_files
+        .iter()
+        .map(|f| match Path::new(f).is_absolute() {
+            true => Ok(PathBuf::from(f)),
+            false => Err(("egress.ca_files", format!("{f:?} must be an absolute path"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(EgressConfig {
         deny_by_default,
         allow,
         resolvers,
+        ca_files,
     })
 }
 

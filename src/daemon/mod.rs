@@ -120,6 +120,7 @@ struct Running {
 /// The daemon's context, its seams backed by the actors in `slots`.
 pub fn context(layout: Layout, config: Config, store: Arc<Store>, slots: &Arc<Slots>) -> Arc<Ctx> {
     Arc::new(Ctx {
+        vault: Arc::new(crate::ops::egress::secrets::Vault::new(&layout.state_dir)),
         timeouts: Timeouts {
             unresponsive: config.unresponsive_after,
             ..Timeouts::for_host()

@@ -138,6 +138,7 @@ async fn make_warm(ctx: &Arc<Ctx>, slots: &Arc<Slots>, w: Warm) -> Result<(), Op
         delete_on_failure: false,
         links: vec![],
         egress: None,
+        secrets: vec![],
     };
     // Boxed: `create` starts this task, so its future cannot contain itself.
     let created: crate::ops::BoxFuture<'static, Result<VmView, OpError>> =

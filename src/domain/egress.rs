@@ -199,6 +199,70 @@ impl Allowances {
     }
 }
 
+/// Secrets a VM may have at most.
+pub const MAX_SECRETS: usize = 16;
+/// Bytes of one secret's value at most.
+pub const MAX_SECRET_BYTES: usize = 8 << 10;
+
+/// A secret to keep outside a VM (`--secret NAME@HOST`): the guest sees
+/// `NAME` set to a placeholder, which the daemon's proxy swaps for `value`
+/// in request headers to `HOST` only. The value crosses the owner's socket
+/// once and is never shown (`Debug` hides it).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub name: String,
+    pub host: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretSpec({}@{}, value hidden)", self.name, self.host)
+    }
+}
+
+impl SecretSpec {
+    /// Checks name, host and value; the host comes back canonical.
+    pub fn checked(&self) -> Result<SecretSpec, String> {
+        let n = &self.name;
+        let name_ok = !n.is_empty()
+            && n.len() <= 64
+            && n.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            return Err(format!(
+                "secret name {n:?} is not an environment variable name (A-Z, a-z, 0-9, _; not a digit first)"
+            ));
+        }
+        let host = host_pattern(&self.host)?;
+        if host.starts_with("*.") {
+            return Err(format!(
+                "--secret {n}@{host}: a secret goes to one host, not a wildcard"
+            ));
+        }
+        let v = &self.value;
+        if v.is_empty() || v.len() > MAX_SECRET_BYTES || v.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "the value of secret {n} must be 1 to {MAX_SECRET_BYTES} bytes without control characters (line breaks included)"
+            ));
+        }
+        Ok(SecretSpec {
+            name: n.clone(),
+            host,
+            value: v.clone(),
+        })
+    }
+}
+
+/// A VM's secret as the record keeps it: never the value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretRef {
+    pub name: String,
+    pub host: String,
+    /// What the guest sees in `NAME`.
+    pub placeholder: String,
+}
+
 /// One kind of refused egress, with how often and when.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EgressRefusal {

@@ -54,6 +54,9 @@ pub struct VmCreateSpec {
     /// `[egress]` allowances by the daemon).
     #[serde(default)]
     pub egress: Option<super::egress::EgressPolicy>,
+    /// Secrets kept outside the VM (`--secret NAME@HOST`).
+    #[serde(default)]
+    pub secrets: Vec<super::egress::SecretSpec>,
 }
 
 /// A snapshot as the CLI sees it.
@@ -252,6 +255,9 @@ pub struct VmView {
     /// Its egress policy, if it has one.
     #[serde(default)]
     pub egress: Option<super::egress::EgressPolicy>,
+    /// Its secrets (names, hosts and placeholders; never values).
+    #[serde(default)]
+    pub secrets: Vec<super::egress::SecretRef>,
 }
 
 /// How a command ended: its code, and why when banger or the guest could

@@ -32,6 +32,25 @@ fn nat_request_ok(vm_id: &str, ip: std::net::Ipv4Addr, bridge: &str) -> bool {
     id_ok && net::is_banger_bridge(bridge) && ip.is_private()
 }
 
+/// A policed VM's redirect to the daemon's egress proxy.
+fn police(
+    ops: &dyn NetOps,
+    vm_id: &str,
+    ip: std::net::Ipv4Addr,
+    bridge: &str,
+    port: u16,
+) -> Result<PrivReply, RpcError> {
+    if !nat_request_ok(vm_id, ip, bridge) || port < 1024 {
+        return Err(RpcError::bad_request(format!(
+            "refusing egress rules for {vm_id:?} ({ip}) on {bridge:?} to port {port}: needs a banger VM id, a private address, a banger bridge and an unprivileged port"
+        )));
+    }
+    net::guest_address_ok(ops, bridge, ip, &format!("VM {vm_id}")).map_err(RpcError::from)?;
+    crate::host::nat::police(vm_id, ip, bridge, port)
+        .map(|_| PrivReply::Done)
+        .map_err(RpcError::from)
+}
+
 /// Runs one request against `ops` (blocking).
 pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<PrivReply, RpcError> {
     match req {
@@ -137,17 +156,7 @@ pub fn execute(ops: &dyn NetOps, owner_uid: u32, req: PrivRequest) -> Result<Pri
             ip,
             bridge,
             port,
-        } => {
-            if !nat_request_ok(&vm_id, ip, &bridge) || port < 1024 {
-                return Err(RpcError::bad_request(format!(
-                    "refusing egress rules for {vm_id:?} ({ip}) on {bridge:?} to port {port}: needs a banger VM id, a private address, a banger bridge and an unprivileged port"
-                )));
-            }
-            net::guest_address_ok(ops, &bridge, ip, &format!("VM {vm_id}")).map_err(RpcError::from)?;
-            crate::host::nat::police(&vm_id, ip, &bridge, port)
-                .map(|_| PrivReply::Done)
-                .map_err(RpcError::from)
-        }
+        } => police(ops, &vm_id, ip, &bridge, port),
         PrivRequest::DisableNat { vm_id, .. } => crate::host::nat::disable(&vm_id)
             .map(|_| PrivReply::Done)
             .map_err(RpcError::from),

@@ -262,6 +262,8 @@ pub struct Ctx {
     pub tap_ledger: Arc<net::TapLedger>,
     /// Policed VMs' resolved addresses and refusals (in memory).
     pub egress: Arc<egress::Book>,
+    /// VMs' secrets and CAs (`--secret`), kept on the host.
+    pub vault: Arc<egress::secrets::Vault>,
 }
 
 /// Refuses to delete `what` while `users` (of kind `by`) need it.

@@ -455,6 +455,7 @@ impl Fakes {
         let taps = Arc::new(FakeTaps::default());
         let drivers = Arc::new(FakeDrivers::default());
         let ctx = Arc::new(Ctx {
+            vault: Arc::new(super::egress::secrets::Vault::new(&layout.state_dir)),
             store,
             layout,
             config,

@@ -66,6 +66,7 @@ pub fn vm(r: &VmRecord) -> VmView {
         child_restarts: 0,
         links: vec![],
         egress: r.egress.clone(),
+        secrets: r.secrets.clone(),
     }
 }
 

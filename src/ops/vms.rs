@@ -197,6 +197,7 @@ pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRe
     let net = &ctx.config.network;
     let links = link_ids(ctx, spec)?;
     let egress = egress_policy(ctx, spec)?;
+    let secrets = super::egress::secrets::prepare(&spec.secrets)?;
     loop {
         let name = spec
             .name
@@ -218,8 +219,18 @@ pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRe
         rec.links = links.clone();
         rec.ephemeral = spec.delete_on_failure;
         rec.egress = egress.clone();
+        rec.secrets = secrets.as_ref().map(|s| s.refs()).unwrap_or_default();
         match ctx.store.reserve_vm(&rec, net.bridge_ip, net.prefix_len)? {
-            Some(r) => return Ok(r),
+            Some(r) => {
+                if let Some(s) = secrets {
+                    // Kept before the VM can boot; without them, no VM.
+                    if let Err(e) = ctx.vault.keep(&r.id, s) {
+                        ctx.store.delete_vm(&r.id)?;
+                        return Err(e);
+                    }
+                }
+                return Ok(r);
+            }
             None if spec.name.is_none() => continue,
             None => return Err(name_taken(&name)),
         }
@@ -231,7 +242,7 @@ pub fn reserve(ctx: &Ctx, spec: &VmCreateSpec, plan: &CreatePlan) -> Result<VmRe
 /// join every policy.
 fn egress_policy(ctx: &Ctx, spec: &VmCreateSpec) -> Result<Option<EgressPolicy>, OpError> {
     let cfg = &ctx.config.egress;
-    if spec.egress.is_none() && !cfg.deny_by_default {
+    if spec.egress.is_none() && !cfg.deny_by_default && spec.secrets.is_empty() {
         return Ok(None);
     }
     if ctx.config.network.dns_port == 0 {
@@ -243,6 +254,9 @@ fn egress_policy(ctx: &Ctx, spec: &VmCreateSpec) -> Result<Option<EgressPolicy>,
     }
     p.allow(&cfg.allow.hosts, &cfg.allow.nets)
         .map_err(OpError::invalid)?;
+    // A secret's host is reached by name.
+    let hosts: Vec<String> = spec.secrets.iter().map(|s| s.host.clone()).collect();
+    p.allow(&hosts, &[]).map_err(OpError::invalid)?;
     Ok(Some(p))
 }
 
@@ -497,7 +511,9 @@ pub async fn exec(
         None => (argv, how.cwd.unwrap_or_else(|| "/root".into())),
     };
     let mut req = ExecRequest::new(argv, &cwd);
-    req.env = how.env;
+    // Secrets' placeholders first: the caller's own values win.
+    req.env = super::egress::secrets::guest_env(&rec.secrets);
+    req.env.extend(how.env);
     req.tty = how.tty.map(|t| Tty {
         rows: t.rows,
         cols: t.cols,

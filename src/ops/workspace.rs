@@ -27,7 +27,11 @@ const EXPORT_MAX: u64 = 1 << 30;
 const TRANSFER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1800);
 
 /// Runs a guest command without input; its output becomes the error.
-async fn guest_step(agent: &AgentSession, argv: Vec<String>, what: &str) -> Result<(), OpError> {
+pub(crate) async fn guest_step(
+    agent: &AgentSession,
+    argv: Vec<String>,
+    what: &str,
+) -> Result<(), OpError> {
     let req = ExecRequest::new(argv, "/");
     let (outcome, out, err) =
         tokio::time::timeout(STEP_DEADLINE, crate::guest::exec::output(agent, req, KEEP))

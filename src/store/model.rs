@@ -69,6 +69,10 @@ pub struct VmRecord {
     /// allows, through the daemon. None: NAT (if on) reaches anything.
     #[serde(default)]
     pub egress: Option<crate::domain::egress::EgressPolicy>,
+    /// Its secrets' names, hosts and placeholders; the values are in the
+    /// daemon's vault (`ops::egress::secrets`), never here.
+    #[serde(default)]
+    pub secrets: Vec<crate::domain::egress::SecretRef>,
 }
 
 impl VmRecord {
@@ -116,6 +120,7 @@ impl VmRecord {
             links: vec![],
             ephemeral: false,
             egress: None,
+            secrets: vec![],
         }
     }
 }

@@ -347,6 +347,12 @@ pub struct EgressArgs {
     /// implies --egress deny
     #[arg(long = "allow-net", value_name = "CIDR[:PORT]")]
     pub allow_net: Vec<String>,
+    /// Keep a secret outside the VM (repeatable): the guest's NAME is a
+    /// placeholder that banger swaps for the value in request headers to
+    /// HOST (HTTPS) only; the value from $NAME, =env:VAR, =file:PATH or the
+    /// config's [secrets]; implies --egress deny --allow-host HOST
+    #[arg(long = "secret", value_name = "NAME@HOST[=env:VAR|=file:PATH]")]
+    pub secret: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,6 +44,7 @@ pub fn spec(
         }
         None => crate::names::generate_vm_name(),
     };
+    let (egress, secrets) = egress::policy(&a.egress, repo, &cfg.secrets)?;
     Ok(VmCreateSpec {
         name: Some(name),
         image: a.image.clone(),
@@ -64,7 +65,8 @@ pub fn spec(
         cold: a.cold,
         delete_on_failure: false,
         links: a.link.clone(),
-        egress: egress::policy(&a.egress, repo)?,
+        egress,
+        secrets,
     })
 }
 
@@ -392,13 +394,10 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> Result<u8, CliError> {
             egress: e,
             disallow_host,
         } => {
-            let change = egress::change(&e, &disallow_host);
+            let change = egress::change(&e, &disallow_host)?;
             set(ctx, name, vcpu, memory, disk_size, (nat, no_nat), change).await
         }
-        VmCommand::Egress { name, json, follow } => {
-            check_name(&name)?;
-            egress::show(ctx, &name, json, follow).await
-        }
+        VmCommand::Egress { name, json, follow } => egress::show(ctx, &name, json, follow).await,
         VmCommand::Exec {
             name,
             exec: e,

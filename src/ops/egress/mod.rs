@@ -21,8 +21,10 @@
 //! The log and the resolved addresses live here ([`Book`]), in memory:
 //! what a VM was refused since this daemon started (`vm egress`).
 
+pub mod mitm;
 pub mod proxy;
 pub mod resolve;
+pub mod secrets;
 pub mod sniff;
 
 use std::collections::{BTreeMap, HashMap};

@@ -26,6 +26,14 @@ pub const CONNECT: Duration = Duration::from_secs(10);
 /// Accepts until the listener fails.
 pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
     let running = Arc::new(tokio::sync::Mutex::new(Running::default()));
+    // The TLS client toward secrets' hosts, made once.
+    let tls = match super::mitm::client_config(&ctx.config.egress.ca_files) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("egress: no TLS client for secrets' hosts: {e}");
+            None
+        }
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (conn, peer) = match listener.accept().await {
@@ -40,10 +48,10 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
             // Full: the guest's connection is closed, nothing queued.
             continue;
         };
-        let (ctx, running) = (ctx.clone(), running.clone());
+        let (ctx, running, tls) = (ctx.clone(), running.clone(), tls.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            handle(ctx, running, conn, peer).await;
+            handle(ctx, running, tls, conn, peer).await;
         });
     }
 }
@@ -113,6 +121,7 @@ async fn first_bytes(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> 
 async fn handle(
     ctx: Arc<Ctx>,
     running: Arc<tokio::sync::Mutex<Running>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     mut conn: TcpStream,
     peer: SocketAddr,
 ) {
@@ -138,38 +147,68 @@ async fn handle(
         return;
     }
     let mut head = Vec::new();
-    let connect = || async {
-        let out = tokio::time::timeout(CONNECT, TcpStream::connect(dst))
-            .await
-            .ok()?
-            .ok()?;
-        let _ = out.set_nodelay(true);
-        Some(out)
-    };
-    let mut out = if policy.allows_addr(*dst.ip(), dst.port()) {
-        let Some(out) = connect().await else { return };
-        out
-    } else if book.resolved_name(&guest.id, *dst.ip()).is_some() {
-        // An address of an allowed name: the connection's own name, if it
-        // sends one, must be allowed too. A server that speaks first (SSH,
-        // SMTP) means no name is coming: judged by the address.
-        let Some(out) = connect().await else { return };
-        let name = tokio::select! {
-            n = first_bytes(&mut conn, &mut head) => n,
-            _ = out.readable() => None,
-        };
-        if let Some(n) = name.filter(|n| !policy.allows_host(n)) {
-            refuse(&ctx, &guest.id, &mut conn, &head, Some(n), addr).await;
-            return;
-        }
-        out
-    } else {
+    let by_net = policy.allows_addr(*dst.ip(), dst.port());
+    let resolved = !by_net && book.resolved_name(&guest.id, *dst.ip()).is_some();
+    if !by_net && !resolved {
         // Never connected; the name it sends, if any, is for the log.
         let name = first_bytes(&mut conn, &mut head).await;
         refuse(&ctx, &guest.id, &mut conn, &head, name, addr).await;
         return;
+    }
+    let secrets = ctx.vault.get(&guest.id);
+    let Ok(Ok(mut out)) = tokio::time::timeout(CONNECT, TcpStream::connect(dst)).await else {
+        return;
     };
+    let _ = out.set_nodelay(true);
     let _ = conn.set_nodelay(true);
+    // An address of an allowed name: the connection's own name, if it
+    // sends one, must be allowed too. A server that speaks first (SSH,
+    // SMTP) means no name is coming: judged by the address.
+    let name = if resolved || secrets.is_some() {
+        tokio::select! {
+            n = first_bytes(&mut conn, &mut head) => n,
+            _ = out.readable() => None,
+        }
+    } else {
+        None
+    };
+    if resolved {
+        if let Some(n) = name.as_ref().filter(|n| !policy.allows_host(n)) {
+            refuse(&ctx, &guest.id, &mut conn, &head, Some(n.clone()), addr).await;
+            return;
+        }
+    }
+    if let Some(s) = secrets {
+        let tls_to_secret_host =
+            head.first() == Some(&0x16) && name.as_deref().is_some_and(|n| s.for_host(n));
+        if let (true, Some(client), Some(host)) = (tls_to_secret_host, tls, name.clone()) {
+            let (c, vm) = (ctx.clone(), guest.id.clone());
+            let to = host.clone();
+            let leak = move |names: Vec<String>| {
+                c.egress.refuse(
+                    &vm,
+                    "secret",
+                    Some(format!("{} sent to {to}", names.join(","))),
+                    None,
+                )
+            };
+            if let Err(e) = super::mitm::serve(conn, head, host, out, s, client, leak).await {
+                tracing::info!(vm = %guest.name, "egress: a secret host's connection ended: {e}");
+            }
+            return;
+        }
+        let leaked = s.placeholders_in(&head);
+        if !leaked.is_empty() {
+            // Sent in the clear or to another host: never swapped.
+            let to = name.clone().unwrap_or_else(|| addr.clone());
+            book.refuse(
+                &guest.id,
+                "secret",
+                Some(format!("{} sent to {to}", leaked.join(","))),
+                Some(addr),
+            );
+        }
+    }
     if !head.is_empty() && out.write_all(&head).await.is_err() {
         return;
     }

@@ -167,6 +167,7 @@ pub(super) async fn restore_guest(
     )
     .await?;
     rec.restore_pending = false;
+    trust_ca(ctx, rec, agent).await?;
     accept_guest(ctx, vm, rec, health)?;
     crate::ops::snapshots::mark_used(ctx, snap);
     stages
@@ -179,6 +180,34 @@ pub(super) async fn restore_guest(
         .await;
     stages.ready().await;
     Ok(())
+}
+
+/// A VM with secrets trusts its own CA before anything runs in it (every
+/// boot and restore: a clone's CA is its own). Nothing to do without.
+pub(super) async fn trust_ca(
+    ctx: &Ctx,
+    rec: &VmRecord,
+    agent: &AgentSession,
+) -> Result<(), OpError> {
+    if rec.secrets.is_empty() {
+        return Ok(());
+    }
+    let s = ctx.vault.get(&rec.id).ok_or_else(|| {
+        OpError::failed(format!(
+            "VM {} has secrets but banger no longer has their values ({} is gone); delete it and make it again with --secret",
+            rec.name,
+            ctx.layout.state_dir.join("secrets").display()
+        ))
+    })?;
+    let argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        crate::ops::egress::secrets::TRUST_SCRIPT.into(),
+        "sh".into(),
+        s.ca_cert_pem.trim().to_string(),
+        format!("# banger egress CA of VM {}", rec.id),
+    ];
+    crate::ops::workspace::guest_step(agent, argv, "trusting the VM's egress CA").await
 }
 
 /// The agent answered: checks what it says (it is the guest's word) and
@@ -275,6 +304,7 @@ pub async fn resume_boot(
         };
         check_protocol(&rec, &health)?;
         wait_ready(ctx, &rec, &agent, pid, tokio::time::Instant::now() + ctx.timeouts.boot).await?;
+        trust_ca(ctx, &rec, &agent).await?;
         accept_guest(ctx, vm, &mut rec, health).map(drop)
     }
     .await;

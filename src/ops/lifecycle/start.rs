@@ -453,7 +453,10 @@ async fn agent_and_ready(
             .begin("boot", "waiting for the guest's boot to reach banger-ready")
             .await;
         match wait_ready(ctx, rec, &agent, pid, deadline).await {
-            Ok(r) => return Ok((health, r)),
+            Ok(r) => {
+                trust_ca(ctx, rec, &agent).await?;
+                return Ok((health, r));
+            }
             // Nothing has run in it yet: a guest stuck mid-boot gets one
             // fresh VMM, like one hung before its agent started.
             Err(ReadyError::Stuck(e)) if relaunch => {

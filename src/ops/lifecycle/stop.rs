@@ -163,6 +163,7 @@ pub async fn delete(ctx: &Ctx, vm: &dyn VmChildren, mut rec: VmRecord) -> Result
     removed?;
     ctx.store.delete_vm(&id)?;
     ctx.egress.forget(&id);
+    ctx.vault.forget(&id);
     refresh_ssh_config(ctx);
     Ok(())
 }
