@@ -284,9 +284,15 @@ fn a_policed_vm_reaches_only_what_it_allows_and_its_refusals_are_listed() {
 
     // What eg1 allows works, by name, over TLS and plain HTTP.
     let (rc, body) = curl(&env, "eg1", "https://allowed.test/");
-    assert_eq!((rc, body.as_str()), (0, "allowed allowed.test auth=None\n"));
+    assert_eq!(
+        (rc, body.as_str()),
+        (0, "allowed allowed.test auth-sha256=none\n")
+    );
     let (rc, body) = curl(&env, "eg1", "http://allowed.test/");
-    assert_eq!((rc, body.as_str()), (0, "allowed allowed.test auth=None\n"));
+    assert_eq!(
+        (rc, body.as_str()),
+        (0, "allowed allowed.test auth-sha256=none\n")
+    );
     // A name it does not allow does not resolve.
     let (rc, body) = curl(&env, "eg1", "https://denied.test/");
     assert_eq!(rc, 6, "{body}");
@@ -327,7 +333,10 @@ fn a_policed_vm_reaches_only_what_it_allows_and_its_refusals_are_listed() {
 
     // eg2's policy is its own: the other way round.
     let (rc, body) = curl(&env, "eg2", "https://denied.test/");
-    assert_eq!((rc, body.as_str()), (0, "denied denied.test auth=None\n"));
+    assert_eq!(
+        (rc, body.as_str()),
+        (0, "denied denied.test auth-sha256=none\n")
+    );
     let (rc, body) = curl(&env, "eg2", "https://allowed.test/");
     assert_eq!(rc, 6, "{body}");
 
@@ -364,7 +373,10 @@ fn a_policed_vm_reaches_only_what_it_allows_and_its_refusals_are_listed() {
     let o = env.banger_ok(&["vm", "set", "eg1", "--allow-host", "denied.test"]);
     assert!(o.contains("allow allowed.test, denied.test"), "{o}");
     let (rc, body) = curl(&env, "eg1", "https://denied.test/");
-    assert_eq!((rc, body.as_str()), (0, "denied denied.test auth=None\n"));
+    assert_eq!(
+        (rc, body.as_str()),
+        (0, "denied denied.test auth-sha256=none\n")
+    );
 
     // A refused connection in `vm run` is summed up after the command.
     let o = env.banger(&[
@@ -392,5 +404,191 @@ fn a_policed_vm_reaches_only_what_it_allows_and_its_refusals_are_listed() {
     let ipt = banger::host::nat::iptables().unwrap();
     let (nat, _) = env.netns.exec(&[ipt, "-t", "nat", "-S"]);
     assert!(!nat.contains("banger:"), "{nat}");
+    drop(out);
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Files under `dir` that hold `needle` (grep over their bytes).
+fn files_holding(dir: &Path, needle: &str) -> String {
+    let o = Command::new("grep")
+        .args(["-r", "-l", "-a", "-F", needle])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_secret_reaches_only_its_host_and_never_enters_the_guest() {
+    let _heavy = heavy();
+    let env = TestEnv::new();
+    let out = outside(&env);
+    let env = vm_env_from(
+        env,
+        &format!(
+            "[egress]\nresolvers = [\"{DNS_IP}\"]\nca_files = [\"{}\"]\n",
+            out.ca.display()
+        ),
+    );
+    let ca = std::fs::read(&out.ca).unwrap();
+    let value = format!("banger-test-secret-{}", std::process::id());
+    let file = env.root().join("token");
+    std::fs::write(&file, format!("{value}\n")).unwrap();
+    let secret = format!("TOKEN@allowed.test=file:{}", file.display());
+    env.banger_ok(&[
+        "vm",
+        "create",
+        "--name",
+        "sec",
+        "--secret",
+        &secret,
+        "--allow-host",
+        "denied.test",
+    ]);
+    let v = show(&env, "sec");
+    let placeholder = v["secrets"][0]["placeholder"].as_str().unwrap().to_string();
+    assert!(placeholder.starts_with("banger-placeholder-"), "{v}");
+    assert!(!v.to_string().contains(&value));
+    assert!(exec_with(&env, "sec", "cat > /root/ca.pem", &ca)
+        .status
+        .success());
+
+    // The guest sees the placeholder; its host gets the value, over TLS
+    // the guest verified against its VM's own CA (no --cacert).
+    let o = env.banger_ok(&[
+        "vm",
+        "exec",
+        "sec",
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$TOKEN\"",
+    ]);
+    assert_eq!(o, placeholder);
+    let auth = "curl -sS -m 15 -H \"Authorization: Bearer $TOKEN\"";
+    let o = env.banger_ok(&[
+        "vm",
+        "exec",
+        "sec",
+        "--",
+        "sh",
+        "-c",
+        &format!("{auth} https://allowed.test/"),
+    ]);
+    assert_eq!(
+        o,
+        format!(
+            "allowed allowed.test auth-sha256={}\n",
+            sha256_hex(&format!("Bearer {value}"))
+        )
+    );
+    // To another allowed host it arrives as it was sent.
+    let o = env.banger_ok(&[
+        "vm",
+        "exec",
+        "sec",
+        "--",
+        "sh",
+        "-c",
+        &format!("{auth} --cacert /root/ca.pem https://denied.test/"),
+    ]);
+    assert_eq!(
+        o,
+        format!(
+            "denied denied.test auth-sha256={}\n",
+            sha256_hex(&format!("Bearer {placeholder}"))
+        )
+    );
+    // Sent in the clear, even to its host: not swapped, and logged.
+    let o = env.banger_ok(&[
+        "vm",
+        "exec",
+        "sec",
+        "--",
+        "sh",
+        "-c",
+        &format!("{auth} http://allowed.test/"),
+    ]);
+    assert_eq!(
+        o,
+        format!(
+            "allowed allowed.test auth-sha256={}\n",
+            sha256_hex(&format!("Bearer {placeholder}"))
+        )
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&env.banger_ok(&["vm", "egress", "sec", "--json"])).unwrap();
+    assert!(
+        v["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "secret"),
+        "{v}"
+    );
+
+    // Nowhere in the guest: its processes' environments (every TOKEN in
+    // them is the placeholder), its disks, a snapshot of it. The value is
+    // never given to the guest, not even to search for it.
+    let o = env.banger_ok(&[
+        "vm",
+        "exec",
+        "sec",
+        "--",
+        "sh",
+        "-c",
+        "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null | grep '^TOKEN=' | sort -u",
+    ]);
+    assert_eq!(o, format!("TOKEN={placeholder}\n"));
+    env.banger_ok(&["vm", "snapshot", "sec", "--name", "secsnap"]);
+    let state = env.state_dir();
+    for d in ["vms", "snapshots"] {
+        assert_eq!(files_holding(&state.join(d), &value), "", "{d}");
+    }
+
+    // A clone has its own CA and placeholder, and its secret works.
+    let o = env.banger(&[
+        "vm",
+        "run",
+        "--rm",
+        "--from",
+        "secsnap",
+        "--secret",
+        &secret,
+        "--",
+        "sh",
+        "-c",
+        &format!("printf '%s\\n' \"$TOKEN\"; {auth} https://allowed.test/"),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (clone_ph, answer) = stdout.split_once('\n').unwrap();
+    assert!(
+        clone_ph.starts_with("banger-placeholder-") && clone_ph != placeholder,
+        "{stdout}"
+    );
+    assert_eq!(
+        answer,
+        format!(
+            "allowed allowed.test auth-sha256={}\n",
+            sha256_hex(&format!("Bearer {value}"))
+        )
+    );
+
+    // Gone with the VM.
+    env.banger_ok(&["vm", "delete", "sec"]);
+    assert_eq!(files_holding(&state, &value), "");
     drop(out);
 }
