@@ -378,20 +378,63 @@ fn a_policed_vm_reaches_only_what_it_allows_and_its_refusals_are_listed() {
         (0, "denied denied.test auth-sha256=none\n")
     );
 
-    // A refused connection in `vm run` is summed up after the command.
+    // `vm egress --follow` prints what was refused, and goes on.
+    let mut follow = env
+        .banger_cmd(&["vm", "egress", "eg1", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    await_line(&mut follow, false, &format!("refused tcp {DENIED_IP}:80"));
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // A repository's .banger.toml sets the policy of `vm run` (said on
+    // stderr); what it refused is summed up after the command.
+    let repo = env.root().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join(".banger.toml"),
+        "[egress]\nallow_hosts = [\"allowed.test\"]\n",
+    )
+    .unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "x",
+        ],
+    ] {
+        run_ok(Command::new("git").current_dir(&repo).args(args));
+    }
     let o = env.banger(&[
         "vm",
         "run",
         "--rm",
-        "--egress",
-        "deny",
+        repo.to_str().unwrap(),
         "--",
         "sh",
         "-c",
-        &format!("curl -s -m 10 http://{DENIED_IP}/ >/dev/null; true"),
+        &format!("curl -sS -m 10 http://allowed.test/ && curl -s -m 10 http://{DENIED_IP}/ >/dev/null; true"),
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "allowed allowed.test auth-sha256=none\n"
+    );
+    assert!(
+        err.contains(&format!(
+            "egress: deny; allow allowed.test (from {}/.banger.toml)",
+            repo.display()
+        )),
+        "{err}"
+    );
     assert!(
         err.contains(&format!("egress refused 1: tcp {DENIED_IP}:80 x1")),
         "{err}"

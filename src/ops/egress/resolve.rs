@@ -177,3 +177,67 @@ pub fn for_guest(guest: &Message, up: &Message) -> Option<Vec<u8>> {
     }
     m.to_vec().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 7;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    fn policy() -> crate::domain::egress::Allowances {
+        let mut p = crate::domain::egress::EgressPolicy::default();
+        p.allow(&["allowed.test".into(), "*.cdn.test".into()], &[])
+            .unwrap();
+        p.allowances()
+    }
+
+    #[test]
+    fn a_policed_question_is_allowed_refused_or_left_to_the_vm_zone() {
+        let p = policy();
+        assert!(
+            matches!(judge(&query("Allowed.Test."), &p), Some(Question::Allowed { name, .. }) if name == "allowed.test")
+        );
+        assert!(matches!(
+            judge(&query("x.cdn.test."), &p),
+            Some(Question::Allowed { .. })
+        ));
+        assert!(
+            matches!(judge(&query("denied.test."), &p), Some(Question::Refused { name }) if name == "denied.test")
+        );
+        // `<name>.vm` is answered as for any guest; garbage and responses
+        // are not questions.
+        assert!(judge(&query("dev.vm."), &p).is_none());
+        assert!(judge(b"\x00\x07garbage", &p).is_none());
+        let mut resp = Message::from_vec(&query("allowed.test.")).unwrap();
+        resp.metadata.message_type = MessageType::Response;
+        assert!(judge(&resp.to_vec().unwrap(), &p).is_none());
+        assert!(judge(&vec![0u8; crate::ops::dns::MAX_PACKET + 1], &p).is_none());
+    }
+
+    #[test]
+    fn an_answer_goes_back_under_the_guests_id_with_its_addresses() {
+        let guest = Message::from_vec(&query("allowed.test.")).unwrap();
+        let mut up = Message::new(999, MessageType::Response, hickory_proto::op::OpCode::Query);
+        up.add_query(guest.queries[0].clone());
+        up.add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("allowed.test.").unwrap(),
+            42,
+            RData::A(hickory_proto::rr::rdata::A("10.77.0.2".parse().unwrap())),
+        ));
+        assert_eq!(addresses(&up), [("10.77.0.2".parse().unwrap(), 42)]);
+        let back = Message::from_vec(&for_guest(&guest, &up).unwrap()).unwrap();
+        assert_eq!(back.metadata.id, 7);
+        assert_eq!(back.answers.len(), 1);
+        let failed = Message::from_vec(&failed(&guest).unwrap()).unwrap();
+        assert_eq!(
+            failed.metadata.response_code,
+            hickory_proto::op::ResponseCode::ServFail
+        );
+    }
+}
