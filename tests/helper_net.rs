@@ -64,7 +64,14 @@ fn bridge_and_taps_are_created_idempotently_and_foreign_interfaces_refused() {
             nat.contains("-i banger0") && nat.contains("--dport 53"),
             "{nat}"
         );
-        assert_eq!(inp.matches("--dport 42069").count(), 1, "{inp}");
+        // UDP: the name server; TCP: the egress proxy (policed guests).
+        assert_eq!(inp.matches("--dport 42069").count(), 2, "{inp}");
+        for proto in ["udp", "tcp"] {
+            assert!(
+                inp.contains(&format!("-d 172.16.0.1/32 -p {proto} -m {proto} --dport 42069")),
+                "{inp}"
+            );
+        }
         // DNS only at the bridge's own address: no blanket port 53 that
         // reaches resolvers on other host addresses.
         assert!(
@@ -75,6 +82,10 @@ fn bridge_and_taps_are_created_idempotently_and_foreign_interfaces_refused() {
         let (input, _) = ns.exec(&[ipt, "-w", "10", "-S", "INPUT"]);
         assert!(
             input.contains("-d 172.16.0.1/32 ! -i banger0 -p udp -m udp --dport 42069 -m addrtype ! --src-type LOCAL"),
+            "{input}"
+        );
+        assert!(
+            input.contains("-d 172.16.0.1/32 ! -i banger0 -p tcp -m tcp --dport 42069 -m addrtype ! --src-type LOCAL"),
             "{input}"
         );
         let (fwd, _) = ns.exec(&[ipt, "-w", "10", "-S", "banger0-fwd"]);
