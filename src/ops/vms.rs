@@ -332,6 +332,12 @@ pub async fn set(
         .egress
         .apply(rec.egress.as_ref())
         .map_err(OpError::invalid)?;
+    if new.egress.is_none() && !rec.secrets.is_empty() {
+        return Err(OpError::invalid(format!(
+            "VM {} has secrets: its traffic goes through banger's proxy, which keeps a policy; allow what it needs instead (--allow-host, --allow-net)",
+            rec.name
+        )));
+    }
     if new.egress.is_some() && ctx.config.network.dns_port == 0 {
         return Err(OpError::invalid(NO_DNS_NO_EGRESS));
     }

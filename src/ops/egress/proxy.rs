@@ -15,6 +15,8 @@ use crate::ops::Ctx;
 
 /// Connections through the proxy at once, all VMs together.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections of one VM at once (a guest cannot take all the others').
+pub const PER_VM: usize = 256;
 /// How long a connection may say nothing before it is judged by its
 /// address alone (protocols where the server speaks first).
 pub const FIRST_BYTES: Duration = Duration::from_secs(2);
@@ -35,6 +37,8 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
         }
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_vm: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -48,11 +52,47 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
             // Full: the guest's connection is closed, nothing queued.
             continue;
         };
+        let Some(vm_slot) = VmSlot::take(&per_vm, peer.ip()) else {
+            continue;
+        };
         let (ctx, running, tls) = (ctx.clone(), running.clone(), tls.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, vm_slot);
             handle(ctx, running, tls, conn, peer).await;
         });
+    }
+}
+
+/// One of a VM's [`PER_VM`] connections, given back when dropped.
+struct VmSlot(
+    Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    std::net::IpAddr,
+);
+
+impl VmSlot {
+    fn take(
+        map: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<VmSlot> {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= PER_VM {
+            return None;
+        }
+        *n += 1;
+        Some(VmSlot(map.clone(), ip))
+    }
+}
+
+impl Drop for VmSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
     }
 }
 
