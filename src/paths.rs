@@ -108,6 +108,10 @@ impl Layout {
     pub fn daemon_socket(&self) -> PathBuf {
         self.runtime_dir.join("bangerd.sock")
     }
+    /// The HTTP API's socket (`docs/api/openapi.json`).
+    pub fn api_socket(&self) -> PathBuf {
+        self.runtime_dir.join("api.sock")
+    }
     pub fn helper_socket(&self) -> PathBuf {
         self.runtime_dir.join("bangerd-root.sock")
     }

@@ -5,6 +5,7 @@
 mod support;
 
 mod agent;
+mod api;
 mod boot;
 mod daemon_cli;
 mod egress;

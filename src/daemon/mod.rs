@@ -7,6 +7,7 @@
 //! are routed to its actor in `vms.rs`, through the helpers of
 //! `requests.rs`; everything else calls `ops` directly.
 
+pub mod api;
 pub mod handler;
 pub mod instance;
 pub mod reconcile;
@@ -109,6 +110,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 struct Running {
     listener: UnixListener,
     socket: PathBuf,
+    /// The HTTP API's socket (`api.sock`, next to `socket`).
+    api: UnixListener,
+    api_socket: PathBuf,
     ctx: Arc<Ctx>,
     slots: Arc<Slots>,
     supervisor: ractor::ActorRef<SupervisorMsg>,
@@ -211,10 +215,17 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
     let listener = UnixListener::bind(&socket).ctx("binding", &socket)?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .ctx("chmod 0600", &socket)?;
-    tracing::info!(socket = %socket.display(), version = crate::version::VERSION, "bangerd ready");
+    let api_socket = ctx.layout.api_socket();
+    let _ = std::fs::remove_file(&api_socket);
+    let api = UnixListener::bind(&api_socket).ctx("binding", &api_socket)?;
+    std::fs::set_permissions(&api_socket, std::fs::Permissions::from_mode(0o600))
+        .ctx("chmod 0600", &api_socket)?;
+    tracing::info!(socket = %socket.display(), api = %api_socket.display(), version = crate::version::VERSION, "bangerd ready");
     Ok(Some(Running {
         listener,
         socket,
+        api,
+        api_socket,
         ctx,
         slots,
         supervisor,
@@ -235,6 +246,7 @@ impl Running {
             shutdown: shutdown.clone(),
             socket: self.socket.clone(),
         };
+        let api_task = tokio::spawn(api::serve(self.api, owner, handler.clone()));
         // Guest-written logs are kept bounded while we serve.
         let capper = tokio::spawn(crate::ops::logs::run(
             self.ctx.clone(),
@@ -248,6 +260,8 @@ impl Running {
         )
         .await;
         capper.abort();
+        api_task.abort();
+        let _ = std::fs::remove_file(&self.api_socket);
         tracing::info!("bangerd stopping");
         crate::actors::dns_server::unroute(&self.ctx).await;
         let _ = std::fs::remove_file(&self.socket);
