@@ -59,6 +59,18 @@ if [ ! -x "$FC_DIR/firecracker" ]; then
 fi
 cmp -s "$FC_DIR/firecracker" /usr/local/bin/firecracker || install -m 0755 -o root -g root "$FC_DIR/firecracker" /usr/local/bin/firecracker
 
+# The official MCP Python SDK (PyPI), for the MCP test's client, in a venv
+# of its own keyed by its version.
+MCP_VENV="$CACHE/tools/mcp-venv-1.30.0"
+if ! "$MCP_VENV/bin/python" -c 'import mcp.client.stdio' 2>/dev/null; then
+  echo "== installing the MCP Python SDK 1.30.0"
+  rm -rf "$MCP_VENV"
+  python3 -m venv "$MCP_VENV"
+  "$MCP_VENV/bin/python" -m pip install --quiet mcp==1.30.0
+fi
+"$MCP_VENV/bin/python" -c 'import mcp.client.stdio' || { echo "scripts/test.sh: the MCP SDK does not import" >&2; exit 1; }
+export BANGER_MCP_PYTHON="$MCP_VENV/bin/python"
+
 # Built images and downloaded packages shared by the tests, kept across runs.
 export BANGER_TEST_CACHE=${BANGER_TEST_CACHE:-$CACHE/test-cache}
 

@@ -5,6 +5,7 @@
 pub mod artifacts;
 pub mod client;
 pub mod exec;
+pub mod mcp;
 pub mod progress;
 pub mod render;
 pub mod run;
@@ -106,6 +107,11 @@ pub enum Command {
     /// Install banger as system services for daily use without sudo
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Serve the Model Context Protocol on stdio (tools: create_vm, exec, run, files, export_patch, ...)
+    #[command(
+        long_about = "A Model Context Protocol server on stdin/stdout for agents: its tools create\nand delete VMs, ship a repository into one, run commands, read, write and\nlist files and export the patch of the guest's edits, through banger's HTTP\nAPI. Configure an MCP client to start `banger mcp`."
+    )]
+    Mcp,
     /// Print version, commit and build time
     Version,
     /// Fault injection for tests (needs BANGER_TEST_HOOKS=1 on the daemon)
@@ -271,6 +277,7 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         Command::Snapshot(c) => artifacts::snapshot(ctx, c).await,
         Command::Ps(a) => vm::list(ctx, a.json).await,
         Command::Dns { json } => services::dns(ctx, json).await,
+        Command::Mcp => mcp::serve(ctx).await,
         Command::Doctor { json } => system::doctor(ctx, json).await,
         Command::System(c) => system::system(ctx, c).await,
         Command::SshConfig(a) => services::ssh_config(ctx, a).await,
