@@ -14,23 +14,7 @@ fn the_python_client_runs_execs_moves_files_and_exports_a_patch() {
     let _heavy = heavy();
     let env = vm_env();
     let repo = env.root().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("README"), "hello\n").unwrap();
-    for args in [
-        &["init", "-q"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "x",
-        ],
-    ] {
-        run_ok(Command::new("git").current_dir(&repo).args(args));
-    }
+    git_repo(&repo, &[("README", "hello\n")]);
     // Any command starts the daemon (and with it the API socket).
     env.banger_ok(&["vm", "list"]);
     let sock = env.daemon_socket().with_file_name("api.sock");
@@ -118,23 +102,7 @@ fn an_mcp_client_lists_the_tools_and_works_a_repository_through_them() {
     };
     let env = vm_env();
     let repo = env.root().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("README"), "hello\n").unwrap();
-    for args in [
-        &["init", "-q"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "x",
-        ],
-    ] {
-        run_ok(Command::new("git").current_dir(&repo).args(args));
-    }
+    git_repo(&repo, &[("README", "hello\n")]);
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_client_check.py");
     let child = env

@@ -391,27 +391,13 @@ fn a_policed_vm_reaches_only_what_it_allows_and_its_refusals_are_listed() {
     // A repository's .banger.toml sets the policy of `vm run` (said on
     // stderr); what it refused is summed up after the command.
     let repo = env.root().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(
-        repo.join(".banger.toml"),
-        "[egress]\nallow_hosts = [\"allowed.test\"]\n",
-    )
-    .unwrap();
-    for args in [
-        &["init", "-q"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "x",
-        ],
-    ] {
-        run_ok(Command::new("git").current_dir(&repo).args(args));
-    }
+    git_repo(
+        &repo,
+        &[(
+            ".banger.toml",
+            "[egress]\nallow_hosts = [\"allowed.test\"]\n",
+        )],
+    );
     let o = env.banger(&[
         "vm",
         "run",
@@ -516,15 +502,8 @@ fn a_secret_reaches_only_its_host_and_never_enters_the_guest() {
     ]);
     assert_eq!(o, placeholder);
     let auth = "curl -sS -m 15 -H \"Authorization: Bearer $TOKEN\"";
-    let o = env.banger_ok(&[
-        "vm",
-        "exec",
-        "sec",
-        "--",
-        "sh",
-        "-c",
-        &format!("{auth} https://allowed.test/"),
-    ]);
+    let sh = |script: &str| env.banger_ok(&["vm", "exec", "sec", "--", "sh", "-c", script]);
+    let o = sh(&format!("{auth} https://allowed.test/"));
     assert_eq!(
         o,
         format!(
@@ -533,15 +512,9 @@ fn a_secret_reaches_only_its_host_and_never_enters_the_guest() {
         )
     );
     // To another allowed host it arrives as it was sent.
-    let o = env.banger_ok(&[
-        "vm",
-        "exec",
-        "sec",
-        "--",
-        "sh",
-        "-c",
-        &format!("{auth} --cacert /root/ca.pem https://denied.test/"),
-    ]);
+    let o = sh(&format!(
+        "{auth} --cacert /root/ca.pem https://denied.test/"
+    ));
     assert_eq!(
         o,
         format!(
@@ -550,15 +523,7 @@ fn a_secret_reaches_only_its_host_and_never_enters_the_guest() {
         )
     );
     // Sent in the clear, even to its host: not swapped, and logged.
-    let o = env.banger_ok(&[
-        "vm",
-        "exec",
-        "sec",
-        "--",
-        "sh",
-        "-c",
-        &format!("{auth} http://allowed.test/"),
-    ]);
+    let o = sh(&format!("{auth} http://allowed.test/"));
     assert_eq!(
         o,
         format!(

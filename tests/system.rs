@@ -502,23 +502,7 @@ fn an_unprivileged_owner_runs_vms_through_the_root_helper() {
     std::fs::write(etc.join("group"), group).unwrap();
     // A repository of the owner's for a workspace run.
     let repo = home.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("hello.txt"), "from the owner's repo\n").unwrap();
-    for args in [
-        &["init", "-q"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "x",
-        ],
-    ] {
-        run_ok(Command::new("git").arg("-C").arg(&repo).args(args));
-    }
+    git_repo(&repo, &[("hello.txt", "from the owner's repo\n")]);
     chown_tree(env.root(), OWNER);
 
     // The owner's daemon comes up without a helper, and says how to get one.

@@ -472,3 +472,26 @@ pub fn output_within(mut child: std::process::Child, what: &str, timeout: Durati
         stderr: err.join().unwrap(),
     }
 }
+
+/// A git repository at `dir` holding `files` (name, content), committed.
+pub fn git_repo(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    for args in [
+        &["init", "-q"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "x",
+        ],
+    ] {
+        run_ok(Command::new("git").arg("-C").arg(dir).args(args));
+    }
+}

@@ -96,15 +96,18 @@ class Banger:
         except (ValueError, KeyError, TypeError):
             raise BangerError("operation_failed", data.decode(errors="replace"), resp.status)
 
-    def _json(self, method, path, body=None, query=None):
-        c, r = self._request(method, path, body, query)
+    def _bytes(self, method, path, body=None, query=None, raw=False):
+        c, r = self._request(method, path, body, query, raw=raw)
         try:
             data = r.read()
         finally:
             c.close()
         if r.status != 200:
             self._raise(r, data)
-        return json.loads(data)
+        return data
+
+    def _json(self, method, path, body=None, query=None):
+        return json.loads(self._bytes(method, path, body, query))
 
     def _stream(self, method, path, body, on_event=None):
         """Calls a streamed operation: each event to `on_event` (and the
@@ -185,23 +188,10 @@ class Banger:
     # -- files and workspaces -------------------------------------------
 
     def read_file(self, name, path):
-        c, r = self._request("GET", f"/v1/vms/{name}/files", query={"path": path})
-        try:
-            data = r.read()
-        finally:
-            c.close()
-        if r.status != 200:
-            self._raise(r, data)
-        return data
+        return self._bytes("GET", f"/v1/vms/{name}/files", query={"path": path})
 
     def write_file(self, name, path, data):
-        c, r = self._request("PUT", f"/v1/vms/{name}/files", body=bytes(data), query={"path": path}, raw=True)
-        try:
-            out = r.read()
-        finally:
-            c.close()
-        if r.status != 200:
-            self._raise(r, out)
+        out = self._bytes("PUT", f"/v1/vms/{name}/files", bytes(data), {"path": path}, raw=True)
         return json.loads(out)
 
     def list_files(self, name, path):
@@ -215,14 +205,7 @@ class Banger:
 
     def export_patch(self, name, base_commit=None):
         q = {"base_commit": base_commit} if base_commit else None
-        c, r = self._request("GET", f"/v1/vms/{name}/patch", query=q)
-        try:
-            data = r.read()
-        finally:
-            c.close()
-        if r.status != 200:
-            self._raise(r, data)
-        return data
+        return self._bytes("GET", f"/v1/vms/{name}/patch", query=q)
 
     # -- the rest -------------------------------------------------------
 
