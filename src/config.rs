@@ -57,10 +57,21 @@ struct RawConfig {
     network: RawNetwork,
     #[serde(default)]
     egress: RawEgress,
+    #[serde(default)]
+    api: RawApi,
     /// Where `--secret NAME@HOST` finds NAME's value when the environment
     /// has none: `NAME = "file:/path"` or `"env:VAR"`.
     #[serde(default)]
     secrets: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    /// A loopback `ADDRESS:PORT` where the daemon serves its HTTP API and
+    /// web dashboard (token required) from the start; without it the port
+    /// opens, on a free one, when `banger dashboard` first asks.
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +247,9 @@ pub struct Config {
     pub egress: EgressConfig,
     /// `[secrets]`: NAME → `file:PATH` or `env:VAR`.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// `[api] listen`: the dashboard's loopback address, served from the
+    /// start (else opened on demand on a free port).
+    pub api_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -324,6 +338,10 @@ impl Config {
             }
         };
         let egress = resolve_egress(&raw.egress).map_err(|(k, m)| invalid(k, m))?;
+        let api_listen = match &raw.api.listen {
+            None => None,
+            Some(a) => Some(parse_loopback(a).map_err(|m| invalid("api.listen", m))?),
+        };
         let vmm = match &raw.vmm {
             Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,
             None => Default::default(),
@@ -338,12 +356,26 @@ impl Config {
             tcg_tb_mib,
             egress,
             secrets: raw.secrets.clone(),
+            api_listen,
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),
             network,
         })
     }
+}
+
+/// A loopback `ADDRESS:PORT` (the API's TCP port serves this host only).
+fn parse_loopback(a: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = a
+        .parse()
+        .map_err(|e| format!("{a:?} is not ADDRESS:PORT ({e}); e.g. \"127.0.0.1:7180\""))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{a:?} is not a loopback address: the dashboard serves this host only; use 127.0.0.1:PORT"
+        ));
+    }
+    Ok(addr)
 }
 
 /// The `[network]` table, checked: (key, what is wrong) on a bad value.
@@ -609,6 +641,13 @@ mod tests {
         assert!(c.warm_start, "warm starts by default");
         assert!(!load("warm_start = false\n", host(4, 8)).unwrap().warm_start);
         assert_eq!(c.tcg_tb_mib, DEFAULT_TCG_TB_MIB);
+        assert_eq!(c.api_listen, None);
+        let api = load("[api]\nlisten = \"127.0.0.1:7180\"\n", host(4, 8)).unwrap();
+        assert_eq!(api.api_listen, Some("127.0.0.1:7180".parse().unwrap()));
+        let e = load("[api]\nlisten = \"0.0.0.0:7180\"\n", host(4, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api.listen") && e.contains("loopback"), "{e}");
         let small = load("tcg_tb_size_mib = 64\n", host(4, 8)).unwrap();
         assert_eq!(small.tcg_tb_mib, 64);
         let e = load("tcg_tb_size_mib = 4\n", host(4, 8))

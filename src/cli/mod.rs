@@ -112,6 +112,13 @@ pub enum Command {
         long_about = "A Model Context Protocol server on stdin/stdout for agents: its tools create\nand delete VMs, ship a repository into one, run commands, read, write and\nlist files and export the patch of the guest's edits, through banger's HTTP\nAPI. Configure an MCP client to start `banger mcp`."
     )]
     Mcp,
+    /// Open the web dashboard: prints a loopback URL that signs a browser in
+    #[command(long_about = DASHBOARD_LONG)]
+    Dashboard {
+        /// Print JSON (url and the API's bearer token)
+        #[arg(long)]
+        json: bool,
+    },
     /// Print version, commit and build time
     Version,
     /// Fault injection for tests (needs BANGER_TEST_HOOKS=1 on the daemon)
@@ -125,6 +132,15 @@ pub enum Command {
         shell: Shell,
     },
 }
+
+const DASHBOARD_LONG: &str = "\
+The daemon serves its HTTP API and a web dashboard on a loopback port: VMs
+with their state, address, image and uptime, live creates, the serial log,
+images, kernels and snapshots; create, stop, start and delete. The port
+opens when this command first asks (on a free port, or on [api] listen from
+the config). Every request needs the daemon's token: the printed URL sets
+it as a cookie in the browser that opens it; other clients send
+Authorization: Bearer TOKEN (--json prints it).";
 
 const DOCTOR_LONG: &str = "\
 Check what this host can do and say what to fix; changes nothing.
@@ -278,6 +294,7 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         Command::Ps(a) => vm::list(ctx, a.json).await,
         Command::Dns { json } => services::dns(ctx, json).await,
         Command::Mcp => mcp::serve(ctx).await,
+        Command::Dashboard { json } => services::dashboard(ctx, json).await,
         Command::Doctor { json } => system::doctor(ctx, json).await,
         Command::System(c) => system::system(ctx, c).await,
         Command::SshConfig(a) => services::ssh_config(ctx, a).await,

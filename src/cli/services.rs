@@ -210,6 +210,25 @@ pub async fn health(ctx: &Ctx, name: String, json: bool) -> Result<u8, CliError>
     Ok(if h.agent_ok { 0 } else { 1 })
 }
 
+/// `banger dashboard`: opens the loopback port if need be and prints the
+/// URL that signs a browser in.
+pub async fn dashboard(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
+    let (url, token) = match call(ctx, Request::Dashboard).await? {
+        Reply::Dashboard { url, token } => (url, token),
+        other => return Err(client::unexpected(other)),
+    };
+    if json {
+        out(&render::json(
+            &serde_json::json!({"url": url, "token": token}),
+        ))?;
+    } else {
+        out(&format!(
+            "{url}\nOpen it in a browser on this host; it signs the browser in. The link is\nvalid until the daemon restarts; keep it to yourself.\n"
+        ))?;
+    }
+    Ok(0)
+}
+
 pub async fn dns(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
     let d = match call(ctx, Request::Dns).await? {
         Reply::Dns(d) => d,

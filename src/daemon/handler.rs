@@ -41,6 +41,8 @@ pub struct DaemonHandler {
     pub started: Instant,
     pub shutdown: Arc<Notify>,
     pub socket: PathBuf,
+    /// The API's loopback port (and its token).
+    pub web: Arc<super::api::Web>,
 }
 
 impl DaemonHandler {
@@ -293,6 +295,13 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
             Request::Dns => services::dns(slots).await,
             Request::VmEgress { name } => services::egress(ctx, slots, &name).await,
             Request::SshConfig => services::ssh_config(ctx),
+            Request::Dashboard => {
+                let a = self.web.ensure(self).await?;
+                Ok(Reply::Dashboard {
+                    url: self.web.url(a),
+                    token: self.web.token().to_string(),
+                })
+            }
             #[cfg(feature = "test-hooks")]
             Request::TestHook(h) => services::test_hook(slots, h).await,
             Request::WorkspacePlan(spec) => {
@@ -355,6 +364,7 @@ mod tests {
             started: Instant::now(),
             shutdown: Arc::new(Notify::new()),
             socket: PathBuf::from("/nonexistent"),
+            web: Arc::new(crate::daemon::api::Web::new(None)),
         };
         let call = |request| Call {
             request_id: "t".into(),

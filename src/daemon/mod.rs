@@ -245,7 +245,13 @@ impl Running {
             started: self.started,
             shutdown: shutdown.clone(),
             socket: self.socket.clone(),
+            web: Arc::new(api::Web::new(self.ctx.config.api_listen)),
         };
+        if self.ctx.config.api_listen.is_some() {
+            if let Err(e) = handler.web.ensure(&handler).await {
+                tracing::warn!("{}", e.message);
+            }
+        }
         let api_task = tokio::spawn(api::serve(self.api, owner, handler.clone()));
         // Guest-written logs are kept bounded while we serve.
         let capper = tokio::spawn(crate::ops::logs::run(

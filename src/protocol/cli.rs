@@ -200,6 +200,10 @@ pub enum Request {
     },
     /// A VM's egress policy and what it refused. Answers [`Reply::Egress`].
     VmEgress { name: String },
+    /// Opens the HTTP API and web dashboard on loopback TCP (`[api]
+    /// listen`, else a free port) if it is not open yet. Answers
+    /// [`Reply::Dashboard`].
+    Dashboard,
     /// Fault injection for tests: only in builds with the `test-hooks`
     /// feature (the test suite's), and refused unless the daemon was
     /// started with `BANGER_TEST_HOOKS=1`. Answers [`Reply::Done`].
@@ -208,7 +212,7 @@ pub enum Request {
 }
 
 impl Methods for Request {
-    const COUNT: u32 = 47 + cfg!(feature = "test-hooks") as u32;
+    const COUNT: u32 = 48 + cfg!(feature = "test-hooks") as u32;
 }
 
 /// What `vm run` asks for. Paths are absolute (the client's view).
@@ -269,9 +273,7 @@ impl Request {
         #[cfg(feature = "test-hooks")]
         return Request::TestHook(TestHook::PanicDns);
         #[cfg(not(feature = "test-hooks"))]
-        Request::VmEgress {
-            name: String::new(),
-        }
+        Request::Dashboard
     }
 
     /// Method name for logs.
@@ -326,6 +328,7 @@ impl Request {
             Request::VmRun(_) => "vm.run",
             Request::WorkspacePlan(_) => "workspace.plan",
             Request::VmEgress { .. } => "vm.egress",
+            Request::Dashboard => "dashboard",
         }
     }
 }
@@ -385,6 +388,12 @@ pub enum Reply {
         notice: Option<String>,
     },
     Egress(crate::domain::egress::EgressView),
+    /// Where the dashboard is: `url` signs the browser in (it carries the
+    /// token); `token` is the bearer token of the loopback API.
+    Dashboard {
+        url: String,
+        token: String,
+    },
 }
 
 /// What `banger daemon status` shows.

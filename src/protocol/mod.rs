@@ -26,7 +26,7 @@ pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped on any incompatible change to either message set.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// First frame from a client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

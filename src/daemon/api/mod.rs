@@ -9,7 +9,10 @@
 //! once ([`ROUTES`]) and `docs/api/openapi.json` is tested against them.
 
 mod files;
+mod web;
 mod wire;
+
+pub use web::Web;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +58,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/images"),
     ("get", "/v1/kernels"),
     ("get", "/v1/events"),
+    ("get", "/v1/vms/{name}/log"),
+    ("get", "/v1/defaults"),
 ];
 
 #[derive(Clone)]
@@ -72,6 +77,19 @@ struct Running {
 }
 
 impl Api {
+    /// Calls made as the daemon's owner (who alone reaches the API).
+    fn new(h: DaemonHandler) -> Api {
+        Api {
+            h,
+            peer: Peer {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+                pid: None,
+            },
+            calls: Arc::default(),
+        }
+    }
+
     fn start(&self, request: Request) -> Running {
         let (ev_tx, events) = mpsc::channel(crate::protocol::conn::EVENT_QUEUE);
         let (inputs, in_rx) = mpsc::channel(crate::protocol::conn::INPUT_QUEUE);
@@ -395,6 +413,51 @@ async fn snapshot(
     answer(&api, &headers, req, None).await
 }
 
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    bytes: Option<u64>,
+}
+
+/// The last bytes of a VM's serial console (default 16 KiB, at most
+/// 256 KiB), as text, cut at a character boundary.
+async fn log(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let serial = match api.finish(Request::VmLogs { name }).await {
+        Ok(Reply::Logs { serial, .. }) => serial,
+        Ok(_) => return bad(RpcError::failed("the daemon answered no log")),
+        Err(e) => return bad(e),
+    };
+    let want = q.bytes.unwrap_or(16 << 10).min(256 << 10) as usize;
+    let mut start = serial.len().saturating_sub(want);
+    while !serial.is_char_boundary(start) {
+        start += 1;
+    }
+    (
+        [("content-type", "text/plain; charset=utf-8")],
+        serial[start..].to_string(),
+    )
+        .into_response()
+}
+
+/// What a create without options gets (the dashboard shows it).
+async fn defaults(State(api): State<Api>) -> Response {
+    let c = &api.h.ctx.config;
+    let image = crate::ops::images::default_image(&api.h.ctx).ok();
+    json_response(
+        200,
+        &json!({
+            "vcpu": c.vm_defaults.vcpu.value,
+            "memory_mib": c.vm_defaults.memory_mib.value,
+            "disk_bytes": c.vm_defaults.disk_bytes.value,
+            "vmm": c.vmm,
+            "image": image,
+        }),
+    )
+}
+
 async fn egress(State(api): State<Api>, Path(name): Path<String>) -> Response {
     reply_response(api.finish(Request::VmEgress { name }).await)
 }
@@ -492,6 +555,8 @@ fn router(api: Api) -> Router {
         .route("/v1/images", get(images))
         .route("/v1/kernels", get(kernels))
         .route("/v1/events", get(events))
+        .route("/v1/vms/{name}/log", get(log))
+        .route("/v1/defaults", get(defaults))
         .fallback(|| async {
             bad(RpcError::new(
                 crate::protocol::ErrorCode::NotFound,
@@ -561,20 +626,11 @@ impl axum::serve::Listener for OwnerOnly {
 
 /// Serves the API on `listener` until the task is aborted.
 pub async fn serve(listener: tokio::net::UnixListener, owner: u32, h: DaemonHandler) {
-    let api = Api {
-        h,
-        peer: Peer {
-            uid: owner,
-            gid: nix::unistd::getegid().as_raw(),
-            pid: None,
-        },
-        calls: Arc::default(),
-    };
     let l = OwnerOnly {
         inner: listener,
         owner,
     };
-    if let Err(e) = axum::serve(l, router(api)).await {
+    if let Err(e) = axum::serve(l, router(Api::new(h))).await {
         tracing::warn!("the HTTP API stopped: {e}");
     }
 }
