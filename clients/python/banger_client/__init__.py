@@ -1,7 +1,10 @@
 """A small client of banger's HTTP API (docs/api/openapi.json), standard
 library only. It talks to the daemon's Unix socket
 (`$XDG_RUNTIME_DIR/banger/api.sock`; the daemon must be running: any
-`banger` command starts it).
+`banger` command starts it), or its loopback port with a token (what
+`banger dashboard --json` prints):
+
+    b = Banger(url="http://127.0.0.1:7180", token="...")
 
     from banger_client import Banger
     b = Banger()
@@ -64,19 +67,25 @@ class Banger:
     """One client; each call opens its own connection (threads may share
     a client)."""
 
-    def __init__(self, socket_path=None, timeout=3600):
+    def __init__(self, socket_path=None, timeout=3600, url=None, token=None):
         self.socket_path = socket_path or default_socket()
         self.timeout = timeout
+        self.url = urllib.parse.urlsplit(url) if url else None
+        self.token = token
 
     # -- plumbing -------------------------------------------------------
 
     def _conn(self):
+        if self.url:
+            return http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=self.timeout)
         return _UnixConnection(self.socket_path, self.timeout)
 
     def _request(self, method, path, body=None, query=None, headers=None, raw=False):
         if query:
             path += "?" + urllib.parse.urlencode(query)
         h = dict(headers or {})
+        if self.token:
+            h["authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None and not raw:
             data = json.dumps(body).encode()
