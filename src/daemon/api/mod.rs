@@ -60,6 +60,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/events"),
     ("get", "/v1/vms/{name}/log"),
     ("get", "/v1/defaults"),
+    ("post", "/v1/images"),
 ];
 
 #[derive(Clone)]
@@ -474,6 +475,20 @@ async fn images(State(api): State<Api>) -> Response {
     reply_response(api.finish(Request::ImageList).await)
 }
 
+/// An image pull, its stages streamed when asked (like the CLI's).
+async fn pull(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    let b: wire::PullBody = match body_json(&body) {
+        Ok(b) => b,
+        Err(e) => return bad(e),
+    };
+    let req = Request::ImagePull {
+        reference: b.reference,
+        name: b.name,
+        insecure: b.insecure,
+    };
+    answer(&api, &headers, req, None).await
+}
+
 async fn kernels(State(api): State<Api>) -> Response {
     reply_response(api.finish(Request::KernelList).await)
 }
@@ -552,7 +567,7 @@ fn router(api: Api) -> Router {
         .route("/v1/run", post(run))
         .route("/v1/snapshots", get(snapshots))
         .route("/v1/snapshots/{name}", delete(snapshot_delete))
-        .route("/v1/images", get(images))
+        .route("/v1/images", get(images).post(pull))
         .route("/v1/kernels", get(kernels))
         .route("/v1/events", get(events))
         .route("/v1/vms/{name}/log", get(log))

@@ -260,3 +260,16 @@ pub struct SnapshotBody {
     #[serde(default)]
     pub stop: bool,
 }
+
+/// `POST /v1/images`: pull an OCI image (a reference or a catalog name).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullBody {
+    pub reference: String,
+    /// The image's name here (default: from the reference).
+    pub name: Option<String>,
+    /// Plain HTTP or an unverified certificate (loopback registries need
+    /// neither).
+    #[serde(default)]
+    pub insecure: bool,
+}

@@ -148,10 +148,55 @@ async function loadDefaults() {
   field("disk_size").placeholder = Number.isInteger(gib) ? `${gib}G` : `${Math.round(d.disk_bytes / 1048576)}M`;
 }
 
-function progressLine(text, cls) {
+function progressLine(list, text, cls) {
   const li = el("li", { class: cls || "" }, text);
-  $("#progress").append(li);
+  list.append(li);
   return li;
+}
+
+// A streamed call (NDJSON): each stage as it starts and ends in `list`;
+// answers the result, or throws the error.
+async function streamed(path, body, list) {
+  list.replaceChildren();
+  const stages = new Map();
+  const r = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "Accept": "application/x-ndjson", "X-Banger": "1" },
+    body: JSON.stringify(body),
+  });
+  if (!r.ok) {
+    const v = await r.json().catch(() => null);
+    throw new Error(v && v.error ? `${v.error.message} (${v.error.code})` : `${r.status}`);
+  }
+  const reader = r.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += dec.decode(value, { stream: true });
+    let nl;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      if (!line.trim()) continue;
+      const m = JSON.parse(line);
+      if (m.event === "stage") {
+        const text = `${m.stage}${m.detail ? ": " + m.detail : ""}`;
+        const li = stages.get(m.stage) || progressLine(list, text);
+        stages.set(m.stage, li);
+        li.textContent = m.done ? `${text} (${(m.elapsed_ms / 1000).toFixed(1)} s)` : text + " …";
+        if (m.done) li.className = "done";
+      } else if (m.event === "log") {
+        progressLine(list, m.line, "done");
+      } else if (m.result) {
+        return m.result;
+      } else if (m.error) {
+        throw new Error(`${m.error.message} (${m.error.code})`);
+      }
+    }
+  }
+  throw new Error("the stream ended without a result");
 }
 
 // A create, streamed: each stage as it starts and ends, then the VM.
@@ -165,53 +210,38 @@ async function create(ev) {
   if (field("memory_mib").value) body.memory_mib = Number(field("memory_mib").value);
   if (field("disk_size").value.trim()) body.disk_size = field("disk_size").value.trim();
   if (field("nat").checked) body.nat = true;
-  $("#progress").replaceChildren();
+  const list = $("#progress");
   $("#create-button").disabled = true;
-  const stages = new Map();
   try {
-    const r = await fetch("/v1/vms", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "Accept": "application/x-ndjson", "X-Banger": "1" },
-      body: JSON.stringify(body),
-    });
-    if (!r.ok) {
-      const v = await r.json().catch(() => null);
-      throw new Error(v && v.error ? v.error.message : `${r.status}`);
-    }
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += dec.decode(value, { stream: true });
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (!line.trim()) continue;
-        const m = JSON.parse(line);
-        if (m.event === "stage") {
-          const text = `${m.stage}${m.detail ? ": " + m.detail : ""}`;
-          const li = stages.get(m.stage) || progressLine(text);
-          stages.set(m.stage, li);
-          li.textContent = m.done ? `${text} (${(m.elapsed_ms / 1000).toFixed(1)} s)` : text + " …";
-          if (m.done) li.className = "done";
-        } else if (m.event === "log") {
-          progressLine(m.line, "done");
-        } else if (m.result) {
-          progressLine(`${m.result.name} is ${m.result.state}${m.result.ip ? " at " + m.result.ip : ""}`, "result");
-          field("name").value = "";
-        } else if (m.error) {
-          progressLine(`${m.error.message} (${m.error.code})`, "failed");
-        }
-      }
-    }
+    const vm = await streamed("/v1/vms", body, list);
+    progressLine(list, `${vm.name} is ${vm.state}${vm.ip ? " at " + vm.ip : ""}`, "result");
+    field("name").value = "";
   } catch (e) {
-    progressLine("create failed: " + e.message, "failed");
+    progressLine(list, "create failed: " + e.message, "failed");
   } finally {
     $("#create-button").disabled = false;
     refreshVms();
+  }
+}
+
+// A pull, streamed the same way, then the image.
+async function pull(ev) {
+  ev.preventDefault();
+  const field = (n) => ev.target.elements.namedItem(n);
+  const body = { reference: field("reference").value.trim() };
+  if (field("as").value.trim()) body.name = field("as").value.trim();
+  const list = $("#pull-progress");
+  $("#pull-button").disabled = true;
+  try {
+    const img = await streamed("/v1/images", body, list);
+    progressLine(list, `image ${img.name} is ready (${bytes(img.rootfs_bytes)})`, "result");
+    field("reference").value = "";
+    field("as").value = "";
+  } catch (e) {
+    progressLine(list, "pull failed: " + e.message, "failed");
+  } finally {
+    $("#pull-button").disabled = false;
+    refreshArtifacts().catch(() => {});
   }
 }
 
@@ -271,6 +301,7 @@ function listen() {
 
 async function main() {
   $("#create").addEventListener("submit", create);
+  $("#pull").addEventListener("submit", pull);
   $("#log-close").addEventListener("click", closeLog);
   listen();
   await refreshVms();
