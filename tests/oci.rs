@@ -212,6 +212,7 @@ fn image_pull_from_a_registry_applies_layers_and_boots_without_an_init() {
         .as_str()
         .unwrap()
         .starts_with("oci:127.0.0.1:5000/banger/tiny:v1@sha256:"));
+    crate::api::api_pull_streams_its_stages(&env);
     let rootfs = Path::new(img["dir"].as_str().unwrap()).join("rootfs.ext4");
     let ls = |p: &str| debugfs(&rootfs, &format!("ls -l {p}"));
     assert!(!ls("/etc").contains(" gone"), "{}", ls("/etc"));
