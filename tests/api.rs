@@ -9,6 +9,34 @@ use std::time::Duration;
 use crate::support::*;
 use crate::vms::vm_env;
 
+/// Runs a check script (`c`) to its end within `limit`, asserting it
+/// succeeded and printed `ok <check>` for each of `checks`; its stdout.
+fn checks(mut c: Command, what: &str, limit: Duration, checks: &[&str]) -> String {
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, what, limit);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in checks {
+        assert!(
+            said.lines().any(|l| l == format!("ok {check}")),
+            "{what}, {check}: {said}"
+        );
+    }
+    said
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
 #[test]
 fn the_python_client_runs_execs_moves_files_and_exports_a_patch() {
     let _heavy = heavy();
@@ -19,41 +47,25 @@ fn the_python_client_runs_execs_moves_files_and_exports_a_patch() {
     env.banger_ok(&["vm", "list"]);
     let sock = env.daemon_socket().with_file_name("api.sock");
     assert!(sock.exists(), "{}", sock.display());
-    let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/api_client_check.py");
-    let child = env
-        .netns
-        .command("python3")
-        .arg(&script)
+    let mut c = env.netns.command("python3");
+    c.arg(fixture("tests/fixtures/api_client_check.py"))
         .arg(&sock)
         .arg(&repo)
-        .env("PYTHONPATH", &client)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, "the API client checks", Duration::from_secs(1200));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        .env("PYTHONPATH", fixture("clients/python"));
+    checks(
+        c,
+        "the API client checks",
+        Duration::from_secs(1200),
+        &[
+            "errors carry the CLI's code",
+            "run with stdin and exit code",
+            "20 MB output whole",
+            "file round trip",
+            "patch export",
+            "four concurrent runs",
+            "delete",
+        ],
     );
-    for check in [
-        "errors carry the CLI's code",
-        "run with stdin and exit code",
-        "20 MB output whole",
-        "file round trip",
-        "patch export",
-        "four concurrent runs",
-        "delete",
-    ] {
-        assert!(
-            said.lines().any(|l| l == format!("ok {check}")),
-            "{check}: {said}"
-        );
-    }
 }
 
 #[test]
@@ -103,32 +115,17 @@ fn an_mcp_client_lists_the_tools_and_works_a_repository_through_them() {
     let env = vm_env();
     let repo = env.root().join("repo");
     git_repo(&repo, &[("README", "hello\n")]);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_client_check.py");
-    let child = env
-        .netns
-        .command(python)
-        .arg(&script)
+    let mut c = env.netns.command(python);
+    c.arg(fixture("tests/fixtures/mcp_client_check.py"))
         .arg(bin("banger"))
         .arg(&repo)
-        .envs(env.envs())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, "the MCP client", Duration::from_secs(900));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        .envs(env.envs());
+    checks(
+        c,
+        "the MCP client",
+        Duration::from_secs(900),
+        &["tools listed", "run in a fresh vm", "step by step"],
     );
-    for check in ["tools listed", "run in a fresh vm", "step by step"] {
-        assert!(
-            said.lines().any(|l| l == format!("ok {check}")),
-            "{check}: {said}"
-        );
-    }
 }
 
 /// `banger dashboard --json`: the loopback URL and the bearer token.
@@ -150,52 +147,31 @@ fn the_loopback_port_refuses_wrong_tokens_foreign_pages_and_big_bodies() {
     assert!(url.ends_with(&format!("/login?token={token}")), "{url}");
     // Asked again, the same port: it opens once.
     assert_eq!(dashboard(&env).0, url);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/dashboard_guard_check.py");
-    let run = |extra: &[&str]| {
-        let mut c = env.netns.command("/usr/bin/python3");
-        c.arg(&script).arg(&url).arg(&token);
-        c.args(extra);
-        let child = c
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        output_within(
-            child,
-            "the dashboard guard checks",
-            Duration::from_secs(300),
-        )
-    };
-    let out = run(&[]);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let script = fixture("tests/fixtures/dashboard_guard_check.py");
+    let mut c = env.netns.command("/usr/bin/python3");
+    c.arg(&script).arg(&url).arg(&token);
+    checks(
+        c,
+        "the dashboard guard checks",
+        Duration::from_secs(300),
+        &[
+            "no token is refused",
+            "a wrong cookie is refused",
+            "a wrong bearer token is refused",
+            "a wrong sign-in link is refused",
+            "a foreign Host is refused",
+            "a foreign Origin is refused",
+            "a cookie-only change without X-Banger is refused",
+            "a cookie change with X-Banger passes the guard",
+            "the bearer token lists VMs",
+            "the cookie opens the dashboard",
+            "a body over 64 MiB is refused",
+        ],
     );
-    for check in [
-        "no token is refused",
-        "a wrong cookie is refused",
-        "a wrong bearer token is refused",
-        "a wrong sign-in link is refused",
-        "a foreign Host is refused",
-        "a foreign Origin is refused",
-        "a cookie-only change without X-Banger is refused",
-        "a cookie change with X-Banger passes the guard",
-        "the bearer token lists VMs",
-        "the cookie opens the dashboard",
-        "a body over 64 MiB is refused",
-    ] {
-        assert!(
-            said.lines().any(|l| l == format!("ok {check}")),
-            "{check}: {said}"
-        );
-    }
     // Another uid on the same port, without the owner's token (the daemon
     // hands it out only on its owner's socket), gets nothing.
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", env.netns.name))
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", env.netns.name))
         .arg(format!("--setuid={OTHER_UID}"))
         .arg(format!("--setgid={OTHER_UID}"))
         .arg("--")
@@ -205,17 +181,12 @@ fn the_loopback_port_refuses_wrong_tokens_foreign_pages_and_big_bodies() {
         .arg(std::fs::read_to_string(&script).unwrap())
         .arg(&url)
         .arg("not-the-token")
-        .arg("other-uid")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, "another uid's requests", Duration::from_secs(120));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("ok no token is refused"),
-        "{said}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        .arg("other-uid");
+    checks(
+        c,
+        "another uid's requests",
+        Duration::from_secs(120),
+        &["no token is refused"],
     );
     let log = env.daemon_log();
     assert!(!log.contains(&token), "the token is not logged");
@@ -229,39 +200,23 @@ fn the_dashboard_shows_a_vm_a_create_and_a_delete_in_chromium() {
     let (url, _) = dashboard(&env);
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/dashboard_browser_check.py");
-    let child = env
-        .netns
-        .command("/usr/bin/python3")
-        .arg(&script)
+    let mut c = env.netns.command("/usr/bin/python3");
+    c.arg(fixture("tests/fixtures/dashboard_browser_check.py"))
         .arg(&url)
         .arg(&shots)
         .arg("shown")
-        .arg("made-in-browser")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = output_within(child, "the browser", Duration::from_secs(1200));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}\n{}\ndaemon log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        env.daemon_log()
+        .arg("made-in-browser");
+    checks(
+        c,
+        "the browser",
+        Duration::from_secs(1200),
+        &[
+            "lists a running vm",
+            "serial log",
+            "a create progresses to running",
+            "a delete removes it",
+        ],
     );
-    for check in [
-        "lists a running vm",
-        "serial log",
-        "a create progresses to running",
-        "a delete removes it",
-    ] {
-        assert!(
-            said.lines().any(|l| l == format!("ok {check}")),
-            "{check}: {said}"
-        );
-    }
     for png in [
         "01-running.png",
         "02-creating.png",
