@@ -43,6 +43,8 @@ pub struct DaemonHandler {
     pub socket: PathBuf,
     /// The API's loopback port (and its token).
     pub web: Arc<super::api::Web>,
+    /// Every watched call's stages, for `/v1/events`.
+    pub activity: Arc<super::activity::Activity>,
 }
 
 impl DaemonHandler {
@@ -278,6 +280,15 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
     ) -> Result<Reply, RpcError> {
         let method = call.request.method();
         tracing::debug!(request_id = %call.request_id, uid = peer.uid, method, "request");
+        let watched = super::activity::Activity::watched(method).then(|| super::activity::Call {
+            request_id: call.request_id.clone(),
+            method,
+            target: super::activity::target(&call.request),
+        });
+        let events = match &watched {
+            Some(w) => self.activity.tap(w.clone(), events),
+            None => events,
+        };
         let (ctx, slots) = (&self.ctx, &self.slots);
         let res = match call.request {
             Request::Ping => Ok(Reply::Pong),
@@ -333,6 +344,9 @@ impl Handler<Request, Event, Reply> for DaemonHandler {
         if let Err(e) = &res {
             tracing::info!(request_id = %call.request_id, method, code = %e.code, "request failed: {}", e.message);
         }
+        if let Some(w) = watched {
+            self.activity.end(w, &res);
+        }
         res
     }
 }
@@ -365,6 +379,7 @@ mod tests {
             shutdown: Arc::new(Notify::new()),
             socket: PathBuf::from("/nonexistent"),
             web: Arc::new(crate::daemon::api::Web::new(None)),
+            activity: Default::default(),
         };
         let call = |request| Call {
             request_id: "t".into(),

@@ -7,8 +7,9 @@
 //! are routed to its actor in `vms.rs`, through the helpers of
 //! `requests.rs`; everything else calls `ops` directly.
 
+pub mod activity;
 pub mod api;
-pub mod handler;
+mod handler;
 pub mod instance;
 pub mod reconcile;
 pub mod requests;
@@ -246,6 +247,7 @@ impl Running {
             shutdown: shutdown.clone(),
             socket: self.socket.clone(),
             web: Arc::new(api::Web::new(self.ctx.config.api_listen)),
+            activity: Default::default(),
         };
         if self.ctx.config.api_listen.is_some() {
             if let Err(e) = handler.web.ensure(&handler).await {

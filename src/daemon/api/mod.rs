@@ -494,9 +494,11 @@ async fn kernels(State(api): State<Api>) -> Response {
 }
 
 /// Server-sent events: each VM's state as it changes (`event: vm`), from
-/// the store (read again only after a VM was written).
+/// the store (read again only after a VM was written), and every watched
+/// call's stages and end, whoever made it (`event: progress`).
 async fn events(State(api): State<Api>) -> Response {
     let ctx = api.h.ctx.clone();
+    let mut notes = api.h.activity.subscribe();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let mut seen: std::collections::HashMap<String, (String, Option<String>)> =
@@ -534,9 +536,26 @@ async fn events(State(api): State<Api>) -> Response {
                     }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
-                _ = tx.closed() => return,
+            let sleep = tokio::time::sleep(std::time::Duration::from_millis(250));
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = tx.closed() => return,
+                    n = notes.recv() => match n {
+                        Ok(n) => {
+                            let line = format!("event: progress\ndata: {}\n\n", json!(n));
+                            if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            sleep.as_mut().await;
+                            break;
+                        }
+                    },
+                }
             }
         }
     });

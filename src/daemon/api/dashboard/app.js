@@ -4,7 +4,8 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { vms: [], shown: "", defaults: null, logVm: null, refreshing: null };
+const state = { vms: [], shown: "", defaults: null, logVm: null, refreshing: null, ops: new Map() };
+const KEEP_OPS = 12;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -292,11 +293,42 @@ async function pollLog() {
   } catch (_) { /* the next poll tries again */ }
 }
 
+// One line per call, whoever made it: its stages as they come, then how
+// it ended.
+function onProgress(ev) {
+  const n = JSON.parse(ev.data);
+  let op = state.ops.get(n.request_id);
+  if (!op) {
+    op = { method: n.method, stages: new Map(), about: "", li: el("li", { class: "running", "data-request": n.request_id }) };
+    state.ops.set(n.request_id, op);
+    $("#activity").prepend(op.li);
+    $("#no-activity").hidden = true;
+    while (state.ops.size > KEEP_OPS) {
+      const [oldest] = state.ops.keys();
+      state.ops.get(oldest).li.remove();
+      state.ops.delete(oldest);
+    }
+  }
+  if (n.kind === "stage") {
+    // A create's first stage says where it lands.
+    if (n.stage === "reserve" && n.detail) op.about = n.detail;
+    op.stages.set(n.stage, n.done);
+  } else if (n.kind === "end") {
+    op.li.className = n.ok ? "ok" : "failed";
+    op.end = n.ok ? "done" : "failed: " + (n.message || "");
+  }
+  const stages = [...op.stages].map(([s, done]) => done ? s + " ✓" : s).join(", ");
+  op.li.replaceChildren(
+    el("span", { class: "what" }, op.method + (n.target ? " " + n.target : "")),
+    ` ${op.about ? "(" + op.about + ")" : ""} ${stages}${op.end ? " — " + op.end : ""}`);
+}
+
 function listen() {
   const es = new EventSource("/v1/events");
   es.addEventListener("open", () => { $("#live").textContent = "live"; $("#live").className = "pill on"; });
   es.addEventListener("error", () => { $("#live").textContent = "offline"; $("#live").className = "pill off"; });
   es.addEventListener("vm", scheduleRefresh);
+  es.addEventListener("progress", onProgress);
 }
 
 async function main() {
