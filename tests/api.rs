@@ -205,7 +205,9 @@ fn the_dashboard_shows_a_vm_a_create_and_a_delete_in_chromium() {
         .arg(&url)
         .arg(&shots)
         .arg("shown")
-        .arg("made-in-browser");
+        .arg("made-in-browser")
+        .arg(bin("banger"))
+        .envs(env.envs());
     checks(
         c,
         "the browser",
@@ -215,6 +217,7 @@ fn the_dashboard_shows_a_vm_a_create_and_a_delete_in_chromium() {
             "serial log",
             "a create progresses to running",
             "a delete removes it",
+            "activity shows a create from the cli",
         ],
     );
     for png in [
@@ -222,6 +225,7 @@ fn the_dashboard_shows_a_vm_a_create_and_a_delete_in_chromium() {
         "02-creating.png",
         "03-created.png",
         "04-deleted.png",
+        "05-activity.png",
     ] {
         let b = std::fs::read(shots.join(png)).unwrap();
         assert!(b.starts_with(b"\x89PNG"), "{png}");
