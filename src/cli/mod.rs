@@ -136,8 +136,9 @@ pub enum Command {
 const DASHBOARD_LONG: &str = "\
 The daemon serves its HTTP API and a web dashboard on a loopback port: VMs
 with their state, address, image and uptime, the stages of every create,
-run and pull as they happen (whichever client asked), the serial log,
-images, kernels and snapshots; create, pull, stop, start and delete. The port
+run and pull as they happen (whichever client asked), a terminal into a
+VM, the serial log, images, kernels and snapshots; create, pull, stop,
+start and delete. The port
 opens when this command first asks (on a free port, or on [api] listen from
 the config). Every request needs the daemon's token: the printed URL sets
 it as a cookie in the browser that opens it; other clients send

@@ -9,6 +9,7 @@
 //! once ([`ROUTES`]) and `docs/api/openapi.json` is tested against them.
 
 mod files;
+mod terminal;
 mod web;
 mod wire;
 
@@ -61,6 +62,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/vms/{name}/log"),
     ("get", "/v1/defaults"),
     ("post", "/v1/images"),
+    ("get", "/v1/vms/{name}/terminal"),
 ];
 
 #[derive(Clone)]
@@ -591,6 +593,7 @@ fn router(api: Api) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/vms/{name}/log", get(log))
         .route("/v1/defaults", get(defaults))
+        .route("/v1/vms/{name}/terminal", get(terminal::terminal))
         .fallback(|| async {
             bad(RpcError::new(
                 crate::protocol::ErrorCode::NotFound,

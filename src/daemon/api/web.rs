@@ -30,7 +30,11 @@ const COOKIE: &str = "banger_token";
 const INDEX: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
 const APP_CSS: &str = include_str!("dashboard/app.css");
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+const XTERM_JS: &str = include_str!("dashboard/vendor/xterm-6.0.0/xterm.js");
+const XTERM_CSS: &str = include_str!("dashboard/vendor/xterm-6.0.0/xterm.css");
+// xterm.js sizes its rows with a <style> element of its own: inline
+// styles are allowed, inline scripts are not.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// The loopback listener: where it binds and, once bound, where it is.
 pub struct Web {
@@ -135,6 +139,14 @@ fn pages() -> Router {
             get(page(APP_JS, "text/javascript; charset=utf-8")),
         )
         .route("/app.css", get(page(APP_CSS, "text/css; charset=utf-8")))
+        .route(
+            "/vendor/xterm.js",
+            get(page(XTERM_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/vendor/xterm.css",
+            get(page(XTERM_CSS, "text/css; charset=utf-8")),
+        )
 }
 
 #[derive(serde::Deserialize)]

@@ -6,6 +6,7 @@
 const $ = (sel) => document.querySelector(sel);
 const state = { vms: [], shown: "", defaults: null, logVm: null, refreshing: null, ops: new Map() };
 const KEEP_OPS = 12;
+const term = { ws: null, xterm: null, vm: null };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -80,6 +81,7 @@ function renderVms() {
     const start = el("button", { "data-act": "start", onclick: () => act(v.name, "start") }, "start");
     const del = el("button", { class: "danger", "data-act": "delete", onclick: () => remove(v.name) }, "delete");
     const log = el("button", { "data-act": "log", onclick: () => openLog(v.name) }, "log");
+    const shell = el("button", { "data-act": "terminal", onclick: () => openTerminal(v.name) }, "terminal");
     tb.append(el("tr", { "data-vm": v.name },
       el("td", { class: "name" }, v.name),
       el("td", { class: "state state-" + v.state, title: v.last_error || v.agent_error || "" }, v.state),
@@ -88,7 +90,7 @@ function renderVms() {
       el("td", {}, `${v.vcpu} × ${bytes(v.memory_mib * 1048576)}`),
       el("td", { class: "uptime", "data-since": running ? String(v.started_at_unix || "") : "" },
         running ? ago(v.started_at_unix) : ""),
-      el("td", {}, stoppable ? stop : start, " ", log, " ", del)));
+      el("td", {}, stoppable ? stop : start, " ", running ? shell : "", running ? " " : "", log, " ", del)));
   }
 }
 
@@ -260,10 +262,49 @@ async function remove(name) {
   try {
     await api("DELETE", `/v1/vms/${encodeURIComponent(name)}`);
     if (state.logVm === name) closeLog();
+    if (term.vm === name) closeTerminal();
   } catch (e) {
     showError(`delete ${name}: ${e.message}`);
   }
   refreshVms();
+}
+
+// A login shell in the VM on xterm.js, over a WebSocket: binary frames
+// both ways, a text frame for a resize, the last one says how it ended.
+function openTerminal(name) {
+  closeTerminal();
+  term.vm = name;
+  $("#term-vm").textContent = name;
+  $("#term-status").textContent = "connecting…";
+  $("#term-section").hidden = false;
+  const x = new Terminal({ rows: 30, cols: 100, cursorBlink: true, scrollback: 5000 });
+  term.xterm = x;
+  x.open($("#term"));
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}/v1/vms/${encodeURIComponent(name)}/terminal?rows=${x.rows}&cols=${x.cols}`);
+  ws.binaryType = "arraybuffer";
+  term.ws = ws;
+  const enc = new TextEncoder();
+  ws.onopen = () => { $("#term-status").textContent = "connected"; x.focus(); };
+  ws.onmessage = (m) => {
+    if (typeof m.data !== "string") { x.write(new Uint8Array(m.data)); return; }
+    const v = JSON.parse(m.data);
+    const end = v.error ? `error: ${v.error.message}` : `exited ${v.exit}`;
+    $("#term-status").textContent = end;
+    x.write(`\r\n[${end}]\r\n`);
+  };
+  ws.onclose = () => { if (term.ws === ws) $("#term-status").textContent += " (closed)"; };
+  x.onData((d) => { if (ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d)); });
+  x.onResize(({ rows, cols }) => {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ resize: { rows, cols } }));
+  });
+}
+
+function closeTerminal() {
+  if (term.ws) { const ws = term.ws; term.ws = null; ws.close(); }
+  if (term.xterm) { term.xterm.dispose(); term.xterm = null; }
+  term.vm = null;
+  $("#term-section").hidden = true;
 }
 
 function openLog(name) {
@@ -335,6 +376,7 @@ async function main() {
   $("#create").addEventListener("submit", create);
   $("#pull").addEventListener("submit", pull);
   $("#log-close").addEventListener("click", closeLog);
+  $("#term-close").addEventListener("click", closeTerminal);
   listen();
   await refreshVms();
   try {
