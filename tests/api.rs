@@ -161,6 +161,7 @@ fn the_loopback_port_refuses_wrong_tokens_foreign_pages_and_big_bodies() {
             "a wrong sign-in link is refused",
             "a foreign Host is refused",
             "a foreign Origin is refused",
+            "a terminal from another origin is refused",
             "a cookie-only change without X-Banger is refused",
             "a cookie change with X-Banger passes the guard",
             "the bearer token lists VMs",
@@ -215,6 +216,7 @@ fn the_dashboard_shows_a_vm_a_create_and_a_delete_in_chromium() {
         &[
             "lists a running vm",
             "serial log",
+            "terminal",
             "a create progresses to running",
             "a delete removes it",
             "activity shows a create from the cli",
@@ -222,6 +224,7 @@ fn the_dashboard_shows_a_vm_a_create_and_a_delete_in_chromium() {
     );
     for png in [
         "01-running.png",
+        "01b-terminal.png",
         "02-creating.png",
         "03-created.png",
         "04-deleted.png",
