@@ -9,7 +9,7 @@
 
 pub mod activity;
 pub mod api;
-mod handler;
+pub mod handler;
 pub mod instance;
 pub mod reconcile;
 pub mod requests;
