@@ -637,14 +637,14 @@ fn socket_rows(layout: &Layout, i: &InstallInfo) -> Vec<Check> {
             ),
         });
     }
-    let dev = crate::version::VERSION == "dev";
-    if !dev && i.version != crate::version::VERSION {
+    let dev = crate::version::version() == "dev";
+    if !dev && i.version != crate::version::version() {
         rows.push(row(
             "versions",
             Status::Warn,
             format!(
                 "this banger is {}, the installed services {}",
-                crate::version::VERSION,
+                crate::version::version(),
                 i.version
             ),
             Some("reinstall from this build: sudo banger system install".into()),

@@ -400,7 +400,7 @@ async fn message(socket: &std::path::Path, m: &Value) -> Option<Value> {
             json!({
                 "protocolVersion": PROTOCOL,
                 "capabilities": {"tools": {"listChanged": false}},
-                "serverInfo": {"name": "banger", "version": crate::version::VERSION},
+                "serverInfo": {"name": "banger", "version": crate::version::version()},
                 "instructions": "Throwaway Linux microVMs: create_vm, prepare_workspace (a host repository into /root/repo), exec, read_file/write_file/list_files, export_patch, delete_vm; or run for a fresh VM deleted afterwards."
             }),
         ),

@@ -90,7 +90,7 @@ async fn install(ctx: &Ctx, owner: Option<String>) -> Result<u8, CliError> {
         owner: user.name.clone(),
         owner_uid: user.uid.as_raw(),
         owner_gid: user.gid.as_raw(),
-        version: crate::version::VERSION.into(),
+        version: crate::version::version().into(),
         commit: crate::version::COMMIT.into(),
         bin_dir: system::BIN_DIR.into(),
         installed_at_unix: std::time::SystemTime::now()
@@ -145,7 +145,7 @@ async fn status(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
         out(&render::json(&serde_json::json!({
             "installed": info,
             "services": services,
-            "cli_version": crate::version::VERSION,
+            "cli_version": crate::version::version(),
             "daemon_version": daemon,
             "daemon_socket": ctx.layout.daemon_socket(),
             "helper_socket": ctx.layout.helper_socket(),
@@ -172,7 +172,7 @@ async fn status(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
     for (u, s) in &services {
         t.row([u.clone(), s.clone()]);
     }
-    t.row(["cli".to_string(), crate::version::VERSION.to_string()]);
+    t.row(["cli".to_string(), crate::version::version().to_string()]);
     t.row([
         "daemon".to_string(),
         daemon.unwrap_or_else(|| "not reachable".into()),

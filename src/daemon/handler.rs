@@ -62,7 +62,7 @@ impl DaemonHandler {
         let vm_count = self.ctx.store.list_vms()?.len() as u32;
         Ok(Reply::Status(DaemonStatus {
             pid: std::process::id(),
-            version: crate::version::VERSION.into(),
+            version: crate::version::version().into(),
             commit: crate::version::COMMIT.into(),
             protocol_version: crate::protocol::PROTOCOL_VERSION,
             uptime_ms: self.started.elapsed().as_millis() as u64,

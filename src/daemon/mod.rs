@@ -221,7 +221,7 @@ async fn start(opts: DaemonOptions) -> Result<Option<Running>, DaemonError> {
     let api = UnixListener::bind(&api_socket).ctx("binding", &api_socket)?;
     std::fs::set_permissions(&api_socket, std::fs::Permissions::from_mode(0o600))
         .ctx("chmod 0600", &api_socket)?;
-    tracing::info!(socket = %socket.display(), api = %api_socket.display(), version = crate::version::VERSION, "bangerd ready");
+    tracing::info!(socket = %socket.display(), api = %api_socket.display(), version = crate::version::version(), "bangerd ready");
     Ok(Some(Running {
         listener,
         socket,

@@ -20,7 +20,7 @@ impl Build {
     /// This binary's.
     pub fn this() -> Build {
         Build {
-            version: crate::version::VERSION.into(),
+            version: crate::version::version().into(),
             commit: crate::version::COMMIT.into(),
         }
     }

@@ -343,7 +343,7 @@ impl Handler<PrivRequest, NoEvent, PrivReply> for PrivHandler {
         let res = match call.request {
             PrivRequest::Ping => Ok(PrivReply::Pong {
                 pid: std::process::id(),
-                version: crate::version::VERSION.into(),
+                version: crate::version::version().into(),
                 owner_uid: self.owner_uid,
             }),
             PrivRequest::Shutdown => {

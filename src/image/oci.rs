@@ -259,7 +259,7 @@ async fn pull_manifest(
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .redirect(reqwest::redirect::Policy::limited(5))
-        .user_agent(format!("banger {}", crate::version::VERSION))
+        .user_agent(format!("banger {}", crate::version::version()))
         .build()
         .map_err(|e| OciError::Other(format!("an HTTP client: {e}")))?;
     let mut reference = r.clone();

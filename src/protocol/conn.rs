@@ -185,7 +185,7 @@ pub async fn serve_connection<R, E, P, H>(
                     ErrorCode::UnknownMethod,
                     format!(
                         "method #{tag} is not known to this server (version {}); use matching banger binaries",
-                        crate::version::VERSION
+                        crate::version::version()
                     ),
                 )
                 .with_request(&request_id);

@@ -39,7 +39,7 @@ impl Hello {
     pub fn current() -> Hello {
         Hello {
             protocol_version: PROTOCOL_VERSION,
-            client_version: crate::version::VERSION.to_string(),
+            client_version: crate::version::version().to_string(),
         }
     }
 }
@@ -196,14 +196,14 @@ pub fn answer_hello(hello: &Hello) -> HelloReply {
                 "client {} speaks protocol {}, this server ({}) speaks {}; run matching banger binaries (restart the daemon after an upgrade: banger daemon stop)",
                 hello.client_version,
                 hello.protocol_version,
-                crate::version::VERSION,
+                crate::version::version(),
                 PROTOCOL_VERSION
             ),
         ));
     }
     HelloReply::Welcome {
         protocol_version: PROTOCOL_VERSION,
-        server_version: crate::version::VERSION.to_string(),
+        server_version: crate::version::version().to_string(),
         server_pid: std::process::id(),
     }
 }
