@@ -41,7 +41,9 @@ missing=()
 for p in "${BANGER_APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-broken=$(banger_broken_tools | tr '\n' ' ')
+# A package that is missing is not also listed as one whose tool does not run.
+broken=$(banger_broken_tools | grep -vxF -f <(printf '%s\n' "${missing[@]}" "") | tr '\n' ' ' || true)
+broken=${broken% }
 TARGET=${CARGO_TARGET_DIR:-target}
 changes=()
 [ ${#missing[@]} -gt 0 ] && changes+=("apt-get install ${missing[*]}")
