@@ -59,6 +59,8 @@ struct RawConfig {
     egress: RawEgress,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    update: RawUpdate,
     /// Where `--secret NAME@HOST` finds NAME's value when the environment
     /// has none: `NAME = "file:/path"` or `"env:VAR"`.
     #[serde(default)]
@@ -72,6 +74,14 @@ struct RawApi {
     /// web dashboard (token required) from the start; without it the port
     /// opens, on a free one, when `banger dashboard` first asks.
     listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    /// Where `banger update` finds releases (`<url>/latest`,
+    /// `<url>/<version>/SHA256SUMS`, ...): an `https://` or `http://` URL.
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +260,8 @@ pub struct Config {
     /// `[api] listen`: the dashboard's loopback address, served from the
     /// start (else opened on demand on a free port).
     pub api_listen: Option<std::net::SocketAddr>,
+    /// `[update] url`: where `banger update` looks for releases.
+    pub update_url: Option<String>,
 }
 
 impl Config {
@@ -342,6 +354,16 @@ impl Config {
             None => None,
             Some(a) => Some(parse_loopback(a).map_err(|m| invalid("api.listen", m))?),
         };
+        let update_url = match &raw.update.url {
+            None => None,
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => Some(u.clone()),
+            Some(u) => {
+                return Err(invalid(
+                    "update.url",
+                    format!("{u:?} is not an http(s) URL; give where releases are published, e.g. https://example.org/banger"),
+                ))
+            }
+        };
         let vmm = match &raw.vmm {
             Some(v) => v.parse().map_err(|m| invalid("vmm", m))?,
             None => Default::default(),
@@ -357,6 +379,7 @@ impl Config {
             egress,
             secrets: raw.secrets.clone(),
             api_listen,
+            update_url,
             path: path.to_path_buf(),
             file_exists: exists,
             vm_defaults: resolve_defaults(&raw.vm_defaults, disk, host),

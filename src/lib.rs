@@ -23,6 +23,7 @@ pub mod names;
 pub mod ops;
 pub mod paths;
 pub mod protocol;
+pub mod release;
 pub mod size;
 pub mod store;
 pub mod supervise;

@@ -1,4 +1,4 @@
-//! Downloads of catalog bundles: streamed into a temporary file, hashed
+//! Downloads of catalog bundles and release tarballs: streamed into a temporary file, hashed
 //! while they stream, capped at the size the catalog names, and renamed to
 //! their content address (`sha256-<hex>.tar.zst`) only when the sha256
 //! matches. Nothing unverified ever carries the final name.
@@ -69,7 +69,7 @@ async fn fetch_into(
         .map_err(|e| format!("downloading {url}: {e}"))?;
     if let Some(len) = resp.content_length().filter(|&l| l > max_bytes) {
         return Err(format!(
-            "{url} is {len} bytes, more than the catalog's size {max_bytes}; the entry is out of date"
+            "{url} is {len} bytes, more than the {max_bytes} expected; the catalog or release is out of date"
         ));
     }
     // Removed on every early return: nothing partial stays behind.
@@ -89,7 +89,7 @@ async fn fetch_into(
         got += chunk.len() as u64;
         if got > max_bytes {
             return Err(format!(
-                "{url} sent more than the catalog's size {max_bytes} bytes; refused"
+                "{url} sent more than the {max_bytes} bytes expected; refused"
             ));
         }
         h.update(&chunk);
@@ -110,7 +110,7 @@ async fn fetch_into(
     let actual = crate::digest::hex(&h.finalize());
     if actual != sha256 {
         return Err(format!(
-            "{url} has sha256 {actual}, the catalog pins {sha256}: refused (nothing was kept)"
+            "{url} has sha256 {actual}, not the pinned {sha256}: refused (nothing was kept)"
         ));
     }
     out.sync_all()
