@@ -32,11 +32,12 @@ mkdir -p "$CACHE" && chmod 755 "$CACHE"
 # the egress tests' web servers. dnsmasq and openssl: the egress tests' name
 # server and test CA ("outside" the VM, in a namespace of the test's).
 # chromium, chromium-driver and Debian's selenium: the dashboard's browser
-# test (headless, with /usr/bin/python3).
+# test (headless, with /usr/bin/python3). binutils' objcopy: the update
+# test makes releases with scripts/release.sh, which stamps their version.
 banger_install_deps bind9-dnsutils docker-registry skopeo umoci python3 dnsmasq-base openssl \
-  chromium chromium-driver python3-selenium
+  chromium chromium-driver python3-selenium binutils
 for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version" "python3 --version" "dnsmasq --version" "openssl version" \
-  "chromium --version" "chromedriver --version"; do
+  "chromium --version" "chromedriver --version" "objcopy --version"; do
   if ! $t >/dev/null 2>&1; then
     echo "scripts/test.sh: ${t%% *} does not run after installing it" >&2
     exit 1

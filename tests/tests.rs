@@ -20,5 +20,6 @@ mod services;
 mod snapshots;
 mod store_crash;
 mod system;
+mod update;
 mod vms;
 mod workspaces;

@@ -12,6 +12,7 @@ pub mod run;
 pub mod services;
 pub mod style;
 pub mod system;
+pub mod update;
 pub mod vm;
 
 use std::io::Write;
@@ -121,6 +122,9 @@ pub enum Command {
     },
     /// Print version, commit and build time
     Version,
+    /// Install a newer signed release (or --check for one)
+    #[command(long_about = update::UPDATE_LONG)]
+    Update(update::UpdateArgs),
     /// Fault injection for tests (needs BANGER_TEST_HOOKS=1 on the daemon)
     #[cfg(feature = "test-hooks")]
     #[command(subcommand, hide = true)]
@@ -298,6 +302,7 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<u8, CliError> {
         Command::Mcp => mcp::serve(ctx).await,
         Command::Dashboard { json } => services::dashboard(ctx, json).await,
         Command::Doctor { json } => system::doctor(ctx, json).await,
+        Command::Update(a) => update::update(ctx, a).await,
         Command::System(c) => system::system(ctx, c).await,
         Command::SshConfig(a) => services::ssh_config(ctx, a).await,
         #[cfg(feature = "test-hooks")]
@@ -363,34 +368,10 @@ async fn daemon(ctx: &Ctx, cmd: DaemonCommand) -> Result<u8, CliError> {
             Ok(0)
         }
         DaemonCommand::Stop => {
-            let mut c = match client::connect(layout, false).await {
-                Ok(c) => c,
-                Err(e) if e.kind == ErrorKind::DaemonNotRunning => {
-                    out("bangerd is not running\n")?;
-                    return Ok(0);
-                }
-                Err(e) => return Err(e),
-            };
-            let server_pid = c.server.pid;
-            // The daemon may close the connection as it exits: the pid from the
-            // handshake is enough to wait on.
-            let pid = match client::request(&mut c, layout, Request::Shutdown, |_| {}).await {
-                Ok(Reply::ShuttingDown { pid }) => pid,
-                Ok(other) => return Err(client::unexpected(other)),
-                Err(e) if e.kind == ErrorKind::Connection => server_pid,
-                Err(e) => return Err(e),
-            };
-            drop(c);
-            if !crate::host::process::wait_exit(pid, Duration::from_secs(30)).await {
-                return Err(CliError::local(
-                    "timeout",
-                    format!(
-                        "bangerd (pid {pid}) did not exit within 30s; see {}",
-                        layout.daemon_log().display()
-                    ),
-                ));
+            match stop_daemon(layout).await? {
+                Some(pid) => out(&format!("stopped bangerd (pid {pid})\n"))?,
+                None => out("bangerd is not running\n")?,
             }
-            out(&format!("stopped bangerd (pid {pid})\n"))?;
             Ok(0)
         }
         DaemonCommand::Status { json } => {
@@ -441,6 +422,36 @@ async fn daemon(ctx: &Ctx, cmd: DaemonCommand) -> Result<u8, CliError> {
             Ok(0)
         }
     }
+}
+
+/// Stops the daemon (and the helper it started) and waits for it to exit;
+/// its pid, or None when none was running. Running VMs keep running.
+pub(crate) async fn stop_daemon(layout: &crate::paths::Layout) -> Result<Option<u32>, CliError> {
+    let mut c = match client::connect(layout, false).await {
+        Ok(c) => c,
+        Err(e) if e.kind == ErrorKind::DaemonNotRunning => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let server_pid = c.server.pid;
+    // The daemon may close the connection as it exits: the pid from the
+    // handshake is enough to wait on.
+    let pid = match client::request(&mut c, layout, Request::Shutdown, |_| {}).await {
+        Ok(Reply::ShuttingDown { pid }) => pid,
+        Ok(other) => return Err(client::unexpected(other)),
+        Err(e) if e.kind == ErrorKind::Connection => server_pid,
+        Err(e) => return Err(e),
+    };
+    drop(c);
+    if !crate::host::process::wait_exit(pid, Duration::from_secs(30)).await {
+        return Err(CliError::local(
+            "timeout",
+            format!(
+                "bangerd (pid {pid}) did not exit within 30s; see {}",
+                layout.daemon_log().display()
+            ),
+        ));
+    }
+    Ok(Some(pid))
 }
 
 /// `vm create|run --help` names the defaults that apply on this host
