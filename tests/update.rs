@@ -134,6 +134,17 @@ impl Installed<'_> {
     fn daemon(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["daemon", "status", "--json"])).unwrap()
     }
+    /// doctor's "banger release" row: (status, detail).
+    fn release_row(&self) -> (String, String) {
+        let (_, out, err) = self.run(&["doctor", "--json"]);
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+        let r = rows
+            .iter()
+            .find(|r| r["name"] == "banger release")
+            .unwrap_or_else(|| panic!("no release row: {out}"));
+        (r["status"].to_string(), r["detail"].to_string())
+    }
     fn boot_id(&self) -> String {
         self.ok(&[
             "vm",
@@ -207,6 +218,37 @@ fn update_installs_a_signed_release_refuses_damaged_ones_and_rolls_back_a_broken
             .unwrap();
     });
 
+    // install.sh --release: the newest verified release into a prefix; a
+    // damaged one refused before anything is made.
+    let install_sh = |prefix: &Path, extra: &[&str]| {
+        Command::new(repo().join("scripts/install.sh"))
+            .args(["--yes", "--release"])
+            .arg(&srv)
+            .arg("--key")
+            .arg(key("test-key.pub.pem"))
+            .arg("--prefix")
+            .arg(prefix)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let pfx = env.root().join("pfx");
+    let o = install_sh(&pfx, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = run_ok(Command::new(pfx.join("bin/banger")).arg("--version"));
+    assert!(String::from_utf8_lossy(&said.stdout).starts_with("banger v0.2.0 "));
+    for (v, says) in [
+        ("v0.2.1", "not the signed"),
+        ("v0.2.3", "not signed by banger's release key"),
+    ] {
+        let bad = env.root().join(format!("pfx-{v}"));
+        let o = install_sh(&bad, &["--version", v]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{v}: {err}");
+        assert!(!bad.exists(), "{v} made nothing");
+    }
+
     // Installed: v0.1.0's binaries, as install.sh --release would put them.
     let inst = Installed {
         env: &env,
@@ -236,6 +278,11 @@ fn update_installs_a_signed_release_refuses_damaged_ones_and_rolls_back_a_broken
 
     let out = inst.ok(&["update", "--check"]);
     assert!(out.contains("installed v0.1.0; available v0.2.0"), "{out}");
+    let (status, detail) = inst.release_row();
+    assert!(
+        status.contains("warn") && detail.contains("v0.2.0 is available"),
+        "doctor says {status} {detail}"
+    );
     let out = inst.ok(&["update", "--dry-run"]);
     assert!(
         out.contains("v0.2.0 verified") && out.contains("nothing changed"),
@@ -297,6 +344,11 @@ fn update_installs_a_signed_release_refuses_damaged_ones_and_rolls_back_a_broken
     assert!(!ok && err.contains("--allow-downgrade"), "{err}");
     let out = inst.ok(&["update", "--check"]);
     assert!(out.contains("newest"), "{out}");
+    let (status, detail) = inst.release_row();
+    assert!(
+        status.contains("pass") && detail.contains("v0.2.0 is the newest release"),
+        "doctor says {status} {detail}"
+    );
 
     // A release whose daemon does not come up: rolled back, the VM untouched.
     let files2 = snapshot(&inst.dir);

@@ -313,10 +313,11 @@ async fn inventory(ctx: &Ctx) -> Option<Inventory> {
 pub async fn doctor(ctx: &Ctx, json: bool) -> Result<u8, CliError> {
     let inv = inventory(ctx).await;
     let status = daemon_status(ctx).await;
+    let release = super::update::release_row(&ctx.layout).await;
     let layout = ctx.layout.clone();
     let rows = tokio::task::spawn_blocking(move || {
         let (version, ssh) = setup_rows(&layout, status.as_ref());
-        let mut rows = vec![version];
+        let mut rows = vec![version, release];
         rows.extend(doctor::run(&layout, inv));
         rows.extend(ssh);
         rows.extend(system::doctor_rows(&layout));

@@ -378,3 +378,68 @@ async fn restart_and_check(
     }
     Ok(())
 }
+
+/// `doctor`'s release row: the newest release at `[update] url` against
+/// this build (a WARN when a newer one is published or the URL does not
+/// answer; nothing is fetched without a URL).
+pub async fn release_row(layout: &crate::paths::Layout) -> crate::doctor::Check {
+    use crate::doctor::{row, Status};
+    const NAME: &str = "banger release";
+    let installed = crate::version::version();
+    let url = crate::config::Config::load(&layout.config_file(), crate::config::HostFacts::probe())
+        .ok()
+        .and_then(|c| c.update_url);
+    let Some(url) = url else {
+        return row(
+            NAME,
+            Status::Pass,
+            format!("{installed}; no [update] url set, so banger update has nowhere to look"),
+            None,
+        );
+    };
+    let latest = async {
+        let http = release::http_client()?;
+        let body = release::fetch_small(&http, &release::join_url(&url, "latest")).await?;
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        Version::parse(&text).ok_or_else(|| format!("{url}/latest says {text:?}, not a version"))
+    };
+    let latest = match tokio::time::timeout(Duration::from_secs(5), latest).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            return row(
+                NAME,
+                Status::Warn,
+                e,
+                Some("check [update] url in the config".into()),
+            )
+        }
+        Err(_) => {
+            return row(
+                NAME,
+                Status::Warn,
+                format!("{url} did not answer within 5 s"),
+                None,
+            )
+        }
+    };
+    match Version::parse(installed) {
+        Some(have) if latest > have => row(
+            NAME,
+            Status::Warn,
+            format!("{latest} is available; {installed} is installed"),
+            Some("banger update".into()),
+        ),
+        Some(_) => row(
+            NAME,
+            Status::Pass,
+            format!("{installed} is the newest release at {url}"),
+            None,
+        ),
+        None => row(
+            NAME,
+            Status::Pass,
+            format!("a {installed} build; the newest release is {latest}"),
+            None,
+        ),
+    }
+}

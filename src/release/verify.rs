@@ -136,6 +136,11 @@ mod tests {
             VerifyingKey::from_public_key_pem(include_str!("../../release/banger-release.pub.pem"))
                 .unwrap();
         assert_ne!(shipped, release_key(), "this build trusts the test key");
+        let pem = include_str!("../../release/banger-release.pub.pem");
+        assert!(
+            include_str!("../../scripts/install.sh").contains(pem.trim()),
+            "scripts/install.sh embeds the same release key"
+        );
     }
 
     #[test]
