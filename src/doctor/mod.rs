@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::config::{Config, HostFacts};
 use crate::paths::Layout;
 
+pub mod packages;
 pub mod setup;
 
 /// A row's verdict.
@@ -91,9 +92,24 @@ fn tool_version(path: &Path, flag: &str) -> Result<String, String> {
     }
 }
 
-/// The row of one tool.
-pub fn tool_row(tool: &str, package: &str, flag: &str) -> Check {
-    let hint = Some(format!("install it: apt-get install {package}"));
+/// The row of one tool; its install hint in `mgr`'s words (Debian's
+/// when unknown). A Debian-only tool (mmdebstrap, apt, dpkg) missing from
+/// another distribution is a warning: the default kernel and image come
+/// from the release's bundles there.
+pub fn tool_row(tool: &str, package: &str, flag: &str, mgr: Option<packages::Manager>) -> Check {
+    let m = mgr.unwrap_or(packages::Manager::Apt);
+    let Some(pkg) = m.package(package) else {
+        return match crate::host::system_tool(tool) {
+            Some(_) => row(tool, Status::Pass, format!("present (a Debian tool, not needed on {})", m.name()), None),
+            None => row(
+                tool,
+                Status::Warn,
+                format!("not on this host (Debian's; this host uses {})", m.name()),
+                Some("the default kernel and image come from your banger release's bundles: set [update] url in the config; other images: banger image pull / import".into()),
+            ),
+        };
+    };
+    let hint = Some(format!("install it: {}", m.install_line(&[pkg])));
     let Some(path) = crate::host::system_tool(tool) else {
         return row(tool, Status::Fail, "not installed", hint);
     };
@@ -103,9 +119,7 @@ pub fn tool_row(tool: &str, package: &str, flag: &str) -> Check {
             tool,
             Status::Fail,
             format!("{} does not run: {e}", path.display()),
-            Some(format!(
-                "reinstall it: apt-get install --reinstall {package}"
-            )),
+            Some(format!("reinstall it: {}", m.install_line(&[pkg]))),
         ),
     }
 }
@@ -505,7 +519,18 @@ fn tool_rows(loaded: Option<&Config>) -> (Vec<Check>, bool) {
             _ => None,
         }
     };
+    let os = std::fs::read_to_string("/etc/os-release").ok();
+    let mgr = packages::detect(os.as_deref(), &|c| crate::host::system_tool(c).is_some());
     let (mut rows, mut can_build) = (vec![], true);
+    rows.push(match mgr {
+        Some(m) => row("package manager", Status::Pass, m.name(), None),
+        None => row(
+            "package manager",
+            Status::Warn,
+            "none known (apt, dnf, pacman, zypper, nix)",
+            Some("install the tools below by their names on your distribution".into()),
+        ),
+    });
     for (tool, pkg, flag, needed) in TOOLS {
         let r = match configured(tool) {
             // The owner's choice: run only if root owns it (as the helper will).
@@ -520,7 +545,7 @@ fn tool_rows(loaded: Option<&Config>) -> (Vec<Check>, bool) {
                     Some("bangerd-root runs only a root-owned binary nobody else can write; fix it or drop qemu_binary from config.toml".into()),
                 ),
             },
-            None => tool_row(tool, pkg, flag),
+            None => tool_row(tool, pkg, flag, mgr),
         };
         // A tool only some images need: missing is a warning.
         let r = match r {
@@ -533,7 +558,7 @@ fn tool_rows(loaded: Option<&Config>) -> (Vec<Check>, bool) {
             },
             r => r,
         };
-        if r.status == Status::Fail
+        if r.status != Status::Pass
             && matches!(*tool, "mmdebstrap" | "mkfs.ext4" | "apt-get" | "dpkg-deb")
         {
             can_build = false;
@@ -561,7 +586,6 @@ fn tool_rows(loaded: Option<&Config>) -> (Vec<Check>, bool) {
             crate::vmm::firecracker::check_root_owned(p)
                 .and_then(|real| crate::vmm::firecracker::version(&real))
         });
-    let os = std::fs::read_to_string("/etc/os-release").ok();
     rows.push(firecracker_row(
         fc,
         crate::host::cpu::hardware_kvm(),
@@ -658,14 +682,24 @@ mod tests {
         assert_eq!(space_row("s", d, Some(gib)).status, Status::Fail);
         assert_eq!(space_row("s", d, Some(5 * gib)).status, Status::Warn);
         assert_eq!(space_row("s", d, Some(50 * gib)).status, Status::Pass);
-        let r = tool_row("banger-no-such-tool", "some-package", "--version");
-        assert_eq!(r.status, Status::Fail);
-        assert_eq!(
-            r.hint.as_deref(),
-            Some("install it: apt-get install some-package")
+        let r = tool_row(
+            "banger-no-such-tool",
+            "git",
+            "--version",
+            Some(packages::Manager::Dnf),
         );
+        assert_eq!(r.status, Status::Fail);
+        assert_eq!(r.hint.as_deref(), Some("install it: sudo dnf install git"));
+        let r = tool_row(
+            "banger-no-such-tool",
+            "mmdebstrap",
+            "--version",
+            Some(packages::Manager::Pacman),
+        );
+        assert_eq!(r.status, Status::Warn, "a Debian tool elsewhere: {r:?}");
+        assert!(r.hint.unwrap().contains("[update] url"));
         // A tool that exists and runs.
-        assert_eq!(tool_row("ip", "iproute2", "-V").status, Status::Pass);
+        assert_eq!(tool_row("ip", "iproute2", "-V", None).status, Status::Pass);
     }
 
     #[test]
