@@ -9,6 +9,14 @@
 #   SHA256SUMS                              sha256 of every file beside it
 #   SHA256SUMS.sig                          ECDSA P-256 (SHA-256) signature of
 #                                           SHA256SUMS, DER, base64
+#   kernel-debian-cloud.tar.zst, image-debian-bookworm.tar.zst, catalog.toml
+#                                           with --kernel-dir (a kernel directory
+#                                           of banger's state, e.g.
+#                                           ~/.local/state/banger/kernels/debian-cloud)
+#                                           and --image-bundle (`banger image export
+#                                           debian-bookworm -o F`): what a host that
+#                                           cannot build them (no apt-get, dpkg-deb,
+#                                           mmdebstrap) boots; made by the same build
 # and <out>/latest (the version), unless --not-latest. Publish <out> as the
 # `[update] url` of `banger update` and `scripts/install.sh --release`.
 #
@@ -24,7 +32,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VERSION= KEY= OUT=dist BIN_DIR= LATEST=1
+VERSION= KEY= OUT=dist BIN_DIR= LATEST=1 KERNEL_DIR= IMAGE_BUNDLE=
 while [ $# -gt 0 ]; do
   case "$1" in
     --version) VERSION=$2; shift ;;
@@ -32,7 +40,9 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --bin-dir) BIN_DIR=$2; shift ;;
     --not-latest) LATEST=0 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --kernel-dir) KERNEL_DIR=$2; shift ;;
+    --image-bundle) IMAGE_BUNDLE=$2; shift ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "scripts/release.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -40,6 +50,10 @@ done
 die() { echo "scripts/release.sh: $*" >&2; exit 1; }
 [[ "$VERSION" =~ ^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]] || die "--version vMAJOR.MINOR.PATCH is required (got '${VERSION}')"
 [ -n "$KEY" ] && [ -r "$KEY" ] || die "--key <private key PEM> is required and must be readable"
+if [ -n "$KERNEL_DIR$IMAGE_BUNDLE" ]; then
+  [ -f "$KERNEL_DIR/vmlinux" ] || die "--kernel-dir needs a kernel directory with vmlinux (and --image-bundle with it)"
+  [ -f "$IMAGE_BUNDLE" ] || die "--image-bundle needs a file from banger image export (and --kernel-dir with it)"
+fi
 for t in objcopy zstd sha256sum openssl tar; do
   command -v "$t" >/dev/null || die "$t is needed (apt-get install binutils zstd coreutils openssl tar)"
 done
@@ -94,6 +108,24 @@ TARBALL="$DEST/$NAME.tar.zst"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" \
   -C "$WORK" -cf - "$NAME" | zstd -q -T0 "-${ZSTD_LEVEL:-19}" -o "$TARBALL.part"
 mv "$TARBALL.part" "$TARBALL"
+
+if [ -n "$KERNEL_DIR" ]; then
+  parts=(vmlinux)
+  for p in initrd.img modules; do [ -e "$KERNEL_DIR/$p" ] && parts+=("$p"); done
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" -C "$KERNEL_DIR" -cf - "${parts[@]}" \
+    | zstd -q -T0 "-${ZSTD_LEVEL:-19}" -o "$DEST/kernel-debian-cloud.tar.zst"
+  cp "$IMAGE_BUNDLE" "$DEST/image-debian-bookworm.tar.zst"
+  entry() { # entry <kind> <name> <file> <description> [kernel]
+    printf '[[%s]]\nname = "%s"\ndescription = "%s"\nurl = "%s"\nsha256 = "%s"\nsize = %s\n' \
+      "$1" "$2" "$4" "$3" "$(sha256sum "$DEST/$3" | awk '{print $1}')" "$(stat -c %s "$DEST/$3")"
+    [ -n "${5:-}" ] && printf 'kernel = "%s"\n' "$5"
+    echo
+  }
+  {
+    entry kernel debian-cloud kernel-debian-cloud.tar.zst "Debian 12's cloud kernel with banger $VERSION's initramfs"
+    entry image debian-bookworm image-debian-bookworm.tar.zst "Debian 12 with systemd, OpenSSH and banger $VERSION's agent" debian-cloud
+  } > "$DEST/catalog.toml"
+fi
 
 ( cd "$DEST" && find . -maxdepth 1 -type f ! -name 'SHA256SUMS*' -printf '%f\n' | sort | xargs sha256sum > SHA256SUMS )
 openssl dgst -sha256 -sign "$KEY" "$DEST/SHA256SUMS" | base64 -w0 > "$DEST/SHA256SUMS.sig"

@@ -330,6 +330,18 @@ pub fn parse_user(text: &str, path: &Path) -> Result<Catalog, CatalogError> {
 }
 
 impl Catalog {
+    /// `other`'s entries replace this one's of the same name (or join it).
+    pub fn overlay(&mut self, other: Catalog) {
+        for e in other.images {
+            self.images.retain(|x| x.name != e.name);
+            self.images.push(e);
+        }
+        for e in other.kernels {
+            self.kernels.retain(|x| x.name != e.name);
+            self.kernels.push(e);
+        }
+    }
+
     pub fn image(&self, name: &str) -> Option<&ImageEntry> {
         self.images.iter().find(|e| e.name == name)
     }

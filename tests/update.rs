@@ -23,7 +23,12 @@ fn key(name: &str) -> PathBuf {
 
 /// `scripts/release.sh` for `version` from the binaries in `bin_dir`.
 fn release(version: &str, bin_dir: &Path, out: &Path, latest: bool) {
+    release_with(version, bin_dir, out, latest, &[]);
+}
+
+fn release_with(version: &str, bin_dir: &Path, out: &Path, latest: bool, extra: &[&Path]) {
     let mut c = Command::new(repo().join("scripts/release.sh"));
+    c.args(extra);
     c.args(["--version", version, "--out"])
         .arg(out)
         .arg("--key")
@@ -103,15 +108,34 @@ fn serve(env: &TestEnv, dir: &Path) -> std::process::Child {
     child
 }
 
+/// Unpacks the three binaries of `srv`'s release `version` into `dir`.
+fn install_from(srv: &Path, version: &str, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("zstd -dc \"$1\" | tar -x --strip-components=2 -C \"$2\" \"$3/bin\"")
+            .arg("sh")
+            .arg(srv.join(format!("{version}/banger-{version}-x86_64-linux.tar.zst")))
+            .arg(dir)
+            .arg(format!("banger-{version}-x86_64-linux")),
+    );
+}
+
 struct Installed<'a> {
     env: &'a TestEnv,
     dir: PathBuf,
+    /// PATH for it and the daemon and helper it starts.
+    path: Option<PathBuf>,
 }
 
 impl Installed<'_> {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.env.netns.command(self.dir.join("banger"));
         c.args(args).envs(self.env.envs()).stdin(Stdio::null());
+        if let Some(p) = &self.path {
+            c.env("PATH", p);
+        }
         c
     }
     fn run(&self, args: &[&str]) -> (bool, String, String) {
@@ -253,16 +277,9 @@ fn update_installs_a_signed_release_refuses_damaged_ones_and_rolls_back_a_broken
     let inst = Installed {
         env: &env,
         dir: env.root().join("inst"),
+        path: None,
     };
-    std::fs::create_dir_all(&inst.dir).unwrap();
-    run_ok(
-        Command::new("sh")
-            .arg("-c")
-            .arg("zstd -dc \"$1\" | tar -x --strip-components=2 -C \"$2\" banger-v0.1.0-x86_64-linux/bin")
-            .arg("sh")
-            .arg(srv.join("v0.1.0/banger-v0.1.0-x86_64-linux.tar.zst"))
-            .arg(&inst.dir),
-    );
+    install_from(&srv, "v0.1.0", &inst.dir);
     let cfg = env.root().join("config/banger/config.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!("[update]\nurl = \"http://127.0.0.1:{PORT}/\"\n"));
@@ -376,6 +393,130 @@ fn update_installs_a_signed_release_refuses_damaged_ones_and_rolls_back_a_broken
     );
 
     inst.ok(&["vm", "delete", "keep"]);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// A PATH with every program of the usual directories but Debian's
+/// package tools (what an Arch, Fedora or NixOS host lacks).
+fn path_without(dir: &Path, hidden: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let link = dir.join(&name);
+            if hidden.iter().any(|h| name == **h) || link.exists() {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), &link);
+        }
+    }
+    dir.to_path_buf()
+}
+
+#[test]
+fn a_host_without_apt_or_mmdebstrap_boots_the_default_image_from_the_releases_bundles() {
+    let _heavy = heavy();
+    // The bundles: this build's kernel and default image, as a release
+    // publishes them.
+    let maker = vm_env();
+    let bundle = maker.root().join("image.tar.zst");
+    maker.banger_ok(&[
+        "image",
+        "export",
+        "debian-bookworm",
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    maker.banger_ok(&["daemon", "stop"]);
+    let kernel_dir = maker.state_dir().join("kernels/debian-cloud");
+    let built = bin("banger").parent().unwrap().to_path_buf();
+    let srv = maker.root().join("srv");
+    release_with(
+        "v0.5.0",
+        &built,
+        &srv,
+        true,
+        &[
+            Path::new("--kernel-dir"),
+            &kernel_dir,
+            Path::new("--image-bundle"),
+            &bundle,
+        ],
+    );
+    let catalog = std::fs::read_to_string(srv.join("v0.5.0/catalog.toml")).unwrap();
+    let sums = std::fs::read_to_string(srv.join("v0.5.0/SHA256SUMS")).unwrap();
+    assert!(
+        sums.contains(" catalog.toml") && sums.contains(" image-debian-bookworm.tar.zst"),
+        "{sums}"
+    );
+
+    // A fresh host: no kernel, no image, none of Debian's package tools.
+    let env = TestEnv::new();
+    let cfg = env.root().join("config/banger");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let base =
+        "warm_start = false\n[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = \"2G\"\n";
+    std::fs::write(cfg.join("config.toml"), base).unwrap();
+    let hidden = [
+        "apt-get",
+        "apt",
+        "apt-cache",
+        "dpkg-deb",
+        "dpkg",
+        "mmdebstrap",
+    ];
+    let inst = Installed {
+        env: &env,
+        dir: env.root().join("inst"),
+        path: Some(path_without(&env.root().join("path"), &hidden)),
+    };
+    install_from(&srv, "v0.5.0", &inst.dir);
+    let mut server = serve(&env, &srv);
+
+    // Without a release URL: refused saying what to do, nothing made.
+    let (ok, _, err) = inst.run(&["vm", "run", "--rm", "--", "true"]);
+    assert!(!ok, "no URL, no bundles");
+    assert!(
+        err.contains("no apt-get, dpkg-deb, mmdebstrap") && err.contains("[update] url"),
+        "{err}"
+    );
+    assert_eq!(inst.ok(&["vm", "list", "--json"]).trim(), "[]");
+    inst.ok(&["daemon", "stop"]);
+
+    std::fs::write(
+        cfg.join("config.toml"),
+        format!("{base}[update]\nurl = \"http://127.0.0.1:{PORT}\"\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = inst.run(&["vm", "run", "--rm", "--", "cat", "/etc/os-release"]);
+    assert!(ok, "{out}\n{err}\n{}", env.daemon_log());
+    assert!(out.contains("bookworm"), "{out}");
+    let kernels = inst.ok(&["kernel", "list", "--json"]);
+    assert!(
+        kernels.contains("catalog:debian-cloud@sha256:"),
+        "{kernels}"
+    );
+    let images = inst.ok(&["image", "list", "--json"]);
+    assert!(
+        images.contains("catalog:debian-bookworm@sha256:"),
+        "{images}"
+    );
+    assert!(
+        catalog.contains("url = \"kernel-debian-cloud.tar.zst\""),
+        "{catalog}"
+    );
+    // A second run uses what is here.
+    let (ok, out, err) = inst.run(&["vm", "run", "--rm", "--", "echo", "again"]);
+    assert!(ok && out.contains("again"), "{out}\n{err}");
+    assert_eq!(inst.ok(&["vm", "list", "--json"]).trim(), "[]");
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -42,6 +42,13 @@ pub async fn pull(
     events: mpsc::Sender<Event>,
 ) -> Result<KernelView, OpError> {
     validate_name(&name)?;
+    let apt = matches!(
+        crate::catalog::builtin().kernel(&source).map(|k| &k.source),
+        Some(crate::catalog::KernelSource::Apt)
+    );
+    if apt {
+        super::release_catalog::prepare(&ctx, &source).await?;
+    }
     let catalog = super::images::catalog_for(&ctx, &source)?;
     let entry = catalog.kernel(&source).cloned().ok_or_else(|| {
         OpError::not_found(format!(

@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod net;
 pub mod progress;
+pub mod release_catalog;
 pub mod snapshots;
 pub mod stats;
 pub mod views;

@@ -115,6 +115,28 @@ pub fn lacks_sshd(rec: &ImageRecord) -> bool {
     Path::new(&rec.dir).join(NO_SSHD).exists()
 }
 
+/// The release's bundle for recipe image `wanted` on a host that cannot
+/// build it (`ops::release_catalog`); None where the host builds.
+async fn release_bundle(
+    ctx: &Arc<Ctx>,
+    wanted: &str,
+) -> Result<Option<crate::catalog::ImageEntry>, OpError> {
+    if recipe::find(wanted).is_none()
+        || crate::ops::release_catalog::missing_build_tools().is_empty()
+    {
+        return Ok(None);
+    }
+    crate::ops::release_catalog::prepare(ctx, wanted).await?;
+    let entry = catalog(ctx)?.image(wanted).cloned();
+    match entry {
+        Some(e) if matches!(e.source, crate::catalog::ImageSource::Bundle { .. }) => Ok(Some(e)),
+        _ => Err(OpError::invalid(format!(
+            "this host cannot build {wanted} (no {}) and the release catalog has no bundle of it",
+            crate::ops::release_catalog::missing_build_tools().join(", ")
+        ))),
+    }
+}
+
 /// What `vm create --image X` boots: an image here, a recipe (built), a
 /// catalog entry or an OCI reference (pulled on first use, coalesced with
 /// every other create asking for it). Returns the image's name.
@@ -124,6 +146,13 @@ pub async fn ensure_for_vm(
     progress: &Progress,
 ) -> Result<ImageRecord, OpError> {
     if image::validate_image_name(wanted).is_ok() {
+        if let Some(entry) = release_bundle(ctx, wanted).await? {
+            let (tx, fwd) = progress.forwarder("");
+            let r = pull_entry(ctx.clone(), entry, None, tx).await;
+            let _ = fwd.await;
+            r?;
+            return get(ctx, wanted);
+        }
         if recipe::find(wanted).is_some() || ctx.store.get_image(wanted)?.is_some() {
             return ensure(ctx, wanted, progress).await;
         }

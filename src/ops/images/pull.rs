@@ -203,9 +203,17 @@ pub(super) struct OciBlobs {
     pub(super) blobs: Vec<String>,
 }
 
-/// The catalog as it is now (the user's file is read on every call).
+/// The catalog as it is now (the user's file is read on every call), with
+/// the release's bundles standing in for the built-in kernel and image a
+/// host without the tools to make them cannot make
+/// (`ops::release_catalog`).
 pub fn catalog(ctx: &Ctx) -> Result<crate::catalog::Catalog, OpError> {
-    crate::catalog::load(&ctx.layout.config_dir).map_err(|e| OpError::invalid(e.to_string()))
+    let mut c = crate::catalog::load(&ctx.layout.config_dir)
+        .map_err(|e| OpError::invalid(e.to_string()))?;
+    if let Some(r) = crate::ops::release_catalog::overlay(ctx) {
+        c.overlay(r);
+    }
+    Ok(c)
 }
 
 /// The catalog for looking up `name`: a broken user file fails only the
@@ -237,6 +245,7 @@ pub(super) async fn pull_entry(
     use crate::catalog::ImageSource;
     let name = name.unwrap_or_else(|| entry.name.clone());
     validate_name(&name)?;
+    let stands_in = crate::ops::release_catalog::stands_in(&entry, &name);
     if let ImageSource::Recipe { recipe } = entry.source.clone() {
         if name != recipe {
             return Err(OpError::invalid(format!(
@@ -246,7 +255,9 @@ pub(super) async fn pull_entry(
         }
         return build(ctx, recipe, false, events).await;
     }
-    refuse_recipe_name(&name)?;
+    if !stands_in {
+        refuse_recipe_name(&name)?;
+    }
     let jobs = ctx.images.clone();
     jobs.run(
         &name.clone(),
