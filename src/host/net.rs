@@ -144,6 +144,21 @@ fn ip(args: &[&str]) -> Result<String, HostError> {
     run_tool("ip", "iproute2", args)
 }
 
+/// A tap's `user` as `ip -j` prints it: the uid, or — when the host's
+/// user database names it — the user's name (then looked up again).
+fn tap_user(v: &serde_json::Value) -> Option<u32> {
+    if let Some(n) = v.as_u64() {
+        return u32::try_from(n).ok();
+    }
+    let s = v.as_str()?;
+    s.parse().ok().or_else(|| {
+        nix::unistd::User::from_name(s)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    })
+}
+
 /// Parses `ip -d -j link show` output.
 pub fn parse_links(json: &str) -> Result<Vec<LinkInfo>, HostError> {
     let links: Vec<IpLink> = serde_json::from_str(json)
@@ -159,13 +174,7 @@ pub fn parse_links(json: &str) -> Result<Vec<LinkInfo>, HostError> {
                     .and_then(|d| d.get("type"))
                     .and_then(|v| v.as_str())
                     .map(str::to_string),
-                owner_uid: data
-                    .and_then(|d| d.get("user"))
-                    .and_then(|v| {
-                        v.as_u64()
-                            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                    })
-                    .map(|v| v as u32),
+                owner_uid: data.and_then(|d| d.get("user")).and_then(tap_user),
                 isolated: l
                     .linkinfo
                     .as_ref()
@@ -506,6 +515,23 @@ pub fn list_taps(ops: &dyn NetOps, owner_uid: u32) -> Result<Vec<LinkInfo>, NetE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taps_user_by_name_is_its_uid() {
+        let j = |user: &str| {
+            format!(
+                r#"[{{"ifname":"bgt1","flags":[],"linkinfo":{{"info_kind":"tun","info_data":{{"type":"tap","user":{user}}}}}}}]"#
+            )
+        };
+        let uid = |user: &str| parse_links(&j(user)).unwrap()[0].owner_uid;
+        assert_eq!(uid("1000"), Some(1000));
+        assert_eq!(uid("\"4243\""), Some(4243));
+        // `ip` prints a name when the user database has the uid.
+        assert_eq!(uid("\"root\""), Some(0));
+        let daemon = nix::unistd::User::from_name("daemon").unwrap().unwrap();
+        assert_eq!(uid("\"daemon\""), Some(daemon.uid.as_raw()));
+        assert_eq!(uid("\"no-such-user-here\""), None);
+    }
 
     #[test]
     fn names() {
