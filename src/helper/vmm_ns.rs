@@ -211,11 +211,15 @@ impl MountPlan {
                 return err();
             }
         }
+        // The mount points are made 0755 whatever the helper's umask (the
+        // system unit's is 0077: the owner's VMM could not search them).
+        let umask = libc::umask(0o022);
         for (k, &fd) in self.keep.iter().zip(fds.iter()) {
             for d in &k.mkdirs {
                 if libc::mkdir(d.as_ptr(), 0o755) < 0
                     && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
                 {
+                    libc::umask(umask);
                     return err();
                 }
             }
@@ -245,6 +249,7 @@ impl MountPlan {
                 return err();
             }
         }
+        libc::umask(umask);
         Ok(())
     }
 }
