@@ -58,6 +58,16 @@ pub async fn connect(layout: &Layout, autostart: bool) -> Result<DaemonClient, C
         match DaemonClient::connect(&socket).await {
             Ok(c) => return Ok(c),
             Err(e) if retry && vanishing(&e) => {}
+            // A service that systemd has just (re)started: its socket
+            // comes within moments.
+            Err(ClientError::NotRunning { .. })
+                if autostart
+                    && layout.system
+                    && retry
+                    && matches!(
+                        crate::system::unit_state(crate::system::DAEMON_UNIT).as_str(),
+                        "active" | "activating"
+                    ) => {}
             Err(ClientError::NotRunning { .. }) if autostart && layout.system => {
                 return Err(CliError::new(
                     ErrorKind::DaemonNotRunning,

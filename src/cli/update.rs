@@ -151,6 +151,8 @@ pub async fn update(ctx: &Ctx, args: UpdateArgs) -> Result<u8, CliError> {
             "this banger is installed as system services; update it with: sudo banger update",
         ));
     }
+    let _one_at_a_time = lock_dir(&dir)?;
+    sweep_stages(&dir);
     let stage = crate::fsutil::TempDir::new_in(&dir, "update").map_err(|e| {
         CliError::usage(
             "needs root",
@@ -169,6 +171,32 @@ pub async fn update(ctx: &Ctx, args: UpdateArgs) -> Result<u8, CliError> {
         return Ok(0);
     }
     swap_and_restart(ctx, &dir, stage.path(), installed, &want).await
+}
+
+/// One update of an install directory at a time: an exclusive lock on the
+/// directory itself (nothing is left in it).
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, CliError> {
+    let f =
+        std::fs::File::open(dir).map_err(|e| fail("update", format!("{}: {e}", dir.display())))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        fail(
+            "busy",
+            format!(
+                "another banger update is installing into {}; wait for it",
+                dir.display()
+            ),
+        )
+    })
+}
+
+/// Staging directories an interrupted update left (only ours: the lock is
+/// held).
+fn sweep_stages(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-update-") {
+            let _ = crate::fsutil::remove_all(&e.path());
+        }
+    }
 }
 
 /// Signature, sums, tarball, unpacked binaries that run: all in `stage`.
@@ -329,7 +357,7 @@ async fn restart_and_check(
         super::stop_daemon(layout).await.map_err(|e| e.message)?;
         check_migrations(layout, dir)?;
     }
-    let mut c = client::connect(layout, !layout.system)
+    let mut c = client::connect(layout, true)
         .await
         .map_err(|e| format!("the daemon did not come up: {}", e.message))?;
     if c.server.version != version {
