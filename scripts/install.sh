@@ -13,6 +13,7 @@
 # beside it) is installed only when its SHA256SUMS verifies (openssl) with
 # banger's release key, embedded below (--key PUB.pem: trust another key,
 # e.g. for your own builds), and the tarball matches its line.
+# --no-packages: leave packages alone (the tools are installed already).
 #
 # Runs as you and elevates itself (sudo) only for the steps that need root;
 # as root it needs no sudo. Prints what it will change and asks first
@@ -24,7 +25,7 @@ cd "$SCRIPT_DIR/.."
 
 YES=${BANGER_INSTALL_NONINTERACTIVE:-0}
 OWNER=${SUDO_USER:-$(id -un)}
-RELEASE= VERSION= KEY= PREFIX=/usr/local
+RELEASE= VERSION= KEY= PREFIX=/usr/local PACKAGES=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --yes|-y) YES=1 ;;
@@ -33,7 +34,8 @@ while [ $# -gt 0 ]; do
     --version) VERSION=$2; shift ;;
     --key) KEY=$2; shift ;;
     --prefix) PREFIX=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --no-packages) PACKAGES=0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "scripts/install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -108,7 +110,9 @@ fi
 missing=() broken="" APT=0
 TARGET=${CARGO_TARGET_DIR:-target}
 changes=()
-if command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then
+if [ "$PACKAGES" = 0 ]; then
+  : # the tools are the host's business (--no-packages)
+elif command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then
   APT=1
   for p in "${BANGER_APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

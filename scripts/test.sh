@@ -34,10 +34,11 @@ mkdir -p "$CACHE" && chmod 755 "$CACHE"
 # chromium, chromium-driver and Debian's selenium: the dashboard's browser
 # test (headless, with /usr/bin/python3). binutils' objcopy: the update
 # test makes releases with scripts/release.sh, which stamps their version.
+# systemd-container: the sudoer check boots a tree with systemd-nspawn.
 banger_install_deps bind9-dnsutils docker-registry skopeo umoci python3 dnsmasq-base openssl \
-  chromium chromium-driver python3-selenium binutils
+  chromium chromium-driver python3-selenium binutils systemd-container
 for t in "dig -v" "docker-registry --version" "skopeo --version" "umoci --version" "python3 --version" "dnsmasq --version" "openssl version" \
-  "chromium --version" "chromedriver --version" "objcopy --version"; do
+  "chromium --version" "chromedriver --version" "objcopy --version" "systemd-nspawn --version"; do
   if ! $t >/dev/null 2>&1; then
     echo "scripts/test.sh: ${t%% *} does not run after installing it" >&2
     exit 1
@@ -116,3 +117,8 @@ fi
 run_dir=$(sed -n 's/.*run directory \(\/tmp\/banger-smoke-[0-9]*\).*/\1/p' "$CACHE/smoke-selftest.log" | head -1)
 [ -n "$run_dir" ] && rm -rf "$run_dir"
 echo "smoke self-test ok: a broken scenario exits 1 and prints its log"
+
+# The sudoer path on a systemd host: a release installed by a non-root
+# sudoer in a systemd-nspawn container, then `vm run` as that user.
+echo "== sudoer check (scripts/sudoer-check.sh)"
+BANGER_CI_CACHE="$CACHE" ./scripts/sudoer-check.sh
