@@ -248,15 +248,17 @@ fn check_migrations(layout: &crate::paths::Layout, dir: &Path) -> Result<(), Str
     if layout.system {
         cmd.arg("--system");
     }
-    let o = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| {
-            format!(
-                "running {} --check-migrations: {e}",
-                dir.join("bangerd").display()
-            )
-        })?;
+    let o = crate::host::process::run_bounded(
+        cmd.stdin(std::process::Stdio::null()),
+        Duration::from_secs(60),
+        64 << 10,
+    )
+    .map_err(|e| {
+        format!(
+            "running {} --check-migrations: {e}",
+            dir.join("bangerd").display()
+        )
+    })?;
     if !o.status.success() {
         return Err(format!(
             "bangerd --check-migrations cannot open this host's store: {}",

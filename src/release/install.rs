@@ -99,11 +99,14 @@ fn write_new(dst: &Path, src: &mut dyn Read) -> Result<(), String> {
 /// and name `version`.
 pub fn check_binaries(stage: &Path, version: &str) -> Result<(), String> {
     for b in BINARIES {
-        let out = std::process::Command::new(stage.join(b))
-            .arg("--version")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("the new {b} does not run here: {e}"))?;
+        let out = crate::host::process::run_bounded(
+            std::process::Command::new(stage.join(b))
+                .arg("--version")
+                .stdin(std::process::Stdio::null()),
+            std::time::Duration::from_secs(30),
+            64 << 10,
+        )
+        .map_err(|e| format!("the new {b} does not run here: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let says = text.split_whitespace().nth(1).unwrap_or("");
         if !out.status.success() || says != version {
