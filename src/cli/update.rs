@@ -130,6 +130,12 @@ pub async fn update(ctx: &Ctx, args: UpdateArgs) -> Result<u8, CliError> {
     let installed = crate::version::version();
     let http = release::http_client().map_err(|e| fail("update", e))?;
     let want = target(&http, &url, &args).await?;
+    if args.check && Version::parse(installed).is_none() {
+        out(&format!(
+            "a {installed} build (not a release); the newest release is {want}\n"
+        ))?;
+        return Ok(0);
+    }
     let go = decide(installed, &want, &args)?;
     if args.check {
         let msg = if go {
