@@ -384,6 +384,19 @@ async fn restart_and_check(
         };
         match st.helper {
             HelperState::Connected { version: v, .. } if v == version => break,
+            // A helper root started for a non-root owner (user mode) is
+            // not ours to restart: say so rather than roll back.
+            HelperState::Connected {
+                version: v, pid, ..
+            } if !layout.system && !nix::unistd::geteuid().is_root() => {
+                eprintln!(
+                    "warning: bangerd-root (pid {pid}) still runs {v}; restart it as root on the new binary: sudo kill {pid}, then sudo {} --owner-uid {} --runtime-dir {}",
+                    dir.join("bangerd-root").display(),
+                    nix::unistd::getuid(),
+                    layout.runtime_dir.display()
+                );
+                break;
+            }
             HelperState::Connected { version: v, .. } => {
                 return Err(format!("bangerd-root runs {v}, not {version}"))
             }
