@@ -377,7 +377,9 @@ pub fn store_row(layout: &Layout) -> (Check, Option<Inventory>) {
 }
 
 /// The default image and its kernel: present, or what the first run does.
-pub fn image_rows(inv: Option<&Inventory>, can_build: bool) -> Vec<Check> {
+/// `bundles`: the release URL whose bundles stand in where the host cannot
+/// build (a release build with `[update] url`).
+pub fn image_rows(inv: Option<&Inventory>, can_build: bool, bundles: Option<&str>) -> Vec<Check> {
     let default = inv
         .and_then(|i| i.default_image.clone())
         .unwrap_or_else(|| crate::image::recipe::DEFAULT_IMAGE.to_string());
@@ -395,6 +397,15 @@ pub fn image_rows(inv: Option<&Inventory>, can_build: bool) -> Vec<Check> {
             Status::Warn,
             format!("{default} not built yet"),
             build_hint("builds it"),
+        )),
+        None if bundles.is_some() => rows.push(row(
+            "default image",
+            Status::Warn,
+            format!(
+                "{default} not here yet; the first `banger vm run` downloads it (and its kernel) from the release's bundles at {}",
+                bundles.unwrap_or_default()
+            ),
+            None,
         )),
         None => rows.push(row(
             "default image",
@@ -489,7 +500,11 @@ pub fn run(layout: &Layout, inventory: Option<Inventory>) -> Vec<Check> {
             inv
         }
     };
-    rows.extend(image_rows(inv.as_ref(), can_build));
+    let bundles = cfg
+        .as_ref()
+        .and_then(|c| c.update_url.clone())
+        .filter(|_| crate::release::semver::Version::parse(crate::version::version()).is_some());
+    rows.extend(image_rows(inv.as_ref(), can_build, bundles.as_deref()));
     if let Some(c) = &cfg {
         rows.extend(network_rows(c));
     }
@@ -713,13 +728,20 @@ mod tests {
         let (r, inv) = store_row(&layout);
         assert_eq!(r.status, Status::Pass);
         assert!(r.detail.contains("created on first start"));
-        let rows = image_rows(inv.as_ref(), true);
+        let rows = image_rows(inv.as_ref(), true, None);
         assert_eq!(rows[0].status, Status::Warn);
         assert!(rows[0]
             .hint
             .as_ref()
             .unwrap()
             .contains("banger image build debian-bookworm"));
-        assert_eq!(image_rows(None, false)[0].status, Status::Fail);
+        assert_eq!(image_rows(None, false, None)[0].status, Status::Fail);
+        let r = &image_rows(None, false, Some("http://r"))[0];
+        assert_eq!(
+            r.status,
+            Status::Warn,
+            "the release's bundles stand in: {r:?}"
+        );
+        assert!(r.detail.contains("http://r"));
     }
 }
