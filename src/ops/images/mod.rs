@@ -126,6 +126,14 @@ async fn release_bundle(
     {
         return Ok(None);
     }
+    // One built here before the tools went: it is used as it is.
+    if ctx
+        .store
+        .get_image(wanted)?
+        .is_some_and(|i| !i.source.starts_with("catalog:"))
+    {
+        return Ok(None);
+    }
     crate::ops::release_catalog::prepare(ctx, wanted).await?;
     let entry = catalog(ctx)?.image(wanted).cloned();
     match entry {
