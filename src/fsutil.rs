@@ -316,10 +316,19 @@ impl Drop for TempDir {
 
 /// Removes leftover `.tmp-*` entries in `dir` (from interrupted work).
 pub fn sweep_temp(dir: &Path) -> Vec<std::path::PathBuf> {
+    sweep_prefixed(dir, ".tmp-")
+}
+
+/// Removes leftover [`TempDir`]s made in `dir` with `label` only.
+pub fn sweep_temp_of(dir: &Path, label: &str) -> Vec<std::path::PathBuf> {
+    sweep_prefixed(dir, &format!(".tmp-{label}-"))
+}
+
+fn sweep_prefixed(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
     let mut removed = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") && remove_all(&e.path()).is_ok()
+            if e.file_name().to_string_lossy().starts_with(prefix) && remove_all(&e.path()).is_ok()
             {
                 removed.push(e.path());
             }

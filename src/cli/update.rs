@@ -158,7 +158,8 @@ pub async fn update(ctx: &Ctx, args: UpdateArgs) -> Result<u8, CliError> {
         ));
     }
     let _one_at_a_time = lock_dir(&dir)?;
-    sweep_stages(&dir);
+    // Staging an interrupted update left (only ours: the lock is held).
+    crate::fsutil::sweep_temp_of(&dir, "update");
     let stage = crate::fsutil::TempDir::new_in(&dir, "update").map_err(|e| {
         CliError::usage(
             "needs root",
@@ -195,16 +196,6 @@ fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, CliError> {
     })
 }
 
-/// Staging directories an interrupted update left (only ours: the lock is
-/// held).
-fn sweep_stages(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(".tmp-update-") {
-            let _ = crate::fsutil::remove_all(&e.path());
-        }
-    }
-}
-
 /// Signature, sums, tarball, unpacked binaries that run: all in `stage`.
 async fn fetch_and_stage(
     http: &reqwest::Client,
@@ -213,12 +204,7 @@ async fn fetch_and_stage(
     stage: &Path,
 ) -> Result<(), CliError> {
     let base = release::join_url(url, want.as_str());
-    let sums_url = release::join_url(&base, "SHA256SUMS");
-    let sig_url = release::join_url(&base, "SHA256SUMS.sig");
-    let sums = release::fetch_small(http, &sums_url)
-        .await
-        .map_err(|e| fail("update", e))?;
-    let sig = release::fetch_small(http, &sig_url)
+    let (sums, sig) = release::fetch_sums(http, &base)
         .await
         .map_err(|e| fail("update", e))?;
     let sums =

@@ -113,8 +113,7 @@ pub async fn prepare(ctx: &Ctx, name: &str) -> Result<(), OpError> {
 async fn fetch(url: &str, v: &Version) -> Result<String, String> {
     let base = release::join_url(url, v.as_str());
     let http = release::http_client()?;
-    let sums = release::fetch_small(&http, &release::join_url(&base, "SHA256SUMS")).await?;
-    let sig = release::fetch_small(&http, &release::join_url(&base, "SHA256SUMS.sig")).await?;
+    let (sums, sig) = release::fetch_sums(&http, &base).await?;
     let sums = verify::verify_sums(&sums, &sig, &verify::release_key())?;
     let want = sums
         .get(FILE)

@@ -67,6 +67,17 @@ pub async fn fetch_small(client: &reqwest::Client, url: &str) -> Result<Vec<u8>,
         .map_err(|_| format!("fetching {url} took longer than 60 s"))?
 }
 
+/// `SHA256SUMS` and `SHA256SUMS.sig` of the release at `base`
+/// (`<url>/<version>`), as fetched: [`verify::verify_sums`] decides.
+pub async fn fetch_sums(
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let sums = fetch_small(client, &join_url(base, "SHA256SUMS")).await?;
+    let sig = fetch_small(client, &join_url(base, "SHA256SUMS.sig")).await?;
+    Ok((sums, sig))
+}
+
 /// An HTTP client for release downloads.
 pub fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
